@@ -1,0 +1,116 @@
+"""``wsgate`` command line: ``run`` and ``check-config``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from typing import Sequence
+
+from .config import GatewayConfig, load_config, load_default_config, properties_from_env
+from .errors import ConfigError, GatewayError
+
+log = logging.getLogger("wsgate")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        overrides = {**properties_from_env(os.environ), **_properties(args.property)}
+        config = load_config(args.config, overrides) if args.config else load_default_config(overrides)
+        if args.command == "check-config":
+            return _check(config)
+        return _run(config, args.loop, args.grace)
+    except GatewayError as exc:
+        print(f"wsgate: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wsgate", description="Secure WebSocket gateway")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="start the gateway (embedded default config if none given)")
+    run.add_argument("config", nargs="?", help="gateway-config.xml or YAML config")
+    run.add_argument("--loop", choices=("auto", "asyncio"), default="auto",
+                     help="auto: uvloop and aiofastnet when installed (default); asyncio: the standard loop")
+    run.add_argument("--grace", type=float, default=10.0, help="seconds to wait for connections to drain on SIGTERM")
+    check = commands.add_parser("check-config", help="validate a config without binding any port")
+    check.add_argument("config", help="gateway-config.xml or YAML config")
+    for sub in (run, check):
+        sub.add_argument("--property", "-D", action="append", default=[], metavar="NAME=VALUE",
+                         help="set or override a ${NAME} property (repeatable)")
+        sub.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    return parser
+
+
+def _properties(items: list[str]) -> dict[str, str]:
+    result = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ConfigError("--property", f"{item!r} is not NAME=VALUE")
+        result[name] = value
+    return result
+
+
+def _check(config: GatewayConfig) -> int:
+    from .gateway import Gateway  # loads keystores and directories too, without binding
+
+    Gateway(config)
+    for service in config.services:
+        accepts = ", ".join(str(u) for u in service.accepts)
+        print(f"service[{service.name}] ({service.type}): {accepts}")
+    print(f"{config.source}: OK, {len(config.services)} service(s)")
+    return 0
+
+
+def _run(config: GatewayConfig, loop_kind: str, grace: float) -> int:
+    from .gateway import Gateway
+
+    gateway = Gateway(config)
+    loop = new_event_loop(loop_kind)
+    try:
+        loop.run_until_complete(_serve(gateway, grace))
+    finally:
+        loop.close()
+    return 0
+
+
+def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
+    """uvloop with aiofastnet's faster transports when installed (see docs/stack-measurements)."""
+    if kind == "asyncio":
+        return asyncio.new_event_loop()
+    try:
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    except ImportError:
+        loop = asyncio.new_event_loop()
+    try:
+        import aiofastnet
+
+        aiofastnet.patch_loop(loop)
+    except ImportError:
+        pass
+    return loop
+
+
+async def _serve(gateway: object, grace: float) -> None:
+    from .gateway import Gateway
+
+    assert isinstance(gateway, Gateway)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await gateway.start()
+    for service in gateway.config.services:
+        for index, uri in enumerate(service.accepts):
+            log.info("service[%s] (%s) ready at %s (port %d)", service.name, service.type, uri, gateway.port_of(service.name, index))
+    await stop.wait()
+    log.info("shutting down: no new connections, closing open ones with 1001")
+    await gateway.stop(grace)

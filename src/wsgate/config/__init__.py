@@ -1,0 +1,40 @@
+"""Configuration: Kaazing ``gateway-config.xml`` or native YAML → one typed model."""
+
+from __future__ import annotations
+
+import shlex
+from importlib import resources
+from pathlib import Path
+from typing import Mapping
+
+from .build import build_config
+from .loaders import load_tree, parse_yaml
+from .model import GatewayConfig
+
+__all__ = ["GatewayConfig", "load_config", "load_default_config", "properties_from_env"]
+
+DEFAULT_CONFIG = "default-config.yaml"
+
+
+def load_config(path: str | Path, overrides: Mapping[str, str] | None = None) -> GatewayConfig:
+    """Load and fully validate a config file; raises ``ConfigErrors`` naming each bad element."""
+    source = Path(path).resolve()
+    return build_config(load_tree(source), source, overrides)
+
+
+def load_default_config(overrides: Mapping[str, str] | None = None) -> GatewayConfig:
+    """The embedded config ``make run`` starts with: echo and a demo page on port 8000."""
+    folder = resources.files("wsgate") / "resources"
+    source = Path(str(folder)) / DEFAULT_CONFIG
+    return build_config(parse_yaml(source.read_bytes(), str(source)), source, overrides)
+
+
+def properties_from_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """``-Dname=value`` tokens from ``WSGATE_OPTS`` (or Kaazing's ``GATEWAY_OPTS``)."""
+    found: dict[str, str] = {}
+    for variable in ("GATEWAY_OPTS", "WSGATE_OPTS"):
+        for token in shlex.split(environ.get(variable, "")):
+            if token.startswith("-D") and "=" in token:
+                name, _, value = token[2:].partition("=")
+                found[name] = value
+    return found

@@ -1,0 +1,568 @@
+"""Node tree → typed ``GatewayConfig``, collecting every located error in one pass.
+
+Paths in messages follow the element names: ``service[echo]/accept-options/ssl.verify-client``.
+Unknown elements are errors (with a "did you mean"); elements Kaazing has but
+wsgate does not implement yet give a distinct "not supported yet" error.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections import defaultdict
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Callable, Mapping, TypeVar
+
+from ..errors import ConfigError, ConfigErrors
+from . import model as m
+from .tree import Node
+from .values import (
+    Uri,
+    parse_bind,
+    parse_choice,
+    parse_csv,
+    parse_duration,
+    parse_enabled,
+    parse_size,
+    parse_uri,
+)
+
+T = TypeVar("T")
+
+_PROPERTY_REF = re.compile(r"\$\{([^}]*)\}")
+# Cardinality: "1" exactly one, "?" at most one, "*" any, "+" at least one.
+Schema = Mapping[str, str]
+
+TOP = {"properties": "?", "service": "*", "service-defaults": "?", "security": "?"}
+TOP_UNSUPPORTED = {"cluster": "clusters are not supported yet (Redis-backed scale-out is planned)"}
+SERVICE = {
+    "name": "1", "description": "?", "accept": "*", "connect": "*", "type": "1", "properties": "?",
+    "accept-options": "?", "connect-options": "?", "realm-name": "?", "authorization-constraint": "*",
+    "cross-site-constraint": "*", "mime-mapping": "*",
+}
+SERVICE_UNSUPPORTED = {"balance": "balancing is not supported yet", "notify": "notify (push) is not supported yet"}
+SERVICE_DEFAULTS = {"accept-options": "?", "connect-options": "?", "mime-mapping": "*"}
+SECURITY = {"keystore": "?", "truststore": "?", "realm": "*"}
+STORE = {"type": "?", "file": "1", "password-file": "?"}
+REALM = {"name": "1", "description": "?", "user-principal-class": "*", "authentication": "?"}
+AUTHENTICATION = {
+    "http-challenge-scheme": "?", "http-header": "*", "http-query-parameter": "*", "http-cookie": "*",
+    "authorization-mode": "?", "session-timeout": "?", "authorization-timeout": "?", "login-modules": "?",
+}
+LOGIN_MODULE = {"type": "1", "success": "?", "options": "?"}
+AUTHZ_CONSTRAINT = {"require-role": "*", "require-valid-user": "?"}
+CROSS_SITE = {"allow-origin": "1", "allow-methods": "?", "allow-headers": "?", "maximum-age": "?"}
+MIME_MAPPING = {"extension": "1", "mime-type": "1"}
+
+ACCEPT_SCHEMES = ("ws", "wss", "http", "https")
+CONNECT_SCHEMES = ("tcp", "ssl", "tls", "ws", "wss")
+BIND_SCHEMES = ("ws", "wss", "http", "https", "ssl", "tls", "tcp")
+# A URI's bind is looked up on its own scheme first, then on the layers beneath it.
+BIND_LAYERS = {
+    "ws": ("ws", "http", "tcp"), "http": ("http", "tcp"),
+    "wss": ("wss", "https", "ssl", "tls", "tcp"), "https": ("https", "ssl", "tls", "tcp"),
+}
+CHALLENGE_SCHEMES = ("Basic", "Application Basic", "Negotiate", "Application Negotiate", "Application Token")
+LOGIN_MODULE_TYPES = ("file", "ldap", "kerberos5", "gss", "jndi", "keystore", "jwt", "certificate")
+SUCCESS_FLAGS = ("required", "requisite", "sufficient", "optional")
+STORE_TYPES = ("JKS", "JCEKS", "PKCS12", "PEM")
+VERIFY_CLIENT = ("none", "optional", "required")
+TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
+INSECURE_TLS_VERSIONS = ("SSLv2Hello", "SSLv3", "TLSv1", "TLSv1.1")
+
+SERVICE_TYPES: dict[str, dict[str, Any]] = {
+    "echo": {"accept": ("ws", "wss"), "connect": (0, 0), "properties": {}},
+    "directory": {
+        "accept": ("http", "https"), "connect": (0, 0),
+        "properties": {"directory": "1", "welcome-file": "?", "error-pages-directory": "?"},
+    },
+    "proxy": {
+        "accept": ("ws", "wss"), "connect": (1, 1),
+        "properties": {"maximum.pending.bytes": "?", "connect.strategy": "?"},
+    },
+    "broadcast": {
+        "accept": ("ws", "wss"), "connect": (0, 1),
+        "properties": {"accept": "?", "on.client.message": "?", "maximum.pending.bytes": "?"},
+    },
+}
+SERVICE_TYPES_UNSUPPORTED = (
+    "amqp.proxy", "balancer", "http.proxy", "http.redirect", "turn.rest", "management.jmx", "update.check",
+    "kerberos5.proxy", "jms", "jms.proxy", "redis", "ibmmq", "session", "management.snmp",
+)
+PROPERTIES_UNSUPPORTED = {
+    "options": "directory listings (options=indexes) are not supported", "location": "location rules",
+    "maximum.recovery.interval": "maximum.recovery.interval", "prepared.connection.count": "prepared connections",
+    "internal.maximum.transferred.bytes": "internal.maximum.transferred.bytes", "virtual.host": "virtual.host",
+    "repeat": "echo repeat",
+}
+
+
+class Builder:
+    """Walks the tree once; every problem becomes a located ``ConfigError``."""
+
+    def __init__(self, properties: Mapping[str, str], base_dir: Path) -> None:
+        self.properties = dict(properties)
+        self.base_dir = base_dir
+        self.errors: list[ConfigError] = []
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def fail(self, path: str, message: str) -> None:
+        self.errors.append(ConfigError(path, message))
+
+    def text(self, node: Node, path: str) -> str:
+        """The element's text with ``${name}`` substituted from the properties."""
+        if node.children:
+            self.fail(path, "expected a value, found nested elements")
+        return self.substitute(node.text, path)
+
+    def substitute(self, value: str, path: str) -> str:
+        def replace(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name in self.properties:
+                return self.properties[name]
+            self.fail(path, f"property ${{{name}}} is not defined; add it to <properties> or pass --property {name}=VALUE")
+            return match.group(0)
+
+        return _PROPERTY_REF.sub(replace, value)
+
+    def parse(self, node: Node, path: str, parser: Callable[..., T], *args: Any) -> T | None:
+        try:
+            return parser(self.text(node, path), *args)
+        except ValueError as exc:
+            self.fail(path, str(exc))
+            return None
+
+    def group(
+        self, node: Node, path: str, schema: Schema, unsupported: Mapping[str, str] | None = None
+    ) -> dict[str, list[Node]]:
+        """Children by name, checked against ``schema``'s names and cardinalities."""
+        groups: dict[str, list[Node]] = defaultdict(list)
+        for child in node.children:
+            if child.name in schema:
+                groups[child.name].append(child)
+            elif unsupported and child.name in unsupported:
+                self.fail(f"{path}/{child.name}", f"not supported yet: {unsupported[child.name]}")
+            else:
+                self.unknown(f"{path}/{child.name}", child.name, schema)
+        for name, cardinality in schema.items():
+            count = len(groups.get(name, ()))
+            if cardinality == "1" and count != 1 or cardinality == "+" and count == 0:
+                self.fail(f"{path}/{name}", "is required" if count == 0 else f"must appear once, found {count}")
+            elif cardinality == "?" and count > 1:
+                self.fail(f"{path}/{name}", f"may appear at most once, found {count}")
+        return groups
+
+    def unknown(self, path: str, name: str, valid: Mapping[str, Any] | tuple[str, ...]) -> None:
+        names = list(valid)
+        hint = difflib.get_close_matches(name, names, n=1)
+        suggestion = f"did you mean '{hint[0]}'? " if hint else ""
+        self.fail(path, f"unknown element; {suggestion}valid here: {', '.join(names) or '(none)'}")
+
+    def one(self, groups: Mapping[str, list[Node]], name: str, path: str, parser: Callable[..., T], *args: Any) -> T | None:
+        nodes = groups.get(name)
+        return self.parse(nodes[-1], f"{path}/{name}", parser, *args) if nodes else None
+
+    def many(self, groups: Mapping[str, list[Node]], name: str, path: str) -> tuple[str, ...]:
+        return tuple(self.text(node, f"{path}/{name}") for node in groups.get(name, ()))
+
+    def file_path(self, value: str) -> Path:
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else self.base_dir / path
+
+    # -- top level ---------------------------------------------------------------------------
+
+    def gateway(self, root: Node) -> tuple[m.Service, ...] | None:
+        groups = self.group(root, "", TOP, TOP_UNSUPPORTED)
+        defaults = groups.get("service-defaults", [Node("service-defaults")])[0]
+        default_groups = self.group(defaults, "service-defaults", SERVICE_DEFAULTS)
+        services = [self.service(node, default_groups) for node in groups.get("service", ())]
+        return tuple(s for s in services if s is not None)
+
+    def top_properties(self, root: Node, overrides: Mapping[str, str]) -> None:
+        """Fill ``self.properties`` first: later text may reference them."""
+        for node in root.children:
+            if node.name != "properties":
+                continue
+            for child in node.children:
+                if child.name == "property":
+                    groups = self.group(child, "properties/property", {"name": "1", "value": "1"})
+                    if groups.get("name") and groups.get("value"):
+                        self.properties.setdefault(groups["name"][0].text, groups["value"][0].text)
+                else:  # YAML shorthand: properties: {name: value}
+                    self.properties.setdefault(child.name, child.text)
+        for name, value in list(self.properties.items()):
+            self.properties[name] = self.substitute(value, f"properties/{name}")
+        self.properties.update(overrides)
+
+    # -- services ----------------------------------------------------------------------------
+
+    def service(self, node: Node, defaults: Mapping[str, list[Node]]) -> m.Service | None:
+        name_node = node.first("name")
+        name = name_node.text if name_node is not None and name_node.text else None
+        index = f"service[{name}]" if name else "service[?]"
+        errors_before = len(self.errors)
+        groups = self.group(node, index, SERVICE, SERVICE_UNSUPPORTED)
+        type_ = self.one(groups, "type", index, str) or ""
+        spec = self.service_type(type_, f"{index}/type")
+        accepts = self.uris(groups, "accept", index, spec["accept"] if spec else ACCEPT_SCHEMES)
+        connects = self.uris(groups, "connect", index, CONNECT_SCHEMES)
+        if not accepts:
+            self.fail(f"{index}/accept", "a service needs at least one accept URI")
+        if spec:
+            low, high = spec["connect"]
+            if not low <= len(connects) <= high:
+                want = "no connect URI" if high == 0 else f"{low}..{high} connect URI(s)" if low != high else "exactly one connect URI"
+                self.fail(f"{index}/connect", f"a {type_} service takes {want}, found {len(connects)}")
+        properties = self.service_properties(groups.get("properties", []), index, spec["properties"] if spec else {})
+        accept_options = self.accept_options(defaults.get("accept-options", []) + groups.get("accept-options", []), index)
+        connect_options = self.connect_options(defaults.get("connect-options", []) + groups.get("connect-options", []), index)
+        mime = self.mime_mappings(defaults.get("mime-mapping", []) + groups.get("mime-mapping", []), index)
+        constraints = tuple(self.authz_constraint(n, f"{index}/authorization-constraint") for n in groups.get("authorization-constraint", ()))
+        cross_site = tuple(
+            c for n in groups.get("cross-site-constraint", ()) if (c := self.cross_site(n, f"{index}/cross-site-constraint"))
+        )
+        realm_name = self.one(groups, "realm-name", index, str)
+        if len(self.errors) > errors_before:
+            return None
+        return m.Service(
+            name=name or "", type=type_, accepts=accepts, connects=connects,
+            description=self.one(groups, "description", index, str) or "",
+            properties=properties, accept_options=accept_options, connect_options=connect_options,
+            realm_name=realm_name or None, authorization_constraints=constraints,
+            cross_site_constraints=cross_site, mime_mappings=mime,
+        )
+
+    def service_type(self, type_: str, path: str) -> dict[str, Any] | None:
+        if type_ in SERVICE_TYPES:
+            return SERVICE_TYPES[type_]
+        if type_ in SERVICE_TYPES_UNSUPPORTED:
+            self.fail(path, f"service type '{type_}' is not supported yet; supported: {', '.join(SERVICE_TYPES)}")
+        elif type_:
+            self.fail(path, f"'{type_}' is not a service type; valid: {', '.join(SERVICE_TYPES)}")
+        return None
+
+    def uris(self, groups: Mapping[str, list[Node]], name: str, path: str, schemes: tuple[str, ...]) -> tuple[Uri, ...]:
+        values = (self.parse(node, f"{path}/{name}", parse_uri, schemes) for node in groups.get(name, ()))
+        return tuple(v for v in values if v is not None)
+
+    def service_properties(self, nodes: list[Node], path: str, schema: Mapping[str, str]) -> Mapping[str, tuple[str, ...]]:
+        values: dict[str, list[str]] = defaultdict(list)
+        for node in nodes:
+            for child in node.children:
+                child_path = f"{path}/properties/{child.name}"
+                if child.name in schema:
+                    values[child.name].append(self.text(child, child_path))
+                elif child.name in PROPERTIES_UNSUPPORTED:
+                    self.fail(child_path, f"not supported yet: {PROPERTIES_UNSUPPORTED[child.name]}")
+                else:
+                    self.unknown(child_path, child.name, schema)
+        for name, cardinality in schema.items():
+            if cardinality == "1" and not values.get(name):
+                self.fail(f"{path}/properties/{name}", "is required for this service type")
+        props = {name: tuple(v) for name, v in values.items()}
+        self.check_service_properties(props, path)
+        return MappingProxyType(props)
+
+    def check_service_properties(self, props: Mapping[str, tuple[str, ...]], path: str) -> None:
+        checks: dict[str, tuple[Callable[..., Any], tuple[Any, ...]]] = {
+            "maximum.pending.bytes": (parse_size, ()),
+            "connect.strategy": (parse_choice, (("immediate", "deferred"),)),
+            "on.client.message": (parse_choice, (("noop", "broadcast"),)),
+            "accept": (parse_uri, (("tcp",),)),
+        }
+        for name, (parser, args) in checks.items():
+            for value in props.get(name, ()):
+                try:
+                    parser(value, *args)
+                except ValueError as exc:
+                    hint = "; 'prepared' is not supported yet" if value.strip() == "prepared" else ""
+                    self.fail(f"{path}/properties/{name}", f"{exc}{hint}")
+
+    # -- options -----------------------------------------------------------------------------
+
+    def option_values(self, nodes: list[Node], path: str) -> dict[str, tuple[str, str]]:
+        """Merge option elements (defaults first, service last) → name → (text, path).
+
+        ``tls.*`` is accepted as an alias of ``ssl.*``, as in Kaazing 5.
+        """
+        merged: dict[str, tuple[str, str]] = {}
+        for node in nodes:
+            for child in node.children:
+                name = "ssl." + child.name[4:] if child.name.startswith("tls.") else child.name
+                child_path = f"{path}/{child.name}"
+                merged[name] = (self.text(child, child_path), child_path)
+        return merged
+
+    def accept_options(self, nodes: list[Node], service_path: str) -> m.AcceptOptions:
+        path = f"{service_path}/accept-options"
+        values = self.option_values(nodes, path)
+        binds: dict[str, m.Bind] = {}
+        for scheme in BIND_SCHEMES:
+            if (item := values.pop(f"{scheme}.bind", None)) is not None:
+                bind = self.value(item, parse_bind)
+                if bind:
+                    binds[scheme] = m.Bind(*bind)
+        tls = self.tls_options(values, side="accept")
+        options = m.AcceptOptions(
+            binds=MappingProxyType(binds),
+            tls=tls,
+            max_message_size=self.pop(values, "ws.maximum.message.size", parse_size, m.DEFAULT_MAX_MESSAGE_SIZE),
+            inactivity_timeout=self.pop(values, "ws.inactivity.timeout", parse_duration, None),
+            server_header=self.pop(values, "http.server.header", parse_enabled, True),
+        )
+        self.leftover_options(values, "accept-options")
+        return options
+
+    def connect_options(self, nodes: list[Node], service_path: str) -> m.ConnectOptions:
+        values = self.option_values(nodes, f"{service_path}/connect-options")
+        if (item := values.pop("ws.version", None)) is not None:
+            self.value(item, parse_choice, ("rfc6455",))
+        if (item := values.pop("ssl.verify-client", None)) is not None:
+            self.fail(item[1], "verify-client belongs in accept-options; back ends are always verified against the truststore")
+        options = m.ConnectOptions(
+            tls=self.tls_options(values, side="connect"),
+            inactivity_timeout=self.pop(values, "ws.inactivity.timeout", parse_duration, None),
+        )
+        self.leftover_options(values, "connect-options")
+        return options
+
+    def tls_options(self, values: dict[str, tuple[str, str]], side: str) -> m.TlsOptions:
+        protocols: tuple[str, ...] = ()
+        if (item := values.pop("ssl.protocols", None)) is not None:
+            protocols = self.tls_protocols(*item)
+        encryption = True
+        if side == "accept":
+            encryption = self.pop(values, "ssl.encryption", parse_enabled, True)
+        return m.TlsOptions(
+            ciphers=self.pop(values, "ssl.ciphers", str, None),
+            protocols=protocols,
+            encryption=encryption,
+            verify_client=self.pop(values, "ssl.verify-client", parse_choice, "none", VERIFY_CLIENT) if side == "accept" else "none",
+            client_certificate=self.pop(values, "ssl.client-certificate", str, None) if side == "connect" else None,
+        )
+
+    def tls_protocols(self, text: str, path: str) -> tuple[str, ...]:
+        """Keep TLS 1.2/1.3; older versions listed by a migrated config are dropped, never enabled."""
+        wanted = parse_csv(text)
+        known = {v.lower(): v for v in TLS_VERSIONS + INSECURE_TLS_VERSIONS}
+        unknown = [p for p in wanted if p.lower() not in known]
+        if unknown:
+            self.fail(path, f"{', '.join(unknown)} is not a TLS protocol; valid: {', '.join(TLS_VERSIONS)}")
+            return ()
+        kept = tuple(known[p.lower()] for p in wanted if known[p.lower()] in TLS_VERSIONS)
+        if not kept:
+            self.fail(path, f"{text!r} enables no secure protocol; wsgate supports {', '.join(TLS_VERSIONS)} only")
+        return kept
+
+    def value(self, item: tuple[str, str], parser: Callable[..., T], *args: Any) -> T | None:
+        try:
+            return parser(item[0], *args)
+        except ValueError as exc:
+            self.fail(item[1], str(exc))
+            return None
+
+    def pop(self, values: dict[str, tuple[str, str]], name: str, parser: Callable[..., T], default: Any, *args: Any) -> Any:
+        item = values.pop(name, None)
+        if item is None:
+            return default
+        parsed = self.value(item, parser, *args)
+        return default if parsed is None else parsed
+
+    def leftover_options(self, values: dict[str, tuple[str, str]], kind: str) -> None:
+        for name, (_, path) in values.items():
+            prefix = name.split(".")[0]
+            if name.endswith((".transport", ".realm")) or prefix in ("socks", "udp", "pipe") or name in (
+                "tcp.maximum.outbound.rate", "http.maximum.redirects", "http.keepalive", "http.keepalive.timeout",
+                "http.keepalive.connections", "http.max.authentication.attempts",
+            ):
+                self.fail(path, f"not supported yet in {kind}")
+            else:
+                valid = ACCEPT_OPTION_NAMES if kind == "accept-options" else CONNECT_OPTION_NAMES
+                self.unknown(path, name, valid)
+
+    # -- constraints and mappings ------------------------------------------------------------
+
+    def authz_constraint(self, node: Node, path: str) -> m.AuthorizationConstraint:
+        groups = self.group(node, path, AUTHZ_CONSTRAINT)
+        roles = self.many(groups, "require-role", path)
+        valid_user = "require-valid-user" in groups
+        if not roles and not valid_user:
+            self.fail(path, "needs require-role or require-valid-user")
+        return m.AuthorizationConstraint(roles, valid_user)
+
+    def cross_site(self, node: Node, path: str) -> m.CrossSiteConstraint | None:
+        groups = self.group(node, path, CROSS_SITE)
+        origin = self.one(groups, "allow-origin", path, parse_origin)
+        if origin is None:
+            return None
+        return m.CrossSiteConstraint(
+            allow_origin=origin,
+            allow_methods=self.one(groups, "allow-methods", path, parse_csv) or (),
+            allow_headers=self.one(groups, "allow-headers", path, parse_csv) or (),
+            maximum_age=self.one(groups, "maximum-age", path, parse_duration),
+        )
+
+    def mime_mappings(self, nodes: list[Node], path: str) -> Mapping[str, str]:
+        mapping: dict[str, str] = {}
+        for node in nodes:
+            groups = self.group(node, f"{path}/mime-mapping", MIME_MAPPING)
+            ext = self.one(groups, "extension", f"{path}/mime-mapping", str)
+            mime = self.one(groups, "mime-type", f"{path}/mime-mapping", str)
+            if ext and mime:
+                mapping[ext.lstrip(".").lower()] = mime
+        return MappingProxyType(mapping)
+
+    # -- security ----------------------------------------------------------------------------
+
+    def security(self, root: Node) -> m.Security:
+        node = root.first("security")
+        if node is None:
+            return m.Security()
+        groups = self.group(node, "security", SECURITY)
+        realms: dict[str, m.Realm] = {}
+        for realm_node in groups.get("realm", ()):
+            realm = self.realm(realm_node)
+            if realm and realm.name in realms:
+                self.fail(f"security/realm[{realm.name}]", "is defined twice")
+            elif realm:
+                realms[realm.name] = realm
+        return m.Security(
+            keystore=self.store(groups.get("keystore"), "security/keystore", None),
+            truststore=self.store(groups.get("truststore"), "security/truststore", "changeit"),
+            realms=MappingProxyType(realms),
+        )
+
+    def store(self, nodes: list[Node] | None, path: str, default_password: str | None) -> m.Store | None:
+        if not nodes:
+            return None
+        groups = self.group(nodes[0], path, STORE)
+        type_ = self.one(groups, "type", path, parse_choice, STORE_TYPES)
+        file_ = self.one(groups, "file", path, str)
+        password = default_password
+        password_file = self.one(groups, "password-file", path, str)
+        if password_file:
+            try:
+                password = self.file_path(password_file).read_text().rstrip("\r\n")
+            except OSError as exc:
+                self.fail(f"{path}/password-file", f"cannot read {str(self.file_path(password_file))!r}: {exc.strerror}")
+        if not file_:
+            return None
+        return m.Store(type_, self.file_path(file_), password, path)
+
+    def realm(self, node: Node) -> m.Realm | None:
+        name_node = node.first("name")
+        path = f"security/realm[{name_node.text if name_node is not None else '?'}]"
+        groups = self.group(node, path, REALM)
+        name = self.one(groups, "name", path, str)
+        auth_nodes = groups.get("authentication")
+        auth = self.authentication(auth_nodes[0], f"{path}/authentication") if auth_nodes else m.Authentication()
+        if not name:
+            return None
+        return m.Realm(
+            name=name,
+            description=self.one(groups, "description", path, str) or "",
+            user_principal_classes=self.many(groups, "user-principal-class", path),
+            authentication=auth,
+        )
+
+    def authentication(self, node: Node, path: str) -> m.Authentication:
+        groups = self.group(node, path, AUTHENTICATION)
+        modules_node = groups.get("login-modules")
+        modules: tuple[m.LoginModule, ...] = ()
+        if modules_node:
+            module_groups = self.group(modules_node[0], f"{path}/login-modules", {"login-module": "*"})
+            modules = tuple(
+                mod for i, n in enumerate(module_groups.get("login-module", ()))
+                if (mod := self.login_module(n, f"{path}/login-modules/login-module[{i + 1}]"))
+            )
+        return m.Authentication(
+            http_challenge_scheme=self.one(groups, "http-challenge-scheme", path, parse_choice, CHALLENGE_SCHEMES),
+            http_headers=self.many(groups, "http-header", path),
+            http_query_parameters=self.many(groups, "http-query-parameter", path),
+            http_cookies=self.many(groups, "http-cookie", path),
+            authorization_mode=self.one(groups, "authorization-mode", path, parse_choice, ("challenge", "recycle", "validate")) or "challenge",
+            session_timeout=self.one(groups, "session-timeout", path, parse_duration),
+            authorization_timeout=self.one(groups, "authorization-timeout", path, parse_duration),
+            login_modules=modules,
+        )
+
+    def login_module(self, node: Node, path: str) -> m.LoginModule | None:
+        groups = self.group(node, path, LOGIN_MODULE)
+        type_ = self.one(groups, "type", path, str)
+        if type_ and not type_.startswith("class:") and type_ not in LOGIN_MODULE_TYPES:
+            self.fail(f"{path}/type", f"'{type_}' is not a login-module type; valid: {', '.join(LOGIN_MODULE_TYPES)}, class:package.module.Name")
+        success = self.one(groups, "success", path, parse_choice, SUCCESS_FLAGS) or "required"
+        options = {}
+        for options_node in groups.get("options", ()):
+            for child in options_node.children:
+                options[child.name] = self.text(child, f"{path}/options/{child.name}")
+        return m.LoginModule(type_, success, MappingProxyType(options)) if type_ else None
+
+
+ACCEPT_OPTION_NAMES = (
+    *(f"{s}.bind" for s in BIND_SCHEMES), "ssl.ciphers", "ssl.protocols", "ssl.encryption", "ssl.verify-client",
+    "ws.maximum.message.size", "ws.inactivity.timeout", "http.server.header",
+)
+CONNECT_OPTION_NAMES = ("ssl.ciphers", "ssl.protocols", "ssl.client-certificate", "ws.inactivity.timeout", "ws.version")
+
+
+def parse_origin(text: str) -> str:
+    """``*`` or ``scheme://host[:port]`` (http/https, no path), default port filled in."""
+    value = text.strip()
+    if value == "*":
+        return value
+    try:
+        uri = parse_uri(value, ("http", "https"))
+    except ValueError:
+        raise ValueError(f"{text!r} is not an origin; write * or e.g. https://app.example.com:8443") from None
+    if uri.path not in ("", "/") or value.rstrip("/").count("/") > 2:
+        raise ValueError(f"{text!r} must not have a path; write e.g. https://app.example.com")
+    return f"{uri.scheme}://{uri.host}:{uri.port}"
+
+
+def check_cross_references(services: tuple[m.Service, ...], security: m.Security, builder: Builder) -> None:
+    """Checks that need the whole config: names, realms, keystores, shared ports."""
+    seen_names: set[str] = set()
+    seen_uris: dict[tuple[str, int, str], str] = {}
+    for service in services:
+        path = f"service[{service.name}]"
+        if service.name in seen_names:
+            builder.fail(path, "service names must be unique; this one is used twice")
+        seen_names.add(service.name)
+        if service.authorization_constraints and not service.realm_name:
+            builder.fail(f"{path}/authorization-constraint", "needs a realm-name on the service to authenticate against")
+        if service.realm_name and service.realm_name not in security.realms:
+            defined = ", ".join(security.realms) or "none"
+            builder.fail(f"{path}/realm-name", f"unknown realm '{service.realm_name}' (defined in security: {defined})")
+        needs_keystore = any(u.secure for u in service.accepts) and service.accept_options.tls.encryption
+        if needs_keystore and security.keystore is None:
+            builder.fail(f"{path}/accept", "a wss/https accept needs security/keystore (or accept-options ssl.encryption disabled behind a TLS offloader)")
+        if service.connect_options.tls.client_certificate and security.keystore is None:
+            builder.fail(f"{path}/connect-options/ssl.client-certificate", "needs security/keystore holding that alias")
+        for uri in service.accepts:
+            key = (uri.host, uri.port, uri.path.rstrip("/") or "/")
+            if key in seen_uris and uri.port != 0:
+                builder.fail(f"{path}/accept", f"{uri} is already accepted by service[{seen_uris[key]}]")
+            seen_uris[key] = service.name
+
+
+def build_config(
+    root: Node,
+    source: Path | None = None,
+    overrides: Mapping[str, str] | None = None,
+    web_root: Path | None = None,
+) -> m.GatewayConfig:
+    """Validate the whole tree and return the model, or raise ``ConfigErrors`` listing every problem."""
+    base_dir = source.parent if source else Path.cwd()
+    builder = Builder({}, base_dir)
+    builder.top_properties(root, overrides or {})
+    services = builder.gateway(root) or ()
+    security = builder.security(root)
+    check_cross_references(services, security, builder)
+    if builder.errors:
+        raise ConfigErrors(builder.errors)
+    if web_root is None:
+        web_root = base_dir.parent / "web" if base_dir.name == "conf" else base_dir
+    return m.GatewayConfig(services, security, MappingProxyType(builder.properties), source, web_root)

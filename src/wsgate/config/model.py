@@ -1,0 +1,151 @@
+"""The typed, immutable configuration model.
+
+Both front ends (Kaazing XML and native YAML) build exactly these objects, so
+everything past ``config/`` sees one shape and never re-validates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Mapping
+
+from .values import Uri
+
+EMPTY: Mapping[str, str] = MappingProxyType({})
+
+DEFAULT_MAX_MESSAGE_SIZE = 128 * 1024
+DEFAULT_MAX_PENDING_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Bind:
+    """Where a public accept URI is really bound (from ``*.bind``)."""
+
+    host: str | None
+    port: int
+
+
+@dataclass(frozen=True)
+class TlsOptions:
+    """``ssl.*`` / ``tls.*`` options of one side (accept or connect)."""
+
+    ciphers: str | None = None
+    protocols: tuple[str, ...] = ()
+    encryption: bool = True
+    verify_client: str = "none"  # accept side only: none | optional | required
+    client_certificate: str | None = None  # connect side only: keystore alias (wsgate extension)
+
+
+@dataclass(frozen=True)
+class AcceptOptions:
+    binds: Mapping[str, Bind] = field(default_factory=lambda: EMPTY)  # scheme → Bind
+    tls: TlsOptions = TlsOptions()
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    inactivity_timeout: float | None = None
+    server_header: bool = True
+
+
+@dataclass(frozen=True)
+class ConnectOptions:
+    tls: TlsOptions = TlsOptions()
+    inactivity_timeout: float | None = None
+
+
+@dataclass(frozen=True)
+class AuthorizationConstraint:
+    require_roles: tuple[str, ...] = ()
+    require_valid_user: bool = False
+
+
+@dataclass(frozen=True)
+class CrossSiteConstraint:
+    allow_origin: str
+    allow_methods: tuple[str, ...] = ()
+    allow_headers: tuple[str, ...] = ()
+    maximum_age: float | None = None
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    type: str
+    accepts: tuple[Uri, ...]
+    connects: tuple[Uri, ...] = ()
+    description: str = ""
+    properties: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: EMPTY)
+    accept_options: AcceptOptions = AcceptOptions()
+    connect_options: ConnectOptions = ConnectOptions()
+    realm_name: str | None = None
+    authorization_constraints: tuple[AuthorizationConstraint, ...] = ()
+    cross_site_constraints: tuple[CrossSiteConstraint, ...] = ()
+    mime_mappings: Mapping[str, str] = field(default_factory=lambda: EMPTY)
+
+    def prop(self, name: str, default: str | None = None) -> str | None:
+        """The last value of a single-valued service property."""
+        values = self.properties.get(name)
+        return values[-1] if values else default
+
+    @property
+    def protected(self) -> bool:
+        return bool(self.realm_name and self.authorization_constraints)
+
+
+@dataclass(frozen=True)
+class Store:
+    """A keystore or truststore element."""
+
+    type: str | None  # JKS | JCEKS | PKCS12 | PEM, None = detect from the file
+    file: Path
+    password: str | None = field(default=None, repr=False)
+    path: str = ""  # the element, for error messages
+
+
+@dataclass(frozen=True)
+class LoginModule:
+    type: str
+    success: str = "required"
+    options: Mapping[str, str] = field(default_factory=lambda: EMPTY)
+
+
+@dataclass(frozen=True)
+class Authentication:
+    http_challenge_scheme: str | None = None
+    http_headers: tuple[str, ...] = ()
+    http_query_parameters: tuple[str, ...] = ()
+    http_cookies: tuple[str, ...] = ()
+    authorization_mode: str = "challenge"
+    session_timeout: float | None = None
+    authorization_timeout: float | None = None
+    login_modules: tuple[LoginModule, ...] = ()
+
+
+@dataclass(frozen=True)
+class Realm:
+    name: str
+    description: str = ""
+    user_principal_classes: tuple[str, ...] = ()
+    authentication: Authentication = Authentication()
+
+
+@dataclass(frozen=True)
+class Security:
+    keystore: Store | None = None
+    truststore: Store | None = None
+    realms: Mapping[str, Realm] = field(default_factory=lambda: EMPTY)
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    services: tuple[Service, ...]
+    security: Security = Security()
+    properties: Mapping[str, str] = field(default_factory=lambda: EMPTY)
+    source: Path | None = None
+    web_root: Path | None = None
+
+    def service(self, name: str) -> Service:
+        for service in self.services:
+            if service.name == name:
+                return service
+        raise KeyError(name)

@@ -1,0 +1,98 @@
+"""The service interface and the registry of service types.
+
+A service gets requests the listener has already routed (host + path) and, for
+TLS, whose client certificate is already checked. WebSocket services implement
+``serve(connection)`` only; the upgrade, limits and bookkeeping live here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
+
+from aiohttp import web
+
+from ..config.model import Service
+from ..security.keystore import KeyMaterial
+from ..transport.websocket import CloseCode, Connection, accept_websocket
+
+if TYPE_CHECKING:
+    from ..security.tls import PeerIdentity
+
+log = logging.getLogger("wsgate.service")
+
+
+@dataclass
+class Runtime:
+    """What services share with the gateway: key material and the live connections."""
+
+    keys: KeyMaterial | None = None
+    trust: KeyMaterial | None = None
+    connections: set[Connection] = field(default_factory=set)
+    closing: bool = False
+
+
+class ServiceHandler:
+    """Base of every service type; one instance per configured service."""
+
+    def __init__(self, config: Service, runtime: Runtime) -> None:
+        self.config = config
+        self.runtime = runtime
+        self.name = config.name
+
+    async def start(self) -> None:
+        """Prepare back-end resources before the listeners open."""
+
+    async def stop(self) -> None:
+        """Release back-end resources after the connections are closed."""
+
+    async def handle(self, request: web.BaseRequest, peer: PeerIdentity | None) -> web.StreamResponse:
+        raise NotImplementedError
+
+
+class WebSocketService(ServiceHandler):
+    """A service whose clients speak WebSocket; subclasses implement ``serve``."""
+
+    writer_limit = 64 * 1024
+
+    async def handle(self, request: web.BaseRequest, peer: PeerIdentity | None) -> web.StreamResponse:
+        if request.method != "GET" or request.headers.get("Upgrade", "").lower() != "websocket":
+            return web.Response(status=426, text="This is a WebSocket endpoint: connect with a WebSocket client.\n",
+                                headers={"Upgrade": "websocket"})
+        if self.runtime.closing:
+            return web.Response(status=503, text="Gateway is shutting down.\n")
+        ws = await accept_websocket(request, self.config.accept_options, self.writer_limit)
+        connection = Connection(ws, request.transport, self.name, request.remote or "?", peer)
+        self.runtime.connections.add(connection)
+        try:
+            await self.serve(connection)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("service[%s]: unexpected error; closing the connection with 1011", self.name)
+            await connection.close(CloseCode.INTERNAL_ERROR, "internal error, see gateway log")
+        finally:
+            self.runtime.connections.discard(connection)
+            if not connection.closed:
+                await connection.close()
+        return ws
+
+    async def serve(self, connection: Connection) -> None:
+        raise NotImplementedError
+
+
+SERVICE_TYPES: dict[str, Callable[[Service, Runtime], ServiceHandler]] = {}
+
+
+def service_type(name: str) -> Callable[[type[ServiceHandler]], type[ServiceHandler]]:
+    def register(cls: type[ServiceHandler]) -> type[ServiceHandler]:
+        SERVICE_TYPES[name] = cls
+        return cls
+
+    return register
+
+
+def create_service(config: Service, runtime: Runtime) -> ServiceHandler:
+    return SERVICE_TYPES[config.type](config, runtime)

@@ -1,0 +1,146 @@
+"""``broadcast``: a back-end byte feed fanned out to every client as binary messages.
+
+The feed is either dialled (``connect tcp://``, redialled with backoff) or
+accepted (``properties/accept tcp://``). Each read chunk becomes one message.
+Fan-out never waits: each client has a bounded queue, and a client whose queue
+passes ``maximum.pending.bytes`` is closed with 1008 "too slow" instead of
+making the gateway buffer without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+
+from ..config.model import Service
+from ..config.values import parse_size, parse_uri
+from ..transport.backend import READ_CHUNK, open_tcp
+from ..errors import BackendError
+from ..transport.websocket import CloseCode, Connection, WSMsgType
+from .base import Runtime, WebSocketService, service_type
+
+log = logging.getLogger("wsgate.broadcast")
+DEFAULT_CLIENT_PENDING = 1024 * 1024
+MAX_REDIAL_INTERVAL = 30.0
+DROP_TIMEOUT = 2.0
+
+
+class Subscriber:
+    """A client's bounded outbound queue; ``offer`` never blocks the feed."""
+
+    __slots__ = ("connection", "queue", "pending", "limit", "ready", "too_slow", "sender", "_drop")
+
+    def __init__(self, connection: Connection, limit: int) -> None:
+        self.connection = connection
+        self.queue: deque[bytes | str] = deque()
+        self.pending = 0
+        self.limit = limit
+        self.ready = asyncio.Event()
+        self.too_slow = False
+        self.sender: asyncio.Task[None] | None = None
+        self._drop: asyncio.Task[None] | None = None
+
+    def offer(self, data: bytes | str) -> None:
+        if self.too_slow:
+            return
+        self.pending += len(data)
+        if self.pending > self.limit:
+            self.too_slow = True
+            self.queue.clear()
+            self._drop = asyncio.get_running_loop().create_task(self.drop())
+        else:
+            self.queue.append(data)
+            self.ready.set()
+
+    async def drop(self) -> None:
+        """Close a client that fell behind; abort it if it will not even take the close frame."""
+        if self.sender is not None:
+            self.sender.cancel()
+        try:
+            await asyncio.wait_for(self.connection.close(CloseCode.POLICY_VIOLATION, "too slow"), DROP_TIMEOUT)
+        except asyncio.TimeoutError:
+            self.connection.abort()
+        log.info("dropped slow client %s (more than %d bytes pending)", self.connection.remote, self.limit)
+
+    async def run(self) -> None:
+        ws = self.connection.ws
+        while True:
+            await self.ready.wait()
+            self.ready.clear()
+            while self.queue:
+                data = self.queue.popleft()
+                self.pending -= len(data)
+                await (ws.send_bytes(data) if isinstance(data, bytes) else ws.send_str(data))
+
+
+@service_type("broadcast")
+class BroadcastService(WebSocketService):
+    def __init__(self, config: Service, runtime: Runtime) -> None:
+        super().__init__(config, runtime)
+        pending = config.prop("maximum.pending.bytes")
+        self.limit = parse_size(pending) if pending else DEFAULT_CLIENT_PENDING
+        self.rebroadcast = config.prop("on.client.message") == "broadcast"
+        accept = config.prop("accept")
+        self.feed_accept = parse_uri(accept, ("tcp",)) if accept else None
+        self.feed_connect = config.connects[0] if config.connects else None
+        self.subscribers: set[Subscriber] = set()
+        self._feed_task: asyncio.Task[None] | None = None
+        self._feed_server: asyncio.AbstractServer | None = None
+        self.feed_port: int | None = None
+
+    def publish(self, data: bytes | str) -> None:
+        for subscriber in self.subscribers:
+            subscriber.offer(data)
+
+    async def start(self) -> None:
+        if self.feed_accept is not None:
+            self._feed_server = await asyncio.start_server(self.read_feed, self.feed_accept.host, self.feed_accept.port)
+            self.feed_port = self._feed_server.sockets[0].getsockname()[1]
+        elif self.feed_connect is not None:
+            self._feed_task = asyncio.create_task(self.dial_feed())
+
+    async def stop(self) -> None:
+        if self._feed_task is not None:
+            self._feed_task.cancel()
+            await asyncio.gather(self._feed_task, return_exceptions=True)
+        if self._feed_server is not None:
+            self._feed_server.close()
+            await self._feed_server.wait_closed()
+
+    async def dial_feed(self) -> None:
+        assert self.feed_connect is not None
+        delay = 0.5
+        while True:
+            try:
+                backend = await open_tcp(self.feed_connect, None, READ_CHUNK)
+            except BackendError as exc:
+                log.warning("service[%s]: feed %s; retrying in %.1fs", self.name, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_REDIAL_INTERVAL)
+                continue
+            delay = 0.5
+            await self.read_feed(backend.reader, backend.writer)
+            log.warning("service[%s]: feed %s closed; redialling", self.name, self.feed_connect)
+
+    async def read_feed(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(READ_CHUNK):
+                self.publish(data)
+        except OSError as exc:
+            log.warning("service[%s]: feed read failed: %s", self.name, exc)
+        finally:
+            writer.close()
+
+    async def serve(self, connection: Connection) -> None:
+        subscriber = Subscriber(connection, self.limit)
+        self.subscribers.add(subscriber)
+        sender = subscriber.sender = asyncio.create_task(subscriber.run())
+        try:
+            async for msg in connection:
+                if self.rebroadcast and (msg.type is WSMsgType.BINARY or msg.type is WSMsgType.TEXT):
+                    self.publish(msg.data)
+        finally:
+            self.subscribers.discard(subscriber)
+            sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)

@@ -1,0 +1,72 @@
+"""``directory``: static files (welcome file, mime mappings), e.g. the demo page.
+
+Files are served only from inside the configured directory: paths are resolved
+and checked, so ``..`` and symlinks that leave it give 404.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from ..config.model import Service
+from ..errors import ConfigError
+from .base import Runtime, ServiceHandler, service_type
+
+if TYPE_CHECKING:
+    from ..security.tls import PeerIdentity
+
+DEFAULT_MIME = {"html": "text/html", "js": "text/javascript", "mjs": "text/javascript", "css": "text/css",
+                "json": "application/json", "svg": "image/svg+xml", "png": "image/png", "txt": "text/plain"}
+SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+
+
+@service_type("directory")
+class DirectoryService(ServiceHandler):
+    def __init__(self, config: Service, runtime: Runtime) -> None:
+        super().__init__(config, runtime)
+        self.root = Path()
+        self.welcome = config.prop("welcome-file")
+        self.mime = {**DEFAULT_MIME, **config.mime_mappings}
+        self.prefix = config.accepts[0].path.rstrip("/")
+        self.error_pages: Path | None = None
+
+    def configure(self, web_root: Path) -> None:
+        """Resolve ``directory`` under the web root (Kaazing: GATEWAY_HOME/web)."""
+        path = f"service[{self.name}]/properties/directory"
+        directory = (web_root / (self.config.prop("directory") or "").lstrip("/")).resolve()
+        if not directory.is_dir():
+            raise ConfigError(path, f"{str(directory)!r} is not a directory (resolved under web root {str(web_root)!r})")
+        self.root = directory
+        if (errors := self.config.prop("error-pages-directory")) is not None:
+            self.error_pages = (web_root / errors.lstrip("/")).resolve()
+
+    async def handle(self, request: web.BaseRequest, peer: PeerIdentity | None) -> web.StreamResponse:
+        if request.method not in ("GET", "HEAD"):
+            return web.Response(status=405, headers={"Allow": "GET, HEAD", **SECURITY_HEADERS})
+        file = self.resolve(request.path[len(self.prefix):])
+        if file is None:
+            return self.not_found()
+        return web.FileResponse(file, headers={"Content-Type": self.content_type(file), **SECURITY_HEADERS})
+
+    def resolve(self, relative: str) -> Path | None:
+        candidate = (self.root / relative.lstrip("/")).resolve()
+        if not candidate.is_relative_to(self.root):
+            return None
+        if candidate.is_dir() and self.welcome:
+            candidate = candidate / self.welcome
+        return candidate if candidate.is_file() else None
+
+    def content_type(self, file: Path) -> str:
+        ext = file.suffix.lstrip(".").lower()
+        mime = self.mime.get(ext) or mimetypes.guess_type(file.name)[0] or "application/octet-stream"
+        return f"{mime}; charset=utf-8" if mime.startswith("text/") and "charset" not in mime else mime
+
+    def not_found(self) -> web.StreamResponse:
+        page = self.error_pages / "404.html" if self.error_pages else None
+        if page and page.is_file():
+            return web.FileResponse(page, status=404, headers={"Content-Type": "text/html; charset=utf-8", **SECURITY_HEADERS})
+        return web.Response(status=404, text="Not Found\n", headers=SECURITY_HEADERS)

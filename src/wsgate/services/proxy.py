@@ -1,0 +1,120 @@
+"""``proxy``: each accepted WebSocket gets its own back-end connection.
+
+Full duplex with backpressure both ways: a side is read only while the other
+side has fewer than ``maximum.pending.bytes`` queued. Client close half-closes a
+TCP back end; back-end EOF closes the client with 1000; failures close the
+client with 1011 (back end unavailable / lost) or 1014 (TLS or handshake refused).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import aiohttp
+
+from ..config.model import DEFAULT_MAX_PENDING_BYTES, Service
+from ..config.values import parse_size
+from ..errors import BackendError
+from ..security.tls import client_context
+from ..transport.backend import Backend, WsBackend, open_tcp, open_ws
+from ..transport.websocket import CloseCode, Connection, WSMsgType
+from .base import Runtime, WebSocketService, service_type
+
+log = logging.getLogger("wsgate.proxy")
+# Close codes a server may put in a close frame (RFC 6455 §7.4); others are mapped.
+_SENDABLE = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
+
+
+@service_type("proxy")
+class ProxyService(WebSocketService):
+    def __init__(self, config: Service, runtime: Runtime) -> None:
+        super().__init__(config, runtime)
+        self.uri = config.connects[0]
+        pending = config.prop("maximum.pending.bytes")
+        self.max_pending = parse_size(pending) if pending else DEFAULT_MAX_PENDING_BYTES
+        self.writer_limit = self.max_pending
+        self.deferred = config.prop("connect.strategy") == "deferred"
+        self.ssl = None
+        if self.uri.secure:
+            trusted = runtime.trust.trusted_pem if runtime.trust else None
+            self.ssl = client_context(config.connect_options.tls, trusted, runtime.keys, f"service[{self.name}]/connect-options")
+        self.session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        if self.uri.scheme in ("ws", "wss"):
+            self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=True))
+
+    async def stop(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    async def open_backend(self) -> Backend:
+        if self.session is not None:
+            return await open_ws(self.session, self.uri, self.ssl, self.config.accept_options.max_message_size)
+        return await open_tcp(self.uri, self.ssl, self.max_pending)
+
+    async def serve(self, connection: Connection) -> None:
+        first = None
+        if self.deferred:
+            first = await connection.receive()
+            if first.type is not WSMsgType.BINARY and first.type is not WSMsgType.TEXT:
+                return
+        try:
+            backend = await self.open_backend()
+        except BackendError as exc:
+            log.warning("service[%s]: back end %s; closing client %s with %d", self.name, exc, connection.remote, exc.close_code)
+            reason = "back end unavailable" if exc.close_code == CloseCode.INTERNAL_ERROR else "bad gateway"
+            await connection.close(exc.close_code, reason)
+            return
+        try:
+            if first is not None:
+                await backend.send(first.data)
+            await self.relay(connection, backend)
+        finally:
+            await backend.close()
+
+    async def relay(self, connection: Connection, backend: Backend) -> None:
+        up = asyncio.create_task(self.client_to_backend(connection, backend))
+        down = asyncio.create_task(self.backend_to_client(backend, connection))
+        try:
+            await asyncio.wait((up, down), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not down.done():  # the client left first: nothing more can reach it
+                down.cancel()
+            await asyncio.gather(up, down, return_exceptions=True)
+        if up.done() and not up.cancelled() and up.exception():
+            log.warning("service[%s]: back end write failed: %s", self.name, up.exception())
+
+    async def client_to_backend(self, connection: Connection, backend: Backend) -> None:
+        binary, text = WSMsgType.BINARY, WSMsgType.TEXT
+        try:
+            async for msg in connection:
+                if msg.type is binary or msg.type is text:
+                    await backend.send(msg.data)
+        finally:
+            backend.finish()
+
+    async def backend_to_client(self, backend: Backend, connection: Connection) -> None:
+        ws = connection.ws
+        try:
+            while (data := await backend.receive()) is not None:
+                if isinstance(data, bytes):
+                    await ws.send_bytes(data)
+                else:
+                    await ws.send_str(data)
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            log.warning("service[%s]: back end %s lost: %s", self.name, self.uri, exc)
+            await connection.close(CloseCode.INTERNAL_ERROR, "back end connection lost")
+            return
+        await connection.close(*self.backend_close(backend))
+
+    @staticmethod
+    def backend_close(backend: Backend) -> tuple[int, str]:
+        """Back-end EOF or close → the client's close code (abnormal closes map to 1011)."""
+        if not isinstance(backend, WsBackend):
+            return CloseCode.NORMAL, "back end closed"
+        code = backend.close_code
+        if code in _SENDABLE or code is not None and 3000 <= code <= 4999:
+            return code, "back end closed"
+        return (CloseCode.NORMAL, "back end closed") if code == 1005 else (CloseCode.INTERNAL_ERROR, "back end connection lost")

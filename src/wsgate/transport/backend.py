@@ -1,0 +1,127 @@
+"""Outbound connections to back ends: tcp://, ssl://, ws://, wss://.
+
+Both kinds offer one small interface (``receive``/``send``/``finish``/``close``)
+so the proxy relays without caring which it has. Failures become ``BackendError``
+carrying the close code the client should get; the detail goes to the log only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+
+import aiohttp
+
+from ..config.values import Uri
+from ..errors import BackendError
+
+CONNECT_TIMEOUT = 10.0
+READ_CHUNK = 64 * 1024
+UNAVAILABLE, BAD_GATEWAY = 1011, 1014
+
+
+class TcpBackend:
+    """A byte stream; ``send`` waits only when more than ``max_pending`` bytes are queued."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, max_pending: int) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.max_pending = max_pending
+        writer.transport.set_write_buffer_limits(high=max_pending)
+        self.close_code: int | None = None
+
+    async def receive(self) -> bytes | None:
+        data = await self.reader.read(READ_CHUNK)
+        return data or None
+
+    async def send(self, data: bytes | str) -> None:
+        writer = self.writer
+        writer.write(data.encode() if isinstance(data, str) else data)
+        if writer.transport.get_write_buffer_size() > self.max_pending:
+            await writer.drain()
+
+    def finish(self) -> None:
+        """Half-close: the client is done sending; the back end may still answer."""
+        if not self.writer.is_closing() and self.writer.can_write_eof():
+            self.writer.write_eof()
+
+    async def close(self) -> None:
+        self.writer.close()
+        try:
+            await self.writer.wait_closed()
+        except (OSError, ssl.SSLError):
+            pass
+
+
+class WsBackend:
+    """A WebSocket back end; message boundaries and text/binary types are kept."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+
+    @property
+    def close_code(self) -> int | None:
+        return self.ws.close_code
+
+    async def receive(self) -> bytes | str | None:
+        msg = await self.ws.receive()
+        if msg.type is aiohttp.WSMsgType.BINARY or msg.type is aiohttp.WSMsgType.TEXT:
+            return msg.data  # type: ignore[no-any-return]
+        return None
+
+    async def send(self, data: bytes | str) -> None:
+        if isinstance(data, str):
+            await self.ws.send_str(data)
+        else:
+            await self.ws.send_bytes(data)
+
+    def finish(self) -> None:
+        """WebSocket has no half-close; ``close`` sends the close frame."""
+
+    async def close(self) -> None:
+        await self.ws.close()
+
+
+Backend = TcpBackend | WsBackend
+
+
+async def open_tcp(uri: Uri, context: ssl.SSLContext | None, max_pending: int) -> TcpBackend:
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(uri.host, uri.port, ssl=context, server_hostname=uri.host if context else None,
+                                    limit=max_pending),
+            CONNECT_TIMEOUT,
+        )
+    except ssl.SSLCertVerificationError as exc:
+        raise BackendError(f"{uri}: TLS verification failed: {exc.verify_message}", BAD_GATEWAY) from None
+    except ssl.SSLError as exc:
+        raise BackendError(f"{uri}: TLS handshake failed: {exc.reason or exc}", BAD_GATEWAY) from None
+    except (OSError, asyncio.TimeoutError) as exc:
+        raise BackendError(f"{uri}: cannot connect: {_describe(exc)}") from None
+    return TcpBackend(reader, writer, max_pending)
+
+
+async def open_ws(
+    session: aiohttp.ClientSession, uri: Uri, context: ssl.SSLContext | None, max_message_size: int,
+    protocols: tuple[str, ...] = (),
+) -> WsBackend:
+    try:
+        ws = await asyncio.wait_for(session.ws_connect(
+            uri.raw, ssl=context if context is not None else False, timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
+            max_msg_size=max_message_size, compress=0, autoping=True, protocols=protocols,
+        ), CONNECT_TIMEOUT)
+    except aiohttp.ClientConnectorCertificateError as exc:
+        raise BackendError(f"{uri}: TLS verification failed: {exc.certificate_error}", BAD_GATEWAY) from None
+    except aiohttp.WSServerHandshakeError as exc:
+        raise BackendError(f"{uri}: WebSocket handshake refused: HTTP {exc.status}", BAD_GATEWAY) from None
+    except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+        raise BackendError(f"{uri}: cannot connect: {_describe(exc)}") from None
+    return WsBackend(ws)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.TimeoutError):
+        return f"timed out after {CONNECT_TIMEOUT:g}s"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,92 @@
+"""Listeners: one socket per bind address, many services routed by host + path.
+
+The listener is the only place that accepts sockets. It decides nothing about
+services: it finds the route, enforces the route's client-certificate rule
+(for ports shared by services with different ``ssl.verify-client``), and hands
+the request on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from ..security.tls import PeerIdentity
+
+if TYPE_CHECKING:
+    from ..services.base import ServiceHandler
+
+log = logging.getLogger("wsgate.listener")
+
+
+@dataclass
+class Route:
+    host: str
+    path: str  # no trailing slash, "" for the root
+    service: ServiceHandler
+    prefix: bool  # directory services also serve everything below their path
+    verify_client: str = "none"
+
+
+@dataclass
+class Listener:
+    host: str | None
+    port: int
+    ssl_context: ssl.SSLContext | None = None
+    routes: list[Route] = field(default_factory=list)
+    keepalive_timeout: float = 75.0
+    _server: asyncio.AbstractServer | None = None
+    _web: web.Server | None = None
+
+    @property
+    def secure(self) -> bool:
+        return self.ssl_context is not None
+
+    def add(self, route: Route) -> None:
+        self.routes.append(route)
+        self.routes.sort(key=lambda r: len(r.path), reverse=True)
+
+    def find(self, host: str, path: str) -> Route | None:
+        """Exact path first, then the longest prefix route; the Host header must match."""
+        path = path.rstrip("/")
+        for route in self.routes:
+            if route.host != host:
+                continue
+            if path == route.path or route.prefix and path.startswith(route.path + "/"):
+                return route
+        return None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._web = web.Server(self.handle, keepalive_timeout=self.keepalive_timeout, access_log=None)
+        self._server = await loop.create_server(
+            self._web, self.host, self.port, ssl=self.ssl_context, reuse_address=True, backlog=1024
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("listening on %s://%s:%d (%d route(s))", "tls" if self.secure else "tcp", self.host or "*", self.port, len(self.routes))
+
+    def stop_accepting(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def shutdown(self, timeout: float) -> None:
+        if self._web is not None:
+            await self._web.shutdown(timeout)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        route = self.find((request.url.host or "").lower().rstrip("."), request.path)
+        if route is None:
+            return web.Response(status=404, text="Not Found\n")
+        peer = None
+        if self.secure:
+            peer = PeerIdentity.from_ssl_object(request.transport.get_extra_info("ssl_object") if request.transport else None)
+            if route.verify_client == "required" and peer is None:
+                return web.Response(status=403, text="A client certificate is required.\n")
+        return await route.service.handle(request, peer)

@@ -1,0 +1,107 @@
+"""The per-connection WebSocket interface services use.
+
+Services see only ``Connection``: ``receive()``, ``send_bytes()``, ``send_str()``,
+``close()``. Today it wraps aiohttp's ``WebSocketResponse``; a picows listener can
+provide the same methods where it measures faster (see issue "benchmark harness").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+from aiohttp import WSMsgType, web
+from aiohttp.http_websocket import WSMessage
+
+from ..config.model import AcceptOptions
+
+if TYPE_CHECKING:
+    from ..security.tls import PeerIdentity
+
+__all__ = ["Connection", "WSMessage", "WSMsgType", "CloseCode", "accept_websocket"]
+
+
+class CloseCode:
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    POLICY_VIOLATION = 1008
+    MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
+    BAD_GATEWAY = 1014
+
+
+class Connection:
+    """One accepted WebSocket with what later layers need to know about its peer."""
+
+    __slots__ = ("ws", "transport", "service", "remote", "peer", "opened")
+
+    def __init__(
+        self, ws: web.WebSocketResponse, transport: asyncio.BaseTransport | None, service: str, remote: str,
+        peer: PeerIdentity | None,
+    ) -> None:
+        self.ws = ws
+        self.transport = transport
+        self.service = service
+        self.remote = remote
+        self.peer = peer
+        self.opened = time.monotonic()
+
+    async def receive(self) -> WSMessage:
+        return await self.ws.receive()
+
+    def __aiter__(self) -> Connection:
+        return self
+
+    async def __anext__(self) -> WSMessage:
+        msg = await self.ws.receive()
+        if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+            raise StopAsyncIteration
+        return msg
+
+    async def send_bytes(self, data: bytes) -> None:
+        await self.ws.send_bytes(data)
+
+    async def send_str(self, data: str) -> None:
+        await self.ws.send_str(data)
+
+    async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+        """Close with ``code``; reasons are short and never carry internal detail."""
+        await self.ws.close(code=code, message=reason.encode()[:120])
+
+    def abort(self) -> None:
+        """Drop the socket without a close handshake (a peer that stopped reading)."""
+        if self.transport is not None:
+            self.transport.abort()
+
+    @property
+    def closed(self) -> bool:
+        return self.ws.closed
+
+    @property
+    def close_code(self) -> int | None:
+        return self.ws.close_code
+
+
+async def accept_websocket(
+    request: web.BaseRequest, options: AcceptOptions, writer_limit: int = 64 * 1024
+) -> web.WebSocketResponse:
+    """Complete the upgrade with the service's limits applied.
+
+    ``ws.inactivity.timeout`` T: ping after T/2 of silence, close if no pong within
+    another T/2 (Kaazing semantics). Compression is off: it costs CPU per message
+    and mixes secrets with attacker-chosen data (CRIME-style leaks).
+    """
+    timeout = options.inactivity_timeout
+    ws = web.WebSocketResponse(
+        heartbeat=timeout / 2 if timeout else None,
+        compress=False,
+        max_msg_size=options.max_message_size,
+        writer_limit=writer_limit,
+    )
+    if timeout:
+        ws._pong_heartbeat = timeout / 2  # aiohttp waits heartbeat/2 for the pong; Kaazing waits T/2
+    if options.server_header:
+        ws.headers["Server"] = "wsgate"
+    await ws.prepare(request)
+    return ws
