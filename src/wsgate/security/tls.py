@@ -114,6 +114,9 @@ class ListenerTls:
         self.context = default
         if len(self.contexts) > 1:
             default.sni_callback = self._select
+            # aiofastnet's direct OpenSSL engine cannot switch contexts mid-handshake (it crashes);
+            # its stdlib-SSLObject engine can. Only multi-certificate listeners pay for it.
+            default._aiofastnet_force_fallback_ssl = True  # type: ignore[attr-defined]
 
     def _select(self, ssl_object: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> None:
         if server_name:

@@ -96,7 +96,7 @@ async def accept_websocket(
     ws = web.WebSocketResponse(
         heartbeat=timeout / 2 if timeout else None,
         compress=False,
-        max_msg_size=options.max_message_size,
+        max_msg_size=options.max_message_size + 1,  # aiohttp refuses sizes >= its limit; ours allows ==
         writer_limit=writer_limit,
     )
     if timeout:

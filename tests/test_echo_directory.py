@@ -1,0 +1,179 @@
+"""Loopback tests: echo, routing by host + path, limits, directory service."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from wsgate.gateway import Gateway
+
+ECHO = """
+service:
+  - name: echo
+    accept: ws://127.0.0.1:0/echo
+    type: echo
+    accept-options:
+      ws.maximum.message.size: 1k
+  - name: echo2
+    accept: ws://127.0.0.1:0/other
+    type: echo
+"""
+
+
+async def test_echo_text_and_binary(start_gateway, http):
+    gw = await start_gateway(ECHO)
+    async with http.ws_connect(f"ws://127.0.0.1:{gw.port_of('echo')}/echo") as ws:
+        await ws.send_str("hello")
+        assert (await ws.receive()).data == "hello"
+        await ws.send_bytes(b"\x00\x01\xff")
+        msg = await ws.receive()
+        assert msg.type is aiohttp.WSMsgType.BINARY and msg.data == b"\x00\x01\xff"
+
+
+async def test_many_services_share_one_port(start_gateway, http):
+    gw = await start_gateway(ECHO)
+    assert gw.port_of("echo") == gw.port_of("echo2")
+    async with http.ws_connect(f"ws://127.0.0.1:{gw.port_of('echo2')}/other") as ws:
+        await ws.send_str("x")
+        assert (await ws.receive()).data == "x"
+
+
+async def test_oversized_message_closes_1009_and_others_keep_working(start_gateway, http):
+    gw = await start_gateway(ECHO)
+    url = f"ws://127.0.0.1:{gw.port_of('echo')}/echo"
+    async with http.ws_connect(url) as ok, http.ws_connect(url) as big:
+        await big.send_bytes(b"x" * 1025)
+        msg = await big.receive()
+        assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == 1009
+        await ok.send_bytes(b"y" * 1024)  # exactly at the limit is fine
+        assert (await ok.receive()).data == b"y" * 1024
+
+
+async def test_unknown_path_and_host_are_404(start_gateway, http):
+    gw = await start_gateway(ECHO)
+    port = gw.port_of("echo")
+    async with http.get(f"http://127.0.0.1:{port}/nope") as response:
+        assert response.status == 404
+    async with http.get(f"http://127.0.0.1:{port}/echo", headers={"Host": f"evil.example:{port}"}) as response:
+        assert response.status == 404
+
+
+async def test_plain_get_on_websocket_path_is_426(start_gateway, http):
+    gw = await start_gateway(ECHO)
+    async with http.get(f"http://127.0.0.1:{gw.port_of('echo')}/echo") as response:
+        assert response.status == 426
+
+
+async def test_inactivity_timeout_pings_then_closes_silent_client(start_gateway, http):
+    gw = await start_gateway("""
+        service:
+          - name: echo
+            accept: ws://127.0.0.1:0/echo
+            type: echo
+            accept-options:
+              ws.inactivity.timeout: 0.6s
+    """)
+    url = f"ws://127.0.0.1:{gw.port_of('echo')}/echo"
+    async with http.ws_connect(url, autoping=True) as alive:  # answers pings while it reads: stays open
+        reading = asyncio.create_task(alive.receive())
+        async with http.ws_connect(url, autoping=False) as silent:  # never answers
+            first = await asyncio.wait_for(silent.receive(), 2)
+            assert first.type is aiohttp.WSMsgType.PING
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            end = await asyncio.wait_for(silent.receive(), 2)
+            assert end.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
+            assert 0.2 < loop.time() - started < 1.5
+        await alive.send_str("still here")
+        assert (await asyncio.wait_for(reading, 2)).data == "still here"
+
+
+async def test_graceful_stop_closes_with_1001(tmp_path, http):
+    from wsgate.config import load_config
+
+    path = tmp_path / "g.yaml"
+    path.write_text(ECHO)
+    gw = Gateway(load_config(path))
+    await gw.start()
+    async with http.ws_connect(f"ws://127.0.0.1:{gw.port_of('echo')}/echo") as ws:
+        stopping = asyncio.create_task(gw.stop(grace=2))
+        msg = await asyncio.wait_for(ws.receive(), 3)
+        assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == 1001
+        await ws.close()
+        await asyncio.wait_for(stopping, 3)
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", gw.port_of("echo")), timeout=1)
+
+
+DIRECTORY = """
+service:
+  - name: site
+    accept: http://127.0.0.1:0/
+    type: directory
+    properties:
+      directory: /site
+      welcome-file: index.html
+    mime-mapping:
+      - extension: data
+        mime-type: application/x-test
+"""
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    root = tmp_path / "site"
+    (root / "sub").mkdir(parents=True)
+    (root / "index.html").write_text("<h1>home</h1>")
+    (root / "sub" / "x.data").write_text("data")
+    (tmp_path / "secret.txt").write_text("do not serve")
+    (root / "link").symlink_to(tmp_path / "secret.txt")
+    return root
+
+
+async def test_directory_serves_welcome_file_and_mime_mapping(start_gateway, http, site):
+    gw = await start_gateway(DIRECTORY)
+    base = f"http://127.0.0.1:{gw.port_of('site')}"
+    async with http.get(base + "/") as response:
+        assert response.status == 200 and await response.text() == "<h1>home</h1>"
+        assert response.headers["Content-Type"].startswith("text/html")
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+    async with http.get(base + "/sub/x.data") as response:
+        assert response.headers["Content-Type"] == "application/x-test"
+
+
+@pytest.mark.parametrize("path", ["/../secret.txt", "/%2e%2e/secret.txt", "/sub/../../secret.txt", "/link", "/missing"])
+async def test_directory_never_leaves_its_root(start_gateway, site, path):
+    gw = await start_gateway(DIRECTORY)
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port_of("site"))
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+    response = await reader.read()
+    writer.close()
+    assert response.startswith(b"HTTP/1.1 404") or response.startswith(b"HTTP/1.1 400"), response[:40]
+    assert b"do not serve" not in response
+
+
+async def test_directory_refuses_post(start_gateway, http, site):
+    gw = await start_gateway(DIRECTORY)
+    async with http.post(f"http://127.0.0.1:{gw.port_of('site')}/", data=b"x") as response:
+        assert response.status == 405
+
+
+async def test_embedded_default_config_serves_demo_and_echo(http):
+    from wsgate.config import load_default_config
+
+    gw = Gateway(load_default_config({"gateway.hostname": "127.0.0.1", "gateway.port": "0"}))
+    await gw.start()
+    try:
+        port = gw.port_of("demo")
+        async with http.get(f"http://127.0.0.1:{port}/") as response:
+            page = await response.text()
+            assert response.status == 200 and "/echo" in page
+        async with http.ws_connect(f"ws://127.0.0.1:{port}/echo") as ws:
+            await ws.send_str("demo")
+            assert (await ws.receive()).data == "demo"
+    finally:
+        await gw.stop(1)
