@@ -109,16 +109,24 @@ class Gateway:
         return self.listeners[_bind_key(service, service.accepts[index])].port
 
     async def stop(self, grace: float = 10.0) -> None:
-        """Graceful shutdown: stop accepting, close WebSockets with 1001, wait for drains."""
+        """Graceful shutdown: stop accepting, close WebSockets with 1001, wait for drains.
+
+        Peers that do not finish the close handshake within ``grace`` are aborted,
+        so a client that stopped reading cannot hold the shutdown hostage.
+        """
         self.runtime.closing = True
         for listener in self.listeners.values():
             listener.stop_accepting()
         connections = list(self.runtime.connections)
         if connections:
             log.info("closing %d connection(s) with 1001", len(connections))
-            closes = [c.close(CloseCode.GOING_AWAY, "gateway shutting down") for c in connections]
-            await asyncio.wait([asyncio.ensure_future(c) for c in closes], timeout=grace)
-        await asyncio.gather(*(listener.shutdown(grace) for listener in self.listeners.values()))
+            closes = [asyncio.ensure_future(c.close(CloseCode.GOING_AWAY, "gateway shutting down")) for c in connections]
+            _, late = await asyncio.wait(closes, timeout=grace)
+            for task in late:
+                task.cancel()
+        for connection in list(self.runtime.connections):
+            connection.abort()
+        await asyncio.gather(*(listener.shutdown(min(grace, 1.0)) for listener in self.listeners.values()))
         for service in self.services.values():
             await service.stop()
 

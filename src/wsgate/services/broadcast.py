@@ -41,17 +41,19 @@ class Subscriber:
         self.sender: asyncio.Task[None] | None = None
         self._drop: asyncio.Task[None] | None = None
 
-    def offer(self, data: bytes | str) -> None:
+    def offer(self, data: bytes | str) -> bool:
+        """Queue ``data``; False once the client is too slow (it is then being dropped)."""
         if self.too_slow:
-            return
+            return False
         self.pending += len(data)
         if self.pending > self.limit:
             self.too_slow = True
             self.queue.clear()
             self._drop = asyncio.get_running_loop().create_task(self.drop())
-        else:
-            self.queue.append(data)
-            self.ready.set()
+            return False
+        self.queue.append(data)
+        self.ready.set()
+        return True
 
     async def drop(self) -> None:
         """Close a client that fell behind; abort it if it will not even take the close frame."""
@@ -87,11 +89,17 @@ class BroadcastService(WebSocketService):
         self.subscribers: set[Subscriber] = set()
         self._feed_task: asyncio.Task[None] | None = None
         self._feed_server: asyncio.AbstractServer | None = None
+        self._feed_writers: set[asyncio.StreamWriter] = set()
         self.feed_port: int | None = None
 
     def publish(self, data: bytes | str) -> None:
+        dropped = None
         for subscriber in self.subscribers:
-            subscriber.offer(data)
+            if not subscriber.offer(data):
+                dropped = dropped or []
+                dropped.append(subscriber)
+        if dropped:
+            self.subscribers.difference_update(dropped)
 
     async def start(self) -> None:
         if self.feed_accept is not None:
@@ -106,6 +114,8 @@ class BroadcastService(WebSocketService):
             await asyncio.gather(self._feed_task, return_exceptions=True)
         if self._feed_server is not None:
             self._feed_server.close()
+            for writer in list(self._feed_writers):
+                writer.transport.abort()
             await self._feed_server.wait_closed()
 
     async def dial_feed(self) -> None:
@@ -124,12 +134,14 @@ class BroadcastService(WebSocketService):
             log.warning("service[%s]: feed %s closed; redialling", self.name, self.feed_connect)
 
     async def read_feed(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._feed_writers.add(writer)
         try:
             while data := await reader.read(READ_CHUNK):
                 self.publish(data)
         except OSError as exc:
             log.warning("service[%s]: feed read failed: %s", self.name, exc)
         finally:
+            self._feed_writers.discard(writer)
             writer.close()
 
     async def serve(self, connection: Connection) -> None:

@@ -78,7 +78,10 @@ class Listener:
         if self._web is not None:
             await self._web.shutdown(timeout)
         if self._server is not None:
-            await self._server.wait_closed()
+            try:
+                await asyncio.wait_for(self._server.wait_closed(), timeout)
+            except asyncio.TimeoutError:
+                log.warning("listener %s:%d: connections still open after shutdown", self.host or "*", self.port)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         route = self.find((request.url.host or "").lower().rstrip("."), request.path)
