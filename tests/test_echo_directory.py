@@ -177,3 +177,56 @@ async def test_embedded_default_config_serves_demo_and_echo(http):
             assert (await ws.receive()).data == "demo"
     finally:
         await gw.stop(1)
+
+
+@pytest.mark.parametrize(
+    ("origin", "allowed"),
+    [
+        (None, True),  # not a browser
+        ("http://127.0.0.1:{port}", True),  # same origin
+        ("http://app.example:8080", True),  # listed
+        ("https://app.example:8080", False),  # scheme differs
+        ("http://evil.example", False),
+        ("null", False),
+        ("http://app.example:8080/path", False),
+    ],
+)
+async def test_cross_origin_upgrades_are_denied_unless_allowed(start_gateway, http, origin, allowed):
+    gw = await start_gateway("""
+        service:
+          - name: echo
+            accept: ws://127.0.0.1:0/echo
+            type: echo
+            cross-site-constraint:
+              allow-origin: http://app.example:8080
+    """)
+    port = gw.port_of("echo")
+    headers = {"Origin": origin.format(port=port)} if origin else {}
+    if allowed:
+        async with http.ws_connect(f"ws://127.0.0.1:{port}/echo", headers=headers) as ws:
+            await ws.send_str("ok")
+            assert (await ws.receive()).data == "ok"
+    else:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await http.ws_connect(f"ws://127.0.0.1:{port}/echo", headers=headers)
+        assert refused.value.status == 403
+
+
+async def test_protected_service_is_denied_until_realms_are_enforced(start_gateway, http):
+    gw = await start_gateway("""
+        service:
+          - name: echo
+            accept: ws://127.0.0.1:0/echo
+            type: echo
+            realm-name: demo
+            authorization-constraint:
+              require-role: AUTHORIZED
+        security:
+          realm:
+            name: demo
+            authentication:
+              http-challenge-scheme: Basic
+    """)
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await http.ws_connect(f"ws://127.0.0.1:{gw.port_of('echo')}/echo", headers={"Authorization": "Basic am9lOndlbGNvbWU="})
+    assert refused.value.status == 403

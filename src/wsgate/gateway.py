@@ -16,6 +16,7 @@ from .config.model import GatewayConfig, Service, TlsOptions
 from .config.values import Uri
 from .errors import ConfigError
 from .security.keystore import load_store
+from .security.realms import UnenforcedRealmGuard
 from .security.tls import ListenerTls
 from .services import create_service
 from .services.base import Runtime, ServiceHandler
@@ -66,8 +67,10 @@ class Gateway:
         if tls_entries:
             listener.ssl_context = self._listener_tls(tls_entries, tls_level).context
         for service, uri in entries:
+            handler = self.services[service.name]
             listener.add(Route(
-                host=uri.host, path=uri.path.rstrip("/"), service=self.services[service.name],
+                host=uri.host, path=uri.path.rstrip("/"),
+                service=UnenforcedRealmGuard(handler) if service.protected else handler,
                 prefix=service.type == "directory",
                 verify_client=service.accept_options.tls.verify_client if uri.secure else "none",
             ))

@@ -143,15 +143,15 @@ class Builder:
             if child.name in schema:
                 groups[child.name].append(child)
             elif unsupported and child.name in unsupported:
-                self.fail(f"{path}/{child.name}", f"not supported yet: {unsupported[child.name]}")
+                self.fail(_join(path, child.name), f"not supported yet: {unsupported[child.name]}")
             else:
-                self.unknown(f"{path}/{child.name}", child.name, schema)
+                self.unknown(_join(path, child.name), child.name, schema)
         for name, cardinality in schema.items():
             count = len(groups.get(name, ()))
             if cardinality == "1" and count != 1 or cardinality == "+" and count == 0:
-                self.fail(f"{path}/{name}", "is required" if count == 0 else f"must appear once, found {count}")
+                self.fail(_join(path, name), "is required" if count == 0 else f"must appear once, found {count}")
             elif cardinality == "?" and count > 1:
-                self.fail(f"{path}/{name}", f"may appear at most once, found {count}")
+                self.fail(_join(path, name), f"may appear at most once, found {count}")
         return groups
 
     def unknown(self, path: str, name: str, valid: Mapping[str, Any] | tuple[str, ...]) -> None:
@@ -506,6 +506,10 @@ ACCEPT_OPTION_NAMES = (
     "ws.maximum.message.size", "ws.inactivity.timeout", "http.server.header",
 )
 CONNECT_OPTION_NAMES = ("ssl.ciphers", "ssl.protocols", "ssl.client-certificate", "ws.inactivity.timeout", "ws.version")
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}/{name}" if path else name
 
 
 def parse_origin(text: str) -> str:

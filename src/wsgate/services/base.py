@@ -16,6 +16,7 @@ from aiohttp import web
 
 from ..config.model import Service
 from ..security.keystore import KeyMaterial
+from ..security.origin import origin_allowed
 from ..transport.websocket import CloseCode, Connection, accept_websocket
 
 if TYPE_CHECKING:
@@ -57,12 +58,22 @@ class WebSocketService(ServiceHandler):
 
     writer_limit = 64 * 1024
 
+    @property
+    def offloaded_tls(self) -> bool:
+        """wss accepts with ``ssl.encryption disabled``: browsers still see an https origin."""
+        return not self.config.accept_options.tls.encryption and any(u.secure for u in self.config.accepts)
+
     async def handle(self, request: web.BaseRequest, peer: PeerIdentity | None) -> web.StreamResponse:
         if request.method != "GET" or request.headers.get("Upgrade", "").lower() != "websocket":
             return web.Response(status=426, text="This is a WebSocket endpoint: connect with a WebSocket client.\n",
                                 headers={"Upgrade": "websocket"})
         if self.runtime.closing:
             return web.Response(status=503, text="Gateway is shutting down.\n")
+        own_origin = f"{'https' if request.secure or self.offloaded_tls else 'http'}://{request.host}"
+        if not origin_allowed(request.headers.get("Origin"), own_origin, self.config.cross_site_constraints):
+            log.warning("service[%s]: refused cross-origin upgrade from %s (Origin %.100r)", self.name,
+                        request.remote, request.headers.get("Origin"))
+            return web.Response(status=403, text="Forbidden\n")
         ws = await accept_websocket(request, self.config.accept_options, self.writer_limit)
         connection = Connection(ws, request.transport, self.name, request.remote or "?", peer)
         self.runtime.connections.add(connection)

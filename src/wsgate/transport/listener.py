@@ -19,6 +19,7 @@ from aiohttp import web
 from ..security.tls import PeerIdentity
 
 if TYPE_CHECKING:
+    from ..security.realms import UnenforcedRealmGuard
     from ..services.base import ServiceHandler
 
 log = logging.getLogger("wsgate.listener")
@@ -28,7 +29,7 @@ log = logging.getLogger("wsgate.listener")
 class Route:
     host: str
     path: str  # no trailing slash, "" for the root
-    service: ServiceHandler
+    service: ServiceHandler | UnenforcedRealmGuard
     prefix: bool  # directory services also serve everything below their path
     verify_client: str = "none"
 
