@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test check clean
+.PHONY: run test lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,11 @@ $(STAMP): pyproject.toml | $(BIN)/python
 run: $(STAMP)  ## start the gateway on the embedded default config (http://localhost:8000/)
 	$(BIN)/wsgate run
 
-test: $(STAMP)  ## install what tests need and run them
+lint: $(STAMP)  ## static checks: ruff and mypy --strict
+	$(BIN)/ruff check src tests
+	$(BIN)/mypy src
+
+test: lint  ## install what tests need, check, and run the tests
 	@command -v keytool >/dev/null || { echo "installing keytool (for JKS/JCEKS test keystores)"; \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends default-jre-headless) >/dev/null || true; }
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

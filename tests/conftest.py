@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import ssl
 import textwrap
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import pytest
@@ -87,7 +87,9 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-async def tcp_echo_server(host: str = "127.0.0.1", ssl_context: ssl.SSLContext | None = None) -> tuple[asyncio.AbstractServer, list[bytes]]:
+async def tcp_echo_server(
+    host: str = "127.0.0.1", ssl_context: ssl.SSLContext | None = None
+) -> tuple[asyncio.AbstractServer, list[bytes]]:
     """A real TCP echo back end; returns the server and a log of every chunk it received."""
     received: list[bytes] = []
 
@@ -108,7 +110,6 @@ async def tcp_echo_server(host: str = "127.0.0.1", ssl_context: ssl.SSLContext |
 
 def port_of(server: asyncio.AbstractServer) -> int:
     return int(server.sockets[0].getsockname()[1])
-
 
 
 def pytest_asyncio_loop_factories(config, item):  # type: ignore[no-untyped-def]

@@ -96,8 +96,10 @@ async def test_slow_client_is_dropped_with_1008_and_fast_client_keeps_up(start_g
     # The slow client: a raw socket that completes the upgrade and then never reads.
     slow = socket.create_connection(("127.0.0.1", port))
     slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    slow.sendall(b"GET /feed HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                 b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    slow.sendall(
+        b"GET /feed HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
     async with http.ws_connect(f"ws://127.0.0.1:{port}/feed", max_msg_size=0) as fast:
         await wait_for_subscribers(service, 2)
         reader, writer = await asyncio.open_connection("127.0.0.1", service.feed_port)

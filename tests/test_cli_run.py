@@ -14,7 +14,12 @@ async def test_run_serves_until_sigterm_then_closes_with_1001(tmp_path):
     config = tmp_path / "g.yaml"
     config.write_text("service:\n  - name: echo\n    accept: ws://127.0.0.1:0/echo\n    type: echo\n")
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "wsgate", "run", str(config), stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "wsgate",
+        "run",
+        str(config),
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         port = None
@@ -23,13 +28,12 @@ async def test_run_serves_until_sigterm_then_closes_with_1001(tmp_path):
             assert line, "wsgate exited before listening"
             if match := re.search(r"listening on tcp://127\.0\.0\.1:(\d+)", line):
                 port = int(match.group(1))
-        async with aiohttp.ClientSession() as http:
-            async with http.ws_connect(f"ws://127.0.0.1:{port}/echo") as ws:
-                await ws.send_str("before stop")
-                assert (await ws.receive()).data == "before stop"
-                process.send_signal(signal.SIGTERM)
-                msg = await asyncio.wait_for(ws.receive(), 5)
-                assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == 1001
+        async with aiohttp.ClientSession() as http, http.ws_connect(f"ws://127.0.0.1:{port}/echo") as ws:
+            await ws.send_str("before stop")
+            assert (await ws.receive()).data == "before stop"
+            process.send_signal(signal.SIGTERM)
+            msg = await asyncio.wait_for(ws.receive(), 5)
+            assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == 1001
         assert await asyncio.wait_for(process.wait(), 10) == 0
     finally:
         if process.returncode is None:
@@ -41,7 +45,12 @@ async def test_run_with_bad_config_exits_2_with_the_located_error(tmp_path):
     config = tmp_path / "g.yaml"
     config.write_text("service:\n  - name: echo\n    accept: ws://127.0.0.1:0/echo\n    type: ecko\n")
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "wsgate", "run", str(config), stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "wsgate",
+        "run",
+        str(config),
+        stderr=asyncio.subprocess.PIPE,
     )
     _, err = await asyncio.wait_for(process.communicate(), 10)
     assert process.returncode == 2

@@ -24,14 +24,26 @@ DOCS = Path(__file__).parent.parent / "docs"
 
 # -- value formats (sans I/O) ----------------------------------------------------------------
 
-@pytest.mark.parametrize(("text", "seconds"), [
-    ("30", 30), ("30s", 30), ("3 minutes", 180), ("500ms", 0.5), ("1 hour", 3600), ("2h", 7200), ("1.5 sec", 1.5),
-])
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("30", 30),
+        ("30s", 30),
+        ("3 minutes", 180),
+        ("500ms", 0.5),
+        ("1 hour", 3600),
+        ("2h", 7200),
+        ("1.5 sec", 1.5),
+    ],
+)
 def test_durations(text, seconds):
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize(("text", "size"), [("1024", 1024), ("64k", 65536), ("64kB", 65536), ("1M", 1048576), ("128K", 131072)])
+@pytest.mark.parametrize(
+    ("text", "size"), [("1024", 1024), ("64k", 65536), ("64kB", 65536), ("1M", 1048576), ("128K", 131072)]
+)
 def test_sizes(text, size):
     assert parse_size(text) == size
 
@@ -53,6 +65,7 @@ def test_uri_defaults_and_binds():
 
 
 # -- loading ---------------------------------------------------------------------------------
+
 
 def write(tmp_path: Path, text: str, name: str = "gateway.yaml") -> Path:
     path = tmp_path / name
@@ -117,7 +130,10 @@ def test_properties_are_overridden_by_cli_and_environment(tmp_path, capsys):
 
 
 def test_service_defaults_apply_and_services_override(tmp_path):
-    config = load_config(write(tmp_path, """
+    config = load_config(
+        write(
+            tmp_path,
+            """
         service:
           - name: a
             accept: ws://localhost:8000/a
@@ -131,14 +147,19 @@ def test_service_defaults_apply_and_services_override(tmp_path):
           accept-options:
             ws.maximum.message.size: 16k
             ws.inactivity.timeout: 30
-    """))
+    """,
+        )
+    )
     assert config.service("a").accept_options.max_message_size == 16384
     assert config.service("b").accept_options.max_message_size == 1048576
     assert config.service("b").accept_options.inactivity_timeout == 30
 
 
 def test_tls_aliases_and_insecure_protocols_are_dropped(tmp_path):
-    config = load_config(write(tmp_path, """
+    config = load_config(
+        write(
+            tmp_path,
+            """
         service:
           - name: a
             accept: ws://localhost:8000/a
@@ -146,13 +167,18 @@ def test_tls_aliases_and_insecure_protocols_are_dropped(tmp_path):
             accept-options:
               tls.protocols: TLSv1, TLSv1.1, TLSv1.2
               tls.ciphers: HIGH,!aNULL
-    """))
+    """,
+        )
+    )
     tls = config.service("a").accept_options.tls
     assert tls.protocols == ("TLSv1.2",) and tls.ciphers == "HIGH,!aNULL"
 
 
 def test_realms_are_stored_fully(tmp_path):
-    config = load_config(write(tmp_path, """
+    config = load_config(
+        write(
+            tmp_path,
+            """
         service:
           - name: a
             accept: ws://localhost:8000/a
@@ -179,13 +205,22 @@ def test_realms_are_stored_fully(tmp_path):
                         userProvider: ldap://127.0.0.1:389/ou=people,dc=example,dc=test
                     - type: class:my.module.Custom
                       success: optional
-    """))
+    """,
+        )
+    )
     realm = config.security.realms["corp"]
     auth = realm.authentication
     assert (auth.http_challenge_scheme, auth.http_headers, auth.http_query_parameters, auth.http_cookies) == (
-        "Application Token", ("X-Token",), ("token",), ("sso",))
+        "Application Token",
+        ("X-Token",),
+        ("token",),
+        ("sso",),
+    )
     assert (auth.session_timeout, auth.authorization_timeout) == (1800, 300)
-    assert [(m.type, m.success) for m in auth.login_modules] == [("ldap", "requisite"), ("class:my.module.Custom", "optional")]
+    assert [(m.type, m.success) for m in auth.login_modules] == [
+        ("ldap", "requisite"),
+        ("class:my.module.Custom", "optional"),
+    ]
     assert auth.login_modules[0].options["userProvider"].startswith("ldap://")
     assert config.service("a").authorization_constraints[0].require_roles == ("TRADER", "AUDITOR")
 
@@ -200,59 +235,140 @@ service:
 """
 
 BAD_CONFIGS = [
-    ("unknown option", BASE + "    accept-options:\n      ssl.verify-client: maybe\n",
-     "service[echo]/accept-options/ssl.verify-client: 'maybe' is not one of none, optional, required"),
-    ("misspelled element", BASE + "    acept: ws://localhost:8000/x\n",
-     "service[echo]/acept: unknown element; did you mean 'accept'?"),
-    ("bad duration", BASE + "    accept-options:\n      ws.inactivity.timeout: soon\n",
-     "service[echo]/accept-options/ws.inactivity.timeout: 'soon' is not a duration"),
-    ("bad size", BASE + "    accept-options:\n      ws.maximum.message.size: big\n",
-     "service[echo]/accept-options/ws.maximum.message.size: 'big' is not a size"),
-    ("unknown type", BASE.replace("type: echo", "type: chat"),
-     "service[echo]/type: 'chat' is not a service type; valid: echo, directory, proxy, broadcast"),
-    ("unsupported type", BASE.replace("type: echo", "type: amqp.proxy"),
-     "service[echo]/type: service type 'amqp.proxy' is not supported yet"),
-    ("wrong accept scheme", BASE.replace("ws://localhost:8000/echo", "tcp://localhost:8000"),
-     "service[echo]/accept: 'tcp://localhost:8000' has scheme 'tcp'; use one of ws, wss"),
-    ("proxy without connect", BASE.replace("type: echo", "type: proxy"),
-     "service[echo]/connect: a proxy service takes exactly one connect URI, found 0"),
-    ("connect without port", BASE.replace("type: echo", "type: proxy") + "    connect: tcp://backend\n",
-     "service[echo]/connect: 'tcp://backend' needs a port"),
-    ("undefined property", BASE.replace("localhost", "${host}"),
-     "service[echo]/accept: property ${host} is not defined; add it to <properties> or pass --property host=VALUE"),
-    ("unknown realm", BASE + "    realm-name: corp\n    authorization-constraint:\n      require-valid-user: ''\n",
-     "service[echo]/realm-name: unknown realm 'corp' (defined in security: none)"),
-    ("constraint without realm", BASE + "    authorization-constraint:\n      require-role: A\n",
-     "service[echo]/authorization-constraint: needs a realm-name on the service"),
-    ("wss without keystore", BASE.replace("ws://", "wss://"),
-     "service[echo]/accept: a wss/https accept needs security/keystore"),
-    ("duplicate service", BASE + BASE.replace("service:\n", "").replace("/echo", "/other"),
-     "service[echo]: service names must be unique"),
-    ("duplicate accept", BASE + BASE.replace("service:\n", "").replace("name: echo", "name: two"),
-     "service[two]/accept: ws://localhost:8000/echo is already accepted by service[echo]"),
-    ("missing name", "service:\n  - accept: ws://localhost:8000/echo\n    type: echo\n",
-     "service[?]/name: is required"),
-    ("bad origin", BASE + "    cross-site-constraint:\n      allow-origin: evil.example\n",
-     "service[echo]/cross-site-constraint/allow-origin: 'evil.example' is not an origin"),
-    ("origin with path", BASE + "    cross-site-constraint:\n      allow-origin: https://app.example/x\n",
-     "service[echo]/cross-site-constraint/allow-origin: 'https://app.example/x' must not have a path"),
-    ("unsupported option", BASE + "    accept-options:\n      tcp.transport: socks://dmz:1080\n",
-     "service[echo]/accept-options/tcp.transport: not supported yet in accept-options"),
-    ("verify-client on connect", BASE.replace("type: echo", "type: proxy") + "    connect: tcp://b:1\n    connect-options:\n      ssl.verify-client: required\n",
-     "service[echo]/connect-options/ssl.verify-client: verify-client belongs in accept-options"),
-    ("only insecure TLS", BASE + "    accept-options:\n      ssl.protocols: SSLv3,TLSv1\n",
-     "service[echo]/accept-options/ssl.protocols: 'SSLv3,TLSv1' enables no secure protocol"),
-    ("bad login module", BASE + "security:\n  realm:\n    name: r\n    authentication:\n      login-modules:\n        login-module:\n          type: oracle\n",
-     "security/realm[r]/authentication/login-modules/login-module[1]/type: 'oracle' is not a login-module type"),
-    ("bad challenge scheme", BASE + "security:\n  realm:\n    name: r\n    authentication:\n      http-challenge-scheme: Digest\n",
-     "security/realm[r]/authentication/http-challenge-scheme: 'Digest' is not one of Basic, Application Basic"),
-    ("missing password file", BASE + "security:\n  keystore:\n    file: k.p12\n    password-file: nope.pw\n",
-     "security/keystore/password-file: cannot read"),
-    ("unsupported property", BASE.replace("type: echo", "type: proxy") + "    connect: tcp://b:1\n    properties:\n      connect.strategy: prepared\n",
-     "service[echo]/properties/connect.strategy: 'prepared' is not one of immediate, deferred; 'prepared' is not supported yet"),
+    (
+        "unknown option",
+        BASE + "    accept-options:\n      ssl.verify-client: maybe\n",
+        "service[echo]/accept-options/ssl.verify-client: 'maybe' is not one of none, optional, required",
+    ),
+    (
+        "misspelled element",
+        BASE + "    acept: ws://localhost:8000/x\n",
+        "service[echo]/acept: unknown element; did you mean 'accept'?",
+    ),
+    (
+        "bad duration",
+        BASE + "    accept-options:\n      ws.inactivity.timeout: soon\n",
+        "service[echo]/accept-options/ws.inactivity.timeout: 'soon' is not a duration",
+    ),
+    (
+        "bad size",
+        BASE + "    accept-options:\n      ws.maximum.message.size: big\n",
+        "service[echo]/accept-options/ws.maximum.message.size: 'big' is not a size",
+    ),
+    (
+        "unknown type",
+        BASE.replace("type: echo", "type: chat"),
+        "service[echo]/type: 'chat' is not a service type; valid: echo, directory, proxy, broadcast",
+    ),
+    (
+        "unsupported type",
+        BASE.replace("type: echo", "type: amqp.proxy"),
+        "service[echo]/type: service type 'amqp.proxy' is not supported yet",
+    ),
+    (
+        "wrong accept scheme",
+        BASE.replace("ws://localhost:8000/echo", "tcp://localhost:8000"),
+        "service[echo]/accept: 'tcp://localhost:8000' has scheme 'tcp'; use one of ws, wss",
+    ),
+    (
+        "proxy without connect",
+        BASE.replace("type: echo", "type: proxy"),
+        "service[echo]/connect: a proxy service takes exactly one connect URI, found 0",
+    ),
+    (
+        "connect without port",
+        BASE.replace("type: echo", "type: proxy") + "    connect: tcp://backend\n",
+        "service[echo]/connect: 'tcp://backend' needs a port",
+    ),
+    (
+        "undefined property",
+        BASE.replace("localhost", "${host}"),
+        "service[echo]/accept: property ${host} is not defined; add it to <properties> or pass --property host=VALUE",
+    ),
+    (
+        "unknown realm",
+        BASE + "    realm-name: corp\n    authorization-constraint:\n      require-valid-user: ''\n",
+        "service[echo]/realm-name: unknown realm 'corp' (defined in security: none)",
+    ),
+    (
+        "constraint without realm",
+        BASE + "    authorization-constraint:\n      require-role: A\n",
+        "service[echo]/authorization-constraint: needs a realm-name on the service",
+    ),
+    (
+        "wss without keystore",
+        BASE.replace("ws://", "wss://"),
+        "service[echo]/accept: a wss/https accept needs security/keystore",
+    ),
+    (
+        "duplicate service",
+        BASE + BASE.replace("service:\n", "").replace("/echo", "/other"),
+        "service[echo]: service names must be unique",
+    ),
+    (
+        "duplicate accept",
+        BASE + BASE.replace("service:\n", "").replace("name: echo", "name: two"),
+        "service[two]/accept: ws://localhost:8000/echo is already accepted by service[echo]",
+    ),
+    (
+        "missing name",
+        "service:\n  - accept: ws://localhost:8000/echo\n    type: echo\n",
+        "service[?]/name: is required",
+    ),
+    (
+        "bad origin",
+        BASE + "    cross-site-constraint:\n      allow-origin: evil.example\n",
+        "service[echo]/cross-site-constraint/allow-origin: 'evil.example' is not an origin",
+    ),
+    (
+        "origin with path",
+        BASE + "    cross-site-constraint:\n      allow-origin: https://app.example/x\n",
+        "service[echo]/cross-site-constraint/allow-origin: 'https://app.example/x' must not have a path",
+    ),
+    (
+        "unsupported option",
+        BASE + "    accept-options:\n      tcp.transport: socks://dmz:1080\n",
+        "service[echo]/accept-options/tcp.transport: not supported yet in accept-options",
+    ),
+    (
+        "verify-client on connect",
+        BASE.replace("type: echo", "type: proxy")
+        + "    connect: tcp://b:1\n    connect-options:\n      ssl.verify-client: required\n",
+        "service[echo]/connect-options/ssl.verify-client: verify-client belongs in accept-options",
+    ),
+    (
+        "only insecure TLS",
+        BASE + "    accept-options:\n      ssl.protocols: SSLv3,TLSv1\n",
+        "service[echo]/accept-options/ssl.protocols: 'SSLv3,TLSv1' enables no secure protocol",
+    ),
+    (
+        "bad login module",
+        BASE
+        + "security:\n  realm:\n    name: r\n    authentication:\n      login-modules:\n        login-module:\n          type: oracle\n",
+        "security/realm[r]/authentication/login-modules/login-module[1]/type: 'oracle' is not a login-module type",
+    ),
+    (
+        "bad challenge scheme",
+        BASE + "security:\n  realm:\n    name: r\n    authentication:\n      http-challenge-scheme: Digest\n",
+        "security/realm[r]/authentication/http-challenge-scheme: 'Digest' is not one of Basic, Application Basic",
+    ),
+    (
+        "missing password file",
+        BASE + "security:\n  keystore:\n    file: k.p12\n    password-file: nope.pw\n",
+        "security/keystore/password-file: cannot read",
+    ),
+    (
+        "unsupported property",
+        BASE.replace("type: echo", "type: proxy")
+        + "    connect: tcp://b:1\n    properties:\n      connect.strategy: prepared\n",
+        "service[echo]/properties/connect.strategy: 'prepared' is not one of immediate, deferred; 'prepared' is not supported yet",
+    ),
     ("cluster", BASE + "cluster:\n  name: c\n", "cluster: not supported yet"),
-    ("directory without directory", "service:\n  - name: site\n    accept: http://localhost:8000/\n    type: directory\n",
-     "service[site]/properties/directory: is required for this service type"),
+    (
+        "directory without directory",
+        "service:\n  - name: site\n    accept: http://localhost:8000/\n    type: directory\n",
+        "service[site]/properties/directory: is required for this service type",
+    ),
 ]
 
 
@@ -273,23 +389,32 @@ def test_all_errors_are_reported_together(tmp_path):
 
 
 def test_xml_errors_name_the_element(tmp_path):
-    text = XML_ECHO.format(ns="http://xmlns.kaazing.org/2016/06/gateway").replace("<type>echo</type>", "<type>echo</type><balance>ws://x:1/</balance>")
+    text = XML_ECHO.format(ns="http://xmlns.kaazing.org/2016/06/gateway").replace(
+        "<type>echo</type>", "<type>echo</type><balance>ws://x:1/</balance>"
+    )
     with pytest.raises(ConfigErrors, match=r"service\[echo\]/balance: not supported yet"):
         load_config(write(tmp_path, text, "g.xml"))
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ('<?xml version="1.0"?><!DOCTYPE g [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">]>'
-     '<gateway-config xmlns="http://xmlns.kaazing.org/2016/06/gateway"><properties><property><name>x</name><value>&b;</value></property></properties></gateway-config>',
-     "DOCTYPE declarations are not allowed"),
-    ('<?xml version="1.0"?><!DOCTYPE g [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
-     '<gateway-config xmlns="http://xmlns.kaazing.org/2016/06/gateway"><service><name>&x;</name></service></gateway-config>',
-     "DOCTYPE declarations are not allowed"),
-    ('<gateway-config xmlns="http://example.com/other"/>', "namespace 'http://example.com/other' is not supported"),
-    ('<gateway-config xmlns="http://xmlns.kaazing.org/2016/06/gateway"><service>', "not well-formed XML"),
-    ("service: [", "not valid YAML"),
-    ("- a\n- b\n", "a YAML config must be a mapping"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            '<?xml version="1.0"?><!DOCTYPE g [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">]>'
+            '<gateway-config xmlns="http://xmlns.kaazing.org/2016/06/gateway"><properties><property><name>x</name><value>&b;</value></property></properties></gateway-config>',
+            "DOCTYPE declarations are not allowed",
+        ),
+        (
+            '<?xml version="1.0"?><!DOCTYPE g [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
+            '<gateway-config xmlns="http://xmlns.kaazing.org/2016/06/gateway"><service><name>&x;</name></service></gateway-config>',
+            "DOCTYPE declarations are not allowed",
+        ),
+        ('<gateway-config xmlns="http://example.com/other"/>', "namespace 'http://example.com/other' is not supported"),
+        ('<gateway-config xmlns="http://xmlns.kaazing.org/2016/06/gateway"><service>', "not well-formed XML"),
+        ("service: [", "not valid YAML"),
+        ("- a\n- b\n", "a YAML config must be a mapping"),
+    ],
+)
 def test_hostile_or_broken_files_are_refused(tmp_path, text, message):
     name = "g.xml" if text.startswith("<") else "g.yaml"
     with pytest.raises(ConfigError, match=message):
@@ -297,6 +422,7 @@ def test_hostile_or_broken_files_are_refused(tmp_path, text, message):
 
 
 # -- example configs in docs/ ------------------------------------------------------------------
+
 
 def make_stores(folder: Path, ca: trustme.CA) -> None:
     """The files the docs examples reference, made fresh: keystores, truststores, password files."""
@@ -319,11 +445,29 @@ def test_every_docs_example_passes_check_config(tmp_path, ca, example, capsys):
     if "JCEKS" in example.read_text():
         if shutil.which("keytool") is None:
             pytest.skip("keytool not installed")
-        keytool_store(tmp_path, "JCEKS", {"gateway": ca.issue_cert("localhost")}, "changeme").rename(tmp_path / "keystore.db")
+        keytool_store(tmp_path, "JCEKS", {"gateway": ca.issue_cert("localhost")}, "changeme").rename(
+            tmp_path / "keystore.db"
+        )
         (tmp_path / "keystore.pw").write_text("changeme\n")
-        subprocess.run(["keytool", "-importcert", "-noprompt", "-alias", "ca", "-file", str(tmp_path / "truststore.pem"),
-                        "-keystore", str(tmp_path / "truststore.db"), "-storetype", "JKS", "-storepass", "changeit"],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [
+                "keytool",
+                "-importcert",
+                "-noprompt",
+                "-alias",
+                "ca",
+                "-file",
+                str(tmp_path / "truststore.pem"),
+                "-keystore",
+                str(tmp_path / "truststore.db"),
+                "-storetype",
+                "JKS",
+                "-storepass",
+                "changeit",
+            ],
+            check=True,
+            capture_output=True,
+        )
     assert main(["check-config", str(tmp_path / example.name)]) == 0
     assert "OK" in capsys.readouterr().out
 
@@ -338,10 +482,28 @@ def test_docs_mention_every_example():
 def test_kaazing_example_builds_a_gateway_with_jceks_and_jks_stores(tmp_path, ca):
     shutil.copy(DOCS / "examples" / "gateway-config.xml", tmp_path)
     make_stores(tmp_path, ca)
-    keytool_store(tmp_path, "JCEKS", {"gateway": ca.issue_cert("localhost")}, "changeme").rename(tmp_path / "keystore.db")
-    subprocess.run(["keytool", "-importcert", "-noprompt", "-alias", "ca", "-file", str(tmp_path / "truststore.pem"),
-                    "-keystore", str(tmp_path / "truststore.db"), "-storetype", "JKS", "-storepass", "changeit"],
-                   check=True, capture_output=True)
+    keytool_store(tmp_path, "JCEKS", {"gateway": ca.issue_cert("localhost")}, "changeme").rename(
+        tmp_path / "keystore.db"
+    )
+    subprocess.run(
+        [
+            "keytool",
+            "-importcert",
+            "-noprompt",
+            "-alias",
+            "ca",
+            "-file",
+            str(tmp_path / "truststore.pem"),
+            "-keystore",
+            str(tmp_path / "truststore.db"),
+            "-storetype",
+            "JKS",
+            "-storepass",
+            "changeit",
+        ],
+        check=True,
+        capture_output=True,
+    )
     gateway = Gateway(load_config(tmp_path / "gateway-config.xml"))
     assert gateway.runtime.trust is not None and gateway.runtime.trust.trusted_pem.startswith(b"-----BEGIN CERTIFICATE")
     assert gateway.config.service("trading").accept_options.tls.verify_client == "required"
@@ -349,6 +511,7 @@ def test_kaazing_example_builds_a_gateway_with_jceks_and_jks_stores(tmp_path, ca
 
 
 # -- command line ----------------------------------------------------------------------------
+
 
 def test_check_config_reports_errors_with_exit_code_2(tmp_path, capsys):
     path = write(tmp_path, BASE + "    accept-options:\n      ssl.verify-client: maybe\n")

@@ -228,5 +228,7 @@ async def test_protected_service_is_denied_until_realms_are_enforced(start_gatew
               http-challenge-scheme: Basic
     """)
     with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
-        await http.ws_connect(f"ws://127.0.0.1:{gw.port_of('echo')}/echo", headers={"Authorization": "Basic am9lOndlbGNvbWU="})
+        await http.ws_connect(
+            f"ws://127.0.0.1:{gw.port_of('echo')}/echo", headers={"Authorization": "Basic am9lOndlbGNvbWU="}
+        )
     assert refused.value.status == 403

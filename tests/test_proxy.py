@@ -123,7 +123,9 @@ async def test_deferred_strategy_connects_on_first_message(start_gateway, http):
 
     backend = await asyncio.start_server(handle, "127.0.0.1", 0)
     async with backend:
-        gw = await start_gateway(proxy_config(f"tcp://127.0.0.1:{port_of(backend)}", "      connect.strategy: deferred"))
+        gw = await start_gateway(
+            proxy_config(f"tcp://127.0.0.1:{port_of(backend)}", "      connect.strategy: deferred")
+        )
         async with http.ws_connect(f"ws://127.0.0.1:{gw.port_of('proxy')}/proxy") as ws:
             await asyncio.sleep(0.2)
             assert connections == []
@@ -133,6 +135,7 @@ async def test_deferred_strategy_connects_on_first_message(start_gateway, http):
 
 
 # -- TLS back ends ---------------------------------------------------------------------------
+
 
 def backend_tls(cert) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -179,7 +182,9 @@ async def test_tls_backend_requiring_client_certificate(start_gateway, http, ca,
     backend, _ = await tcp_echo_server(ssl_context=context)
     async with backend:
         config = proxy_config(f"ssl://localhost:{port_of(backend)}", security=SECURITY_PEM)
-        config = config.replace("    type: proxy\n", "    type: proxy\n    connect-options:\n      ssl.client-certificate: '1'\n", 1)
+        config = config.replace(
+            "    type: proxy\n", "    type: proxy\n    connect-options:\n      ssl.client-certificate: '1'\n", 1
+        )
         gw = await start_gateway(config)
         async with http.ws_connect(f"ws://127.0.0.1:{gw.port_of('proxy')}/proxy") as ws:
             await ws.send_bytes(b"mutual")
@@ -187,6 +192,7 @@ async def test_tls_backend_requiring_client_certificate(start_gateway, http, ca,
 
 
 # -- WebSocket back ends ---------------------------------------------------------------------
+
 
 async def ws_backend(ssl_context: ssl.SSLContext | None = None) -> tuple[web.AppRunner, int]:
     async def handler(request: web.Request) -> web.WebSocketResponse:

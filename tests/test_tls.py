@@ -10,9 +10,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 import trustme
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
-from cryptography import x509
 
 from wsgate.config.model import Store
 from wsgate.errors import ConfigError, TlsSetupError
@@ -21,7 +21,9 @@ from wsgate.security.keystore import load_store
 from .conftest import SECURITY_PEM, client_ssl
 
 KEYTOOL = shutil.which("keytool")
-needs_keytool = pytest.mark.skipif(KEYTOOL is None and not __import__("os").environ.get("CI"), reason="keytool not installed")
+needs_keytool = pytest.mark.skipif(
+    KEYTOOL is None and not __import__("os").environ.get("CI"), reason="keytool not installed"
+)
 
 
 def write_pkcs12(path: Path, cert: trustme.LeafCert, password: str, alias: str = "gateway") -> None:
@@ -33,17 +35,40 @@ def write_pkcs12(path: Path, cert: trustme.LeafCert, password: str, alias: str =
     path.write_bytes(data)
 
 
-def keytool_store(tmp_path: Path, store_type: str, certs: dict[str, trustme.LeafCert], password: str = "storepass1") -> Path:
+def keytool_store(
+    tmp_path: Path, store_type: str, certs: dict[str, trustme.LeafCert], password: str = "storepass1"
+) -> Path:
     """Make a JKS/JCEKS keystore with the real keytool, importing each key under its alias."""
     dest = tmp_path / f"keystore.{store_type.lower()}"
     for alias, cert in certs.items():
         source = tmp_path / f"{alias}.p12"
         write_pkcs12(source, cert, password, alias)
         subprocess.run(
-            [KEYTOOL or "keytool", "-importkeystore", "-noprompt", "-srckeystore", str(source), "-srcstoretype", "PKCS12",
-             "-srcstorepass", password, "-destkeystore", str(dest), "-deststoretype", store_type,
-             "-deststorepass", password, "-destkeypass", password, "-srcalias", alias, "-destalias", alias],
-            check=True, capture_output=True,
+            [
+                KEYTOOL or "keytool",
+                "-importkeystore",
+                "-noprompt",
+                "-srckeystore",
+                str(source),
+                "-srcstoretype",
+                "PKCS12",
+                "-srcstorepass",
+                password,
+                "-destkeystore",
+                str(dest),
+                "-deststoretype",
+                store_type,
+                "-deststorepass",
+                password,
+                "-destkeypass",
+                password,
+                "-srcalias",
+                alias,
+                "-destalias",
+                alias,
+            ],
+            check=True,
+            capture_output=True,
         )
     (tmp_path / "keystore.pw").write_text(password + "\n")
     return dest
@@ -69,7 +94,9 @@ security:
 """
 
 
-async def echo_once(http: aiohttp.ClientSession, url: str, context: ssl.SSLContext, server_hostname: str | None = None) -> str:
+async def echo_once(
+    http: aiohttp.ClientSession, url: str, context: ssl.SSLContext, server_hostname: str | None = None
+) -> str:
     async with http.ws_connect(url, ssl=context, server_hostname=server_hostname) as ws:
         await ws.send_str("secure")
         return (await ws.receive()).data
@@ -123,14 +150,20 @@ async def test_sni_selects_certificate_by_host_name(tmp_path, start_gateway, htt
     first = ca.issue_cert("localhost", "127.0.0.1")
     second = ca.issue_cert("other.test")
     if store_type == "PEM":
-        (tmp_path / "keystore.pem").write_bytes(first.private_key_and_cert_chain_pem.bytes() + second.private_key_and_cert_chain_pem.bytes())
+        (tmp_path / "keystore.pem").write_bytes(
+            first.private_key_and_cert_chain_pem.bytes() + second.private_key_and_cert_chain_pem.bytes()
+        )
         (tmp_path / "keystore.pw").write_text("")
         store = "keystore.pem"
     else:
         keytool_store(tmp_path, "JKS", {"first": first, "second": second})
         store = "keystore.jks"
-    config = wss_config(store, store_type).replace("    password-file: keystore.pw\n", "", 1 if store_type == "PEM" else 0)
-    config = config.replace("accept: wss://localhost:0/echo", "accept: [wss://localhost:0/echo, wss://other.test:0/echo]")
+    config = wss_config(store, store_type).replace(
+        "    password-file: keystore.pw\n", "", 1 if store_type == "PEM" else 0
+    )
+    config = config.replace(
+        "accept: wss://localhost:0/echo", "accept: [wss://localhost:0/echo, wss://other.test:0/echo]"
+    )
     config = config.replace("ssl.verify-client: none", "ssl.verify-client: none\n      wss.bind: 127.0.0.1:0")
     gw = await start_gateway(config)
     port = gw.port_of("echo")
@@ -159,11 +192,13 @@ class _StaticResolver(aiohttp.abc.AbstractResolver):
 
 # -- mutual TLS ------------------------------------------------------------------------------
 
+
 @pytest.fixture
 async def mtls_gateway(tmp_path, start_gateway, pem_stores):
     async def start(verify: str):
         config = wss_config("keystore.pem", "PEM", verify=verify).replace("    password-file: keystore.pw\n", "", 1)
         return await start_gateway(config)
+
     return start
 
 
@@ -208,7 +243,8 @@ async def test_mtls_optional_accepts_both_and_exposes_identity(mtls_gateway, htt
 
 
 async def test_required_and_none_services_can_share_a_port(tmp_path, start_gateway, http, ca, pem_stores):
-    gw = await start_gateway("""
+    gw = await start_gateway(
+        """
 service:
   - name: open
     accept: wss://localhost:0/open
@@ -218,17 +254,23 @@ service:
     type: echo
     accept-options:
       ssl.verify-client: required
-""" + SECURITY_PEM)
+"""
+        + SECURITY_PEM
+    )
     port = gw.port_of("open")
     assert port == gw.port_of("locked")
     assert await echo_once(http, f"wss://localhost:{port}/open", client_ssl(ca)) == "secure"
     with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
         await echo_once(http, f"wss://localhost:{port}/locked", client_ssl(ca))
     assert refused.value.status == 403
-    assert await echo_once(http, f"wss://localhost:{port}/locked", client_ssl(ca, ca.issue_cert("c@example.test"))) == "secure"
+    assert (
+        await echo_once(http, f"wss://localhost:{port}/locked", client_ssl(ca, ca.issue_cert("c@example.test")))
+        == "secure"
+    )
 
 
 # -- store loading errors --------------------------------------------------------------------
+
 
 def test_wrong_keystore_password_names_the_element(tmp_path, server_cert):
     write_pkcs12(tmp_path / "k.p12", server_cert, "right")
@@ -263,6 +305,12 @@ def test_verify_client_without_truststore_is_a_config_error(tmp_path, pem_stores
     from wsgate.gateway import Gateway
 
     path = tmp_path / "g.yaml"
-    path.write_text(wss_config("keystore.pem", "PEM", verify="required").split("  truststore:")[0].replace("    password-file: keystore.pw\n", ""))
-    with pytest.raises(ConfigError, match=r"service\[echo\]/accept-options/ssl.verify-client: needs security/truststore"):
+    path.write_text(
+        wss_config("keystore.pem", "PEM", verify="required")
+        .split("  truststore:")[0]
+        .replace("    password-file: keystore.pw\n", "")
+    )
+    with pytest.raises(
+        ConfigError, match=r"service\[echo\]/accept-options/ssl.verify-client: needs security/truststore"
+    ):
         Gateway(load_config(path))

@@ -8,7 +8,7 @@ import logging
 import os
 import signal
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from .config import GatewayConfig, load_config, load_default_config, properties_from_env
 from .errors import ConfigError, GatewayError
@@ -18,7 +18,9 @@ log = logging.getLogger("wsgate")
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         overrides = {**properties_from_env(os.environ), **_properties(args.property)}
         config = load_config(args.config, overrides) if args.config else load_default_config(overrides)
@@ -35,14 +37,24 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="start the gateway (embedded default config if none given)")
     run.add_argument("config", nargs="?", help="gateway-config.xml or YAML config")
-    run.add_argument("--loop", choices=("auto", "asyncio"), default="auto",
-                     help="auto: uvloop and aiofastnet when installed (default); asyncio: the standard loop")
+    run.add_argument(
+        "--loop",
+        choices=("auto", "asyncio"),
+        default="auto",
+        help="auto: uvloop and aiofastnet when installed (default); asyncio: the standard loop",
+    )
     run.add_argument("--grace", type=float, default=10.0, help="seconds to wait for connections to drain on SIGTERM")
     check = commands.add_parser("check-config", help="validate a config without binding any port")
     check.add_argument("config", help="gateway-config.xml or YAML config")
     for sub in (run, check):
-        sub.add_argument("--property", "-D", action="append", default=[], metavar="NAME=VALUE",
-                         help="set or override a ${NAME} property (repeatable)")
+        sub.add_argument(
+            "--property",
+            "-D",
+            action="append",
+            default=[],
+            metavar="NAME=VALUE",
+            help="set or override a ${NAME} property (repeatable)",
+        )
         sub.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return parser
 
@@ -84,6 +96,7 @@ def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
     """uvloop with aiofastnet's faster transports when installed (see docs/stack-measurements)."""
     if kind == "asyncio":
         return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop
     try:
         import uvloop
 
@@ -110,7 +123,13 @@ async def _serve(gateway: object, grace: float) -> None:
     await gateway.start()
     for service in gateway.config.services:
         for index, uri in enumerate(service.accepts):
-            log.info("service[%s] (%s) ready at %s (port %d)", service.name, service.type, uri, gateway.port_of(service.name, index))
+            log.info(
+                "service[%s] (%s) ready at %s (port %d)",
+                service.name,
+                service.type,
+                uri,
+                gateway.port_of(service.name, index),
+            )
     await stop.wait()
     log.info("shutting down: no new connections, closing open ones with 1001")
     await gateway.stop(grace)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from typing import Iterable
+from collections.abc import Iterable
 
 from .config.build import BIND_LAYERS
 from .config.model import GatewayConfig, Service, TlsOptions
@@ -44,6 +44,13 @@ class Gateway:
                 handler.configure(config.web_root)
             self.services[service.name] = handler
         self.listeners = self._plan_listeners()
+        for service in config.services:
+            if not service.accept_options.server_header:
+                log.warning(
+                    "service[%s]/accept-options/http.server.header: 'disabled' still sends 'Server: wsgate' "
+                    "(never a version); the header itself cannot be removed yet",
+                    service.name,
+                )
 
     # -- planning ----------------------------------------------------------------------------
 
@@ -59,8 +66,10 @@ class Gateway:
         if tls_entries and len(tls_entries) != len(entries):
             plain = next(f"service[{s.name}] {u}" for s, u in entries if (s, u) not in tls_entries)
             secure = f"service[{tls_entries[0][0].name}] {tls_entries[0][1]}"
-            raise ConfigError(f"service[{tls_entries[0][0].name}]/accept",
-                              f"{secure} and {plain} bind the same port {key[1]} with and without TLS; give them different ports")
+            raise ConfigError(
+                f"service[{tls_entries[0][0].name}]/accept",
+                f"{secure} and {plain} bind the same port {key[1]} with and without TLS; give them different ports",
+            )
         listener = Listener(host=key[0], port=key[1])
         verify = self._verify_client_modes(tls_entries)
         tls_level = next(iter(verify)) if len(verify) == 1 else "optional"
@@ -68,12 +77,15 @@ class Gateway:
             listener.ssl_context = self._listener_tls(tls_entries, tls_level).context
         for service, uri in entries:
             handler = self.services[service.name]
-            listener.add(Route(
-                host=uri.host, path=uri.path.rstrip("/"),
-                service=UnenforcedRealmGuard(handler) if service.protected else handler,
-                prefix=service.type == "directory",
-                verify_client=service.accept_options.tls.verify_client if uri.secure else "none",
-            ))
+            listener.add(
+                Route(
+                    host=uri.host,
+                    path=uri.path.rstrip("/"),
+                    service=UnenforcedRealmGuard(handler) if service.protected else handler,
+                    prefix=service.type == "directory",
+                    verify_client=service.accept_options.tls.verify_client if uri.secure else "none",
+                )
+            )
         return listener
 
     @staticmethod
@@ -86,13 +98,22 @@ class Gateway:
         for service, _ in entries[1:]:
             other = service.accept_options.tls
             if (other.ciphers, other.protocols) != (options.ciphers, options.protocols):
-                raise ConfigError(f"service[{service.name}]/accept-options",
-                                  f"ssl.ciphers/ssl.protocols differ from service[{first.name}] on the same port; use the same values or another port")
+                raise ConfigError(
+                    f"service[{service.name}]/accept-options",
+                    f"ssl.ciphers/ssl.protocols differ from service[{first.name}] on the same port; "
+                    "use the same values or another port",
+                )
         assert self.runtime.keys is not None  # the config builder demands a keystore for wss
         trusted = self.runtime.trust.trusted_pem if self.runtime.trust else None
         hosts = [u.host for _, u in entries]
-        return ListenerTls(self.runtime.keys, hosts, TlsOptions(options.ciphers, options.protocols),
-                           verify_client, trusted, f"service[{first.name}]/accept-options")
+        return ListenerTls(
+            self.runtime.keys,
+            hosts,
+            TlsOptions(options.ciphers, options.protocols),
+            verify_client,
+            trusted,
+            f"service[{first.name}]/accept-options",
+        )
 
     # -- running -----------------------------------------------------------------------------
 
@@ -104,7 +125,9 @@ class Gateway:
                 await listener.start()
         except OSError as exc:
             await self.stop(0)
-            raise ConfigError("service/accept", f"cannot bind: {exc.strerror or exc}; is another process on that port?") from None
+            raise ConfigError(
+                "service/accept", f"cannot bind: {exc.strerror or exc}; is another process on that port?"
+            ) from None
 
     def port_of(self, service_name: str, index: int = 0) -> int:
         """The bound port of a service's accept URI (tests use port 0)."""
@@ -123,7 +146,9 @@ class Gateway:
         connections = list(self.runtime.connections)
         if connections:
             log.info("closing %d connection(s) with 1001", len(connections))
-            closes = [asyncio.ensure_future(c.close(CloseCode.GOING_AWAY, "gateway shutting down")) for c in connections]
+            closes = [
+                asyncio.ensure_future(c.close(CloseCode.GOING_AWAY, "gateway shutting down")) for c in connections
+            ]
             _, late = await asyncio.wait(closes, timeout=grace)
             for task in late:
                 task.cancel()

@@ -10,9 +10,10 @@ from __future__ import annotations
 import difflib
 import re
 from collections import defaultdict
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, TypeVar
 
 from ..errors import ConfigError, ConfigErrors
 from . import model as m
@@ -37,9 +38,18 @@ Schema = Mapping[str, str]
 TOP = {"properties": "?", "service": "*", "service-defaults": "?", "security": "?"}
 TOP_UNSUPPORTED = {"cluster": "clusters are not supported yet (Redis-backed scale-out is planned)"}
 SERVICE = {
-    "name": "1", "description": "?", "accept": "*", "connect": "*", "type": "1", "properties": "?",
-    "accept-options": "?", "connect-options": "?", "realm-name": "?", "authorization-constraint": "*",
-    "cross-site-constraint": "*", "mime-mapping": "*",
+    "name": "1",
+    "description": "?",
+    "accept": "*",
+    "connect": "*",
+    "type": "1",
+    "properties": "?",
+    "accept-options": "?",
+    "connect-options": "?",
+    "realm-name": "?",
+    "authorization-constraint": "*",
+    "cross-site-constraint": "*",
+    "mime-mapping": "*",
 }
 SERVICE_UNSUPPORTED = {"balance": "balancing is not supported yet", "notify": "notify (push) is not supported yet"}
 SERVICE_DEFAULTS = {"accept-options": "?", "connect-options": "?", "mime-mapping": "*"}
@@ -47,8 +57,14 @@ SECURITY = {"keystore": "?", "truststore": "?", "realm": "*"}
 STORE = {"type": "?", "file": "1", "password-file": "?"}
 REALM = {"name": "1", "description": "?", "user-principal-class": "*", "authentication": "?"}
 AUTHENTICATION = {
-    "http-challenge-scheme": "?", "http-header": "*", "http-query-parameter": "*", "http-cookie": "*",
-    "authorization-mode": "?", "session-timeout": "?", "authorization-timeout": "?", "login-modules": "?",
+    "http-challenge-scheme": "?",
+    "http-header": "*",
+    "http-query-parameter": "*",
+    "http-cookie": "*",
+    "authorization-mode": "?",
+    "session-timeout": "?",
+    "authorization-timeout": "?",
+    "login-modules": "?",
 }
 LOGIN_MODULE = {"type": "1", "success": "?", "options": "?"}
 AUTHZ_CONSTRAINT = {"require-role": "*", "require-valid-user": "?"}
@@ -60,8 +76,10 @@ CONNECT_SCHEMES = ("tcp", "ssl", "tls", "ws", "wss")
 BIND_SCHEMES = ("ws", "wss", "http", "https", "ssl", "tls", "tcp")
 # A URI's bind is looked up on its own scheme first, then on the layers beneath it.
 BIND_LAYERS = {
-    "ws": ("ws", "http", "tcp"), "http": ("http", "tcp"),
-    "wss": ("wss", "https", "ssl", "tls", "tcp"), "https": ("https", "ssl", "tls", "tcp"),
+    "ws": ("ws", "http", "tcp"),
+    "http": ("http", "tcp"),
+    "wss": ("wss", "https", "ssl", "tls", "tcp"),
+    "https": ("https", "ssl", "tls", "tcp"),
 }
 CHALLENGE_SCHEMES = ("Basic", "Application Basic", "Negotiate", "Application Negotiate", "Application Token")
 LOGIN_MODULE_TYPES = ("file", "ldap", "kerberos5", "gss", "jndi", "keystore", "jwt", "certificate")
@@ -74,26 +92,44 @@ INSECURE_TLS_VERSIONS = ("SSLv2Hello", "SSLv3", "TLSv1", "TLSv1.1")
 SERVICE_TYPES: dict[str, dict[str, Any]] = {
     "echo": {"accept": ("ws", "wss"), "connect": (0, 0), "properties": {}},
     "directory": {
-        "accept": ("http", "https"), "connect": (0, 0),
+        "accept": ("http", "https"),
+        "connect": (0, 0),
         "properties": {"directory": "1", "welcome-file": "?", "error-pages-directory": "?"},
     },
     "proxy": {
-        "accept": ("ws", "wss"), "connect": (1, 1),
+        "accept": ("ws", "wss"),
+        "connect": (1, 1),
         "properties": {"maximum.pending.bytes": "?", "connect.strategy": "?"},
     },
     "broadcast": {
-        "accept": ("ws", "wss"), "connect": (0, 1),
+        "accept": ("ws", "wss"),
+        "connect": (0, 1),
         "properties": {"accept": "?", "on.client.message": "?", "maximum.pending.bytes": "?"},
     },
 }
 SERVICE_TYPES_UNSUPPORTED = (
-    "amqp.proxy", "balancer", "http.proxy", "http.redirect", "turn.rest", "management.jmx", "update.check",
-    "kerberos5.proxy", "jms", "jms.proxy", "redis", "ibmmq", "session", "management.snmp",
+    "amqp.proxy",
+    "balancer",
+    "http.proxy",
+    "http.redirect",
+    "turn.rest",
+    "management.jmx",
+    "update.check",
+    "kerberos5.proxy",
+    "jms",
+    "jms.proxy",
+    "redis",
+    "ibmmq",
+    "session",
+    "management.snmp",
 )
 PROPERTIES_UNSUPPORTED = {
-    "options": "directory listings (options=indexes) are not supported", "location": "location rules",
-    "maximum.recovery.interval": "maximum.recovery.interval", "prepared.connection.count": "prepared connections",
-    "internal.maximum.transferred.bytes": "internal.maximum.transferred.bytes", "virtual.host": "virtual.host",
+    "options": "directory listings (options=indexes) are not supported",
+    "location": "location rules",
+    "maximum.recovery.interval": "maximum.recovery.interval",
+    "prepared.connection.count": "prepared connections",
+    "internal.maximum.transferred.bytes": "internal.maximum.transferred.bytes",
+    "virtual.host": "virtual.host",
     "repeat": "echo repeat",
 }
 
@@ -122,7 +158,9 @@ class Builder:
             name = match.group(1)
             if name in self.properties:
                 return self.properties[name]
-            self.fail(path, f"property ${{{name}}} is not defined; add it to <properties> or pass --property {name}=VALUE")
+            self.fail(
+                path, f"property ${{{name}}} is not defined; add it to <properties> or pass --property {name}=VALUE"
+            )
             return match.group(0)
 
         return _PROPERTY_REF.sub(replace, value)
@@ -160,7 +198,9 @@ class Builder:
         suggestion = f"did you mean '{hint[0]}'? " if hint else ""
         self.fail(path, f"unknown element; {suggestion}valid here: {', '.join(names) or '(none)'}")
 
-    def one(self, groups: Mapping[str, list[Node]], name: str, path: str, parser: Callable[..., T], *args: Any) -> T | None:
+    def one(
+        self, groups: Mapping[str, list[Node]], name: str, path: str, parser: Callable[..., T], *args: Any
+    ) -> T | None:
         nodes = groups.get(name)
         return self.parse(nodes[-1], f"{path}/{name}", parser, *args) if nodes else None
 
@@ -213,25 +253,47 @@ class Builder:
         if spec:
             low, high = spec["connect"]
             if not low <= len(connects) <= high:
-                want = "no connect URI" if high == 0 else f"{low}..{high} connect URI(s)" if low != high else "exactly one connect URI"
+                want = (
+                    "no connect URI"
+                    if high == 0
+                    else f"{low}..{high} connect URI(s)"
+                    if low != high
+                    else "exactly one connect URI"
+                )
                 self.fail(f"{index}/connect", f"a {type_} service takes {want}, found {len(connects)}")
         properties = self.service_properties(groups.get("properties", []), index, spec["properties"] if spec else {})
-        accept_options = self.accept_options(defaults.get("accept-options", []) + groups.get("accept-options", []), index)
-        connect_options = self.connect_options(defaults.get("connect-options", []) + groups.get("connect-options", []), index)
+        accept_options = self.accept_options(
+            defaults.get("accept-options", []) + groups.get("accept-options", []), index
+        )
+        connect_options = self.connect_options(
+            defaults.get("connect-options", []) + groups.get("connect-options", []), index
+        )
         mime = self.mime_mappings(defaults.get("mime-mapping", []) + groups.get("mime-mapping", []), index)
-        constraints = tuple(self.authz_constraint(n, f"{index}/authorization-constraint") for n in groups.get("authorization-constraint", ()))
+        constraints = tuple(
+            self.authz_constraint(n, f"{index}/authorization-constraint")
+            for n in groups.get("authorization-constraint", ())
+        )
         cross_site = tuple(
-            c for n in groups.get("cross-site-constraint", ()) if (c := self.cross_site(n, f"{index}/cross-site-constraint"))
+            c
+            for n in groups.get("cross-site-constraint", ())
+            if (c := self.cross_site(n, f"{index}/cross-site-constraint"))
         )
         realm_name = self.one(groups, "realm-name", index, str)
         if len(self.errors) > errors_before:
             return None
         return m.Service(
-            name=name or "", type=type_, accepts=accepts, connects=connects,
+            name=name or "",
+            type=type_,
+            accepts=accepts,
+            connects=connects,
             description=self.one(groups, "description", index, str) or "",
-            properties=properties, accept_options=accept_options, connect_options=connect_options,
-            realm_name=realm_name or None, authorization_constraints=constraints,
-            cross_site_constraints=cross_site, mime_mappings=mime,
+            properties=properties,
+            accept_options=accept_options,
+            connect_options=connect_options,
+            realm_name=realm_name or None,
+            authorization_constraints=constraints,
+            cross_site_constraints=cross_site,
+            mime_mappings=mime,
         )
 
     def service_type(self, type_: str, path: str) -> dict[str, Any] | None:
@@ -247,7 +309,9 @@ class Builder:
         values = (self.parse(node, f"{path}/{name}", parse_uri, schemes) for node in groups.get(name, ()))
         return tuple(v for v in values if v is not None)
 
-    def service_properties(self, nodes: list[Node], path: str, schema: Mapping[str, str]) -> Mapping[str, tuple[str, ...]]:
+    def service_properties(
+        self, nodes: list[Node], path: str, schema: Mapping[str, str]
+    ) -> Mapping[str, tuple[str, ...]]:
         values: dict[str, list[str]] = defaultdict(list)
         for node in nodes:
             for child in node.children:
@@ -320,7 +384,9 @@ class Builder:
         if (item := values.pop("ws.version", None)) is not None:
             self.value(item, parse_choice, ("rfc6455",))
         if (item := values.pop("ssl.verify-client", None)) is not None:
-            self.fail(item[1], "verify-client belongs in accept-options; back ends are always verified against the truststore")
+            self.fail(
+                item[1], "verify-client belongs in accept-options; back ends are always verified against the truststore"
+            )
         options = m.ConnectOptions(
             tls=self.tls_options(values, side="connect"),
             inactivity_timeout=self.pop(values, "ws.inactivity.timeout", parse_duration, None),
@@ -339,7 +405,9 @@ class Builder:
             ciphers=self.pop(values, "ssl.ciphers", str, None),
             protocols=protocols,
             encryption=encryption,
-            verify_client=self.pop(values, "ssl.verify-client", parse_choice, "none", VERIFY_CLIENT) if side == "accept" else "none",
+            verify_client=self.pop(values, "ssl.verify-client", parse_choice, "none", VERIFY_CLIENT)
+            if side == "accept"
+            else "none",
             client_certificate=self.pop(values, "ssl.client-certificate", str, None) if side == "connect" else None,
         )
 
@@ -363,7 +431,9 @@ class Builder:
             self.fail(item[1], str(exc))
             return None
 
-    def pop(self, values: dict[str, tuple[str, str]], name: str, parser: Callable[..., T], default: Any, *args: Any) -> Any:
+    def pop(
+        self, values: dict[str, tuple[str, str]], name: str, parser: Callable[..., T], default: Any, *args: Any
+    ) -> Any:
         item = values.pop(name, None)
         if item is None:
             return default
@@ -373,9 +443,18 @@ class Builder:
     def leftover_options(self, values: dict[str, tuple[str, str]], kind: str) -> None:
         for name, (_, path) in values.items():
             prefix = name.split(".")[0]
-            if name.endswith((".transport", ".realm")) or prefix in ("socks", "udp", "pipe") or name in (
-                "tcp.maximum.outbound.rate", "http.maximum.redirects", "http.keepalive", "http.keepalive.timeout",
-                "http.keepalive.connections", "http.max.authentication.attempts",
+            if (
+                name.endswith((".transport", ".realm"))
+                or prefix in ("socks", "udp", "pipe")
+                or name
+                in (
+                    "tcp.maximum.outbound.rate",
+                    "http.maximum.redirects",
+                    "http.keepalive",
+                    "http.keepalive.timeout",
+                    "http.keepalive.connections",
+                    "http.max.authentication.attempts",
+                )
             ):
                 self.fail(path, f"not supported yet in {kind}")
             else:
@@ -446,7 +525,9 @@ class Builder:
             try:
                 password = self.file_path(password_file).read_text().rstrip("\r\n")
             except OSError as exc:
-                self.fail(f"{path}/password-file", f"cannot read {str(self.file_path(password_file))!r}: {exc.strerror}")
+                self.fail(
+                    f"{path}/password-file", f"cannot read {str(self.file_path(password_file))!r}: {exc.strerror}"
+                )
         if not file_:
             return None
         return m.Store(type_, self.file_path(file_), password, path)
@@ -474,7 +555,8 @@ class Builder:
         if modules_node:
             module_groups = self.group(modules_node[0], f"{path}/login-modules", {"login-module": "*"})
             modules = tuple(
-                mod for i, n in enumerate(module_groups.get("login-module", ()))
+                mod
+                for i, n in enumerate(module_groups.get("login-module", ()))
                 if (mod := self.login_module(n, f"{path}/login-modules/login-module[{i + 1}]"))
             )
         return m.Authentication(
@@ -482,7 +564,10 @@ class Builder:
             http_headers=self.many(groups, "http-header", path),
             http_query_parameters=self.many(groups, "http-query-parameter", path),
             http_cookies=self.many(groups, "http-cookie", path),
-            authorization_mode=self.one(groups, "authorization-mode", path, parse_choice, ("challenge", "recycle", "validate")) or "challenge",
+            authorization_mode=self.one(
+                groups, "authorization-mode", path, parse_choice, ("challenge", "recycle", "validate")
+            )
+            or "challenge",
             session_timeout=self.one(groups, "session-timeout", path, parse_duration),
             authorization_timeout=self.one(groups, "authorization-timeout", path, parse_duration),
             login_modules=modules,
@@ -492,7 +577,11 @@ class Builder:
         groups = self.group(node, path, LOGIN_MODULE)
         type_ = self.one(groups, "type", path, str)
         if type_ and not type_.startswith("class:") and type_ not in LOGIN_MODULE_TYPES:
-            self.fail(f"{path}/type", f"'{type_}' is not a login-module type; valid: {', '.join(LOGIN_MODULE_TYPES)}, class:package.module.Name")
+            self.fail(
+                f"{path}/type",
+                f"'{type_}' is not a login-module type; "
+                f"valid: {', '.join(LOGIN_MODULE_TYPES)}, class:package.module.Name",
+            )
         success = self.one(groups, "success", path, parse_choice, SUCCESS_FLAGS) or "required"
         options = {}
         for options_node in groups.get("options", ()):
@@ -502,8 +591,14 @@ class Builder:
 
 
 ACCEPT_OPTION_NAMES = (
-    *(f"{s}.bind" for s in BIND_SCHEMES), "ssl.ciphers", "ssl.protocols", "ssl.encryption", "ssl.verify-client",
-    "ws.maximum.message.size", "ws.inactivity.timeout", "http.server.header",
+    *(f"{s}.bind" for s in BIND_SCHEMES),
+    "ssl.ciphers",
+    "ssl.protocols",
+    "ssl.encryption",
+    "ssl.verify-client",
+    "ws.maximum.message.size",
+    "ws.inactivity.timeout",
+    "http.server.header",
 )
 CONNECT_OPTION_NAMES = ("ssl.ciphers", "ssl.protocols", "ssl.client-certificate", "ws.inactivity.timeout", "ws.version")
 
@@ -536,13 +631,19 @@ def check_cross_references(services: tuple[m.Service, ...], security: m.Security
             builder.fail(path, "service names must be unique; this one is used twice")
         seen_names.add(service.name)
         if service.authorization_constraints and not service.realm_name:
-            builder.fail(f"{path}/authorization-constraint", "needs a realm-name on the service to authenticate against")
+            builder.fail(
+                f"{path}/authorization-constraint", "needs a realm-name on the service to authenticate against"
+            )
         if service.realm_name and service.realm_name not in security.realms:
             defined = ", ".join(security.realms) or "none"
             builder.fail(f"{path}/realm-name", f"unknown realm '{service.realm_name}' (defined in security: {defined})")
         needs_keystore = any(u.secure for u in service.accepts) and service.accept_options.tls.encryption
         if needs_keystore and security.keystore is None:
-            builder.fail(f"{path}/accept", "a wss/https accept needs security/keystore (or accept-options ssl.encryption disabled behind a TLS offloader)")
+            builder.fail(
+                f"{path}/accept",
+                "a wss/https accept needs security/keystore "
+                "(or accept-options ssl.encryption disabled behind a TLS offloader)",
+            )
         if service.connect_options.tls.client_certificate and security.keystore is None:
             builder.fail(f"{path}/connect-options/ssl.client-certificate", "needs security/keystore holding that alias")
         for uri in service.accepts:

@@ -41,7 +41,7 @@ def parse_xml(data: bytes, origin: str = "<xml>") -> Node:
         root = etree.fromstring(data, parser)
     except etree.XMLSyntaxError as exc:
         raise ConfigError(origin, f"not well-formed XML: {exc}") from None
-    if root.getroottree().docinfo.doctype:
+    if root.getroottree().docinfo.doctype:  # type: ignore[union-attr]
         raise ConfigError(origin, "DOCTYPE declarations are not allowed in gateway-config.xml (entity expansion risk)")
     qname = etree.QName(root)
     if qname.localname != ROOT:
@@ -55,7 +55,7 @@ def parse_xml(data: bytes, origin: str = "<xml>") -> Node:
 def _xml_node(element: etree._Element) -> Node:
     children = [_xml_node(child) for child in element if isinstance(child.tag, str)]
     text = (element.text or "").strip() if not children else ""
-    return Node(etree.QName(element).localname, text, children, element.sourceline)
+    return Node(etree.QName(element).localname, text, children, element.sourceline)  # type: ignore[arg-type]
 
 
 def parse_yaml(data: bytes, origin: str = "<yaml>") -> Node:

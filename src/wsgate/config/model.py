@@ -6,14 +6,15 @@ everything past ``config/`` sees one shape and never re-validates.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Mapping
+from typing import Any
 
 from .values import Uri
 
-EMPTY: Mapping[str, str] = MappingProxyType({})
+EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 DEFAULT_MAX_MESSAGE_SIZE = 128 * 1024
 DEFAULT_MAX_PENDING_BYTES = 64 * 1024

@@ -6,15 +6,13 @@ keys never touch the disk: ``tls.py`` hands them to OpenSSL through a memfd.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import jks
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
-from cryptography.x509.oid import ExtensionOID, NameOID
+from cryptography.x509.oid import NameOID
 
 from ..config.model import Store
 from ..errors import TlsSetupError
@@ -115,7 +113,10 @@ def _load_pkcs12(data: bytes, store: Store) -> KeyMaterial:
 def _load_pem(data: bytes, store: Store) -> KeyMaterial:
     """Keys each followed by their chain; certificates before any key are trusted CAs."""
     password = store.password.encode() if store.password else None
-    keys, trusted, current_key, chain = [], [], None, []
+    keys: list[KeyEntry] = []
+    trusted: list[x509.Certificate] = []
+    chain: list[x509.Certificate] = []
+    current_key = None
     for block in _pem_blocks(data):
         if b"PRIVATE KEY" in block.split(b"\n", 1)[0]:
             if current_key is not None:
@@ -153,7 +154,7 @@ def _entry(alias: str, key: object, chain: list[x509.Certificate]) -> KeyEntry:
 def certificate_names(cert: x509.Certificate) -> frozenset[str]:
     """DNS and IP subject alternative names, else the subject CN (legacy certificates)."""
     try:
-        san = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         names = {n.lower() for n in san.get_values_for_type(x509.DNSName)}
         names |= {str(ip) for ip in san.get_values_for_type(x509.IPAddress)}
         if names:
@@ -162,19 +163,3 @@ def certificate_names(cert: x509.Certificate) -> frozenset[str]:
         pass
     cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     return frozenset(str(a.value).lower() for a in cns)
-
-
-def is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        return False
-
-
-def load_optional(store: Store | None) -> KeyMaterial | None:
-    return load_store(store) if store is not None else None
-
-
-def read_pem_file(path: Path) -> bytes:
-    return path.read_bytes()

@@ -28,6 +28,10 @@ class UnenforcedRealmGuard:
         self.name = service.name
 
     async def handle(self, request: web.BaseRequest, peer: PeerIdentity | None) -> web.StreamResponse:
-        audit.warning("service[%s]: denied %s: realm '%s' is not enforced by this version", self.name,
-                      request.remote, self.service.config.realm_name)
+        audit.warning(
+            "service[%s]: denied %s: realm '%s' is not enforced by this version",
+            self.name,
+            request.remote,
+            self.service.config.realm_name,
+        )
         return web.Response(status=403, text="Forbidden\n")

@@ -16,12 +16,19 @@ from ..config.model import TlsOptions
 from ..errors import TlsSetupError
 from .keystore import KeyEntry, KeyMaterial
 
-INTERMEDIATE_CIPHERS = ":".join((
-    "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256",
-    "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",
-    "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
-    "DHE-RSA-AES128-GCM-SHA256", "DHE-RSA-AES256-GCM-SHA384", "DHE-RSA-CHACHA20-POLY1305",
-))
+INTERMEDIATE_CIPHERS = ":".join(
+    (
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+        "DHE-RSA-AES128-GCM-SHA256",
+        "DHE-RSA-AES256-GCM-SHA384",
+        "DHE-RSA-CHACHA20-POLY1305",
+    )
+)
 _VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
 _VERIFY = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
 
@@ -68,7 +75,10 @@ def _apply_options(context: ssl.SSLContext, options: TlsOptions, path: str) -> N
     try:
         context.set_ciphers(options.ciphers or INTERMEDIATE_CIPHERS)
     except ssl.SSLError:
-        raise TlsSetupError(f"{path}/ssl.ciphers", f"{options.ciphers!r} selects no cipher OpenSSL knows; use an OpenSSL cipher string such as ECDHE+AESGCM") from None
+        raise TlsSetupError(
+            f"{path}/ssl.ciphers",
+            f"{options.ciphers!r} selects no cipher OpenSSL knows; use an OpenSSL cipher string such as ECDHE+AESGCM",
+        ) from None
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
 
 
@@ -90,7 +100,9 @@ def server_context(
     load_key(context, entry)
     if verify_client != "none":
         if not trusted_pem:
-            raise TlsSetupError(f"{path}/ssl.verify-client", "needs security/truststore with the CA(s) that issue client certificates")
+            raise TlsSetupError(
+                f"{path}/ssl.verify-client", "needs security/truststore with the CA(s) that issue client certificates"
+            )
         context.load_verify_locations(cadata=trusted_pem.decode())
         context.verify_mode = _VERIFY[verify_client]
     return context
@@ -104,8 +116,13 @@ class ListenerTls:
     """
 
     def __init__(
-        self, keys: KeyMaterial, hosts: list[str], options: TlsOptions, verify_client: str,
-        trusted_pem: bytes | None, path: str,
+        self,
+        keys: KeyMaterial,
+        hosts: list[str],
+        options: TlsOptions,
+        verify_client: str,
+        trusted_pem: bytes | None,
+        path: str,
     ) -> None:
         if not keys.keys:
             raise TlsSetupError("security/keystore", "holds no private key entry to serve wss/https with")
@@ -142,6 +159,9 @@ def client_context(
         entry = keys.key(options.client_certificate) if keys else None
         if entry is None:
             aliases = ", ".join(e.alias for e in keys.keys) if keys else "none"
-            raise TlsSetupError(f"{path}/ssl.client-certificate", f"no key entry '{options.client_certificate}' in security/keystore (aliases: {aliases})")
+            raise TlsSetupError(
+                f"{path}/ssl.client-certificate",
+                f"no key entry '{options.client_certificate}' in security/keystore (aliases: {aliases})",
+            )
         load_key(context, entry)
     return context

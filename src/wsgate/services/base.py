@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -65,14 +66,21 @@ class WebSocketService(ServiceHandler):
 
     async def handle(self, request: web.BaseRequest, peer: PeerIdentity | None) -> web.StreamResponse:
         if request.method != "GET" or request.headers.get("Upgrade", "").lower() != "websocket":
-            return web.Response(status=426, text="This is a WebSocket endpoint: connect with a WebSocket client.\n",
-                                headers={"Upgrade": "websocket"})
+            return web.Response(
+                status=426,
+                text="This is a WebSocket endpoint: connect with a WebSocket client.\n",
+                headers={"Upgrade": "websocket"},
+            )
         if self.runtime.closing:
             return web.Response(status=503, text="Gateway is shutting down.\n")
         own_origin = f"{'https' if request.secure or self.offloaded_tls else 'http'}://{request.host}"
         if not origin_allowed(request.headers.get("Origin"), own_origin, self.config.cross_site_constraints):
-            log.warning("service[%s]: refused cross-origin upgrade from %s (Origin %.100r)", self.name,
-                        request.remote, request.headers.get("Origin"))
+            log.warning(
+                "service[%s]: refused cross-origin upgrade from %s (Origin %.100r)",
+                self.name,
+                request.remote,
+                request.headers.get("Origin"),
+            )
             return web.Response(status=403, text="Forbidden\n")
         ws = await accept_websocket(request, self.config.accept_options, self.writer_limit)
         connection = Connection(ws, request.transport, self.name, request.remote or "?", peer)

@@ -15,8 +15,8 @@ from collections import deque
 
 from ..config.model import Service
 from ..config.values import parse_size, parse_uri
-from ..transport.backend import READ_CHUNK, open_tcp
 from ..errors import BackendError
+from ..transport.backend import READ_CHUNK, open_tcp
 from ..transport.websocket import CloseCode, Connection, WSMsgType
 from .base import Runtime, WebSocketService, service_type
 
@@ -61,19 +61,19 @@ class Subscriber:
             self.sender.cancel()
         try:
             await asyncio.wait_for(self.connection.close(CloseCode.POLICY_VIOLATION, "too slow"), DROP_TIMEOUT)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.connection.abort()
         log.info("dropped slow client %s (more than %d bytes pending)", self.connection.remote, self.limit)
 
     async def run(self) -> None:
-        ws = self.connection.ws
+        send_bytes, send_str = self.connection.send_bytes, self.connection.send_str
         while True:
             await self.ready.wait()
             self.ready.clear()
             while self.queue:
                 data = self.queue.popleft()
                 self.pending -= len(data)
-                await (ws.send_bytes(data) if isinstance(data, bytes) else ws.send_str(data))
+                await (send_bytes(data) if isinstance(data, bytes) else send_str(data))
 
 
 @service_type("broadcast")

@@ -19,8 +19,16 @@ from .base import Runtime, ServiceHandler, service_type
 if TYPE_CHECKING:
     from ..security.tls import PeerIdentity
 
-DEFAULT_MIME = {"html": "text/html", "js": "text/javascript", "mjs": "text/javascript", "css": "text/css",
-                "json": "application/json", "svg": "image/svg+xml", "png": "image/png", "txt": "text/plain"}
+DEFAULT_MIME = {
+    "html": "text/html",
+    "js": "text/javascript",
+    "mjs": "text/javascript",
+    "css": "text/css",
+    "json": "application/json",
+    "svg": "image/svg+xml",
+    "png": "image/png",
+    "txt": "text/plain",
+}
 SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 
 
@@ -39,7 +47,9 @@ class DirectoryService(ServiceHandler):
         path = f"service[{self.name}]/properties/directory"
         directory = (web_root / (self.config.prop("directory") or "").lstrip("/")).resolve()
         if not directory.is_dir():
-            raise ConfigError(path, f"{str(directory)!r} is not a directory (resolved under web root {str(web_root)!r})")
+            raise ConfigError(
+                path, f"{str(directory)!r} is not a directory (resolved under web root {str(web_root)!r})"
+            )
         self.root = directory
         if (errors := self.config.prop("error-pages-directory")) is not None:
             self.error_pages = (web_root / errors.lstrip("/")).resolve()
@@ -47,7 +57,7 @@ class DirectoryService(ServiceHandler):
     async def handle(self, request: web.BaseRequest, peer: PeerIdentity | None) -> web.StreamResponse:
         if request.method not in ("GET", "HEAD"):
             return web.Response(status=405, headers={"Allow": "GET, HEAD", **SECURITY_HEADERS})
-        file = self.resolve(request.path[len(self.prefix):])
+        file = self.resolve(request.path[len(self.prefix) :])
         if file is None:
             return self.not_found()
         return web.FileResponse(file, headers={"Content-Type": self.content_type(file), **SECURITY_HEADERS})
@@ -68,5 +78,7 @@ class DirectoryService(ServiceHandler):
     def not_found(self) -> web.StreamResponse:
         page = self.error_pages / "404.html" if self.error_pages else None
         if page and page.is_file():
-            return web.FileResponse(page, status=404, headers={"Content-Type": "text/html; charset=utf-8", **SECURITY_HEADERS})
+            return web.FileResponse(
+                page, status=404, headers={"Content-Type": "text/html; charset=utf-8", **SECURITY_HEADERS}
+            )
         return web.Response(status=404, text="Not Found\n", headers=SECURITY_HEADERS)

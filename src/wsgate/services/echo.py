@@ -9,10 +9,10 @@ from .base import WebSocketService, service_type
 @service_type("echo")
 class EchoService(WebSocketService):
     async def serve(self, connection: Connection) -> None:
-        ws = connection.ws
+        send_bytes, send_str = connection.send_bytes, connection.send_str
         text, binary = WSMsgType.TEXT, WSMsgType.BINARY
         async for msg in connection:
             if msg.type is binary:
-                await ws.send_bytes(msg.data)
+                await send_bytes(msg.data)
             elif msg.type is text:
-                await ws.send_str(msg.data)
+                await send_str(msg.data)

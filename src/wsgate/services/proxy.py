@@ -38,7 +38,9 @@ class ProxyService(WebSocketService):
         self.ssl = None
         if self.uri.secure:
             trusted = runtime.trust.trusted_pem if runtime.trust else None
-            self.ssl = client_context(config.connect_options.tls, trusted, runtime.keys, f"service[{self.name}]/connect-options")
+            self.ssl = client_context(
+                config.connect_options.tls, trusted, runtime.keys, f"service[{self.name}]/connect-options"
+            )
         self.session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -51,7 +53,13 @@ class ProxyService(WebSocketService):
 
     async def open_backend(self) -> Backend:
         if self.session is not None:
-            return await open_ws(self.session, self.uri, self.ssl, self.config.accept_options.max_message_size)
+            return await open_ws(
+                self.session,
+                self.uri,
+                self.ssl,
+                self.config.accept_options.max_message_size,
+                self.config.connect_options.inactivity_timeout,
+            )
         return await open_tcp(self.uri, self.ssl, self.max_pending)
 
     async def serve(self, connection: Connection) -> None:
@@ -63,7 +71,9 @@ class ProxyService(WebSocketService):
         try:
             backend = await self.open_backend()
         except BackendError as exc:
-            log.warning("service[%s]: back end %s; closing client %s with %d", self.name, exc, connection.remote, exc.close_code)
+            log.warning(
+                "service[%s]: back end %s; closing client %s with %d", self.name, exc, connection.remote, exc.close_code
+            )
             reason = "back end unavailable" if exc.close_code == CloseCode.INTERNAL_ERROR else "bad gateway"
             await connection.close(exc.close_code, reason)
             return
@@ -96,13 +106,13 @@ class ProxyService(WebSocketService):
             backend.finish()
 
     async def backend_to_client(self, backend: Backend, connection: Connection) -> None:
-        ws = connection.ws
+        send_bytes, send_str = connection.send_bytes, connection.send_str
         try:
             while (data := await backend.receive()) is not None:
                 if isinstance(data, bytes):
-                    await ws.send_bytes(data)
+                    await send_bytes(data)
                 else:
-                    await ws.send_str(data)
+                    await send_str(data)
         except (OSError, asyncio.IncompleteReadError) as exc:
             log.warning("service[%s]: back end %s lost: %s", self.name, self.uri, exc)
             await connection.close(CloseCode.INTERNAL_ERROR, "back end connection lost")
@@ -117,4 +127,8 @@ class ProxyService(WebSocketService):
         code = backend.close_code
         if code in _SENDABLE or code is not None and 3000 <= code <= 4999:
             return code, "back end closed"
-        return (CloseCode.NORMAL, "back end closed") if code == 1005 else (CloseCode.INTERNAL_ERROR, "back end connection lost")
+        return (
+            (CloseCode.NORMAL, "back end closed")
+            if code == 1005
+            else (CloseCode.INTERNAL_ERROR, "back end connection lost")
+        )

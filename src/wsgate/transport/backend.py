@@ -88,33 +88,46 @@ Backend = TcpBackend | WsBackend
 async def open_tcp(uri: Uri, context: ssl.SSLContext | None, max_pending: int) -> TcpBackend:
     try:
         reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(uri.host, uri.port, ssl=context, server_hostname=uri.host if context else None,
-                                    limit=max_pending),
+            asyncio.open_connection(
+                uri.host, uri.port, ssl=context, server_hostname=uri.host if context else None, limit=max_pending
+            ),
             CONNECT_TIMEOUT,
         )
     except ssl.SSLCertVerificationError as exc:
         raise BackendError(f"{uri}: TLS verification failed: {exc.verify_message}", BAD_GATEWAY) from None
     except ssl.SSLError as exc:
         raise BackendError(f"{uri}: TLS handshake failed: {exc.reason or exc}", BAD_GATEWAY) from None
-    except (OSError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, OSError) as exc:
         raise BackendError(f"{uri}: cannot connect: {_describe(exc)}") from None
     return TcpBackend(reader, writer, max_pending)
 
 
 async def open_ws(
-    session: aiohttp.ClientSession, uri: Uri, context: ssl.SSLContext | None, max_message_size: int,
-    protocols: tuple[str, ...] = (),
+    session: aiohttp.ClientSession,
+    uri: Uri,
+    context: ssl.SSLContext | None,
+    max_message_size: int,
+    inactivity_timeout: float | None = None,
 ) -> WsBackend:
+    """``inactivity_timeout`` T: ping the back end after T/2 of silence, give up after another T/2."""
     try:
-        ws = await asyncio.wait_for(session.ws_connect(
-            uri.raw, ssl=context if context is not None else False, timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
-            max_msg_size=max_message_size, compress=0, autoping=True, protocols=protocols,
-        ), CONNECT_TIMEOUT)
+        ws = await asyncio.wait_for(
+            session.ws_connect(
+                uri.raw,
+                ssl=context if context is not None else False,
+                timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
+                max_msg_size=max_message_size + 1,
+                compress=0,
+                autoping=True,
+                heartbeat=inactivity_timeout / 2 if inactivity_timeout else None,
+            ),
+            CONNECT_TIMEOUT,
+        )
     except aiohttp.ClientConnectorCertificateError as exc:
         raise BackendError(f"{uri}: TLS verification failed: {exc.certificate_error}", BAD_GATEWAY) from None
     except aiohttp.WSServerHandshakeError as exc:
         raise BackendError(f"{uri}: WebSocket handshake refused: HTTP {exc.status}", BAD_GATEWAY) from None
-    except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         raise BackendError(f"{uri}: cannot connect: {_describe(exc)}") from None
     return WsBackend(ws)
 

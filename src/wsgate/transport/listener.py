@@ -14,7 +14,7 @@ import ssl
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from aiohttp import web
+from aiohttp import web, web_response
 
 from ..security.tls import PeerIdentity
 
@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from ..services.base import ServiceHandler
 
 log = logging.getLogger("wsgate.listener")
+# Every response, aiohttp's own error pages included, names the product but no versions.
+web_response.SERVER_SOFTWARE = "wsgate"  # type: ignore[attr-defined]
 
 
 @dataclass
@@ -69,7 +71,13 @@ class Listener:
             self._web, self.host, self.port, ssl=self.ssl_context, reuse_address=True, backlog=1024
         )
         self.port = self._server.sockets[0].getsockname()[1]
-        log.info("listening on %s://%s:%d (%d route(s))", "tls" if self.secure else "tcp", self.host or "*", self.port, len(self.routes))
+        log.info(
+            "listening on %s://%s:%d (%d route(s))",
+            "tls" if self.secure else "tcp",
+            self.host or "*",
+            self.port,
+            len(self.routes),
+        )
 
     def stop_accepting(self) -> None:
         if self._server is not None:
@@ -81,7 +89,7 @@ class Listener:
         if self._server is not None:
             try:
                 await asyncio.wait_for(self._server.wait_closed(), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.warning("listener %s:%d: connections still open after shutdown", self.host or "*", self.port)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -90,7 +98,9 @@ class Listener:
             return web.Response(status=404, text="Not Found\n")
         peer = None
         if self.secure:
-            peer = PeerIdentity.from_ssl_object(request.transport.get_extra_info("ssl_object") if request.transport else None)
+            peer = PeerIdentity.from_ssl_object(
+                request.transport.get_extra_info("ssl_object") if request.transport else None
+            )
             if route.verify_client == "required" and peer is None:
                 return web.Response(status=403, text="A client certificate is required.\n")
         return await route.service.handle(request, peer)

@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 __all__ = ["Connection", "WSMessage", "WSMsgType", "CloseCode", "accept_websocket"]
 
 
+_ENDED = frozenset({WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR})
+
+
 class CloseCode:
     NORMAL = 1000
     GOING_AWAY = 1001
@@ -34,36 +37,35 @@ class CloseCode:
 class Connection:
     """One accepted WebSocket with what later layers need to know about its peer."""
 
-    __slots__ = ("ws", "transport", "service", "remote", "peer", "opened")
+    __slots__ = ("ws", "transport", "service", "remote", "peer", "opened", "receive", "send_bytes", "send_str")
 
     def __init__(
-        self, ws: web.WebSocketResponse, transport: asyncio.BaseTransport | None, service: str, remote: str,
+        self,
+        ws: web.WebSocketResponse,
+        transport: asyncio.Transport | None,
+        service: str,
+        remote: str,
         peer: PeerIdentity | None,
     ) -> None:
         self.ws = ws
+        # Bound once: the per-message calls cost no extra Python frame.
+        self.receive = ws.receive
+        self.send_bytes = ws.send_bytes
+        self.send_str = ws.send_str
         self.transport = transport
         self.service = service
         self.remote = remote
         self.peer = peer
         self.opened = time.monotonic()
 
-    async def receive(self) -> WSMessage:
-        return await self.ws.receive()
-
     def __aiter__(self) -> Connection:
         return self
 
     async def __anext__(self) -> WSMessage:
-        msg = await self.ws.receive()
-        if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+        msg = await self.receive()
+        if msg.type in _ENDED:
             raise StopAsyncIteration
         return msg
-
-    async def send_bytes(self, data: bytes) -> None:
-        await self.ws.send_bytes(data)
-
-    async def send_str(self, data: str) -> None:
-        await self.ws.send_str(data)
 
     async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Close with ``code``; reasons are short and never carry internal detail."""
@@ -101,7 +103,5 @@ async def accept_websocket(
     )
     if timeout:
         ws._pong_heartbeat = timeout / 2  # aiohttp waits heartbeat/2 for the pong; Kaazing waits T/2
-    if options.server_header:
-        ws.headers["Server"] = "wsgate"
     await ws.prepare(request)
     return ws
