@@ -65,18 +65,22 @@ class Listener:
         return None
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
         self._web = web.Server(self.handle, keepalive_timeout=self.keepalive_timeout, access_log=None)
-        self._server = await loop.create_server(
-            self._web, self.host, self.port, ssl=self.ssl_context, reuse_address=True, backlog=1024
-        )
+        self._server = await self._bind(self.port)
+        ports = {sock.getsockname()[1] for sock in self._server.sockets}
+        if len(ports) > 1:  # port 0 on a name with several addresses: make them share the first port
+            first = self._server.sockets[0].getsockname()[1]
+            self._server.close()
+            self._server = await self._bind(first)
         self.port = self._server.sockets[0].getsockname()[1]
-        log.info(
-            "listening on %s://%s:%d (%d route(s))",
-            "tls" if self.secure else "tcp",
-            self.host or "*",
-            self.port,
-            len(self.routes),
+        scheme = "tls" if self.secure else "tcp"
+        log.info("listening on %s://%s:%d (%d route(s))", scheme, self.host or "*", self.port, len(self.routes))
+
+    async def _bind(self, port: int) -> asyncio.AbstractServer:
+        loop = asyncio.get_running_loop()
+        assert self._web is not None
+        return await loop.create_server(
+            self._web, self.host, port, ssl=self.ssl_context, reuse_address=True, backlog=1024
         )
 
     def stop_accepting(self) -> None:

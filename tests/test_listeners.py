@@ -1,0 +1,142 @@
+"""Listener planning: binds, shared ports, TLS offload, conflicts found before binding."""
+
+from __future__ import annotations
+
+import textwrap
+
+import aiohttp
+import pytest
+
+from wsgate.config import load_config
+from wsgate.errors import ConfigError
+from wsgate.gateway import Gateway
+
+from .conftest import SECURITY_PEM
+
+
+def plan(tmp_path, text: str) -> Gateway:
+    path = tmp_path / "g.yaml"
+    path.write_text(textwrap.dedent(text))
+    return Gateway(load_config(path))
+
+
+def test_ws_and_wss_on_one_port_is_a_located_error(tmp_path, pem_stores):
+    with pytest.raises(ConfigError) as error:
+        plan(
+            tmp_path,
+            """
+service:
+  - name: plain
+    accept: ws://localhost:8000/a
+    type: echo
+  - name: secure
+    accept: wss://localhost:8000/b
+    type: echo
+"""
+            + SECURITY_PEM,
+        )
+    message = str(error.value)
+    assert message.startswith("service[secure]/accept: service[secure] wss://localhost:8000/b and service[plain]")
+    assert "bind the same port 8000 with and without TLS" in message
+
+
+def test_different_ciphers_on_one_tls_port_is_a_located_error(tmp_path, pem_stores):
+    with pytest.raises(ConfigError, match=r"^service\[b\]/accept-options: ssl.ciphers/ssl.protocols differ"):
+        plan(
+            tmp_path,
+            """
+service:
+  - name: a
+    accept: wss://localhost:8443/a
+    type: echo
+  - name: b
+    accept: wss://localhost:8443/b
+    type: echo
+    accept-options:
+      ssl.ciphers: ECDHE+AESGCM
+"""
+            + SECURITY_PEM,
+        )
+
+
+def test_bad_cipher_string_is_a_located_error(tmp_path, pem_stores):
+    with pytest.raises(ConfigError, match=r"^service\[a\]/accept-options/ssl.ciphers: 'NOPE' selects no cipher"):
+        plan(
+            tmp_path,
+            """
+service:
+  - name: a
+    accept: wss://localhost:8443/a
+    type: echo
+    accept-options:
+      ssl.ciphers: NOPE
+"""
+            + SECURITY_PEM,
+        )
+
+
+def test_binds_pick_the_listener_by_scheme_layers(tmp_path):
+    gateway = plan(
+        tmp_path,
+        """
+        service:
+          - name: a
+            accept: ws://public.example.com:80/a
+            type: echo
+            accept-options:
+              http.bind: 127.0.0.1:8080
+          - name: b
+            accept: ws://public.example.com:80/b
+            type: echo
+            accept-options:
+              tcp.bind: "9090"
+        """,
+    )
+    assert set(gateway.listeners) == {("127.0.0.1", 8080), (None, 9090)}
+
+
+async def test_port_only_bind_listens_on_all_interfaces(start_gateway, http):
+    gw = await start_gateway("""
+        service:
+          - name: echo
+            accept: ws://gateway.example.com/echo
+            type: echo
+            accept-options:
+              ws.bind: "0"
+    """)
+    port = gw.port_of("echo")
+    async with http.ws_connect(f"ws://127.0.0.1:{port}/echo", headers={"Host": "gateway.example.com"}) as ws:
+        await ws.send_str("bound")
+        assert (await ws.receive()).data == "bound"
+
+
+async def test_tls_offloaded_service_listens_plain_and_accepts_https_origin(start_gateway, http):
+    gw = await start_gateway("""
+        service:
+          - name: echo
+            accept: wss://gateway.example.com/echo
+            type: echo
+            accept-options:
+              ssl.encryption: disabled
+              wss.bind: 127.0.0.1:0
+    """)
+    port = gw.port_of("echo")
+    headers = {"Host": "gateway.example.com", "Origin": "https://gateway.example.com"}
+    async with http.ws_connect(f"ws://127.0.0.1:{port}/echo", headers=headers) as ws:
+        await ws.send_str("offloaded")
+        assert (await ws.receive()).data == "offloaded"
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await http.ws_connect(f"ws://127.0.0.1:{port}/echo", headers={**headers, "Origin": "https://evil.example"})
+    assert refused.value.status == 403
+
+
+async def test_port_in_use_is_a_clear_error(start_gateway, tmp_path):
+    gw = await start_gateway("""
+        service:
+          - name: echo
+            accept: ws://127.0.0.1:0/echo
+            type: echo
+    """)
+    second = plan(tmp_path, f"service:\n  - name: x\n    accept: ws://127.0.0.1:{gw.port_of('echo')}/x\n    type: echo\n")
+    with pytest.raises(ConfigError, match="cannot bind: .*is another process on that port"):
+        await second.start()
