@@ -232,3 +232,69 @@ async def test_protected_service_is_denied_until_realms_are_enforced(start_gatew
             f"ws://127.0.0.1:{gw.port_of('echo')}/echo", headers={"Authorization": "Basic am9lOndlbGNvbWU="}
         )
     assert refused.value.status == 403
+
+
+KAAZING_STYLE = """<?xml version="1.0" encoding="UTF-8" ?>
+<gateway-config xmlns="http://xmlns.kaazing.org/2015/11/gateway">
+  <properties>
+    <property><name>hostname</name><value>127.0.0.1</value></property>
+    <property><name>gateway.base.port</name><value>0</value></property>
+  </properties>
+  <service>
+    <name>base-directory</name>
+    <accept>http://${hostname}:${gateway.base.port}/</accept>
+    <type>directory</type>
+    <properties>
+      <directory>/base</directory>
+      <welcome-file>index.html</welcome-file>
+      <error-pages-directory>/error-pages</error-pages-directory>
+      <options>indexes</options>
+      <location>
+        <patterns>**/*.js</patterns>
+        <cache-control>max-age=60</cache-control>
+      </location>
+    </properties>
+    <accept-options><tcp.bind>127.0.0.1:${gateway.base.port}</tcp.bind></accept-options>
+  </service>
+  <service>
+    <name>echo</name>
+    <accept>ws://${hostname}:${gateway.base.port}/echo</accept>
+    <type>echo</type>
+    <accept-options><tcp.bind>127.0.0.1:${gateway.base.port}</tcp.bind></accept-options>
+    <cross-site-constraint><allow-origin>*</allow-origin></cross-site-constraint>
+  </service>
+</gateway-config>
+"""
+
+
+async def test_kaazing_layout_with_indexes_location_and_error_pages(tmp_path, http):
+    """GATEWAY_HOME/conf/gateway-config.xml with its web/ folder beside conf/, as Kaazing ships it."""
+    from wsgate.config import load_config
+
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "gateway-config.xml").write_text(KAAZING_STYLE)
+    base = tmp_path / "web" / "base"
+    (base / "js").mkdir(parents=True)
+    (base / "js" / "app.js").write_text("1;")
+    (base / "docs <b>").mkdir()
+    (tmp_path / "web" / "error-pages").mkdir()
+    (tmp_path / "web" / "error-pages" / "404.html").write_text("<h1>custom 404</h1>")
+    gw = Gateway(load_config(tmp_path / "conf" / "gateway-config.xml"))
+    await gw.start()
+    try:
+        url = f"http://127.0.0.1:{gw.port_of('echo')}"
+        async with http.get(url + "/") as response:  # no index.html: a listing, names escaped
+            listing = await response.text()
+            assert response.status == 200 and 'href="js/"' in listing and "docs &lt;b&gt;/" in listing
+        async with http.get(url + "/js", allow_redirects=False) as response:
+            assert response.status == 301 and response.headers["Location"] == "/js/"
+        async with http.get(url + "/js/app.js") as response:
+            assert response.headers["Cache-Control"] == "max-age=60"
+            assert response.headers["Content-Type"].startswith("text/javascript")
+        async with http.get(url + "/absent.html") as response:
+            assert response.status == 404 and "custom 404" in await response.text()
+        async with http.ws_connect(url.replace("http", "ws") + "/echo", headers={"Origin": "http://other.example"}) as ws:
+            await ws.send_str("any origin allowed by *")
+            assert (await ws.receive()).data == "any origin allowed by *"
+    finally:
+        await gw.stop(1)

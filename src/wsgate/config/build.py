@@ -94,7 +94,7 @@ SERVICE_TYPES: dict[str, dict[str, Any]] = {
     "directory": {
         "accept": ("http", "https"),
         "connect": (0, 0),
-        "properties": {"directory": "1", "welcome-file": "?", "error-pages-directory": "?"},
+        "properties": {"directory": "1", "welcome-file": "?", "error-pages-directory": "?", "options": "?"},
     },
     "proxy": {
         "accept": ("ws", "wss"),
@@ -124,8 +124,6 @@ SERVICE_TYPES_UNSUPPORTED = (
     "management.snmp",
 )
 PROPERTIES_UNSUPPORTED = {
-    "options": "directory listings (options=indexes) are not supported",
-    "location": "location rules",
     "maximum.recovery.interval": "maximum.recovery.interval",
     "prepared.connection.count": "prepared connections",
     "internal.maximum.transferred.bytes": "internal.maximum.transferred.bytes",
@@ -316,7 +314,9 @@ class Builder:
         for node in nodes:
             for child in node.children:
                 child_path = f"{path}/properties/{child.name}"
-                if child.name in schema:
+                if child.name == "location" and "directory" in schema:
+                    values["location"].append(self.location(child, child_path))
+                elif child.name in schema:
                     values[child.name].append(self.text(child, child_path))
                 elif child.name in PROPERTIES_UNSUPPORTED:
                     self.fail(child_path, f"not supported yet: {PROPERTIES_UNSUPPORTED[child.name]}")
@@ -329,12 +329,20 @@ class Builder:
         self.check_service_properties(props, path)
         return MappingProxyType(props)
 
+    def location(self, node: Node, path: str) -> str:
+        """A directory ``location`` rule, kept as ``patterns\ncache-control``."""
+        groups = self.group(node, path, {"patterns": "1", "cache-control": "1"})
+        patterns = self.one(groups, "patterns", path, str) or ""
+        cache_control = self.one(groups, "cache-control", path, str) or ""
+        return f"{patterns}\n{cache_control}"
+
     def check_service_properties(self, props: Mapping[str, tuple[str, ...]], path: str) -> None:
         checks: dict[str, tuple[Callable[..., Any], tuple[Any, ...]]] = {
             "maximum.pending.bytes": (parse_size, ()),
             "connect.strategy": (parse_choice, (("immediate", "deferred"),)),
             "on.client.message": (parse_choice, (("noop", "broadcast"),)),
             "accept": (parse_uri, (("tcp",),)),
+            "options": (parse_choice, (("indexes",),)),
         }
         for name, (parser, args) in checks.items():
             for value in props.get(name, ()):

@@ -6,9 +6,13 @@ and checked, so ``..`` and symlinks that leave it give 404.
 
 from __future__ import annotations
 
+import html
 import mimetypes
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from urllib.parse import quote
 
 from aiohttp import web
 
@@ -41,6 +45,8 @@ class DirectoryService(ServiceHandler):
         self.mime = {**DEFAULT_MIME, **config.mime_mappings}
         self.prefix = config.accepts[0].path.rstrip("/")
         self.error_pages: Path | None = None
+        self.indexes = config.prop("options") == "indexes"
+        self.cache_rules = [_cache_rule(rule) for rule in config.properties.get("location", ())]
 
     def configure(self, web_root: Path) -> None:
         """Resolve ``directory`` under the web root (Kaazing: GATEWAY_HOME/web)."""
@@ -57,18 +63,40 @@ class DirectoryService(ServiceHandler):
     async def handle(self, request: web.BaseRequest, peer: PeerIdentity | None) -> web.StreamResponse:
         if request.method not in ("GET", "HEAD"):
             return web.Response(status=405, headers={"Allow": "GET, HEAD", **SECURITY_HEADERS})
-        file = self.resolve(request.path[len(self.prefix) :])
+        relative = request.path[len(self.prefix) :]
+        file = self.resolve(relative)
+        if file is not None and file.is_dir():
+            if not request.path.endswith("/"):
+                return web.Response(status=301, headers={"Location": quote(request.path) + "/", **SECURITY_HEADERS})
+            return self.listing(file, request.path)
         if file is None:
             return self.not_found()
-        return web.FileResponse(file, headers={"Content-Type": self.content_type(file), **SECURITY_HEADERS})
+        headers = {"Content-Type": self.content_type(file), **SECURITY_HEADERS}
+        name = file.relative_to(self.root).as_posix()
+        for pattern, cache_control in self.cache_rules:
+            if pattern.fullmatch(name):
+                headers["Cache-Control"] = cache_control
+                break
+        return web.FileResponse(file, headers=headers)
 
     def resolve(self, relative: str) -> Path | None:
         candidate = (self.root / relative.lstrip("/")).resolve()
         if not candidate.is_relative_to(self.root):
             return None
-        if candidate.is_dir() and self.welcome:
-            candidate = candidate / self.welcome
+        if candidate.is_dir():
+            welcome = candidate / self.welcome if self.welcome else None
+            if welcome is not None and welcome.is_file():
+                return welcome
+            return candidate if self.indexes else None
         return candidate if candidate.is_file() else None
+
+    def listing(self, folder: Path, path: str) -> web.StreamResponse:
+        """``options indexes``: a plain HTML list of the folder's entries (names escaped)."""
+        entries = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir() if not p.name.startswith("."))
+        items = "".join(f'<li><a href="{quote(e)}">{html.escape(e)}</a></li>' for e in entries)
+        title = html.escape(path)
+        body = f"<!doctype html><title>{title}</title><h1>{title}</h1><ul>{items}</ul>"
+        return web.Response(text=body, content_type="text/html", headers=SECURITY_HEADERS)
 
     def content_type(self, file: Path) -> str:
         ext = file.suffix.lstrip(".").lower()
@@ -82,3 +110,14 @@ class DirectoryService(ServiceHandler):
                 page, status=404, headers={"Content-Type": "text/html; charset=utf-8", **SECURITY_HEADERS}
             )
         return web.Response(status=404, text="Not Found\n", headers=SECURITY_HEADERS)
+
+
+def _cache_rule(rule: str) -> tuple[re.Pattern[str], str]:
+    """``patterns`` (Ant style: ``**/*``, ``*.js``, comma or space separated) → one regex."""
+    patterns, _, cache_control = rule.partition("\n")
+    alternatives = []
+    for pattern in re.split(r"[\s,]+", patterns.strip()):
+        regex = re.escape(pattern.lstrip("/"))
+        regex = regex.replace(r"\*\*/", "(?:.*/)?").replace(r"\*\*", ".*").replace(r"\*", "[^/]*").replace(r"\?", "[^/]")
+        alternatives.append(regex)
+    return re.compile("|".join(f"(?:{a})" for a in alternatives if a)), cache_control.strip()
