@@ -293,7 +293,9 @@ async def test_kaazing_layout_with_indexes_location_and_error_pages(tmp_path, ht
             assert response.headers["Content-Type"].startswith("text/javascript")
         async with http.get(url + "/absent.html") as response:
             assert response.status == 404 and "custom 404" in await response.text()
-        async with http.ws_connect(url.replace("http", "ws") + "/echo", headers={"Origin": "http://other.example"}) as ws:
+        async with http.ws_connect(
+            url.replace("http", "ws") + "/echo", headers={"Origin": "http://other.example"}
+        ) as ws:
             await ws.send_str("any origin allowed by *")
             assert (await ws.receive()).data == "any origin allowed by *"
     finally:

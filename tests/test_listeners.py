@@ -137,6 +137,8 @@ async def test_port_in_use_is_a_clear_error(start_gateway, tmp_path):
             accept: ws://127.0.0.1:0/echo
             type: echo
     """)
-    second = plan(tmp_path, f"service:\n  - name: x\n    accept: ws://127.0.0.1:{gw.port_of('echo')}/x\n    type: echo\n")
+    second = plan(
+        tmp_path, f"service:\n  - name: x\n    accept: ws://127.0.0.1:{gw.port_of('echo')}/x\n    type: echo\n"
+    )
     with pytest.raises(ConfigError, match="cannot bind: .*is another process on that port"):
         await second.start()

@@ -11,7 +11,6 @@ import mimetypes
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
-
 from urllib.parse import quote
 
 from aiohttp import web
@@ -118,6 +117,8 @@ def _cache_rule(rule: str) -> tuple[re.Pattern[str], str]:
     alternatives = []
     for pattern in re.split(r"[\s,]+", patterns.strip()):
         regex = re.escape(pattern.lstrip("/"))
-        regex = regex.replace(r"\*\*/", "(?:.*/)?").replace(r"\*\*", ".*").replace(r"\*", "[^/]*").replace(r"\?", "[^/]")
+        regex = (
+            regex.replace(r"\*\*/", "(?:.*/)?").replace(r"\*\*", ".*").replace(r"\*", "[^/]*").replace(r"\?", "[^/]")
+        )
         alternatives.append(regex)
     return re.compile("|".join(f"(?:{a})" for a in alternatives if a)), cache_control.strip()
