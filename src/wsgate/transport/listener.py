@@ -43,7 +43,7 @@ class Listener:
     ssl_context: ssl.SSLContext | None = None
     routes: list[Route] = field(default_factory=list)
     keepalive_timeout: float = 75.0
-    _server: asyncio.AbstractServer | None = None
+    _server: asyncio.Server | None = None
     _web: web.Server | None = None
 
     @property
@@ -76,7 +76,7 @@ class Listener:
         scheme = "tls" if self.secure else "tcp"
         log.info("listening on %s://%s:%d (%d route(s))", scheme, self.host or "*", self.port, len(self.routes))
 
-    async def _bind(self, port: int) -> asyncio.AbstractServer:
+    async def _bind(self, port: int) -> asyncio.Server:
         loop = asyncio.get_running_loop()
         assert self._web is not None
         return await loop.create_server(
