@@ -81,16 +81,19 @@ async def test_feed_accepted_by_gateway_and_client_rebroadcast(start_gateway, ht
         writer.close()
 
 
+ACCEPTED_FEED = """
+service:
+  - name: feed
+    accept: ws://127.0.0.1:0/feed
+    type: broadcast
+    properties:
+      accept: tcp://127.0.0.1:0
+      maximum.pending.bytes: {limit}
+"""
+
+
 async def test_slow_client_is_dropped_with_1008_and_fast_client_keeps_up(start_gateway, http):
-    gw = await start_gateway("""
-        service:
-          - name: feed
-            accept: ws://127.0.0.1:0/feed
-            type: broadcast
-            properties:
-              accept: tcp://127.0.0.1:0
-              maximum.pending.bytes: 256k
-    """)
+    gw = await start_gateway(ACCEPTED_FEED.format(limit="256k"))
     service = gw.services["feed"]
     port = gw.port_of("feed")
     # The slow client: a raw socket that completes the upgrade and then never reads.
@@ -131,15 +134,7 @@ async def test_slow_client_is_dropped_with_1008_and_fast_client_keeps_up(start_g
 
 
 async def test_slow_client_close_frame_says_too_slow(start_gateway, http):
-    gw = await start_gateway("""
-        service:
-          - name: feed
-            accept: ws://127.0.0.1:0/feed
-            type: broadcast
-            properties:
-              accept: tcp://127.0.0.1:0
-              maximum.pending.bytes: 1k
-    """)
+    gw = await start_gateway(ACCEPTED_FEED.format(limit="1k"))
     service = gw.services["feed"]
     async with http.ws_connect(f"ws://127.0.0.1:{gw.port_of('feed')}/feed") as ws:
         await wait_for_subscribers(service, 1)

@@ -424,14 +424,22 @@ def test_hostile_or_broken_files_are_refused(tmp_path, text, message):
 # -- example configs in docs/ ------------------------------------------------------------------
 
 
-def make_stores(folder: Path, ca: trustme.CA) -> None:
-    """The files the docs examples reference, made fresh: keystores, truststores, password files."""
+def make_stores(folder: Path, ca: trustme.CA, kaazing: bool = False) -> None:
+    """The files the docs examples reference, made fresh: keystores, truststores, password files.
+
+    ``kaazing``: also Kaazing's JCEKS ``keystore.db`` and JKS ``truststore.db``, made by keytool.
+    """
     cert = ca.issue_cert("localhost", "gateway.example.com")
     write_pkcs12(folder / "keystore.p12", cert, "changeme", alias="gateway")
     (folder / "keystore.pw").write_text("changeme\n")
     ca.cert_pem.write_to_path(str(folder / "truststore.pem"))
     (folder / "web").mkdir(exist_ok=True)
     (folder / "web" / "index.html").write_text("hi")
+    if kaazing:
+        keytool_store(folder, "JCEKS", {"gateway": cert}, "changeme").rename(folder / "keystore.db")
+        keytool = ["keytool", "-importcert", "-noprompt", "-alias", "ca", "-file", str(folder / "truststore.pem")]
+        store = ["-keystore", str(folder / "truststore.db"), "-storetype", "JKS", "-storepass", "changeit"]
+        subprocess.run(keytool + store, check=True, capture_output=True)
 
 
 def example_files() -> list[Path]:
@@ -441,33 +449,10 @@ def example_files() -> list[Path]:
 @pytest.mark.parametrize("example", example_files(), ids=lambda p: p.name)
 def test_every_docs_example_passes_check_config(tmp_path, ca, example, capsys):
     shutil.copy(example, tmp_path / example.name)
-    make_stores(tmp_path, ca)
-    if "JCEKS" in example.read_text():
-        if shutil.which("keytool") is None:
-            pytest.skip("keytool not installed")
-        keytool_store(tmp_path, "JCEKS", {"gateway": ca.issue_cert("localhost")}, "changeme").rename(
-            tmp_path / "keystore.db"
-        )
-        (tmp_path / "keystore.pw").write_text("changeme\n")
-        subprocess.run(
-            [
-                "keytool",
-                "-importcert",
-                "-noprompt",
-                "-alias",
-                "ca",
-                "-file",
-                str(tmp_path / "truststore.pem"),
-                "-keystore",
-                str(tmp_path / "truststore.db"),
-                "-storetype",
-                "JKS",
-                "-storepass",
-                "changeit",
-            ],
-            check=True,
-            capture_output=True,
-        )
+    kaazing = "JCEKS" in example.read_text()
+    if kaazing and shutil.which("keytool") is None:
+        pytest.skip("keytool not installed")
+    make_stores(tmp_path, ca, kaazing)
     assert main(["check-config", str(tmp_path / example.name)]) == 0
     assert "OK" in capsys.readouterr().out
 
@@ -481,29 +466,7 @@ def test_docs_mention_every_example():
 @needs_keytool
 def test_kaazing_example_builds_a_gateway_with_jceks_and_jks_stores(tmp_path, ca):
     shutil.copy(DOCS / "examples" / "gateway-config.xml", tmp_path)
-    make_stores(tmp_path, ca)
-    keytool_store(tmp_path, "JCEKS", {"gateway": ca.issue_cert("localhost")}, "changeme").rename(
-        tmp_path / "keystore.db"
-    )
-    subprocess.run(
-        [
-            "keytool",
-            "-importcert",
-            "-noprompt",
-            "-alias",
-            "ca",
-            "-file",
-            str(tmp_path / "truststore.pem"),
-            "-keystore",
-            str(tmp_path / "truststore.db"),
-            "-storetype",
-            "JKS",
-            "-storepass",
-            "changeit",
-        ],
-        check=True,
-        capture_output=True,
-    )
+    make_stores(tmp_path, ca, kaazing=True)
     gateway = Gateway(load_config(tmp_path / "gateway-config.xml"))
     assert gateway.runtime.trust is not None and gateway.runtime.trust.trusted_pem.startswith(b"-----BEGIN CERTIFICATE")
     assert gateway.config.service("trading").accept_options.tls.verify_client == "required"
