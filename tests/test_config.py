@@ -129,6 +129,23 @@ def test_properties_are_overridden_by_cli_and_environment(tmp_path, capsys):
     assert str(config.service("echo").accepts[0]) == "ws://gw.test:9100/echo"
 
 
+def test_properties_may_use_other_properties_and_see_overrides(tmp_path):
+    path = write(
+        tmp_path,
+        """
+        properties:
+          gateway.hostname: localhost
+          gateway.url: ws://${gateway.hostname}:8000
+        service:
+          - name: echo
+            accept: ${gateway.url}/echo
+            type: echo
+        """,
+    )
+    assert str(load_config(path).service("echo").accepts[0]) == "ws://localhost:8000/echo"
+    assert str(load_config(path, {"gateway.hostname": "gw.test"}).service("echo").accepts[0]) == "ws://gw.test:8000/echo"
+
+
 def test_service_defaults_apply_and_services_override(tmp_path):
     config = load_config(
         write(

@@ -196,7 +196,7 @@ async def test_tls_backend_requiring_client_certificate(start_gateway, http, ca,
 
 async def ws_backend(ssl_context: ssl.SSLContext | None = None) -> tuple[web.AppRunner, int]:
     async def handler(request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse()
+        ws = web.WebSocketResponse(protocols=("v2.stomp",))
         await ws.prepare(request)
         async for msg in ws:
             if msg.type is aiohttp.WSMsgType.TEXT:
@@ -265,5 +265,20 @@ async def test_ws_backend_refusing_the_upgrade_closes_1014(start_gateway, http, 
         async with http.ws_connect(f"ws://127.0.0.1:{gw.port_of('proxy')}/proxy") as ws:
             msg = await ws.receive()
             assert msg.data == 1014
+    finally:
+        await runner.cleanup()
+
+
+async def test_ws_backend_subprotocol_choice_reaches_the_client(start_gateway, http):
+    runner, port = await ws_backend()
+    try:
+        gw = await start_gateway(proxy_config(f"ws://127.0.0.1:{port}/ws"))
+        url = f"ws://127.0.0.1:{gw.port_of('proxy')}/proxy"
+        async with http.ws_connect(url, protocols=("mqtt", "v2.stomp")) as ws:
+            assert ws.protocol == "v2.stomp"
+            await ws.send_str("negotiated")
+            assert (await ws.receive()).data == "echo:negotiated"
+        async with http.ws_connect(url, protocols=("mqtt",)) as ws:  # nothing in common: no subprotocol
+            assert ws.protocol is None
     finally:
         await runner.cleanup()

@@ -230,9 +230,10 @@ class Builder:
                         self.properties.setdefault(groups["name"][0].text, groups["value"][0].text)
                 else:  # YAML shorthand: properties: {name: value}
                     self.properties.setdefault(child.name, child.text)
-        for name, value in list(self.properties.items()):
-            self.properties[name] = self.substitute(value, f"properties/{name}")
         self.properties.update(overrides)
+        for name, value in list(self.properties.items()):  # values may use other (possibly overridden) ones
+            if name not in overrides:
+                self.properties[name] = self.substitute(value, f"properties/{name}")
 
     # -- services ----------------------------------------------------------------------------
 
@@ -246,7 +247,7 @@ class Builder:
         spec = self.service_type(type_, f"{index}/type")
         accepts = self.uris(groups, "accept", index, spec["accept"] if spec else ACCEPT_SCHEMES)
         connects = self.uris(groups, "connect", index, CONNECT_SCHEMES)
-        if not accepts:
+        if not groups.get("accept"):
             self.fail(f"{index}/accept", "a service needs at least one accept URI")
         if spec:
             low, high = spec["connect"]

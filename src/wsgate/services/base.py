@@ -82,8 +82,14 @@ class WebSocketService(ServiceHandler):
                 request.headers.get("Origin"),
             )
             return web.Response(status=403, text="Forbidden\n")
-        ws = await accept_websocket(request, self.config.accept_options, self.writer_limit)
+        protocols, context = await self.before_upgrade(request)
+        try:
+            ws = await accept_websocket(request, self.config.accept_options, self.writer_limit, protocols)
+        except BaseException:
+            await self.abandon(context)
+            raise
         connection = Connection(ws, request.transport, self.name, request.remote or "?", peer)
+        connection.context = context
         self.runtime.connections.add(connection)
         try:
             await self.serve(connection)
@@ -97,6 +103,13 @@ class WebSocketService(ServiceHandler):
             if not connection.closed:
                 await connection.close()
         return ws
+
+    async def before_upgrade(self, request: web.BaseRequest) -> tuple[tuple[str, ...], object]:
+        """Work before the 101: the subprotocols to accept and state for ``serve`` (``connection.context``)."""
+        return (), None
+
+    async def abandon(self, context: object) -> None:
+        """The upgrade failed after ``before_upgrade``: release what it prepared."""
 
     async def serve(self, connection: Connection) -> None:
         raise NotImplementedError

@@ -12,12 +12,13 @@ import asyncio
 import logging
 
 import aiohttp
+from aiohttp import web
 
 from ..config.model import DEFAULT_MAX_PENDING_BYTES, Service
 from ..config.values import parse_size
 from ..errors import BackendError
 from ..security.tls import client_context
-from ..transport.backend import Backend, WsBackend, open_tcp, open_ws
+from ..transport.backend import Backend, TcpBackend, WsBackend, open_tcp, open_ws
 from ..transport.websocket import CloseCode, Connection, WSMsgType
 from .base import Runtime, WebSocketService, service_type
 
@@ -51,7 +52,7 @@ class ProxyService(WebSocketService):
         if self.session is not None:
             await self.session.close()
 
-    async def open_backend(self) -> Backend:
+    async def open_backend(self, protocols: tuple[str, ...] = ()) -> Backend:
         if self.session is not None:
             return await open_ws(
                 self.session,
@@ -59,30 +60,59 @@ class ProxyService(WebSocketService):
                 self.ssl,
                 self.config.accept_options.max_message_size,
                 self.config.connect_options.inactivity_timeout,
+                protocols,
             )
         return await open_tcp(self.uri, self.ssl, self.max_pending)
 
+    async def before_upgrade(self, request: web.BaseRequest) -> tuple[tuple[str, ...], object]:
+        """``immediate``: connect before the 101, so a ws back end's subprotocol choice reaches the client.
+
+        A failure is kept and reported after the upgrade as a close code (browsers cannot read
+        an HTTP error on a WebSocket handshake).
+        """
+        if self.deferred:
+            return (), None
+        offered = tuple(p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip())
+        try:
+            backend = await self.open_backend(offered)
+        except BackendError as exc:
+            return (), exc
+        chosen = backend.protocol if isinstance(backend, WsBackend) else None
+        return ((chosen,) if chosen else ()), backend
+
+    async def abandon(self, context: object) -> None:
+        if isinstance(context, (TcpBackend, WsBackend)):
+            await context.close()
+
     async def serve(self, connection: Connection) -> None:
         first = None
+        prepared = connection.context
         if self.deferred:
             first = await connection.receive()
             if first.type is not WSMsgType.BINARY and first.type is not WSMsgType.TEXT:
                 return
-        try:
-            backend = await self.open_backend()
-        except BackendError as exc:
-            log.warning(
-                "service[%s]: back end %s; closing client %s with %d", self.name, exc, connection.remote, exc.close_code
-            )
-            reason = "back end unavailable" if exc.close_code == CloseCode.INTERNAL_ERROR else "bad gateway"
-            await connection.close(exc.close_code, reason)
+            try:
+                prepared = await self.open_backend()
+            except BackendError as exc:
+                prepared = exc
+        if isinstance(prepared, BackendError):
+            await self.refuse(connection, prepared)
             return
+        assert isinstance(prepared, (TcpBackend, WsBackend))
+        backend: Backend = prepared
         try:
             if first is not None:
                 await backend.send(first.data)
             await self.relay(connection, backend)
         finally:
             await backend.close()
+
+    async def refuse(self, connection: Connection, exc: BackendError) -> None:
+        log.warning(
+            "service[%s]: back end %s; closing client %s with %d", self.name, exc, connection.remote, exc.close_code
+        )
+        reason = "back end unavailable" if exc.close_code == CloseCode.INTERNAL_ERROR else "bad gateway"
+        await connection.close(exc.close_code, reason)
 
     async def relay(self, connection: Connection, backend: Backend) -> None:
         up = asyncio.create_task(self.client_to_backend(connection, backend))

@@ -58,6 +58,7 @@ class WsBackend:
 
     def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         self.ws = ws
+        self.protocol = ws.protocol  # the subprotocol the back end chose, passed on to the client
 
     @property
     def close_code(self) -> int | None:
@@ -108,6 +109,7 @@ async def open_ws(
     context: ssl.SSLContext | None,
     max_message_size: int,
     inactivity_timeout: float | None = None,
+    protocols: tuple[str, ...] = (),
 ) -> WsBackend:
     """``inactivity_timeout`` T: ping the back end after T/2 of silence, give up after another T/2."""
     try:
@@ -120,6 +122,7 @@ async def open_ws(
                 compress=0,
                 autoping=True,
                 heartbeat=inactivity_timeout / 2 if inactivity_timeout else None,
+                protocols=protocols,
             ),
             CONNECT_TIMEOUT,
         )

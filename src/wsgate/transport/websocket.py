@@ -37,7 +37,18 @@ class CloseCode:
 class Connection:
     """One accepted WebSocket with what later layers need to know about its peer."""
 
-    __slots__ = ("ws", "transport", "service", "remote", "peer", "opened", "receive", "send_bytes", "send_str")
+    __slots__ = (
+        "ws",
+        "transport",
+        "service",
+        "remote",
+        "peer",
+        "opened",
+        "context",
+        "receive",
+        "send_bytes",
+        "send_str",
+    )
 
     def __init__(
         self,
@@ -57,6 +68,7 @@ class Connection:
         self.remote = remote
         self.peer = peer
         self.opened = time.monotonic()
+        self.context: object = None  # what the service prepared before the upgrade
 
     def __aiter__(self) -> Connection:
         return self
@@ -86,7 +98,7 @@ class Connection:
 
 
 async def accept_websocket(
-    request: web.BaseRequest, options: AcceptOptions, writer_limit: int = 64 * 1024
+    request: web.BaseRequest, options: AcceptOptions, writer_limit: int = 64 * 1024, protocols: tuple[str, ...] = ()
 ) -> web.WebSocketResponse:
     """Complete the upgrade with the service's limits applied.
 
@@ -100,6 +112,7 @@ async def accept_websocket(
         compress=False,
         max_msg_size=options.max_message_size + 1,  # aiohttp refuses sizes >= its limit; ours allows ==
         writer_limit=writer_limit,
+        protocols=protocols,
     )
     if timeout:
         ws._pong_heartbeat = timeout / 2  # aiohttp waits heartbeat/2 for the pong; Kaazing waits T/2
