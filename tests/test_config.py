@@ -143,7 +143,9 @@ def test_properties_may_use_other_properties_and_see_overrides(tmp_path):
         """,
     )
     assert str(load_config(path).service("echo").accepts[0]) == "ws://localhost:8000/echo"
-    assert str(load_config(path, {"gateway.hostname": "gw.test"}).service("echo").accepts[0]) == "ws://gw.test:8000/echo"
+    assert (
+        str(load_config(path, {"gateway.hostname": "gw.test"}).service("echo").accepts[0]) == "ws://gw.test:8000/echo"
+    )
 
 
 def test_service_defaults_apply_and_services_override(tmp_path):

@@ -300,3 +300,40 @@ async def test_kaazing_layout_with_indexes_location_and_error_pages(tmp_path, ht
             assert (await ws.receive()).data == "any origin allowed by *"
     finally:
         await gw.stop(1)
+
+
+@pytest.mark.parametrize(
+    ("request_head", "statuses"),
+    [
+        # No Sec-WebSocket-Key.
+        (
+            b"GET /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n",
+            (b"400",),
+        ),
+        # Unsupported protocol version.
+        (
+            b"GET /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 5\r\n\r\n",
+            (b"400", b"426"),
+        ),
+        # A header line far beyond the limit.
+        (b"GET /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n", (b"400", b"431")),
+        # Not HTTP at all.
+        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 64 + b"\r\n\r\n", (b"400",)),
+    ],
+    ids=["no-key", "version-5", "huge-header", "tls-to-plain-port"],
+)
+async def test_malformed_upgrades_get_a_clear_status_and_the_gateway_keeps_serving(
+    start_gateway, http, request_head, statuses
+):
+    gw = await start_gateway(ECHO)
+    port = gw.port_of("echo")
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request_head)
+    status_line = await asyncio.wait_for(reader.readline(), 5)
+    writer.close()
+    assert status_line.split(b" ")[1] in statuses, status_line
+    async with http.ws_connect(f"ws://127.0.0.1:{port}/echo") as ws:
+        await ws.send_str("still serving")
+        assert (await ws.receive()).data == "still serving"

@@ -314,3 +314,49 @@ def test_verify_client_without_truststore_is_a_config_error(tmp_path, pem_stores
         ConfigError, match=r"service\[echo\]/accept-options/ssl.verify-client: needs security/truststore"
     ):
         Gateway(load_config(path))
+
+
+@needs_keytool
+async def test_mtls_with_jks_keystore_and_jks_truststore(tmp_path, start_gateway, http, ca, server_cert):
+    """The Kaazing layout end to end: JKS keystore, JKS truststore (default password changeit)."""
+    keytool_store(tmp_path, "JKS", {"gateway": server_cert})
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    subprocess.run(
+        [
+            KEYTOOL or "keytool",
+            "-importcert",
+            "-noprompt",
+            "-alias",
+            "clients",
+            "-file",
+            str(tmp_path / "ca.pem"),
+            "-keystore",
+            str(tmp_path / "truststore.db"),
+            "-storetype",
+            "JKS",
+            "-storepass",
+            "changeit",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    config = wss_config("keystore.jks", "JKS", verify="required").replace(
+        "  truststore:\n    type: PEM\n    file: truststore.pem\n", "  truststore:\n    file: truststore.db\n"
+    )
+    gw = await start_gateway(config)
+    url = f"wss://localhost:{gw.port_of('echo')}/echo"
+    assert await echo_once(http, url, client_ssl(ca, ca.issue_cert("client@example.test"))) == "secure"
+    with pytest.raises((aiohttp.ClientError, ssl.SSLError, ConnectionError)):
+        await echo_once(http, url, client_ssl(ca))
+
+
+async def test_protocols_option_limits_tls_versions(tmp_path, start_gateway, http, ca, pem_stores):
+    config = wss_config("keystore.pem", "PEM").replace("    password-file: keystore.pw\n", "", 1)
+    config = config.replace("ssl.verify-client: none", "ssl.verify-client: none\n      ssl.protocols: TLSv1.3")
+    gw = await start_gateway(config)
+    url = f"wss://localhost:{gw.port_of('echo')}/echo"
+    tls12 = client_ssl(ca)
+    tls12.maximum_version = ssl.TLSVersion.TLSv1_2
+    with pytest.raises((aiohttp.ClientError, ssl.SSLError, ConnectionError)):
+        await echo_once(http, url, tls12)
+    assert await echo_once(http, url, client_ssl(ca)) == "secure"
