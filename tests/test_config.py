@@ -511,3 +511,13 @@ def test_check_config_ok_and_property_flag(tmp_path, capsys):
 def test_check_config_missing_file(tmp_path, capsys):
     assert main(["check-config", str(tmp_path / "nope.xml")]) == 2
     assert "cannot read config file" in capsys.readouterr().err
+
+
+def test_default_config_is_printed_and_loads_as_a_file(tmp_path, capsys):
+    assert main(["default-config"]) == 0
+    text = capsys.readouterr().out
+    (tmp_path / "gateway.yaml").write_text(text)
+    (tmp_path / "web").mkdir()
+    (tmp_path / "web" / "index.html").write_text("mine")
+    assert main(["check-config", str(tmp_path / "gateway.yaml")]) == 0
+    assert "service[echo] (echo): ws://localhost:8000/echo" in capsys.readouterr().out

@@ -10,7 +10,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from .config import GatewayConfig, load_config, load_default_config, properties_from_env
+from .config import GatewayConfig, default_config_text, load_config, load_default_config, properties_from_env
 from .errors import ConfigError, GatewayError
 
 log = logging.getLogger("wsgate")
@@ -18,6 +18,9 @@ log = logging.getLogger("wsgate")
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "default-config":
+        print(default_config_text(), end="")
+        return 0
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -44,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
         help="auto: uvloop and aiofastnet when installed (default); asyncio: the standard loop",
     )
     run.add_argument("--grace", type=float, default=10.0, help="seconds to wait for connections to drain on SIGTERM")
+    commands.add_parser("default-config", help="print the embedded default config, to copy and edit")
     check = commands.add_parser("check-config", help="validate a config without binding any port")
     check.add_argument("config", help="gateway-config.xml or YAML config")
     for sub in (run, check):

@@ -11,7 +11,7 @@ from .build import build_config
 from .loaders import load_tree, parse_yaml
 from .model import GatewayConfig
 
-__all__ = ["GatewayConfig", "load_config", "load_default_config", "properties_from_env"]
+__all__ = ["GatewayConfig", "default_config_text", "load_config", "load_default_config", "properties_from_env"]
 
 DEFAULT_CONFIG = "default-config.yaml"
 
@@ -22,11 +22,18 @@ def load_config(path: str | Path, overrides: Mapping[str, str] | None = None) ->
     return build_config(load_tree(source), source, overrides)
 
 
+def _default_config_path() -> Path:
+    return Path(str(resources.files("wsgate") / "resources")) / DEFAULT_CONFIG
+
+
 def load_default_config(overrides: Mapping[str, str] | None = None) -> GatewayConfig:
     """The embedded config ``make run`` starts with: echo and a demo page on port 8000."""
-    folder = resources.files("wsgate") / "resources"
-    source = Path(str(folder)) / DEFAULT_CONFIG
+    source = _default_config_path()
     return build_config(parse_yaml(source.read_bytes(), str(source)), source, overrides)
+
+
+def default_config_text() -> str:
+    return _default_config_path().read_text()
 
 
 def properties_from_env(environ: Mapping[str, str]) -> dict[str, str]:
