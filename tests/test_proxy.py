@@ -282,3 +282,66 @@ async def test_ws_backend_subprotocol_choice_reaches_the_client(start_gateway, h
             assert ws.protocol is None
     finally:
         await runner.cleanup()
+
+
+async def test_backpressure_stops_reading_the_client_when_the_backend_does_not_read(start_gateway, http):
+    """A back end that never reads: the gateway's queue toward it stays near maximum.pending.bytes
+    and the client's sends block, instead of the gateway buffering without bound."""
+    stalled = asyncio.Event()
+
+    async def never_reads(reader, writer):
+        await stalled.wait()
+        writer.close()
+
+    backend = await asyncio.start_server(never_reads, "127.0.0.1", 0)
+    async with backend:
+        gw = await start_gateway(proxy_config(f"tcp://127.0.0.1:{port_of(backend)}"))
+        async with http.ws_connect(f"ws://127.0.0.1:{gw.port_of('proxy')}/proxy") as ws:
+            chunk = b"z" * 65536
+            sent = 0
+            with pytest.raises(asyncio.TimeoutError):
+                for _ in range(1024):  # at most 64 MiB
+                    await asyncio.wait_for(ws.send_bytes(chunk), 1.0)
+                    sent += len(chunk)
+            assert sent < 64 * 1024 * 1024  # the client was made to wait
+            (connection,) = gw.runtime.connections
+            queued = connection.context.writer.transport.get_write_buffer_size()
+            assert queued <= 16 * 1024 + len(chunk)  # maximum.pending.bytes (16k) plus one message
+            stalled.set()  # the back end gives up: the client is told, not left hanging
+            msg = await asyncio.wait_for(ws.receive(), 5)
+            assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data in (1000, 1011)
+
+
+async def test_backpressure_stops_reading_the_backend_when_the_client_does_not_read(start_gateway):
+    flooding = {"sent": 0, "blocked": False}
+
+    async def floods(reader, writer):
+        chunk = b"f" * 65536
+        try:
+            for _ in range(1024):  # at most 64 MiB
+                writer.write(chunk)
+                await asyncio.wait_for(writer.drain(), 1.0)
+                flooding["sent"] += len(chunk)
+        except asyncio.TimeoutError:
+            flooding["blocked"] = True
+        except ConnectionError:
+            pass
+        writer.close()
+
+    backend = await asyncio.start_server(floods, "127.0.0.1", 0)
+    async with backend:
+        gw = await start_gateway(proxy_config(f"tcp://127.0.0.1:{port_of(backend)}"))
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port_of("proxy"))
+        writer.write(
+            b"GET /proxy HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        assert (await reader.readline()).startswith(b"HTTP/1.1 101")
+        for _ in range(100):  # then never read again
+            if flooding["blocked"]:
+                break
+            await asyncio.sleep(0.1)
+        assert flooding["blocked"] and flooding["sent"] < 64 * 1024 * 1024
+        (connection,) = gw.runtime.connections
+        assert connection.transport.get_write_buffer_size() <= 16 * 1024 + 2 * 65536
+        writer.transport.abort()
