@@ -22,13 +22,53 @@ from wsgate.config.tree import Node
 from wsgate.errors import ConfigErrors
 
 NAMES = sorted(
-    {*TOP, *SERVICE, *SECURITY, *STORE, *REALM, *AUTHENTICATION, *LOGIN_MODULE, *CROSS_SITE, *ACCEPT_OPTION_NAMES,
-     "property", "name", "value", "login-modules", "login-module", "options", "directory", "accept",
-     "maximum.pending.bytes", "location", "patterns", "cache-control", "bogus"}
+    {
+        *TOP,
+        *SERVICE,
+        *SECURITY,
+        *STORE,
+        *REALM,
+        *AUTHENTICATION,
+        *LOGIN_MODULE,
+        *CROSS_SITE,
+        *ACCEPT_OPTION_NAMES,
+        "property",
+        "name",
+        "value",
+        "login-modules",
+        "login-module",
+        "options",
+        "directory",
+        "accept",
+        "maximum.pending.bytes",
+        "location",
+        "patterns",
+        "cache-control",
+        "bogus",
+    }
 )
 TEXTS = st.one_of(
-    st.sampled_from(["", "echo", "proxy", "broadcast", "directory", "ws://localhost:8000/a", "wss://h/x",
-                     "tcp://127.0.0.1:1", "64k", "30s", "required", "*", "${x}", "${", "http://a:1", "1M", "0"]),
+    st.sampled_from(
+        [
+            "",
+            "echo",
+            "proxy",
+            "broadcast",
+            "directory",
+            "ws://localhost:8000/a",
+            "wss://h/x",
+            "tcp://127.0.0.1:1",
+            "64k",
+            "30s",
+            "required",
+            "*",
+            "${x}",
+            "${",
+            "http://a:1",
+            "1M",
+            "0",
+        ]
+    ),
     st.text(max_size=12),
 )
 

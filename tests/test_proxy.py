@@ -322,7 +322,7 @@ async def test_backpressure_stops_reading_the_backend_when_the_client_does_not_r
                 writer.write(chunk)
                 await asyncio.wait_for(writer.drain(), 1.0)
                 flooding["sent"] += len(chunk)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             flooding["blocked"] = True
         except ConnectionError:
             pass
