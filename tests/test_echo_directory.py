@@ -212,28 +212,6 @@ async def test_cross_origin_upgrades_are_denied_unless_allowed(start_gateway, ht
         assert refused.value.status == 403
 
 
-async def test_protected_service_is_denied_until_realms_are_enforced(start_gateway, http):
-    gw = await start_gateway("""
-        service:
-          - name: echo
-            accept: ws://127.0.0.1:0/echo
-            type: echo
-            realm-name: demo
-            authorization-constraint:
-              require-role: AUTHORIZED
-        security:
-          realm:
-            name: demo
-            authentication:
-              http-challenge-scheme: Basic
-    """)
-    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
-        await http.ws_connect(
-            f"ws://127.0.0.1:{gw.port_of('echo')}/echo", headers={"Authorization": "Basic am9lOndlbGNvbWU="}
-        )
-    assert refused.value.status == 403
-
-
 KAAZING_STYLE = """<?xml version="1.0" encoding="UTF-8" ?>
 <gateway-config xmlns="http://xmlns.kaazing.org/2015/11/gateway">
   <properties>

@@ -7,16 +7,18 @@ in ``Gateway(config)`` before any socket is bound.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections import defaultdict
 from collections.abc import Iterable
+from pathlib import Path
 
 from .config.build import BIND_LAYERS
 from .config.model import GatewayConfig, Service, TlsOptions
 from .config.values import Uri
 from .errors import ConfigError
 from .security.keystore import load_store
-from .security.realms import UnenforcedRealmGuard
+from .security.realms import RealmGuard, RealmRuntime
 from .security.tls import ListenerTls
 from .services import create_service
 from .services.base import Runtime, ServiceHandler
@@ -37,6 +39,13 @@ class Gateway:
             keys=load_store(security.keystore) if security.keystore else None,
             trust=load_store(security.truststore) if security.truststore else None,
         )
+        base_dir = config.source.parent if config.source else Path.cwd()
+        self.realms = {name: RealmRuntime(realm, base_dir) for name, realm in security.realms.items()}
+        self.runtime.session_timeouts = {
+            name: realm.authentication.session_timeout
+            for name, realm in security.realms.items()
+            if realm.authentication.session_timeout
+        }
         self.services: dict[str, ServiceHandler] = {}
         for service in config.services:
             handler = create_service(service, self.runtime)
@@ -81,7 +90,9 @@ class Gateway:
                 Route(
                     host=uri.host,
                     path=uri.path.rstrip("/"),
-                    service=UnenforcedRealmGuard(handler) if service.protected else handler,
+                    service=RealmGuard(handler, self.realms[service.realm_name])
+                    if service.realm_name and service.protected
+                    else handler,
                     prefix=service.type == "directory",
                     verify_client=service.accept_options.tls.verify_client if uri.secure else "none",
                 )
@@ -157,6 +168,23 @@ class Gateway:
         await asyncio.gather(*(listener.shutdown(min(grace, 1.0)) for listener in self.listeners.values()))
         for service in self.services.values():
             await service.stop()
+
+    def revoke(self, user: str | None = None, token: str | None = None, reason: str = "revoked") -> int:
+        """Close every live connection of ``user`` (or presented ``token``) now: 1008, aborted after 1 s."""
+        digest = hashlib.sha256(token.encode()).hexdigest() if token else None
+        matches = [
+            c
+            for c in self.runtime.connections
+            if c.identity is not None
+            and (
+                user is not None and c.identity.user == user or digest is not None and c.identity.token_digest == digest
+            )
+        ]
+        for connection in matches:
+            connection.expire(reason, grace=1.0)
+        if matches:
+            log.info("revoked %d connection(s) (%s)", len(matches), reason)
+        return len(matches)
 
 
 def _bind_key(service: Service, uri: Uri) -> BindKey:

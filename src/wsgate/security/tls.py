@@ -43,6 +43,7 @@ class PeerIdentity:
     emails: tuple[str, ...]
     fingerprint_sha256: str
     der: bytes
+    not_after: float | None = None  # wall-clock seconds
 
     @classmethod
     def from_ssl_object(cls, ssl_object: Any) -> PeerIdentity | None:
@@ -61,11 +62,26 @@ class PeerIdentity:
             emails=tuple(v for k, v in alt if k == "email"),
             fingerprint_sha256=hashlib.sha256(der).hexdigest(),
             der=der,
+            not_after=ssl.cert_time_to_seconds(info["notAfter"]) if info.get("notAfter") else None,
         )
 
 
+_RDN_SHORT = {
+    "commonName": "CN",
+    "organizationName": "O",
+    "organizationalUnitName": "OU",
+    "countryName": "C",
+    "localityName": "L",
+    "stateOrProvinceName": "ST",
+    "emailAddress": "emailAddress",
+    "domainComponent": "DC",
+    "userId": "UID",
+}
+
+
 def _rdn_string(rdns: Any) -> str:
-    return ",".join(f"{k}={v}" for rdn in reversed(rdns) for k, v in rdn)
+    """RFC 4514 order and short names: ``CN=alice,OU=Trading,O=Acme``."""
+    return ",".join(f"{_RDN_SHORT.get(k, k)}={v}" for rdn in reversed(rdns) for k, v in rdn)
 
 
 def _apply_options(context: ssl.SSLContext, options: TlsOptions, path: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -18,9 +19,11 @@ from aiohttp import web
 from ..config.model import Service
 from ..security.keystore import KeyMaterial
 from ..security.origin import origin_allowed
+from ..security.realms import IDENTITY_KEY
 from ..transport.websocket import CloseCode, Connection, accept_websocket
 
 if TYPE_CHECKING:
+    from ..security.realms import Identity
     from ..security.tls import PeerIdentity
 
 log = logging.getLogger("wsgate.service")
@@ -33,6 +36,7 @@ class Runtime:
     keys: KeyMaterial | None = None
     trust: KeyMaterial | None = None
     connections: set[Connection] = field(default_factory=set)
+    session_timeouts: dict[str, float] = field(default_factory=dict)  # realm name → session-timeout
     closing: bool = False
 
 
@@ -90,6 +94,9 @@ class WebSocketService(ServiceHandler):
             raise
         connection = Connection(ws, request.transport, self.name, request.remote or "?", peer)
         connection.context = context
+        identity = connection.identity = request.get(IDENTITY_KEY)
+        if identity is not None:
+            connection.expire_at(self.session_deadline(identity))
         self.runtime.connections.add(connection)
         try:
             await self.serve(connection)
@@ -99,10 +106,17 @@ class WebSocketService(ServiceHandler):
             log.exception("service[%s]: unexpected error; closing the connection with 1011", self.name)
             await connection.close(CloseCode.INTERNAL_ERROR, "internal error, see gateway log")
         finally:
+            connection.cancel_expiry()
             self.runtime.connections.discard(connection)
             if not connection.closed:
                 await connection.close()
         return ws
+
+    def session_deadline(self, identity: Identity) -> float | None:
+        """The earlier of the realm's ``session-timeout`` and the credentials' own expiry."""
+        timeout = self.runtime.session_timeouts.get(identity.realm)
+        deadlines = [d for d in (identity.expires_at, time.time() + timeout if timeout else None) if d is not None]
+        return min(deadlines) if deadlines else None
 
     async def before_upgrade(self, request: web.BaseRequest) -> tuple[tuple[str, ...], object]:
         """Work before the 101: the subprotocols to accept and state for ``serve`` (``connection.context``)."""

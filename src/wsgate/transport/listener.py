@@ -19,7 +19,7 @@ from aiohttp import web, web_response
 from ..security.tls import PeerIdentity
 
 if TYPE_CHECKING:
-    from ..security.realms import UnenforcedRealmGuard
+    from ..security.realms import RealmGuard
     from ..services.base import ServiceHandler
 
 log = logging.getLogger("wsgate.listener")
@@ -31,7 +31,7 @@ web_response.SERVER_SOFTWARE = "wsgate"  # type: ignore[attr-defined]
 class Route:
     host: str
     path: str  # no trailing slash, "" for the root
-    service: ServiceHandler | UnenforcedRealmGuard
+    service: ServiceHandler | RealmGuard
     prefix: bool  # directory services also serve everything below their path
     verify_client: str = "none"
 

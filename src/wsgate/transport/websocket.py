@@ -17,6 +17,7 @@ from aiohttp.http_websocket import WSMessage
 from ..config.model import AcceptOptions
 
 if TYPE_CHECKING:
+    from ..security.realms import Identity
     from ..security.tls import PeerIdentity
 
 __all__ = ["Connection", "WSMessage", "WSMsgType", "CloseCode", "accept_websocket"]
@@ -43,11 +44,14 @@ class Connection:
         "service",
         "remote",
         "peer",
+        "identity",
         "opened",
         "context",
         "receive",
         "send_bytes",
         "send_str",
+        "_expiry",
+        "_closing",
     )
 
     def __init__(
@@ -68,6 +72,9 @@ class Connection:
         self.remote = remote
         self.peer = peer
         self.opened = time.monotonic()
+        self.identity: Identity | None = None
+        self._expiry: asyncio.TimerHandle | None = None
+        self._closing: asyncio.Task[None] | None = None
         self.context: object = None  # what the service prepared before the upgrade
 
     def __aiter__(self) -> Connection:
@@ -82,6 +89,31 @@ class Connection:
     async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Close with ``code``; reasons are short and never carry internal detail."""
         await self.ws.close(code=code, message=reason.encode()[:120])
+
+    def expire_at(self, deadline: float | None, reason: str = "session expired") -> None:
+        """Close with 1008 at wall-clock ``deadline`` (None: never); replaces an earlier deadline."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        if deadline is None:
+            return
+        loop = asyncio.get_running_loop()
+        self._expiry = loop.call_later(max(0.0, deadline - time.time()), self.expire, reason)
+
+    def expire(self, reason: str, grace: float = 2.0) -> None:
+        """Close with 1008 ``reason`` now; a peer that does not answer within ``grace`` is aborted."""
+        if self._closing is None and not self.ws.closed:
+            self._closing = asyncio.get_running_loop().create_task(self._close_or_abort(reason, grace))
+
+    async def _close_or_abort(self, reason: str, grace: float) -> None:
+        try:
+            await asyncio.wait_for(self.close(CloseCode.POLICY_VIOLATION, reason), grace)
+        except TimeoutError:
+            self.abort()
+
+    def cancel_expiry(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
 
     def abort(self) -> None:
         """Drop the socket without a close handshake (a peer that stopped reading)."""

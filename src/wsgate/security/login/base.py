@@ -1,0 +1,62 @@
+"""The login-module interface: what a module gets and what it may answer.
+
+A module is a small object with ``async login(attempt) -> Outcome``. It never
+raises for a bad password: it answers ``Failed``. ``Unavailable`` means it could
+not decide (LDAP down, JWKS unreachable): the realm then answers 503, never access.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from ..challenges import Credentials
+
+if TYPE_CHECKING:
+    from ..tls import PeerIdentity
+
+
+@dataclass
+class LoginAttempt:
+    """One authentication attempt as modules see it.
+
+    ``shared`` is JAAS shared state: a module may leave the user name there for
+    later modules (e.g. a role module after a token module).
+    """
+
+    credentials: Credentials
+    remote: str
+    peer: PeerIdentity | None = None
+    shared: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Succeeded:
+    """Principals whose names are roles (Kaazing semantics); ``user`` names the subject."""
+
+    user: str | None
+    principals: frozenset[str] = frozenset()
+    expires_at: float | None = None  # wall-clock seconds, e.g. a JWT's exp
+
+
+@dataclass(frozen=True)
+class Failed:
+    reason: str  # audit log only, never sent to the client
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    reason: str
+
+
+Outcome = Succeeded | Failed | Unavailable
+
+
+@runtime_checkable
+class LoginModule(Protocol):
+    async def login(self, attempt: LoginAttempt) -> Outcome: ...
+
+
+class LoginModuleFactory(Protocol):
+    def __call__(self, options: Mapping[str, str], path: str) -> LoginModule: ...

@@ -1,0 +1,72 @@
+"""JAAS login-module chain semantics, sans I/O.
+
+============  ====================================================  ===================================
+flag          module succeeds                                        module fails
+============  ====================================================  ===================================
+required      continue                                               remember the failure, continue
+requisite     continue                                               chain fails now
+sufficient    chain succeeds now, unless a required/requisite        continue
+              module already failed
+optional      continue                                               continue
+============  ====================================================  ===================================
+
+The chain succeeds when every required and requisite module succeeded; a chain
+with none of them needs at least one sufficient or optional success. Principals
+come from every module that succeeded. If the chain fails and any module was
+``Unavailable``, the outcome is ``Unavailable`` (503), so an outage never reads as
+"wrong password" and never as access.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .base import Failed, LoginAttempt, LoginModule, Outcome, Succeeded, Unavailable
+
+STRICT = ("required", "requisite")
+
+
+@dataclass(frozen=True)
+class ChainEntry:
+    flag: str  # required | requisite | sufficient | optional
+    module: LoginModule
+    name: str  # for the audit log: the module type
+
+
+@dataclass(frozen=True)
+class ChainResult:
+    outcome: Outcome
+    trail: tuple[tuple[str, str], ...]  # (module name, "ok" | reason) for the audit log
+
+
+async def run_chain(entries: Sequence[ChainEntry], attempt: LoginAttempt) -> ChainResult:
+    successes: list[Succeeded] = []
+    trail: list[tuple[str, str]] = []
+    strict_failed = unavailable = False
+    has_strict = any(e.flag in STRICT for e in entries)
+    for entry in entries:
+        outcome = await entry.module.login(attempt)
+        trail.append((entry.name, "ok" if isinstance(outcome, Succeeded) else outcome.reason))
+        if isinstance(outcome, Succeeded):
+            successes.append(outcome)
+            if entry.flag == "sufficient" and not strict_failed:
+                return ChainResult(_merge(successes), tuple(trail))
+            continue
+        unavailable |= isinstance(outcome, Unavailable)
+        if entry.flag in STRICT:
+            strict_failed = True
+            if entry.flag == "requisite":
+                break
+    succeeded = not strict_failed and (has_strict or bool(successes))
+    if succeeded:
+        return ChainResult(_merge(successes), tuple(trail))
+    failure: Outcome = Unavailable("a login module could not decide") if unavailable else Failed("login failed")
+    return ChainResult(failure, tuple(trail))
+
+
+def _merge(successes: list[Succeeded]) -> Succeeded:
+    user = next((s.user for s in successes if s.user), None)
+    principals = frozenset().union(*(s.principals for s in successes))
+    expiries = [s.expires_at for s in successes if s.expires_at is not None]
+    return Succeeded(user, principals, min(expiries) if expiries else None)

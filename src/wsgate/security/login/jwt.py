@@ -1,0 +1,183 @@
+"""``jwt`` login module (beyond Kaazing): signed JWTs verified against a JWKS or a public key.
+
+Keys come from ``jwks-url`` (cached for ``jwks-cache``; an unknown ``kid`` triggers
+at most one refetch per ``jwks-refetch-interval``), ``jwks-file`` or ``key-file``.
+``iss``, ``aud`` and ``exp`` are required; ``nbf`` is honoured; only asymmetric
+algorithms are accepted (never ``none``, never HS*: no algorithm confusion).
+The token's ``exp`` bounds the connection's life.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jwt
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+from ...config.values import parse_csv, parse_duration
+from ...errors import ConfigError
+from .base import Failed, LoginAttempt, Outcome, Succeeded, Unavailable
+
+ASYMMETRIC = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+DEFAULT_ALGORITHMS = ("RS256", "PS256", "ES256", "EdDSA")
+
+
+class JwtLoginModule:
+    def __init__(self, options: Mapping[str, str], path: str, base_dir: Path) -> None:
+        self.path = path
+        self.issuer = _required(options, "issuer", path)
+        self.audience = _required(options, "audience", path)
+        self.algorithms = self._algorithms(options.get("algorithms"))
+        self.roles_claim = options.get("roles-claim", "roles")
+        self.user_claim = options.get("user-claim", "sub")
+        self.leeway = parse_duration(options.get("leeway", "30s"))
+        self.cache_ttl = parse_duration(options.get("jwks-cache", "5 minutes"))
+        self.refetch_interval = parse_duration(options.get("jwks-refetch-interval", "10s"))
+        self.jwks_url = options.get("jwks-url")
+        self.keys: dict[str | None, tuple[Any, str | None]] = {}
+        self.fetched_at = self.last_fetch_try = float("-inf")
+        self._lock = asyncio.Lock()
+        sources = [k for k in ("jwks-url", "jwks-file", "key-file") if k in options]
+        if len(sources) != 1:
+            raise ConfigError(f"{path}/options", "needs exactly one of jwks-url, jwks-file, key-file")
+        if "jwks-file" in options:
+            self.keys = self._read_jwks(json.loads(_read(base_dir, options["jwks-file"], f"{path}/options/jwks-file")))
+        elif "key-file" in options:
+            pem = _read(base_dir, options["key-file"], f"{path}/options/key-file")
+            self.keys = {None: (_pem_key(pem, f"{path}/options/key-file"), None)}
+
+    def _algorithms(self, text: str | None) -> tuple[str, ...]:
+        algorithms = parse_csv(text) if text else DEFAULT_ALGORITHMS
+        bad = [a for a in algorithms if a not in ASYMMETRIC]
+        if bad or not algorithms:
+            raise ConfigError(
+                f"{self.path}/options/algorithms",
+                f"{', '.join(bad) or '(empty)'} not allowed; use asymmetric algorithms: {', '.join(ASYMMETRIC)}",
+            )
+        return algorithms
+
+    def _read_jwks(self, document: Any) -> dict[str | None, tuple[Any, str | None]]:
+        """kid → (key, the algorithm the JWK binds it to, if it names one)."""
+        keys: dict[str | None, tuple[Any, str | None]] = {}
+        for item in document.get("keys", []) if isinstance(document, dict) else []:
+            if not isinstance(item, dict) or item.get("use", "sig") != "sig":
+                continue
+            try:
+                key = jwt.PyJWK(item)
+            except (jwt.PyJWKError, jwt.InvalidKeyError):
+                continue  # keys of other types are skipped, as JWKS consumers must
+            keys[item.get("kid")] = (key.key, item.get("alg"))
+        return keys
+
+    async def login(self, attempt: LoginAttempt) -> Outcome:
+        token = attempt.credentials.bearer()
+        if not token:
+            return Failed("no token presented")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            return Failed("token is not a JWT")
+        algorithm, kid = header.get("alg"), header.get("kid")
+        if algorithm not in self.algorithms:
+            return Failed(f"token algorithm {algorithm!r} is not allowed")
+        found = await self._key(kid)
+        if isinstance(found, Unavailable | Failed):
+            return found
+        key, bound_algorithm = found
+        if bound_algorithm is not None and bound_algorithm != algorithm:
+            return Failed(f"key {kid!r} is bound to {bound_algorithm}, token says {algorithm}")
+        return self._verify(token, key, algorithm, attempt)
+
+    def _verify(self, token: str, key: Any, algorithm: str, attempt: LoginAttempt) -> Outcome:
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[algorithm],
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=self.leeway,
+                options={"require": ["exp", "iss", "aud"]},
+            )
+        except jwt.PyJWTError as exc:
+            return Failed(f"token rejected: {type(exc).__name__}")
+        user = claims.get(self.user_claim)
+        if not isinstance(user, str) or not user:
+            return Failed(f"token has no {self.user_claim!r} claim")
+        attempt.shared.setdefault("name", user)
+        return Succeeded(user, _roles(claims, self.roles_claim), float(claims["exp"]))
+
+    async def _key(self, kid: str | None) -> tuple[Any, str | None] | Failed | Unavailable:
+        if self.jwks_url is not None and (kid not in self.keys or self._stale()):
+            failure = await self._refresh(kid)
+            if failure is not None and not self.keys:
+                return failure
+        found = self.keys.get(kid)
+        if found is None and self.jwks_url is None and len(self.keys) == 1:
+            found = next(iter(self.keys.values()))  # a single configured key serves tokens without kid
+        return found or Failed(f"no key {kid!r}")
+
+    def _stale(self) -> bool:
+        return time.monotonic() - self.fetched_at > self.cache_ttl
+
+    async def _refresh(self, kid: str | None) -> Unavailable | None:
+        """Refetch when stale; an unknown ``kid`` refetches at most once per refetch interval."""
+        async with self._lock:
+            if kid in self.keys and not self._stale():
+                return None  # another request fetched meanwhile
+            if not self._stale() and time.monotonic() - self.last_fetch_try < self.refetch_interval:
+                return None
+            return await self._fetch()
+
+    async def _fetch(self) -> Unavailable | None:
+        assert self.jwks_url is not None
+        self.last_fetch_try = time.monotonic()
+        try:
+            timeout = aiohttp.ClientTimeout(total=5)
+            async with aiohttp.ClientSession(timeout=timeout) as session, session.get(self.jwks_url) as response:
+                response.raise_for_status()
+                document = await response.json(content_type=None)
+        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+            return Unavailable(f"JWKS {self.jwks_url} unreachable: {type(exc).__name__}")
+        self.keys = self._read_jwks(document)
+        self.fetched_at = time.monotonic()
+        return None
+
+
+def _roles(claims: Mapping[str, Any], path: str) -> frozenset[str]:
+    """Roles from a claim: a list, or a space-separated string (OAuth ``scope``); dots walk objects."""
+    value: Any = claims
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    if isinstance(value, str):
+        return frozenset(value.split())
+    if isinstance(value, list):
+        return frozenset(v for v in value if isinstance(v, str))
+    return frozenset()
+
+
+def _required(options: Mapping[str, str], name: str, path: str) -> str:
+    if not options.get(name):
+        raise ConfigError(f"{path}/options/{name}", "is required: tokens for another issuer or audience must not pass")
+    return options[name]
+
+
+def _read(base_dir: Path, name: str, element: str) -> str:
+    path = Path(name) if Path(name).is_absolute() else base_dir / name
+    try:
+        return path.read_text()
+    except OSError as exc:
+        raise ConfigError(element, f"cannot read {str(path)!r}: {exc.strerror}") from None
+
+
+def _pem_key(pem: str, element: str) -> Any:
+    try:
+        return load_pem_public_key(pem.encode())
+    except ValueError:
+        raise ConfigError(element, "is not a PEM public key") from None
