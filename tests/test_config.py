@@ -464,7 +464,9 @@ def make_stores(folder: Path, ca: trustme.CA, kaazing: bool = False) -> None:
 def example_files() -> list[Path]:
     """Gateway configs under docs/examples (not the user files they reference)."""
     return sorted(
-        p for p in (DOCS / "examples").iterdir() if p.suffix in (".xml", ".yaml", ".yml") and p.name != "jaas-config.xml"
+        p
+        for p in (DOCS / "examples").iterdir()
+        if p.suffix in (".xml", ".yaml", ".yml") and p.name != "jaas-config.xml"
     )
 
 

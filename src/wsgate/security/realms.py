@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from .tls import PeerIdentity
 
 audit = logging.getLogger("wsgate.audit")
-IDENTITY_KEY = "wsgate.identity"
 
 
 @dataclass(frozen=True)
@@ -41,6 +40,9 @@ class Identity:
     roles: frozenset[str]
     expires_at: float | None  # wall-clock seconds; the connection must not outlive it
     token_digest: str | None = None  # SHA-256 of the bearer token, so revocation can target it
+
+
+IDENTITY_KEY = web.RequestKey("wsgate.identity", Identity)
 
 
 class RealmRuntime:

@@ -47,7 +47,7 @@ def build_module(config: LoginModuleConfig, path: str, base_dir: Path) -> LoginM
     if config.type.startswith("class:"):
         return _custom(config.type[len("class:") :], config.options, path, base_dir)
     if config.type in NOT_YET:
-        raise ConfigError(f"{path}/type", f"{NOT_YET[config.type]} login module is not supported yet")
+        raise ConfigError(f"{path}/type", f"the {config.type} login module is not supported yet")
     return BUILT_IN[config.type](config.options, path, base_dir)
 
 

@@ -19,12 +19,14 @@ come from every module that succeeded. If the chain fails and any module was
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .base import Failed, LoginAttempt, LoginModule, Outcome, Succeeded, Unavailable
 
 STRICT = ("required", "requisite")
+log = logging.getLogger("wsgate.audit")
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,11 @@ async def run_chain(entries: Sequence[ChainEntry], attempt: LoginAttempt) -> Cha
     strict_failed = unavailable = False
     has_strict = any(e.flag in STRICT for e in entries)
     for entry in entries:
-        outcome = await entry.module.login(attempt)
+        try:
+            outcome = await entry.module.login(attempt)
+        except Exception:  # a module bug must not become access, nor a 500 with a traceback
+            log.exception("login module %s raised; treating it as unable to decide", entry.name)
+            outcome = Unavailable(f"{entry.name} raised an error")
         trail.append((entry.name, "ok" if isinstance(outcome, Succeeded) else outcome.reason))
         if isinstance(outcome, Succeeded):
             successes.append(outcome)

@@ -105,7 +105,7 @@ class JwtLoginModule:
                 leeway=self.leeway,
                 options={"require": ["exp", "iss", "aud"]},
             )
-        except jwt.PyJWTError as exc:
+        except (jwt.PyJWTError, TypeError, ValueError) as exc:  # TypeError: a key of another family than alg
             return Failed(f"token rejected: {type(exc).__name__}")
         user = claims.get(self.user_claim)
         if not isinstance(user, str) or not user:

@@ -1,0 +1,594 @@
+"""Realms on loopback, attacker's view: every denied upgrade gets the exact status and the back end
+never sees a byte; accepted ones are bounded by session timeouts and can be revoked."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import time
+from pathlib import Path
+
+import aiohttp
+import bcrypt
+import jwt
+import pytest
+from aiohttp import web
+from argon2 import PasswordHasher
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from .conftest import port_of, tcp_echo_server
+
+ISSUER = "https://issuer.test"
+AUDIENCE = "wsgate-tests"
+
+
+def basic(user: str, password: str, scheme: str = "Basic") -> dict[str, str]:
+    return {"Authorization": f"{scheme} " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+@pytest.fixture
+def users(tmp_path: Path) -> Path:
+    argon = PasswordHasher().hash("s3cret")
+    hashed = bcrypt.hashpw(b"hunter2", bcrypt.gensalt(rounds=4)).decode()
+    path = tmp_path / "jaas-config.xml"
+    path.write_text(f"""<?xml version="1.0"?>
+<jaas-config xmlns="http://xmlns.kaazing.com/jaas-config/centurion">
+  <user><name>joe</name><password>welcome</password><role-name>AUTHORIZED</role-name></user>
+  <user><name>ann</name><password>{argon}</password><role-name>AUTHORIZED</role-name><role-name>TRADER</role-name></user>
+  <user><name>bob</name><password>{hashed}</password><role-name>AUTHORIZED</role-name></user>
+  <user><name>eve</name><password>pa:ss wörd</password></user>
+</jaas-config>
+""")
+    return path
+
+
+class Issuer:
+    """A JWKS endpoint on loopback whose keys can rotate, counting fetches."""
+
+    def __init__(self) -> None:
+        self.rsa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.ec = ec.generate_private_key(ec.SECP256R1())
+        self.kids = {"rsa1": self.rsa, "ec1": self.ec}
+        self.fetches = 0
+        self.up = True
+        self.runner: web.AppRunner | None = None
+        self.url = ""
+
+    def jwks(self) -> dict:
+        keys = []
+        for kid, key in self.kids.items():
+            algorithm = (
+                jwt.algorithms.RSAAlgorithm if isinstance(key, rsa.RSAPrivateKey) else jwt.algorithms.ECAlgorithm
+            )
+            jwk = json.loads(algorithm.to_jwk(key.public_key()))
+            keys.append({**jwk, "kid": kid, "use": "sig"})
+        return {"keys": keys}
+
+    async def start(self) -> None:
+        async def handler(request: web.Request) -> web.Response:
+            self.fetches += 1
+            if not self.up:
+                return web.Response(status=503)
+            return web.json_response(self.jwks())
+
+        app = web.Application()
+        app.router.add_get("/jwks.json", handler)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/jwks.json"  # type: ignore[union-attr]
+
+    def token(self, kid: str = "rsa1", **claims: object) -> str:
+        now = int(time.time())
+        body = {"iss": ISSUER, "aud": AUDIENCE, "sub": "alice", "exp": now + 300, "iat": now, "roles": ["AUTHORIZED"]}
+        body.update(claims)
+        body = {k: v for k, v in body.items() if v is not None}
+        key = self.kids[kid]
+        algorithm = "RS256" if isinstance(key, rsa.RSAPrivateKey) else "ES256"
+        return jwt.encode(body, key, algorithm=algorithm, headers={"kid": kid})
+
+
+@pytest.fixture
+async def issuer():
+    issuer = Issuer()
+    await issuer.start()
+    yield issuer
+    assert issuer.runner is not None
+    await issuer.runner.cleanup()
+
+
+@pytest.fixture
+async def backend():
+    server, received = await tcp_echo_server()
+    connections: list[int] = []
+    original = server._protocol_factory  # count connections through a wrapper
+
+    def counting_factory():
+        connections.append(1)
+        return original()
+
+    server._protocol_factory = counting_factory
+    async with server:
+        yield server, received, connections
+
+
+def realm_config(backend_port: int, jwks_url: str, extra_realm: str = "", session_timeout: str = "") -> str:
+    timeout = f"\n        session-timeout: {session_timeout}" if session_timeout else ""
+    return f"""
+service:
+  - name: files
+    accept: ws://127.0.0.1:0/files
+    connect: tcp://127.0.0.1:{backend_port}
+    type: proxy
+    realm-name: files
+    authorization-constraint:
+      require-role: AUTHORIZED
+  - name: trading
+    accept: ws://127.0.0.1:0/trading
+    connect: tcp://127.0.0.1:{backend_port}
+    type: proxy
+    realm-name: files
+    authorization-constraint:
+      require-role: [AUTHORIZED, TRADER]
+  - name: tokens
+    accept: ws://127.0.0.1:0/tokens
+    connect: tcp://127.0.0.1:{backend_port}
+    type: proxy
+    realm-name: tokens
+    authorization-constraint:
+      require-role: "*"
+  - name: token-admin
+    accept: ws://127.0.0.1:0/token-admin
+    type: echo
+    realm-name: tokens
+    authorization-constraint:
+      require-role: ADMIN
+security:
+  realm:
+    - name: files
+      description: Files Realm
+      authentication:
+        http-challenge-scheme: Application Basic{timeout}
+        login-modules:
+          login-module:
+            type: file
+            options:
+              file: jaas-config.xml
+    - name: tokens
+      description: Token Realm
+      authentication:
+        http-challenge-scheme: Application Token
+        http-header: X-Token
+        http-query-parameter: access_token
+        http-cookie: token
+        login-modules:
+          login-module:
+            type: jwt
+            options:
+              jwks-url: {jwks_url}
+              issuer: {ISSUER}
+              audience: {AUDIENCE}
+              jwks-refetch-interval: 1s
+{extra_realm}"""
+
+
+@pytest.fixture
+async def gw(start_gateway, users, issuer, backend):
+    server, _, _ = backend
+    return await start_gateway(realm_config(port_of(server), issuer.url))
+
+
+async def refused(http, gw, service: str, headers=None, params=None, protocols=()) -> aiohttp.WSServerHandshakeError:
+    with pytest.raises(aiohttp.WSServerHandshakeError) as error:
+        await http.ws_connect(
+            f"ws://127.0.0.1:{gw.port_of(service)}/{service}", headers=headers, params=params, protocols=protocols
+        )
+    return error.value
+
+
+async def echo_through(http, gw, service: str, **kwargs) -> aiohttp.ClientWebSocketResponse:
+    ws = await http.ws_connect(f"ws://127.0.0.1:{gw.port_of(service)}/{service}", **kwargs)
+    await ws.send_bytes(b"hello")
+    assert (await asyncio.wait_for(ws.receive(), 5)).data == b"hello"
+    return ws
+
+
+# -- Basic / file module ---------------------------------------------------------------------
+
+BASIC_FAILURES = {
+    "missing": None,
+    "wrong-password": basic("joe", "WELCOME"),
+    "unknown-user": basic("mallory", "welcome"),
+    "empty-password": basic("joe", ""),
+    "garbled-base64": {"Authorization": "Basic !!!not-base64!!!"},
+    "no-colon": {"Authorization": "Basic " + base64.b64encode(b"joewelcome").decode()},
+    "empty-user": basic("", "welcome"),
+    "wrong-scheme": {"Authorization": "Bearer abc.def.ghi"},
+    "bare-scheme": {"Authorization": "Basic"},
+    "ldap-injection-user": basic("*)(uid=*))(|(uid=*", "x"),
+    "sql-injection-user": basic("joe' OR '1'='1", "x"),
+    "nul-byte-user": basic("joe\x00admin", "welcome"),
+    "huge-header": {"Authorization": "Basic " + "A" * 6000},
+    "latin1-password": {"Authorization": "Basic " + base64.b64encode("joe:wélcome".encode("latin-1")).decode()},
+    "duplicate-header": "duplicate",
+}
+
+
+@pytest.mark.parametrize("case", list(BASIC_FAILURES), ids=list(BASIC_FAILURES))
+async def test_basic_failures_all_look_the_same(gw, http, backend, case):
+    headers = BASIC_FAILURES[case]
+    if headers == "duplicate":
+        from multidict import CIMultiDict
+
+        headers = CIMultiDict(
+            [
+                ("Authorization", basic("joe", "welcome")["Authorization"]),
+                ("Authorization", basic("ann", "s3cret")["Authorization"]),
+            ]
+        )
+    error = await refused(http, gw, "files", headers=headers)
+    assert error.status == 401
+    assert error.headers["WWW-Authenticate"] == 'Application Basic realm="Files Realm"'
+    assert backend[2] == [] and backend[1] == []  # the back end never saw a connection or a byte
+
+
+@pytest.mark.parametrize(
+    ("user", "password", "scheme"),
+    [("joe", "welcome", "Basic"), ("ann", "s3cret", "Basic"), ("bob", "hunter2", "Application Basic")],
+    ids=["plain", "argon2", "bcrypt-application-basic"],
+)
+async def test_basic_success_reaches_the_back_end(gw, http, backend, user, password, scheme):
+    ws = await echo_through(http, gw, "files", headers=basic(user, password, scheme))
+    await ws.close()
+    assert backend[2] == [1]
+
+
+async def test_authenticated_without_the_role_is_403(gw, http, backend):
+    error = await refused(http, gw, "trading", headers=basic("joe", "welcome"))
+    assert error.status == 403 and "WWW-Authenticate" not in error.headers
+    assert backend[2] == []
+    error = await refused(http, gw, "files", headers=basic("eve", "pa:ss wörd"))  # valid user, no roles at all
+    assert error.status == 403
+    ws = await echo_through(http, gw, "trading", headers=basic("ann", "s3cret"))
+    await ws.close()
+
+
+async def test_audit_log_has_the_reason_and_never_the_secret(gw, http, caplog):
+    with caplog.at_level(logging.INFO, logger="wsgate.audit"):
+        await refused(http, gw, "files", headers=basic("joe", "not-the-password"))
+        ws = await echo_through(http, gw, "files", headers=basic("joe", "welcome"))
+        await ws.close()
+    assert "bad user name or password for 'joe'" in caplog.text
+    assert "user 'joe' authenticated, roles AUTHORIZED" in caplog.text
+    assert "not-the-password" not in caplog.text and "welcome" not in caplog.text
+
+
+# -- JWT -------------------------------------------------------------------------------------
+
+
+async def test_jwt_from_every_source(gw, http, issuer, backend, caplog):
+    token = issuer.token()
+    with caplog.at_level(logging.DEBUG):
+        for kwargs in (
+            {"headers": {"Authorization": f"Bearer {token}"}},
+            {"headers": {"Authorization": f"Application Token {token}"}},
+            {"headers": {"X-Token": token}},
+            {"params": {"access_token": token}},
+            {"headers": {"Cookie": f"token={token}"}},
+        ):
+            ws = await echo_through(http, gw, "tokens", **kwargs)
+            await ws.close()
+    assert token not in caplog.text  # query tokens (and all others) are never logged
+    assert len(backend[2]) == 5
+
+
+async def test_jwt_in_subprotocol_is_never_selected(gw, http, issuer):
+    ws = await echo_through(http, gw, "tokens", protocols=(f"wsgate.token.{issuer.token()}",))
+    assert ws.protocol is None
+    await ws.close()
+
+
+def hs256(claims: dict, secret: bytes) -> str:
+    """Algorithm confusion: HMAC-sign with the issuer's public key as the secret (PyJWT refuses to)."""
+    import hashlib
+    import hmac
+
+    def part(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    signing_input = part(b'{"alg":"HS256","typ":"JWT","kid":"rsa1"}') + "." + part(json.dumps(claims).encode())
+    return signing_input + "." + part(hmac.new(secret, signing_input.encode(), hashlib.sha256).digest())
+
+
+def forged_tokens(issuer: Issuer) -> dict[str, str]:
+    now = int(time.time())
+    good = issuer.token()
+    header, payload, signature = good.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=="))
+    claims["roles"] = ["ADMIN"]
+    tampered = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    public_pem = issuer.rsa.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    unsigned = base64.urlsafe_b64encode(b'{"alg":"none","typ":"JWT","kid":"rsa1"}').rstrip(b"=").decode()
+    return {
+        "expired": issuer.token(exp=now - 3600),
+        "not-yet-valid": issuer.token(nbf=now + 3600),
+        "wrong-issuer": issuer.token(iss="https://evil.test"),
+        "wrong-audience": issuer.token(aud="someone-else"),
+        "no-exp": issuer.token(exp=None),
+        "no-sub": issuer.token(sub=None),
+        "alg-none": f"{unsigned}.{payload}.",
+        "hs256-with-public-key": hs256(claims, public_pem),
+        "tampered-payload": f"{header}.{tampered}.{signature}",
+        "signed-by-stranger": jwt.encode(
+            {"iss": ISSUER, "aud": AUDIENCE, "sub": "x", "exp": now + 60},
+            rsa.generate_private_key(public_exponent=65537, key_size=2048),
+            algorithm="RS256",
+            headers={"kid": "rsa1"},
+        ),
+        "ec-key-claimed-as-rsa": jwt.encode(
+            {"iss": ISSUER, "aud": AUDIENCE, "sub": "x", "exp": now + 60},
+            issuer.ec,
+            algorithm="ES256",
+            headers={"kid": "rsa1"},
+        ),
+        "not-a-jwt": "abc.def",
+        "empty": "",
+    }
+
+
+FORGED = [
+    "expired",
+    "not-yet-valid",
+    "wrong-issuer",
+    "wrong-audience",
+    "no-exp",
+    "no-sub",
+    "alg-none",
+    "hs256-with-public-key",
+    "tampered-payload",
+    "signed-by-stranger",
+    "ec-key-claimed-as-rsa",
+    "not-a-jwt",
+    "empty",
+]
+
+
+@pytest.mark.parametrize("case", FORGED)
+async def test_bad_tokens_are_401_with_the_token_challenge(gw, http, issuer, backend, case):
+    token = forged_tokens(issuer)[case]
+    headers = {"Authorization": f"Bearer {token}"} if token else {"Authorization": "Bearer"}
+    error = await refused(http, gw, "tokens", headers=headers)
+    assert error.status == 401
+    assert error.headers["WWW-Authenticate"] == "Application Token"
+    assert backend[2] == [] and backend[1] == []
+
+
+async def test_token_without_the_role_is_403(gw, http, issuer):
+    error = await refused(http, gw, "token-admin", headers={"Authorization": f"Bearer {issuer.token()}"})
+    assert error.status == 403
+    ws = await echo_through(
+        http, gw, "token-admin", headers={"Authorization": f"Bearer {issuer.token(roles=['ADMIN'])}"}
+    )
+    await ws.close()
+
+
+async def test_kid_rotation_refetches_the_jwks_once(gw, http, issuer):
+    ws = await echo_through(http, gw, "tokens", headers={"Authorization": f"Bearer {issuer.token()}"})
+    await ws.close()
+    assert issuer.fetches == 1
+    issuer.kids["rsa2"] = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    await asyncio.sleep(1.1)  # past jwks-refetch-interval
+    ws = await echo_through(http, gw, "tokens", headers={"Authorization": f"Bearer {issuer.token('rsa2')}"})
+    await ws.close()
+    assert issuer.fetches == 2
+    # Unknown kids do not make the gateway hammer the issuer.
+    for _ in range(5):
+        error = await refused(http, gw, "tokens", headers={"Authorization": f"Bearer {issuer.token('rsa2')[:-4]}AAAA"})
+        assert error.status == 401
+    stranger = issuer.token("ec1").replace(
+        issuer.token("ec1").split(".")[0],
+        base64.urlsafe_b64encode(b'{"alg":"ES256","kid":"nope"}').rstrip(b"=").decode(),
+    )
+    for _ in range(5):
+        assert (await refused(http, gw, "tokens", headers={"Authorization": f"Bearer {stranger}"})).status == 401
+    assert issuer.fetches <= 3
+
+
+async def test_jwks_down_with_nothing_cached_is_503(start_gateway, http, users, issuer, backend):
+    issuer.up = False
+    server, received, connections = backend
+    gw = await start_gateway(realm_config(port_of(server), issuer.url))
+    error = await refused(http, gw, "tokens", headers={"Authorization": f"Bearer {issuer.token()}"})
+    assert error.status == 503
+    assert connections == []
+
+
+# -- session bounds and revocation -----------------------------------------------------------
+
+
+async def test_jwt_expiry_closes_a_live_proxy_connection(gw, http, issuer, backend):
+    token = issuer.token(exp=int(time.time()) + 2)
+    ws = await echo_through(http, gw, "tokens", headers={"Authorization": f"Bearer {token}"})
+    msg = await asyncio.wait_for(ws.receive(), 5)
+    assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == 1008 and msg.extra == "session expired"
+
+
+async def test_session_timeout_closes_a_live_proxy_connection_and_its_back_end(
+    start_gateway, http, users, issuer, backend
+):
+    server, received, connections = backend
+    gw = await start_gateway(realm_config(port_of(server), issuer.url, session_timeout="1s"))
+    ws = await echo_through(http, gw, "files", headers=basic("joe", "welcome"))
+    started = time.monotonic()
+    msg = await asyncio.wait_for(ws.receive(), 5)
+    assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == 1008 and msg.extra == "session expired"
+    assert 0.8 < time.monotonic() - started < 3
+    for _ in range(100):
+        if not gw.runtime.connections:
+            break
+        await asyncio.sleep(0.02)
+    assert not gw.runtime.connections
+
+
+async def test_revocation_by_user_closes_only_that_users_connections(gw, http, issuer):
+    joe = await echo_through(http, gw, "files", headers=basic("joe", "welcome"))
+    ann = await echo_through(http, gw, "files", headers=basic("ann", "s3cret"))
+    started = time.monotonic()
+    assert gw.revoke(user="joe") == 1
+    msg = await asyncio.wait_for(joe.receive(), 2)
+    assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == 1008 and msg.extra == "revoked"
+    assert time.monotonic() - started < 1.0
+    await ann.send_bytes(b"still here")
+    assert (await asyncio.wait_for(ann.receive(), 2)).data == b"still here"
+    await ann.close()
+
+
+async def test_revocation_by_token(gw, http, issuer):
+    first, second = issuer.token(jti="1"), issuer.token(jti="2")
+    a = await echo_through(http, gw, "tokens", headers={"Authorization": f"Bearer {first}"})
+    b = await echo_through(http, gw, "tokens", headers={"Authorization": f"Bearer {second}"})
+    assert gw.revoke(token=first) == 1
+    msg = await asyncio.wait_for(a.receive(), 2)
+    assert msg.data == 1008
+    await b.send_bytes(b"ok")
+    assert (await asyncio.wait_for(b.receive(), 2)).data == b"ok"
+    await b.close()
+
+
+# -- certificate module and custom modules ---------------------------------------------------
+
+
+async def test_certificate_realm_maps_subject_to_roles(start_gateway, http, ca, pem_stores):
+    from .conftest import SECURITY_PEM, client_ssl
+
+    gw = await start_gateway(
+        """
+service:
+  - name: desk
+    accept: wss://localhost:0/desk
+    type: echo
+    accept-options:
+      ssl.verify-client: optional
+    realm-name: certs
+    authorization-constraint:
+      require-role: TRADER
+"""
+        + SECURITY_PEM
+        + """
+  realm:
+    name: certs
+    authentication:
+      login-modules:
+        login-module:
+          type: certificate
+          options:
+            principal: subject-cn
+            role.TRADER: "OU=Trading"
+"""
+    )
+    url = f"wss://localhost:{gw.port_of('desk')}/desk"
+    trader = ca.issue_cert("alice@example.test", common_name="alice", organization_unit_name="Trading")
+    clerk = ca.issue_cert("bob@example.test", common_name="bob", organization_unit_name="Back Office")
+    async with http.ws_connect(url, ssl=client_ssl(ca, trader)) as ws:
+        await ws.send_str("hi")
+        assert (await ws.receive()).data == "hi"
+    for context in (client_ssl(ca, clerk), client_ssl(ca)):
+        with pytest.raises(aiohttp.WSServerHandshakeError) as error:
+            await http.ws_connect(url, ssl=context)
+        assert error.value.status == 403  # no challenge scheme: failures are 403
+
+
+CUSTOM_MODULE = """
+from wsgate.security.login import Failed, Succeeded
+
+
+class AllowList:
+    def __init__(self, options):
+        self.allowed = set(options["addresses"].split(","))
+
+    async def login(self, attempt):
+        if attempt.remote in self.allowed:
+            return Succeeded(f"host:{attempt.remote}", frozenset({"INTERNAL"}))
+        return Failed("address not allowed")
+"""
+
+
+async def test_custom_class_module(start_gateway, http, tmp_path, monkeypatch):
+    (tmp_path / "my_login.py").write_text(CUSTOM_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = """
+        service:
+          - name: internal
+            accept: ws://127.0.0.1:0/internal
+            type: echo
+            realm-name: net
+            authorization-constraint:
+              require-role: INTERNAL
+        security:
+          realm:
+            name: net
+            authentication:
+              login-modules:
+                login-module:
+                  type: class:my_login.AllowList
+                  options:
+                    addresses: {addresses}
+    """
+    gw = await start_gateway(config.format(addresses="127.0.0.1"), name="allowed.yaml")
+    async with http.ws_connect(f"ws://127.0.0.1:{gw.port_of('internal')}/internal") as ws:
+        await ws.send_str("in")
+        assert (await ws.receive()).data == "in"
+    gw = await start_gateway(config.format(addresses="10.9.9.9"), name="denied.yaml")
+    error = await refused(http, gw, "internal")
+    assert error.status == 403
+
+
+@pytest.mark.parametrize(
+    ("module", "options", "message"),
+    [
+        ("class:no_such_module.X", "{}", "cannot import 'no_such_module'"),
+        ("class:json.NoSuchClass", "{}", "module 'json' has no 'NoSuchClass'"),
+        ("class:collections.OrderedDict", "{}", "has no 'async def login(self, attempt)' method"),
+        ("jwt", "{issuer: x, audience: y}", "needs exactly one of jwks-url, jwks-file, key-file"),
+        ("jwt", "{jwks-url: 'http://x', issuer: x, audience: y, algorithms: 'HS256,none'}", "HS256, none not allowed"),
+        ("jwt", "{jwks-url: 'http://x', audience: y}", "options/issuer: is required"),
+        ("file", "{}", "options/file: is required"),
+        ("file", "{file: missing.xml}", "cannot read"),
+        ("certificate", "{principal: nickname}", "'nickname' is not one of subject-cn"),
+        ("certificate", "{role.X: '('}", "is not a regular expression"),
+        ("ldap", "{}", "the ldap login module is not supported yet"),
+    ],
+)
+def test_login_module_config_errors_are_located(tmp_path, module, options, message):
+    from wsgate.config import load_config
+    from wsgate.errors import ConfigError
+    from wsgate.gateway import Gateway
+
+    path = tmp_path / "g.yaml"
+    path.write_text(f"""
+service:
+  - name: s
+    accept: ws://127.0.0.1:0/s
+    type: echo
+    realm-name: r
+    authorization-constraint:
+      require-valid-user: ""
+security:
+  realm:
+    name: r
+    authentication:
+      login-modules:
+        login-module:
+          type: "{module}"
+          options: {options}
+""")
+    with pytest.raises(ConfigError) as error:
+        Gateway(load_config(path))
+    assert str(error.value).startswith("security/realm[r]/authentication/login-modules/login-module[1]")
+    assert message in str(error.value)
