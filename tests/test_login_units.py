@@ -124,7 +124,7 @@ def reference_result(chain: list[tuple[str, object]]) -> tuple[str, int]:
 
 
 CASES = [
-    list(zip(flags, outcomes))
+    list(zip(flags, outcomes, strict=True))
     for n in (1, 2, 3)
     for flags in itertools.product(FLAGS, repeat=n)
     for outcomes in itertools.product((OK, NO), repeat=n)
@@ -134,7 +134,7 @@ CASES = [
 @pytest.mark.parametrize("chain", CASES, ids=lambda c: "+".join(f"{f[:4]}:{'ok' if o is OK else 'no'}" for f, o in c))
 async def test_chain_matches_the_jaas_table(chain):
     modules = [Fixed(o) for _, o in chain]
-    entries = [ChainEntry(f, m, f"m{i}") for i, ((f, _), m) in enumerate(zip(chain, modules))]
+    entries = [ChainEntry(f, m, f"m{i}") for i, ((f, _), m) in enumerate(zip(chain, modules, strict=True))]
     result = await run_chain(entries, LoginAttempt(Credentials(), "1.2.3.4"))
     expected, calls = reference_result(chain)
     assert ("ok" if isinstance(result.outcome, Succeeded) else "fail") == expected
