@@ -526,3 +526,24 @@ def test_default_config_is_printed_and_loads_as_a_file(tmp_path, capsys):
     (tmp_path / "web" / "index.html").write_text("mine")
     assert main(["check-config", str(tmp_path / "gateway.yaml")]) == 0
     assert "service[echo] (echo): ws://localhost:8000/echo" in capsys.readouterr().out
+
+
+def yaml_blocks() -> list[tuple[str, str]]:
+    """Every YAML config shown inline in the README and docs/*.md."""
+    import re
+
+    blocks = []
+    for page in [DOCS.parent / "README.md", *sorted(DOCS.glob("*.md"))]:
+        for i, block in enumerate(re.findall(r"```yaml\n(.*?)```", page.read_text(), re.S)):
+            if "service:" in block:
+                blocks.append((f"{page.name}#{i + 1}", block))
+    return blocks
+
+
+@pytest.mark.parametrize(("where", "text"), yaml_blocks(), ids=[w for w, _ in yaml_blocks()])
+def test_every_inline_docs_config_passes_check_config(tmp_path, ca, capsys, where, text):
+    shutil.copytree(DOCS / "examples", tmp_path, dirs_exist_ok=True)
+    make_stores(tmp_path, ca)
+    ca.cert_pem.write_to_path(str(tmp_path / "client-ca.pem"))
+    (tmp_path / "inline.yaml").write_text(text)
+    assert main(["check-config", str(tmp_path / "inline.yaml")]) == 0, capsys.readouterr().err
