@@ -263,7 +263,7 @@ async def test_audit_log_has_the_reason_and_never_the_secret(gw, http, caplog):
         ws = await echo_through(http, gw, "files", headers=basic("joe", "welcome"))
         await ws.close()
     assert "bad user name or password for 'joe'" in caplog.text
-    assert "user 'joe' authenticated, roles AUTHORIZED" in caplog.text
+    assert "user 'joe' authenticated by credentials, roles AUTHORIZED" in caplog.text
     assert "not-the-password" not in caplog.text and "welcome" not in caplog.text
 
 

@@ -41,11 +41,7 @@ class Gateway:
         )
         base_dir = config.source.parent if config.source else Path.cwd()
         self.realms = {name: RealmRuntime(realm, base_dir) for name, realm in security.realms.items()}
-        self.runtime.session_timeouts = {
-            name: realm.authentication.session_timeout
-            for name, realm in security.realms.items()
-            if realm.authentication.session_timeout
-        }
+        self.runtime.realms = dict(security.realms)
         self.services: dict[str, ServiceHandler] = {}
         for service in config.services:
             handler = create_service(service, self.runtime)
@@ -90,10 +86,11 @@ class Gateway:
                 Route(
                     host=uri.host,
                     path=uri.path.rstrip("/"),
-                    service=RealmGuard(handler, self.realms[service.realm_name])
+                    service=RealmGuard(handler, self.realms[service.realm_name], self.runtime)
                     if service.realm_name and service.protected
                     else handler,
                     prefix=service.type == "directory",
+                    control=service.protected,
                     verify_client=service.accept_options.tls.verify_client if uri.secure else "none",
                 )
             )
@@ -182,6 +179,9 @@ class Gateway:
         ]
         for connection in matches:
             connection.expire(reason, grace=1.0)
+        if user is not None:
+            for realm in self.realms.values():
+                realm.sessions.drop_user(user)
         if matches:
             log.info("revoked %d connection(s) (%s)", len(matches), reason)
         return len(matches)

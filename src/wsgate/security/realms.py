@@ -1,20 +1,32 @@
-"""Realm enforcement on the HTTP request, before any 101.
+"""Realm enforcement on the HTTP request, before any 101, and the realm's control resources.
 
 ``RealmGuard`` stands in front of a protected service (``realm-name`` plus
 ``authorization-constraint``): it gathers credentials, runs the realm's login
-chain, checks the roles and only then hands the request on with its ``Identity``.
+chain (or accepts the realm's session cookie), checks the roles and only then
+hands the request on with its ``Identity``.
 
 On the wire (Kaazing reference §3.2): no or bad credentials → 401 with the realm's
 challenge (every failure looks the same); authenticated without the roles → 403;
 a module that could not decide (LDAP down) → 503. Reasons go to the audit log.
+
+Control resources under each protected service path (client-initiated, plain HTTP;
+see docs/security.md, "Re-authentication without disconnecting"):
+
+- ``POST <path>/.wsgate/session``: fresh credentials → the realm session cookie (and
+  every live connection of that session is extended); ``GET`` tells who and until
+  when; ``DELETE`` logs out and closes the session's connections.
+- ``POST <path>/.wsgate/refresh/<connection-id>``: fresh credentials for the same
+  user extend one live connection without disconnecting it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,12 +35,15 @@ from aiohttp import web
 from ..config.model import AuthorizationConstraint, Realm
 from .challenges import CredentialsError, challenge_header, gather_credentials, offered_subprotocols
 from .login import ChainEntry, Failed, LoginAttempt, Succeeded, Unavailable, build_module, run_chain
+from .origin import origin_allowed
+from .sessions import DEFAULT_SESSION_TTL, SessionStore, cookie_name
 
 if TYPE_CHECKING:
-    from ..services.base import ServiceHandler
+    from ..services.base import Runtime, ServiceHandler
     from .tls import PeerIdentity
 
 audit = logging.getLogger("wsgate.audit")
+CONTROL = "/.wsgate/"
 
 
 @dataclass(frozen=True)
@@ -40,6 +55,8 @@ class Identity:
     roles: frozenset[str]
     expires_at: float | None  # wall-clock seconds; the connection must not outlive it
     token_digest: str | None = None  # SHA-256 of the bearer token, so revocation can target it
+    authenticated_at: float = 0.0  # when the login chain last accepted fresh credentials
+    session: str | None = None  # the realm session (cookie digest) this identity came from
 
 
 IDENTITY_KEY = web.RequestKey("wsgate.identity", Identity)
@@ -57,10 +74,17 @@ class RealmRuntime:
             for i, m in enumerate(auth.login_modules)
         ]
         self.scheme = auth.http_challenge_scheme
+        self.recycle = auth.authorization_mode == "recycle"
+        self.cookie = cookie_name(realm.name)
+        self.sessions = SessionStore()
 
     async def authenticate(
-        self, request: web.BaseRequest, peer: PeerIdentity | None
+        self, request: web.BaseRequest, peer: PeerIdentity | None, allow_session: bool = True
     ) -> Identity | Failed | Unavailable:
+        if allow_session and self.recycle and (token := request.cookies.get(self.cookie)):
+            session = self.sessions.lookup(token)
+            if session is not None:
+                return session.identity
         auth = self.config.authentication
         try:
             credentials = gather_credentials(
@@ -74,15 +98,14 @@ class RealmRuntime:
             )
         except CredentialsError as exc:
             return Failed(str(exc))
-        attempt = LoginAttempt(credentials, request.remote or "?", peer)
-        result = await run_chain(self.chain, attempt)
+        result = await run_chain(self.chain, LoginAttempt(credentials, request.remote or "?", peer))
         trail = ", ".join(f"{name}: {what}" for name, what in result.trail)
         outcome = result.outcome
         if not isinstance(outcome, Succeeded):
             return type(outcome)(f"{outcome.reason} ({trail})")
         token = credentials.bearer()
         digest = hashlib.sha256(token.encode()).hexdigest() if token else None
-        return Identity(self.config.name, outcome.user, outcome.principals, outcome.expires_at, digest)
+        return Identity(self.config.name, outcome.user, outcome.principals, outcome.expires_at, digest, time.time())
 
     def challenge(self, plain_http: bool) -> dict[str, str]:
         if self.scheme is None:
@@ -91,6 +114,14 @@ class RealmRuntime:
             "WWW-Authenticate": challenge_header(self.scheme, self.config.description or self.config.name, plain_http)
         }
 
+    def session_expiry(self, identity: Identity) -> float:
+        limits = [time.time() + (self.config.authentication.session_timeout or DEFAULT_SESSION_TTL)]
+        if identity.expires_at is not None:
+            limits.append(identity.expires_at)
+        if self.config.authentication.authorization_timeout:
+            limits.append(identity.authenticated_at + self.config.authentication.authorization_timeout)
+        return min(limits)
+
 
 def authorized(roles: frozenset[str], constraints: Sequence[AuthorizationConstraint]) -> bool:
     """Every listed role is needed; ``*`` and ``require-valid-user`` need only an authenticated user."""
@@ -98,17 +129,55 @@ def authorized(roles: frozenset[str], constraints: Sequence[AuthorizationConstra
     return needed <= roles
 
 
+def connection_deadline(identity: Identity, opened_at: float, realm: Realm) -> tuple[float | None, str]:
+    """When a connection must close, and why: credential expiry or ``session-timeout`` since it
+    opened ("session expired"), ``authorization-timeout`` since the credentials were last
+    presented ("authorization expired"); the earliest wins."""
+    auth = realm.authentication
+    limits: list[tuple[float, str]] = []
+    if identity.expires_at is not None:
+        limits.append((identity.expires_at, "session expired"))
+    if auth.session_timeout:
+        limits.append((opened_at + auth.session_timeout, "session expired"))
+    if auth.authorization_timeout:
+        limits.append((identity.authenticated_at + auth.authorization_timeout, "authorization expired"))
+    if not limits:
+        return None, ""
+    deadline, reason = min(limits)
+    return deadline, reason
+
+
 class RealmGuard:
     """Stands in front of a protected service; only authorized requests pass, with their identity."""
 
-    def __init__(self, service: ServiceHandler, realm: RealmRuntime) -> None:
+    def __init__(self, service: ServiceHandler, realm: RealmRuntime, runtime: Runtime) -> None:
         self.service = service
         self.realm = realm
+        self.runtime = runtime
         self.name = service.name
         self.plain_http = service.config.type == "directory"
+        self.paths = tuple(u.path.rstrip("/") for u in service.config.accepts)
 
     async def handle(self, request: web.BaseRequest, peer: PeerIdentity | None) -> web.StreamResponse:
-        outcome = await self.realm.authenticate(request, peer)
+        control = self.control_path(request.path)
+        if control is not None:
+            return await self.control(request, peer, control)
+        admitted = await self.admit(request, peer)
+        if isinstance(admitted, web.StreamResponse):
+            return admitted
+        request[IDENTITY_KEY] = admitted
+        return await self.service.handle(request, peer)
+
+    def control_path(self, path: str) -> str | None:
+        for base in self.paths:
+            if path.startswith(base + CONTROL):
+                return path[len(base) + len(CONTROL) :]
+        return None
+
+    async def admit(
+        self, request: web.BaseRequest, peer: PeerIdentity | None, allow_session: bool = True
+    ) -> Identity | web.Response:
+        outcome = await self.realm.authenticate(request, peer, allow_session)
         where = f"service[{self.name}] realm[{self.realm.config.name}] from {request.remote}"
         if isinstance(outcome, Unavailable):
             audit.warning("%s: unavailable: %s", where, outcome.reason)
@@ -119,13 +188,121 @@ class RealmGuard:
             if not challenge:
                 return web.Response(status=403, text="Forbidden\n")
             return web.Response(status=401, text="Unauthorized\n", headers=challenge)
+        roles = ", ".join(sorted(outcome.roles)) or "none"
         if not authorized(outcome.roles, self.service.config.authorization_constraints):
+            audit.info("%s: user %r lacks roles (has %s)", where, outcome.user, roles)
+            return web.Response(status=403, text="Forbidden\n")
+        via = "session" if outcome.session and allow_session else "credentials"
+        audit.info("%s: user %r authenticated by %s, roles %s", where, outcome.user, via, roles)
+        return outcome
+
+    # -- control resources -------------------------------------------------------------------
+
+    async def control(self, request: web.BaseRequest, peer: PeerIdentity | None, what: str) -> web.StreamResponse:
+        own = f"{'https' if request.secure else 'http'}://{request.host}"
+        if not origin_allowed(request.headers.get("Origin"), own, self.service.config.cross_site_constraints):
+            return web.Response(status=403, text="Forbidden\n")
+        if what == "session" and self.realm.recycle:
+            handlers = {"POST": self.login, "GET": self.whoami, "DELETE": self.logout}
+            if request.method not in handlers:
+                return web.Response(status=405, headers={"Allow": "GET, POST, DELETE"})
+            return await handlers[request.method](request, peer)
+        if what.startswith("refresh/") and request.method == "POST":
+            return await self.refresh(request, peer, what[len("refresh/") :])
+        return web.Response(status=404, text="Not Found\n")
+
+    async def login(self, request: web.BaseRequest, peer: PeerIdentity | None) -> web.StreamResponse:
+        """Fresh credentials → a session cookie; an existing session of the same user is renewed."""
+        admitted = await self.admit(request, peer, allow_session=False)
+        if isinstance(admitted, web.Response):
+            return admitted
+        expires_at = self.realm.session_expiry(admitted)
+        current = self.current_session(request)
+        if current is not None and current.identity.user == admitted.user and current.identity.session:
+            session = self.realm.sessions.renew(current.identity.session, admitted, expires_at)
+            extended = self.extend(
+                lambda c: c.identity is not None and c.identity.session == current.identity.session, session.identity
+            )
+            response = self.describe(session.identity, extended=extended)
+        else:
+            token, session = self.realm.sessions.issue(admitted, expires_at)
+            response = self.describe(session.identity)
+            response.set_cookie(
+                self.realm.cookie,
+                token,
+                max_age=max(1, int(expires_at - time.time())),
+                path="/",
+                secure=request.secure or self.service.offloaded_tls,
+                httponly=True,
+                samesite="Strict",
+            )
+        return response
+
+    async def whoami(self, request: web.BaseRequest, peer: PeerIdentity | None) -> web.StreamResponse:
+        session = self.current_session(request)
+        if session is None:
+            return web.Response(status=401, text="Unauthorized\n", headers=self.realm.challenge(self.plain_http))
+        return self.describe(session.identity)
+
+    async def logout(self, request: web.BaseRequest, peer: PeerIdentity | None) -> web.StreamResponse:
+        """Drop the session and close every connection it opened (logout reaches live sockets)."""
+        session = self.current_session(request)
+        closed = 0
+        if session is not None and session.identity.session:
+            key = session.identity.session
+            self.realm.sessions.drop(key)
+            matches = [c for c in self.runtime.connections if c.identity is not None and c.identity.session == key]
+            for connection in matches:
+                connection.expire("logged out", grace=1.0)
+            closed = len(matches)
             audit.info(
-                "%s: user %r lacks roles (has %s)", where, outcome.user, ", ".join(sorted(outcome.roles)) or "none"
+                "service[%s]: user %r logged out, %d connection(s) closed", self.name, session.identity.user, closed
+            )
+        response = web.json_response({"closed": closed})
+        response.del_cookie(self.realm.cookie, path="/")
+        return response
+
+    async def refresh(
+        self, request: web.BaseRequest, peer: PeerIdentity | None, connection_id: str
+    ) -> web.StreamResponse:
+        """Fresh credentials of the same user extend one live connection, which stays open."""
+        connection = self.runtime.by_id.get(connection_id)
+        if connection is None or connection.identity is None or connection.service != self.name:
+            return web.Response(status=404, text="Not Found\n")
+        admitted = await self.admit(request, peer, allow_session=False)
+        if isinstance(admitted, web.Response):
+            return admitted
+        if admitted.user != connection.identity.user:
+            audit.warning(
+                "service[%s]: refresh of %s by %r refused: it belongs to %r",
+                self.name,
+                connection_id,
+                admitted.user,
+                connection.identity.user,
             )
             return web.Response(status=403, text="Forbidden\n")
-        audit.info(
-            "%s: user %r authenticated, roles %s", where, outcome.user, ", ".join(sorted(outcome.roles)) or "none"
-        )
-        request[IDENTITY_KEY] = outcome
-        return await self.service.handle(request, peer)
+        self.extend(lambda c: c is connection, replace(admitted, session=connection.identity.session))
+        return self.describe(connection.identity)
+
+    def current_session(self, request: web.BaseRequest):  # type: ignore[no-untyped-def]
+        token = request.cookies.get(self.realm.cookie)
+        return self.realm.sessions.lookup(token) if token else None
+
+    def extend(self, match, identity: Identity) -> int:  # type: ignore[no-untyped-def]
+        """Give matching live connections the fresh identity and their new deadline."""
+        count = 0
+        for connection in list(self.runtime.connections):
+            if match(connection):
+                connection.identity = identity
+                connection.expire_at(*connection_deadline(identity, connection.started, self.realm.config))
+                count += 1
+        if count:
+            audit.info("service[%s]: user %r re-authenticated %d live connection(s)", self.name, identity.user, count)
+        return count
+
+    @staticmethod
+    def describe(identity: Identity, extended: int = 0) -> web.Response:
+        body = {"user": identity.user, "roles": sorted(identity.roles), "expires": identity.expires_at}
+        if extended:
+            body["extended"] = extended
+        return web.json_response(body, dumps=json.dumps)

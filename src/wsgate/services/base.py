@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,14 +17,13 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from ..config.model import Service
+from ..config.model import Realm, Service
 from ..security.keystore import KeyMaterial
 from ..security.origin import origin_allowed
-from ..security.realms import IDENTITY_KEY
+from ..security.realms import IDENTITY_KEY, connection_deadline
 from ..transport.websocket import CloseCode, Connection, accept_websocket
 
 if TYPE_CHECKING:
-    from ..security.realms import Identity
     from ..security.tls import PeerIdentity
 
 log = logging.getLogger("wsgate.service")
@@ -36,7 +36,8 @@ class Runtime:
     keys: KeyMaterial | None = None
     trust: KeyMaterial | None = None
     connections: set[Connection] = field(default_factory=set)
-    session_timeouts: dict[str, float] = field(default_factory=dict)  # realm name → session-timeout
+    by_id: dict[str, Connection] = field(default_factory=dict)
+    realms: dict[str, Realm] = field(default_factory=dict)
     closing: bool = False
 
 
@@ -57,16 +58,16 @@ class ServiceHandler:
     async def handle(self, request: web.BaseRequest, peer: PeerIdentity | None) -> web.StreamResponse:
         raise NotImplementedError
 
+    @property
+    def offloaded_tls(self) -> bool:
+        """wss/https accepts with ``ssl.encryption disabled``: browsers still see an https origin."""
+        return not self.config.accept_options.tls.encryption and any(u.secure for u in self.config.accepts)
+
 
 class WebSocketService(ServiceHandler):
     """A service whose clients speak WebSocket; subclasses implement ``serve``."""
 
     writer_limit = 64 * 1024
-
-    @property
-    def offloaded_tls(self) -> bool:
-        """wss accepts with ``ssl.encryption disabled``: browsers still see an https origin."""
-        return not self.config.accept_options.tls.encryption and any(u.secure for u in self.config.accepts)
 
     async def handle(self, request: web.BaseRequest, peer: PeerIdentity | None) -> web.StreamResponse:
         if request.method != "GET" or request.headers.get("Upgrade", "").lower() != "websocket":
@@ -87,17 +88,28 @@ class WebSocketService(ServiceHandler):
             )
             return web.Response(status=403, text="Forbidden\n")
         protocols, context = await self.before_upgrade(request)
+        identity = request.get(IDENTITY_KEY)
+        connection_id = secrets.token_urlsafe(16)
+        started = time.time()
+        deadline, why = (
+            connection_deadline(identity, started, self.runtime.realms[identity.realm]) if identity else (None, "")
+        )
+        headers = self.identity_headers(connection_id, deadline) if identity else {}
         try:
-            ws = await accept_websocket(request, self.config.accept_options, self.writer_limit, protocols)
+            ws = await accept_websocket(request, self.config.accept_options, self.writer_limit, protocols, headers)
         except BaseException:
             await self.abandon(context)
             raise
         connection = Connection(ws, request.transport, self.name, request.remote or "?", peer)
-        connection.context = context
-        identity = connection.identity = request.get(IDENTITY_KEY)
-        if identity is not None:
-            connection.expire_at(self.session_deadline(identity))
+        connection.id, connection.started, connection.context, connection.identity = (
+            connection_id,
+            started,
+            context,
+            identity,
+        )
+        connection.expire_at(deadline, why)
         self.runtime.connections.add(connection)
+        self.runtime.by_id[connection_id] = connection
         try:
             await self.serve(connection)
         except asyncio.CancelledError:
@@ -108,15 +120,18 @@ class WebSocketService(ServiceHandler):
         finally:
             connection.cancel_expiry()
             self.runtime.connections.discard(connection)
+            self.runtime.by_id.pop(connection_id, None)
             if not connection.closed:
                 await connection.close()
         return ws
 
-    def session_deadline(self, identity: Identity) -> float | None:
-        """The earlier of the realm's ``session-timeout`` and the credentials' own expiry."""
-        timeout = self.runtime.session_timeouts.get(identity.realm)
-        deadlines = [d for d in (identity.expires_at, time.time() + timeout if timeout else None) if d is not None]
-        return min(deadlines) if deadlines else None
+    def identity_headers(self, connection_id: str, deadline: float | None) -> dict[str, str]:
+        """What an authenticated client needs to re-authenticate before ``deadline`` without disconnecting."""
+        path = self.config.accepts[0].path.rstrip("/")
+        headers = {"Wsgate-Connection-Id": connection_id, "Wsgate-Refresh": f"{path}/.wsgate/refresh/{connection_id}"}
+        if deadline is not None:
+            headers["Wsgate-Expires"] = str(int(deadline))
+        return headers
 
     async def before_upgrade(self, request: web.BaseRequest) -> tuple[tuple[str, ...], object]:
         """Work before the 101: the subprotocols to accept and state for ``serve`` (``connection.context``)."""

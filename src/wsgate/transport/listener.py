@@ -34,6 +34,7 @@ class Route:
     service: ServiceHandler | RealmGuard
     prefix: bool  # directory services also serve everything below their path
     verify_client: str = "none"
+    control: bool = False  # a protected service also answers <path>/.wsgate/… (sessions, refresh)
 
 
 @dataclass
@@ -61,6 +62,8 @@ class Listener:
             if route.host != host:
                 continue
             if path == route.path or route.prefix and path.startswith(route.path + "/"):
+                return route
+            if route.control and path.startswith(route.path + "/.wsgate/"):
                 return route
         return None
 

@@ -45,6 +45,8 @@ class Connection:
         "remote",
         "peer",
         "identity",
+        "id",
+        "started",
         "opened",
         "context",
         "receive",
@@ -73,6 +75,8 @@ class Connection:
         self.peer = peer
         self.opened = time.monotonic()
         self.identity: Identity | None = None
+        self.id = ""
+        self.started = time.time()  # wall clock, for session-timeout
         self._expiry: asyncio.TimerHandle | None = None
         self._closing: asyncio.Task[None] | None = None
         self.context: object = None  # what the service prepared before the upgrade
@@ -130,7 +134,11 @@ class Connection:
 
 
 async def accept_websocket(
-    request: web.BaseRequest, options: AcceptOptions, writer_limit: int = 64 * 1024, protocols: tuple[str, ...] = ()
+    request: web.BaseRequest,
+    options: AcceptOptions,
+    writer_limit: int = 64 * 1024,
+    protocols: tuple[str, ...] = (),
+    headers: dict[str, str] | None = None,
 ) -> web.WebSocketResponse:
     """Complete the upgrade with the service's limits applied.
 
@@ -146,6 +154,8 @@ async def accept_websocket(
         writer_limit=writer_limit,
         protocols=protocols,
     )
+    if headers:
+        ws.headers.update(headers)
     if timeout:
         ws._pong_heartbeat = timeout / 2  # aiohttp waits heartbeat/2 for the pong; Kaazing waits T/2
     await ws.prepare(request)

@@ -1,0 +1,68 @@
+"""Realm sessions (``authorization-mode recycle``): single sign-on by an opaque cookie.
+
+The cookie value is 256 random bits; the store keeps only its SHA-256, so a
+memory dump or a log line never yields a usable session. Sessions live in this
+process (a Redis-backed store for several workers is planned).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import time
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .realms import Identity
+
+DEFAULT_SESSION_TTL = 3600.0
+
+
+def digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def cookie_name(realm: str) -> str:
+    return "wsgate_" + re.sub(r"[^A-Za-z0-9_-]", "_", realm)
+
+
+@dataclass
+class Session:
+    identity: Identity
+    expires_at: float  # wall clock
+
+
+class SessionStore:
+    def __init__(self) -> None:
+        self._sessions: dict[str, Session] = {}
+
+    def issue(self, identity: Identity, expires_at: float) -> tuple[str, Session]:
+        token = secrets.token_urlsafe(32)
+        key = digest(token)
+        session = Session(replace(identity, session=key, expires_at=expires_at), expires_at)
+        self._sessions[key] = session
+        return token, session
+
+    def lookup(self, token: str) -> Session | None:
+        key = digest(token)
+        session = self._sessions.get(key)
+        if session is not None and session.expires_at <= time.time():
+            del self._sessions[key]
+            return None
+        return session
+
+    def renew(self, key: str, identity: Identity, expires_at: float) -> Session:
+        session = Session(replace(identity, session=key, expires_at=expires_at), expires_at)
+        self._sessions[key] = session
+        return session
+
+    def drop(self, key: str) -> Session | None:
+        return self._sessions.pop(key, None)
+
+    def drop_user(self, user: str) -> int:
+        keys = [k for k, s in self._sessions.items() if s.identity.user == user]
+        for key in keys:
+            del self._sessions[key]
+        return len(keys)
