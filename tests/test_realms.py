@@ -592,3 +592,186 @@ security:
         Gateway(load_config(path))
     assert str(error.value).startswith("security/realm[r]/authentication/login-modules/login-module[1]")
     assert message in str(error.value)
+
+
+# -- sessions, refresh, authorization-timeout --------------------------------------------------
+
+SESSION_CONFIG = """
+service:
+  - name: files
+    accept: ws://127.0.0.1:0/files
+    connect: tcp://127.0.0.1:{port}
+    type: proxy
+    realm-name: staff
+    authorization-constraint:
+      require-role: AUTHORIZED
+  - name: trading
+    accept: ws://127.0.0.1:0/trading
+    type: echo
+    realm-name: staff
+    authorization-constraint:
+      require-role: TRADER
+security:
+  realm:
+    name: staff
+    description: Staff
+    authentication:
+      http-challenge-scheme: Application Basic
+      authorization-mode: recycle
+      authorization-timeout: {authorization_timeout}
+      login-modules:
+        login-module:
+          type: file
+          options:
+            file: jaas-config.xml
+"""
+
+
+@pytest.fixture
+async def staff(start_gateway, users, backend):
+    async def start(authorization_timeout: str = "1 hour"):
+        server, _, _ = backend
+        return await start_gateway(
+            SESSION_CONFIG.format(port=port_of(server), authorization_timeout=authorization_timeout)
+        )
+
+    return start
+
+
+def url(gw, service: str, tail: str = "") -> str:
+    return f"http://127.0.0.1:{gw.port_of(service)}/{service}{tail}"
+
+
+async def test_session_cookie_gives_single_sign_on_across_the_realm(staff, http):
+    gw = await staff()
+    jar = aiohttp.CookieJar(unsafe=True)
+    async with aiohttp.ClientSession(cookie_jar=jar) as browser:
+        async with browser.post(url(gw, "files", "/.wsgate/session"), headers=basic("ann", "s3cret")) as response:
+            assert response.status == 200
+            body = await response.json()
+            assert body["user"] == "ann" and body["roles"] == ["AUTHORIZED", "TRADER"]
+            cookie = response.cookies["wsgate_staff"]
+            assert cookie["httponly"] and cookie["samesite"] == "Strict" and cookie["path"] == "/"
+        for service in ("files", "trading"):  # no credentials: the cookie alone
+            ws = await browser.ws_connect(url(gw, service).replace("http", "ws"))
+            await ws.send_bytes(b"sso")
+            assert (await asyncio.wait_for(ws.receive(), 5)).data == b"sso"
+            await ws.close()
+        async with browser.get(url(gw, "files", "/.wsgate/session")) as response:
+            assert (await response.json())["user"] == "ann"
+
+
+async def test_session_login_failures_and_forged_cookies(staff, http):
+    gw = await staff()
+    async with http.post(url(gw, "files", "/.wsgate/session"), headers=basic("ann", "wrong")) as response:
+        assert response.status == 401 and "Set-Cookie" not in response.headers
+        assert response.headers["WWW-Authenticate"] == 'Application Basic realm="Staff"'
+    forged = {"Cookie": "wsgate_staff=" + "A" * 43}
+    assert (await refused(http, gw, "files", headers=forged)).status == 401
+    async with http.get(url(gw, "files", "/.wsgate/session"), headers=forged) as response:
+        assert response.status == 401
+    async with http.post(
+        url(gw, "files", "/.wsgate/session"), headers={**basic("ann", "s3cret"), "Origin": "http://evil.example"}
+    ) as response:
+        assert response.status == 403
+    async with http.put(url(gw, "files", "/.wsgate/session"), headers=basic("ann", "s3cret")) as response:
+        assert response.status == 405
+    async with http.get(url(gw, "files", "/.wsgate/unknown")) as response:
+        assert response.status == 404
+
+
+async def test_logout_closes_the_sessions_live_connections(staff):
+    gw = await staff()
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+        async with browser.post(url(gw, "files", "/.wsgate/session"), headers=basic("joe", "welcome")):
+            pass
+        ws = await browser.ws_connect(url(gw, "files").replace("http", "ws"))
+        async with browser.delete(url(gw, "files", "/.wsgate/session")) as response:
+            assert (await response.json()) == {"closed": 1}
+        msg = await asyncio.wait_for(ws.receive(), 2)
+        assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == 1008 and msg.extra == "logged out"
+        with pytest.raises(aiohttp.WSServerHandshakeError) as error:
+            await browser.ws_connect(url(gw, "files").replace("http", "ws"))
+        assert error.value.status == 401
+
+
+async def test_revocation_also_ends_the_users_sessions(staff, http):
+    gw = await staff()
+    async with http.post(url(gw, "files", "/.wsgate/session"), headers=basic("joe", "welcome")) as response:
+        token = response.cookies["wsgate_staff"].value
+    ws = await http.ws_connect(url(gw, "files").replace("http", "ws"), headers={"Cookie": f"wsgate_staff={token}"})
+    assert gw.revoke(user="joe") == 1
+    assert (await asyncio.wait_for(ws.receive(), 2)).data == 1008
+    assert (await refused(http, gw, "files", headers={"Cookie": f"wsgate_staff={token}"})).status == 401
+
+
+async def test_authorization_timeout_closes_unless_refreshed_in_place(staff, http, backend):
+    gw = await staff(authorization_timeout="1.5s")
+    ws = await echo_through(http, gw, "files", headers=basic("joe", "welcome"))
+    refresh = ws._response.headers["Wsgate-Refresh"]
+    connection_id = ws._response.headers["Wsgate-Connection-Id"]
+    assert refresh == f"/files/.wsgate/refresh/{connection_id}"
+    assert abs(int(ws._response.headers["Wsgate-Expires"]) - (time.time() + 1.5)) < 2
+    base = f"http://127.0.0.1:{gw.port_of('files')}"
+    for _ in range(3):  # 3 refreshes, 0.8 s apart: 2.4 s in all, well past the 1.5 s timeout
+        await asyncio.sleep(0.8)
+        async with http.post(base + refresh, headers=basic("joe", "welcome")) as response:
+            assert response.status == 200, await response.text()
+            assert (await response.json())["expires"] is None or True
+        await ws.send_bytes(b"alive")
+        assert (await asyncio.wait_for(ws.receive(), 2)).data == b"alive"
+    assert backend[2] == [1]  # the same back-end connection all along
+    msg = await asyncio.wait_for(ws.receive(), 3)  # no more refreshes
+    assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == 1008 and msg.extra == "authorization expired"
+
+
+async def test_refresh_needs_the_same_users_fresh_credentials(staff, http):
+    gw = await staff()
+    ws = await echo_through(http, gw, "files", headers=basic("joe", "welcome"))
+    base = f"http://127.0.0.1:{gw.port_of('files')}"
+    refresh = ws._response.headers["Wsgate-Refresh"]
+    async with http.post(base + refresh, headers=basic("ann", "s3cret")) as response:
+        assert response.status == 403  # another user cannot take the connection over
+    async with http.post(base + refresh, headers=basic("joe", "nope")) as response:
+        assert response.status == 401
+    async with http.post(base + refresh) as response:
+        assert response.status == 401
+    async with http.post(base + "/files/.wsgate/refresh/not-a-connection", headers=basic("joe", "welcome")) as response:
+        assert response.status == 404
+    async with http.post(
+        f"http://127.0.0.1:{gw.port_of('trading')}/trading/.wsgate/refresh/"
+        + ws._response.headers["Wsgate-Connection-Id"],
+        headers=basic("ann", "s3cret"),
+    ) as response:
+        assert response.status == 404  # ids are per service
+    await ws.close()
+
+
+async def test_renewing_the_session_extends_its_connections(staff):
+    gw = await staff(authorization_timeout="1.5s")
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+        async with browser.post(url(gw, "files", "/.wsgate/session"), headers=basic("joe", "welcome")):
+            pass
+        ws = await browser.ws_connect(url(gw, "files").replace("http", "ws"))
+        await asyncio.sleep(1.0)
+        async with browser.post(url(gw, "files", "/.wsgate/session"), headers=basic("joe", "welcome")) as response:
+            assert (await response.json())["extended"] == 1
+        await asyncio.sleep(1.0)  # past the first deadline
+        await ws.send_bytes(b"renewed")
+        assert (await asyncio.wait_for(ws.receive(), 2)).data == b"renewed"
+        await ws.close()
+
+
+async def test_a_session_past_its_authorization_timeout_opens_nothing_until_renewed(staff):
+    gw = await staff(authorization_timeout="0.5s")
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+        async with browser.post(url(gw, "files", "/.wsgate/session"), headers=basic("joe", "welcome")):
+            pass
+        await asyncio.sleep(0.7)
+        with pytest.raises(aiohttp.WSServerHandshakeError) as error:
+            await browser.ws_connect(url(gw, "files").replace("http", "ws"))
+        assert error.value.status == 401
+        async with browser.post(url(gw, "files", "/.wsgate/session"), headers=basic("joe", "welcome")) as response:
+            assert response.status == 200
+        ws = await browser.ws_connect(url(gw, "files").replace("http", "ws"))
+        await ws.close()

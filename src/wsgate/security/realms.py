@@ -82,9 +82,9 @@ class RealmRuntime:
         self, request: web.BaseRequest, peer: PeerIdentity | None, allow_session: bool = True
     ) -> Identity | Failed | Unavailable:
         if allow_session and self.recycle and (token := request.cookies.get(self.cookie)):
-            session = self.sessions.lookup(token)
-            if session is not None:
-                return session.identity
+            identity = self.session_identity(token)
+            if identity is not None:
+                return identity
         auth = self.config.authentication
         try:
             credentials = gather_credentials(
@@ -115,12 +115,25 @@ class RealmRuntime:
         }
 
     def session_expiry(self, identity: Identity) -> float:
+        """A session lasts ``session-timeout`` (1 hour if unset), never past the credentials' own expiry.
+
+        ``authorization-timeout`` does not shorten it: it decides whether the session may still
+        open connections (see ``authenticate``) and when those connections close.
+        """
         limits = [time.time() + (self.config.authentication.session_timeout or DEFAULT_SESSION_TTL)]
         if identity.expires_at is not None:
             limits.append(identity.expires_at)
-        if self.config.authentication.authorization_timeout:
-            limits.append(identity.authenticated_at + self.config.authentication.authorization_timeout)
         return min(limits)
+
+    def session_identity(self, token: str) -> Identity | None:
+        """The session's identity, unless its credentials are older than ``authorization-timeout``."""
+        session = self.sessions.lookup(token)
+        if session is None:
+            return None
+        timeout = self.config.authentication.authorization_timeout
+        if timeout and session.identity.authenticated_at + timeout <= time.time():
+            return None
+        return session.identity
 
 
 def authorized(roles: frozenset[str], constraints: Sequence[AuthorizationConstraint]) -> bool:
