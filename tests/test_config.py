@@ -518,14 +518,16 @@ def test_check_config_missing_file(tmp_path, capsys):
     assert "cannot read config file" in capsys.readouterr().err
 
 
-def test_default_config_is_printed_and_loads_as_a_file(tmp_path, capsys):
+def test_default_config_is_printed_and_written_with_its_files(tmp_path, capsys):
     assert main(["default-config"]) == 0
-    text = capsys.readouterr().out
-    (tmp_path / "gateway.yaml").write_text(text)
-    (tmp_path / "web").mkdir()
-    (tmp_path / "web" / "index.html").write_text("mine")
+    assert "name: secure-echo" in capsys.readouterr().out
+    assert main(["default-config", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["gateway.yaml", "index.html", "jaas-config.xml", "web"]
+    capsys.readouterr()
     assert main(["check-config", str(tmp_path / "gateway.yaml")]) == 0
     assert "service[echo] (echo): ws://localhost:8000/echo" in capsys.readouterr().out
+    assert main(["default-config", str(tmp_path)]) == 2  # never overwrites
+    assert "already exist" in capsys.readouterr().err
 
 
 def yaml_blocks() -> list[tuple[str, str]]:

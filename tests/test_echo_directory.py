@@ -175,6 +175,18 @@ async def test_embedded_default_config_serves_demo_and_echo(http):
         async with http.ws_connect(f"ws://127.0.0.1:{port}/echo") as ws:
             await ws.send_str("demo")
             assert (await ws.receive()).data == "demo"
+        secure = f"ws://127.0.0.1:{port}/secure-echo"
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await http.ws_connect(secure)
+        assert refused.value.status == 401
+        # What the demo page does: sign in over HTTP, then open the WebSocket with the session cookie.
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+            login = f"http://127.0.0.1:{port}/secure-echo/.wsgate/session"
+            async with browser.post(login, headers={"Authorization": "Basic am9lOndlbGNvbWU="}) as response:
+                assert (await response.json())["user"] == "joe"
+            async with browser.ws_connect(secure) as ws:
+                await ws.send_str("signed in")
+                assert (await ws.receive()).data == "signed in"
     finally:
         await gw.stop(1)
 

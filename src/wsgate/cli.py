@@ -8,9 +8,17 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 from collections.abc import Sequence
 
-from .config import GatewayConfig, default_config_text, load_config, load_default_config, properties_from_env
+from .config import (
+    GatewayConfig,
+    default_config_files,
+    default_config_text,
+    load_config,
+    load_default_config,
+    properties_from_env,
+)
 from .errors import ConfigError, GatewayError
 
 log = logging.getLogger("wsgate")
@@ -19,8 +27,7 @@ log = logging.getLogger("wsgate")
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "default-config":
-        print(default_config_text(), end="")
-        return 0
+        return _default_config(args.directory)
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -47,7 +54,8 @@ def _parser() -> argparse.ArgumentParser:
         help="auto: uvloop and aiofastnet when installed (default); asyncio: the standard loop",
     )
     run.add_argument("--grace", type=float, default=10.0, help="seconds to wait for connections to drain on SIGTERM")
-    commands.add_parser("default-config", help="print the embedded default config, to copy and edit")
+    scaffold = commands.add_parser("default-config", help="print the embedded default config, or write it to a folder")
+    scaffold.add_argument("directory", nargs="?", help="write gateway.yaml, jaas-config.xml and web/ here")
     check = commands.add_parser("check-config", help="validate a config without binding any port")
     check.add_argument("config", help="gateway-config.xml or YAML config")
     for sub in (run, check):
@@ -71,6 +79,24 @@ def _properties(items: list[str]) -> dict[str, str]:
             raise ConfigError("--property", f"{item!r} is not NAME=VALUE")
         result[name] = value
     return result
+
+
+def _default_config(directory: str | None) -> int:
+    """Print the default config, or write it with the files it references into ``directory``."""
+    if directory is None:
+        print(default_config_text(), end="")
+        return 0
+    target = Path(directory)
+    files = default_config_files()
+    existing = [name for name in files if (target / name).exists()]
+    if existing:
+        print(f"wsgate: {', '.join(existing)} already exist in {target}; nothing written", file=sys.stderr)
+        return 2
+    for name, data in files.items():
+        (target / name).parent.mkdir(parents=True, exist_ok=True)
+        (target / name).write_bytes(data)
+    print(f"wrote {', '.join(sorted(files))} to {target}; next: wsgate run {target / 'gateway.yaml'}")
+    return 0
 
 
 def _check(config: GatewayConfig) -> int:

@@ -11,7 +11,14 @@ from .build import build_config
 from .loaders import load_tree, parse_yaml
 from .model import GatewayConfig
 
-__all__ = ["GatewayConfig", "default_config_text", "load_config", "load_default_config", "properties_from_env"]
+__all__ = [
+    "GatewayConfig",
+    "default_config_files",
+    "default_config_text",
+    "load_config",
+    "load_default_config",
+    "properties_from_env",
+]
 
 DEFAULT_CONFIG = "default-config.yaml"
 
@@ -34,6 +41,18 @@ def load_default_config(overrides: Mapping[str, str] | None = None) -> GatewayCo
 
 def default_config_text() -> str:
     return _default_config_path().read_text()
+
+
+def default_config_files() -> dict[str, bytes]:
+    """The default config and every file it references, by path relative to the config."""
+    folder = _default_config_path().parent
+    files = {
+        "gateway.yaml": _default_config_path().read_bytes(),
+        "jaas-config.xml": (folder / "jaas-config.xml").read_bytes(),
+    }
+    for page in sorted((folder / "web").iterdir()):
+        files[f"web/{page.name}"] = page.read_bytes()
+    return files
 
 
 def properties_from_env(environ: Mapping[str, str]) -> dict[str, str]:
