@@ -8,8 +8,8 @@ import logging
 import os
 import signal
 import sys
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 
 from .config import (
     GatewayConfig,
