@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint clean
+.PHONY: run test test-deps lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,9 +21,18 @@ lint: $(STAMP)  ## static checks: ruff and mypy --strict
 	$(BIN)/ruff check src tests
 	$(BIN)/mypy src
 
-test: lint  ## install what tests need, check, and run the tests
-	@command -v keytool >/dev/null || { echo "installing keytool (for JKS/JCEKS test keystores)"; \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends default-jre-headless) >/dev/null || true; }
+# Real back ends the tests start on loopback: keytool (JKS/JCEKS stores), slapd (the ldap module).
+APT_TEST_PACKAGES := default-jre-headless slapd ldap-utils
+APT_TEST_COMMANDS := keytool /usr/sbin/slapd ldapsearch
+
+test-deps:  ## install the Debian packages tests need, if missing
+	@missing=0; for c in $(APT_TEST_COMMANDS); do command -v $$c >/dev/null || missing=1; done; \
+	if [ $$missing = 1 ]; then \
+	  echo "installing $(APT_TEST_PACKAGES)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_TEST_PACKAGES) >/dev/null; \
+	fi
+
+test: lint test-deps  ## install what tests need, check, and run the tests
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:

@@ -562,7 +562,11 @@ async def test_custom_class_module(start_gateway, http, tmp_path, monkeypatch):
         ("file", "{file: missing.xml}", "cannot read"),
         ("certificate", "{principal: nickname}", "'nickname' is not one of subject-cn"),
         ("certificate", "{role.X: '('}", "is not a regular expression"),
-        ("ldap", "{}", "the ldap login module is not supported yet"),
+        ("kerberos5", "{}", "the kerberos5 login module is not supported yet"),
+        ("ldap", "{}", "options/userProvider: is required"),
+        ("ldap", "{userProvider: 'http://x/dc=a'}", "is not an ldap:// or ldaps:// URL"),
+        ("ldap", "{userProvider: 'ldap://x/dc=a', userFilter: '(uid=joe)'}", "must contain {USERNAME}"),
+        ("ldap", "{userProvider: 'ldap://x/dc=a', usrFilter: '(uid={USERNAME})'}", "options/usrFilter: unknown option"),
     ],
 )
 def test_login_module_config_errors_are_located(tmp_path, module, options, message):

@@ -165,6 +165,8 @@ class Gateway:
         await asyncio.gather(*(listener.shutdown(min(grace, 1.0)) for listener in self.listeners.values()))
         for service in self.services.values():
             await service.stop()
+        for realm in self.realms.values():
+            await realm.close()
 
     def revoke(self, user: str | None = None, token: str | None = None, reason: str = "revoked") -> int:
         """Close every live connection of ``user`` (or presented ``token``) now: 1008, aborted after 1 s."""

@@ -107,6 +107,13 @@ class RealmRuntime:
         digest = hashlib.sha256(token.encode()).hexdigest() if token else None
         return Identity(self.config.name, outcome.user, outcome.principals, outcome.expires_at, digest, time.time())
 
+    async def close(self) -> None:
+        """Release what modules hold (LDAP connection pools)."""
+        for entry in self.chain:
+            close = getattr(entry.module, "close", None)
+            if close is not None:
+                await close()
+
     def challenge(self, plain_http: bool) -> dict[str, str]:
         if self.scheme is None:
             return {}

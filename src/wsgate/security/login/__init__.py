@@ -13,6 +13,7 @@ from .certificate import CertificateLoginModule
 from .chain import ChainEntry, ChainResult, run_chain
 from .file import FileLoginModule
 from .jwt import JwtLoginModule
+from .ldap import LdapLoginModule
 
 __all__ = [
     "ChainEntry",
@@ -32,14 +33,9 @@ BUILT_IN: dict[str, Factory] = {
     "file": FileLoginModule,
     "jwt": JwtLoginModule,
     "certificate": CertificateLoginModule,
+    "ldap": LdapLoginModule,
 }
-NOT_YET = {
-    "ldap": "the ldap module",
-    "kerberos5": "Kerberos",
-    "gss": "Kerberos (gss)",
-    "jndi": "jndi",
-    "keystore": "keystore",
-}
+NOT_YET = ("kerberos5", "gss", "jndi", "keystore")
 
 
 def build_module(config: LoginModuleConfig, path: str, base_dir: Path) -> LoginModule:

@@ -1,0 +1,265 @@
+"""``ldap`` login module: search the user, bind as the user, roles from groups (ldap3).
+
+Kaazing's options are kept: ``userProvider`` (``ldap[s]://host:port/<base DN>``),
+``userFilter`` with ``{USERNAME}`` (escaped: no LDAP filter injection) and
+``authzIdentity`` (``{attribute}``: the user name the gateway uses). ldap3 is
+blocking, so each login runs in a worker thread; service connections for the
+searches are pooled. An unreachable or timing-out server is ``Unavailable`` (503),
+never access; an empty password is refused before any bind (no unauthenticated
+binds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import queue
+import re
+import ssl
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import ldap3
+from ldap3.core import exceptions as ldap_errors
+from ldap3.utils.conv import escape_filter_chars
+
+from ...config.values import parse_duration, parse_enabled
+from ...errors import ConfigError
+from ..challenges import CredentialsError
+from .base import Failed, LoginAttempt, Outcome, Succeeded, Unavailable
+
+_OUTAGE = (
+    ldap_errors.LDAPCommunicationError,
+    ldap_errors.LDAPSocketOpenError,
+    ldap_errors.LDAPStartTLSError,
+    ldap_errors.LDAPSessionTerminatedByServerError,
+    ldap_errors.LDAPResponseTimeoutError,
+    OSError,
+)
+_ATTRIBUTE_REF = re.compile(r"\{([A-Za-z][A-Za-z0-9-]*)\}")
+OPTIONS = (
+    "userProvider",
+    "userFilter",
+    "authzIdentity",
+    "bind-dn",
+    "bind-password-file",
+    "group-base",
+    "group-filter",
+    "group-attribute",
+    "starttls",
+    "ca-file",
+    "timeout",
+    "pool-size",
+)
+
+
+class LdapLoginModule:
+    def __init__(self, options: Mapping[str, str], path: str, base_dir: Path) -> None:
+        for name in options:
+            if name not in OPTIONS and not name.startswith("role."):
+                raise ConfigError(f"{path}/options/{name}", f"unknown option; valid: {', '.join(OPTIONS)}, role.NAME")
+        provider = options.get("userProvider")
+        if not provider:
+            raise ConfigError(
+                f"{path}/options/userProvider",
+                "is required, e.g. ldap://ldap.example.com:389/ou=people,dc=example,dc=com",
+            )
+        parts = urlsplit(provider)
+        if parts.scheme not in ("ldap", "ldaps") or not parts.hostname:
+            raise ConfigError(
+                f"{path}/options/userProvider", f"{provider!r} is not an ldap:// or ldaps:// URL with a host"
+            )
+        self.base = unquote(parts.path.lstrip("/"))
+        self.user_filter = options.get("userFilter", "(uid={USERNAME})")
+        if "{USERNAME}" not in self.user_filter:
+            raise ConfigError(f"{path}/options/userFilter", "must contain {USERNAME}, e.g. (uid={USERNAME})")
+        self.authz = options.get("authzIdentity")
+        self.group_base = options.get("group-base")
+        self.group_filter = options.get("group-filter", "(member={DN})")
+        self.group_attribute = options.get("group-attribute", "cn")
+        self.role_map = {name[5:]: value for name, value in options.items() if name.startswith("role.")}
+        self.starttls = parse_enabled(options.get("starttls", "false"))
+        self.timeout = parse_duration(options.get("timeout", "5s"))
+        self.receive_timeout = max(1, math.ceil(self.timeout))  # ldap3 packs it as whole seconds
+        self.bind_dn = options.get("bind-dn")
+        self.bind_password = None
+        if "bind-password-file" in options:
+            file = Path(options["bind-password-file"])
+            try:
+                self.bind_password = (file if file.is_absolute() else base_dir / file).read_text().rstrip("\r\n")
+            except OSError as exc:
+                raise ConfigError(f"{path}/options/bind-password-file", f"cannot read it: {exc.strerror}") from None
+        tls = None
+        if parts.scheme == "ldaps" or self.starttls:
+            ca = options.get("ca-file")
+            ca_path = str(Path(ca) if Path(ca).is_absolute() else base_dir / ca) if ca else None
+            tls = ldap3.Tls(validate=ssl.CERT_REQUIRED, ca_certs_file=ca_path)
+        self.server_args = {
+            "host": parts.hostname,
+            "port": parts.port,
+            "use_ssl": parts.scheme == "ldaps",
+            "tls": tls,
+            "get_info": ldap3.NONE,
+            "connect_timeout": self.timeout,
+        }
+        self.address = f"{parts.hostname}:{parts.port or (636 if parts.scheme == 'ldaps' else 389)}"
+        size = int(options.get("pool-size", "4"))
+        self.pool: queue.SimpleQueue[ldap3.Connection] = queue.SimpleQueue()
+        self.executor = ThreadPoolExecutor(max_workers=size, thread_name_prefix="wsgate-ldap")
+
+    async def login(self, attempt: LoginAttempt) -> Outcome:
+        try:
+            basic = attempt.credentials.basic()
+        except CredentialsError as exc:
+            return Failed(str(exc))
+        if basic is None:
+            return Failed("no user name and password presented")
+        user, password = basic
+        if not password:
+            return Failed("empty password refused (it would be an unauthenticated bind)")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, self._login, user, password, attempt.shared)
+
+    # -- blocking part, in a worker thread --------------------------------------------------------
+
+    def _login(self, user: str, password: str, shared: dict[str, str]) -> Outcome:
+        try:
+            found = self._search_user(user)
+            if isinstance(found, Failed):
+                return found
+            dn, attributes = found
+            if not self._bind_as(dn, password):
+                return Failed(f"LDAP bind refused for {user!r}")
+            roles = self._roles(dn)
+        except _OUTAGE as exc:
+            return Unavailable(f"LDAP {self.address} unreachable: {type(exc).__name__}")
+        except ldap_errors.LDAPException as exc:
+            return Unavailable(f"LDAP error: {type(exc).__name__}")
+        name = self._authz_name(user, attributes)
+        shared.setdefault("name", name)
+        return Succeeded(name, roles)
+
+    def _search_user(self, user: str) -> tuple[str, dict[str, list[str]]] | Failed:
+        search_filter = self.user_filter.replace("{USERNAME}", escape_filter_chars(user))
+        attributes = _ATTRIBUTE_REF.findall(self.authz or "")
+        entries = self._search(self.base, search_filter, attributes)
+        if len(entries) != 1:
+            return Failed(f"{len(entries)} LDAP entries match {user!r}")
+        return entries[0]
+
+    def _search(self, base: str, search_filter: str, attributes: list[str]) -> list[tuple[str, dict[str, list[str]]]]:
+        """Search on a pooled service connection; a pooled one that went stale is replaced once."""
+        try:
+            return self._search_once(self._service_connection(), base, search_filter, attributes)
+        except _OUTAGE:
+            return self._search_once(self._service_connection(fresh=True), base, search_filter, attributes)
+
+    def _search_once(
+        self, connection: ldap3.Connection, base: str, search_filter: str, attributes: list[str]
+    ) -> list[tuple[str, dict[str, list[str]]]]:
+        try:
+            if not connection.search(
+                base,
+                search_filter,
+                ldap3.SUBTREE,
+                attributes=attributes or ldap3.NO_ATTRIBUTES,
+                time_limit=int(self.timeout) or 1,
+            ) and connection.result.get("result") not in (0, 32):
+                raise ldap_errors.LDAPCommunicationError(connection.result.get("description", "search failed"))
+            found = [
+                (
+                    e["dn"],
+                    {k: [str(v) for v in (vs if isinstance(vs, list) else [vs])] for k, vs in e["attributes"].items()},
+                )
+                for e in connection.response or []
+                if e.get("type") == "searchResEntry"
+            ]
+        except BaseException:
+            _discard(connection)
+            raise
+        self.pool.put(connection)
+        return found
+
+    def _service_connection(self, fresh: bool = False) -> ldap3.Connection:
+        while not fresh:
+            try:
+                return self.pool.get_nowait()
+            except queue.Empty:
+                break
+        connection = ldap3.Connection(
+            self._server(),
+            self.bind_dn,
+            self.bind_password,
+            receive_timeout=self.receive_timeout,
+            raise_exceptions=False,
+        )
+        try:
+            self._open(connection)
+            if not connection.bind():
+                raise ldap_errors.LDAPBindError(f"service bind as {self.bind_dn!r} refused")
+        except BaseException:
+            _discard(connection)
+            raise
+        return connection
+
+    async def close(self) -> None:
+        """Unbind the pooled service connections (gateway shutdown)."""
+        while True:
+            try:
+                _discard(self.pool.get_nowait())
+            except queue.Empty:
+                break
+        self.executor.shutdown(wait=False)
+
+    def _server(self) -> ldap3.Server:
+        """A new Server each time: ldap3 remembers a failed address for minutes, we must not."""
+        return ldap3.Server(**self.server_args)
+
+    def _open(self, connection: ldap3.Connection) -> None:
+        connection.open()
+        if self.starttls and not connection.server.ssl and not connection.start_tls():
+            raise ldap_errors.LDAPStartTLSError("StartTLS refused")
+
+    def _bind_as(self, dn: str, password: str) -> bool:
+        connection = ldap3.Connection(
+            self._server(), dn, password, receive_timeout=self.receive_timeout, raise_exceptions=False
+        )
+        try:
+            self._open(connection)
+            return bool(connection.bind())
+        finally:
+            _discard(connection)
+
+    def _roles(self, dn: str) -> frozenset[str]:
+        if not self.group_base:
+            return frozenset()
+        group_filter = self.group_filter.replace("{DN}", escape_filter_chars(dn))
+        groups = self._search(self.group_base, group_filter, [self.group_attribute])
+        names = {v for _, attributes in groups for v in attributes.get(self.group_attribute, [])}
+        if self.role_map:
+            return frozenset(role for role, group in self.role_map.items() if group in names)
+        return frozenset(names)
+
+    def _authz_name(self, user: str, attributes: dict[str, list[str]]) -> str:
+        if not self.authz:
+            return user
+
+        def value(match: re.Match[str]) -> str:
+            values = attributes.get(match.group(1)) or [""]
+            return values[0]
+
+        return _ATTRIBUTE_REF.sub(value, self.authz) or user
+
+
+def _discard(connection: ldap3.Connection) -> None:
+    """Unbind and close, ignoring errors: the connection may be broken or never opened
+    (ldap3 keeps the socket of a failed connect on the connection without closing it)."""
+    try:
+        connection.unbind()
+    except (ldap_errors.LDAPException, OSError):
+        pass
+    finally:
+        if connection.socket is not None:
+            connection.socket.close()
