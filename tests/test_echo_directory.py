@@ -327,3 +327,59 @@ async def test_malformed_upgrades_get_a_clear_status_and_the_gateway_keeps_servi
     async with http.ws_connect(f"ws://127.0.0.1:{port}/echo") as ws:
         await ws.send_str("still serving")
         assert (await ws.receive()).data == "still serving"
+
+
+CORS_SITE = """
+service:
+  - name: site
+    accept: http://127.0.0.1:0/
+    type: directory
+    properties:
+      directory: /site
+      welcome-file: index.html
+    cross-site-constraint:
+      allow-origin: http://app.example:8080
+      allow-methods: GET
+      allow-headers: X-Custom
+      maximum-age: 60
+"""
+
+
+@pytest.mark.parametrize(
+    ("origin", "method", "headers", "status"),
+    [
+        ("http://app.example:8080", "GET", "X-Custom", 204),
+        ("http://app.example:8080", "GET", None, 204),
+        ("http://evil.example", "GET", None, 403),
+        ("http://app.example:8080", "DELETE", None, 403),
+        ("http://app.example:8080", "GET", "Authorization", 403),
+        (None, "GET", None, 403),
+    ],
+    ids=["allowed", "no-headers", "other-origin", "method-not-listed", "header-not-listed", "no-origin"],
+)
+async def test_cors_preflight_follows_the_cross_site_constraint(start_gateway, http, site, origin, method, headers, status):
+    gw = await start_gateway(CORS_SITE)
+    request_headers = {"Access-Control-Request-Method": method}
+    if origin:
+        request_headers["Origin"] = origin
+    if headers:
+        request_headers["Access-Control-Request-Headers"] = headers
+    async with http.options(f"http://127.0.0.1:{gw.port_of('site')}/", headers=request_headers) as response:
+        assert response.status == status
+        if status == 204:
+            assert response.headers["Access-Control-Allow-Origin"] == origin
+            assert response.headers["Access-Control-Allow-Credentials"] == "true"
+            assert response.headers["Access-Control-Allow-Methods"] == "GET"
+            assert response.headers["Access-Control-Max-Age"] == "60"
+        else:
+            assert "Access-Control-Allow-Origin" not in response.headers
+
+
+async def test_cross_origin_reads_are_granted_only_to_listed_origins(start_gateway, http, site):
+    gw = await start_gateway(CORS_SITE)
+    base = f"http://127.0.0.1:{gw.port_of('site')}/"
+    async with http.get(base, headers={"Origin": "http://app.example:8080"}) as response:
+        assert response.headers["Access-Control-Allow-Origin"] == "http://app.example:8080"
+        assert response.headers["Vary"] == "Origin"
+    async with http.get(base, headers={"Origin": "http://evil.example"}) as response:
+        assert response.status == 200 and "Access-Control-Allow-Origin" not in response.headers

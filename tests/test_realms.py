@@ -779,3 +779,67 @@ async def test_a_session_past_its_authorization_timeout_opens_nothing_until_rene
             assert response.status == 200
         ws = await browser.ws_connect(url(gw, "files").replace("http", "ws"))
         await ws.close()
+
+
+async def test_cross_origin_app_signs_in_after_a_preflight(start_gateway, users, backend):
+    server, _, _ = backend
+    config = SESSION_CONFIG.format(port=port_of(server), authorization_timeout="1 hour").replace(
+        "    realm-name: staff\n    authorization-constraint:\n      require-role: AUTHORIZED\n",
+        "    realm-name: staff\n    authorization-constraint:\n      require-role: AUTHORIZED\n"
+        "    cross-site-constraint:\n      allow-origin: https://app.example\n      allow-methods: GET,POST,DELETE\n"
+        "      allow-headers: Authorization\n", 1,
+    )
+    gw = await start_gateway(config)
+    login = url(gw, "files", "/.wsgate/session")
+    async with aiohttp.ClientSession() as http:
+        preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST",
+                     "Access-Control-Request-Headers": "authorization"}
+        async with http.options(login, headers=preflight) as response:  # no credentials on a preflight
+            assert response.status == 204
+            assert response.headers["Access-Control-Allow-Headers"] == "authorization"
+        async with http.post(login, headers={**basic("joe", "welcome"), "Origin": "https://app.example"}) as response:
+            assert response.status == 200
+            assert response.headers["Access-Control-Allow-Origin"] == "https://app.example"
+            assert "wsgate_staff" in response.cookies
+        async with http.options(login, headers={**preflight, "Origin": "https://evil.example"}) as response:
+            assert response.status == 403
+
+
+async def test_session_timeout_and_refresh_apply_to_broadcast_clients_too(start_gateway, http, users):
+    gw = await start_gateway("""
+service:
+  - name: feed
+    accept: ws://127.0.0.1:0/feed
+    type: broadcast
+    properties:
+      accept: tcp://127.0.0.1:0
+    realm-name: staff
+    authorization-constraint:
+      require-role: AUTHORIZED
+security:
+  realm:
+    name: staff
+    authentication:
+      http-challenge-scheme: Basic
+      authorization-timeout: 1s
+      login-modules:
+        login-module:
+          type: file
+          options:
+            file: jaas-config.xml
+""")
+    assert (await refused(http, gw, "feed")).status == 401
+    ws = await http.ws_connect(f"ws://127.0.0.1:{gw.port_of('feed')}/feed", headers=basic("joe", "welcome"))
+    kept = await http.ws_connect(f"ws://127.0.0.1:{gw.port_of('feed')}/feed", headers=basic("bob", "hunter2"))
+    await asyncio.sleep(0.6)
+    refresh = f"http://127.0.0.1:{gw.port_of('feed')}" + kept._response.headers["Wsgate-Refresh"]
+    async with http.post(refresh, headers=basic("bob", "hunter2")) as response:
+        assert response.status == 200
+    msg = await asyncio.wait_for(ws.receive(), 3)
+    assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == 1008 and msg.extra == "authorization expired"
+    _, writer = await asyncio.open_connection("127.0.0.1", gw.services["feed"].feed_port)
+    writer.write(b"tick")
+    await writer.drain()
+    assert (await asyncio.wait_for(kept.receive(), 2)).data == b"tick"  # the refreshed one still gets the feed
+    writer.close()
+    await kept.close()

@@ -35,3 +35,50 @@ def origin_allowed(origin: str | None, own_origin: str, constraints: tuple[Cross
     if normalized == normalize_origin(own_origin):
         return True
     return any(c.allow_origin in ("*", normalized) for c in constraints)
+
+
+DEFAULT_METHODS = ("GET", "HEAD", "POST")
+
+
+def _allowed_constraint(origin: str, constraints: tuple[CrossSiteConstraint, ...]) -> CrossSiteConstraint | None:
+    normalized = normalize_origin(origin)
+    for constraint in constraints:
+        if constraint.allow_origin == "*" or normalized is not None and constraint.allow_origin == normalized:
+            return constraint
+    return None
+
+
+def cors_headers(origin: str | None, own_origin: str, constraints: tuple[CrossSiteConstraint, ...]) -> dict[str, str]:
+    """Headers that let a listed cross-origin page read a response (with its cookies); none otherwise."""
+    if origin is None or normalize_origin(origin) == normalize_origin(own_origin):
+        return {}
+    if _allowed_constraint(origin, constraints) is None:
+        return {}
+    return {"Access-Control-Allow-Origin": origin, "Access-Control-Allow-Credentials": "true", "Vary": "Origin"}
+
+
+def preflight(
+    origin: str | None,
+    method: str | None,
+    request_headers: str | None,
+    own_origin: str,
+    constraints: tuple[CrossSiteConstraint, ...],
+) -> tuple[int, dict[str, str]]:
+    """Answer a CORS preflight: 204 with the grant, or 403 when the origin, method or a header is not listed."""
+    constraint = _allowed_constraint(origin, constraints) if origin else None
+    if origin is None or method is None or constraint is None:
+        return 403, {}
+    methods = tuple(m.upper() for m in constraint.allow_methods) or DEFAULT_METHODS
+    allowed_headers = {h.lower() for h in constraint.allow_headers}
+    asked = [h.strip().lower() for h in (request_headers or "").split(",") if h.strip()]
+    if method.upper() not in methods or any(h not in allowed_headers for h in asked):
+        return 403, {}
+    headers = {
+        **cors_headers(origin, own_origin, constraints),
+        "Access-Control-Allow-Methods": ", ".join(methods),
+    }
+    if asked:
+        headers["Access-Control-Allow-Headers"] = ", ".join(asked)
+    if constraint.maximum_age is not None:
+        headers["Access-Control-Max-Age"] = str(int(constraint.maximum_age))
+    return 204, headers

@@ -179,9 +179,14 @@ class RealmGuard:
         self.paths = tuple(u.path.rstrip("/") for u in service.config.accepts)
 
     async def handle(self, request: web.BaseRequest, peer: PeerIdentity | None) -> web.StreamResponse:
+        answer = self.service.preflight(request)  # preflights carry no credentials: answer before the realm
+        if answer is not None:
+            return answer
         control = self.control_path(request.path)
         if control is not None:
-            return await self.control(request, peer, control)
+            response = await self.control(request, peer, control)
+            response.headers.update(self.service.cors(request))
+            return response
         admitted = await self.admit(request, peer)
         if isinstance(admitted, web.StreamResponse):
             return admitted
@@ -219,8 +224,9 @@ class RealmGuard:
     # -- control resources -------------------------------------------------------------------
 
     async def control(self, request: web.BaseRequest, peer: PeerIdentity | None, what: str) -> web.StreamResponse:
-        own = f"{'https' if request.secure else 'http'}://{request.host}"
-        if not origin_allowed(request.headers.get("Origin"), own, self.service.config.cross_site_constraints):
+        if not origin_allowed(
+            request.headers.get("Origin"), self.service.own_origin(request), self.service.config.cross_site_constraints
+        ):
             return web.Response(status=403, text="Forbidden\n")
         if what == "session" and self.realm.recycle:
             handlers = {"POST": self.login, "GET": self.whoami, "DELETE": self.logout}

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from ..config.model import Realm, Service
 from ..security.keystore import KeyMaterial
-from ..security.origin import origin_allowed
+from ..security.origin import cors_headers, origin_allowed, preflight
 from ..security.realms import IDENTITY_KEY, connection_deadline
 from ..transport.websocket import CloseCode, Connection, accept_websocket
 
@@ -63,6 +63,25 @@ class ServiceHandler:
         """wss/https accepts with ``ssl.encryption disabled``: browsers still see an https origin."""
         return not self.config.accept_options.tls.encryption and any(u.secure for u in self.config.accepts)
 
+    def own_origin(self, request: web.BaseRequest) -> str:
+        return f"{'https' if request.secure or self.offloaded_tls else 'http'}://{request.host}"
+
+    def preflight(self, request: web.BaseRequest) -> web.Response | None:
+        """A CORS preflight (OPTIONS with Access-Control-Request-Method) answered by the cross-site constraints."""
+        if request.method != "OPTIONS" or "Access-Control-Request-Method" not in request.headers:
+            return None
+        status, headers = preflight(
+            request.headers.get("Origin"),
+            request.headers.get("Access-Control-Request-Method"),
+            request.headers.get("Access-Control-Request-Headers"),
+            self.own_origin(request),
+            self.config.cross_site_constraints,
+        )
+        return web.Response(status=status, headers=headers)
+
+    def cors(self, request: web.BaseRequest) -> dict[str, str]:
+        return cors_headers(request.headers.get("Origin"), self.own_origin(request), self.config.cross_site_constraints)
+
 
 class WebSocketService(ServiceHandler):
     """A service whose clients speak WebSocket; subclasses implement ``serve``."""
@@ -78,8 +97,9 @@ class WebSocketService(ServiceHandler):
             )
         if self.runtime.closing:
             return web.Response(status=503, text="Gateway is shutting down.\n")
-        own_origin = f"{'https' if request.secure or self.offloaded_tls else 'http'}://{request.host}"
-        if not origin_allowed(request.headers.get("Origin"), own_origin, self.config.cross_site_constraints):
+        if not origin_allowed(
+            request.headers.get("Origin"), self.own_origin(request), self.config.cross_site_constraints
+        ):
             log.warning(
                 "service[%s]: refused cross-origin upgrade from %s (Origin %.100r)",
                 self.name,

@@ -60,6 +60,14 @@ class DirectoryService(ServiceHandler):
             self.error_pages = (web_root / errors.lstrip("/")).resolve()
 
     async def handle(self, request: web.BaseRequest, peer: PeerIdentity | None) -> web.StreamResponse:
+        answer = self.preflight(request)
+        if answer is not None:
+            return answer
+        response = await self.serve_file(request)
+        response.headers.update(self.cors(request))
+        return response
+
+    async def serve_file(self, request: web.BaseRequest) -> web.StreamResponse:
         if request.method not in ("GET", "HEAD"):
             return web.Response(status=405, headers={"Allow": "GET, HEAD", **SECURITY_HEADERS})
         relative = request.path[len(self.prefix) :]
