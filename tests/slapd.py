@@ -127,19 +127,28 @@ class Slapd:
     def setup(self) -> None:
         (self.folder / "slapd.d").mkdir(parents=True)
         (self.folder / "data").mkdir()
-        config = CONFIG.format(dir=self.folder, cert=self.cert, key=self.key, suffix=SUFFIX, admin=ADMIN_DN, password=ADMIN_PW)
+        config = CONFIG.format(
+            dir=self.folder, cert=self.cert, key=self.key, suffix=SUFFIX, admin=ADMIN_DN, password=ADMIN_PW
+        )
         (self.folder / "config.ldif").write_text(config)
-        subprocess.run([SLAPADD, "-n0", "-F", str(self.folder / "slapd.d"), "-l", str(self.folder / "config.ldif")],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [SLAPADD, "-n0", "-F", str(self.folder / "slapd.d"), "-l", str(self.folder / "config.ldif")],
+            check=True,
+            capture_output=True,
+        )
         (self.folder / "data.ldif").write_text(DATA.format(suffix=SUFFIX))
-        subprocess.run([SLAPADD, "-n1", "-F", str(self.folder / "slapd.d"), "-l", str(self.folder / "data.ldif")],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [SLAPADD, "-n1", "-F", str(self.folder / "slapd.d"), "-l", str(self.folder / "data.ldif")],
+            check=True,
+            capture_output=True,
+        )
 
     def start(self) -> None:
         self.port = self.port or free_port()
         self.process = subprocess.Popen(
             [SLAPD, "-d", "0", "-F", str(self.folder / "slapd.d"), "-h", self.url + "/"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

@@ -357,7 +357,9 @@ service:
     ],
     ids=["allowed", "no-headers", "other-origin", "method-not-listed", "header-not-listed", "no-origin"],
 )
-async def test_cors_preflight_follows_the_cross_site_constraint(start_gateway, http, site, origin, method, headers, status):
+async def test_cors_preflight_follows_the_cross_site_constraint(
+    start_gateway, http, site, origin, method, headers, status
+):
     gw = await start_gateway(CORS_SITE)
     request_headers = {"Access-Control-Request-Method": method}
     if origin:

@@ -13,7 +13,9 @@ import pytest
 from .slapd import ADMIN_DN, ADMIN_PW, SUFFIX, Slapd
 
 pytestmark = pytest.mark.skipif(
-    shutil.which("slapd") is None and not __import__("os").path.exists("/usr/sbin/slapd") and not __import__("os").environ.get("CI"),
+    shutil.which("slapd") is None
+    and not __import__("os").path.exists("/usr/sbin/slapd")
+    and not __import__("os").environ.get("CI"),
     reason="slapd not installed (make test installs it)",
 )
 
@@ -114,16 +116,26 @@ async def test_groups_become_roles(directory, http):
         ("alice\\2a", "alicepw"),
         ("admin,dc=example,dc=test", ADMIN_PW),
     ],
-    ids=["wrong-password", "unknown-user", "empty-password", "star", "filter-break", "or-injection", "wildcard",
-         "escaped-star", "dn-as-user"],
+    ids=[
+        "wrong-password",
+        "unknown-user",
+        "empty-password",
+        "star",
+        "filter-break",
+        "or-injection",
+        "wildcard",
+        "escaped-star",
+        "dn-as-user",
+    ],
 )
-async def test_ldap_failures_and_injection_attempts_are_401(directory, http, user, password):
+async def test_ldap_failures_and_injection_attempts_are_403(directory, http, user, password):
     gw = await directory()
-    assert await status_of(http, gw, "users", basic(user, password)) == 401
+    assert await status_of(http, gw, "users", basic(user, password)) == 403
+    assert await status_of(http, gw, "users") == 401  # nothing presented: challenged
 
 
 async def test_authz_identity_names_the_user(directory, http, caplog):
-    gw = await directory("            authzIdentity: \"{mail}\"")
+    gw = await directory('            authzIdentity: "{mail}"')
     with caplog.at_level(logging.INFO, logger="wsgate.audit"):
         assert await status_of(http, gw, "users", basic("alice", "alicepw")) == 101
     assert "user 'alice@example.test' authenticated" in caplog.text
@@ -133,9 +145,13 @@ async def test_starttls_verified_against_the_ca(start_gateway, slapd, tmp_path, 
     (tmp_path / "ldap-admin.pw").write_text(ADMIN_PW)
     ca.cert_pem.write_to_path(str(tmp_path / "ldap-ca.pem"))
     other_ca.cert_pem.write_to_path(str(tmp_path / "other-ca.pem"))
-    gw = await start_gateway(ldap_config(slapd, "            starttls: true\n            ca-file: ldap-ca.pem"), name="tls.yaml")
+    gw = await start_gateway(
+        ldap_config(slapd, "            starttls: true\n            ca-file: ldap-ca.pem"), name="tls.yaml"
+    )
     assert await status_of(http, gw, "users", basic("bob", "bobpw")) == 101
-    gw = await start_gateway(ldap_config(slapd, "            starttls: true\n            ca-file: other-ca.pem"), name="bad.yaml")
+    gw = await start_gateway(
+        ldap_config(slapd, "            starttls: true\n            ca-file: other-ca.pem"), name="bad.yaml"
+    )
     assert await status_of(http, gw, "users", basic("bob", "bobpw")) == 503  # cannot verify: never access
 
 

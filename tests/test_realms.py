@@ -199,28 +199,31 @@ async def echo_through(http, gw, service: str, **kwargs) -> aiohttp.ClientWebSoc
 
 # -- Basic / file module ---------------------------------------------------------------------
 
+# Kaazing's rules (reference §3.2): no answer to the challenge → 401 and the challenge again;
+# an answer that fails → 403. Within each class every failure looks exactly the same.
 BASIC_FAILURES = {
-    "missing": None,
-    "wrong-password": basic("joe", "WELCOME"),
-    "unknown-user": basic("mallory", "welcome"),
-    "empty-password": basic("joe", ""),
-    "garbled-base64": {"Authorization": "Basic !!!not-base64!!!"},
-    "no-colon": {"Authorization": "Basic " + base64.b64encode(b"joewelcome").decode()},
-    "empty-user": basic("", "welcome"),
-    "wrong-scheme": {"Authorization": "Bearer abc.def.ghi"},
-    "bare-scheme": {"Authorization": "Basic"},
-    "ldap-injection-user": basic("*)(uid=*))(|(uid=*", "x"),
-    "sql-injection-user": basic("joe' OR '1'='1", "x"),
-    "nul-byte-user": basic("joe\x00admin", "welcome"),
-    "huge-header": {"Authorization": "Basic " + "A" * 6000},
-    "latin1-password": {"Authorization": "Basic " + base64.b64encode("joe:wélcome".encode("latin-1")).decode()},
-    "duplicate-header": "duplicate",
+    "missing": (None, 401),
+    "wrong-scheme": ({"Authorization": "Bearer abc.def.ghi"}, 401),
+    "bare-scheme": ({"Authorization": "Basic"}, 401),
+    "wrong-password": (basic("joe", "WELCOME"), 403),
+    "unknown-user": (basic("mallory", "welcome"), 403),
+    "empty-password": (basic("joe", ""), 403),
+    "garbled-base64": ({"Authorization": "Basic !!!not-base64!!!"}, 403),
+    "no-colon": ({"Authorization": "Basic " + base64.b64encode(b"joewelcome").decode()}, 403),
+    "empty-user": (basic("", "welcome"), 403),
+    "ldap-injection-user": (basic("*)(uid=*))(|(uid=*", "x"), 403),
+    "sql-injection-user": (basic("joe' OR '1'='1", "x"), 403),
+    "nul-byte-user": (basic("joe\x00admin", "welcome"), 403),
+    "huge-header": ({"Authorization": "Basic " + "A" * 6000}, 403),
+    "latin1-password": ({"Authorization": "Basic " + base64.b64encode("joe:wélcome".encode("latin-1")).decode()}, 403),
+    "duplicate-header": ("duplicate", 403),
+    "application-basic-wrong-password": (basic("joe", "nope", "Application Basic"), 403),
 }
 
 
 @pytest.mark.parametrize("case", list(BASIC_FAILURES), ids=list(BASIC_FAILURES))
-async def test_basic_failures_all_look_the_same(gw, http, backend, case):
-    headers = BASIC_FAILURES[case]
+async def test_basic_failures_look_the_same_within_their_status(gw, http, backend, case):
+    headers, status = BASIC_FAILURES[case]
     if headers == "duplicate":
         from multidict import CIMultiDict
 
@@ -231,8 +234,11 @@ async def test_basic_failures_all_look_the_same(gw, http, backend, case):
             ]
         )
     error = await refused(http, gw, "files", headers=headers)
-    assert error.status == 401
-    assert error.headers["WWW-Authenticate"] == 'Application Basic realm="Files Realm"'
+    assert error.status == status
+    if status == 401:
+        assert error.headers["WWW-Authenticate"] == 'Application Basic realm="Files Realm"'
+    else:
+        assert "WWW-Authenticate" not in error.headers
     assert backend[2] == [] and backend[1] == []  # the back end never saw a connection or a byte
 
 
@@ -360,13 +366,21 @@ FORGED = [
 
 
 @pytest.mark.parametrize("case", FORGED)
-async def test_bad_tokens_are_401_with_the_token_challenge(gw, http, issuer, backend, case):
+async def test_bad_tokens_are_refused_and_never_reach_the_back_end(gw, http, issuer, backend, case):
     token = forged_tokens(issuer)[case]
     headers = {"Authorization": f"Bearer {token}"} if token else {"Authorization": "Bearer"}
     error = await refused(http, gw, "tokens", headers=headers)
-    assert error.status == 401
-    assert error.headers["WWW-Authenticate"] == "Application Token"
+    if token:  # a token was presented and failed: 403, with no hint why
+        assert error.status == 403 and "WWW-Authenticate" not in error.headers
+    else:  # nothing presented: challenged
+        assert error.status == 401 and error.headers["WWW-Authenticate"] == "Application Token"
     assert backend[2] == [] and backend[1] == []
+
+
+async def test_token_realm_challenges_when_no_token_is_presented(gw, http):
+    for headers in ({}, basic("joe", "welcome")):  # Basic is the wrong base scheme for a token realm
+        error = await refused(http, gw, "tokens", headers=headers)
+        assert error.status == 401 and error.headers["WWW-Authenticate"] == "Application Token"
 
 
 async def test_token_without_the_role_is_403(gw, http, issuer):
@@ -390,13 +404,13 @@ async def test_kid_rotation_refetches_the_jwks_once(gw, http, issuer):
     # Unknown kids do not make the gateway hammer the issuer.
     for _ in range(5):
         error = await refused(http, gw, "tokens", headers={"Authorization": f"Bearer {issuer.token('rsa2')[:-4]}AAAA"})
-        assert error.status == 401
+        assert error.status == 403
     stranger = issuer.token("ec1").replace(
         issuer.token("ec1").split(".")[0],
         base64.urlsafe_b64encode(b'{"alg":"ES256","kid":"nope"}').rstrip(b"=").decode(),
     )
     for _ in range(5):
-        assert (await refused(http, gw, "tokens", headers={"Authorization": f"Bearer {stranger}"})).status == 401
+        assert (await refused(http, gw, "tokens", headers={"Authorization": f"Bearer {stranger}"})).status == 403
     assert issuer.fetches <= 3
 
 
@@ -668,6 +682,8 @@ async def test_session_cookie_gives_single_sign_on_across_the_realm(staff, http)
 async def test_session_login_failures_and_forged_cookies(staff, http):
     gw = await staff()
     async with http.post(url(gw, "files", "/.wsgate/session"), headers=basic("ann", "wrong")) as response:
+        assert response.status == 403 and "Set-Cookie" not in response.headers
+    async with http.post(url(gw, "files", "/.wsgate/session")) as response:
         assert response.status == 401 and "Set-Cookie" not in response.headers
         assert response.headers["WWW-Authenticate"] == 'Application Basic realm="Staff"'
     forged = {"Cookie": "wsgate_staff=" + "A" * 43}
@@ -737,7 +753,7 @@ async def test_refresh_needs_the_same_users_fresh_credentials(staff, http):
     async with http.post(base + refresh, headers=basic("ann", "s3cret")) as response:
         assert response.status == 403  # another user cannot take the connection over
     async with http.post(base + refresh, headers=basic("joe", "nope")) as response:
-        assert response.status == 401
+        assert response.status == 403
     async with http.post(base + refresh) as response:
         assert response.status == 401
     async with http.post(base + "/files/.wsgate/refresh/not-a-connection", headers=basic("joe", "welcome")) as response:
@@ -787,13 +803,17 @@ async def test_cross_origin_app_signs_in_after_a_preflight(start_gateway, users,
         "    realm-name: staff\n    authorization-constraint:\n      require-role: AUTHORIZED\n",
         "    realm-name: staff\n    authorization-constraint:\n      require-role: AUTHORIZED\n"
         "    cross-site-constraint:\n      allow-origin: https://app.example\n      allow-methods: GET,POST,DELETE\n"
-        "      allow-headers: Authorization\n", 1,
+        "      allow-headers: Authorization\n",
+        1,
     )
     gw = await start_gateway(config)
     login = url(gw, "files", "/.wsgate/session")
     async with aiohttp.ClientSession() as http:
-        preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST",
-                     "Access-Control-Request-Headers": "authorization"}
+        preflight = {
+            "Origin": "https://app.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization",
+        }
         async with http.options(login, headers=preflight) as response:  # no credentials on a preflight
             assert response.status == 204
             assert response.headers["Access-Control-Allow-Headers"] == "authorization"
@@ -843,3 +863,49 @@ security:
     assert (await asyncio.wait_for(kept.receive(), 2)).data == b"tick"  # the refreshed one still gets the feed
     writer.close()
     await kept.close()
+
+
+CHALLENGING_MODULE = '''
+from wsgate.security.login import Challenged, Failed, Succeeded
+
+
+class TwoRounds:
+    """Accepts only the token it handed out in a first 401 (as a Negotiate exchange would)."""
+
+    def __init__(self, options):
+        pass
+
+    async def login(self, attempt):
+        if attempt.credentials.bearer() == "round-2":
+            return Succeeded("carol", frozenset({"R"}))
+        if attempt.credentials.bearer():
+            return Failed("wrong continuation")
+        return Challenged("first round", "next=round-2")
+'''
+
+
+async def test_a_module_challenge_puts_its_data_in_the_401(start_gateway, http, tmp_path, monkeypatch):
+    (tmp_path / "two_rounds.py").write_text(CHALLENGING_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    gw = await start_gateway("""
+        service:
+          - name: s
+            accept: ws://127.0.0.1:0/s
+            type: echo
+            realm-name: r
+            authorization-constraint:
+              require-role: R
+        security:
+          realm:
+            name: r
+            authentication:
+              http-challenge-scheme: Application Token
+              login-modules:
+                login-module:
+                  type: class:two_rounds.TwoRounds
+    """)
+    error = await refused(http, gw, "s")
+    assert error.status == 401 and error.headers["WWW-Authenticate"] == "Application Token next=round-2"
+    assert (await refused(http, gw, "s", headers={"Authorization": "Bearer guess"})).status == 403
+    ws = await http.ws_connect(f"ws://127.0.0.1:{gw.port_of('s')}/s", headers={"Authorization": "Bearer round-2"})
+    await ws.close()

@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from ..config.model import AuthorizationConstraint, Realm
-from .challenges import CredentialsError, challenge_header, gather_credentials, offered_subprotocols
-from .login import ChainEntry, Failed, LoginAttempt, Succeeded, Unavailable, build_module, run_chain
+from .challenges import Credentials, CredentialsError, challenge_header, gather_credentials, offered_subprotocols
+from .login import ChainEntry, Challenged, Failed, LoginAttempt, Succeeded, Unavailable, build_module, run_chain
 from .origin import origin_allowed
 from .sessions import DEFAULT_SESSION_TTL, SessionStore, cookie_name
 
@@ -60,6 +60,16 @@ class Identity:
 
 
 IDENTITY_KEY = web.RequestKey("wsgate.identity", Identity)
+Trail = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class Refused:
+    """Why and how a request is refused; ``reason`` goes to the audit log only."""
+
+    status: int  # 401 (challenge), 403, 503
+    reason: str
+    data: str | None = None  # a module's challenge data for the 401
 
 
 class RealmRuntime:
@@ -80,7 +90,7 @@ class RealmRuntime:
 
     async def authenticate(
         self, request: web.BaseRequest, peer: PeerIdentity | None, allow_session: bool = True
-    ) -> Identity | Failed | Unavailable:
+    ) -> Identity | Refused:
         if allow_session and self.recycle and (token := request.cookies.get(self.cookie)):
             identity = self.session_identity(token)
             if identity is not None:
@@ -97,15 +107,38 @@ class RealmRuntime:
                 offered_subprotocols(request.headers.get("Sec-WebSocket-Protocol")),
             )
         except CredentialsError as exc:
-            return Failed(str(exc))
+            return Refused(403, str(exc))  # garbled or ambiguous credentials were presented
         result = await run_chain(self.chain, LoginAttempt(credentials, request.remote or "?", peer))
-        trail = ", ".join(f"{name}: {what}" for name, what in result.trail)
         outcome = result.outcome
         if not isinstance(outcome, Succeeded):
-            return type(outcome)(f"{outcome.reason} ({trail})")
+            return self.refusal(outcome, self.presented(credentials), result.trail)
         token = credentials.bearer()
         digest = hashlib.sha256(token.encode()).hexdigest() if token else None
         return Identity(self.config.name, outcome.user, outcome.principals, outcome.expires_at, digest, time.time())
+
+    def presented(self, credentials: Credentials) -> bool:
+        """Did the client answer the challenge (Kaazing §3.2)? A wrong base scheme or an empty
+        ``Authorization: Basic`` is no answer: it is challenged again."""
+        if credentials.tokens:
+            return True
+        if credentials.scheme is None or not credentials.parameter:
+            return False
+        base = (self.scheme or "").removeprefix("Application ").lower()
+        if base in ("basic", "negotiate"):
+            return credentials.scheme == base
+        return credentials.scheme not in ("basic", "negotiate")  # a token realm: Bearer, Token, ...
+
+    def refusal(self, outcome: Failed | Unavailable | Challenged, presented: bool, trail: Trail) -> Refused:
+        """Kaazing's rules: nothing presented → 401 challenge; presented but refused → 403; a module
+        asking for another round → 401 with its data; a module that could not decide → 503."""
+        reason = f"{outcome.reason} ({', '.join(f'{name}: {what}' for name, what in trail)})"
+        if isinstance(outcome, Unavailable):
+            return Refused(503, reason)
+        if self.scheme is None:
+            return Refused(403, reason)
+        if isinstance(outcome, Challenged):
+            return Refused(401, reason, outcome.data)
+        return Refused(403 if presented else 401, reason)
 
     async def close(self) -> None:
         """Release what modules hold (LDAP connection pools)."""
@@ -114,12 +147,11 @@ class RealmRuntime:
             if close is not None:
                 await close()
 
-    def challenge(self, plain_http: bool) -> dict[str, str]:
+    def challenge(self, plain_http: bool, data: str | None = None) -> dict[str, str]:
         if self.scheme is None:
             return {}
-        return {
-            "WWW-Authenticate": challenge_header(self.scheme, self.config.description or self.config.name, plain_http)
-        }
+        value = challenge_header(self.scheme, self.config.description or self.config.name, plain_http)
+        return {"WWW-Authenticate": f"{value} {data}" if data else value}
 
     def session_expiry(self, identity: Identity) -> float:
         """A session lasts ``session-timeout`` (1 hour if unset), never past the credentials' own expiry.
@@ -204,15 +236,8 @@ class RealmGuard:
     ) -> Identity | web.Response:
         outcome = await self.realm.authenticate(request, peer, allow_session)
         where = f"service[{self.name}] realm[{self.realm.config.name}] from {request.remote}"
-        if isinstance(outcome, Unavailable):
-            audit.warning("%s: unavailable: %s", where, outcome.reason)
-            return web.Response(status=503, text="Service Unavailable\n", headers={"Retry-After": "5"})
-        if isinstance(outcome, Failed):
-            audit.info("%s: denied: %s", where, outcome.reason)
-            challenge = self.realm.challenge(self.plain_http)
-            if not challenge:
-                return web.Response(status=403, text="Forbidden\n")
-            return web.Response(status=401, text="Unauthorized\n", headers=challenge)
+        if isinstance(outcome, Refused):
+            return self.refuse(outcome, where)
         roles = ", ".join(sorted(outcome.roles)) or "none"
         if not authorized(outcome.roles, self.service.config.authorization_constraints):
             audit.info("%s: user %r lacks roles (has %s)", where, outcome.user, roles)
@@ -220,6 +245,17 @@ class RealmGuard:
         via = "session" if outcome.session and allow_session else "credentials"
         audit.info("%s: user %r authenticated by %s, roles %s", where, outcome.user, via, roles)
         return outcome
+
+    def refuse(self, refused: Refused, where: str) -> web.Response:
+        if refused.status == 503:
+            audit.warning("%s: unavailable: %s", where, refused.reason)
+            return web.Response(status=503, text="Service Unavailable\n", headers={"Retry-After": "5"})
+        audit.info("%s: denied (%d): %s", where, refused.status, refused.reason)
+        if refused.status == 401:
+            return web.Response(
+                status=401, text="Unauthorized\n", headers=self.realm.challenge(self.plain_http, refused.data)
+            )
+        return web.Response(status=403, text="Forbidden\n")
 
     # -- control resources -------------------------------------------------------------------
 

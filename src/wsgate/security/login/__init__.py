@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ...config.model import LoginModule as LoginModuleConfig
 from ...errors import ConfigError
-from .base import Failed, LoginAttempt, LoginModule, Outcome, Succeeded, Unavailable
+from .base import Challenged, Failed, LoginAttempt, LoginModule, Outcome, Succeeded, Unavailable
 from .certificate import CertificateLoginModule
 from .chain import ChainEntry, ChainResult, run_chain
 from .file import FileLoginModule
@@ -17,6 +17,7 @@ from .ldap import LdapLoginModule
 
 __all__ = [
     "ChainEntry",
+    "Challenged",
     "ChainResult",
     "Failed",
     "LoginAttempt",

@@ -3,6 +3,7 @@
 A module is a small object with ``async login(attempt) -> Outcome``. It never
 raises for a bad password: it answers ``Failed``. ``Unavailable`` means it could
 not decide (LDAP down, JWKS unreachable): the realm then answers 503, never access.
+``Challenged`` asks the client for another round (data for the 401's challenge).
 """
 
 from __future__ import annotations
@@ -50,7 +51,15 @@ class Unavailable:
     reason: str
 
 
-Outcome = Succeeded | Failed | Unavailable
+@dataclass(frozen=True)
+class Challenged:
+    """Not yet: the client must answer ``data`` (e.g. a Negotiate continuation token), sent in the 401."""
+
+    reason: str
+    data: str
+
+
+Outcome = Succeeded | Failed | Unavailable | Challenged
 
 
 @runtime_checkable

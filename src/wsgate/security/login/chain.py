@@ -14,7 +14,8 @@ The chain succeeds when every required and requisite module succeeded; a chain
 with none of them needs at least one sufficient or optional success. Principals
 come from every module that succeeded. If the chain fails and any module was
 ``Unavailable``, the outcome is ``Unavailable`` (503), so an outage never reads as
-"wrong password" and never as access.
+"wrong password" and never as access; otherwise the first ``Challenged`` answer
+(another round for the client) wins over a plain failure.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .base import Failed, LoginAttempt, LoginModule, Outcome, Succeeded, Unavailable
+from .base import Challenged, Failed, LoginAttempt, LoginModule, Outcome, Succeeded, Unavailable
 
 STRICT = ("required", "requisite")
 log = logging.getLogger("wsgate.audit")
@@ -46,6 +47,7 @@ async def run_chain(entries: Sequence[ChainEntry], attempt: LoginAttempt) -> Cha
     successes: list[Succeeded] = []
     trail: list[tuple[str, str]] = []
     strict_failed = unavailable = False
+    challenge: Challenged | None = None
     has_strict = any(e.flag in STRICT for e in entries)
     for entry in entries:
         try:
@@ -60,6 +62,8 @@ async def run_chain(entries: Sequence[ChainEntry], attempt: LoginAttempt) -> Cha
                 return ChainResult(_merge(successes), tuple(trail))
             continue
         unavailable |= isinstance(outcome, Unavailable)
+        if isinstance(outcome, Challenged) and challenge is None:
+            challenge = outcome
         if entry.flag in STRICT:
             strict_failed = True
             if entry.flag == "requisite":
@@ -67,7 +71,11 @@ async def run_chain(entries: Sequence[ChainEntry], attempt: LoginAttempt) -> Cha
     succeeded = not strict_failed and (has_strict or bool(successes))
     if succeeded:
         return ChainResult(_merge(successes), tuple(trail))
-    failure: Outcome = Unavailable("a login module could not decide") if unavailable else Failed("login failed")
+    failure: Outcome = Failed("login failed")
+    if unavailable:
+        failure = Unavailable("a login module could not decide")
+    elif challenge is not None:
+        failure = challenge
     return ChainResult(failure, tuple(trail))
 
 
