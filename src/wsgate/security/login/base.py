@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from ..challenges import Credentials
+from ..challenges import Credentials, CredentialsError
 
 if TYPE_CHECKING:
     from ..tls import PeerIdentity
@@ -69,3 +70,23 @@ class LoginModule(Protocol):
 
 class LoginModuleFactory(Protocol):
     def __call__(self, options: Mapping[str, str], path: str) -> LoginModule: ...
+
+
+def user_and_password(attempt: LoginAttempt) -> tuple[str, str] | Failed:
+    """Basic credentials, else a name and password an earlier module left in shared state (JAAS)."""
+    try:
+        basic = attempt.credentials.basic()
+    except CredentialsError as exc:
+        return Failed(str(exc))
+    if basic is not None:
+        return basic
+    name, password = attempt.shared.get("name"), attempt.shared.get("password")
+    if name is None or password is None:
+        return Failed("no user name and password presented")
+    return name, password
+
+
+def resolve(base_dir: Path, name: str) -> Path:
+    """A file option: absolute, or relative to the gateway config's folder."""
+    path = Path(name).expanduser()
+    return path if path.is_absolute() else base_dir / path

@@ -18,8 +18,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from lxml import etree
 
 from ...errors import ConfigError
-from ..challenges import CredentialsError
-from .base import Failed, LoginAttempt, Outcome, Succeeded
+from .base import Failed, LoginAttempt, Outcome, Succeeded, resolve, user_and_password
 
 JAAS_NAMESPACE = "http://xmlns.kaazing.com/jaas-config/centurion"
 _ARGON2 = PasswordHasher()
@@ -73,8 +72,7 @@ class FileLoginModule:
     def __init__(self, options: Mapping[str, str], path: str, base_dir: Path) -> None:
         if "file" not in options:
             raise ConfigError(f"{path}/options/file", "is required: the jaas-config.xml with users and roles")
-        file = Path(options["file"])
-        self.users = load_users(file if file.is_absolute() else base_dir / file, f"{path}/options/file")
+        self.users = load_users(resolve(base_dir, options["file"]), f"{path}/options/file")
         hashes = [u.password for u in self.users.values()]
         self.dummy = (
             _DUMMY_ARGON2
@@ -83,16 +81,10 @@ class FileLoginModule:
         )
 
     async def login(self, attempt: LoginAttempt) -> Outcome:
-        try:
-            basic = attempt.credentials.basic()
-        except CredentialsError as exc:
-            return Failed(str(exc))
-        if basic is None:
-            user_name, password = attempt.shared.get("name"), attempt.shared.get("password")
-            if user_name is None or password is None:
-                return Failed("no user name and password presented")
-        else:
-            user_name, password = basic
+        found = user_and_password(attempt)
+        if isinstance(found, Failed):
+            return found
+        user_name, password = found
         user = self.users.get(user_name)
         if not verify_password(user.password if user else self.dummy, password) or user is None:
             return Failed(f"bad user name or password for {user_name!r}")

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from ...config.values import parse_csv, parse_duration
 from ...errors import ConfigError
-from .base import Failed, LoginAttempt, Outcome, Succeeded, Unavailable
+from .base import Failed, LoginAttempt, Outcome, Succeeded, Unavailable, resolve
 
 ASYMMETRIC = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
 DEFAULT_ALGORITHMS = ("RS256", "PS256", "ES256", "EdDSA")
@@ -169,7 +169,7 @@ def _required(options: Mapping[str, str], name: str, path: str) -> str:
 
 
 def _read(base_dir: Path, name: str, element: str) -> str:
-    path = Path(name) if Path(name).is_absolute() else base_dir / name
+    path = resolve(base_dir, name)
     try:
         return path.read_text()
     except OSError as exc:

@@ -27,8 +27,7 @@ from ldap3.utils.conv import escape_filter_chars
 
 from ...config.values import parse_duration, parse_enabled
 from ...errors import ConfigError
-from ..challenges import CredentialsError
-from .base import Failed, LoginAttempt, Outcome, Succeeded, Unavailable
+from .base import Failed, LoginAttempt, Outcome, Succeeded, Unavailable, resolve, user_and_password
 
 _OUTAGE = (
     ldap_errors.LDAPCommunicationError,
@@ -86,15 +85,14 @@ class LdapLoginModule:
         self.bind_dn = options.get("bind-dn")
         self.bind_password = None
         if "bind-password-file" in options:
-            file = Path(options["bind-password-file"])
             try:
-                self.bind_password = (file if file.is_absolute() else base_dir / file).read_text().rstrip("\r\n")
+                self.bind_password = resolve(base_dir, options["bind-password-file"]).read_text().rstrip("\r\n")
             except OSError as exc:
                 raise ConfigError(f"{path}/options/bind-password-file", f"cannot read it: {exc.strerror}") from None
         tls = None
         if parts.scheme == "ldaps" or self.starttls:
             ca = options.get("ca-file")
-            ca_path = str(Path(ca) if Path(ca).is_absolute() else base_dir / ca) if ca else None
+            ca_path = str(resolve(base_dir, ca)) if ca else None
             tls = ldap3.Tls(validate=ssl.CERT_REQUIRED, ca_certs_file=ca_path)
         self.server_args = {
             "host": parts.hostname,
@@ -110,13 +108,10 @@ class LdapLoginModule:
         self.executor = ThreadPoolExecutor(max_workers=size, thread_name_prefix="wsgate-ldap")
 
     async def login(self, attempt: LoginAttempt) -> Outcome:
-        try:
-            basic = attempt.credentials.basic()
-        except CredentialsError as exc:
-            return Failed(str(exc))
-        if basic is None:
-            return Failed("no user name and password presented")
-        user, password = basic
+        found = user_and_password(attempt)
+        if isinstance(found, Failed):
+            return found
+        user, password = found
         if not password:
             return Failed("empty password refused (it would be an unauthenticated bind)")
         loop = asyncio.get_running_loop()
