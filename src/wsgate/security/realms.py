@@ -344,7 +344,8 @@ class RealmGuard:
             )
             return web.Response(status=403, text="Forbidden\n")
         self.extend(lambda c: c is connection, replace(admitted, session=connection.identity.session))
-        return self.describe(connection.identity)
+        deadline, _ = connection_deadline(connection.identity, connection.started, self.realm.config)
+        return self.describe(connection.identity, expires=deadline)
 
     def current_session(self, request: web.BaseRequest):  # type: ignore[no-untyped-def]
         token = request.cookies.get(self.realm.cookie)
@@ -363,8 +364,9 @@ class RealmGuard:
         return count
 
     @staticmethod
-    def describe(identity: Identity, extended: int = 0) -> web.Response:
-        body = {"user": identity.user, "roles": sorted(identity.roles), "expires": identity.expires_at}
+    def describe(identity: Identity, extended: int = 0, expires: float | None = None) -> web.Response:
+        """``expires``: when the connection (refresh) or session must be renewed, if ever."""
+        body = {"user": identity.user, "roles": sorted(identity.roles), "expires": expires or identity.expires_at}
         if extended:
             body["extended"] = extended
         return web.json_response(body, dumps=json.dumps)

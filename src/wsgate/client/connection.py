@@ -1,0 +1,267 @@
+"""The Python asyncio client: connect with challenge handlers, refresh before expiry, reconnect.
+
+Built on aiohttp's WebSocket client (no framing of our own). After the 101, the
+gateway's ``Wsgate-Expires`` and ``Wsgate-Refresh`` headers tell the client when
+its credentials run out and where to present fresh ones; the client does so
+``refresh_margin`` seconds early, asking its challenge handler again, and the
+connection stays open (see docs/security.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl as ssl_module
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from ..errors import GatewayError
+from .challenges import ChallengeHandler, ChallengeRequest
+
+log = logging.getLogger("wsgate.client")
+MAX_CHALLENGES = 3
+
+
+class AuthenticationError(GatewayError):
+    """The gateway refused the credentials (403), or nothing could answer its challenge (401)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+async def _answer(handler: ChallengeHandler | None, location: str, challenge: str | None) -> str:
+    """An ``Authorization`` value for ``challenge``, or ``AuthenticationError`` if none can be had."""
+    request = ChallengeRequest(location, challenge or "")
+    if handler is None or not challenge or not handler.can_handle(request):
+        raise AuthenticationError(401, f"{location}: authentication required ({challenge or 'no challenge'})")
+    response = await handler.handle(request)
+    authorization = response.authorization if response else None
+    if response is not None:
+        response.clear()
+    if not authorization:
+        raise AuthenticationError(401, f"{location}: no credentials for challenge {challenge!r}")
+    return authorization
+
+
+class Connection:
+    """An open WebSocket through the gateway. Iterate for messages (``str`` or ``bytes``)."""
+
+    def __init__(
+        self,
+        ws: aiohttp.ClientWebSocketResponse,
+        session: aiohttp.ClientSession,
+        owns_session: bool,
+        url: URL,
+        handler: ChallengeHandler | None,
+        authorization: str | None,
+        ssl: ssl_module.SSLContext | bool | None,
+        refresh_margin: float,
+    ) -> None:
+        self.ws = ws
+        self._session = session
+        self._owns_session = owns_session
+        self._handler = handler
+        self._authorization = authorization
+        self._ssl = ssl
+        self.refresh_margin = refresh_margin
+        headers = ws._response.headers
+        self.id: str | None = headers.get("Wsgate-Connection-Id")
+        self.expires: float | None = float(headers["Wsgate-Expires"]) if "Wsgate-Expires" in headers else None
+        refresh = headers.get("Wsgate-Refresh")
+        http_scheme = "https" if url.scheme == "wss" else "http"
+        self.refresh_url = str(url.with_scheme(http_scheme).with_path(refresh).with_query(None)) if refresh else None
+        self._refresher: asyncio.Task[None] | None = None
+        if self.refresh_url and self.expires is not None and handler is not None:
+            self._refresher = asyncio.create_task(self._refresh_before_expiry())
+
+    @property
+    def closed(self) -> bool:
+        return self.ws.closed
+
+    @property
+    def close_code(self) -> int | None:
+        return self.ws.close_code
+
+    @property
+    def protocol(self) -> str | None:
+        return self.ws.protocol
+
+    async def send(self, data: str | bytes) -> None:
+        if isinstance(data, str):
+            await self.ws.send_str(data)
+        else:
+            await self.ws.send_bytes(data)
+
+    async def receive(self) -> aiohttp.WSMessage:
+        return await self.ws.receive()
+
+    def __aiter__(self) -> AsyncIterator[str | bytes]:
+        return self._messages()
+
+    async def _messages(self) -> AsyncIterator[str | bytes]:
+        async for msg in self.ws:
+            if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+                yield msg.data
+
+    async def close(self, code: int = 1000, message: str = "") -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
+        await self.ws.close(code=code, message=message.encode())
+        if self._owns_session:
+            await self._session.close()
+
+    async def __aenter__(self) -> Connection:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def refresh(self) -> float | None:
+        """Present fresh credentials now; returns the new expiry. Raises ``AuthenticationError`` if refused."""
+        assert self.refresh_url is not None
+        authorization = self._authorization
+        for _ in range(MAX_CHALLENGES + 1):
+            headers = {"Authorization": authorization} if authorization else {}
+            ssl = self._ssl if self._ssl is not None else True
+            async with self._session.post(self.refresh_url, headers=headers, ssl=ssl) as response:
+                if response.status == 200:
+                    self.expires = (await response.json()).get("expires")
+                    return self.expires
+                if response.status != 401:
+                    raise AuthenticationError(response.status, f"refresh refused: HTTP {response.status}")
+                authorization = await _answer(self._handler, self.refresh_url, response.headers.get("WWW-Authenticate"))
+        raise AuthenticationError(401, "refresh: too many challenges")
+
+    async def _refresh_before_expiry(self) -> None:
+        """Refresh ``refresh_margin`` s before expiry; on failure retry until the deadline passes."""
+        delay = 1.0
+        while not self.ws.closed and self.expires is not None:
+            await asyncio.sleep(max(0.0, self.expires - time.time() - self.refresh_margin))
+            try:
+                self._authorization = None  # ask the handler again: a token provider returns a fresh token
+                await self.refresh()
+                delay = 1.0
+            except AuthenticationError as exc:
+                log.warning("credential refresh refused (%s); the gateway will close at expiry", exc)
+                return
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                log.warning("credential refresh failed (%s); retrying in %.0f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+
+async def connect(
+    url: str,
+    *,
+    challenge_handler: ChallengeHandler | None = None,
+    ssl: ssl_module.SSLContext | bool | None = None,
+    protocols: tuple[str, ...] = (),
+    headers: dict[str, str] | None = None,
+    session: aiohttp.ClientSession | None = None,
+    refresh_margin: float = 30.0,
+    heartbeat: float | None = None,
+    max_message_size: int = 4 * 1024 * 1024,
+) -> Connection:
+    """Open a WebSocket through the gateway, answering 401 challenges with ``challenge_handler``.
+
+    Raises ``AuthenticationError`` on 403 or when no handler can answer, ``aiohttp.ClientError``
+    for network and TLS failures.
+    """
+    owns = session is None
+    session = session or aiohttp.ClientSession()
+    authorization: str | None = None
+    try:
+        for _ in range(MAX_CHALLENGES + 1):
+            request_headers = dict(headers or {})
+            if authorization:
+                request_headers["Authorization"] = authorization
+            try:
+                ws = await session.ws_connect(
+                    url,
+                    ssl=ssl if ssl is not None else True,
+                    protocols=protocols,
+                    headers=request_headers,
+                    heartbeat=heartbeat,
+                    max_msg_size=max_message_size,
+                )
+            except aiohttp.WSServerHandshakeError as exc:
+                if exc.status != 401:
+                    raise AuthenticationError(exc.status, f"{url}: refused with HTTP {exc.status}") from None
+                challenge = exc.headers.get("WWW-Authenticate") if exc.headers else None
+                authorization = await _answer(challenge_handler, url, challenge)
+                continue
+            return Connection(ws, session, owns, URL(url), challenge_handler, authorization, ssl, refresh_margin)
+        raise AuthenticationError(401, f"{url}: too many challenges")
+    except BaseException:
+        if owns:
+            await session.close()
+        raise
+
+
+class ReconnectingConnection:
+    """Keeps a connection up: reconnects with exponential backoff after a drop, never after
+    an ``AuthenticationError`` or ``close()``. ``on_connect`` runs after each (re)connect."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        backoff: tuple[float, float] = (0.5, 30.0),
+        on_connect: Callable[[Connection], Awaitable[Any]] | None = None,
+        **options: Any,
+    ) -> None:
+        self.url = url
+        self.options = options
+        self.backoff = backoff
+        self.on_connect = on_connect
+        self.connection: Connection | None = None
+        self.connects = 0
+        self._closed = False
+
+    async def _connect(self) -> Connection:
+        if self.connection is not None:  # release the dropped one (its session, its refresher)
+            await self.connection.close()
+            self.connection = None
+        delay = self.backoff[0]
+        while True:
+            try:
+                self.connection = await connect(self.url, **self.options)
+                self.connects += 1
+                if self.on_connect is not None:
+                    await self.on_connect(self.connection)
+                return self.connection
+            except AuthenticationError:
+                raise
+            except (aiohttp.ClientError, OSError) as exc:
+                log.warning("connect to %s failed (%s); retrying in %.1f s", self.url, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.backoff[1])
+
+    async def send(self, data: str | bytes) -> None:
+        """Send on the current connection; if it has dropped, reconnect first (once per call)."""
+        connection = self.connection if self.connection and not self.connection.closed else await self._connect()
+        try:
+            await connection.send(data)
+        except (aiohttp.ClientConnectionResetError, ConnectionError):
+            await (await self._connect()).send(data)
+
+    async def messages(self) -> AsyncIterator[str | bytes]:
+        while not self._closed:
+            connection = self.connection if self.connection and not self.connection.closed else await self._connect()
+            async for data in connection:
+                yield data
+            if not self._closed:
+                log.warning("connection to %s dropped (close code %s); reconnecting", self.url, connection.close_code)
+
+    async def close(self) -> None:
+        self._closed = True
+        if self.connection is not None:
+            await self.connection.close()
