@@ -21,9 +21,10 @@ lint: $(STAMP)  ## static checks: ruff and mypy --strict
 	$(BIN)/ruff check src tests
 	$(BIN)/mypy src
 
-# Real back ends the tests start on loopback: keytool (JKS/JCEKS stores), slapd (the ldap module).
-APT_TEST_PACKAGES := default-jre-headless slapd ldap-utils
-APT_TEST_COMMANDS := keytool /usr/sbin/slapd ldapsearch
+# Real parts the tests use on loopback: keytool (JKS/JCEKS stores), slapd (the ldap module),
+# Debian's Chromium driven by Playwright (no browser download) and certutil (its trust store).
+APT_TEST_PACKAGES := default-jre-headless slapd ldap-utils chromium libnss3-tools
+APT_TEST_COMMANDS := keytool /usr/sbin/slapd ldapsearch chromium certutil
 
 test-deps:  ## install the Debian packages tests need, if missing
 	@missing=0; for c in $(APT_TEST_COMMANDS); do command -v $$c >/dev/null || missing=1; done; \

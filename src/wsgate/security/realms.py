@@ -164,6 +164,14 @@ class RealmRuntime:
             limits.append(identity.expires_at)
         return min(limits)
 
+    def renew_by(self, identity: Identity) -> float | None:
+        """When a session's connections need fresh credentials: ``authorization-timeout`` or its end."""
+        timeout = self.config.authentication.authorization_timeout
+        limits = [
+            limit for limit in (identity.expires_at, identity.authenticated_at + timeout if timeout else None) if limit
+        ]
+        return min(limits) if limits else None
+
     def session_identity(self, token: str) -> Identity | None:
         """The session's identity, unless its credentials are older than ``authorization-timeout``."""
         session = self.sessions.lookup(token)
@@ -285,10 +293,10 @@ class RealmGuard:
             extended = self.extend(
                 lambda c: c.identity is not None and c.identity.session == current.identity.session, session.identity
             )
-            response = self.describe(session.identity, extended=extended)
+            response = self.describe(session.identity, extended=extended, expires=self.realm.renew_by(session.identity))
         else:
             token, session = self.realm.sessions.issue(admitted, expires_at)
-            response = self.describe(session.identity)
+            response = self.describe(session.identity, expires=self.realm.renew_by(session.identity))
             response.set_cookie(
                 self.realm.cookie,
                 token,

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import ssl
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aiohttp import web, web_response
@@ -23,6 +24,14 @@ if TYPE_CHECKING:
     from ..services.base import ServiceHandler
 
 log = logging.getLogger("wsgate.listener")
+# The browser client, served by every listener at a well-known path (docs/clients.md).
+CLIENT_JS_PATH = "/.wsgate/client.js"
+CLIENT_JS = Path(__file__).parent.parent / "resources" / "client" / "wsgate-client.js"
+CLIENT_JS_HEADERS = {
+    "Content-Type": "text/javascript; charset=utf-8",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "max-age=300",
+}
 # Every response, aiohttp's own error pages included, names the product but no versions.
 web_response.SERVER_SOFTWARE = "wsgate"  # type: ignore[attr-defined]
 
@@ -100,6 +109,8 @@ class Listener:
                 log.warning("listener %s:%d: connections still open after shutdown", self.host or "*", self.port)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        if request.path == CLIENT_JS_PATH and request.method in ("GET", "HEAD"):
+            return web.FileResponse(CLIENT_JS, headers=CLIENT_JS_HEADERS)
         route = self.find((request.url.host or "").lower().rstrip("."), request.path)
         if route is None:
             return web.Response(status=404, text="Not Found\n")
