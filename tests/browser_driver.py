@@ -1,0 +1,88 @@
+"""Drives Debian's Chromium with Playwright in its own process (tests/test_browser.py runs it).
+
+A separate process keeps Playwright's event loop and threads away from the gateway's loop.
+Usage: python -m tests.browser_driver SCENARIO URL [HOME]; prints the scenario's result as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from playwright.sync_api import Page, sync_playwright
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).parent.parent / "test-artifacts"
+
+
+def sign_in_and_echo(page: Page, wait_renewal: bool = False) -> dict[str, str]:
+    page.click("#login")
+    page.wait_for_selector("#secure-log .in", timeout=10000)
+    if wait_renewal:  # authorization-timeout 7 s, renewal 5 s early: past 8 s only renewals keep it open
+        page.wait_for_timeout(8500)
+    page.fill("#secure-message", "typed in Chromium")
+    page.click("#secure-send")
+    page.wait_for_function(
+        "document.getElementById('secure-log').textContent.includes('< typed in Chromium')", timeout=10000
+    )
+    return {"secure": page.text_content("#secure-log") or ""}
+
+
+def renewal(page: Page) -> dict[str, str]:
+    return sign_in_and_echo(page, wait_renewal=True)
+
+
+def bad_credentials(page: Page) -> dict[str, str]:
+    page.fill("#password", "nope")
+    page.click("#login")
+    page.wait_for_selector("#secure-log .error", timeout=10000)
+    return {"secure": page.text_content("#secure-log") or ""}
+
+
+def foreign_origin(page: Page) -> dict[str, str]:
+    page.wait_for_selector("#echo-log .error", timeout=10000)  # the open echo refuses the foreign Origin
+    page.click("#login")
+    page.wait_for_selector("#secure-log .error", timeout=10000)
+    return {"echo": page.text_content("#echo-log") or "", "secure": page.text_content("#secure-log") or ""}
+
+
+SCENARIOS = {"echo": sign_in_and_echo, "renewal": renewal, "bad-credentials": bad_credentials, "origin": foreign_origin}
+
+
+def main(scenario: str, url: str, home: str | None = None) -> int:
+    env = {**os.environ, "HOME": home} if home else None
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            env=env,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        page = browser.new_page()
+        try:
+            page.goto(url)
+            result = SCENARIOS[scenario](page)
+        except Exception as exc:
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / f"{scenario}.png"))
+            print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
+            return 1
+        finally:
+            browser.close()
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(*sys.argv[1:]))
