@@ -49,7 +49,26 @@ def foreign_origin(page: Page) -> dict[str, str]:
     return {"echo": page.text_content("#echo-log") or "", "secure": page.text_content("#secure-log") or ""}
 
 
-SCENARIOS = {"echo": sign_in_and_echo, "renewal": renewal, "bad-credentials": bad_credentials, "origin": foreign_origin}
+def console(page: Page) -> dict[str, str]:
+    """Collect what the page logs to the console until it logs "closed" (a docs example runs in it)."""
+    lines: list[str] = []
+    page.on("console", lambda message: lines.append(message.text))
+    page.reload()
+    page.wait_for_function("true")
+    for _ in range(100):
+        if any(line.startswith("closed") for line in lines):
+            break
+        page.wait_for_timeout(100)
+    return {"console": "\n".join(lines)}
+
+
+SCENARIOS = {
+    "console": console,
+    "echo": sign_in_and_echo,
+    "renewal": renewal,
+    "bad-credentials": bad_credentials,
+    "origin": foreign_origin,
+}
 
 
 def main(scenario: str, url: str, home: str | None = None) -> int:

@@ -147,3 +147,16 @@ async def test_demo_page_over_wss_with_a_private_ca(start_gateway, site, ca, pem
     # The same page without the CA in Chromium's trust store does not even load: the chain is really checked.
     untrusted = await in_browser("echo", f"https://127.0.0.1:{gw.port_of('demo')}/", str(tmp_path))
     assert "ERR_CERT_AUTHORITY_INVALID" in untrusted.get("error", "")
+
+
+async def test_the_docs_browser_example_runs(start_gateway, site):
+    import re
+
+    snippet = re.findall(r"```js\n(.*?)```", (Path(__file__).parent.parent / "docs" / "clients.md").read_text(), re.S)[
+        0
+    ]
+    (site / "web" / "example.html").write_text(f'<!doctype html><script type="module">\n{snippet}\n</script>')
+    gw = await start_gateway(CONFIG.format(scheme="http", ws="ws", bind="tcp.bind", security="security:"))
+    result = await in_browser("console", f"http://127.0.0.1:{gw.port_of('demo')}/example.html")
+    log = result.get("console", result.get("error", ""))
+    assert "signed in as joe" in log and "hello" in log and "closed 1008 logged out" in log
