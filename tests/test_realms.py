@@ -909,3 +909,38 @@ async def test_a_module_challenge_puts_its_data_in_the_401(start_gateway, http, 
     assert (await refused(http, gw, "s", headers={"Authorization": "Bearer guess"})).status == 403
     ws = await http.ws_connect(f"ws://127.0.0.1:{gw.port_of('s')}/s", headers={"Authorization": "Bearer round-2"})
     await ws.close()
+
+
+
+async def test_a_subprotocol_token_never_reaches_a_websocket_back_end(start_gateway, http, users, issuer):
+    seen: list[str] = []
+
+    async def backend_handler(request: web.Request) -> web.WebSocketResponse:
+        seen.append(request.headers.get("Sec-WebSocket-Protocol", ""))
+        ws = web.WebSocketResponse(protocols=("mqtt",))
+        await ws.prepare(request)
+        async for msg in ws:
+            await ws.send_str(msg.data)
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", backend_handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    backend_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        gw = await start_gateway(realm_config(0, issuer.url).replace(
+            "connect: tcp://127.0.0.1:0\n    type: proxy\n    realm-name: tokens",
+            f"connect: ws://127.0.0.1:{backend_port}/ws\n    type: proxy\n    realm-name: tokens",
+        ))
+        token = issuer.token()
+        ws = await http.ws_connect(f"ws://127.0.0.1:{gw.port_of('tokens')}/tokens", protocols=(f"wsgate.token.{token}", "mqtt"))
+        assert ws.protocol == "mqtt"
+        await ws.send_str("through")
+        assert (await asyncio.wait_for(ws.receive(), 5)).data == "through"
+        await ws.close()
+        assert seen == ["mqtt"] and token not in seen[0]
+    finally:
+        await runner.cleanup()

@@ -39,6 +39,8 @@ class SessionStore:
         self._sessions: dict[str, Session] = {}
 
     def issue(self, identity: Identity, expires_at: float) -> tuple[str, Session]:
+        if len(self._sessions) % 1024 == 1023:  # expired sessions nobody presents again must not pile up
+            self.prune()
         token = secrets.token_urlsafe(32)
         key = digest(token)
         session = Session(replace(identity, session=key, expires_at=expires_at), expires_at)
@@ -57,6 +59,16 @@ class SessionStore:
         session = Session(replace(identity, session=key, expires_at=expires_at), expires_at)
         self._sessions[key] = session
         return session
+
+    def prune(self) -> int:
+        now = time.time()
+        expired = [k for k, s in self._sessions.items() if s.expires_at <= now]
+        for key in expired:
+            del self._sessions[key]
+        return len(expired)
+
+    def __len__(self) -> int:
+        return len(self._sessions)
 
     def drop(self, key: str) -> Session | None:
         return self._sessions.pop(key, None)

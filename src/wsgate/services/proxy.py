@@ -17,6 +17,7 @@ from aiohttp import web
 from ..config.model import DEFAULT_MAX_PENDING_BYTES, Service
 from ..config.values import parse_size
 from ..errors import BackendError
+from ..security.challenges import offered_subprotocols, without_token_offers
 from ..security.tls import client_context
 from ..transport.backend import Backend, TcpBackend, WsBackend, open_tcp, open_ws
 from ..transport.websocket import CloseCode, Connection, WSMsgType
@@ -72,7 +73,8 @@ class ProxyService(WebSocketService):
         """
         if self.deferred:
             return (), None
-        offered = tuple(p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip())
+        # Credentials offered as subprotocols are the gateway's business: never forwarded to the back end.
+        offered = without_token_offers(offered_subprotocols(request.headers.get("Sec-WebSocket-Protocol")))
         try:
             backend = await self.open_backend(offered)
         except BackendError as exc:
