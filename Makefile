@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-deps lint clean
+.PHONY: run test test-deps lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,7 @@ run: $(STAMP)  ## start the gateway on the embedded default config (http://local
 	$(BIN)/wsgate run
 
 lint: $(STAMP)  ## static checks: ruff and mypy --strict
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy src
 
 # Real parts the tests use on loopback: keytool (JKS/JCEKS stores), slapd (the ldap module),
@@ -35,6 +35,10 @@ test-deps:  ## install the Debian packages tests need, if missing
 
 test: lint test-deps  ## install what tests need, check, and run the tests
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)  ## wsgate against reference servers in one run (not part of make test)
+	$(BIN)/pip install -q 'websockify==0.13.0'
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache
