@@ -94,7 +94,10 @@ def main(scenario: str, url: str, home: str | None = None) -> int:
             result = SCENARIOS[scenario](page)
         except Exception as exc:
             ARTIFACTS.mkdir(exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / f"{scenario}.png"))
+            try:
+                page.screenshot(path=str(ARTIFACTS / f"{scenario}.png"), timeout=5000)
+            except Exception:  # a page that never loaded may not be capturable; the error below still counts
+                pass
             print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
             return 1
         finally:
