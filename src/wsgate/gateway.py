@@ -24,7 +24,7 @@ from .services import create_service
 from .services.base import Runtime, ServiceHandler
 from .services.directory import DirectoryService
 from .transport.listener import Listener, Route
-from .transport.websocket import CloseCode
+from .transport.websocket import CloseCode, Connection
 
 log = logging.getLogger("wsgate")
 
@@ -171,22 +171,20 @@ class Gateway:
     def revoke(self, user: str | None = None, token: str | None = None, reason: str = "revoked") -> int:
         """Close every live connection of ``user`` (or presented ``token``) now: 1008, aborted after 1 s."""
         digest = hashlib.sha256(token.encode()).hexdigest() if token else None
-        matches = [
-            c
-            for c in self.runtime.connections
-            if c.identity is not None
-            and (
-                user is not None and c.identity.user == user or digest is not None and c.identity.token_digest == digest
+
+        def match(connection: Connection) -> bool:
+            identity = connection.identity
+            return identity is not None and (
+                user is not None and identity.user == user or digest is not None and identity.token_digest == digest
             )
-        ]
-        for connection in matches:
-            connection.expire(reason, grace=1.0)
+
+        closed = self.runtime.expire_where(match, reason)
         if user is not None:
             for realm in self.realms.values():
                 realm.sessions.drop_user(user)
-        if matches:
-            log.info("revoked %d connection(s) (%s)", len(matches), reason)
-        return len(matches)
+        if closed:
+            log.info("revoked %d connection(s) (%s)", closed, reason)
+        return closed
 
 
 def _bind_key(service: Service, uri: Uri) -> BindKey:

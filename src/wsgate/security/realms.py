@@ -35,7 +35,6 @@ from aiohttp import web
 from ..config.model import AuthorizationConstraint, Realm
 from .challenges import Credentials, CredentialsError, challenge_header, gather_credentials, offered_subprotocols
 from .login import ChainEntry, Challenged, Failed, LoginAttempt, Succeeded, Unavailable, build_module, run_chain
-from .origin import origin_allowed
 from .sessions import DEFAULT_SESSION_TTL, SessionStore, cookie_name
 
 if TYPE_CHECKING:
@@ -268,9 +267,7 @@ class RealmGuard:
     # -- control resources -------------------------------------------------------------------
 
     async def control(self, request: web.BaseRequest, peer: PeerIdentity | None, what: str) -> web.StreamResponse:
-        if not origin_allowed(
-            request.headers.get("Origin"), self.service.own_origin(request), self.service.config.cross_site_constraints
-        ):
+        if not self.service.origin_allowed(request):
             return web.Response(status=403, text="Forbidden\n")
         if what == "session" and self.realm.recycle:
             handlers = {"POST": self.login, "GET": self.whoami, "DELETE": self.logout}
@@ -321,10 +318,9 @@ class RealmGuard:
         if session is not None and session.identity.session:
             key = session.identity.session
             self.realm.sessions.drop(key)
-            matches = [c for c in self.runtime.connections if c.identity is not None and c.identity.session == key]
-            for connection in matches:
-                connection.expire("logged out", grace=1.0)
-            closed = len(matches)
+            closed = self.runtime.expire_where(
+                lambda c: c.identity is not None and c.identity.session == key, "logged out"
+            )
             audit.info(
                 "service[%s]: user %r logged out, %d connection(s) closed", self.name, session.identity.user, closed
             )

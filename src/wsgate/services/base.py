@@ -40,6 +40,13 @@ class Runtime:
     realms: dict[str, Realm] = field(default_factory=dict)
     closing: bool = False
 
+    def expire_where(self, match: Callable[[Connection], bool], reason: str) -> int:
+        """Close every live connection ``match`` selects with 1008 ``reason`` now (aborted after 1 s)."""
+        matches = [c for c in self.connections if match(c)]
+        for connection in matches:
+            connection.expire(reason, grace=1.0)
+        return len(matches)
+
 
 class ServiceHandler:
     """Base of every service type; one instance per configured service."""
@@ -65,6 +72,12 @@ class ServiceHandler:
 
     def own_origin(self, request: web.BaseRequest) -> str:
         return f"{'https' if request.secure or self.offloaded_tls else 'http'}://{request.host}"
+
+    def origin_allowed(self, request: web.BaseRequest) -> bool:
+        """Same-origin, listed or no ``Origin`` (not a browser): see security.origin."""
+        return origin_allowed(
+            request.headers.get("Origin"), self.own_origin(request), self.config.cross_site_constraints
+        )
 
     def preflight(self, request: web.BaseRequest) -> web.Response | None:
         """A CORS preflight (OPTIONS with Access-Control-Request-Method) answered by the cross-site constraints."""
@@ -97,9 +110,7 @@ class WebSocketService(ServiceHandler):
             )
         if self.runtime.closing:
             return web.Response(status=503, text="Gateway is shutting down.\n")
-        if not origin_allowed(
-            request.headers.get("Origin"), self.own_origin(request), self.config.cross_site_constraints
-        ):
+        if not self.origin_allowed(request):
             log.warning(
                 "service[%s]: refused cross-origin upgrade from %s (Origin %.100r)",
                 self.name,
