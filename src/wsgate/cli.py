@@ -10,6 +10,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .config import (
     GatewayConfig,
@@ -20,6 +21,9 @@ from .config import (
     properties_from_env,
 )
 from .errors import ConfigError, GatewayError
+
+if TYPE_CHECKING:
+    from .gateway import Gateway
 
 log = logging.getLogger("wsgate")
 
@@ -142,10 +146,7 @@ def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
     return loop
 
 
-async def _serve(gateway: object, grace: float) -> None:
-    from .gateway import Gateway
-
-    assert isinstance(gateway, Gateway)
+async def _serve(gateway: Gateway, grace: float) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
