@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import signal
 import sys
@@ -55,3 +56,120 @@ async def test_run_with_bad_config_exits_2_with_the_located_error(tmp_path):
     _, err = await asyncio.wait_for(process.communicate(), 10)
     assert process.returncode == 2
     assert b"service[echo]/type: 'ecko' is not a service type" in err
+
+
+async def _lines_until(stream: asyncio.StreamReader, pattern: str, count: int) -> list[re.Match[str]]:
+    found: list[re.Match[str]] = []
+    while len(found) < count:
+        line = (await asyncio.wait_for(stream.readline(), 10)).decode()
+        assert line, "wsgate exited early"
+        if match := re.search(pattern, line):
+            found.append(match)
+    return found
+
+
+async def test_workers_share_the_port_restart_when_killed_and_stop_together(tmp_path, unused_tcp_port):
+    config = tmp_path / "g.yaml"
+    config.write_text(f"service:\n  - name: echo\n    accept: ws://127.0.0.1:{unused_tcp_port}/echo\n    type: echo\n")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "wsgate",
+        "run",
+        str(config),
+        "--workers",
+        "2",
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        workers = await _lines_until(process.stderr, r"worker (\d) started \(pid (\d+)\)", 2)
+        await _lines_until(process.stderr, rf"listening on tcp://127\.0\.0\.1:{unused_tcp_port}", 2)
+        url = f"ws://127.0.0.1:{unused_tcp_port}/echo"
+        async with aiohttp.ClientSession() as http:
+            sockets = [await http.ws_connect(url) for _ in range(16)]
+            for ws in sockets:
+                await ws.send_str("hi")
+                assert (await ws.receive()).data == "hi"
+            # A worker that dies is replaced; the other keeps its connections.
+            victim = int(workers[0].group(2))
+            os.kill(victim, signal.SIGKILL)
+            await _lines_until(process.stderr, r"worker 0 \(pid \d+\) exited with -9; restarting", 1)
+            await _lines_until(process.stderr, r"worker 0 started", 1)
+            await _lines_until(process.stderr, rf"listening on tcp://127\.0\.0\.1:{unused_tcp_port}", 1)
+            alive = []
+            for ws in sockets:
+                try:
+                    await ws.send_str("still")
+                    alive.append(ws)
+                except aiohttp.ClientConnectionResetError:
+                    pass  # served by the killed worker
+            survivors = []
+            for ws in alive:
+                msg = await asyncio.wait_for(ws.receive(), 5)
+                if msg.type is aiohttp.WSMsgType.TEXT:
+                    survivors.append(ws)
+            assert survivors, "the surviving worker's connections were lost"
+            async with http.ws_connect(url) as fresh:
+                await fresh.send_str("new")
+                assert (await fresh.receive()).data == "new"
+            process.send_signal(signal.SIGTERM)
+            for ws in survivors:
+                msg = await asyncio.wait_for(ws.receive(), 5)
+                assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == 1001
+            for ws in sockets:
+                await ws.close()
+        assert await asyncio.wait_for(process.wait(), 15) == 0
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)  # the workers too, whatever happened
+        except ProcessLookupError:
+            pass
+        await process.wait()
+
+
+async def test_workers_refuse_port_zero(tmp_path):
+    config = tmp_path / "g.yaml"
+    config.write_text("service:\n  - name: echo\n    accept: ws://127.0.0.1:0/echo\n    type: echo\n")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "wsgate", "run", str(config), "--workers", "2", stderr=asyncio.subprocess.PIPE
+    )
+    _, err = await asyncio.wait_for(process.communicate(), 10)
+    assert process.returncode == 2
+    assert b"--workers 2 needs fixed ports" in err
+
+
+async def test_workers_stop_when_their_supervisor_is_killed(tmp_path, unused_tcp_port):
+    config = tmp_path / "g.yaml"
+    config.write_text(f"service:\n  - name: echo\n    accept: ws://127.0.0.1:{unused_tcp_port}/echo\n    type: echo\n")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "wsgate",
+        "run",
+        str(config),
+        "--workers",
+        "2",
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        workers = await _lines_until(process.stderr, r"worker (\d) started \(pid (\d+)\)", 2)
+        await _lines_until(process.stderr, "listening on", 2)
+        process.kill()
+        await process.wait()
+        for match in workers:
+            pid = int(match.group(2))
+            for _ in range(50):
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError(f"worker {pid} outlived its supervisor")
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -40,6 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(args.config, overrides) if args.config else load_default_config(overrides)
         if args.command == "check-config":
             return _check(config)
+        if args.workers > 1:
+            return _run_workers(config, args.loop, args.grace, args.workers)
         return _run(config, args.loop, args.grace)
     except GatewayError as exc:
         print(f"wsgate: {exc}", file=sys.stderr)
@@ -58,6 +60,13 @@ def _parser() -> argparse.ArgumentParser:
         help="auto: uvloop and aiofastnet when installed (default); asyncio: the standard loop",
     )
     run.add_argument("--grace", type=float, default=10.0, help="seconds to wait for connections to drain on SIGTERM")
+    run.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="run N gateway processes sharing each port (SO_REUSEPORT); see docs/operations.md for what is per worker",
+    )
     scaffold = commands.add_parser("default-config", help="print the embedded default config, or write it to a folder")
     scaffold.add_argument("directory", nargs="?", help="write gateway.yaml, jaas-config.xml and web/ here")
     check = commands.add_parser("check-config", help="validate a config without binding any port")
@@ -73,6 +82,13 @@ def _parser() -> argparse.ArgumentParser:
         )
         sub.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
 
 
 def _properties(items: list[str]) -> dict[str, str]:
@@ -114,16 +130,33 @@ def _check(config: GatewayConfig) -> int:
     return 0
 
 
-def _run(config: GatewayConfig, loop_kind: str, grace: float) -> int:
+def _run(config: GatewayConfig, loop_kind: str, grace: float, worker: bool = False) -> int:
     from .gateway import Gateway
 
-    gateway = Gateway(config)
+    gateway = Gateway(config, reuse_port=worker)
     loop = new_event_loop(loop_kind)
     try:
-        loop.run_until_complete(_serve(gateway, grace))
+        loop.run_until_complete(_serve(gateway, grace, os.getppid() if worker else None))
     finally:
         loop.close()
     return 0
+
+
+def _run_workers(config: GatewayConfig, loop_kind: str, grace: float, workers: int) -> int:
+    """Validate once, then fork: every worker binds the same ports with SO_REUSEPORT."""
+    from .gateway import Gateway
+    from .supervisor import supervise
+
+    planned = Gateway(config, reuse_port=True)
+    dynamic = [key for key in planned.listeners if key[1] == 0]
+    if dynamic:
+        raise ConfigError(
+            "service/accept",
+            f"--workers {workers} needs fixed ports, but {dynamic[0][0] or '*'}:0 asks for any free port; "
+            "give the accept (or its *.bind) a port number",
+        )
+    log.info("starting %d workers (SO_REUSEPORT)", workers)
+    return supervise(workers, lambda slot: _run(config, loop_kind, grace, worker=True))
 
 
 def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
@@ -146,11 +179,14 @@ def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
     return loop
 
 
-async def _serve(gateway: Gateway, grace: float) -> None:
+async def _serve(gateway: Gateway, grace: float, supervisor: int | None = None) -> None:
+    """Run until SIGTERM/SIGINT, or (a worker) until its supervisor is gone."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if supervisor is not None:
+        _watch_supervisor(loop, supervisor, stop)
     await gateway.start()
     for service in gateway.config.services:
         for index, uri in enumerate(service.accepts):
@@ -164,3 +200,12 @@ async def _serve(gateway: Gateway, grace: float) -> None:
     await stop.wait()
     log.info("shutting down: no new connections, closing open ones with 1001")
     await gateway.stop(grace)
+
+
+def _watch_supervisor(loop: asyncio.AbstractEventLoop, supervisor: int, stop: asyncio.Event) -> None:
+    """A worker whose supervisor died (SIGKILL, OOM) stops gracefully instead of serving unsupervised."""
+    if os.getppid() != supervisor:
+        log.error("supervisor (pid %d) is gone; stopping this worker", supervisor)
+        stop.set()
+    else:
+        loop.call_later(1.0, _watch_supervisor, loop, supervisor, stop)

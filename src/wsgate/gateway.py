@@ -32,8 +32,9 @@ BindKey = tuple[str | None, int]
 
 
 class Gateway:
-    def __init__(self, config: GatewayConfig) -> None:
+    def __init__(self, config: GatewayConfig, reuse_port: bool = False) -> None:
         self.config = config
+        self.reuse_port = reuse_port
         security = config.security
         self.runtime = Runtime(
             keys=load_store(security.keystore) if security.keystore else None,
@@ -75,7 +76,7 @@ class Gateway:
                 f"service[{tls_entries[0][0].name}]/accept",
                 f"{secure} and {plain} bind the same port {key[1]} with and without TLS; give them different ports",
             )
-        listener = Listener(host=key[0], port=key[1])
+        listener = Listener(host=key[0], port=key[1], reuse_port=self.reuse_port)
         verify = self._verify_client_modes(tls_entries)
         tls_level = next(iter(verify)) if len(verify) == 1 else "optional"
         if tls_entries:

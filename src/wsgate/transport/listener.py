@@ -53,6 +53,7 @@ class Listener:
     ssl_context: ssl.SSLContext | None = None
     routes: list[Route] = field(default_factory=list)
     keepalive_timeout: float = 75.0
+    reuse_port: bool = False  # ``wsgate run --workers N``: N processes share the port, the kernel spreads accepts
     _server: asyncio.Server | None = None
     _web: web.Server | None = None
 
@@ -92,7 +93,13 @@ class Listener:
         loop = asyncio.get_running_loop()
         assert self._web is not None
         return await loop.create_server(
-            self._web, self.host, port, ssl=self.ssl_context, reuse_address=True, backlog=1024
+            self._web,
+            self.host,
+            port,
+            ssl=self.ssl_context,
+            reuse_address=True,
+            reuse_port=self.reuse_port or None,
+            backlog=1024,
         )
 
     def stop_accepting(self) -> None:
