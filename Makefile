@@ -37,7 +37,8 @@ test: lint test-deps  ## install what tests need, check, and run the tests
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)  ## wsgate against reference servers in one run (not part of make test)
-	$(BIN)/pip install -q 'websockify==0.13.0'
+	$(BIN)/pip install -q 'websockify==0.13.0' 'picows==2.3.1'
+	command -v nginx >/dev/null || { apt-get update -q && apt-get install -y -q --no-install-recommends nginx; }
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:

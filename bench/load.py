@@ -1,7 +1,14 @@
-"""Load client for bench/run.py, in its own process: N connections, W messages in flight each.
+"""Load client for bench/run.py, in its own process, on picows (the cheapest client measured) and uvloop.
 
-Counts echoed *bytes* (stream proxies such as websockify may split or merge messages), records the
-round-trip latency of each window, and prints one JSON line. Targets 127.0.0.1 only.
+Modes (each prints one JSON line; ``idle`` prints two and waits for a line on stdin in between):
+  throughput  N connections, W messages in flight each, S bytes, D seconds: msg/s and round-trip latency
+              of each window. Echoed *bytes* are counted (stream proxies may split or merge messages).
+  connect     new connections (TLS + upgrade + auth) as fast as K workers can, or at --rate per second
+              (open loop): connections/s and handshake latency; each is closed right after its upgrade.
+  idle        open N connections spread over --sources 127.0.0.x addresses, report, wait for stdin,
+              then ping every connection and count the pongs.
+Every report includes the client's own CPU seconds, so the harness can tell when the client is the limit.
+Targets 127.0.0.x only.
 """
 
 from __future__ import annotations
@@ -9,68 +16,252 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
+import resource
+import socket
+import ssl
+import sys
 import time
+from collections.abc import Callable
 
-import aiohttp
+from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
 
-async def one_connection(url: str, size: int, window: int, deadline: float, warmup_end: float, stats: dict) -> None:
-    payload = b"x" * size
-    async with aiohttp.ClientSession() as session, session.ws_connect(url, compress=0, max_msg_size=0) as ws:
-        while time.monotonic() < deadline:
-            started = time.monotonic()
-            for _ in range(window):
-                await ws.send_bytes(payload)
-            expected, got = size * window, 0
-            while got < expected:
-                msg = await ws.receive()
-                if msg.type is not aiohttp.WSMsgType.BINARY:
-                    raise RuntimeError(f"connection ended: {msg.type} {msg.data}")
-                got += len(msg.data)
-            if started >= warmup_end:
-                stats["bytes"] += got
-                stats["latencies"].append((time.monotonic() - started) * 1e6)
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values) or [0.0]
+
+    def at(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
+
+    return {"p50_us": at(0.5), "p99_us": at(0.99), "p999_us": at(0.999)}
+
+
+class Windowed(WSListener):
+    """Sends a window of messages, waits for all their bytes back, records the round trip, repeats."""
+
+    def __init__(self, payload: bytes, window: int, stats: dict, warmup_end: float, deadline: float) -> None:
+        self.payload, self.window, self.stats = payload, window, stats
+        self.warmup_end, self.deadline = warmup_end, deadline
+        self.expected = len(payload) * window
+        self.got = 0
+        self.started = 0.0
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport
+        self.fire()
+
+    def fire(self) -> None:
+        self.got = 0
+        self.started = time.monotonic()
+        send, payload = self.transport.send, self.payload
+        for _ in range(self.window):
+            send(WSMsgType.BINARY, payload)
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if frame.msg_type is WSMsgType.CLOSE:
+            if not self.done.done():
+                self.done.set_exception(RuntimeError(f"closed by server: {frame.get_close_code()}"))
+            return
+        if frame.msg_type is not WSMsgType.BINARY and frame.msg_type is not WSMsgType.CONTINUATION:
+            return
+        self.got += frame.payload_size
+        if self.got < self.expected:
+            return
+        now = time.monotonic()
+        if self.started >= self.warmup_end:
+            self.stats["bytes"] += self.got
+            self.stats["latencies"].append((now - self.started) * 1e6)
+        if now < self.deadline:
+            self.fire()
+        elif not self.done.done():
+            self.done.set_result(None)
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        if not self.done.done():
+            self.done.set_exception(RuntimeError("disconnected"))
+
+
+class Idle(WSListener):
+    def __init__(self) -> None:
+        self.pong: asyncio.Future[None] | None = None
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if frame.msg_type is WSMsgType.PONG and self.pong is not None and not self.pong.done():
+            self.pong.set_result(None)
+
+
+def client_context(ca: str | None) -> ssl.SSLContext | None:
+    return ssl.create_default_context(cafile=ca) if ca else None
+
+
+def source_factory(sources: int) -> Callable[[object], socket.socket]:
+    """Bind each new socket to the next 127.0.0.x (x = 2..sources+1): 60k ports per source address."""
+    counter = iter(range(1 << 62))
+
+    def make(_url: object) -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((f"127.0.0.{2 + next(counter) % sources}", 0))
+        sock.setblocking(False)
+        return sock
+
+    return make
+
+
+async def throughput(args: argparse.Namespace, headers: dict[str, str], ctx: ssl.SSLContext | None) -> dict:
+    stats: dict = {"bytes": 0, "latencies": []}
+    now = time.monotonic()
+    payload = b"x" * args.size
+    listeners = []
+    for _ in range(args.conns):
+        _, listener = await ws_connect(
+            lambda: Windowed(payload, args.window, stats, now + args.warmup, now + args.warmup + args.duration),
+            args.url,
+            ssl_context=ctx,
+            extra_headers=headers,
+            max_frame_size=1 << 24,
+        )
+        listeners.append(listener)
+    cpu = cpu_seconds()
+    await asyncio.gather(*(listener.done for listener in listeners))
+    messages = stats["bytes"] / args.size
+    return {
+        "msg_per_s": messages / args.duration,
+        "messages": messages,
+        "client_cpu_s": cpu_seconds() - cpu,
+        **percentiles(stats["latencies"]),
+    }
+
+
+async def connect_once(args: argparse.Namespace, headers: dict[str, str], ctx: ssl.SSLContext | None) -> float:
+    started = time.monotonic()
+    transport, _ = await ws_connect(WSListener, args.url, ssl_context=ctx, extra_headers=headers)
+    elapsed = time.monotonic() - started
+    transport.disconnect(graceful=False)
+    return elapsed
+
+
+async def connect_rate(args: argparse.Namespace, headers: dict[str, str], ctx: ssl.SSLContext | None) -> dict:
+    latencies: list[float] = []
+    failures = 0
+    start = time.monotonic()
+    warm_end, deadline = start + args.warmup, start + args.warmup + args.duration
+    cpu = cpu_seconds()
+
+    async def one() -> None:
+        nonlocal failures
+        begun = time.monotonic()
+        try:
+            elapsed = await connect_once(args, headers, ctx)
+        except Exception:
+            failures += 1
+            return
+        if begun >= warm_end:
+            latencies.append(elapsed * 1e6)
+
+    if args.rate:  # open loop: a new connection every 1/rate s, however long the others take
+        tasks = []
+        interval = 1.0 / args.rate
+        tick = start
+        while tick < deadline:
+            tasks.append(asyncio.ensure_future(one()))
+            tick += interval
+            await asyncio.sleep(max(0.0, tick - time.monotonic()))
+        await asyncio.gather(*tasks)
+    else:
+
+        async def worker() -> None:
+            while time.monotonic() < deadline:
+                await one()
+
+        await asyncio.gather(*(worker() for _ in range(args.conns)))
+    return {
+        "conn_per_s": len(latencies) / args.duration,
+        "failures": failures,
+        "client_cpu_s": cpu_seconds() - cpu,
+        **percentiles(latencies),
+    }
+
+
+async def idle(args: argparse.Namespace, headers: dict[str, str], ctx: ssl.SSLContext | None) -> None:
+    factory = source_factory(args.sources)
+    transports: list[tuple[WSTransport, Idle]] = []
+    failures: list[str] = []
+    pending = iter(range(args.conns))
+    started = time.monotonic()
+
+    async def opener() -> None:
+        for _ in pending:
+            try:
+                transports.append(
+                    await ws_connect(Idle, args.url, ssl_context=ctx, extra_headers=headers, socket_factory=factory)  # type: ignore[arg-type]
+                )
+            except Exception as exc:
+                failures.append(type(exc).__name__)
+
+    await asyncio.gather(*(opener() for _ in range(args.concurrency)))
+    report = {"opened": len(transports), "failures": len(failures), "open_s": time.monotonic() - started}
+    if failures:
+        report["first_failure"] = failures[0]
+    print(json.dumps(report), flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    for transport, listener in transports:
+        listener.pong = asyncio.get_running_loop().create_future()
+        transport.send_ping()
+    results = await asyncio.gather(
+        *(asyncio.wait_for(listener.pong, 30) for _, listener in transports if listener.pong), return_exceptions=True
+    )
+    print(json.dumps({"pongs": sum(r is None for r in results), "of": len(transports)}), flush=True)
+    for transport, _ in transports:
+        transport.disconnect(graceful=False)
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("mode", choices=("throughput", "connect", "idle"))
     parser.add_argument("url")
     parser.add_argument("--conns", type=int, default=1)
     parser.add_argument("--window", type=int, default=8)
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--rate", type=float, default=0.0, help="connect: new connections per second (open loop)")
+    parser.add_argument("--sources", type=int, default=1, help="idle: spread over 127.0.0.2 .. 127.0.0.N+1")
+    parser.add_argument("--concurrency", type=int, default=100, help="idle: handshakes in flight")
+    parser.add_argument("--ca", help="CA file for wss://")
+    parser.add_argument("--token", help="sent as Authorization: Bearer")
     args = parser.parse_args()
-    assert args.url.startswith(("ws://127.0.0.1", "wss://127.0.0.1")), "loopback only"
-    stats: dict = {"bytes": 0, "latencies": []}
-    now = time.monotonic()
-    await asyncio.gather(
-        *(
-            one_connection(
-                args.url, args.size, args.window, now + args.warmup + args.duration, now + args.warmup, stats
-            )
-            for _ in range(args.conns)
-        )
-    )
-    latencies = sorted(stats["latencies"]) or [0.0]
-    messages = stats["bytes"] / args.size
-    print(
-        json.dumps(
-            {
-                "msg_per_s": messages / args.duration,
-                "p50_us": statistics.median(latencies),
-                "p99_us": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
-                "messages": messages,
-            }
-        )
-    )
+    host = args.url.split("://", 1)[1].split("/", 1)[0].split(":", 1)[0]
+    assert host.startswith("127."), "loopback only"
+    headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
+    ctx = client_context(args.ca)
+    if args.mode == "throughput":
+        print(json.dumps(await throughput(args, headers, ctx)), flush=True)
+    elif args.mode == "connect":
+        print(json.dumps(await connect_rate(args, headers, ctx)), flush=True)
+    else:
+        await idle(args, headers, ctx)
+
+
+def raise_fd_limit(wanted: int = 1 << 20) -> int:
+    """As many descriptors as allowed (root may raise the hard limit too); returns the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    for limit in ((wanted, wanted), (min(wanted, hard), hard)):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, limit)
+            return limit[0]
+        except (ValueError, OSError):
+            continue
+    return soft
 
 
 if __name__ == "__main__":
-    try:
-        import uvloop
+    raise_fd_limit()
+    import uvloop
 
-        uvloop.run(main())
-    except ImportError:
-        asyncio.run(main())
+    uvloop.run(main())

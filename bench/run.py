@@ -1,13 +1,18 @@
-"""Benchmark harness (first part of the benchmark issue): wsgate against references in one run.
+"""Benchmark harness: wsgate against reference servers in one run (see bench/README.md).
 
-Scenarios, each alternated A/B over several rounds, medians and ratios reported:
-  echo   wsgate echo service  vs  a bare aiohttp echo on the same loop (uvloop + aiofastnet)
-  proxy  wsgate ws→tcp proxy  vs  websockify 0.13, both in front of the same TCP echo
-Matrix: 32 B and 16 KiB messages, c=1 (window 8) and c=100 (window 1).
-Server CPU is read from /proc for the server's whole process tree (websockify forks per connection),
-reported as µs per message. Loopback only; every process is started and stopped here.
+Scenarios, alternated server by server over several rounds, medians and ratios reported:
+  echo     wsgate echo service vs a bare aiohttp echo on the same loop (uvloop + aiofastnet), ws://
+  proxy    wsgate wss→tcp proxy with a JWT realm vs websockify 0.13 (wss, same TCP echo) vs nginx
+           terminating wss in front of the bare aiohttp echo
+  connect  new JWT-authenticated wss connections per second (16 in flight), and handshake latency at a
+           fixed 750/s, wsgate vs nginx (no auth)
+  idle     N authenticated wss connections held open: gateway RSS per connection, every one pinged
+  workers  wsgate --workers 1 vs 2 on the proxy 32 B c=100 cell
+Server CPU is read from /proc for the server's whole process tree (websockify forks per connection,
+nginx has a master and a worker); the load client's own CPU is reported to show when it is the limit.
+Loopback only; every process is started and stopped here.
 
-    make bench            # or: .venv/bin/python bench/run.py --rounds 3 --duration 5
+    make bench            # or: .venv/bin/python bench/run.py --rounds 3 --duration 4
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import argparse
 import json
 import os
 import platform
+import resource
+import shutil
 import signal
 import socket
 import statistics
@@ -25,11 +32,14 @@ import textwrap
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).parent
 PYTHON = sys.executable
 TICK = os.sysconf("SC_CLK_TCK")
 CELLS = [(32, 1, 8), (32, 100, 1), (16384, 1, 8), (16384, 100, 1)]  # size, conns, window
+HALF_TARGET_RATE = 750  # connections/s: half the 1,500/s target; p99 handshake is judged here
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
 
 def free_port() -> int:
@@ -49,27 +59,50 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
     raise RuntimeError(f"nothing listens on {port}")
 
 
-def tree_cpu(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` and all its descendants, from /proc."""
-    parents: dict[int, int] = {}
-    times: dict[int, float] = {}
+def _proc_stats() -> dict[int, list[str]]:
+    """The fields after the command name of every /proc/<pid>/stat."""
+    stats = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents[int(entry.name)] = int(fields[1])
-        # utime + stime, plus cutime + cstime: children that exited and were reaped (websockify forks per connection)
-        times[int(entry.name)] = (int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])) / TICK
+        if entry.name.isdigit():
+            try:
+                stats[int(entry.name)] = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+    return stats
+
+
+def tree_pids(pid: int, stats: dict[int, list[str]] | None = None) -> set[int]:
+    """``pid`` and all its descendants."""
+    parents = {p: int(fields[1]) for p, fields in (stats or _proc_stats()).items()}
     members, frontier = {pid}, [pid]
     while frontier:
         parent = frontier.pop()
         children = [p for p, pp in parents.items() if pp == parent and p not in members]
         members.update(children)
         frontier.extend(children)
-    return sum(times.get(p, 0.0) for p in members)
+    return members
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of ``pid`` and its descendants."""
+    total = 0
+    for member in tree_pids(pid):
+        try:
+            for line in Path(f"/proc/{member}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        except OSError:
+            continue
+    return total
+
+
+def tree_cpu(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and all its descendants, from /proc.
+
+    cutime + cstime count children that exited and were reaped (websockify forks per connection).
+    """
+    stats = _proc_stats()
+    return sum(sum(int(f) for f in stats[p][11:15]) / TICK for p in tree_pids(pid, stats) if p in stats)
 
 
 BARE_ECHO = textwrap.dedent("""
@@ -114,15 +147,18 @@ TCP_ECHO = textwrap.dedent("""
 
 
 class Server:
-    def __init__(self, name: str, command: list[str], port: int, cwd: Path | None = None) -> None:
-        self.name, self.command, self.port, self.cwd = name, command, port, cwd
+    """A server process (group) started for one measurement and stopped after it."""
+
+    def __init__(self, name: str, command: list[str], port: int) -> None:
+        self.name, self.command, self.port = name, command, port
         self.process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Server:
         self.process = subprocess.Popen(
-            self.command, cwd=self.cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+            self.command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
         )
         wait_port(self.port)
+        time.sleep(0.3)  # every worker up, not just the first to listen
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -132,119 +168,351 @@ class Server:
             self.process.wait(10)
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
 
 
-def measure(server: Server, url: str, size: int, conns: int, window: int, duration: float) -> dict[str, float]:
-    assert server.process is not None
-    cpu_before = tree_cpu(server.process.pid)
-    out = subprocess.run(
-        [
+class Bench:
+    """Everything one run needs: ports, certificates, a JWT, the configs and the servers."""
+
+    def __init__(self, work: Path, args: argparse.Namespace) -> None:
+        self.work, self.args = work, args
+        self.ports = {
+            name: free_port() for name in ("wsgate", "wsgate-tls", "aiohttp", "tcp", "ws-echo", "websockify", "nginx")
+        }
+        self.ca, self.cert, self.key = self._certificates()
+        self.token = self._jwt()
+        self.config = self._wsgate_config()
+
+    def _certificates(self) -> tuple[str, str, str]:
+        import trustme
+
+        ca = trustme.CA()
+        leaf = ca.issue_cert("127.0.0.1", "localhost")
+        ca.cert_pem.write_to_path(str(self.work / "ca.pem"))
+        leaf.private_key_and_cert_chain_pem.write_to_path(str(self.work / "keystore.pem"))
+        leaf.private_key_pem.write_to_path(str(self.work / "key.pem"))
+        with open(self.work / "cert.pem", "wb") as chain:
+            for blob in leaf.cert_chain_pems:
+                chain.write(blob.bytes())
+        return str(self.work / "ca.pem"), str(self.work / "cert.pem"), str(self.work / "key.pem")
+
+    def _jwt(self) -> str:
+        import jwt
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        key = ec.generate_private_key(ec.SECP256R1())
+        (self.work / "jwt-public.pem").write_bytes(
+            key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        )
+        claims = {"sub": "bench", "iss": "https://bench.invalid/", "aud": "wsgate", "roles": ["TRADER"]}
+        return jwt.encode({**claims, "exp": int(time.time()) + 86400}, key, algorithm="ES256")
+
+    def _wsgate_config(self) -> Path:
+        port, tls, tcp = self.ports["wsgate"], self.ports["wsgate-tls"], self.ports["tcp"]
+        path = self.work / "bench-gateway.yaml"
+        path.write_text(
+            textwrap.dedent(f"""
+            service-defaults:
+              accept-options:
+                ws.maximum.message.size: 1M
+            service:
+              - name: echo
+                accept: ws://127.0.0.1:{port}/echo
+                type: echo
+              - name: secure-echo
+                accept: wss://127.0.0.1:{tls}/echo
+                type: echo
+                realm-name: bench
+                authorization-constraint:
+                  require-role: TRADER
+              - name: proxy
+                accept: wss://127.0.0.1:{tls}/proxy
+                connect: tcp://127.0.0.1:{tcp}
+                type: proxy
+                realm-name: bench
+                authorization-constraint:
+                  require-role: TRADER
+            security:
+              keystore:
+                type: PEM
+                file: keystore.pem
+              realm:
+                - name: bench
+                  authentication:
+                    http-challenge-scheme: Application Token
+                    login-modules:
+                      login-module:
+                        type: jwt
+                        options:
+                          key-file: jwt-public.pem
+                          issuer: https://bench.invalid/
+                          audience: wsgate
+            """)
+        )
+        return path
+
+    def _nginx_config(self) -> Path:
+        path = self.work / "nginx.conf"
+        work = self.work
+        path.write_text(
+            textwrap.dedent(f"""
+            daemon off;
+            worker_processes 1;
+            pid {work}/nginx.pid;
+            error_log {work}/nginx-error.log error;
+            events {{ worker_connections 65536; }}
+            http {{
+              access_log off;
+              client_body_temp_path {work}/nginx-body;
+              proxy_temp_path {work}/nginx-proxy;
+              server {{
+                listen 127.0.0.1:{self.ports["nginx"]} ssl;
+                ssl_certificate {self.cert};
+                ssl_certificate_key {self.key};
+                location / {{
+                  proxy_pass http://127.0.0.1:{self.ports["ws-echo"]};
+                  proxy_http_version 1.1;
+                  proxy_set_header Upgrade $http_upgrade;
+                  proxy_set_header Connection "upgrade";
+                  proxy_read_timeout 1h;
+                  proxy_buffer_size 64k;  # default buffers cost 3.6× the CPU at 16 KiB
+                  proxy_buffers 4 64k;
+                  proxy_busy_buffers_size 128k;
+                }}
+              }}
+            }}
+            """)
+        )
+        return path
+
+    def wsgate(self, workers: int = 1) -> Server:
+        command = [PYTHON, "-m", "wsgate", "run", str(self.config), "--log-level", "error", "--workers", str(workers)]
+        return Server(f"wsgate×{workers}" if workers > 1 else "wsgate", command, self.ports["wsgate-tls"])
+
+    def servers(self) -> dict[str, Server]:
+        p = self.ports
+        return {
+            "wsgate": self.wsgate(),
+            "aiohttp": Server("aiohttp", [PYTHON, "-c", BARE_ECHO, str(p["aiohttp"])], p["aiohttp"]),
+            "websockify": Server(
+                "websockify",
+                [
+                    PYTHON,
+                    "-m",
+                    "websockify",
+                    "--cert",
+                    self.cert,
+                    "--key",
+                    self.key,
+                    "--ssl-only",
+                    f"127.0.0.1:{p['websockify']}",
+                    f"127.0.0.1:{p['tcp']}",
+                ],
+                p["websockify"],
+            ),
+            "nginx": Server("nginx", [NGINX, "-c", str(self._nginx_config()), "-p", str(self.work)], p["nginx"]),
+        }
+
+    def urls(self) -> dict[str, str]:
+        p = self.ports
+        return {
+            "wsgate-echo": f"ws://127.0.0.1:{p['wsgate']}/echo",
+            "aiohttp": f"ws://127.0.0.1:{p['aiohttp']}/",
+            "wsgate-proxy": f"wss://127.0.0.1:{p['wsgate-tls']}/proxy",
+            "wsgate-secure-echo": f"wss://127.0.0.1:{p['wsgate-tls']}/echo",
+            "websockify": f"wss://127.0.0.1:{p['websockify']}/",
+            "nginx": f"wss://127.0.0.1:{p['nginx']}/",
+        }
+
+    def load(self, mode: str, url: str, *extra: str, timeout: float = 120.0) -> dict[str, Any]:
+        command = [PYTHON, str(HERE / "load.py"), mode, url, *extra]
+        if url.startswith("wss:"):
+            command += ["--ca", self.ca]
+        if url.startswith(f"wss://127.0.0.1:{self.ports['wsgate-tls']}/"):
+            command += ["--token", self.token]
+        out = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        if out.returncode:
+            raise RuntimeError(f"load client failed: {out.stderr.strip().splitlines()[-1:]}")
+        return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+    def measure(self, server: Server, mode: str, url: str, *extra: str) -> dict[str, Any]:
+        assert server.process is not None
+        cpu_before = tree_cpu(server.process.pid)
+        started = time.monotonic()
+        result = self.load(mode, url, *extra, "--duration", str(self.args.duration), "--warmup", "1")
+        elapsed = time.monotonic() - started
+        cpu = tree_cpu(server.process.pid) - cpu_before
+        count = result.get("messages") or result.get("conn_per_s", 0) * self.args.duration
+        # The server's CPU over the measured part only (the load client spends ~1 s warming up).
+        result["server_cpu_us_per_op"] = cpu * (self.args.duration / elapsed) / max(count, 1) * 1e6
+        result["client_cpu_share"] = result["client_cpu_s"] / (self.args.duration + 1)
+        return result
+
+
+def url_for(bench: Bench, scenario: str, server: str) -> str:
+    urls = bench.urls()
+    if server.startswith("wsgate"):
+        return urls["wsgate-echo" if scenario == "echo" else "wsgate-proxy"]
+    return urls[server]
+
+
+def run_matrix(bench: Bench, results: dict[str, Any], scenario: str, names: list[str]) -> None:
+    servers = bench.servers()
+    for size, conns, window in CELLS:
+        cell = f"{scenario} {size}B c={conns}"
+        results[cell] = {}
+        for _ in range(bench.args.rounds):
+            for name in names:
+                with servers[name] as server:
+                    extra = ["--conns", str(conns), "--window", str(window), "--size", str(size)]
+                    results[cell].setdefault(name, []).append(
+                        bench.measure(server, "throughput", url_for(bench, scenario, name), *extra)
+                    )
+        print(_row(cell, results[cell], "msg_per_s", "msg/s"), flush=True)
+
+
+def run_connect(bench: Bench, results: dict[str, Any]) -> None:
+    servers = bench.servers()
+    urls = bench.urls()
+    cells = {
+        "connect max (16 in flight)": ["--conns", "16"],
+        f"connect at {HALF_TARGET_RATE}/s": ["--rate", str(HALF_TARGET_RATE)],
+    }
+    for cell, extra in cells.items():
+        results[cell] = {}
+        for _ in range(bench.args.rounds):
+            for name, url in (("wsgate", urls["wsgate-secure-echo"]), ("nginx", urls["nginx"])):
+                with servers[name] as server:
+                    results[cell].setdefault(name, []).append(bench.measure(server, "connect", url, *extra))
+        print(_row(cell, results[cell], "conn_per_s", "conn/s"), flush=True)
+
+
+def run_idle(bench: Bench, results: dict[str, Any]) -> None:
+    count = bench.args.idle
+    with bench.servers()["wsgate"] as server:
+        assert server.process is not None
+        before = tree_rss(server.process.pid)
+        command = [
             PYTHON,
             str(HERE / "load.py"),
-            url,
+            "idle",
+            bench.urls()["wsgate-secure-echo"],
             "--conns",
-            str(conns),
-            "--window",
-            str(window),
-            "--size",
-            str(size),
-            "--duration",
-            str(duration),
-            "--warmup",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=duration + 60,
-        check=True,
-    ).stdout
-    result = json.loads(out.strip().splitlines()[-1])
-    cpu = tree_cpu(server.process.pid) - cpu_before
-    result["server_cpu_us_per_msg"] = cpu / max(result["messages"], 1) * 1e6 * (duration / (duration + 1))
-    return result
-
-
-def wsgate_config(folder: Path, port: int, backend: int) -> Path:
-    path = folder / "bench-gateway.yaml"
-    path.write_text(
-        textwrap.dedent(f"""
-        service:
-          - name: echo
-            accept: ws://127.0.0.1:{port}/echo
-            type: echo
-            accept-options:
-              ws.maximum.message.size: 1M
-          - name: proxy
-            accept: ws://127.0.0.1:{port}/proxy
-            connect: tcp://127.0.0.1:{backend}
-            type: proxy
-            accept-options:
-              ws.maximum.message.size: 1M
-    """)
+            str(count),
+            "--sources",
+            str(max(1, count // 20000 + 1)),
+            "--concurrency",
+            "64",
+            "--ca",
+            bench.ca,
+            "--token",
+            bench.token,
+        ]
+        client = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert client.stdin is not None and client.stdout is not None
+        opened = json.loads(client.stdout.readline())
+        time.sleep(2)
+        after = tree_rss(server.process.pid)
+        client.stdin.write("ping\n")
+        client.stdin.flush()
+        pongs = json.loads(client.stdout.readline())
+        client.wait(60)
+    per = (after - before) / max(opened["opened"], 1)
+    results["idle"] = {**opened, **pongs, "rss_before": before, "rss_after": after, "rss_per_conn": per}
+    print(
+        f"{'idle wss+JWT':28} {opened['opened']} open ({opened['failures']} failed) in {opened['open_s']:.1f} s, "
+        f"gateway RSS {before / 2**20:.0f} → {after / 2**20:.0f} MiB ({per / 1024:.1f} KiB/conn), "
+        f"{pongs['pongs']}/{pongs['of']} answered a ping",
+        flush=True,
     )
-    return path
+
+
+def run_workers(bench: Bench, results: dict[str, Any]) -> None:
+    one, two = bench.wsgate(1), bench.wsgate(2)
+    cell = "workers proxy 32B c=100"
+    results[cell] = {}
+    for _ in range(bench.args.rounds):
+        for server in (two, one):
+            with server:
+                results[cell].setdefault(server.name, []).append(
+                    bench.measure(server, "throughput", bench.urls()["wsgate-proxy"], "--conns", "100", "--window", "1")
+                )
+    print(_row(cell, results[cell], "msg_per_s", "msg/s"), flush=True)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=4.0)
-    parser.add_argument("--scenarios", default="echo,proxy")
+    parser.add_argument("--scenarios", default="echo,proxy,connect,idle,workers")
+    parser.add_argument("--idle", type=int, default=50_000, help="connections held open by the idle scenario")
     args = parser.parse_args()
+    raise_fd_limit()
     work = Path(os.environ.get("TMPDIR", "/tmp")) / f"wsgate-bench-{os.getpid()}"
     work.mkdir(parents=True, exist_ok=True)
-    gw_port, bare_port, tcp_port, wsf_port = free_port(), free_port(), free_port(), free_port()
-    servers = {
-        "wsgate": Server(
-            "wsgate",
-            [PYTHON, "-m", "wsgate", "run", str(wsgate_config(work, gw_port, tcp_port)), "--log-level", "error"],
-            gw_port,
-        ),
-        "aiohttp": Server("aiohttp", [PYTHON, "-c", BARE_ECHO, str(bare_port)], bare_port),
-        "websockify": Server(
-            "websockify", [PYTHON, "-m", "websockify", f"127.0.0.1:{wsf_port}", f"127.0.0.1:{tcp_port}"], wsf_port
-        ),
-    }
-    pairs = {
-        "echo": (("wsgate", f"ws://127.0.0.1:{gw_port}/echo"), ("aiohttp", f"ws://127.0.0.1:{bare_port}/")),
-        "proxy": (("wsgate", f"ws://127.0.0.1:{gw_port}/proxy"), ("websockify", f"ws://127.0.0.1:{wsf_port}/")),
-    }
-    results: dict[str, dict[str, list[dict[str, float]]]] = {}
-    with Server("tcp-echo", [PYTHON, "-c", TCP_ECHO, str(tcp_port)], tcp_port):
+    bench = Bench(work, args)
+    results: dict[str, Any] = {}
+    started = time.monotonic()
+    # Back ends that run for the whole matrix: a TCP echo (wsgate, websockify) and a ws echo (nginx).
+    tcp_echo = Server("tcp-echo", [PYTHON, "-c", TCP_ECHO, str(bench.ports["tcp"])], bench.ports["tcp"])
+    ws_echo = Server("ws-echo", [PYTHON, "-c", BARE_ECHO, str(bench.ports["ws-echo"])], bench.ports["ws-echo"])
+    with tcp_echo, ws_echo:
         for scenario in args.scenarios.split(","):
-            for size, conns, window in CELLS:
-                cell = f"{scenario} {size}B c={conns}"
-                results[cell] = {}
-                for _ in range(args.rounds):
-                    for name, url in pairs[scenario]:
-                        with servers[name] as server:
-                            results[cell].setdefault(name, []).append(
-                                measure(server, url, size, conns, window, args.duration)
-                            )
-                print(_row(cell, results[cell]), flush=True)
+            if scenario == "echo":
+                run_matrix(bench, results, "echo", ["wsgate", "aiohttp"])
+            elif scenario == "proxy":
+                run_matrix(bench, results, "proxy", ["wsgate", "websockify", "nginx"])
+            elif scenario == "connect":
+                run_connect(bench, results)
+            elif scenario == "idle":
+                run_idle(bench, results)
+            elif scenario == "workers":
+                run_workers(bench, results)
+            else:
+                parser.error(f"unknown scenario {scenario!r}")
+    print(f"matrix took {time.monotonic() - started:.0f} s")
     _save(results, args)
     return 0
 
 
-def _median(runs: list[dict[str, float]], key: str) -> float:
-    return statistics.median(r[key] for r in runs)
+def raise_fd_limit(wanted: int = 1 << 20) -> None:
+    """Children inherit it: 50,000 connections need 100,000+ descriptors on each side."""
+    for limit in ((wanted, wanted), (resource.getrlimit(resource.RLIMIT_NOFILE)[1],) * 2):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, limit)
+            return
+        except (ValueError, OSError):
+            continue
 
 
-def _row(cell: str, by_server: dict[str, list[dict[str, float]]]) -> str:
-    (a, a_runs), (b, b_runs) = list(by_server.items())
-    ratio = _median(a_runs, "msg_per_s") / max(_median(b_runs, "msg_per_s"), 1e-9)
-    b_cpu = _median(b_runs, "server_cpu_us_per_msg")
-    cpu_ratio = f"×{_median(a_runs, 'server_cpu_us_per_msg') / b_cpu:.2f}" if b_cpu > 0.05 else "n/a"
-    return (
-        f"{cell:24} {a} {_median(a_runs, 'msg_per_s'):9.0f} msg/s {_median(a_runs, 'server_cpu_us_per_msg'):6.1f} µs/msg"
-        f" | {b} {_median(b_runs, 'msg_per_s'):9.0f} msg/s {_median(b_runs, 'server_cpu_us_per_msg'):6.1f} µs/msg"
-        f" | throughput ×{ratio:.2f}, CPU/msg {cpu_ratio}"
-    )
+def _median(runs: list[dict[str, Any]], key: str) -> float:
+    return float(statistics.median(r[key] for r in runs))
 
 
-def _save(results: dict, args: argparse.Namespace) -> None:
+def _row(cell: str, by_server: dict[str, list[dict[str, Any]]], key: str, unit: str) -> str:
+    """``cell  A rate µs/op p99 [client-bound] | B … ×ratio``: ratios are A over each reference."""
+    (first, first_runs), *others = list(by_server.items())
+    parts = []
+    for name, runs in [(first, first_runs), *others]:
+        rate, cpu = _median(runs, key), _median(runs, "server_cpu_us_per_op")
+        flag = " client-bound" if _median(runs, "client_cpu_share") > 0.85 else ""
+        part = f"{name} {rate:8.0f} {unit} {cpu:6.1f} µs/op p99 {_median(runs, 'p99_us') / 1000:6.2f} ms{flag}"
+        if name != first:
+            part += f" (×{_median(first_runs, key) / max(rate, 1e-9):.2f}"
+            part += f", CPU ×{_median(first_runs, 'server_cpu_us_per_op') / cpu:.2f})" if cpu > 0.05 else ")"
+        parts.append(part)
+    return f"{cell:28} " + " | ".join(parts)
+
+
+def _save(results: dict[str, Any], args: argparse.Namespace) -> None:
     stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H%M%SZ")
-    machine = {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
+    machine = {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+    }
     path = HERE / "results" / f"{stamp}.json"
     path.write_text(
         json.dumps({"machine": machine, "rounds": args.rounds, "duration": args.duration, "results": results}, indent=1)

@@ -71,7 +71,7 @@ async def start_gateway(tmp_path: Path) -> AsyncIterator[StartGateway]:
     async def start(text: str, name: str = "gateway.yaml", **overrides: str) -> Gateway:
         path = tmp_path / name
         path.write_text(textwrap.dedent(text))
-        gateway = Gateway(load_config(path, overrides))
+        gateway = Gateway(load_config(path, overrides), loader=lambda: load_config(path, overrides))
         await gateway.start()
         started.append(gateway)
         return gateway

@@ -138,7 +138,8 @@ async def test_authz_identity_names_the_user(directory, http, caplog):
     gw = await directory('            authzIdentity: "{mail}"')
     with caplog.at_level(logging.INFO, logger="wsgate.audit"):
         assert await status_of(http, gw, "users", basic("alice", "alicepw")) == 101
-    assert "user 'alice@example.test' authenticated" in caplog.text
+    decisions = [r.msg for r in caplog.records if isinstance(r.msg, dict) and r.msg.get("decision")]
+    assert decisions[-1]["decision"] == "authenticated" and decisions[-1]["user"] == "alice@example.test"
 
 
 async def test_starttls_verified_against_the_ca(start_gateway, slapd, tmp_path, http, ca, other_ca):

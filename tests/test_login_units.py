@@ -173,7 +173,6 @@ async def test_a_module_that_raises_is_unavailable_not_access(caplog):
     assert "login module class:x.Broken raised" in caplog.text
 
 
-
 def test_session_store_keeps_only_digests_and_prunes_expired_sessions(monkeypatch):
     import time as time_module
 

@@ -269,7 +269,9 @@ async def test_audit_log_has_the_reason_and_never_the_secret(gw, http, caplog):
         ws = await echo_through(http, gw, "files", headers=basic("joe", "welcome"))
         await ws.close()
     assert "bad user name or password for 'joe'" in caplog.text
-    assert "user 'joe' authenticated by credentials, roles AUTHORIZED" in caplog.text
+    granted = [r.msg for r in caplog.records if isinstance(r.msg, dict) and r.msg.get("decision") == "authenticated"]
+    assert granted[-1]["user"] == "joe" and granted[-1]["via"] == "credentials"
+    assert granted[-1]["roles"] == ["AUTHORIZED"] and granted[-1]["service"] == "files"
     assert "not-the-password" not in caplog.text and "welcome" not in caplog.text
 
 
@@ -911,7 +913,6 @@ async def test_a_module_challenge_puts_its_data_in_the_401(start_gateway, http, 
     await ws.close()
 
 
-
 async def test_a_subprotocol_token_never_reaches_a_websocket_back_end(start_gateway, http, users, issuer):
     seen: list[str] = []
 
@@ -931,12 +932,16 @@ async def test_a_subprotocol_token_never_reaches_a_websocket_back_end(start_gate
     await site.start()
     backend_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:
-        gw = await start_gateway(realm_config(0, issuer.url).replace(
-            "connect: tcp://127.0.0.1:0\n    type: proxy\n    realm-name: tokens",
-            f"connect: ws://127.0.0.1:{backend_port}/ws\n    type: proxy\n    realm-name: tokens",
-        ))
+        gw = await start_gateway(
+            realm_config(0, issuer.url).replace(
+                "connect: tcp://127.0.0.1:0\n    type: proxy\n    realm-name: tokens",
+                f"connect: ws://127.0.0.1:{backend_port}/ws\n    type: proxy\n    realm-name: tokens",
+            )
+        )
         token = issuer.token()
-        ws = await http.ws_connect(f"ws://127.0.0.1:{gw.port_of('tokens')}/tokens", protocols=(f"wsgate.token.{token}", "mqtt"))
+        ws = await http.ws_connect(
+            f"ws://127.0.0.1:{gw.port_of('tokens')}/tokens", protocols=(f"wsgate.token.{token}", "mqtt")
+        )
         assert ws.protocol == "mqtt"
         await ws.send_str("through")
         assert (await asyncio.wait_for(ws.receive(), 5)).data == "through"

@@ -9,14 +9,20 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
+import re
+import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
 from .config.build import BIND_LAYERS
-from .config.model import GatewayConfig, Service, TlsOptions
+from .config.model import GatewayConfig, Service, Store, TlsOptions
 from .config.values import Uri
-from .errors import ConfigError
+from .errors import ConfigError, GatewayError
+from .management.metrics import Metrics
 from .security.keystore import load_store
 from .security.realms import RealmGuard, RealmRuntime
 from .security.tls import ListenerTls
@@ -27,21 +33,40 @@ from .transport.listener import Listener, Route
 from .transport.websocket import CloseCode, Connection
 
 log = logging.getLogger("wsgate")
+_USERINFO = re.compile(r"://[^/@]*@")
+try:
+    VERSION = version("wsgate")
+except PackageNotFoundError:  # running from a source tree
+    VERSION = "unknown"
 
 BindKey = tuple[str | None, int]
 
 
 class Gateway:
-    def __init__(self, config: GatewayConfig, reuse_port: bool = False) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        reuse_port: bool = False,
+        loader: Callable[[], GatewayConfig] | None = None,
+    ) -> None:
+        """``loader`` re-reads the configuration for ``reload`` (SIGHUP, the management API)."""
         self.config = config
         self.reuse_port = reuse_port
+        self.loader = loader
+        self.started = time.time()
+        self.retired: list[Listener] = []  # listeners replaced by a reload, still serving their connections
+        self._reloading = asyncio.Lock()
         security = config.security
         self.runtime = Runtime(
             keys=load_store(security.keystore) if security.keystore else None,
             trust=load_store(security.truststore) if security.truststore else None,
         )
+        self.runtime.metrics = Metrics(lambda: self.runtime.connections)
+        self.runtime.control = self
         base_dir = config.source.parent if config.source else Path.cwd()
         self.realms = {name: RealmRuntime(realm, base_dir) for name, realm in security.realms.items()}
+        for realm_runtime in self.realms.values():
+            realm_runtime.metrics = self.runtime.metrics
         self.runtime.realms = dict(security.realms)
         self.services: dict[str, ServiceHandler] = {}
         for service in config.services:
@@ -76,11 +101,19 @@ class Gateway:
                 f"service[{tls_entries[0][0].name}]/accept",
                 f"{secure} and {plain} bind the same port {key[1]} with and without TLS; give them different ports",
             )
-        listener = Listener(host=key[0], port=key[1], reuse_port=self.reuse_port)
+        listener = Listener(host=key[0], port=key[1], reuse_port=self.reuse_port, metrics=self.runtime.metrics)
         verify = self._verify_client_modes(tls_entries)
         tls_level = next(iter(verify)) if len(verify) == 1 else "optional"
         if tls_entries:
             listener.ssl_context = self._listener_tls(tls_entries, tls_level).context
+            # What the TLS context was built from: a reload keeps the socket only if this is unchanged.
+            listener.tls_source = (
+                tuple(sorted(u.host for _, u in tls_entries)),
+                tls_level,
+                tuple((s.accept_options.tls.ciphers, s.accept_options.tls.protocols) for s, _ in tls_entries),
+                self.runtime.keys,
+                self.runtime.trust,
+            )
         for service, uri in entries:
             handler = self.services[service.name]
             listener.add(
@@ -90,7 +123,7 @@ class Gateway:
                     service=RealmGuard(handler, self.realms[service.realm_name], self.runtime)
                     if service.realm_name and service.protected
                     else handler,
-                    prefix=service.type == "directory",
+                    prefix=service.type in ("directory", "management"),
                     control=service.protected,
                     verify_client=service.accept_options.tls.verify_client if uri.secure else "none",
                 )
@@ -150,7 +183,7 @@ class Gateway:
         so a client that stopped reading cannot hold the shutdown hostage.
         """
         self.runtime.closing = True
-        for listener in self.listeners.values():
+        for listener in [*self.listeners.values(), *self.retired]:
             listener.stop_accepting()
         connections = list(self.runtime.connections)
         if connections:
@@ -163,7 +196,8 @@ class Gateway:
                 task.cancel()
         for connection in list(self.runtime.connections):
             connection.abort()
-        await asyncio.gather(*(listener.shutdown(min(grace, 1.0)) for listener in self.listeners.values()))
+        listeners = [*self.listeners.values(), *self.retired]
+        await asyncio.gather(*(listener.shutdown(min(grace, 1.0)) for listener in listeners))
         for service in self.services.values():
             await service.stop()
         for realm in self.realms.values():
@@ -186,6 +220,157 @@ class Gateway:
         if closed:
             log.info("revoked %d connection(s) (%s)", closed, reason)
         return closed
+
+    # -- operations --------------------------------------------------------------------------
+
+    def summary(self) -> dict[str, Any]:
+        """What the management API shows about this gateway: no passwords, no option values."""
+        config = self.config
+        security = config.security
+        return {
+            "product": "wsgate",
+            "version": VERSION,
+            "pid": os.getpid(),
+            "started": self.started,
+            "uptime": round(time.time() - self.started, 1),
+            "connections": len(self.runtime.connections),
+            "config": {
+                "source": str(config.source) if config.source else None,
+                "services": [_service_summary(s) for s in config.services],
+                "realms": [
+                    {
+                        "name": realm.name,
+                        "challenge": realm.authentication.http_challenge_scheme,
+                        "login-modules": [
+                            {"type": m.type, "success": m.success} for m in realm.authentication.login_modules
+                        ],
+                    }
+                    for realm in security.realms.values()
+                ],
+                "keystore": _store_summary(security.keystore),
+                "truststore": _store_summary(security.truststore),
+            },
+        }
+
+    async def reload(self) -> tuple[bool, str]:
+        """Re-read the config; apply it only if it is entirely valid (the old one keeps running otherwise).
+
+        Services whose config (realm and key material included) is unchanged keep their handler
+        and live connections; changed services' connections close with 1012 (service restart) so
+        clients reconnect to the new version; removed services' with 1001. Listeners keep their
+        socket unless their TLS material changed (then new handshakes get the new certificates).
+        """
+        metrics = self.runtime.metrics
+        assert metrics is not None
+        async with self._reloading:
+            if self.loader is None:
+                return False, "this gateway was not started from a config file"
+            try:
+                fresh = Gateway(self.loader(), self.reuse_port, self.loader)
+            except GatewayError as exc:
+                metrics.reloads.labels("rejected").inc()
+                log.error("reload rejected, the running configuration stays: %s", exc)
+                return False, str(exc)
+            changes = await self._adopt(fresh)
+            metrics.reloads.labels("applied").inc()
+            log.info("configuration reloaded: %s", changes)
+            return True, changes
+
+    async def _adopt(self, fresh: Gateway) -> str:
+        unchanged = {name for name in fresh.services if self._unchanged(name, fresh)}
+        removed = set(self.services) - set(fresh.services)
+        changed = set(self.services) - removed - unchanged
+        added = set(fresh.services) - set(self.services)
+        # Realms whose config did not change keep their runtime: sessions and pools survive.
+        for name, realm in list(fresh.realms.items()):
+            if name in self.realms and self.config.security.realms[name] == fresh.config.security.realms[name]:
+                await realm.close()
+                fresh.realms[name] = self.realms[name]
+        # One registry of live connections across reloads; kept handlers move to the new runtime.
+        fresh.runtime.connections = self.runtime.connections
+        fresh.runtime.by_id = self.runtime.by_id
+        fresh.runtime.metrics = self.runtime.metrics
+        for name in unchanged:
+            handler = self.services[name]
+            handler.runtime = fresh.runtime
+            fresh.services[name] = handler
+        for realm_runtime in fresh.realms.values():
+            realm_runtime.metrics = fresh.runtime.metrics
+        fresh.listeners = fresh._plan_listeners()
+        for name in added | changed:
+            await fresh.services[name].start()
+        await self._swap_listeners(fresh)
+        for connection in list(self.runtime.connections):
+            if connection.service in removed:
+                connection.expire_now(CloseCode.GOING_AWAY, "service removed")
+            elif connection.service in changed:
+                connection.expire_now(CloseCode.SERVICE_RESTART, "service restarted")
+        retiring = [self.services[name] for name in removed | changed]
+        old_realms = [r for name, r in self.realms.items() if fresh.realms.get(name) is not r]
+        self.config, self.services, self.realms = fresh.config, fresh.services, fresh.realms
+        self.listeners, self.runtime = fresh.listeners, fresh.runtime
+        self.runtime.control = self
+        asyncio.get_running_loop().create_task(self._retire(retiring, old_realms))
+        return f"{len(unchanged)} unchanged, {len(added)} added, {len(changed)} changed, {len(removed)} removed" + (
+            f" ({', '.join(sorted(added | changed | removed))})" if added | changed | removed else ""
+        )
+
+    def _unchanged(self, name: str, fresh: Gateway) -> bool:
+        if name not in self.services:
+            return False
+        old, new = self.config.service(name), fresh.config.service(name)
+        if old != new:
+            return False
+        realms_old, realms_new = self.config.security.realms, fresh.config.security.realms
+        if new.realm_name and realms_old.get(new.realm_name) != realms_new.get(new.realm_name):
+            return False
+        uses_keys = any(u.secure for u in (*new.accepts, *new.connects))
+        return not uses_keys or (self.runtime.keys, self.runtime.trust) == (fresh.runtime.keys, fresh.runtime.trust)
+
+    async def _swap_listeners(self, fresh: Gateway) -> None:
+        for key, listener in list(fresh.listeners.items()):
+            current = self.listeners.get(key)
+            if current is not None and current.tls_source == listener.tls_source:
+                current.routes = listener.routes  # same socket, new routes: nothing in flight is touched
+                fresh.listeners[key] = current
+                continue
+            if current is not None:
+                current.stop_accepting()
+                self.retired.append(current)
+            await listener.start()
+        for key, listener in self.listeners.items():
+            if key not in fresh.listeners:
+                listener.stop_accepting()
+                self.retired.append(listener)
+        fresh.retired = self.retired
+
+    async def _retire(self, handlers: list[ServiceHandler], realms: list[RealmRuntime]) -> None:
+        """Release what removed or changed services held, once their connections are gone."""
+        names = {h.name for h in handlers}
+        for _ in range(100):
+            if not any(c.service in names for c in self.runtime.connections):
+                break
+            await asyncio.sleep(0.05)
+        for handler in handlers:
+            if handler not in self.services.values():
+                await handler.stop()
+        for realm in realms:
+            await realm.close()
+
+
+def _service_summary(service: Service) -> dict[str, Any]:
+    return {
+        "name": service.name,
+        "type": service.type,
+        "accept": [str(u) for u in service.accepts],
+        "connect": [_USERINFO.sub("://***@", str(u)) for u in service.connects],
+        "realm": service.realm_name,
+        "require-role": sorted({r for c in service.authorization_constraints for r in c.require_roles}),
+    }
+
+
+def _store_summary(store: Store | None) -> dict[str, Any] | None:
+    return None if store is None else {"type": store.type, "file": str(store.file)}
 
 
 def _bind_key(service: Service, uri: Uri) -> BindKey:

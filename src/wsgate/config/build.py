@@ -11,6 +11,7 @@ import difflib
 import re
 from collections import defaultdict
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
@@ -106,7 +107,11 @@ SERVICE_TYPES: dict[str, dict[str, Any]] = {
         "connect": (0, 1),
         "properties": {"accept": "?", "on.client.message": "?", "maximum.pending.bytes": "?"},
     },
+    "management": {"accept": ("http", "https"), "connect": (0, 0), "properties": {"insecure": "?"}},
+    "metrics": {"accept": ("http", "https"), "connect": (0, 0), "properties": {}},
 }
+MANAGEMENT_ROLE = "ADMINISTRATOR"
+LOOPBACK_HOSTS = ("localhost", "::1", "[::1]")
 SERVICE_TYPES_UNSUPPORTED = (
     "amqp.proxy",
     "balancer",
@@ -280,7 +285,7 @@ class Builder:
         realm_name = self.one(groups, "realm-name", index, str)
         if len(self.errors) > errors_before:
             return None
-        return m.Service(
+        service = m.Service(
             name=name or "",
             type=type_,
             accepts=accepts,
@@ -294,6 +299,26 @@ class Builder:
             cross_site_constraints=cross_site,
             mime_mappings=mime,
         )
+        return self.management_rules(service, index) if type_ == "management" else service
+
+    def management_rules(self, service: m.Service, index: str) -> m.Service | None:
+        """Admin access by default; no realm only on loopback and only when said out loud."""
+        if service.realm_name:
+            if service.authorization_constraints:
+                return service
+            return replace(service, authorization_constraints=(m.AuthorizationConstraint((MANAGEMENT_ROLE,)),))
+        insecure = service.prop("insecure", "false")
+        hosts = [u.host for u in service.accepts] + [b.host or "*" for b in service.accept_options.binds.values()]
+        exposed = [h for h in hosts if not (h in LOOPBACK_HOSTS or h.startswith("127."))]
+        if insecure != "true" or exposed:
+            why = f"it listens on {exposed[0]}, not only loopback" if exposed else "it has no realm-name"
+            self.fail(
+                f"{index}/realm-name",
+                f"a management service needs a realm (it defaults to require-role {MANAGEMENT_ROLE}); {why}. "
+                "Without a realm it may only listen on 127.0.0.1 with the property insecure: true",
+            )
+            return None
+        return service
 
     def service_type(self, type_: str, path: str) -> dict[str, Any] | None:
         if type_ in SERVICE_TYPES:

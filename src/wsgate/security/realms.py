@@ -23,26 +23,28 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from ..config.model import AuthorizationConstraint, Realm
+from ..management.logs import get_logger
 from .challenges import Credentials, CredentialsError, challenge_header, gather_credentials, offered_subprotocols
 from .login import ChainEntry, Challenged, Failed, LoginAttempt, Succeeded, Unavailable, build_module, run_chain
 from .sessions import DEFAULT_SESSION_TTL, SessionStore, cookie_name
 
 if TYPE_CHECKING:
+    from ..management.metrics import Metrics
     from ..services.base import Runtime, ServiceHandler
     from .tls import PeerIdentity
 
-audit = logging.getLogger("wsgate.audit")
+audit = get_logger("wsgate.audit")
 CONTROL = "/.wsgate/"
+PLAIN_HTTP_TYPES = ("directory", "management", "metrics")
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,7 @@ class RealmRuntime:
         self.recycle = auth.authorization_mode == "recycle"
         self.cookie = cookie_name(realm.name)
         self.sessions = SessionStore()
+        self.metrics: Metrics | None = None  # set by the gateway
 
     async def authenticate(
         self, request: web.BaseRequest, peer: PeerIdentity | None, allow_session: bool = True
@@ -108,6 +111,9 @@ class RealmRuntime:
         except CredentialsError as exc:
             return Refused(403, str(exc))  # garbled or ambiguous credentials were presented
         result = await run_chain(self.chain, LoginAttempt(credentials, request.remote or "?", peer))
+        if self.metrics is not None:
+            for module, seconds in result.timings:
+                self.metrics.auth_seconds.labels(self.config.name, module).observe(seconds)
         outcome = result.outcome
         if not isinstance(outcome, Succeeded):
             return self.refusal(outcome, self.presented(credentials), result.trail)
@@ -214,7 +220,7 @@ class RealmGuard:
         self.realm = realm
         self.runtime = runtime
         self.name = service.name
-        self.plain_http = service.config.type == "directory"
+        self.plain_http = service.config.type in PLAIN_HTTP_TYPES  # browsers show their own login dialog
         self.paths = tuple(u.path.rstrip("/") for u in service.config.accepts)
 
     async def handle(self, request: web.BaseRequest, peer: PeerIdentity | None) -> web.StreamResponse:
@@ -242,22 +248,24 @@ class RealmGuard:
         self, request: web.BaseRequest, peer: PeerIdentity | None, allow_session: bool = True
     ) -> Identity | web.Response:
         outcome = await self.realm.authenticate(request, peer, allow_session)
-        where = f"service[{self.name}] realm[{self.realm.config.name}] from {request.remote}"
+        where = {"service": self.name, "realm": self.realm.config.name, "remote": request.remote}
         if isinstance(outcome, Refused):
             return self.refuse(outcome, where)
-        roles = ", ".join(sorted(outcome.roles)) or "none"
+        roles = sorted(outcome.roles)
         if not authorized(outcome.roles, self.service.config.authorization_constraints):
-            audit.info("%s: user %r lacks roles (has %s)", where, outcome.user, roles)
+            audit.info("authorization denied", **where, decision="denied", status=403, user=outcome.user, roles=roles)
             return web.Response(status=403, text="Forbidden\n")
         via = "session" if outcome.session and allow_session else "credentials"
-        audit.info("%s: user %r authenticated by %s, roles %s", where, outcome.user, via, roles)
+        audit.info("authenticated", **where, decision="authenticated", user=outcome.user, via=via, roles=roles)
         return outcome
 
-    def refuse(self, refused: Refused, where: str) -> web.Response:
+    def refuse(self, refused: Refused, where: dict[str, Any]) -> web.Response:
         if refused.status == 503:
-            audit.warning("%s: unavailable: %s", where, refused.reason)
+            audit.warning(
+                "authentication unavailable", **where, decision="unavailable", status=503, reason=refused.reason
+            )
             return web.Response(status=503, text="Service Unavailable\n", headers={"Retry-After": "5"})
-        audit.info("%s: denied (%d): %s", where, refused.status, refused.reason)
+        audit.info("authentication denied", **where, decision="denied", status=refused.status, reason=refused.reason)
         if refused.status == 401:
             return web.Response(
                 status=401, text="Unauthorized\n", headers=self.realm.challenge(self.plain_http, refused.data)

@@ -13,20 +13,23 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from ..config.model import Realm, Service
+from ..management.logs import get_logger
 from ..security.keystore import KeyMaterial
 from ..security.origin import cors_headers, origin_allowed, preflight
 from ..security.realms import IDENTITY_KEY, connection_deadline
 from ..transport.websocket import CloseCode, Connection, accept_websocket
 
 if TYPE_CHECKING:
+    from ..management.metrics import Metrics
     from ..security.tls import PeerIdentity
 
 log = logging.getLogger("wsgate.service")
+access = get_logger("wsgate.access")
 
 
 @dataclass
@@ -39,6 +42,8 @@ class Runtime:
     by_id: dict[str, Connection] = field(default_factory=dict)
     realms: dict[str, Realm] = field(default_factory=dict)
     closing: bool = False
+    metrics: Metrics | None = None
+    control: Any = None  # the gateway, for the management service (management.service.GatewayControl)
 
     def expire_where(self, match: Callable[[Connection], bool], reason: str) -> int:
         """Close every live connection ``match`` selects with 1008 ``reason`` now (aborted after 1 s)."""
@@ -141,6 +146,10 @@ class WebSocketService(ServiceHandler):
         connection.expire_at(deadline, why)
         self.runtime.connections.add(connection)
         self.runtime.by_id[connection_id] = connection
+        metrics = self.runtime.metrics
+        if metrics is not None:
+            metrics.connections_total.labels(self.name).inc()
+            metrics.handshakes.labels(self.name, "101").inc()
         try:
             await self.serve(connection)
         except asyncio.CancelledError:
@@ -154,7 +163,27 @@ class WebSocketService(ServiceHandler):
             self.runtime.by_id.pop(connection_id, None)
             if not connection.closed:
                 await connection.close()
+            self.closed(connection)
         return ws
+
+    def closed(self, connection: Connection) -> None:
+        """The access line and the metrics of a connection that ended."""
+        if self.runtime.metrics is not None:
+            self.runtime.metrics.connection_closed(connection)
+        identity = connection.identity
+        access.info(
+            "connection closed",
+            service=self.name,
+            id=connection.id,
+            principal=identity.user if identity else None,
+            remote=connection.remote,
+            duration=round(time.monotonic() - connection.opened, 3),
+            messages_in=connection.messages_in,
+            messages_out=connection.messages_out,
+            bytes_in=connection.bytes_in,
+            bytes_out=connection.bytes_out,
+            close_code=connection.close_code,
+        )
 
     def identity_headers(self, connection_id: str, deadline: float | None) -> dict[str, str]:
         """What an authenticated client needs to re-authenticate before ``deadline`` without disconnecting."""

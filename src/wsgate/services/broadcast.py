@@ -74,6 +74,8 @@ class Subscriber:
                 data = self.queue.popleft()
                 self.pending -= len(data)
                 await (send_bytes(data) if isinstance(data, bytes) else send_str(data))
+                self.connection.messages_out += 1
+                self.connection.bytes_out += len(data)
 
 
 @service_type("broadcast")
@@ -150,8 +152,11 @@ class BroadcastService(WebSocketService):
         sender = subscriber.sender = asyncio.create_task(subscriber.run())
         try:
             async for msg in connection:
-                if self.rebroadcast and (msg.type is WSMsgType.BINARY or msg.type is WSMsgType.TEXT):
-                    self.publish(msg.data)
+                if msg.type is WSMsgType.BINARY or msg.type is WSMsgType.TEXT:
+                    connection.messages_in += 1
+                    connection.bytes_in += len(msg.data)
+                    if self.rebroadcast:
+                        self.publish(msg.data)
         finally:
             self.subscribers.discard(subscriber)
             sender.cancel()

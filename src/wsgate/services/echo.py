@@ -16,3 +16,10 @@ class EchoService(WebSocketService):
                 await send_bytes(msg.data)
             elif msg.type is text:
                 await send_str(msg.data)
+            else:
+                continue
+            size = len(msg.data)
+            connection.messages_in += 1
+            connection.messages_out += 1
+            connection.bytes_in += size
+            connection.bytes_out += size

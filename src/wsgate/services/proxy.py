@@ -113,6 +113,8 @@ class ProxyService(WebSocketService):
         log.warning(
             "service[%s]: back end %s; closing client %s with %d", self.name, exc, connection.remote, exc.close_code
         )
+        if self.runtime.metrics is not None:
+            self.runtime.metrics.backend_failures.labels(self.name).inc()
         reason = "back end unavailable" if exc.close_code == CloseCode.INTERNAL_ERROR else "bad gateway"
         await connection.close(exc.close_code, reason)
 
@@ -134,6 +136,8 @@ class ProxyService(WebSocketService):
             async for msg in connection:
                 if msg.type is binary or msg.type is text:
                     await backend.send(msg.data)
+                    connection.messages_in += 1
+                    connection.bytes_in += len(msg.data)
         finally:
             backend.finish()
 
@@ -145,6 +149,8 @@ class ProxyService(WebSocketService):
                     await send_bytes(data)
                 else:
                     await send_str(data)
+                connection.messages_out += 1
+                connection.bytes_out += len(data)
         except (OSError, asyncio.IncompleteReadError) as exc:
             log.warning("service[%s]: back end %s lost: %s", self.name, self.uri, exc)
             await connection.close(CloseCode.INTERNAL_ERROR, "back end connection lost")

@@ -13,13 +13,15 @@ import logging
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web, web_response
 
+from ..management.metrics import handshake_outcome
 from ..security.tls import PeerIdentity
 
 if TYPE_CHECKING:
+    from ..management.metrics import Metrics
     from ..security.realms import RealmGuard
     from ..services.base import ServiceHandler
 
@@ -32,6 +34,10 @@ CLIENT_JS_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "max-age=300",
 }
+# aiofastnet gives each TLS connection two static buffers, 262 KB each by default: 50,000 connections would
+# reserve 26 GB and keep whatever traffic touched. Two TLS records each way keep full-size records in one
+# syscall (bench/README.md has the measurement).
+TLS_BIO_SIZE = 2 * (16 * 1024 + 64)
 # Every response, aiohttp's own error pages included, names the product but no versions.
 web_response.SERVER_SOFTWARE = "wsgate"  # type: ignore[attr-defined]
 
@@ -54,6 +60,8 @@ class Listener:
     routes: list[Route] = field(default_factory=list)
     keepalive_timeout: float = 75.0
     reuse_port: bool = False  # ``wsgate run --workers N``: N processes share the port, the kernel spreads accepts
+    metrics: Metrics | None = None
+    tls_source: object = None  # what ssl_context was built from (Gateway.reload compares it)
     _server: asyncio.Server | None = None
     _web: web.Server | None = None
 
@@ -92,7 +100,10 @@ class Listener:
     async def _bind(self, port: int) -> asyncio.Server:
         loop = asyncio.get_running_loop()
         assert self._web is not None
-        return await loop.create_server(
+        extra: dict[str, Any] = {}
+        if self.ssl_context is not None and _is_aiofastnet(loop.create_server):
+            extra = {"ssl_incoming_bio_size": TLS_BIO_SIZE, "ssl_outgoing_bio_size": TLS_BIO_SIZE}
+        server: asyncio.Server = await loop.create_server(
             self._web,
             self.host,
             port,
@@ -100,7 +111,9 @@ class Listener:
             reuse_address=True,
             reuse_port=self.reuse_port or None,
             backlog=1024,
+            **extra,
         )
+        return server
 
     def stop_accepting(self) -> None:
         if self._server is not None:
@@ -127,5 +140,19 @@ class Listener:
                 request.transport.get_extra_info("ssl_object") if request.transport else None
             )
             if route.verify_client == "required" and peer is None:
+                if self.metrics is not None and _is_upgrade(request):
+                    self.metrics.handshakes.labels(route.service.name, "403").inc()
                 return web.Response(status=403, text="A client certificate is required.\n")
-        return await route.service.handle(request, peer)
+        response = await route.service.handle(request, peer)
+        if self.metrics is not None and response.status != 101 and _is_upgrade(request):
+            self.metrics.handshakes.labels(route.service.name, handshake_outcome(response.status)).inc()
+        return response
+
+
+def _is_aiofastnet(method: object) -> bool:
+    """aiofastnet.patch_loop installs its methods as ``functools.partial``s of its own functions."""
+    return str(getattr(getattr(method, "func", None), "__module__", "")).startswith("aiofastnet")
+
+
+def _is_upgrade(request: web.BaseRequest) -> bool:
+    return request.headers.get("Upgrade", "").lower() == "websocket"

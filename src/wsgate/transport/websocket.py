@@ -32,6 +32,7 @@ class CloseCode:
     POLICY_VIOLATION = 1008
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
+    SERVICE_RESTART = 1012
     BAD_GATEWAY = 1014
 
 
@@ -54,6 +55,11 @@ class Connection:
         "send_str",
         "_expiry",
         "_closing",
+        "deadline",
+        "messages_in",
+        "messages_out",
+        "bytes_in",
+        "bytes_out",
     )
 
     def __init__(
@@ -78,8 +84,11 @@ class Connection:
         self.id = ""
         self.started = time.time()  # wall clock, for session-timeout
         self._expiry: asyncio.TimerHandle | None = None
+        self.deadline: float | None = None  # wall clock: when the credentials or session run out
         self._closing: asyncio.Task[None] | None = None
         self.context: object = None  # what the service prepared before the upgrade
+        # Counted by the services' loops (payload sizes; text in characters), read by the metrics collector.
+        self.messages_in = self.messages_out = self.bytes_in = self.bytes_out = 0
 
     def __aiter__(self) -> Connection:
         return self
@@ -99,6 +108,7 @@ class Connection:
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
+        self.deadline = deadline
         if deadline is None:
             return
         loop = asyncio.get_running_loop()
@@ -106,12 +116,16 @@ class Connection:
 
     def expire(self, reason: str, grace: float = 2.0) -> None:
         """Close with 1008 ``reason`` now; a peer that does not answer within ``grace`` is aborted."""
-        if self._closing is None and not self.ws.closed:
-            self._closing = asyncio.get_running_loop().create_task(self._close_or_abort(reason, grace))
+        self.expire_now(CloseCode.POLICY_VIOLATION, reason, grace)
 
-    async def _close_or_abort(self, reason: str, grace: float) -> None:
+    def expire_now(self, code: int, reason: str, grace: float = 2.0) -> None:
+        """Close with ``code`` now, from outside the service's loop; abort after ``grace``."""
+        if self._closing is None and not self.ws.closed:
+            self._closing = asyncio.get_running_loop().create_task(self._close_or_abort(code, reason, grace))
+
+    async def _close_or_abort(self, code: int, reason: str, grace: float) -> None:
         try:
-            await asyncio.wait_for(self.close(CloseCode.POLICY_VIOLATION, reason), grace)
+            await asyncio.wait_for(self.close(code, reason), grace)
         except TimeoutError:
             self.abort()
 

@@ -21,6 +21,7 @@ come from every module that succeeded. If the chain fails and any module was
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -41,6 +42,7 @@ class ChainEntry:
 class ChainResult:
     outcome: Outcome
     trail: tuple[tuple[str, str], ...]  # (module name, "ok" | reason) for the audit log
+    timings: tuple[tuple[str, float], ...] = ()  # (module name, seconds it took) for the metrics
 
 
 async def run_chain(entries: Sequence[ChainEntry], attempt: LoginAttempt) -> ChainResult:
@@ -49,17 +51,20 @@ async def run_chain(entries: Sequence[ChainEntry], attempt: LoginAttempt) -> Cha
     strict_failed = unavailable = False
     challenge: Challenged | None = None
     has_strict = any(e.flag in STRICT for e in entries)
+    timings: list[tuple[str, float]] = []
     for entry in entries:
+        started = time.perf_counter()
         try:
             outcome = await entry.module.login(attempt)
         except Exception:  # a module bug must not become access, nor a 500 with a traceback
             log.exception("login module %s raised; treating it as unable to decide", entry.name)
             outcome = Unavailable(f"{entry.name} raised an error")
+        timings.append((entry.name, time.perf_counter() - started))
         trail.append((entry.name, "ok" if isinstance(outcome, Succeeded) else outcome.reason))
         if isinstance(outcome, Succeeded):
             successes.append(outcome)
             if entry.flag == "sufficient" and not strict_failed:
-                return ChainResult(_merge(successes), tuple(trail))
+                return ChainResult(_merge(successes), tuple(trail), tuple(timings))
             continue
         unavailable |= isinstance(outcome, Unavailable)
         if isinstance(outcome, Challenged) and challenge is None:
@@ -70,13 +75,13 @@ async def run_chain(entries: Sequence[ChainEntry], attempt: LoginAttempt) -> Cha
                 break
     succeeded = not strict_failed and (has_strict or bool(successes))
     if succeeded:
-        return ChainResult(_merge(successes), tuple(trail))
+        return ChainResult(_merge(successes), tuple(trail), tuple(timings))
     failure: Outcome = Failed("login failed")
     if unavailable:
         failure = Unavailable("a login module could not decide")
     elif challenge is not None:
         failure = challenge
-    return ChainResult(failure, tuple(trail))
+    return ChainResult(failure, tuple(trail), tuple(timings))
 
 
 def _merge(successes: list[Succeeded]) -> Succeeded:

@@ -1,0 +1,1 @@
+"""Operations: metrics, the management service and its console, structured logs."""

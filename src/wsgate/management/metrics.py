@@ -1,0 +1,123 @@
+"""Prometheus metrics (prometheus-client), one registry per gateway.
+
+Nothing here runs per message: connections count their own messages and bytes in
+plain integer slots, and the collector adds them up when ``/metrics`` is scraped.
+Counters of closed connections are folded into per-service totals at close, so a
+total never goes down when a connection ends.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from ..transport.websocket import Connection
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+AUTH_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+def handshake_outcome(status: int) -> str:
+    return str(status) if status in (101, 401, 403, 429, 503) else "other"
+
+
+class Metrics:
+    """Every metric the gateway exports (docs/operations.md lists them)."""
+
+    def __init__(self, connections: Callable[[], Iterable[Connection]]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.connections_total = Counter(
+            "wsgate_connections", "WebSocket connections accepted", ["service"], registry=self.registry
+        )
+        self.handshakes = Counter(
+            "wsgate_handshakes",
+            "WebSocket upgrade requests by outcome (101, 401, 403, 429, 503, other)",
+            ["service", "outcome"],
+            registry=self.registry,
+        )
+        self.auth_seconds = Histogram(
+            "wsgate_auth_seconds",
+            "Time one login module took to decide",
+            ["realm", "module"],
+            buckets=AUTH_BUCKETS,
+            registry=self.registry,
+        )
+        self.backend_failures = Counter(
+            "wsgate_backend_connect_failures", "Back-end connections that failed", ["service"], registry=self.registry
+        )
+        self.closes = Counter(
+            "wsgate_closes", "WebSocket connections closed, by close code", ["service", "code"], registry=self.registry
+        )
+        self.limited = Counter(
+            "wsgate_limited",
+            "Requests refused by a limit (connections, rate, handshakes, timeout)",
+            ["service", "limit"],
+            registry=self.registry,
+        )
+        self.reloads = Counter("wsgate_reloads", "Configuration reloads by result", ["result"], registry=self.registry)
+        self.traffic = TrafficCollector(connections)
+        self.registry.register(self.traffic)
+
+    def connection_closed(self, connection: Connection) -> None:
+        self.traffic.fold(connection)
+        self.closes.labels(connection.service, str(connection.close_code or 1006)).inc()
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class TrafficCollector(Collector):
+    """Open connections, messages and bytes by service, computed at scrape time."""
+
+    def __init__(self, connections: Callable[[], Iterable[Connection]]) -> None:
+        self.connections = connections
+        # service -> [messages in, messages out, bytes in, bytes out] of connections already closed
+        self.closed: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+
+    def fold(self, connection: Connection) -> None:
+        totals = self.closed[connection.service]
+        totals[0] += connection.messages_in
+        totals[1] += connection.messages_out
+        totals[2] += connection.bytes_in
+        totals[3] += connection.bytes_out
+
+    def describe(self) -> Iterator[Metric]:
+        yield from self._families()
+
+    def collect(self) -> Iterator[Metric]:
+        open_by: defaultdict[str, int] = defaultdict(int)
+        traffic = {service: list(values) for service, values in self.closed.items()}
+        for connection in list(self.connections()):
+            open_by[connection.service] += 1
+            totals = traffic.setdefault(connection.service, [0, 0, 0, 0])
+            totals[0] += connection.messages_in
+            totals[1] += connection.messages_out
+            totals[2] += connection.bytes_in
+            totals[3] += connection.bytes_out
+        gauge, messages, data = self._families()
+        for service, count in open_by.items():
+            gauge.add_metric([service], count)
+        for service, (m_in, m_out, b_in, b_out) in traffic.items():
+            messages.add_metric([service, "in"], m_in)
+            messages.add_metric([service, "out"], m_out)
+            data.add_metric([service, "in"], b_in)
+            data.add_metric([service, "out"], b_out)
+        yield from (gauge, messages, data)
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, CounterMetricFamily, CounterMetricFamily]:
+        return (
+            GaugeMetricFamily("wsgate_connections_open", "WebSocket connections open now", labels=["service"]),
+            CounterMetricFamily(
+                "wsgate_messages", "WebSocket messages (in: from clients)", labels=["service", "direction"]
+            ),
+            CounterMetricFamily(
+                "wsgate_bytes", "WebSocket payload bytes (in: from clients)", labels=["service", "direction"]
+            ),
+        )

@@ -1,0 +1,232 @@
+"""``management`` and ``metrics`` services: the operator's REST API, web console and Prometheus endpoint.
+
+The management service is an HTTP(S) service like ``directory``, protected by a realm
+with ``require-role ADMINISTRATOR`` unless the config says otherwise (the config
+builder refuses a management service without a realm unless it is bound to loopback
+and marked ``insecure``). Under its accept path:
+
+    GET    /                      the web console (one static page, vanilla JS)
+    GET    /api/info              gateway, process and config summary (no secrets)
+    GET    /api/services          services with live counts
+    GET    /api/sessions          live connections: principal, service, remote, TLS, traffic, expiry
+    DELETE /api/sessions/<id>     close one connection (1008 "closed by administrator")
+    DELETE /api/principals/<user> close every connection of a user and end their realm sessions
+    POST   /api/reload            re-read the config; answers with the located error if it is refused
+    GET    /live                  WebSocket: the services and sessions every second, for the console
+    GET    /metrics               Prometheus exposition
+
+State-changing requests from a browser must be same-origin (or listed in a
+cross-site-constraint): a page on another site cannot use the admin's credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from aiohttp import WSMsgType, web
+
+from ..config.model import Service
+from ..services.base import Runtime, ServiceHandler, service_type
+from .metrics import CONTENT_TYPE
+
+if TYPE_CHECKING:
+    from ..security.tls import PeerIdentity
+    from ..transport.websocket import Connection
+
+log = logging.getLogger("wsgate.management")
+CONSOLE = Path(__file__).parent.parent / "resources" / "management" / "console.html"
+LIVE_INTERVAL = 1.0
+_SAFE = ("GET", "HEAD", "OPTIONS")
+
+
+class GatewayControl(Protocol):
+    """What the management service may ask of the gateway."""
+
+    def summary(self) -> dict[str, Any]: ...
+
+    def revoke(self, user: str | None = None, token: str | None = None, reason: str = "revoked") -> int: ...
+
+    async def reload(self) -> tuple[bool, str]: ...
+
+
+def session_view(connection: Connection, now: float) -> dict[str, Any]:
+    identity = connection.identity
+    ssl_object = connection.transport.get_extra_info("ssl_object") if connection.transport else None
+    tls = None
+    if ssl_object is not None:
+        cipher = ssl_object.cipher()
+        tls = {"version": ssl_object.version(), "cipher": cipher[0] if cipher else None}
+        if connection.peer is not None:
+            tls["client"] = connection.peer.subject
+    deadline = connection.deadline
+    return {
+        "id": connection.id,
+        "service": connection.service,
+        "principal": identity.user if identity else None,
+        "roles": sorted(identity.roles) if identity else [],
+        "remote": connection.remote,
+        "opened": connection.started,
+        "age": round(now - connection.started, 1),
+        "expires": deadline,
+        "tls": tls,
+        "messages_in": connection.messages_in,
+        "messages_out": connection.messages_out,
+        "bytes_in": connection.bytes_in,
+        "bytes_out": connection.bytes_out,
+    }
+
+
+class OperatorService(ServiceHandler):
+    """Plain HTTP resources for operators; the realm in front of it has already authorized the request."""
+
+    def __init__(self, config: Service, runtime: Runtime) -> None:
+        super().__init__(config, runtime)
+        self.base = config.accepts[0].path.rstrip("/")
+
+    def relative(self, request: web.BaseRequest) -> str:
+        for uri in self.config.accepts:
+            base = uri.path.rstrip("/")
+            if request.path == base or request.path.startswith(base + "/"):
+                return request.path[len(base) :] or "/"
+        return "/"
+
+    def metrics_response(self) -> web.Response:
+        body = self.runtime.metrics.exposition() if self.runtime.metrics else b""
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE, "Cache-Control": "no-store"})
+
+
+@service_type("metrics")
+class MetricsService(OperatorService):
+    async def handle(self, request: web.BaseRequest, peer: PeerIdentity | None) -> web.StreamResponse:
+        if request.method not in ("GET", "HEAD"):
+            return web.Response(status=405, headers={"Allow": "GET, HEAD"})
+        return self.metrics_response()
+
+
+@service_type("management")
+class ManagementService(OperatorService):
+    def __init__(self, config: Service, runtime: Runtime) -> None:
+        super().__init__(config, runtime)
+        self.live: set[web.WebSocketResponse] = set()
+
+    @property
+    def control(self) -> GatewayControl:
+        control = self.runtime.control
+        assert control is not None, "the gateway registers itself before listening"
+        return control  # type: ignore[no-any-return]
+
+    async def stop(self) -> None:
+        for ws in list(self.live):
+            await ws.close(code=1001, message=b"gateway shutting down")
+
+    async def handle(self, request: web.BaseRequest, peer: PeerIdentity | None) -> web.StreamResponse:
+        preflight = self.preflight(request)
+        if preflight is not None:
+            return preflight
+        if request.method not in _SAFE and not self.origin_allowed(request):
+            log.warning("service[%s]: refused cross-origin %s from %s", self.name, request.method, request.remote)
+            return web.Response(status=403, text="Forbidden\n")
+        path = self.relative(request)
+        try:
+            response = await self.route(request, path)
+        except (ValueError, KeyError):
+            response = web.json_response({"error": "bad request"}, status=400)
+        response.headers.setdefault("Cache-Control", "no-store")
+        response.headers.update(self.cors(request))
+        return response
+
+    async def route(self, request: web.BaseRequest, path: str) -> web.StreamResponse:
+        method = request.method
+        if path == "/live":
+            return await self.live_updates(request)
+        if method == "GET" and path == "/":
+            return web.FileResponse(
+                CONSOLE,
+                headers={
+                    "Content-Type": "text/html; charset=utf-8",
+                    "Content-Security-Policy": "default-src 'self'; script-src 'unsafe-inline'; "
+                    "style-src 'unsafe-inline'; connect-src 'self'; frame-ancestors 'none'",
+                    "X-Content-Type-Options": "nosniff",
+                },
+            )
+        if method == "GET" and path == "/metrics":
+            return self.metrics_response()
+        if method == "GET" and path == "/api/info":
+            return web.json_response(self.control.summary())
+        if method == "GET" and path == "/api/services":
+            return web.json_response(self.services())
+        if method == "GET" and path == "/api/sessions":
+            return web.json_response(self.sessions())
+        if method == "DELETE" and path.startswith("/api/sessions/"):
+            return self.close_session(path.removeprefix("/api/sessions/"), request)
+        if method == "DELETE" and path.startswith("/api/principals/"):
+            return self.close_principal(path.removeprefix("/api/principals/"), request)
+        if method == "POST" and path == "/api/reload":
+            ok, message = await self.control.reload()
+            return web.json_response({"reloaded": ok, "message": message}, status=200 if ok else 422)
+        known = path in ("/", "/api/info", "/api/services", "/api/sessions", "/api/reload", "/metrics")
+        return web.Response(status=405 if known else 404, text="Method Not Allowed\n" if known else "Not Found\n")
+
+    def services(self) -> list[dict[str, Any]]:
+        counts: dict[str, int] = {}
+        for connection in list(self.runtime.connections):
+            counts[connection.service] = counts.get(connection.service, 0) + 1
+        return [
+            {**entry, "open": counts.get(entry["name"], 0)} for entry in self.control.summary()["config"]["services"]
+        ]
+
+    def sessions(self) -> list[dict[str, Any]]:
+        now = time.time()
+        return [session_view(c, now) for c in list(self.runtime.connections)]
+
+    def close_session(self, connection_id: str, request: web.BaseRequest) -> web.Response:
+        connection = self.runtime.by_id.get(connection_id)
+        if connection is None:
+            return web.json_response({"closed": 0}, status=404)
+        connection.expire("closed by administrator", grace=1.0)
+        log.warning("service[%s]: %s closed connection %s", self.name, self.admin(request), connection_id)
+        return web.json_response({"closed": 1})
+
+    def close_principal(self, user: str, request: web.BaseRequest) -> web.Response:
+        if not user:
+            raise ValueError("no user")
+        closed = self.control.revoke(user=user, reason="closed by administrator")
+        log.warning("service[%s]: %s closed %d connection(s) of %r", self.name, self.admin(request), closed, user)
+        return web.json_response({"closed": closed})
+
+    @staticmethod
+    def admin(request: web.BaseRequest) -> str:
+        from ..security.realms import IDENTITY_KEY
+
+        identity = request.get(IDENTITY_KEY)
+        return f"administrator {identity.user!r}" if identity else f"unauthenticated client {request.remote}"
+
+    async def live_updates(self, request: web.BaseRequest) -> web.StreamResponse:
+        """The console's feed: a snapshot now and every second; the client only listens."""
+        if request.headers.get("Upgrade", "").lower() != "websocket":
+            return web.Response(status=426, headers={"Upgrade": "websocket"})
+        if not self.origin_allowed(request):
+            return web.Response(status=403, text="Forbidden\n")
+        ws = web.WebSocketResponse(heartbeat=30, compress=False, max_msg_size=4096)
+        await ws.prepare(request)
+        self.live.add(ws)
+        reader = asyncio.ensure_future(ws.receive())
+        try:
+            while not ws.closed:
+                snapshot = {"time": time.time(), "services": self.services(), "sessions": self.sessions()}
+                await ws.send_str(json.dumps(snapshot))
+                done, _ = await asyncio.wait({reader}, timeout=LIVE_INTERVAL)
+                if done:
+                    if reader.result().type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+                        break
+                    reader = asyncio.ensure_future(ws.receive())
+        finally:
+            reader.cancel()
+            self.live.discard(ws)
+            await ws.close()
+        return ws
