@@ -99,14 +99,14 @@ def client_context(ca: str | None) -> ssl.SSLContext | None:
     return ssl.create_default_context(cafile=ca) if ca else None
 
 
-def source_factory(sources: int) -> Callable[[object], socket.socket]:
-    """Bind each new socket to the next 127.0.0.x (x = 2..sources+1): 60k ports per source address."""
+def source_factory(sources: int, first: int = 2) -> Callable[[object], socket.socket]:
+    """Bind each new socket to the next 127.0.0.x (x = first..first+sources-1): ~28k ports per address."""
     counter = iter(range(1 << 62))
 
     def make(_url: object) -> socket.socket:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((f"127.0.0.{2 + next(counter) % sources}", 0))
+        sock.bind((f"127.0.0.{first + next(counter) % sources}", 0))
         sock.setblocking(False)
         return sock
 
@@ -189,7 +189,7 @@ async def connect_rate(args: argparse.Namespace, headers: dict[str, str], ctx: s
 
 
 async def idle(args: argparse.Namespace, headers: dict[str, str], ctx: ssl.SSLContext | None) -> None:
-    factory = source_factory(args.sources)
+    factory = source_factory(args.sources, args.first_source)
     transports: list[tuple[WSTransport, Idle]] = []
     failures: list[str] = []
     pending = iter(range(args.conns))
@@ -198,9 +198,8 @@ async def idle(args: argparse.Namespace, headers: dict[str, str], ctx: ssl.SSLCo
     async def opener() -> None:
         for _ in pending:
             try:
-                transports.append(
-                    await ws_connect(Idle, args.url, ssl_context=ctx, extra_headers=headers, socket_factory=factory)  # type: ignore[arg-type]
-                )
+                connecting = ws_connect(Idle, args.url, ssl_context=ctx, extra_headers=headers, socket_factory=factory)  # type: ignore[arg-type]
+                transports.append(await asyncio.wait_for(connecting, 15))
             except Exception as exc:
                 failures.append(type(exc).__name__)
 
@@ -232,6 +231,7 @@ async def main() -> None:
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--rate", type=float, default=0.0, help="connect: new connections per second (open loop)")
     parser.add_argument("--sources", type=int, default=1, help="idle: spread over 127.0.0.2 .. 127.0.0.N+1")
+    parser.add_argument("--first-source", type=int, default=2, help="idle: the first 127.0.0.x to bind")
     parser.add_argument("--concurrency", type=int, default=100, help="idle: handshakes in flight")
     parser.add_argument("--ca", help="CA file for wss://")
     parser.add_argument("--token", help="sent as Authorization: Bearer")

@@ -389,43 +389,62 @@ def run_connect(bench: Bench, results: dict[str, Any]) -> None:
 
 
 def run_idle(bench: Bench, results: dict[str, Any]) -> None:
+    """Hold N authenticated wss connections; where one process may not have N descriptors (a container's
+    hard limit), the gateway runs as several workers and the load is spread over as many clients."""
     count = bench.args.idle
-    with bench.servers()["wsgate"] as server:
+    per_process = max(1000, resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 2000)
+    processes = -(-count // per_process)
+    shares = [count // processes + (1 if i < count % processes else 0) for i in range(processes)]
+    with bench.wsgate(processes) as server:
         assert server.process is not None
         before = tree_rss(server.process.pid)
-        command = [
-            PYTHON,
-            str(HERE / "load.py"),
-            "idle",
-            bench.urls()["wsgate-secure-echo"],
-            "--conns",
-            str(count),
-            "--sources",
-            str(max(1, count // 20000 + 1)),
-            "--concurrency",
-            "64",
-            "--ca",
-            bench.ca,
-            "--token",
-            bench.token,
-        ]
-        client = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        assert client.stdin is not None and client.stdout is not None
-        opened = json.loads(client.stdout.readline())
+        clients = []
+        for index, share in enumerate(shares):
+            command = [PYTHON, str(HERE / "load.py"), "idle", bench.urls()["wsgate-secure-echo"]]
+            command += ["--conns", str(share), "--sources", "1", "--first-source", str(2 + index)]
+            command += ["--concurrency", "32", "--ca", bench.ca, "--token", bench.token]
+            clients.append(subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+        reports = [json.loads(_line(client)) for client in clients]
         time.sleep(2)
         after = tree_rss(server.process.pid)
-        client.stdin.write("ping\n")
-        client.stdin.flush()
-        pongs = json.loads(client.stdout.readline())
-        client.wait(60)
-    per = (after - before) / max(opened["opened"], 1)
-    results["idle"] = {**opened, **pongs, "rss_before": before, "rss_after": after, "rss_per_conn": per}
+        for client in clients:
+            assert client.stdin is not None
+            client.stdin.write("ping\n")
+            client.stdin.flush()
+        pongs = [json.loads(_line(client)) for client in clients]
+        for client in clients:
+            client.wait(60)
+    opened = sum(r["opened"] for r in reports)
+    failed = sum(r["failures"] for r in reports)
+    answered = sum(p["pongs"] for p in pongs)
+    seconds = max(r["open_s"] for r in reports)
+    per = (after - before) / max(opened, 1)
+    results["idle"] = {
+        "opened": opened,
+        "failures": failed,
+        "open_s": seconds,
+        "pongs": answered,
+        "workers": processes,
+        "fd_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+        "rss_before": before,
+        "rss_after": after,
+        "rss_per_conn": per,
+    }
+    where = f" in {processes} workers (fd limit {per_process + 2000})" if processes > 1 else ""
     print(
-        f"{'idle wss+JWT':28} {opened['opened']} open ({opened['failures']} failed) in {opened['open_s']:.1f} s, "
+        f"{'idle wss+JWT':28} {opened} open{where} ({failed} failed) in {seconds:.0f} s, "
         f"gateway RSS {before / 2**20:.0f} → {after / 2**20:.0f} MiB ({per / 1024:.1f} KiB/conn), "
-        f"{pongs['pongs']}/{pongs['of']} answered a ping",
+        f"{answered}/{opened} answered a ping",
         flush=True,
     )
+
+
+def _line(client: subprocess.Popen[str]) -> str:
+    assert client.stdout is not None
+    line = client.stdout.readline()
+    if not line:
+        raise RuntimeError(f"idle client exited with {client.wait()}")
+    return line
 
 
 def run_workers(bench: Bench, results: dict[str, Any]) -> None:

@@ -62,7 +62,19 @@ def console(page: Page) -> dict[str, str]:
     return {"console": "\n".join(lines)}
 
 
+def admin_console(page: Page) -> dict[str, str]:
+    """The management console lists joe's session live; its Close button ends it."""
+    row = page.wait_for_selector("#sessions tbody tr:has-text('joe')", timeout=10000)
+    assert row is not None
+    session_id = row.get_attribute("data-id") or ""
+    row.query_selector("button").click()
+    # The console's CSP forbids eval, so no wait_for_function: wait for the row to go.
+    page.wait_for_selector(f"#sessions tbody tr[data-id='{session_id}']", state="detached", timeout=10000)
+    return {"closed": session_id, "status": page.text_content("#status") or ""}
+
+
 SCENARIOS = {
+    "admin-console": admin_console,
     "console": console,
     "echo": sign_in_and_echo,
     "renewal": renewal,
@@ -88,7 +100,12 @@ def main(scenario: str, url: str, home: str | None = None) -> int:
                 "--no-first-run",
             ],
         )
-        page = browser.new_page()
+        credentials = os.environ.get("WSGATE_TEST_CREDENTIALS")  # user:password for HTTP authentication
+        if credentials:
+            user, _, password = credentials.partition(":")
+            page = browser.new_context(http_credentials={"username": user, "password": password}).new_page()
+        else:
+            page = browser.new_page()
         try:
             page.goto(url)
             result = SCENARIOS[scenario](page)

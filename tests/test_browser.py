@@ -160,3 +160,18 @@ async def test_the_docs_browser_example_runs(start_gateway, site):
     result = await in_browser("console", f"http://127.0.0.1:{gw.port_of('demo')}/example.html")
     log = result.get("console", result.get("error", ""))
     assert "signed in as joe" in log and "hello" in log and "closed 1008 logged out" in log
+
+
+async def test_management_console_shows_sessions_live_and_closes_one(start_gateway, tmp_path, http, monkeypatch):
+    from .test_management import GATEWAY, JOE, USERS
+
+    (tmp_path / "jaas-config.xml").write_text(USERS)
+    gw = await start_gateway(GATEWAY)
+    joe = await http.ws_connect(f"ws://127.0.0.1:{gw.port_of('echo')}/echo", headers=JOE)
+    monkeypatch.setenv("WSGATE_TEST_CREDENTIALS", "root:t0ps3cret")
+    result = await in_browser("admin-console", f"http://127.0.0.1:{gw.port_of('admin')}/admin/")
+    assert "error" not in result, result
+    assert result["status"] in ("live", "polling")
+    msg = await asyncio.wait_for(joe.receive(), 3)
+    assert msg.type.name == "CLOSE" and msg.data == 1008 and msg.extra == "closed by administrator"
+    assert not gw.runtime.by_id  # the only session is gone

@@ -24,6 +24,7 @@ from .config.values import Uri
 from .errors import ConfigError, GatewayError
 from .management.metrics import Metrics
 from .security.keystore import load_store
+from .security.limits import GatewayLimits, ServiceLimits
 from .security.realms import RealmGuard, RealmRuntime
 from .security.tls import ListenerTls
 from .services import create_service
@@ -74,6 +75,8 @@ class Gateway:
             if isinstance(handler, DirectoryService) and config.web_root is not None:
                 handler.configure(config.web_root)
             self.services[service.name] = handler
+        self.gate = GatewayLimits(config.limits.connections, config.limits.handshakes)
+        self.service_limits = {s.name: _service_limits(s) for s in config.services}
         self.listeners = self._plan_listeners()
         for service in config.services:
             if not service.accept_options.server_header:
@@ -101,7 +104,17 @@ class Gateway:
                 f"service[{tls_entries[0][0].name}]/accept",
                 f"{secure} and {plain} bind the same port {key[1]} with and without TLS; give them different ports",
             )
-        listener = Listener(host=key[0], port=key[1], reuse_port=self.reuse_port, metrics=self.runtime.metrics)
+        limits = self.config.limits
+        listener = Listener(
+            host=key[0],
+            port=key[1],
+            reuse_port=self.reuse_port,
+            metrics=self.runtime.metrics,
+            gate=self.gate,
+            open_connections=self.runtime.connections,
+            handshake_timeout=limits.handshake_timeout,
+            header_size=limits.header_size,
+        )
         verify = self._verify_client_modes(tls_entries)
         tls_level = next(iter(verify)) if len(verify) == 1 else "optional"
         if tls_entries:
@@ -126,6 +139,7 @@ class Gateway:
                     prefix=service.type in ("directory", "management"),
                     control=service.protected,
                     verify_client=service.accept_options.tls.verify_client if uri.secure else "none",
+                    limits=self.service_limits[service.name],
                 )
             )
         return listener
@@ -294,6 +308,9 @@ class Gateway:
             handler = self.services[name]
             handler.runtime = fresh.runtime
             fresh.services[name] = handler
+            fresh.service_limits[name] = self.service_limits[name]  # its counts of open connections
+        if fresh.config.limits == self.config.limits:
+            fresh.gate = self.gate
         for realm_runtime in fresh.realms.values():
             realm_runtime.metrics = fresh.runtime.metrics
         fresh.listeners = fresh._plan_listeners()
@@ -330,8 +347,11 @@ class Gateway:
     async def _swap_listeners(self, fresh: Gateway) -> None:
         for key, listener in list(fresh.listeners.items()):
             current = self.listeners.get(key)
-            if current is not None and current.tls_source == listener.tls_source:
-                current.routes = listener.routes  # same socket, new routes: nothing in flight is touched
+            same_socket = (current.tls_source, current.header_size) if current is not None else None
+            if current is not None and same_socket == (listener.tls_source, listener.header_size):
+                # Same socket, new routes and limits: nothing in flight is touched.
+                current.routes, current.gate = listener.routes, listener.gate
+                current.handshake_timeout = listener.handshake_timeout
                 fresh.listeners[key] = current
                 continue
             if current is not None:
@@ -367,6 +387,13 @@ def _service_summary(service: Service) -> dict[str, Any]:
         "realm": service.realm_name,
         "require-role": sorted({r for c in service.authorization_constraints for r in c.require_roles}),
     }
+
+
+def _service_limits(service: Service) -> ServiceLimits | None:
+    options = service.accept_options
+    rate, burst = options.handshake_rate or (None, 1.0)
+    limits = ServiceLimits(options.max_connections, options.max_connections_per_ip, rate, burst)
+    return limits if limits.active else None
 
 
 def _store_summary(store: Store | None) -> dict[str, Any] | None:

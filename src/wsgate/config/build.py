@@ -23,9 +23,11 @@ from .values import (
     Uri,
     parse_bind,
     parse_choice,
+    parse_count,
     parse_csv,
     parse_duration,
     parse_enabled,
+    parse_rate,
     parse_size,
     parse_uri,
 )
@@ -36,7 +38,8 @@ _PROPERTY_REF = re.compile(r"\$\{([^}]*)\}")
 # Cardinality: "1" exactly one, "?" at most one, "*" any, "+" at least one.
 Schema = Mapping[str, str]
 
-TOP = {"properties": "?", "service": "*", "service-defaults": "?", "security": "?"}
+TOP = {"properties": "?", "service": "*", "service-defaults": "?", "security": "?", "limits": "?"}
+LIMITS = {"connections": "?", "handshakes": "?", "handshake-timeout": "?", "header-size": "?"}
 TOP_UNSUPPORTED = {"cluster": "clusters are not supported yet (Redis-backed scale-out is planned)"}
 SERVICE = {
     "name": "1",
@@ -409,6 +412,9 @@ class Builder:
             max_message_size=self.pop(values, "ws.maximum.message.size", parse_size, m.DEFAULT_MAX_MESSAGE_SIZE),
             inactivity_timeout=self.pop(values, "ws.inactivity.timeout", parse_duration, None),
             server_header=self.pop(values, "http.server.header", parse_enabled, True),
+            max_connections=self.pop(values, "connection.limit", parse_count, None),
+            max_connections_per_ip=self.pop(values, "connection.limit.per.ip", parse_count, None),
+            handshake_rate=self.pop(values, "handshake.rate.per.ip", parse_rate, None),
         )
         self.leftover_options(values, "accept-options")
         return options
@@ -528,6 +534,22 @@ class Builder:
         return MappingProxyType(mapping)
 
     # -- security ----------------------------------------------------------------------------
+
+    def limits(self, root: Node) -> m.Limits:
+        node = root.first("limits")
+        if node is None:
+            return m.Limits()
+        groups = self.group(node, "limits", LIMITS)
+        default = m.Limits()
+        handshakes = self.one(groups, "handshakes", "limits", parse_count)
+        timeout = self.one(groups, "handshake-timeout", "limits", parse_duration)
+        size = self.one(groups, "header-size", "limits", parse_size)
+        return m.Limits(
+            connections=self.one(groups, "connections", "limits", parse_count),
+            handshakes=handshakes if handshakes is not None else default.handshakes,
+            handshake_timeout=timeout if timeout is not None else default.handshake_timeout,
+            header_size=size if size is not None else default.header_size,
+        )
 
     def security(self, root: Node) -> m.Security:
         node = root.first("security")
@@ -699,9 +721,10 @@ def build_config(
     builder.top_properties(root, overrides or {})
     services = builder.gateway(root) or ()
     security = builder.security(root)
+    limits = builder.limits(root)
     check_cross_references(services, security, builder)
     if builder.errors:
         raise ConfigErrors(builder.errors)
     if web_root is None:
         web_root = base_dir.parent / "web" if base_dir.name == "conf" else base_dir
-    return m.GatewayConfig(services, security, MappingProxyType(builder.properties), source, web_root)
+    return m.GatewayConfig(services, security, MappingProxyType(builder.properties), source, web_root, limits)

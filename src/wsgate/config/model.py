@@ -46,6 +46,9 @@ class AcceptOptions:
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     inactivity_timeout: float | None = None
     server_header: bool = True
+    max_connections: int | None = None  # connection.limit → 503
+    max_connections_per_ip: int | None = None  # connection.limit.per.ip → 429
+    handshake_rate: tuple[float, float] | None = None  # handshake.rate.per.ip: (per second, burst) → 429
 
 
 @dataclass(frozen=True)
@@ -138,12 +141,23 @@ class Security:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """The top-level ``limits`` element: protection for the whole gateway."""
+
+    connections: int | None = None  # open WebSockets → 503
+    handshakes: int | None = 1000  # handshakes in progress (TLS + HTTP + login) → 503
+    handshake_timeout: float = 10.0  # from TCP accept to complete request headers; then the socket is dropped
+    header_size: int = 8190  # longest request line or header field → 400
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     services: tuple[Service, ...]
     security: Security = Security()
     properties: Mapping[str, str] = field(default_factory=lambda: EMPTY)
     source: Path | None = None
     web_root: Path | None = None
+    limits: Limits = Limits()
 
     def service(self, name: str) -> Service:
         for service in self.services:

@@ -61,6 +61,30 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * (_DURATION_UNITS[unit] if unit else 1.0)
 
 
+def parse_count(text: str) -> int:
+    """A positive whole number (a limit)."""
+    value = text.strip().replace("_", "")
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{text!r} is not a positive whole number")
+    return int(value)
+
+
+def parse_rate(text: str) -> tuple[float, float]:
+    """``10/s``, ``600/min``, optionally ``burst 20``: (tokens per second, burst)."""
+    parts = text.split()
+    count, _, unit = parts[0].partition("/")
+    seconds = {"s": 1.0, "sec": 1.0, "second": 1.0, "min": 60.0, "minute": 60.0, "h": 3600.0, "hour": 3600.0}
+    if unit not in seconds or not count.isdigit() or int(count) < 1:
+        raise ValueError(f"{text!r} is not a rate such as 10/s or 600/min")
+    rate = int(count) / seconds[unit]
+    burst = float(max(1, int(count))) if unit in ("s", "sec", "second") else max(1.0, rate)
+    if len(parts) == 3 and parts[1] == "burst" and parts[2].isdigit() and int(parts[2]) >= 1:
+        burst = float(parts[2])
+    elif len(parts) != 1:
+        raise ValueError(f"{text!r}: write the rate, optionally followed by 'burst N' (e.g. 10/s burst 20)")
+    return rate, burst
+
+
 def parse_size(text: str) -> int:
     """``1024`` / ``64k`` / ``64kB`` / ``1M`` → bytes (binary multiples, as Kaazing)."""
     match = _NUMBER_UNIT.match(text)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +19,9 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web, web_response
 
 from ..management.metrics import handshake_outcome
+from ..security.limits import GatewayLimits, Refusal, ServiceLimits
 from ..security.tls import PeerIdentity
+from .websocket import HANDSHAKE_DONE
 
 if TYPE_CHECKING:
     from ..management.metrics import Metrics
@@ -50,6 +53,7 @@ class Route:
     prefix: bool  # directory services also serve everything below their path
     verify_client: str = "none"
     control: bool = False  # a protected service also answers <path>/.wsgate/… (sessions, refresh)
+    limits: ServiceLimits | None = None
 
 
 @dataclass
@@ -61,9 +65,14 @@ class Listener:
     keepalive_timeout: float = 75.0
     reuse_port: bool = False  # ``wsgate run --workers N``: N processes share the port, the kernel spreads accepts
     metrics: Metrics | None = None
+    gate: GatewayLimits | None = None
+    open_connections: Collection[object] = ()  # every open WebSocket of the gateway, for gate's limit
+    handshake_timeout: float = 10.0
+    header_size: int = 8190
     tls_source: object = None  # what ssl_context was built from (Gateway.reload compares it)
     _server: asyncio.Server | None = None
     _web: web.Server | None = None
+    _waiting: dict[int, asyncio.TimerHandle] = field(default_factory=dict)  # protocols without a request yet
 
     @property
     def secure(self) -> bool:
@@ -86,7 +95,13 @@ class Listener:
         return None
 
     async def start(self) -> None:
-        self._web = web.Server(self.handle, keepalive_timeout=self.keepalive_timeout, access_log=None)
+        self._web = web.Server(
+            self.handle,
+            keepalive_timeout=self.keepalive_timeout,
+            access_log=None,
+            max_line_size=self.header_size,
+            max_field_size=self.header_size,
+        )
         self._server = await self._bind(self.port)
         ports = {sock.getsockname()[1] for sock in self._server.sockets}
         if len(ports) > 1:  # port 0 on a name with several addresses: make them share the first port
@@ -104,13 +119,14 @@ class Listener:
         if self.ssl_context is not None and _is_aiofastnet(loop.create_server):
             extra = {"ssl_incoming_bio_size": TLS_BIO_SIZE, "ssl_outgoing_bio_size": TLS_BIO_SIZE}
         server: asyncio.Server = await loop.create_server(
-            self._web,
+            self._protocol,
             self.host,
             port,
             ssl=self.ssl_context,
             reuse_address=True,
             reuse_port=self.reuse_port or None,
             backlog=1024,
+            ssl_handshake_timeout=self.handshake_timeout if self.ssl_context is not None else None,
             **extra,
         )
         return server
@@ -129,6 +145,9 @@ class Listener:
                 log.warning("listener %s:%d: connections still open after shutdown", self.host or "*", self.port)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        timer = self._waiting.pop(id(request.protocol), None)
+        if timer is not None:  # the first request arrived in time
+            timer.cancel()
         if request.path == CLIENT_JS_PATH and request.method in ("GET", "HEAD"):
             return web.FileResponse(CLIENT_JS, headers=CLIENT_JS_HEADERS)
         route = self.find((request.url.host or "").lower().rstrip("."), request.path)
@@ -143,10 +162,62 @@ class Listener:
                 if self.metrics is not None and _is_upgrade(request):
                     self.metrics.handshakes.labels(route.service.name, "403").inc()
                 return web.Response(status=403, text="A client certificate is required.\n")
-        response = await route.service.handle(request, peer)
-        if self.metrics is not None and response.status != 101 and _is_upgrade(request):
+        if not _is_upgrade(request):
+            return await route.service.handle(request, peer)
+        response = await self.upgrade(route, request, peer)
+        if self.metrics is not None and response.status != 101:
             self.metrics.handshakes.labels(route.service.name, handshake_outcome(response.status)).inc()
         return response
+
+    async def upgrade(self, route: Route, request: web.BaseRequest, peer: PeerIdentity | None) -> web.StreamResponse:
+        """A WebSocket handshake, within the gateway's and the service's limits (checked before any login)."""
+        refusal = self.gate.enter_handshake(len(self.open_connections)) if self.gate else None
+        if refusal is not None:
+            return self.refuse(route, refusal)
+        pending = True
+
+        def handshake_done() -> None:
+            nonlocal pending
+            if pending and self.gate is not None:
+                pending = False
+                self.gate.leave_handshake()
+
+        request[HANDSHAKE_DONE] = handshake_done
+        ip = request.remote or "?"
+        limits = route.limits
+        try:
+            refusal = limits.enter(ip) if limits is not None else None
+            if refusal is not None:
+                return self.refuse(route, refusal)
+            try:
+                return await route.service.handle(request, peer)
+            finally:
+                if limits is not None:
+                    limits.leave(ip)
+        finally:
+            handshake_done()
+
+    def refuse(self, route: Route, refusal: Refusal) -> web.Response:
+        if self.metrics is not None:
+            self.metrics.limited.labels(route.service.name, refusal.limit).inc()
+        text = "Too Many Requests\n" if refusal.status == 429 else "Service Unavailable\n"
+        return web.Response(status=refusal.status, text=text, headers={"Retry-After": str(refusal.retry_after)})
+
+    def _protocol(self) -> web.RequestHandler:
+        """aiohttp's per-connection protocol, dropped if no request arrives within the handshake timeout."""
+        assert self._web is not None
+        protocol = self._web()
+        loop = asyncio.get_running_loop()
+        self._waiting[id(protocol)] = loop.call_later(self.handshake_timeout, self._too_slow, protocol)
+        return protocol
+
+    def _too_slow(self, protocol: web.RequestHandler) -> None:
+        if self._waiting.pop(id(protocol), None) is None:
+            return
+        if protocol.transport is not None:
+            protocol.transport.abort()
+        if self.metrics is not None:
+            self.metrics.limited.labels("", "handshake-timeout").inc()
 
 
 def _is_aiofastnet(method: object) -> bool:

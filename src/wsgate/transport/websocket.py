@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import WSMsgType, web
@@ -20,7 +21,9 @@ if TYPE_CHECKING:
     from ..security.realms import Identity
     from ..security.tls import PeerIdentity
 
-__all__ = ["Connection", "WSMessage", "WSMsgType", "CloseCode", "accept_websocket"]
+__all__ = ["Connection", "WSMessage", "WSMsgType", "CloseCode", "accept_websocket", "HANDSHAKE_DONE"]
+# The listener puts a callable here; called once the 101 is sent, the handshake no longer counts as in progress.
+HANDSHAKE_DONE: web.RequestKey[Callable[[], None]] = web.RequestKey("wsgate.handshake-done")
 
 
 _ENDED = frozenset({WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR})
@@ -173,4 +176,7 @@ async def accept_websocket(
     if timeout:
         ws._pong_heartbeat = timeout / 2  # aiohttp waits heartbeat/2 for the pong; Kaazing waits T/2
     await ws.prepare(request)
+    done = request.get(HANDSHAKE_DONE)
+    if done is not None:
+        done()
     return ws
