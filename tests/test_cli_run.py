@@ -68,20 +68,25 @@ async def _lines_until(stream: asyncio.StreamReader, pattern: str, count: int) -
     return found
 
 
-async def test_workers_share_the_port_restart_when_killed_and_stop_together(tmp_path, unused_tcp_port):
+async def start_workers(tmp_path, port: int, count: int) -> asyncio.subprocess.Process:
+    """``wsgate run --workers N`` on an echo service, in its own process group (killed as one by the tests)."""
     config = tmp_path / "g.yaml"
-    config.write_text(f"service:\n  - name: echo\n    accept: ws://127.0.0.1:{unused_tcp_port}/echo\n    type: echo\n")
-    process = await asyncio.create_subprocess_exec(
+    config.write_text(f"service:\n  - name: echo\n    accept: ws://127.0.0.1:{port}/echo\n    type: echo\n")
+    return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "wsgate",
         "run",
         str(config),
         "--workers",
-        "2",
+        str(count),
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,
     )
+
+
+async def test_workers_share_the_port_restart_when_killed_and_stop_together(tmp_path, unused_tcp_port):
+    process = await start_workers(tmp_path, unused_tcp_port, 2)
     try:
         workers = await _lines_until(process.stderr, r"worker (\d) started \(pid (\d+)\)", 2)
         await _lines_until(process.stderr, rf"listening on tcp://127\.0\.0\.1:{unused_tcp_port}", 2)
@@ -140,19 +145,7 @@ async def test_workers_refuse_port_zero(tmp_path):
 
 
 async def test_workers_stop_when_their_supervisor_is_killed(tmp_path, unused_tcp_port):
-    config = tmp_path / "g.yaml"
-    config.write_text(f"service:\n  - name: echo\n    accept: ws://127.0.0.1:{unused_tcp_port}/echo\n    type: echo\n")
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "wsgate",
-        "run",
-        str(config),
-        "--workers",
-        "2",
-        stderr=asyncio.subprocess.PIPE,
-        start_new_session=True,
-    )
+    process = await start_workers(tmp_path, unused_tcp_port, 2)
     try:
         workers = await _lines_until(process.stderr, r"worker (\d) started \(pid (\d+)\)", 2)
         await _lines_until(process.stderr, "listening on", 2)
@@ -173,3 +166,43 @@ async def test_workers_stop_when_their_supervisor_is_killed(tmp_path, unused_tcp
             os.killpg(process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+async def test_sighup_reloads_and_logs_are_json_lines(tmp_path, unused_tcp_port):
+    import json
+
+    config = tmp_path / "g.yaml"
+    one = f"service:\n  - name: one\n    accept: ws://127.0.0.1:{unused_tcp_port}/one\n    type: echo\n"
+    config.write_text(one)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "wsgate", "run", str(config), stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        line = (await _lines_until(process.stderr, "listening on", 1))[0].string
+        record = json.loads(line)  # not a terminal: JSON lines
+        assert record["logger"] == "wsgate.listener" and record["level"] == "info" and "timestamp" in record
+        await _lines_until(process.stderr, "ready at", 1)
+        async with aiohttp.ClientSession() as http:
+            kept = await http.ws_connect(f"ws://127.0.0.1:{unused_tcp_port}/one")
+            config.write_text(
+                one + "  - name: two\n" + f"    accept: ws://127.0.0.1:{unused_tcp_port}/two\n    type: echo\n"
+            )
+            process.send_signal(signal.SIGHUP)
+            await _lines_until(process.stderr, r"configuration reloaded: 1 unchanged, 1 added", 1)
+            async with http.ws_connect(f"ws://127.0.0.1:{unused_tcp_port}/two") as two:
+                await two.send_str("new")
+                assert (await two.receive()).data == "new"
+            await kept.send_str("kept")
+            assert (await kept.receive()).data == "kept"
+            config.write_text("service: [")  # broken: refused, the running config stays
+            process.send_signal(signal.SIGHUP)
+            await _lines_until(process.stderr, "reload rejected", 1)
+            await kept.send_str("still")
+            assert (await kept.receive()).data == "still"
+            await kept.close()
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 10) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

@@ -12,6 +12,8 @@ import pytest
 from wsgate.config.values import parse_rate
 from wsgate.security.limits import GatewayLimits, ServiceLimits, TokenBucket
 
+from .test_management import REALM, USERS
+
 
 def test_token_bucket_grants_a_burst_then_the_rate():
     bucket = TokenBucket(rate=2.0, burst=3.0, tokens=3.0, stamp=0.0)
@@ -66,7 +68,8 @@ def test_parse_rate_refuses_nonsense(text):
         parse_rate(text)
 
 
-LIMITED = """
+LIMITED = (
+    """
 limits:
   handshake-timeout: 500ms
   header-size: 4k
@@ -85,22 +88,9 @@ service:
     realm-name: corp
     authorization-constraint:
       require-role: AUTHORIZED
-security:
-  realm:
-    - name: corp
-      authentication:
-        http-challenge-scheme: Application Basic
-        login-modules:
-          login-module:
-            type: file
-            options:
-              file: jaas-config.xml
 """
-USERS = """<?xml version="1.0"?>
-<jaas-config xmlns="http://xmlns.kaazing.com/jaas-config/centurion">
-  <user><name>joe</name><password>welcome</password><role-name>AUTHORIZED</role-name></user>
-</jaas-config>
-"""
+    + REALM
+)
 
 
 @pytest.fixture

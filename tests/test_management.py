@@ -328,3 +328,77 @@ async def test_a_bad_reload_is_rejected_and_the_old_config_keeps_running(start_g
         assert (await again.receive()).data == "new"
     text = gw.runtime.metrics.exposition().decode()
     assert 'wsgate_reloads_total{result="rejected"} 1.0' in text
+
+
+async def test_reload_rotates_the_certificate_without_dropping_connections(
+    start_gateway, http, ca, pem_stores, tmp_path
+):
+    from .conftest import SECURITY_PEM, client_ssl
+
+    config = "service:\n  - name: echo\n    accept: wss://127.0.0.1:0/echo\n    type: echo\n" + SECURITY_PEM
+    gw = await start_gateway(config)
+    port = gw.port_of("echo")
+    context = client_ssl(ca)
+
+    async def serial_seen() -> tuple[int, aiohttp.ClientWebSocketResponse]:
+        ws = await http.ws_connect(f"wss://127.0.0.1:{port}/echo", ssl=context)
+        ssl_object = ws.get_extra_info("ssl_object")
+        from cryptography import x509
+
+        return x509.load_der_x509_certificate(ssl_object.getpeercert(binary_form=True)).serial_number, ws
+
+    before, old = await serial_seen()
+    ca.issue_cert("127.0.0.1", "localhost").private_key_and_cert_chain_pem.write_to_path(str(pem_stores["keystore"]))
+    ok, message = await gw.reload()
+    assert ok and "1 unchanged" in message, message
+    assert gw.port_of("echo") == port
+    after, new = await serial_seen()
+    assert after != before  # new handshakes get the rotated certificate
+    await old.send_str("kept")
+    assert (await old.receive()).data == "kept"  # the connection made before keeps going
+    for ws in (old, new):
+        await ws.close()
+
+
+async def test_backend_failures_are_counted(start_gateway, http, unused_tcp_port):
+    gw = await start_gateway(
+        f"""
+        service:
+          - name: proxy
+            accept: ws://127.0.0.1:0/proxy
+            connect: tcp://127.0.0.1:{unused_tcp_port}
+            type: proxy
+        """
+    )
+    async with http.ws_connect(f"ws://127.0.0.1:{gw.port_of('proxy')}/proxy") as ws:
+        msg = await ws.receive()
+        assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == 1011
+    for _ in range(40):  # the server side finishes its close handshake after the client saw the frame
+        text = gw.runtime.metrics.exposition().decode()
+        if 'wsgate_closes_total{code="1011",service="proxy"} 1.0' in text:
+            break
+        await asyncio.sleep(0.05)
+    assert 'wsgate_closes_total{code="1011",service="proxy"} 1.0' in text, "\n".join(
+        line for line in text.splitlines() if ("closes" in line or "open" in line) and not line.startswith("#")
+    )
+    assert 'wsgate_backend_connect_failures_total{service="proxy"} 1.0' in text
+
+
+async def test_an_insecure_management_service_on_loopback_answers_without_credentials(start_gateway, http):
+    gw = await start_gateway(
+        """
+        service:
+          - name: admin
+            accept: http://127.0.0.1:0/admin
+            type: management
+            properties:
+              insecure: true
+        """
+    )
+    async with http.get(f"http://127.0.0.1:{gw.port_of('admin')}/admin/api/info") as response:
+        assert response.status == 200 and (await response.json())["config"]["services"][0]["name"] == "admin"
+    async with http.get(f"http://127.0.0.1:{gw.port_of('admin')}/admin/") as response:
+        assert response.status == 200 and "wsgate console" in await response.text()
+        assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
+    async with http.get(f"http://127.0.0.1:{gw.port_of('admin')}/admin/api/nothing") as response:
+        assert response.status == 404

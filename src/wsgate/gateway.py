@@ -269,8 +269,8 @@ class Gateway:
     async def reload(self) -> tuple[bool, str]:
         """Re-read the config; apply it only if it is entirely valid (the old one keeps running otherwise).
 
-        Services whose config (realm and key material included) is unchanged keep their handler
-        and live connections; changed services' connections close with 1012 (service restart) so
+        Services whose config (realm, and key material for TLS back ends, included) is unchanged keep
+        their handler and live connections; changed services' connections close with 1012 (service restart) so
         clients reconnect to the new version; removed services' with 1001. Listeners keep their
         socket unless their TLS material changed (then new handshakes get the new certificates).
         """
@@ -341,8 +341,11 @@ class Gateway:
         realms_old, realms_new = self.config.security.realms, fresh.config.security.realms
         if new.realm_name and realms_old.get(new.realm_name) != realms_new.get(new.realm_name):
             return False
-        uses_keys = any(u.secure for u in (*new.accepts, *new.connects))
-        return not uses_keys or (self.runtime.keys, self.runtime.trust) == (fresh.runtime.keys, fresh.runtime.trust)
+        # Accept-side certificates belong to the listener (rotated there); a TLS back end's client
+        # certificate and trust belong to the service.
+        backend_tls = any(u.secure for u in new.connects)
+        same_keys = (self.runtime.keys, self.runtime.trust) == (fresh.runtime.keys, fresh.runtime.trust)
+        return not backend_tls or same_keys
 
     async def _swap_listeners(self, fresh: Gateway) -> None:
         for key, listener in list(fresh.listeners.items()):
@@ -357,6 +360,7 @@ class Gateway:
             if current is not None:
                 current.stop_accepting()
                 self.retired.append(current)
+                listener.port = current.port  # the same port, even where the config says 0
             await listener.start()
         for key, listener in self.listeners.items():
             if key not in fresh.listeners:

@@ -59,6 +59,7 @@ class Connection:
         "_expiry",
         "_closing",
         "deadline",
+        "closed_with",
         "messages_in",
         "messages_out",
         "bytes_in",
@@ -88,6 +89,7 @@ class Connection:
         self.started = time.time()  # wall clock, for session-timeout
         self._expiry: asyncio.TimerHandle | None = None
         self.deadline: float | None = None  # wall clock: when the credentials or session run out
+        self.closed_with: int | None = None  # the code the gateway closed with, if it closed first
         self._closing: asyncio.Task[None] | None = None
         self.context: object = None  # what the service prepared before the upgrade
         # Counted by the services' loops (payload sizes; text in characters), read by the metrics collector.
@@ -104,6 +106,8 @@ class Connection:
 
     async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Close with ``code``; reasons are short and never carry internal detail."""
+        if self.closed_with is None and not self.ws.closed:
+            self.closed_with = code
         await self.ws.close(code=code, message=reason.encode()[:120])
 
     def expire_at(self, deadline: float | None, reason: str = "session expired") -> None:
@@ -147,7 +151,8 @@ class Connection:
 
     @property
     def close_code(self) -> int | None:
-        return self.ws.close_code
+        """The code that ended the connection: the gateway's if it closed first, else the peer's."""
+        return self.closed_with if self.closed_with is not None else self.ws.close_code
 
 
 async def accept_websocket(
