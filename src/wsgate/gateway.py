@@ -250,7 +250,7 @@ class Gateway:
             "connections": len(self.runtime.connections),
             "config": {
                 "source": str(config.source) if config.source else None,
-                "services": [_service_summary(s) for s in config.services],
+                "services": self.service_summaries(),
                 "realms": [
                     {
                         "name": realm.name,
@@ -265,6 +265,9 @@ class Gateway:
                 "truststore": _store_summary(security.truststore),
             },
         }
+
+    def service_summaries(self) -> list[dict[str, Any]]:
+        return [_service_summary(s) for s in self.config.services]
 
     async def reload(self) -> tuple[bool, str]:
         """Re-read the config; apply it only if it is entirely valid (the old one keeps running otherwise).
@@ -376,8 +379,7 @@ class Gateway:
                 break
             await asyncio.sleep(0.05)
         for handler in handlers:
-            if handler not in self.services.values():
-                await handler.stop()
+            await handler.stop()
         for realm in realms:
             await realm.close()
 

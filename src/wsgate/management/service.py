@@ -33,7 +33,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 from aiohttp import WSMsgType, web
 
 from ..config.model import Service
+from ..security.realms import IDENTITY_KEY
 from ..services.base import Runtime, ServiceHandler, service_type
+from ..transport.websocket import is_upgrade
 from .metrics import CONTENT_TYPE
 
 if TYPE_CHECKING:
@@ -68,6 +70,8 @@ class GatewayControl(Protocol):
     """What the management service may ask of the gateway."""
 
     def summary(self) -> dict[str, Any]: ...
+
+    def service_summaries(self) -> list[dict[str, Any]]: ...
 
     def revoke(self, user: str | None = None, token: str | None = None, reason: str = "revoked") -> int: ...
 
@@ -184,9 +188,7 @@ class ManagementService(OperatorService):
         counts: dict[str, int] = {}
         for connection in list(self.runtime.connections):
             counts[connection.service] = counts.get(connection.service, 0) + 1
-        return [
-            {**entry, "open": counts.get(entry["name"], 0)} for entry in self.control.summary()["config"]["services"]
-        ]
+        return [{**entry, "open": counts.get(entry["name"], 0)} for entry in self.control.service_summaries()]
 
     def sessions(self) -> list[dict[str, Any]]:
         now = time.time()
@@ -209,14 +211,12 @@ class ManagementService(OperatorService):
 
     @staticmethod
     def admin(request: web.BaseRequest) -> str:
-        from ..security.realms import IDENTITY_KEY
-
         identity = request.get(IDENTITY_KEY)
         return f"administrator {identity.user!r}" if identity else f"unauthenticated client {request.remote}"
 
     async def live_updates(self, request: web.BaseRequest) -> web.StreamResponse:
         """The console's feed: a snapshot now and every second; the client only listens."""
-        if request.headers.get("Upgrade", "").lower() != "websocket":
+        if not is_upgrade(request):
             return web.Response(status=426, headers={"Upgrade": "websocket"})
         if not self.origin_allowed(request):
             return web.Response(status=403, text="Forbidden\n")

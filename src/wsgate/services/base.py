@@ -22,7 +22,7 @@ from ..management.logs import get_logger
 from ..security.keystore import KeyMaterial
 from ..security.origin import cors_headers, origin_allowed, preflight
 from ..security.realms import IDENTITY_KEY, connection_deadline
-from ..transport.websocket import CloseCode, Connection, accept_websocket
+from ..transport.websocket import CloseCode, Connection, accept_websocket, is_upgrade
 
 if TYPE_CHECKING:
     from ..management.metrics import Metrics
@@ -107,7 +107,7 @@ class WebSocketService(ServiceHandler):
     writer_limit = 64 * 1024
 
     async def handle(self, request: web.BaseRequest, peer: PeerIdentity | None) -> web.StreamResponse:
-        if request.method != "GET" or request.headers.get("Upgrade", "").lower() != "websocket":
+        if request.method != "GET" or not is_upgrade(request):
             return web.Response(
                 status=426,
                 text="This is a WebSocket endpoint: connect with a WebSocket client.\n",

@@ -21,7 +21,7 @@ from aiohttp import web, web_response
 from ..management.metrics import handshake_outcome
 from ..security.limits import GatewayLimits, Refusal, ServiceLimits
 from ..security.tls import PeerIdentity
-from .websocket import HANDSHAKE_DONE
+from .websocket import HANDSHAKE_DONE, is_upgrade
 
 if TYPE_CHECKING:
     from ..management.metrics import Metrics
@@ -158,14 +158,14 @@ class Listener:
             peer = PeerIdentity.from_ssl_object(
                 request.transport.get_extra_info("ssl_object") if request.transport else None
             )
-            if route.verify_client == "required" and peer is None:
-                if self.metrics is not None and _is_upgrade(request):
-                    self.metrics.handshakes.labels(route.service.name, "403").inc()
-                return web.Response(status=403, text="A client certificate is required.\n")
-        if not _is_upgrade(request):
+        upgrade = is_upgrade(request)
+        if self.secure and route.verify_client == "required" and peer is None:
+            response: web.StreamResponse = web.Response(status=403, text="A client certificate is required.\n")
+        elif upgrade:
+            response = await self.upgrade(route, request, peer)
+        else:
             return await route.service.handle(request, peer)
-        response = await self.upgrade(route, request, peer)
-        if self.metrics is not None and response.status != 101:
+        if upgrade and self.metrics is not None and response.status != 101:  # 101s are counted at accept
             self.metrics.handshakes.labels(route.service.name, handshake_outcome(response.status)).inc()
         return response
 
@@ -223,7 +223,3 @@ class Listener:
 def _is_aiofastnet(method: object) -> bool:
     """aiofastnet.patch_loop installs its methods as ``functools.partial``s of its own functions."""
     return str(getattr(getattr(method, "func", None), "__module__", "")).startswith("aiofastnet")
-
-
-def _is_upgrade(request: web.BaseRequest) -> bool:
-    return request.headers.get("Upgrade", "").lower() == "websocket"

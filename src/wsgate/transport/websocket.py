@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from ..security.realms import Identity
     from ..security.tls import PeerIdentity
 
-__all__ = ["Connection", "WSMessage", "WSMsgType", "CloseCode", "accept_websocket", "HANDSHAKE_DONE"]
+__all__ = ["Connection", "WSMessage", "WSMsgType", "CloseCode", "accept_websocket", "is_upgrade", "HANDSHAKE_DONE"]
 # The listener puts a callable here; called once the 101 is sent, the handshake no longer counts as in progress.
 HANDSHAKE_DONE: web.RequestKey[Callable[[], None]] = web.RequestKey("wsgate.handshake-done")
 
@@ -153,6 +153,11 @@ class Connection:
     def close_code(self) -> int | None:
         """The code that ended the connection: the gateway's if it closed first, else the peer's."""
         return self.closed_with if self.closed_with is not None else self.ws.close_code
+
+
+def is_upgrade(request: web.BaseRequest) -> bool:
+    """Does the request ask for a WebSocket?"""
+    return request.headers.get("Upgrade", "").lower() == "websocket"
 
 
 async def accept_websocket(
