@@ -11,17 +11,24 @@ import sys
 import aiohttp
 
 
-async def test_run_serves_until_sigterm_then_closes_with_1001(tmp_path):
-    config = tmp_path / "g.yaml"
-    config.write_text("service:\n  - name: echo\n    accept: ws://127.0.0.1:0/echo\n    type: echo\n")
-    process = await asyncio.create_subprocess_exec(
+async def wsgate_run(config, *args: str) -> asyncio.subprocess.Process:
+    """``wsgate run CONFIG ARGS`` in its own process group (so tests can kill its workers too), stderr piped."""
+    return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "wsgate",
         "run",
         str(config),
+        *args,
         stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
     )
+
+
+async def test_run_serves_until_sigterm_then_closes_with_1001(tmp_path):
+    config = tmp_path / "g.yaml"
+    config.write_text("service:\n  - name: echo\n    accept: ws://127.0.0.1:0/echo\n    type: echo\n")
+    process = await wsgate_run(config)
     try:
         port = None
         while port is None:
@@ -45,14 +52,7 @@ async def test_run_serves_until_sigterm_then_closes_with_1001(tmp_path):
 async def test_run_with_bad_config_exits_2_with_the_located_error(tmp_path):
     config = tmp_path / "g.yaml"
     config.write_text("service:\n  - name: echo\n    accept: ws://127.0.0.1:0/echo\n    type: ecko\n")
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "wsgate",
-        "run",
-        str(config),
-        stderr=asyncio.subprocess.PIPE,
-    )
+    process = await wsgate_run(config)
     _, err = await asyncio.wait_for(process.communicate(), 10)
     assert process.returncode == 2
     assert b"service[echo]/type: 'ecko' is not a service type" in err
@@ -72,17 +72,7 @@ async def start_workers(tmp_path, port: int, count: int) -> asyncio.subprocess.P
     """``wsgate run --workers N`` on an echo service, in its own process group (killed as one by the tests)."""
     config = tmp_path / "g.yaml"
     config.write_text(f"service:\n  - name: echo\n    accept: ws://127.0.0.1:{port}/echo\n    type: echo\n")
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "wsgate",
-        "run",
-        str(config),
-        "--workers",
-        str(count),
-        stderr=asyncio.subprocess.PIPE,
-        start_new_session=True,
-    )
+    return await wsgate_run(config, "--workers", str(count))
 
 
 async def test_workers_share_the_port_restart_when_killed_and_stop_together(tmp_path, unused_tcp_port):
@@ -136,9 +126,7 @@ async def test_workers_share_the_port_restart_when_killed_and_stop_together(tmp_
 async def test_workers_refuse_port_zero(tmp_path):
     config = tmp_path / "g.yaml"
     config.write_text("service:\n  - name: echo\n    accept: ws://127.0.0.1:0/echo\n    type: echo\n")
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "wsgate", "run", str(config), "--workers", "2", stderr=asyncio.subprocess.PIPE
-    )
+    process = await wsgate_run(config, "--workers", "2")
     _, err = await asyncio.wait_for(process.communicate(), 10)
     assert process.returncode == 2
     assert b"--workers 2 needs fixed ports" in err
@@ -174,9 +162,7 @@ async def test_sighup_reloads_and_logs_are_json_lines(tmp_path, unused_tcp_port)
     config = tmp_path / "g.yaml"
     one = f"service:\n  - name: one\n    accept: ws://127.0.0.1:{unused_tcp_port}/one\n    type: echo\n"
     config.write_text(one)
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "wsgate", "run", str(config), stderr=asyncio.subprocess.PIPE
-    )
+    process = await wsgate_run(config)
     try:
         line = (await _lines_until(process.stderr, "listening on", 1))[0].string
         record = json.loads(line)  # not a terminal: JSON lines
