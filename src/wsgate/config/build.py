@@ -69,6 +69,8 @@ AUTHENTICATION = {
     "session-timeout": "?",
     "authorization-timeout": "?",
     "login-modules": "?",
+    "login-concurrency": "?",
+    "login-queue": "?",
 }
 LOGIN_MODULE = {"type": "1", "success": "?", "options": "?"}
 AUTHZ_CONSTRAINT = {"require-role": "*", "require-valid-user": "?"}
@@ -627,6 +629,8 @@ class Builder:
             session_timeout=self.one(groups, "session-timeout", path, parse_duration),
             authorization_timeout=self.one(groups, "authorization-timeout", path, parse_duration),
             login_modules=modules,
+            login_concurrency=self.one(groups, "login-concurrency", path, parse_count),
+            login_queue=self.one(groups, "login-queue", path, parse_count),
         )
 
     def login_module(self, node: Node, path: str) -> m.LoginModule | None:

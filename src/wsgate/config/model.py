@@ -123,6 +123,8 @@ class Authentication:
     session_timeout: float | None = None
     authorization_timeout: float | None = None
     login_modules: tuple[LoginModule, ...] = ()
+    login_concurrency: int | None = None  # verifier threads; None: half the CPUs, at least 1
+    login_queue: int | None = None  # logins that may wait beyond those; None: 32
 
 
 @dataclass(frozen=True)

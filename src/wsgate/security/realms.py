@@ -34,7 +34,8 @@ from aiohttp import web
 from ..config.model import AuthorizationConstraint, Realm
 from ..management.logs import get_logger
 from .challenges import Credentials, CredentialsError, challenge_header, gather_credentials, offered_subprotocols
-from .login import ChainEntry, Challenged, Failed, LoginAttempt, Succeeded, Unavailable, build_module, run_chain
+from .login import Busy, ChainEntry, Challenged, Failed, LoginAttempt, Succeeded, Unavailable, build_module, run_chain
+from .login.verifier import Verifier
 from .sessions import DEFAULT_SESSION_TTL, SessionStore, cookie_name
 
 if TYPE_CHECKING:
@@ -71,6 +72,7 @@ class Refused:
     status: int  # 401 (challenge), 403, 503
     reason: str
     data: str | None = None  # a module's challenge data for the 401
+    limit: str | None = None  # a 503 from a bound: the wsgate_limited label
 
 
 class RealmRuntime:
@@ -89,6 +91,7 @@ class RealmRuntime:
         self.cookie = cookie_name(realm.name)
         self.sessions = SessionStore()
         self.metrics: Metrics | None = None  # set by the gateway
+        self.verifier = Verifier(auth.login_concurrency, auth.login_queue, f"wsgate-verify-{realm.name}")
 
     async def authenticate(
         self, request: web.BaseRequest, peer: PeerIdentity | None, allow_session: bool = True
@@ -110,7 +113,9 @@ class RealmRuntime:
             )
         except CredentialsError as exc:
             return Refused(403, str(exc))  # garbled or ambiguous credentials were presented
-        result = await run_chain(self.chain, LoginAttempt(credentials, request.remote or "?", peer))
+        result = await run_chain(
+            self.chain, LoginAttempt(credentials, request.remote or "?", peer, verifier=self.verifier)
+        )
         if self.metrics is not None:
             for module, seconds in result.timings:
                 self.metrics.auth_seconds.labels(self.config.name, module).observe(seconds)
@@ -137,6 +142,8 @@ class RealmRuntime:
         """Kaazing's rules: nothing presented → 401 challenge; presented but refused → 403; a module
         asking for another round → 401 with its data; a module that could not decide → 503."""
         reason = f"{outcome.reason} ({', '.join(f'{name}: {what}' for name, what in trail)})"
+        if isinstance(outcome, Busy):
+            return Refused(503, reason, limit="auth-concurrency")
         if isinstance(outcome, Unavailable):
             return Refused(503, reason)
         if self.scheme is None:
@@ -151,6 +158,7 @@ class RealmRuntime:
             close = getattr(entry.module, "close", None)
             if close is not None:
                 await close()
+        self.verifier.close()
 
     def challenge(self, plain_http: bool, data: str | None = None) -> dict[str, str]:
         if self.scheme is None:
@@ -264,7 +272,10 @@ class RealmGuard:
             audit.warning(
                 "authentication unavailable", **where, decision="unavailable", status=503, reason=refused.reason
             )
-            return web.Response(status=503, text="Service Unavailable\n", headers={"Retry-After": "5"})
+            if refused.limit is not None and self.realm.metrics is not None:
+                self.realm.metrics.limited.labels(self.name, refused.limit).inc()
+            retry = "1" if refused.limit else "5"  # a busy verifier frees up in about a hash's time
+            return web.Response(status=503, text="Service Unavailable\n", headers={"Retry-After": retry})
         audit.info("authentication denied", **where, decision="denied", status=refused.status, reason=refused.reason)
         if refused.status == 401:
             return web.Response(

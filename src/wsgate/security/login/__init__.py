@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ...config.model import LoginModule as LoginModuleConfig
 from ...errors import ConfigError
-from .base import Challenged, Failed, LoginAttempt, LoginModule, Outcome, Succeeded, Unavailable
+from .base import Busy, Challenged, Failed, LoginAttempt, LoginModule, Outcome, Succeeded, Unavailable
 from .certificate import CertificateLoginModule
 from .chain import ChainEntry, ChainResult, run_chain
 from .file import FileLoginModule
@@ -16,6 +16,7 @@ from .jwt import JwtLoginModule
 from .ldap import LdapLoginModule
 
 __all__ = [
+    "Busy",
     "ChainEntry",
     "Challenged",
     "ChainResult",

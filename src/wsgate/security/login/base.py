@@ -4,6 +4,8 @@ A module is a small object with ``async login(attempt) -> Outcome``. It never
 raises for a bad password: it answers ``Failed``. ``Unavailable`` means it could
 not decide (LDAP down, JWKS unreachable): the realm then answers 503, never access.
 ``Challenged`` asks the client for another round (data for the 401's challenge).
+``Busy`` is an ``Unavailable`` that says why: the realm's verifier is at its bound.
+Blocking work (hashes, network) goes through ``attempt.verifier`` (see ``verifier.py``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,13 @@ from ..challenges import Credentials, CredentialsError
 
 if TYPE_CHECKING:
     from ..tls import PeerIdentity
+    from .verifier import Verifier
+
+
+def _shared_verifier() -> Verifier:
+    from .verifier import shared_verifier
+
+    return shared_verifier()
 
 
 @dataclass
@@ -31,6 +40,7 @@ class LoginAttempt:
     remote: str
     peer: PeerIdentity | None = None
     shared: dict[str, str] = field(default_factory=dict)
+    verifier: Verifier = field(default_factory=_shared_verifier)  # the realm's; runs blocking work off the loop
 
 
 @dataclass(frozen=True)
@@ -53,6 +63,11 @@ class Unavailable:
 
 
 @dataclass(frozen=True)
+class Busy(Unavailable):
+    """Too many logins in progress in this realm: 503 with Retry-After, counted as a limit."""
+
+
+@dataclass(frozen=True)
 class Challenged:
     """Not yet: the client must answer ``data`` (e.g. a Negotiate continuation token), sent in the 401."""
 
@@ -60,7 +75,7 @@ class Challenged:
     data: str
 
 
-Outcome = Succeeded | Failed | Unavailable | Challenged
+Outcome = Succeeded | Failed | Unavailable | Challenged  # Busy is an Unavailable
 
 
 @runtime_checkable

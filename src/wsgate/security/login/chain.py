@@ -14,7 +14,8 @@ The chain succeeds when every required and requisite module succeeded; a chain
 with none of them needs at least one sufficient or optional success. Principals
 come from every module that succeeded. If the chain fails and any module was
 ``Unavailable``, the outcome is ``Unavailable`` (503), so an outage never reads as
-"wrong password" and never as access; otherwise the first ``Challenged`` answer
+"wrong password" and never as access (``Busy`` if a module was refused by the realm's
+verifier bound, so the realm can count it as a limit); otherwise the first ``Challenged`` answer
 (another round for the client) wins over a plain failure.
 """
 
@@ -25,7 +26,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .base import Challenged, Failed, LoginAttempt, LoginModule, Outcome, Succeeded, Unavailable
+from .base import Busy, Challenged, Failed, LoginAttempt, LoginModule, Outcome, Succeeded, Unavailable
 
 STRICT = ("required", "requisite")
 log = logging.getLogger("wsgate.audit")
@@ -49,6 +50,7 @@ async def run_chain(entries: Sequence[ChainEntry], attempt: LoginAttempt) -> Cha
     successes: list[Succeeded] = []
     trail: list[tuple[str, str]] = []
     strict_failed = unavailable = False
+    busy: Busy | None = None
     challenge: Challenged | None = None
     has_strict = any(e.flag in STRICT for e in entries)
     timings: list[tuple[str, float]] = []
@@ -67,6 +69,8 @@ async def run_chain(entries: Sequence[ChainEntry], attempt: LoginAttempt) -> Cha
                 return ChainResult(_merge(successes), tuple(trail), tuple(timings))
             continue
         unavailable |= isinstance(outcome, Unavailable)
+        if isinstance(outcome, Busy) and busy is None:
+            busy = outcome
         if isinstance(outcome, Challenged) and challenge is None:
             challenge = outcome
         if entry.flag in STRICT:
@@ -77,7 +81,9 @@ async def run_chain(entries: Sequence[ChainEntry], attempt: LoginAttempt) -> Cha
     if succeeded:
         return ChainResult(_merge(successes), tuple(trail), tuple(timings))
     failure: Outcome = Failed("login failed")
-    if unavailable:
+    if busy is not None:
+        failure = Busy(busy.reason)
+    elif unavailable:
         failure = Unavailable("a login module could not decide")
     elif challenge is not None:
         failure = challenge

@@ -4,7 +4,8 @@ Keys come from ``jwks-url`` (cached for ``jwks-cache``; an unknown ``kid`` trigg
 at most one refetch per ``jwks-refetch-interval``), ``jwks-file`` or ``key-file``.
 ``iss``, ``aud`` and ``exp`` are required; ``nbf`` is honoured; only asymmetric
 algorithms are accepted (never ``none``, never HS*: no algorithm confusion).
-The token's ``exp`` bounds the connection's life.
+The token's ``exp`` bounds the connection's life. Whatever the client sends is at worst a
+refused token (``Failed``): only an unreachable JWKS is ``Unavailable``.
 """
 
 from __future__ import annotations
@@ -79,6 +80,8 @@ class JwtLoginModule:
         token = attempt.credentials.bearer()
         if not token:
             return Failed("no token presented")
+        if not token.isascii():  # a JWT is base64url and dots; anything else (e.g. undecodable header bytes) is not
+            return Failed("token is not a JWT")
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -86,6 +89,8 @@ class JwtLoginModule:
         algorithm, kid = header.get("alg"), header.get("kid")
         if algorithm not in self.algorithms:
             return Failed(f"token algorithm {algorithm!r} is not allowed")
+        if kid is not None and not isinstance(kid, str):
+            return Failed("token key id is not a string")
         found = await self._key(kid)
         if isinstance(found, Unavailable | Failed):
             return found
@@ -105,7 +110,7 @@ class JwtLoginModule:
                 leeway=self.leeway,
                 options={"require": ["exp", "iss", "aud"]},
             )
-        except (jwt.PyJWTError, TypeError, ValueError) as exc:  # TypeError: a key of another family than alg
+        except (jwt.PyJWTError, TypeError, ValueError, ArithmeticError) as exc:  # TypeError: a key of another family
             return Failed(f"token rejected: {type(exc).__name__}")
         user = claims.get(self.user_claim)
         if not isinstance(user, str) or not user:
