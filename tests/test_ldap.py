@@ -167,3 +167,93 @@ async def test_ldap_down_is_503_live_connections_stay_and_service_recovers(direc
     slapd.start()
     assert await status_of(http, gw, "users", basic("bob", "bobpw")) == 101
     await live.close()
+
+
+# -- the principal is the directory's, bad input is a refused credential ---------------------
+
+
+@pytest.mark.parametrize("typed", ["alice", "ALICE", " alice", "alice ", "Alice"])
+async def test_principal_is_the_stored_uid_not_what_was_typed(directory, http, caplog, typed):
+    gw = await directory()
+    with caplog.at_level(logging.INFO, logger="wsgate.audit"):
+        assert await status_of(http, gw, "users", basic(typed, "alicepw")) == 101
+    decisions = [r.msg for r in caplog.records if isinstance(r.msg, dict) and r.msg.get("decision")]
+    assert decisions[-1]["decision"] == "authenticated" and decisions[-1]["user"] == "alice"
+
+
+async def test_revoking_the_principal_closes_every_spelling(directory, http):
+    gw = await directory()
+    spellings = ["alice", "ALICE", " alice", "alice "]
+    sockets = [await connect(http, gw, "users", basic(name, "alicepw")) for name in spellings]
+    assert gw.revoke(user="alice") == len(spellings)
+    for ws in sockets:
+        assert (await asyncio.wait_for(ws.receive(), 2)).data == 1008
+        await ws.close()
+
+
+async def test_principal_falls_back_to_the_entry_dn_when_the_filter_names_no_single_attribute(
+    start_gateway, slapd, tmp_path, http, caplog
+):
+    (tmp_path / "ldap-admin.pw").write_text(ADMIN_PW)
+    config = ldap_config(slapd).replace("(uid={USERNAME})", "(|(uid={USERNAME})(mail={USERNAME}))")
+    gw = await start_gateway(config)
+    with caplog.at_level(logging.INFO, logger="wsgate.audit"):
+        assert await status_of(http, gw, "users", basic("ALICE@example.test", "alicepw")) == 101
+        assert await status_of(http, gw, "users", basic("Alice", "alicepw")) == 101
+    users = [r.msg["user"] for r in caplog.records if isinstance(r.msg, dict) and r.msg.get("decision")]
+    assert users[-2:] == [f"uid=alice,ou=people,{SUFFIX}"] * 2
+
+
+HOSTILE = ["a\x00b", "\x07", "pw\x07", "\uffff", "alicepw\uffff", "\x00"]
+
+
+@pytest.mark.parametrize("password", HOSTILE, ids=["nul", "bel", "bel-suffix", "u+ffff", "u+ffff-suffix", "only-nul"])
+async def test_passwords_ldap_cannot_carry_are_refused_not_an_outage(directory, http, password):
+    gw = await directory()
+    assert await status_of(http, gw, "users", basic("alice", password)) == 403
+
+
+@pytest.mark.parametrize("user", ["ali\x00ce", "\x07", "alice\uffff", "\uffff"], ids=["nul", "bel", "u+ffff", "only"])
+async def test_user_names_ldap_cannot_carry_are_refused_not_an_outage(directory, http, user):
+    gw = await directory()
+    assert await status_of(http, gw, "users", basic(user, "alicepw")) == 403
+
+
+async def test_input_ldap3_cannot_encode_is_failed_in_the_module(slapd, tmp_path):
+    """Lone surrogates cannot come from Basic (strict UTF-8), but may from shared state."""
+    from wsgate.security.challenges import Credentials
+    from wsgate.security.login import Failed, LoginAttempt
+    from wsgate.security.login.ldap import LdapLoginModule
+
+    (tmp_path / "pw").write_text(ADMIN_PW)
+    options = {"userProvider": f"{slapd.url}/ou=people,{SUFFIX}", "bind-dn": ADMIN_DN, "bind-password-file": "pw"}
+    module = LdapLoginModule(options, "m", tmp_path)
+    try:
+        for name, password in [("alice\ud800", "alicepw"), ("alice", "x\udcff"), ("alice", "a\x00")]:
+            attempt = LoginAttempt(Credentials(), "r", shared={"name": name, "password": password})
+            assert isinstance(await module.login(attempt), Failed)
+    finally:
+        await module.close()
+
+
+async def test_ldap_logins_count_against_the_realm_bound(directory, http):
+    """The ldap module runs on its own pool but is admitted by the realm's verifier: a full
+    verifier answers 503 with Retry-After and counts it, without calling the directory."""
+    import threading
+
+    gw = await directory("      login-concurrency: 1\n      login-queue: 1")
+    verifier = gw.realms["directory"].verifier
+    release = threading.Event()
+    holders = [asyncio.ensure_future(verifier.run(release.wait, 5)) for _ in range(2)]
+    await asyncio.sleep(0)
+    assert verifier.pending == 2
+    try:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as error:
+            await connect(http, gw, "users", basic("bob", "bobpw"))
+        assert error.value.status == 503 and error.value.headers["Retry-After"] == "1"
+        scrape = gw.runtime.metrics.exposition().decode()
+        assert 'wsgate_limited_total{limit="auth-concurrency",service="users"} 1.0' in scrape
+    finally:
+        release.set()
+        await asyncio.gather(*holders)
+    assert await status_of(http, gw, "users", basic("bob", "bobpw")) == 101

@@ -3,15 +3,25 @@
 Kaazing's options are kept: ``userProvider`` (``ldap[s]://host:port/<base DN>``),
 ``userFilter`` with ``{USERNAME}`` (escaped: no LDAP filter injection) and
 ``authzIdentity`` (``{attribute}``: the user name the gateway uses). ldap3 is
-blocking, so each login runs in a worker thread; service connections for the
-searches are pooled. An unreachable or timing-out server is ``Unavailable`` (503),
-never access; an empty password is refused before any bind (no unauthenticated
-binds).
+blocking, so each login runs in a worker thread of the module's pool (``pool-size``),
+admitted by the realm's verifier (bounded); service connections for the searches
+are pooled. An empty password is refused before any bind (no unauthenticated binds).
+
+The user name is the directory's, never what the client typed: without
+``authzIdentity`` it is the stored value of the attribute ``userFilter`` matches
+``{USERNAME}`` against (``uid`` in ``(uid={USERNAME})``), fetched in the same
+search, so ``ALICE`` and ``alice `` both log in as ``alice``. When the filter
+does not name one such attribute, or the entry holds several values of it, the
+user name is the entry's DN.
+
+``Unavailable`` (503) means the directory could not answer: unreachable, timing
+out, or answering busy/unavailable/other. Whatever the client's input causes
+(characters LDAP cannot carry, a server refusing the value's syntax, wrong
+credentials) is ``Failed``: bad input must never look like an outage.
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
 import queue
 import re
@@ -23,6 +33,7 @@ from urllib.parse import unquote, urlsplit
 
 import ldap3
 from ldap3.core import exceptions as ldap_errors
+from ldap3.protocol.sasl.sasl import validate_simple_password
 from ldap3.utils.conv import escape_filter_chars
 
 from ...config.values import parse_duration, parse_enabled
@@ -37,6 +48,22 @@ _OUTAGE = (
     ldap_errors.LDAPResponseTimeoutError,
     OSError,
 )
+# Result codes that say the server is in trouble, whatever was asked: operationsError,
+# timeLimitExceeded, adminLimitExceeded, busy, unavailable, loopDetect, other.
+_SERVER_TROUBLE = frozenset({1, 3, 11, 51, 52, 54, 80})
+# Search results the client's value causes: sizeLimitExceeded (it matched many),
+# inappropriateMatching, invalidAttributeSyntax, invalidDNSyntax.
+_INPUT_RESULTS = frozenset({4, 18, 21, 34})
+# ldap3 refusing to encode what the client sent, before anything reaches the server.
+_INPUT_ERRORS = (
+    UnicodeError,
+    ldap_errors.LDAPSASLPrepError,
+    ldap_errors.LDAPInvalidFilterError,
+    ldap_errors.LDAPInvalidValueError,
+    ldap_errors.LDAPInvalidDnError,
+    ldap_errors.LDAPPasswordIsMandatoryError,
+)
+_ASSERTION = re.compile(r"\(([^()=~<>:]+)(=|~=|>=|<=|:[^()]*?:=)([^()]*)\)")
 _ATTRIBUTE_REF = re.compile(r"\{([A-Za-z][A-Za-z0-9-]*)\}")
 OPTIONS = (
     "userProvider",
@@ -52,6 +79,19 @@ OPTIONS = (
     "timeout",
     "pool-size",
 )
+
+
+class InputRefused(Exception):
+    """The server refused a value the client typed (e.g. invalidAttributeSyntax): a failed login."""
+
+
+def name_attribute(user_filter: str) -> str | None:
+    """The attribute ``userFilter`` compares ``{USERNAME}`` with for equality, if exactly one does."""
+    uses = [m for m in _ASSERTION.finditer(user_filter) if "{USERNAME}" in m.group(3)]
+    if len(uses) != 1 or uses[0].group(2) != "=" or uses[0].group(3) != "{USERNAME}":
+        return None
+    attribute = uses[0].group(1).strip()
+    return attribute if re.fullmatch(r"[A-Za-z][A-Za-z0-9-]*", attribute) else None
 
 
 class LdapLoginModule:
@@ -75,6 +115,7 @@ class LdapLoginModule:
         if "{USERNAME}" not in self.user_filter:
             raise ConfigError(f"{path}/options/userFilter", "must contain {USERNAME}, e.g. (uid={USERNAME})")
         self.authz = options.get("authzIdentity")
+        self.name_attribute = name_attribute(self.user_filter)
         self.group_base = options.get("group-base")
         self.group_filter = options.get("group-filter", "(member={DN})")
         self.group_attribute = options.get("group-attribute", "cn")
@@ -114,8 +155,12 @@ class LdapLoginModule:
         user, password = found
         if not password:
             return Failed("empty password refused (it would be an unauthenticated bind)")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, self._login, user, password, attempt.shared)
+        try:  # what ldap3 would refuse to send is a refused credential, decided before any thread or server
+            user.encode("utf-8")
+            validate_simple_password(password)
+        except _INPUT_ERRORS as exc:
+            return Failed(f"user name or password LDAP cannot carry: {type(exc).__name__}")
+        return await attempt.verifier.run(self._login, user, password, attempt.shared, executor=self.executor)
 
     # -- blocking part, in a worker thread --------------------------------------------------------
 
@@ -125,20 +170,27 @@ class LdapLoginModule:
             if isinstance(found, Failed):
                 return found
             dn, attributes = found
-            if not self._bind_as(dn, password):
-                return Failed(f"LDAP bind refused for {user!r}")
+            code = self._bind_as(dn, password)
+            if code is None or code in _SERVER_TROUBLE:
+                return Unavailable(f"LDAP {self.address} could not bind {user!r}: result {code}")
+            if code != 0:
+                return Failed(f"LDAP bind refused for {user!r}: result {code}")
             roles = self._roles(dn)
         except _OUTAGE as exc:
             return Unavailable(f"LDAP {self.address} unreachable: {type(exc).__name__}")
+        except (*_INPUT_ERRORS, InputRefused) as exc:
+            return Failed(f"LDAP refused the input for {user!r}: {exc}")
         except ldap_errors.LDAPException as exc:
             return Unavailable(f"LDAP error: {type(exc).__name__}")
-        name = self._authz_name(user, attributes)
+        name = self._authz_name(dn, attributes)
         shared.setdefault("name", name)
         return Succeeded(name, roles)
 
     def _search_user(self, user: str) -> tuple[str, dict[str, list[str]]] | Failed:
         search_filter = self.user_filter.replace("{USERNAME}", escape_filter_chars(user))
         attributes = _ATTRIBUTE_REF.findall(self.authz or "")
+        if self.name_attribute:
+            attributes.append(self.name_attribute)
         entries = self._search(self.base, search_filter, attributes)
         if len(entries) != 1:
             return Failed(f"{len(entries)} LDAP entries match {user!r}")
@@ -155,14 +207,16 @@ class LdapLoginModule:
         self, connection: ldap3.Connection, base: str, search_filter: str, attributes: list[str]
     ) -> list[tuple[str, dict[str, list[str]]]]:
         try:
-            if not connection.search(
+            ok = connection.search(
                 base,
                 search_filter,
                 ldap3.SUBTREE,
                 attributes=attributes or ldap3.NO_ATTRIBUTES,
                 time_limit=int(self.timeout) or 1,
-            ) and connection.result.get("result") not in (0, 32):
-                raise ldap_errors.LDAPCommunicationError(connection.result.get("description", "search failed"))
+            )
+            code = (connection.result or {}).get("result")
+            if not ok and code not in (0, 32, *_INPUT_RESULTS):
+                raise ldap_errors.LDAPCommunicationError((connection.result or {}).get("description", "search failed"))
             found = [
                 (
                     e["dn"],
@@ -175,6 +229,8 @@ class LdapLoginModule:
             _discard(connection)
             raise
         self.pool.put(connection)
+        if not ok and code in _INPUT_RESULTS:
+            raise InputRefused(f"search answered {connection.result.get('description')}")
         return found
 
     def _service_connection(self, fresh: bool = False) -> ldap3.Connection:
@@ -217,13 +273,17 @@ class LdapLoginModule:
         if self.starttls and not connection.server.ssl and not connection.start_tls():
             raise ldap_errors.LDAPStartTLSError("StartTLS refused")
 
-    def _bind_as(self, dn: str, password: str) -> bool:
+    def _bind_as(self, dn: str, password: str) -> int | None:
+        """The bind's result code (0: the password is right), ``None`` if the server gave none."""
         connection = ldap3.Connection(
             self._server(), dn, password, receive_timeout=self.receive_timeout, raise_exceptions=False
         )
         try:
             self._open(connection)
-            return bool(connection.bind())
+            if connection.bind():
+                return 0
+            code = (connection.result or {}).get("result")
+            return code if isinstance(code, int) else None
         finally:
             _discard(connection)
 
@@ -237,15 +297,21 @@ class LdapLoginModule:
             return frozenset(role for role, group in self.role_map.items() if group in names)
         return frozenset(names)
 
-    def _authz_name(self, user: str, attributes: dict[str, list[str]]) -> str:
+    def _authz_name(self, dn: str, attributes: dict[str, list[str]]) -> str:
+        """``authzIdentity`` filled in, else the stored value the filter matched, else the DN."""
+        by_name = {name.lower(): values for name, values in attributes.items()}
+        canonical = dn
+        if self.name_attribute:
+            stored = by_name.get(self.name_attribute.lower(), [])
+            canonical = stored[0] if len(stored) == 1 and stored[0] else dn
         if not self.authz:
-            return user
+            return canonical
 
         def value(match: re.Match[str]) -> str:
-            values = attributes.get(match.group(1)) or [""]
+            values = by_name.get(match.group(1).lower()) or [""]
             return values[0]
 
-        return _ATTRIBUTE_REF.sub(value, self.authz) or user
+        return _ATTRIBUTE_REF.sub(value, self.authz) or canonical
 
 
 def _discard(connection: ldap3.Connection) -> None:
