@@ -8,6 +8,8 @@ Scenarios, alternated server by server over several rounds, medians and ratios r
            fixed 750/s, wsgate vs nginx (no auth)
   idle     N authenticated wss connections held open: gateway RSS per connection, every one pinged
   workers  wsgate --workers 1 vs 2 on the proxy 32 B c=100 cell
+  auth     p99 echo round trip of an established connection, alone and during a 16-way bad-login
+           flood on an argon2 `file` realm (target ≤ 50 ms); wrong-password time per user kind
 Server CPU is read from /proc for the server's whole process tree (websockify forks per connection,
 nginx has a master and a worker); the load client's own CPU is reported to show when it is the limit.
 Loopback only; every process is started and stopped here.
@@ -149,13 +151,17 @@ TCP_ECHO = textwrap.dedent("""
 class Server:
     """A server process (group) started for one measurement and stopped after it."""
 
-    def __init__(self, name: str, command: list[str], port: int) -> None:
-        self.name, self.command, self.port = name, command, port
+    def __init__(self, name: str, command: list[str], port: int, env: dict[str, str] | None = None) -> None:
+        self.name, self.command, self.port, self.env = name, command, port, env
         self.process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Server:
         self.process = subprocess.Popen(
-            self.command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+            self.command,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            env={**os.environ, **self.env} if self.env else None,
         )
         wait_port(self.port)
         time.sleep(0.3)  # every worker up, not just the first to listen
@@ -447,6 +453,107 @@ def _line(client: subprocess.Popen[str]) -> str:
     return line
 
 
+AUTH_USERS = {"ann": "argon2", "joe": "plain", "nobody": "unknown"}
+
+
+def _auth_config(bench: Bench) -> tuple[Path, int]:
+    """A public echo and a realm whose file has an argon2 user (default cost) next to a plain one."""
+    from argon2 import PasswordHasher
+
+    (bench.work / "auth-users.xml").write_text(
+        '<jaas-config xmlns="http://xmlns.kaazing.com/jaas-config/centurion">'
+        f"<user><name>ann</name><password>{PasswordHasher().hash('s3cret')}</password><role-name>R</role-name></user>"
+        "<user><name>joe</name><password>welcome</password><role-name>R</role-name></user></jaas-config>"
+    )
+    port = free_port()
+    path = bench.work / "auth-gateway.yaml"
+    path.write_text(
+        textwrap.dedent(f"""
+        service:
+          - name: echo
+            accept: ws://127.0.0.1:{port}/echo
+            type: echo
+          - name: files
+            accept: ws://127.0.0.1:{port}/files
+            type: echo
+            realm-name: files
+            authorization-constraint:
+              require-role: R
+        security:
+          realm:
+            name: files
+            authentication:
+              http-challenge-scheme: Application Basic
+              login-modules:
+                login-module:
+                  type: file
+                  options:
+                    file: auth-users.xml
+        """)
+    )
+    return path, port
+
+
+def _auth_client(*args: str, timeout: float = 120.0) -> dict[str, Any]:
+    out = subprocess.run([PYTHON, str(HERE / "auth.py"), *args], capture_output=True, text=True, timeout=timeout)
+    if out.returncode:
+        raise RuntimeError(f"auth client failed: {out.stderr.strip().splitlines()[-1:]}")
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def run_auth(bench: Bench, results: dict[str, Any]) -> None:
+    """An established connection's echo while 16 clients send wrong passwords to an argon2 realm;
+    with ``--auth-baseline SRC`` the same rounds also run the gateway from an older source tree."""
+    config, port = _auth_config(bench)
+    builds = {"wsgate": None}
+    if bench.args.auth_baseline:
+        builds["baseline"] = {"PYTHONPATH": str(Path(bench.args.auth_baseline).resolve())}
+    command = [PYTHON, "-m", "wsgate", "run", str(config), "--log-level", "error"]
+    for _ in range(bench.args.rounds):
+        for name, env in builds.items():
+            cell = results.setdefault(f"auth {name}", {"alone": [], "flood": [], "logins": [], "users": []})
+            with Server(name, command, port, env):
+                _auth_round(bench, port, cell)
+    for name in builds:
+        cell = results[f"auth {name}"]
+        alone = statistics.median(r["p99_ms"] for r in cell["alone"])
+        flooded = statistics.median(r["p99_ms"] for r in cell["flood"])
+        worst = max(r["max_ms"] for r in cell["flood"])
+        per_user = {u: statistics.median(r[u] for r in cell["users"]) for u in AUTH_USERS}
+        kinds = ", ".join(f"{AUTH_USERS[u]} {ms:.1f} ms" for u, ms in per_user.items())
+        print(
+            f"{'auth ' + name:28} echo p99 alone {alone:6.2f} ms | during 16-way bad-login flood {flooded:7.2f} ms "
+            f"(max {worst:.1f} ms; target ≤ 50 ms); flood answered {status_totals(cell['logins'])}",
+            flush=True,
+        )
+        print(f"{'':28} wrong password by user: {kinds} (median per attempt, one at a time)", flush=True)
+
+
+def _auth_round(bench: Bench, port: int, cell: dict[str, list[Any]]) -> None:
+    echo, files = f"ws://127.0.0.1:{port}/echo", f"ws://127.0.0.1:{port}/files"
+    duration = str(bench.args.duration)
+    cell["alone"].append(_auth_client("probe", echo, "--duration", duration))
+    users = [arg for user in AUTH_USERS for arg in ("--user", user)]
+    flood = subprocess.Popen(
+        [PYTHON, str(HERE / "auth.py"), "flood", files, "--duration", str(bench.args.duration + 1), *users],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(0.5)
+    cell["flood"].append(_auth_client("probe", echo, "--duration", duration))
+    out, _ = flood.communicate(timeout=120)
+    cell["logins"].append(json.loads(out.strip().splitlines()[-1]))
+    cell["users"].append(_auth_client("users", files, *users))
+
+
+def status_totals(runs: list[dict[str, int]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for run in runs:
+        for status, count in run.items():
+            total[status] = total.get(status, 0) + count
+    return total
+
+
 def run_workers(bench: Bench, results: dict[str, Any]) -> None:
     one, two = bench.wsgate(1), bench.wsgate(2)
     cell = "workers proxy 32B c=100"
@@ -464,7 +571,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=4.0)
-    parser.add_argument("--scenarios", default="echo,proxy,connect,idle,workers")
+    parser.add_argument("--scenarios", default="echo,proxy,connect,idle,workers,auth")
+    parser.add_argument("--auth-baseline", help="auth scenario: also run the gateway from this older src/ tree")
     parser.add_argument("--idle", type=int, default=50_000, help="connections held open by the idle scenario")
     args = parser.parse_args()
     raise_fd_limit()
@@ -488,6 +596,8 @@ def main() -> int:
                 run_idle(bench, results)
             elif scenario == "workers":
                 run_workers(bench, results)
+            elif scenario == "auth":
+                run_auth(bench, results)
             else:
                 parser.error(f"unknown scenario {scenario!r}")
     print(f"matrix took {time.monotonic() - started:.0f} s")
