@@ -307,3 +307,23 @@ security:
         line = await asyncio.wait_for(reader.readline(), 5)
         writer.close()
         assert line.split()[1] == b"403", (token, line)
+
+
+async def test_a_busy_module_makes_the_chain_busy_unless_another_sufficient_one_decides():
+    from wsgate.security.login import Busy, ChainEntry, Unavailable, run_chain
+
+    class Fixed:
+        def __init__(self, outcome):  # type: ignore[no-untyped-def]
+            self.outcome = outcome
+
+        async def login(self, attempt):  # type: ignore[no-untyped-def]
+            return self.outcome
+
+    busy, down = Fixed(Busy("full")), Fixed(Unavailable("down"))
+    ok, no = Fixed(Succeeded("u", frozenset())), Fixed(Failed("no"))
+    run = [ChainEntry("required", down, "ldap"), ChainEntry("required", busy, "file")]
+    assert isinstance((await run_chain(run, attempt("u", "p"))).outcome, Busy)
+    run = [ChainEntry("required", busy, "file"), ChainEntry("required", no, "jwt")]
+    assert isinstance((await run_chain(run, attempt("u", "p"))).outcome, Busy)
+    run = [ChainEntry("sufficient", busy, "file"), ChainEntry("sufficient", ok, "jwt")]
+    assert isinstance((await run_chain(run, attempt("u", "p"))).outcome, Succeeded)
