@@ -79,6 +79,14 @@ class Gateway:
         self.service_limits = {s.name: _service_limits(s) for s in config.services}
         self.listeners = self._plan_listeners()
         for service in config.services:
+            if service.dropped_realm:
+                log.warning(
+                    "service[%s]/realm-name: %r has no authorization-constraint; as in Kaazing's %s schema the realm "
+                    "is dropped and the service is NOT authenticated (add require-role to protect it)",
+                    service.name,
+                    service.dropped_realm,
+                    "2014/09 and 2015/11",
+                )
             if not service.accept_options.server_header:
                 log.warning(
                     "service[%s]/accept-options/http.server.header: 'disabled' still sends 'Server: wsgate' "
@@ -134,10 +142,10 @@ class Gateway:
                     host=uri.host,
                     path=uri.path.rstrip("/"),
                     service=RealmGuard(handler, self.realms[service.realm_name], self.runtime)
-                    if service.realm_name and service.protected
+                    if service.realm_name
                     else handler,
                     prefix=service.type in ("directory", "management"),
-                    control=service.protected,
+                    control=bool(service.realm_name),
                     verify_client=service.accept_options.tls.verify_client if uri.secure else "none",
                     limits=self.service_limits[service.name],
                 )

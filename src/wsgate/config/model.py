@@ -85,6 +85,7 @@ class Service:
     authorization_constraints: tuple[AuthorizationConstraint, ...] = ()
     cross_site_constraints: tuple[CrossSiteConstraint, ...] = ()
     mime_mappings: Mapping[str, str] = field(default_factory=lambda: EMPTY)
+    dropped_realm: str | None = None  # a realm-name without constraint that a 2014/09 or 2015/11 config loses
 
     def prop(self, name: str, default: str | None = None) -> str | None:
         """The last value of a single-valued service property."""
@@ -93,7 +94,8 @@ class Service:
 
     @property
     def protected(self) -> bool:
-        return bool(self.realm_name and self.authorization_constraints)
+        """A realm always means authentication: deny by default, whatever the constraints say."""
+        return bool(self.realm_name)
 
 
 @dataclass(frozen=True)
