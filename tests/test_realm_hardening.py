@@ -3,13 +3,15 @@ credentials are a bad request, revocation outlives the connection, nothing opens
 
 from __future__ import annotations
 
+import logging
 import textwrap
 
 import pytest
+from multidict import CIMultiDict
 
 from wsgate.cli import main
 
-from .test_realms import basic, refused, users  # noqa: F401  (users is a fixture)
+from .test_realms import backend, basic, gw, issuer, refused, users  # noqa: F401  (fixtures among them)
 
 # -- 1. a realm-name without authorization-constraint --------------------------------------------
 
@@ -147,3 +149,152 @@ def test_check_config_warns_about_a_dropped_realm(tmp_path, capsys, users):  # n
         "WARNING: service[open] is reachable without authentication although the config defines realm(s) demo; "
         "add realm-name if it should be protected"
     ]
+
+
+# -- 2. a realm reads only its own scheme and its configured token locations --------------------
+
+MIXED_REALMS = """
+service:
+  - name: tokens
+    accept: ws://127.0.0.1:0/tokens
+    type: echo
+    realm-name: tokens
+  - name: basic
+    accept: ws://127.0.0.1:0/basic
+    type: echo
+    realm-name: basic
+  - name: nochallenge
+    accept: ws://127.0.0.1:0/nochallenge
+    type: echo
+    realm-name: nochallenge
+security:
+  realm:
+    - name: tokens
+      authentication:
+        http-challenge-scheme: Application Token
+        login-modules:
+          login-module:
+            - type: jwt
+              success: sufficient
+              options: {{jwks-url: "{jwks}", issuer: "https://issuer.test", audience: wsgate-tests}}
+            - type: file
+              success: sufficient
+              options: {{file: jaas-config.xml}}
+    - name: basic
+      description: Basic
+      authentication:
+        http-challenge-scheme: Basic
+        login-modules:
+          login-module:
+            - type: jwt
+              success: sufficient
+              options: {{jwks-url: "{jwks}", issuer: "https://issuer.test", audience: wsgate-tests}}
+            - type: file
+              success: sufficient
+              options: {{file: jaas-config.xml}}
+    - name: nochallenge
+      authentication:
+        login-modules:
+          login-module:
+            type: file
+            options: {{file: jaas-config.xml}}
+"""
+
+
+@pytest.fixture
+async def mixed(start_gateway, users, issuer):  # noqa: F811
+    return await start_gateway(MIXED_REALMS.format(jwks=issuer.url))
+
+
+async def test_credentials_of_another_scheme_never_reach_the_login_modules(mixed, http, issuer):  # noqa: F811
+    token = issuer.token()
+    for service, headers, challenge in [
+        ("tokens", basic("joe", "welcome"), "Application Token"),  # the file module must not see it
+        ("tokens", basic("joe", "welcome", "Application Basic"), "Application Token"),
+        ("tokens", {"Authorization": "Negotiate YIIBhg=="}, "Application Token"),
+        ("tokens", {"Authorization": ""}, "Application Token"),
+        ("tokens", {"Authorization": "   "}, "Application Token"),
+        ("basic", {"Authorization": f"Bearer {token}"}, 'Basic realm="Basic"'),  # the jwt module must not see it
+        ("basic", {"Authorization": f"Token {token}"}, 'Basic realm="Basic"'),
+        ("basic", {"Authorization": ""}, 'Basic realm="Basic"'),
+    ]:
+        error = await refused(http, mixed, service, headers=headers)
+        assert (error.status, error.headers.get("WWW-Authenticate")) == (401, challenge), (service, headers)
+    # a subprotocol token is read by token realms only
+    error = await refused(http, mixed, "basic", protocols=(f"wsgate.token.{token}",))
+    assert error.status == 401
+    # a realm without a challenge scheme reads no Authorization header at all
+    assert (await refused(http, mixed, "nochallenge", headers=basic("joe", "welcome"))).status == 403
+    # each realm still takes its own credentials
+    for service, headers in [("tokens", {"Authorization": f"Bearer {token}"}), ("basic", basic("joe", "welcome"))]:
+        ws = await http.ws_connect(f"ws://127.0.0.1:{mixed.port_of(service)}/{service}", headers=headers)
+        await ws.close()
+    ws = await http.ws_connect(f"ws://127.0.0.1:{mixed.port_of('tokens')}/tokens", protocols=(f"wsgate.token.{token}",))
+    await ws.close()
+
+
+# -- 10. duplicated or disagreeing credentials are a bad request -----------------------------------
+
+
+def twice(name: str, first: str, second: str) -> CIMultiDict[str]:
+    return CIMultiDict([(name, first), (name, second)])
+
+
+async def test_duplicated_or_disagreeing_credentials_are_400_before_any_login(gw, http, issuer, backend, caplog):  # noqa: F811
+    token, other = issuer.token(jti="a"), issuer.token(jti="b")
+    bearer = f"Bearer {token}"
+    cases = {
+        "two-authorization-headers": ({"headers": twice("Authorization", bearer, bearer)}, "tokens"),
+        "two-authorization-basic": (
+            {"headers": twice("Authorization", basic("joe", "welcome")["Authorization"], "Basic")},
+            "files",
+        ),
+        "authorization-of-another-scheme-twice": ({"headers": twice("Authorization", "Basic x", bearer)}, "tokens"),
+        "token-header-twice": ({"headers": twice("X-Token", token, token)}, "tokens"),
+        "authorization-and-other-query-token": (
+            {"headers": {"Authorization": bearer}, "params": {"access_token": other}},
+            "tokens",
+        ),
+        "query-token-twice": ({"params": [("access_token", token), ("access_token", token)]}, "tokens"),
+        "cookie-twice": ({"headers": {"Cookie": f"token={token}; token={other}"}}, "tokens"),
+        "cookie-headers-twice": ({"headers": twice("Cookie", f"token={token}", f"token={token}")}, "tokens"),
+        "header-and-other-cookie": ({"headers": {"X-Token": token, "Cookie": f"token={other}"}}, "tokens"),
+        "two-subprotocol-tokens": ({"protocols": (f"wsgate.token.{token}", f"wsgate.token.{token}")}, "tokens"),
+        "subprotocol-and-other-header": (
+            {"protocols": (f"wsgate.token.{token}",), "headers": {"Authorization": f"Bearer {other}"}},
+            "tokens",
+        ),
+    }
+    with caplog.at_level(logging.INFO, logger="wsgate.audit"):
+        for case, (kwargs, service) in cases.items():
+            error = await refused(http, gw, service, **kwargs)
+            assert error.status == 400, case
+            assert "WWW-Authenticate" not in error.headers
+    assert issuer.fetches == 0  # the jwt module never ran: its keys were never even fetched
+    assert backend[2] == [] and backend[1] == []
+    reasons = [r.msg["reason"] for r in caplog.records if isinstance(r.msg, dict) and r.msg.get("status") == 400]
+    assert len(reasons) == len(cases)
+    assert "more than one Authorization header" in reasons and "header:x-token given more than once" in reasons
+    assert token not in caplog.text and other not in caplog.text
+    # the same token in several places agrees: accepted
+    ws = await http.ws_connect(
+        f"ws://127.0.0.1:{gw.port_of('tokens')}/tokens",
+        headers={"Authorization": bearer, "X-Token": token, "Cookie": f"token={token}"},
+        params={"access_token": token},
+    )
+    await ws.close()
+
+
+async def test_two_session_cookies_are_400(start_gateway, http, users):  # noqa: F811
+    from .test_realms import SESSION_CONFIG
+
+    gw = await start_gateway(SESSION_CONFIG.format(port=1, authorization_timeout="1 hour"))
+    base = f"http://127.0.0.1:{gw.port_of('trading')}/trading"
+    async with http.post(base + "/.wsgate/session", headers=basic("ann", "s3cret")) as response:
+        cookie = response.cookies["wsgate_staff"].value
+    ws = await http.ws_connect(base.replace("http", "ws"), headers={"Cookie": f"wsgate_staff={cookie}"})
+    await ws.close()
+    doubled = {"Cookie": f"wsgate_staff={cookie}; wsgate_staff={'A' * 43}"}
+    with pytest.raises(Exception) as error:
+        await http.ws_connect(base.replace("http", "ws"), headers=doubled)
+    assert getattr(error.value, "status", None) == 400

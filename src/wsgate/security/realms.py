@@ -33,7 +33,15 @@ from aiohttp import web
 
 from ..config.model import AuthorizationConstraint, Realm
 from ..management.logs import get_logger
-from .challenges import Credentials, CredentialsError, challenge_header, gather_credentials, offered_subprotocols
+from .challenges import (
+    AmbiguousCredentials,
+    Credentials,
+    challenge_header,
+    cookie_values,
+    gather_credentials,
+    offered_subprotocols,
+    realm_schemes,
+)
 from .login import ChainEntry, Challenged, Failed, LoginAttempt, Succeeded, Unavailable, build_module, run_chain
 from .sessions import DEFAULT_SESSION_TTL, SessionStore, cookie_name
 
@@ -68,7 +76,7 @@ Trail = tuple[tuple[str, str], ...]
 class Refused:
     """Why and how a request is refused; ``reason`` goes to the audit log only."""
 
-    status: int  # 401 (challenge), 403, 503
+    status: int  # 400 (ambiguous credentials), 401 (challenge), 403, 503
     reason: str
     data: str | None = None  # a module's challenge data for the 401
 
@@ -85,6 +93,8 @@ class RealmRuntime:
             for i, m in enumerate(auth.login_modules)
         ]
         self.scheme = auth.http_challenge_scheme
+        self.schemes = realm_schemes(self.scheme)
+        self.token_realm = self.scheme == "Application Token"
         self.recycle = auth.authorization_mode == "recycle"
         self.cookie = cookie_name(realm.name)
         self.sessions = SessionStore()
@@ -93,23 +103,14 @@ class RealmRuntime:
     async def authenticate(
         self, request: web.BaseRequest, peer: PeerIdentity | None, allow_session: bool = True
     ) -> Identity | Refused:
-        if allow_session and self.recycle and (token := request.cookies.get(self.cookie)):
-            identity = self.session_identity(token)
+        try:
+            credentials, session_token = self.gather(request)
+        except AmbiguousCredentials as exc:
+            return Refused(400, str(exc))  # before any module runs: no guessing which credential counts
+        if allow_session and session_token:
+            identity = self.session_identity(session_token)
             if identity is not None:
                 return identity
-        auth = self.config.authentication
-        try:
-            credentials = gather_credentials(
-                request.headers,
-                request.headers.getall("Authorization", []),
-                {name: request.query.getall(name) for name in auth.http_query_parameters if name in request.query},
-                auth.http_headers,
-                auth.http_query_parameters,
-                auth.http_cookies,
-                offered_subprotocols(request.headers.get("Sec-WebSocket-Protocol")),
-            )
-        except CredentialsError as exc:
-            return Refused(403, str(exc))  # garbled or ambiguous credentials were presented
         result = await run_chain(self.chain, LoginAttempt(credentials, request.remote or "?", peer))
         if self.metrics is not None:
             for module, seconds in result.timings:
@@ -121,17 +122,33 @@ class RealmRuntime:
         digest = hashlib.sha256(token.encode()).hexdigest() if token else None
         return Identity(self.config.name, outcome.user, outcome.principals, outcome.expires_at, digest, time.time())
 
+    def gather(self, request: web.BaseRequest) -> tuple[Credentials, str | None]:
+        """Only what this realm is configured to read (its scheme, its sources), and its session cookie."""
+        auth = self.config.authentication
+        headers = {name: request.headers.getall(name, []) for name in ("Authorization", "Cookie", *auth.http_headers)}
+        query = {name: request.query.getall(name, []) for name in auth.http_query_parameters}
+        offers = offered_subprotocols(request.headers.get("Sec-WebSocket-Protocol")) if self.token_realm else None
+        credentials = gather_credentials(
+            headers,
+            query,
+            self.schemes,
+            auth.http_headers,
+            auth.http_query_parameters,
+            auth.http_cookies,
+            offers,
+        )
+        return credentials, self.session_cookie(headers["Cookie"]) if self.recycle else None
+
+    def session_cookie(self, cookie_headers: list[str]) -> str | None:
+        sessions = cookie_values(cookie_headers).get(self.cookie, [])
+        if len(sessions) > 1:
+            raise AmbiguousCredentials(f"cookie:{self.cookie} given more than once")
+        return sessions[0] if sessions else None
+
     def presented(self, credentials: Credentials) -> bool:
-        """Did the client answer the challenge (Kaazing §3.2)? A wrong base scheme or an empty
-        ``Authorization: Basic`` is no answer: it is challenged again."""
-        if credentials.tokens:
-            return True
-        if credentials.scheme is None or not credentials.parameter:
-            return False
-        base = (self.scheme or "").removeprefix("Application ").lower()
-        if base in ("basic", "negotiate"):
-            return credentials.scheme == base
-        return credentials.scheme not in ("basic", "negotiate")  # a token realm: Bearer, Token, ...
+        """Did the client answer the challenge (Kaazing §3.2)? Credentials of another scheme were never
+        gathered, and a bare ``Authorization: Basic`` is no answer: both are challenged again."""
+        return bool(credentials.tokens) or bool(credentials.scheme and credentials.parameter)
 
     def refusal(self, outcome: Failed | Unavailable | Challenged, presented: bool, trail: Trail) -> Refused:
         """Kaazing's rules: nothing presented → 401 challenge; presented but refused → 403; a module
@@ -266,6 +283,8 @@ class RealmGuard:
             )
             return web.Response(status=503, text="Service Unavailable\n", headers={"Retry-After": "5"})
         audit.info("authentication denied", **where, decision="denied", status=refused.status, reason=refused.reason)
+        if refused.status == 400:
+            return web.Response(status=400, text="Bad Request\n")
         if refused.status == 401:
             return web.Response(
                 status=401, text="Unauthorized\n", headers=self.realm.challenge(self.plain_http, refused.data)
@@ -360,7 +379,10 @@ class RealmGuard:
         return self.describe(connection.identity, expires=deadline)
 
     def current_session(self, request: web.BaseRequest):  # type: ignore[no-untyped-def]
-        token = request.cookies.get(self.realm.cookie)
+        try:
+            token = self.realm.session_cookie(request.headers.getall("Cookie", []))
+        except AmbiguousCredentials:
+            return None  # two session cookies: neither is trusted
         return self.realm.sessions.lookup(token) if token else None
 
     def extend(self, match, identity: Identity) -> int:  # type: ignore[no-untyped-def]
