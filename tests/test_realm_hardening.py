@@ -73,20 +73,20 @@ security:
     ids=["kaazing-2016-06", "yaml"],
 )
 async def test_realm_without_constraint_requires_an_authenticated_user(start_gateway, http, users, name, text):  # noqa: F811
-    gw = await start_gateway(text, name=name)
-    error = await refused(http, gw, "echo")
+    gateway = await start_gateway(text, name=name)
+    error = await refused(http, gateway, "echo")
     assert error.status == 401 and error.headers["WWW-Authenticate"] == 'Application Basic realm="Demo"'
-    assert (await refused(http, gw, "echo", headers=basic("joe", "wrong"))).status == 403
-    ws = await http.ws_connect(f"ws://127.0.0.1:{gw.port_of('echo')}/echo", headers=basic("eve", "pa:ss wörd"))
+    assert (await refused(http, gateway, "echo", headers=basic("joe", "wrong"))).status == 403
+    ws = await http.ws_connect(f"ws://127.0.0.1:{gateway.port_of('echo')}/echo", headers=basic("eve", "pa:ss wörd"))
     await ws.close()  # any authenticated user, even one without roles
 
 
 @pytest.mark.parametrize("version", ["2014/09", "2015/11"])
 async def test_older_kaazing_schemas_drop_an_unconstrained_realm(start_gateway, http, users, version, caplog):  # noqa: F811
-    gw = await start_gateway(KAAZING_XML.format(version=version), name="gateway-config.xml")
-    assert gw.config.service("echo").realm_name is None and gw.config.service("echo").dropped_realm == "demo"
+    gateway = await start_gateway(KAAZING_XML.format(version=version), name="gateway-config.xml")
+    assert gateway.config.service("echo").realm_name is None and gateway.config.service("echo").dropped_realm == "demo"
     assert "is NOT authenticated" in caplog.text
-    ws = await http.ws_connect(f"ws://127.0.0.1:{gw.port_of('echo')}/echo")  # as Kaazing's translator leaves it
+    ws = await http.ws_connect(f"ws://127.0.0.1:{gateway.port_of('echo')}/echo")  # as Kaazing's translator leaves it
     await ws.close()
 
 
@@ -288,8 +288,8 @@ async def test_duplicated_or_disagreeing_credentials_are_400_before_any_login(gw
 async def test_two_session_cookies_are_400(start_gateway, http, users):  # noqa: F811
     from .test_realms import SESSION_CONFIG
 
-    gw = await start_gateway(SESSION_CONFIG.format(port=1, authorization_timeout="1 hour"))
-    base = f"http://127.0.0.1:{gw.port_of('trading')}/trading"
+    gateway = await start_gateway(SESSION_CONFIG.format(port=1, authorization_timeout="1 hour"))
+    base = f"http://127.0.0.1:{gateway.port_of('trading')}/trading"
     async with http.post(base + "/.wsgate/session", headers=basic("ann", "s3cret")) as response:
         cookie = response.cookies["wsgate_staff"].value
     ws = await http.ws_connect(base.replace("http", "ws"), headers={"Cookie": f"wsgate_staff={cookie}"})
