@@ -3,9 +3,14 @@ credentials are a bad request, revocation outlives the connection, nothing opens
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
+import os
 import textwrap
+import time
 
+import jwt
 import pytest
 from multidict import CIMultiDict
 
@@ -298,3 +303,94 @@ async def test_two_session_cookies_are_400(start_gateway, http, users):  # noqa:
     with pytest.raises(Exception) as error:
         await http.ws_connect(base.replace("http", "ws"), headers=doubled)
     assert getattr(error.value, "status", None) == 400
+
+
+# -- 14. nothing opens that is already due to close; JWT dates are JSON numbers -------------------
+
+
+async def raw_upgrade(port: int, path: str, headers: dict[str, str], frame: bytes = b"") -> bytes:
+    """An upgrade request and (in the same write) a client frame, as a fast client sends them."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    lines = [
+        f"GET {path} HTTP/1.1",
+        f"Host: 127.0.0.1:{port}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        "Sec-WebSocket-Version: 13",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        *(f"{name}: {value}" for name, value in headers.items()),
+    ]
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + frame)
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    writer.close()
+    return head
+
+
+def masked_frame(payload: bytes) -> bytes:
+    mask = os.urandom(4)
+    return bytes([0x82, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+async def test_a_token_past_exp_inside_the_leeway_never_opens_nor_dials(gw, http, issuer, backend):  # noqa: F811
+    server, received, connections = backend
+    late = issuer.token(exp=int(time.time()) - 2)  # the jwt module's 30 s leeway accepts it
+    head = await raw_upgrade(
+        gw.port_of("tokens"), "/tokens", {"Authorization": f"Bearer {late}"}, masked_frame(b"must not pass")
+    )
+    assert head.startswith(b"HTTP/1.1 403 "), head
+    assert b"101" not in head.split(b"\r\n")[0]
+    await asyncio.sleep(0.05)  # give a (wrongly) forwarded frame time to arrive
+    assert received == [] and connections == []  # the back end got nothing, was not even dialled
+    # a refresh or a new session with it is refused alike
+    ws = await http.ws_connect(
+        f"ws://127.0.0.1:{gw.port_of('tokens')}/tokens", headers={"Authorization": f"Bearer {issuer.token()}"}
+    )
+    refresh = f"http://127.0.0.1:{gw.port_of('tokens')}" + ws._response.headers["Wsgate-Refresh"]
+    async with http.post(refresh, headers={"Authorization": f"Bearer {late}"}) as response:
+        assert response.status == 403
+    await ws.send_bytes(b"still open")
+    assert (await asyncio.wait_for(ws.receive(), 2)).data == b"still open"
+    await ws.close()
+
+
+def signed(issuer, **claims: object) -> str:  # noqa: F811
+    """A token with claims exactly as given (null, NaN, strings), which ``issuer.token`` cannot express."""
+    now = int(time.time())
+    body = {"iss": "https://issuer.test", "aud": "wsgate-tests", "sub": "alice", "exp": now + 300, "iat": now}
+    body.update(claims)
+    payload = json.dumps(body).encode()  # NaN and Infinity come out as the bare words Python's json reads back
+    return jwt.api_jws.encode(payload, issuer.rsa, algorithm="RS256", headers={"kid": "rsa1"})
+
+
+NON_NUMERIC_DATES = {
+    "exp-string": {"exp": str(int(time.time()) + 3600)},
+    "exp-float-string": {"exp": f"{time.time() + 3600:.1f}"},
+    "exp-true": {"exp": True},
+    "exp-null": {"exp": None},
+    "exp-nan": {"exp": float("nan")},
+    "exp-infinity": {"exp": float("inf")},
+    "exp-list": {"exp": [int(time.time()) + 3600]},
+    "nbf-string": {"nbf": str(int(time.time()) - 60)},
+    "nbf-false": {"nbf": False},
+    "nbf-null": {"nbf": None},
+    "iat-string": {"iat": str(int(time.time()))},
+    "iat-true": {"iat": True},
+    "iat-nan": {"iat": float("nan")},
+}
+
+
+@pytest.mark.parametrize("case", list(NON_NUMERIC_DATES))
+async def test_jwt_dates_that_are_not_json_numbers_are_refused(gw, http, issuer, backend, case):  # noqa: F811
+    token = signed(issuer, **NON_NUMERIC_DATES[case])
+    error = await refused(http, gw, "tokens", headers={"Authorization": f"Bearer {token}"})
+    assert error.status == 403 and "WWW-Authenticate" not in error.headers
+    assert backend[2] == []
+
+
+async def test_numeric_dates_still_pass(gw, http, issuer):  # noqa: F811
+    token = signed(issuer, exp=time.time() + 300.5, nbf=int(time.time()) - 5, iat=time.time() - 1.25)
+    ws = await http.ws_connect(
+        f"ws://127.0.0.1:{gw.port_of('tokens')}/tokens", headers={"Authorization": f"Bearer {token}"}
+    )
+    await ws.close()

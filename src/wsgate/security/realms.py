@@ -120,7 +120,10 @@ class RealmRuntime:
             return self.refusal(outcome, self.presented(credentials), result.trail)
         token = credentials.bearer()
         digest = hashlib.sha256(token.encode()).hexdigest() if token else None
-        return Identity(self.config.name, outcome.user, outcome.principals, outcome.expires_at, digest, time.time())
+        identity = Identity(self.config.name, outcome.user, outcome.principals, outcome.expires_at, digest, time.time())
+        if expired(identity, self.config):
+            return Refused(403, "credentials already expired (inside the module's leeway)")
+        return identity
 
     def gather(self, request: web.BaseRequest) -> tuple[Credentials, str | None]:
         """Only what this realm is configured to read (its scheme, its sources), and its session cookie."""
@@ -199,8 +202,7 @@ class RealmRuntime:
         session = self.sessions.lookup(token)
         if session is None:
             return None
-        timeout = self.config.authentication.authorization_timeout
-        if timeout and session.identity.authenticated_at + timeout <= time.time():
+        if expired(session.identity, self.config):
             return None
         return session.identity
 
@@ -227,6 +229,13 @@ def connection_deadline(identity: Identity, opened_at: float, realm: Realm) -> t
         return None, ""
     deadline, reason = min(limits)
     return deadline, reason
+
+
+def expired(identity: Identity, realm: Realm) -> bool:
+    """Would a connection opened now with ``identity`` already be due to close? Then it must not open."""
+    now = time.time()
+    deadline, _ = connection_deadline(identity, now, realm)
+    return deadline is not None and deadline <= now
 
 
 class RealmGuard:

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("wsgate.service")
 access = get_logger("wsgate.access")
+audit = get_logger("wsgate.audit")
 
 
 @dataclass
@@ -123,13 +124,25 @@ class WebSocketService(ServiceHandler):
                 request.headers.get("Origin"),
             )
             return web.Response(status=403, text="Forbidden\n")
-        protocols, context = await self.before_upgrade(request)
         identity = request.get(IDENTITY_KEY)
-        connection_id = secrets.token_urlsafe(16)
         started = time.time()
         deadline, why = (
             connection_deadline(identity, started, self.runtime.realms[identity.realm]) if identity else (None, "")
         )
+        if deadline is not None and deadline <= started:
+            # Already due to close (e.g. a JWT inside its leeway but past exp): never open it, never dial.
+            audit.info(
+                "authentication denied",
+                service=self.name,
+                realm=identity.realm if identity else None,
+                remote=request.remote,
+                decision="denied",
+                status=403,
+                reason=f"{why} before the upgrade",
+            )
+            return web.Response(status=403, text="Forbidden\n")
+        protocols, context = await self.before_upgrade(request)
+        connection_id = secrets.token_urlsafe(16)
         headers = self.identity_headers(connection_id, deadline) if identity else {}
         try:
             ws = await accept_websocket(request, self.config.accept_options, self.writer_limit, protocols, headers)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,6 +27,7 @@ from .base import Failed, LoginAttempt, Outcome, Succeeded, Unavailable, resolve
 
 ASYMMETRIC = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
 DEFAULT_ALGORITHMS = ("RS256", "PS256", "ES256", "EdDSA")
+TIME_CLAIMS = ("exp", "nbf", "iat")
 
 
 class JwtLoginModule:
@@ -105,8 +107,12 @@ class JwtLoginModule:
                 leeway=self.leeway,
                 options={"require": ["exp", "iss", "aud"]},
             )
-        except (jwt.PyJWTError, TypeError, ValueError) as exc:  # TypeError: a key of another family than alg
+        # TypeError: a key of another family than alg; OverflowError: PyJWT's int() of an exp of Infinity
+        except (jwt.PyJWTError, TypeError, ValueError, OverflowError) as exc:
             return Failed(f"token rejected: {type(exc).__name__}")
+        bad = [name for name in TIME_CLAIMS if name in claims and not _numeric_date(claims[name])]
+        if bad:
+            return Failed(f"token claim {bad[0]} is not a JSON number")
         user = claims.get(self.user_claim)
         if not isinstance(user, str) or not user:
             return Failed(f"token has no {self.user_claim!r} claim")
@@ -148,6 +154,11 @@ class JwtLoginModule:
         self.keys = self._read_jwks(document)
         self.fetched_at = time.monotonic()
         return None
+
+
+def _numeric_date(value: Any) -> bool:
+    """RFC 7519 NumericDate: a finite JSON number. PyJWT coerces "1700000000" and true with int()."""
+    return type(value) in (int, float) and math.isfinite(value)
 
 
 def _roles(claims: Mapping[str, Any], path: str) -> frozenset[str]:
