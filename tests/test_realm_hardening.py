@@ -16,7 +16,8 @@ from multidict import CIMultiDict
 
 from wsgate.cli import main
 
-from .test_realms import backend, basic, gw, issuer, refused, users  # noqa: F401  (fixtures among them)
+from .conftest import port_of
+from .test_realms import backend, basic, gw, issuer, realm_config, refused, users  # noqa: F401  (fixtures among them)
 
 # -- 1. a realm-name without authorization-constraint --------------------------------------------
 
@@ -394,3 +395,127 @@ async def test_numeric_dates_still_pass(gw, http, issuer):  # noqa: F811
         f"ws://127.0.0.1:{gw.port_of('tokens')}/tokens", headers={"Authorization": f"Bearer {token}"}
     )
     await ws.close()
+
+
+# -- 7. revocation outlives the connection ------------------------------------------------------
+
+
+ROOT = basic("root", "t0ps3cret")
+
+
+@pytest.fixture
+async def revoking(start_gateway, users, issuer, backend):  # noqa: F811
+    """The realms of test_realms (files: Basic, tokens: JWT with sessions) plus a management service."""
+
+    async def start(revocation_timeout: str = "") -> object:
+        users.write_text(
+            users.read_text().replace(
+                "</jaas-config>",
+                "<user><name>root</name><password>t0ps3cret</password><role-name>ADMINISTRATOR</role-name></user>\n"
+                "</jaas-config>",
+            )
+        )
+        text = realm_config(port_of(backend[0]), issuer.url).replace(
+            "security:\n",
+            "  - name: admin\n    accept: http://127.0.0.1:0/admin\n    type: management\n    realm-name: files\n"
+            "security:\n" + (f"  revocation-timeout: {revocation_timeout}\n" if revocation_timeout else ""),
+        )
+        text = text.replace(
+            "http-challenge-scheme: Application Token\n",
+            "http-challenge-scheme: Application Token\n        authorization-mode: recycle\n",
+        )
+        return await start_gateway(text)
+
+    return start
+
+
+def ws_url(gateway, service: str) -> str:
+    return f"ws://127.0.0.1:{gateway.port_of(service)}/{service}"
+
+
+def admin_url(gateway, tail: str) -> str:
+    return f"http://127.0.0.1:{gateway.port_of('admin')}/admin{tail}"
+
+
+async def test_a_revoked_user_stays_refused_until_the_revocation_is_lifted(revoking, http):
+    gateway = await revoking()
+    joe = await http.ws_connect(ws_url(gateway, "files"), headers=basic("joe", "welcome"))
+    async with http.delete(admin_url(gateway, "/api/principals/joe"), headers=ROOT) as response:
+        assert await response.json() == {"closed": 1}
+    assert (await asyncio.wait_for(joe.receive(), 2)).data == 1008
+    error = await refused(http, gateway, "files", headers=basic("joe", "welcome"))
+    assert error.status == 403 and "WWW-Authenticate" not in error.headers  # like any refused credential
+    ann = await http.ws_connect(ws_url(gateway, "files"), headers=basic("ann", "s3cret"))
+    await ann.close()
+    assert (await gateway.reload())[0]  # a reload keeps revocations
+    assert (await refused(http, gateway, "files", headers=basic("joe", "welcome"))).status == 403
+    async with http.get(admin_url(gateway, "/api/revocations"), headers=ROOT) as response:
+        [entry] = await response.json()
+    assert entry["key"] == "user:joe" and abs(entry["until"] - (time.time() + 24 * 3600)) < 60  # the default
+    async with http.delete(admin_url(gateway, "/api/revocations/user:joe"), headers=ROOT) as response:
+        assert response.status == 200 and await response.json() == {"lifted": True}
+    async with http.delete(admin_url(gateway, "/api/revocations/user:joe"), headers=ROOT) as response:
+        assert response.status == 404
+    joe = await http.ws_connect(ws_url(gateway, "files"), headers=basic("joe", "welcome"))
+    await joe.close()
+
+
+async def test_a_revoked_users_token_stays_refused_until_its_exp(revoking, http, issuer):  # noqa: F811
+    gateway = await revoking(revocation_timeout="1s")
+    exp = int(time.time()) + 300
+    token = issuer.token(jti="t1", exp=exp)
+    live = await http.ws_connect(ws_url(gateway, "tokens"), headers={"Authorization": f"Bearer {token}"})
+    assert await gateway.revoke(user="alice") == 1
+    assert (await asyncio.wait_for(live.receive(), 2)).data == 1008
+    entries = await gateway.revocations_in_force()
+    assert entries["jti:t1"] == exp and abs(entries["user:alice"] - (time.time() + 1)) < 2
+    reencoded = issuer.token("ec1", jti="t1", exp=exp)  # the same jti, another encoding and signature
+    for again in (token, reencoded):
+        assert (await refused(http, gateway, "tokens", headers={"Authorization": f"Bearer {again}"})).status == 403
+    await asyncio.sleep(1.1)  # past revocation-timeout: alice may come back, but not with the revoked token
+    assert (await refused(http, gateway, "tokens", headers={"Authorization": f"Bearer {token}"})).status == 403
+    fresh = await http.ws_connect(ws_url(gateway, "tokens"), headers={"Authorization": f"Bearer {issuer.token()}"})
+    await fresh.close()
+
+
+async def test_a_revoked_token_is_refused_at_upgrade_refresh_and_session(revoking, http, issuer):  # noqa: F811
+    gateway = await revoking()
+    plain = issuer.token()  # no jti: known by its SHA-256
+    other = issuer.token(jti="other")
+    async with http.post(admin_url(gateway, "/api/revocations"), headers=ROOT, json={"token": plain}) as response:
+        assert await response.json() == {"closed": 0}
+    async with http.get(admin_url(gateway, "/api/revocations"), headers=ROOT) as response:
+        [entry] = await response.json()
+    assert entry["key"].startswith("token:") and len(entry["key"]) == 6 + 64 and plain not in entry["key"]
+    assert (await refused(http, gateway, "tokens", headers={"Authorization": f"Bearer {plain}"})).status == 403
+    # in-place refresh with the revoked token, on a live connection of the same user
+    live = await http.ws_connect(ws_url(gateway, "tokens"), headers={"Authorization": f"Bearer {other}"})
+    refresh = f"http://127.0.0.1:{gateway.port_of('tokens')}" + live._response.headers["Wsgate-Refresh"]
+    async with http.post(refresh, headers={"Authorization": f"Bearer {plain}"}) as response:
+        assert response.status == 403
+    await live.close()
+    # a session opened before the token was revoked opens nothing afterwards
+    session_url = f"http://127.0.0.1:{gateway.port_of('tokens')}/tokens/.wsgate/session"
+    async with http.post(session_url, headers={"Authorization": f"Bearer {other}"}) as response:
+        cookie = {"Cookie": f"wsgate_tokens={response.cookies['wsgate_tokens'].value}"}
+    ws = await http.ws_connect(ws_url(gateway, "tokens"), headers=cookie)
+    await ws.close()
+    await gateway.revoke(token=other)
+    error = await refused(http, gateway, "tokens", headers=cookie)
+    assert error.status == 401  # the session no longer counts: nothing valid presented
+    async with http.post(session_url, headers={"Authorization": f"Bearer {other}"}) as response:
+        assert response.status == 403 and "Set-Cookie" not in response.headers
+
+
+async def test_memory_revocations_expire_and_never_shorten():
+    from wsgate.state import MemoryRevocations, identity_keys
+
+    store = MemoryRevocations()
+    await store.revoke("user:joe", 100.0)
+    await store.revoke("user:joe", 50.0)  # a shorter second revocation does not lift the first early
+    assert await store.revoked(["user:ann", "user:joe"], now=99.0) == "user:joe"
+    assert await store.revoked(["user:joe"], now=100.0) is None
+    assert await store.entries(now=99.0) == {"user:joe": 100.0}
+    assert await store.entries(now=100.0) == {}  # expired entries are pruned
+    assert identity_keys("joe", "j1", "ab") == ["user:joe", "jti:j1", "token:ab"]
+    assert identity_keys(None, None, None) == []

@@ -456,7 +456,7 @@ async def test_revocation_by_user_closes_only_that_users_connections(gw, http, i
     joe = await echo_through(http, gw, "files", headers=basic("joe", "welcome"))
     ann = await echo_through(http, gw, "files", headers=basic("ann", "s3cret"))
     started = time.monotonic()
-    assert gw.revoke(user="joe") == 1
+    assert await gw.revoke(user="joe") == 1
     msg = await asyncio.wait_for(joe.receive(), 2)
     assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == 1008 and msg.extra == "revoked"
     assert time.monotonic() - started < 1.0
@@ -469,7 +469,7 @@ async def test_revocation_by_token(gw, http, issuer):
     first, second = issuer.token(jti="1"), issuer.token(jti="2")
     a = await echo_through(http, gw, "tokens", headers={"Authorization": f"Bearer {first}"})
     b = await echo_through(http, gw, "tokens", headers={"Authorization": f"Bearer {second}"})
-    assert gw.revoke(token=first) == 1
+    assert await gw.revoke(token=first) == 1
     msg = await asyncio.wait_for(a.receive(), 2)
     assert msg.data == 1008
     await b.send_bytes(b"ok")
@@ -722,7 +722,7 @@ async def test_revocation_also_ends_the_users_sessions(staff, http):
     async with http.post(url(gw, "files", "/.wsgate/session"), headers=basic("joe", "welcome")) as response:
         token = response.cookies["wsgate_staff"].value
     ws = await http.ws_connect(url(gw, "files").replace("http", "ws"), headers={"Cookie": f"wsgate_staff={token}"})
-    assert gw.revoke(user="joe") == 1
+    assert await gw.revoke(user="joe") == 1
     assert (await asyncio.wait_for(ws.receive(), 2)).data == 1008
     assert (await refused(http, gw, "files", headers={"Cookie": f"wsgate_staff={token}"})).status == 401
 

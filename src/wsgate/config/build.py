@@ -58,7 +58,7 @@ SERVICE = {
 }
 SERVICE_UNSUPPORTED = {"balance": "balancing is not supported yet", "notify": "notify (push) is not supported yet"}
 SERVICE_DEFAULTS = {"accept-options": "?", "connect-options": "?", "mime-mapping": "*"}
-SECURITY = {"keystore": "?", "truststore": "?", "realm": "*"}
+SECURITY = {"keystore": "?", "truststore": "?", "realm": "*", "revocation-timeout": "?"}
 STORE = {"type": "?", "file": "1", "password-file": "?"}
 REALM = {"name": "1", "description": "?", "user-principal-class": "*", "authentication": "?"}
 AUTHENTICATION = {
@@ -578,10 +578,14 @@ class Builder:
                 self.fail(f"security/realm[{realm.name}]", "is defined twice")
             elif realm:
                 realms[realm.name] = realm
+        revocation_timeout = self.one(groups, "revocation-timeout", "security", parse_duration)
+        if revocation_timeout is not None and revocation_timeout <= 0:
+            self.fail("security/revocation-timeout", "must be longer than 0, e.g. 24 hours")
         return m.Security(
             keystore=self.store(groups.get("keystore"), "security/keystore", None),
             truststore=self.store(groups.get("truststore"), "security/truststore", "changeit"),
             realms=MappingProxyType(realms),
+            revocation_timeout=revocation_timeout or m.DEFAULT_REVOCATION_TIMEOUT,
         )
 
     def store(self, nodes: list[Node] | None, path: str, default_password: str | None) -> m.Store | None:

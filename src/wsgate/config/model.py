@@ -18,6 +18,7 @@ EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 DEFAULT_MAX_MESSAGE_SIZE = 128 * 1024
 DEFAULT_MAX_PENDING_BYTES = 64 * 1024
+DEFAULT_REVOCATION_TIMEOUT = 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,8 @@ class Security:
     keystore: Store | None = None
     truststore: Store | None = None
     realms: Mapping[str, Realm] = field(default_factory=lambda: EMPTY)
+    # How long a revoked principal, or a revoked token without expiry, stays refused (wsgate).
+    revocation_timeout: float = DEFAULT_REVOCATION_TIMEOUT
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from aiohttp import web
 
 from ..config.model import AuthorizationConstraint, Realm
 from ..management.logs import get_logger
+from ..state.revocations import MemoryRevocations, RevocationStore, identity_keys
 from .challenges import (
     AmbiguousCredentials,
     Credentials,
@@ -66,6 +67,7 @@ class Identity:
     token_digest: str | None = None  # SHA-256 of the bearer token, so revocation can target it
     authenticated_at: float = 0.0  # when the login chain last accepted fresh credentials
     session: str | None = None  # the realm session (cookie digest) this identity came from
+    token_id: str | None = None  # the JWT's jti, so revocation can target the token however it is encoded
 
 
 IDENTITY_KEY = web.RequestKey("wsgate.identity", Identity)
@@ -99,6 +101,7 @@ class RealmRuntime:
         self.cookie = cookie_name(realm.name)
         self.sessions = SessionStore()
         self.metrics: Metrics | None = None  # set by the gateway
+        self.revocations: RevocationStore = MemoryRevocations()  # the gateway's, shared by every realm
 
     async def authenticate(
         self, request: web.BaseRequest, peer: PeerIdentity | None, allow_session: bool = True
@@ -109,7 +112,7 @@ class RealmRuntime:
             return Refused(400, str(exc))  # before any module runs: no guessing which credential counts
         if allow_session and session_token:
             identity = self.session_identity(session_token)
-            if identity is not None:
+            if identity is not None and not await self.revoked(identity):
                 return identity
         result = await run_chain(self.chain, LoginAttempt(credentials, request.remote or "?", peer))
         if self.metrics is not None:
@@ -120,10 +123,27 @@ class RealmRuntime:
             return self.refusal(outcome, self.presented(credentials), result.trail)
         token = credentials.bearer()
         digest = hashlib.sha256(token.encode()).hexdigest() if token else None
-        identity = Identity(self.config.name, outcome.user, outcome.principals, outcome.expires_at, digest, time.time())
+        identity = Identity(
+            self.config.name,
+            outcome.user,
+            outcome.principals,
+            outcome.expires_at,
+            digest,
+            time.time(),
+            token_id=outcome.token_id,
+        )
         if expired(identity, self.config):
             return Refused(403, "credentials already expired (inside the module's leeway)")
+        if await self.revoked(identity):
+            return Refused(403, "revoked")  # as any refused credential: no hint to the client
         return identity
+
+    async def revoked(self, identity: Identity) -> bool:
+        """Revoked by user, by the token's jti or by its digest (sessions of revoked users are dropped)."""
+        key = await self.revocations.revoked(identity_keys(identity.user, identity.token_id, identity.token_digest))
+        if key is not None and identity.session:
+            self.sessions.drop(identity.session)
+        return key is not None
 
     def gather(self, request: web.BaseRequest) -> tuple[Credentials, str | None]:
         """Only what this realm is configured to read (its scheme, its sources), and its session cookie."""

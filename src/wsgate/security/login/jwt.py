@@ -116,8 +116,11 @@ class JwtLoginModule:
         user = claims.get(self.user_claim)
         if not isinstance(user, str) or not user:
             return Failed(f"token has no {self.user_claim!r} claim")
+        jti = claims.get("jti")
+        if jti is not None and (not isinstance(jti, str) or not jti):
+            return Failed("token claim jti is not a string")
         attempt.shared.setdefault("name", user)
-        return Succeeded(user, _roles(claims, self.roles_claim), float(claims["exp"]))
+        return Succeeded(user, _roles(claims, self.roles_claim), float(claims["exp"]), jti)
 
     async def _key(self, kid: str | None) -> tuple[Any, str | None] | Failed | Unavailable:
         if self.jwks_url is not None and (kid not in self.keys or self._stale()):
