@@ -519,3 +519,22 @@ async def test_memory_revocations_expire_and_never_shorten():
     assert await store.entries(now=100.0) == {}  # expired entries are pruned
     assert identity_keys("joe", "j1", "ab") == ["user:joe", "jti:j1", "token:ab"]
     assert identity_keys(None, None, None) == []
+
+
+@pytest.mark.parametrize("version", ["2015/11", "2016/06"])
+def test_a_management_service_keeps_its_realm_and_administrator_default_in_every_namespace(
+    tmp_path,
+    users,  # noqa: F811
+    version,
+):
+    from wsgate.config import load_config
+
+    text = KAAZING_XML.format(version=version).replace(
+        "  <security>",
+        "  <service>\n    <name>admin</name>\n    <accept>http://127.0.0.1:0/admin</accept>\n"
+        "    <type>management</type>\n    <realm-name>demo</realm-name>\n  </service>\n  <security>",
+    )
+    path = tmp_path / "gateway-config.xml"
+    path.write_text(text)
+    admin = load_config(path).service("admin")
+    assert admin.realm_name == "demo" and admin.authorization_constraints[0].require_roles == ("ADMINISTRATOR",)
