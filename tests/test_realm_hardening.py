@@ -12,6 +12,7 @@ import time
 
 import jwt
 import pytest
+from aiohttp import web
 from multidict import CIMultiDict
 
 from wsgate.cli import main
@@ -538,3 +539,45 @@ def test_a_management_service_keeps_its_realm_and_administrator_default_in_every
     path.write_text(text)
     admin = load_config(path).service("admin")
     assert admin.realm_name == "demo" and admin.authorization_constraints[0].require_roles == ("ADMINISTRATOR",)
+
+
+async def test_a_revocation_while_the_back_end_is_dialled_refuses_the_upgrade(start_gateway, http, users, issuer):  # noqa: F811
+    dialled, release = asyncio.Event(), asyncio.Event()
+    frames: list[object] = []
+
+    async def slow_backend(request: web.Request) -> web.WebSocketResponse:
+        dialled.set()
+        await release.wait()
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for msg in ws:
+            frames.append(msg.data)
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", slow_backend)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        gateway = await start_gateway(
+            realm_config(0, issuer.url).replace(
+                "connect: tcp://127.0.0.1:0\n    type: proxy\n    realm-name: files",
+                f"connect: ws://127.0.0.1:{port}/ws\n    type: proxy\n    realm-name: files",
+                1,
+            )
+        )
+        upgrade = asyncio.ensure_future(
+            raw_upgrade(gateway.port_of("files"), "/files", basic("joe", "welcome"), masked_frame(b"late"))
+        )
+        await asyncio.wait_for(dialled.wait(), 5)  # authenticated; the gateway is dialling the back end
+        assert await gateway.revoke(user="joe") == 0  # nothing live yet
+        release.set()
+        head = await upgrade
+        assert head.startswith(b"HTTP/1.1 403 "), head
+        assert frames == []
+    finally:
+        release.set()
+        await runner.cleanup()

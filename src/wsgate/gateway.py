@@ -72,6 +72,7 @@ class Gateway:
         base_dir = config.source.parent if config.source else Path.cwd()
         self.realms = {name: RealmRuntime(realm, base_dir) for name, realm in security.realms.items()}
         self.revocations: RevocationStore = MemoryRevocations()
+        self.runtime.revocations = self.revocations
         for realm_runtime in self.realms.values():
             realm_runtime.metrics = self.runtime.metrics
             realm_runtime.revocations = self.revocations
@@ -358,7 +359,7 @@ class Gateway:
             fresh.service_limits[name] = self.service_limits[name]  # its counts of open connections
         if fresh.config.limits == self.config.limits:
             fresh.gate = self.gate
-        fresh.revocations = self.revocations  # a reload never lifts a revocation
+        fresh.revocations = fresh.runtime.revocations = self.revocations  # a reload never lifts a revocation
         for realm_runtime in fresh.realms.values():
             realm_runtime.metrics = fresh.runtime.metrics
             realm_runtime.revocations = self.revocations
