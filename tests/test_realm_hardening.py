@@ -504,6 +504,8 @@ async def test_a_revoked_token_is_refused_at_upgrade_refresh_and_session(revokin
     await gateway.revoke(token=other)
     error = await refused(http, gateway, "tokens", headers=cookie)
     assert error.status == 401  # the session no longer counts: nothing valid presented
+    async with http.get(session_url, headers=cookie) as response:
+        assert response.status == 401
     async with http.post(session_url, headers={"Authorization": f"Bearer {other}"}) as response:
         assert response.status == 403 and "Set-Cookie" not in response.headers
 

@@ -439,7 +439,7 @@ def unverified_jwt_claims(token: str) -> tuple[str | None, float | None]:
         return None, None
     try:
         claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-    except (ValueError, binascii.Error):
+    except (ValueError, binascii.Error, RecursionError):
         return None, None
     if not isinstance(claims, dict):
         return None, None

@@ -363,7 +363,7 @@ class RealmGuard:
 
     async def whoami(self, request: web.BaseRequest, peer: PeerIdentity | None) -> web.StreamResponse:
         session = self.current_session(request)
-        if session is None:
+        if session is None or await self.realm.revoked(session.identity):
             return web.Response(status=401, text="Unauthorized\n", headers=self.realm.challenge(self.plain_http))
         return self.describe(session.identity)
 
