@@ -8,12 +8,14 @@ import itertools
 import pytest
 
 from wsgate.security.challenges import (
+    AmbiguousCredentials,
     Credentials,
     CredentialsError,
     challenge_header,
     decode_basic,
     gather_credentials,
     parse_authorization,
+    realm_schemes,
     without_token_offers,
 )
 from wsgate.security.login import ChainEntry, Failed, LoginAttempt, Succeeded, Unavailable, run_chain
@@ -32,6 +34,8 @@ def b64(text: str) -> str:
         ("Bearer t.o.k", ("bearer", "t.o.k")),
         ("Application Token xyz", ("token", "xyz")),
         ("Negotiate YII=", ("negotiate", "YII=")),
+        ("", None),
+        ("  ", None),
     ],
 )
 def test_parse_authorization(header, parsed):
@@ -51,16 +55,32 @@ def test_basic_keeps_colons_and_unicode_in_the_password():
 
 
 def test_gather_from_every_source_and_refuse_duplicates():
-    headers = {"X-Token": "h", "Cookie": "sso=c; other=1"}
-    creds = gather_credentials(headers, [], {"t": ["q"]}, ("X-Token",), ("t",), ("sso",), ("chat", "wsgate.token.s"))
-    assert dict(creds.tokens) == {"header:x-token": "h", "query:t": "q", "cookie:sso": "c", "subprotocol": "s"}
-    assert creds.bearer() == "h"
-    with pytest.raises(CredentialsError, match="more than one Authorization"):
-        gather_credentials({}, ["Basic a", "Basic b"], {})
-    with pytest.raises(CredentialsError, match="query parameter t given more than once"):
-        gather_credentials({}, [], {"t": ["1", "2"]}, (), ("t",))
-    with pytest.raises(CredentialsError, match="subprotocol given more than once"):
-        gather_credentials({}, [], {}, subprotocols=("wsgate.token.a", "wsgate.token.b"))
+    headers = {"X-Token": ["s"], "Cookie": ["sso=s; other=1"]}
+    token_schemes = realm_schemes("Application Token")
+    creds = gather_credentials(
+        headers, {"t": ["s"]}, token_schemes, ("X-Token",), ("t",), ("sso",), ("chat", "wsgate.token.s")
+    )
+    assert dict(creds.tokens) == {"header:x-token": "s", "query:t": "s", "cookie:sso": "s", "subprotocol": "s"}
+    assert creds.bearer() == "s"
+    with pytest.raises(AmbiguousCredentials, match="more than one Authorization"):
+        gather_credentials({"Authorization": ["Basic a", "Basic b"]}, {}, token_schemes)
+    with pytest.raises(AmbiguousCredentials, match="query:t given more than once"):
+        gather_credentials({}, {"t": ["1", "1"]}, token_schemes, (), ("t",))
+    with pytest.raises(AmbiguousCredentials, match="subprotocol given more than once"):
+        gather_credentials({}, {}, token_schemes, subprotocols=("wsgate.token.a", "wsgate.token.b"))
+    with pytest.raises(AmbiguousCredentials, match="different tokens in header:x-token"):
+        gather_credentials({"Authorization": ["Bearer a"], "X-Token": ["b"]}, {}, token_schemes, ("X-Token",))
+
+
+def test_a_realm_reads_only_its_own_scheme():
+    assert realm_schemes("Application Basic") == realm_schemes("Basic") == {"basic"}
+    assert realm_schemes("Application Token") == {"bearer", "token"}
+    assert realm_schemes("Application Negotiate") == {"negotiate"} and realm_schemes(None) == frozenset()
+    basic_header = {"Authorization": ["Basic " + b64("joe:welcome")]}
+    assert gather_credentials(basic_header, {}, realm_schemes("Application Token")).empty
+    assert gather_credentials({"Authorization": ["Bearer t"]}, {}, realm_schemes("Basic")).empty
+    assert gather_credentials({"Authorization": [""]}, {}, realm_schemes("Basic")).empty
+    assert gather_credentials(basic_header, {}, realm_schemes("Basic")).basic() == ("joe", "welcome")
 
 
 def test_bearer_prefers_authorization_and_token_offers_are_never_echoed():

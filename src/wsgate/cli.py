@@ -21,6 +21,7 @@ from .config import (
     load_default_config,
     properties_from_env,
 )
+from .config.model import Service
 from .errors import ConfigError, GatewayError
 from .management.logs import configure_logging
 
@@ -135,10 +136,58 @@ def _check(config: GatewayConfig) -> int:
 
     Gateway(config)
     for service in config.services:
-        accepts = ", ".join(str(u) for u in service.accepts)
-        print(f"service[{service.name}] ({service.type}): {accepts}")
+        print("\n".join(describe_service(service)))
+    for warning in unauthenticated_warnings(config):
+        print(f"WARNING: {warning}")
     print(f"{config.source}: OK, {len(config.services)} service(s)")
     return 0
+
+
+def describe_service(service: Service) -> list[str]:
+    """What an operator must see before going live: where, who may connect, from which pages."""
+    accepts = ", ".join(str(u) for u in service.accepts)
+    return [
+        f"service[{service.name}] ({service.type}): {accepts}",
+        f"  realm: {service.realm_name or 'none (no authentication)'}",
+        f"  required roles: {_required_roles(service)}",
+        f"  origins: {_origin_policy(service)}",
+    ]
+
+
+def _required_roles(service: Service) -> str:
+    if not service.realm_name:
+        return "none"
+    roles = sorted({r for c in service.authorization_constraints for r in c.require_roles if r != "*"})
+    return ", ".join(roles) + " (all of them)" if roles else "any authenticated user"
+
+
+def _origin_policy(service: Service) -> str:
+    origins = [c.allow_origin for c in service.cross_site_constraints]
+    if "*" in origins:
+        return "any (cross-site-constraint allow-origin *)"
+    if origins:
+        return "same-origin and " + ", ".join(origins)
+    return "same-origin only"
+
+
+def unauthenticated_warnings(config: GatewayConfig) -> list[str]:
+    """Services anyone can use although the config defines realms: often a forgotten realm-name."""
+    if not config.security.realms:
+        return []
+    warnings = []
+    for service in config.services:
+        if service.dropped_realm:
+            warnings.append(
+                f"service[{service.name}] is reachable without authentication: its realm-name "
+                f"{service.dropped_realm!r} has no authorization-constraint, and a 2014/09 or 2015/11 config drops "
+                "such a realm (as Kaazing does); add authorization-constraint require-role to protect it"
+            )
+        elif not service.realm_name:
+            warnings.append(
+                f"service[{service.name}] is reachable without authentication although the config defines "
+                f"realm(s) {', '.join(config.security.realms)}; add realm-name if it should be protected"
+            )
+    return warnings
 
 
 def _run(

@@ -7,8 +7,12 @@ in ``Gateway(config)`` before any socket is bound.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hashlib
+import json
 import logging
+import math
 import os
 import re
 import time
@@ -30,6 +34,7 @@ from .security.tls import ListenerTls
 from .services import create_service
 from .services.base import Runtime, ServiceHandler
 from .services.directory import DirectoryService
+from .state.revocations import MemoryRevocations, RevocationStore, token_key, user_key
 from .transport.listener import Listener, Route
 from .transport.websocket import CloseCode, Connection
 
@@ -66,8 +71,11 @@ class Gateway:
         self.runtime.control = self
         base_dir = config.source.parent if config.source else Path.cwd()
         self.realms = {name: RealmRuntime(realm, base_dir) for name, realm in security.realms.items()}
+        self.revocations: RevocationStore = MemoryRevocations()
+        self.runtime.revocations = self.revocations
         for realm_runtime in self.realms.values():
             realm_runtime.metrics = self.runtime.metrics
+            realm_runtime.revocations = self.revocations
         self.runtime.realms = dict(security.realms)
         self.services: dict[str, ServiceHandler] = {}
         for service in config.services:
@@ -79,6 +87,14 @@ class Gateway:
         self.service_limits = {s.name: _service_limits(s) for s in config.services}
         self.listeners = self._plan_listeners()
         for service in config.services:
+            if service.dropped_realm:
+                log.warning(
+                    "service[%s]/realm-name: %r has no authorization-constraint; as in Kaazing's %s schema the realm "
+                    "is dropped and the service is NOT authenticated (add require-role to protect it)",
+                    service.name,
+                    service.dropped_realm,
+                    "2014/09 and 2015/11",
+                )
             if not service.accept_options.server_header:
                 log.warning(
                     "service[%s]/accept-options/http.server.header: 'disabled' still sends 'Server: wsgate' "
@@ -134,10 +150,10 @@ class Gateway:
                     host=uri.host,
                     path=uri.path.rstrip("/"),
                     service=RealmGuard(handler, self.realms[service.realm_name], self.runtime)
-                    if service.realm_name and service.protected
+                    if service.realm_name
                     else handler,
                     prefix=service.type in ("directory", "management"),
-                    control=service.protected,
+                    control=bool(service.realm_name),
                     verify_client=service.accept_options.tls.verify_client if uri.secure else "none",
                     limits=self.service_limits[service.name],
                 )
@@ -217,8 +233,16 @@ class Gateway:
         for realm in self.realms.values():
             await realm.close()
 
-    def revoke(self, user: str | None = None, token: str | None = None, reason: str = "revoked") -> int:
-        """Close every live connection of ``user`` (or presented ``token``) now: 1008, aborted after 1 s."""
+    async def revoke(self, user: str | None = None, token: str | None = None, reason: str = "revoked") -> int:
+        """Refuse ``user`` (or the presented ``token``) from now on, and close their live connections now.
+
+        A user stays refused for ``security/revocation-timeout``; a token until its own expiry (its
+        ``exp``, or that of the live connections that presented it), else as long as a user. Tokens are
+        known by their JWT ``jti``, else by SHA-256; the token itself is never kept. Live connections close
+        with 1008 and are aborted after 1 s; the user's realm sessions end.
+        """
+        now = time.time()
+        ttl = self.config.security.revocation_timeout
         digest = hashlib.sha256(token.encode()).hexdigest() if token else None
 
         def match(connection: Connection) -> bool:
@@ -227,13 +251,34 @@ class Gateway:
                 user is not None and identity.user == user or digest is not None and identity.token_digest == digest
             )
 
+        revoked: dict[str, float] = {}
+        if user is not None:
+            revoked[user_key(user)] = now + ttl
+        if token is not None and digest is not None:
+            token_id, expires_at = unverified_jwt_claims(token)
+            revoked[token_key(token_id, digest)] = expires_at if expires_at and expires_at > now else now + ttl
+        for connection in list(self.runtime.connections):  # the tokens they presented, until those expire
+            identity = connection.identity
+            if match(connection) and identity is not None and identity.token_digest is not None:
+                key = token_key(identity.token_id, identity.token_digest)
+                revoked[key] = max(revoked.get(key, 0.0), identity.expires_at or now + ttl)
+        for key, until in revoked.items():
+            await self.revocations.revoke(key, until)
         closed = self.runtime.expire_where(match, reason)
         if user is not None:
             for realm in self.realms.values():
                 realm.sessions.drop_user(user)
-        if closed:
-            log.info("revoked %d connection(s) (%s)", closed, reason)
+        log.info("revoked %d key(s), closed %d connection(s) (%s)", len(revoked), closed, reason)
         return closed
+
+    async def revocations_in_force(self) -> dict[str, float]:
+        return await self.revocations.entries()
+
+    async def lift_revocation(self, key: str) -> bool:
+        lifted = await self.revocations.lift(key)
+        if lifted:
+            log.warning("revocation of %s lifted", key)
+        return lifted
 
     # -- operations --------------------------------------------------------------------------
 
@@ -314,8 +359,10 @@ class Gateway:
             fresh.service_limits[name] = self.service_limits[name]  # its counts of open connections
         if fresh.config.limits == self.config.limits:
             fresh.gate = self.gate
+        fresh.revocations = fresh.runtime.revocations = self.revocations  # a reload never lifts a revocation
         for realm_runtime in fresh.realms.values():
             realm_runtime.metrics = fresh.runtime.metrics
+            realm_runtime.revocations = self.revocations
         fresh.listeners = fresh._plan_listeners()
         for name in added | changed:
             await fresh.services[name].start()
@@ -382,6 +429,24 @@ class Gateway:
             await handler.stop()
         for realm in realms:
             await realm.close()
+
+
+def unverified_jwt_claims(token: str) -> tuple[str | None, float | None]:
+    """``(jti, exp)`` of a token the administrator revokes, if it is a JWT, only to key and time the
+    revocation. Unverified is enough: a token whose claims were altered fails its signature anyway."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None, None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, binascii.Error, RecursionError):
+        return None, None
+    if not isinstance(claims, dict):
+        return None, None
+    jti, exp = claims.get("jti"), claims.get("exp")
+    if isinstance(exp, bool) or not isinstance(exp, int | float) or not math.isfinite(exp):
+        exp = None
+    return (jti if isinstance(jti, str) and jti else None), (float(exp) if exp is not None else None)
 
 
 def _service_summary(service: Service) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from ..errors import ConfigError, ConfigErrors
 from . import model as m
+from .loaders import LEGACY_REALM_NAMESPACES
 from .tree import Node
 from .values import (
     Uri,
@@ -57,7 +58,7 @@ SERVICE = {
 }
 SERVICE_UNSUPPORTED = {"balance": "balancing is not supported yet", "notify": "notify (push) is not supported yet"}
 SERVICE_DEFAULTS = {"accept-options": "?", "connect-options": "?", "mime-mapping": "*"}
-SECURITY = {"keystore": "?", "truststore": "?", "realm": "*"}
+SECURITY = {"keystore": "?", "truststore": "?", "realm": "*", "revocation-timeout": "?"}
 STORE = {"type": "?", "file": "1", "password-file": "?"}
 REALM = {"name": "1", "description": "?", "user-principal-class": "*", "authentication": "?"}
 AUTHENTICATION = {
@@ -145,9 +146,10 @@ PROPERTIES_UNSUPPORTED = {
 class Builder:
     """Walks the tree once; every problem becomes a located ``ConfigError``."""
 
-    def __init__(self, properties: Mapping[str, str], base_dir: Path) -> None:
+    def __init__(self, properties: Mapping[str, str], base_dir: Path, legacy_realms: bool = False) -> None:
         self.properties = dict(properties)
         self.base_dir = base_dir
+        self.legacy_realms = legacy_realms  # a 2014/09 or 2015/11 XML config: see ``unconstrained_realm``
         self.errors: list[ConfigError] = []
 
     # -- helpers -----------------------------------------------------------------------------
@@ -304,7 +306,20 @@ class Builder:
             cross_site_constraints=cross_site,
             mime_mappings=mime,
         )
-        return self.management_rules(service, index) if type_ == "management" else service
+        return self.management_rules(service, index) if type_ == "management" else self.unconstrained_realm(service)
+
+    def unconstrained_realm(self, service: m.Service) -> m.Service:
+        """A ``realm-name`` without ``authorization-constraint`` never means "no authentication" silently.
+
+        Kaazing 2016/06 (and wsgate's YAML) requires an authenticated user there (role ``*``); Kaazing's
+        translators of 2014/09 and 2015/11 configs drop such a realm, so those services stay open, as they
+        were, and ``check-config`` warns about them.
+        """
+        if not service.realm_name or service.authorization_constraints:
+            return service
+        if self.legacy_realms:
+            return replace(service, realm_name=None, dropped_realm=service.realm_name)
+        return replace(service, authorization_constraints=(m.AuthorizationConstraint(("*",)),))
 
     def management_rules(self, service: m.Service, index: str) -> m.Service | None:
         """Admin access by default; no realm only on loopback and only when said out loud."""
@@ -565,10 +580,14 @@ class Builder:
                 self.fail(f"security/realm[{realm.name}]", "is defined twice")
             elif realm:
                 realms[realm.name] = realm
+        revocation_timeout = self.one(groups, "revocation-timeout", "security", parse_duration)
+        if revocation_timeout is not None and revocation_timeout <= 0:
+            self.fail("security/revocation-timeout", "must be longer than 0, e.g. 24 hours")
         return m.Security(
             keystore=self.store(groups.get("keystore"), "security/keystore", None),
             truststore=self.store(groups.get("truststore"), "security/truststore", "changeit"),
             realms=MappingProxyType(realms),
+            revocation_timeout=revocation_timeout or m.DEFAULT_REVOCATION_TIMEOUT,
         )
 
     def store(self, nodes: list[Node] | None, path: str, default_password: str | None) -> m.Store | None:
@@ -721,7 +740,7 @@ def build_config(
 ) -> m.GatewayConfig:
     """Validate the whole tree and return the model, or raise ``ConfigErrors`` listing every problem."""
     base_dir = source.parent if source else Path.cwd()
-    builder = Builder({}, base_dir)
+    builder = Builder({}, base_dir, legacy_realms=root.namespace in LEGACY_REALM_NAMESPACES)
     builder.top_properties(root, overrides or {})
     services = builder.gateway(root) or ()
     security = builder.security(root)

@@ -19,6 +19,11 @@ KAAZING_NAMESPACES = frozenset(
     for host in ("org", "com")
     for version in ("2014/09", "2015/11", "2016/06")
 )
+# Kaazing's translators from these older schemas drop a realm-name that has no authorization-constraint
+# (the service is then unauthenticated); the 2016/06 schema requires an authenticated user instead.
+LEGACY_REALM_NAMESPACES = frozenset(
+    f"http://xmlns.kaazing.{host}/{version}/gateway" for host in ("org", "com") for version in ("2014/09", "2015/11")
+)
 ROOT = "gateway-config"
 
 
@@ -49,7 +54,9 @@ def parse_xml(data: bytes, origin: str = "<xml>") -> Node:
     if qname.namespace not in KAAZING_NAMESPACES:
         valid = ", ".join(sorted(KAAZING_NAMESPACES))
         raise ConfigError(ROOT, f"namespace {qname.namespace!r} is not supported; use one of {valid}")
-    return _xml_node(root)
+    tree = _xml_node(root)
+    tree.namespace = qname.namespace
+    return tree
 
 
 def _xml_node(element: etree._Element) -> Node:

@@ -18,6 +18,7 @@ EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 DEFAULT_MAX_MESSAGE_SIZE = 128 * 1024
 DEFAULT_MAX_PENDING_BYTES = 64 * 1024
+DEFAULT_REVOCATION_TIMEOUT = 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,7 @@ class Service:
     authorization_constraints: tuple[AuthorizationConstraint, ...] = ()
     cross_site_constraints: tuple[CrossSiteConstraint, ...] = ()
     mime_mappings: Mapping[str, str] = field(default_factory=lambda: EMPTY)
+    dropped_realm: str | None = None  # a realm-name without constraint that a 2014/09 or 2015/11 config loses
 
     def prop(self, name: str, default: str | None = None) -> str | None:
         """The last value of a single-valued service property."""
@@ -93,7 +95,8 @@ class Service:
 
     @property
     def protected(self) -> bool:
-        return bool(self.realm_name and self.authorization_constraints)
+        """A realm always means authentication: deny by default, whatever the constraints say."""
+        return bool(self.realm_name)
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,8 @@ class Security:
     keystore: Store | None = None
     truststore: Store | None = None
     realms: Mapping[str, Realm] = field(default_factory=lambda: EMPTY)
+    # How long a revoked principal, or a revoked token without expiry, stays refused (wsgate).
+    revocation_timeout: float = DEFAULT_REVOCATION_TIMEOUT
 
 
 @dataclass(frozen=True)

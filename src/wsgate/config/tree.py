@@ -16,6 +16,7 @@ class Node:
     text: str = ""
     children: list[Node] = field(default_factory=list)
     line: int | None = None
+    namespace: str | None = None  # the XML root's namespace (Kaazing schema version); None for YAML
 
     def first(self, name: str) -> Node | None:
         for child in self.children:

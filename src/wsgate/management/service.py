@@ -10,7 +10,11 @@ and marked ``insecure``). Under its accept path:
     GET    /api/services          services with live counts
     GET    /api/sessions          live connections: principal, service, remote, TLS, traffic, expiry
     DELETE /api/sessions/<id>     close one connection (1008 "closed by administrator")
-    DELETE /api/principals/<user> close every connection of a user and end their realm sessions
+    DELETE /api/principals/<user> revoke a user: close their connections, end their realm sessions, and
+                                  refuse them for security/revocation-timeout
+    GET    /api/revocations       revocations in force: [{"key": "user:joe" | "jti:…" | "token:<sha256>", "until"}]
+    POST   /api/revocations       {"user": …} or {"token": …}: revoke (a token until its exp)
+    DELETE /api/revocations/<key> lift a revocation early
     POST   /api/reload            re-read the config; answers with the located error if it is refused
     GET    /live                  WebSocket: the services and sessions every second, for the console
     GET    /metrics               Prometheus exposition
@@ -73,7 +77,11 @@ class GatewayControl(Protocol):
 
     def service_summaries(self) -> list[dict[str, Any]]: ...
 
-    def revoke(self, user: str | None = None, token: str | None = None, reason: str = "revoked") -> int: ...
+    async def revoke(self, user: str | None = None, token: str | None = None, reason: str = "revoked") -> int: ...
+
+    async def revocations_in_force(self) -> dict[str, float]: ...
+
+    async def lift_revocation(self, key: str) -> bool: ...
 
     async def reload(self) -> tuple[bool, str]: ...
 
@@ -177,11 +185,23 @@ class ManagementService(OperatorService):
         if method == "DELETE" and path.startswith("/api/sessions/"):
             return self.close_session(path.removeprefix("/api/sessions/"), request)
         if method == "DELETE" and path.startswith("/api/principals/"):
-            return self.close_principal(path.removeprefix("/api/principals/"), request)
+            return await self.close_principal(path.removeprefix("/api/principals/"), request)
+        if path == "/api/revocations" and method in ("GET", "POST"):
+            return await (self.revocations() if method == "GET" else self.revoke(request))
+        if method == "DELETE" and path.startswith("/api/revocations/"):
+            return await self.lift(path.removeprefix("/api/revocations/"), request)
         if method == "POST" and path == "/api/reload":
             ok, message = await self.control.reload()
             return web.json_response({"reloaded": ok, "message": message}, status=200 if ok else 422)
-        known = path in ("/", "/api/info", "/api/services", "/api/sessions", "/api/reload", "/metrics")
+        known = path in (
+            "/",
+            "/api/info",
+            "/api/services",
+            "/api/sessions",
+            "/api/reload",
+            "/api/revocations",
+            "/metrics",
+        )
         return web.Response(status=405 if known else 404, text="Method Not Allowed\n" if known else "Not Found\n")
 
     def services(self) -> list[dict[str, Any]]:
@@ -202,12 +222,39 @@ class ManagementService(OperatorService):
         log.warning("service[%s]: %s closed connection %s", self.name, self.admin(request), connection_id)
         return web.json_response({"closed": 1})
 
-    def close_principal(self, user: str, request: web.BaseRequest) -> web.Response:
+    async def close_principal(self, user: str, request: web.BaseRequest) -> web.Response:
         if not user:
             raise ValueError("no user")
-        closed = self.control.revoke(user=user, reason="closed by administrator")
-        log.warning("service[%s]: %s closed %d connection(s) of %r", self.name, self.admin(request), closed, user)
+        closed = await self.control.revoke(user=user, reason="closed by administrator")
+        log.warning(
+            "service[%s]: %s revoked %r, closing %d connection(s)", self.name, self.admin(request), user, closed
+        )
         return web.json_response({"closed": closed})
+
+    async def revocations(self) -> web.Response:
+        entries = await self.control.revocations_in_force()
+        return web.json_response([{"key": key, "until": until} for key, until in sorted(entries.items())])
+
+    async def revoke(self, request: web.BaseRequest) -> web.Response:
+        """``{"user": …}`` or ``{"token": …}``; the token is hashed, never logged nor kept."""
+        body = await request.json()
+        if not isinstance(body, dict) or len(body) != 1:
+            raise ValueError("one of user, token")
+        user, token = body.get("user"), body.get("token")
+        if not (isinstance(user, str) and user or isinstance(token, str) and token):
+            raise ValueError("one of user, token")
+        closed = await self.control.revoke(user=user, token=token, reason="closed by administrator")
+        what = f"user {user!r}" if user else "a token"
+        log.warning(
+            "service[%s]: %s revoked %s, closing %d connection(s)", self.name, self.admin(request), what, closed
+        )
+        return web.json_response({"closed": closed})
+
+    async def lift(self, key: str, request: web.BaseRequest) -> web.Response:
+        lifted = await self.control.lift_revocation(key)
+        if lifted:
+            log.warning("service[%s]: %s lifted the revocation of %s", self.name, self.admin(request), key)
+        return web.json_response({"lifted": lifted}, status=200 if lifted else 404)
 
     @staticmethod
     def admin(request: web.BaseRequest) -> str:

@@ -1,30 +1,37 @@
 """HTTP authentication on the wire, sans I/O (RFC 7235, RFC 7617, Kaazing's "Application" schemes).
 
-Credentials are gathered from every place a realm allows: ``Authorization``,
-configured headers, query parameters and cookies, and (beyond Kaazing, for
-browsers) a ``Sec-WebSocket-Protocol`` offer ``wsgate.token.<token>``.
-Nothing here logs or keeps a secret longer than the request.
+A realm reads only what it is configured for: ``Authorization`` of its own scheme (Basic for a
+Basic realm, Bearer/Token for a token realm, Negotiate for a Negotiate realm; anything else is
+as if nothing was presented), its configured headers, query parameters and cookies, and (beyond
+Kaazing, for browsers, token realms only) a ``Sec-WebSocket-Protocol`` offer ``wsgate.token.<token>``.
+A credential given twice, or tokens that disagree, are ambiguous: the request is refused as a bad
+request before any login module runs. Nothing here logs or keeps a secret longer than the request.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from http.cookies import CookieError, SimpleCookie
 
 SUBPROTOCOL_TOKEN_PREFIX = "wsgate.token."
 _APPLICATION = "application "
+TOKEN_SCHEMES = frozenset({"bearer", "token"})
+_REALM_SCHEMES = {"basic": frozenset({"basic"}), "negotiate": frozenset({"negotiate"}), "token": TOKEN_SCHEMES}
 
 
 class CredentialsError(ValueError):
-    """The request carries garbled or ambiguous credentials (treated as a failed login)."""
+    """The request carries garbled credentials (treated as a failed login)."""
+
+
+class AmbiguousCredentials(ValueError):
+    """A credential given twice, or tokens that disagree: 400, the gateway never guesses which one counts."""
 
 
 @dataclass(frozen=True)
 class Credentials:
-    """Everything a request presents; ``tokens`` maps a source name to its value."""
+    """What a request presents to one realm; ``tokens`` maps a source name to its value."""
 
     scheme: str | None = None  # "basic", "bearer", "negotiate", "token" ... lower case, no "application "
     parameter: str | None = field(default=None, repr=False)
@@ -41,20 +48,26 @@ class Credentials:
         return decode_basic(self.parameter)
 
     def bearer(self) -> str | None:
-        """A token: ``Authorization: Bearer|Token|Application Token x``, else the first named token."""
-        if self.scheme in ("bearer", "token") and self.parameter:
+        """A token: ``Authorization: Bearer|Token|Application Token x``, else the named token (all agree)."""
+        if self.scheme in TOKEN_SCHEMES and self.parameter:
             return self.parameter
         return next(iter(self.tokens.values()), None)
 
 
-def parse_authorization(value: str) -> tuple[str, str]:
-    """``Basic abc`` / ``Application Basic abc`` → ``("basic", "abc")``."""
+def realm_schemes(challenge_scheme: str | None) -> frozenset[str]:
+    """The ``Authorization`` schemes a realm reads: its own base scheme only (none without a challenge)."""
+    base = (challenge_scheme or "").lower().removeprefix(_APPLICATION).strip()
+    return _REALM_SCHEMES.get(base, frozenset())
+
+
+def parse_authorization(value: str) -> tuple[str, str] | None:
+    """``Basic abc`` / ``Application Basic abc`` → ``("basic", "abc")``; an empty value → None."""
     value = value.strip()
     if value.lower().startswith(_APPLICATION):
         value = value[len(_APPLICATION) :].lstrip()
     scheme, _, parameter = value.partition(" ")
     if not scheme:
-        raise CredentialsError("empty Authorization header")
+        return None
     return scheme.lower(), parameter.strip()
 
 
@@ -70,59 +83,73 @@ def decode_basic(parameter: str) -> tuple[str, str]:
 
 
 def gather_credentials(
-    headers: Mapping[str, str],
-    header_values: list[str],
-    query: Mapping[str, list[str]],
+    headers: Mapping[str, Sequence[str]],
+    query: Mapping[str, Sequence[str]],
+    schemes: frozenset[str],
     header_names: tuple[str, ...] = (),
     query_names: tuple[str, ...] = (),
     cookie_names: tuple[str, ...] = (),
-    subprotocols: tuple[str, ...] = (),
+    subprotocols: tuple[str, ...] | None = None,
 ) -> Credentials:
-    """Collect credentials from one request; any duplicate is refused (no guessing which one counts).
+    """Collect one realm's credentials from a request; raise ``AmbiguousCredentials`` on any doubt.
 
-    ``header_values`` are the raw ``Authorization`` values (to catch duplicates),
-    ``query`` maps each query parameter to all its values.
+    ``headers`` maps ``Authorization``, ``Cookie`` and each configured header to all its values,
+    ``query`` each configured parameter to all its values; ``schemes`` is ``realm_schemes(...)``.
+    ``subprotocols`` (the client's offers) is None for realms that do not read tokens there.
     """
-    scheme = parameter = None
-    if len(header_values) > 1:
-        raise CredentialsError("more than one Authorization header")
-    if header_values:
-        scheme, parameter = parse_authorization(header_values[0])
+    authorization = headers.get("Authorization", ())
+    if len(authorization) > 1:
+        raise AmbiguousCredentials("more than one Authorization header")
+    parsed = parse_authorization(authorization[0]) if authorization else None
+    scheme, parameter = parsed if parsed and parsed[0] in schemes else (None, None)
     tokens: dict[str, str] = {}
 
-    def add(source: str, value: str) -> None:
-        if source in tokens:
-            raise CredentialsError(f"{source} given more than once")
-        if value:
-            tokens[source] = value
-
-    for name in header_names:
-        if name in headers:
-            add(f"header:{name.lower()}", headers[name])
-    for name in query_names:
-        values = query.get(name, [])
+    def add(source: str, values: Sequence[str]) -> None:
         if len(values) > 1:
-            raise CredentialsError(f"query parameter {name} given more than once")
-        if values:
-            add(f"query:{name}", values[0])
-    if cookie_names and "Cookie" in headers:
-        cookies = _cookies(headers["Cookie"])
-        for name in cookie_names:
-            if name in cookies:
-                add(f"cookie:{name}", cookies[name])
-    for offer in subprotocols:
-        if offer.startswith(SUBPROTOCOL_TOKEN_PREFIX):
-            add("subprotocol", offer[len(SUBPROTOCOL_TOKEN_PREFIX) :])
+            raise AmbiguousCredentials(f"{source} given more than once")
+        if values and values[0]:
+            tokens[source] = values[0]
+
+    for name in _unique(header_names):
+        add(f"header:{name.lower()}", headers.get(name, ()))
+    for name in dict.fromkeys(query_names):
+        add(f"query:{name}", query.get(name, ()))
+    if cookie_names:
+        cookies = cookie_values(headers.get("Cookie", ()))
+        for name in dict.fromkeys(cookie_names):
+            add(f"cookie:{name}", cookies.get(name, []))
+    if subprotocols is not None:
+        offers = [o[len(SUBPROTOCOL_TOKEN_PREFIX) :] for o in subprotocols if o.startswith(SUBPROTOCOL_TOKEN_PREFIX)]
+        add("subprotocol", offers)
+    distinct = set(tokens.values()) | ({parameter} if scheme in TOKEN_SCHEMES and parameter else set())
+    if len(distinct) > 1:
+        raise AmbiguousCredentials(f"different tokens in {', '.join(sorted(tokens))}")
     return Credentials(scheme, parameter, tokens)
 
 
-def _cookies(header: str) -> dict[str, str]:
-    jar: SimpleCookie = SimpleCookie()
-    try:
-        jar.load(header)
-    except CookieError:
-        raise CredentialsError("unparsable Cookie header") from None
-    return {name: morsel.value for name, morsel in jar.items()}
+def _unique(names: Iterable[str]) -> list[str]:
+    """Header names, each once (they are case-insensitive)."""
+    seen: dict[str, str] = {}
+    for name in names:
+        seen.setdefault(name.lower(), name)
+    return list(seen.values())
+
+
+def cookie_values(headers: Sequence[str]) -> dict[str, list[str]]:
+    """Every value of every cookie in the ``Cookie`` header(s), so a duplicated name can be refused.
+
+    (``http.cookies`` keeps the last of two same-named cookies silently.)
+    """
+    cookies: dict[str, list[str]] = {}
+    for header in headers:
+        for part in header.split(";"):
+            name, sep, value = part.partition("=")
+            if sep and name.strip():
+                value = value.strip()
+                if len(value) > 1 and value[0] == value[-1] == '"':
+                    value = value[1:-1]
+                cookies.setdefault(name.strip(), []).append(value)
+    return cookies
 
 
 def offered_subprotocols(header: str | None) -> tuple[str, ...]:

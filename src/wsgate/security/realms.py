@@ -33,7 +33,16 @@ from aiohttp import web
 
 from ..config.model import AuthorizationConstraint, Realm
 from ..management.logs import get_logger
-from .challenges import Credentials, CredentialsError, challenge_header, gather_credentials, offered_subprotocols
+from ..state.revocations import MemoryRevocations, RevocationStore, identity_keys
+from .challenges import (
+    AmbiguousCredentials,
+    Credentials,
+    challenge_header,
+    cookie_values,
+    gather_credentials,
+    offered_subprotocols,
+    realm_schemes,
+)
 from .login import Busy, ChainEntry, Challenged, Failed, LoginAttempt, Succeeded, Unavailable, build_module, run_chain
 from .login.verifier import Verifier
 from .sessions import DEFAULT_SESSION_TTL, SessionStore, cookie_name
@@ -59,6 +68,7 @@ class Identity:
     token_digest: str | None = None  # SHA-256 of the bearer token, so revocation can target it
     authenticated_at: float = 0.0  # when the login chain last accepted fresh credentials
     session: str | None = None  # the realm session (cookie digest) this identity came from
+    token_id: str | None = None  # the JWT's jti, so revocation can target the token however it is encoded
 
 
 IDENTITY_KEY = web.RequestKey("wsgate.identity", Identity)
@@ -69,7 +79,7 @@ Trail = tuple[tuple[str, str], ...]
 class Refused:
     """Why and how a request is refused; ``reason`` goes to the audit log only."""
 
-    status: int  # 401 (challenge), 403, 503
+    status: int  # 400 (ambiguous credentials), 401 (challenge), 403, 503
     reason: str
     data: str | None = None  # a module's challenge data for the 401
     limit: str | None = None  # a 503 from a bound: the wsgate_limited label
@@ -87,32 +97,26 @@ class RealmRuntime:
             for i, m in enumerate(auth.login_modules)
         ]
         self.scheme = auth.http_challenge_scheme
+        self.schemes = realm_schemes(self.scheme)
+        self.token_realm = self.scheme == "Application Token"
         self.recycle = auth.authorization_mode == "recycle"
         self.cookie = cookie_name(realm.name)
         self.sessions = SessionStore()
         self.metrics: Metrics | None = None  # set by the gateway
         self.verifier = Verifier(auth.login_concurrency, auth.login_queue, f"wsgate-verify-{realm.name}")
+        self.revocations: RevocationStore = MemoryRevocations()  # the gateway's, shared by every realm
 
     async def authenticate(
         self, request: web.BaseRequest, peer: PeerIdentity | None, allow_session: bool = True
     ) -> Identity | Refused:
-        if allow_session and self.recycle and (token := request.cookies.get(self.cookie)):
-            identity = self.session_identity(token)
-            if identity is not None:
-                return identity
-        auth = self.config.authentication
         try:
-            credentials = gather_credentials(
-                request.headers,
-                request.headers.getall("Authorization", []),
-                {name: request.query.getall(name) for name in auth.http_query_parameters if name in request.query},
-                auth.http_headers,
-                auth.http_query_parameters,
-                auth.http_cookies,
-                offered_subprotocols(request.headers.get("Sec-WebSocket-Protocol")),
-            )
-        except CredentialsError as exc:
-            return Refused(403, str(exc))  # garbled or ambiguous credentials were presented
+            credentials, session_token = self.gather(request)
+        except AmbiguousCredentials as exc:
+            return Refused(400, str(exc))  # before any module runs: no guessing which credential counts
+        if allow_session and session_token:
+            identity = self.session_identity(session_token)
+            if identity is not None and not await self.revoked(identity):
+                return identity
         result = await run_chain(
             self.chain, LoginAttempt(credentials, request.remote or "?", peer, verifier=self.verifier)
         )
@@ -124,19 +128,55 @@ class RealmRuntime:
             return self.refusal(outcome, self.presented(credentials), result.trail)
         token = credentials.bearer()
         digest = hashlib.sha256(token.encode()).hexdigest() if token else None
-        return Identity(self.config.name, outcome.user, outcome.principals, outcome.expires_at, digest, time.time())
+        identity = Identity(
+            self.config.name,
+            outcome.user,
+            outcome.principals,
+            outcome.expires_at,
+            digest,
+            time.time(),
+            token_id=outcome.token_id,
+        )
+        if expired(identity, self.config):
+            return Refused(403, "credentials already expired (inside the module's leeway)")
+        if await self.revoked(identity):
+            return Refused(403, "revoked")  # as any refused credential: no hint to the client
+        return identity
+
+    async def revoked(self, identity: Identity) -> bool:
+        """Revoked by user, by the token's jti or by its digest (sessions of revoked users are dropped)."""
+        key = await self.revocations.revoked(identity_keys(identity.user, identity.token_id, identity.token_digest))
+        if key is not None and identity.session:
+            self.sessions.drop(identity.session)
+        return key is not None
+
+    def gather(self, request: web.BaseRequest) -> tuple[Credentials, str | None]:
+        """Only what this realm is configured to read (its scheme, its sources), and its session cookie."""
+        auth = self.config.authentication
+        headers = {name: request.headers.getall(name, []) for name in ("Authorization", "Cookie", *auth.http_headers)}
+        query = {name: request.query.getall(name, []) for name in auth.http_query_parameters}
+        offers = offered_subprotocols(request.headers.get("Sec-WebSocket-Protocol")) if self.token_realm else None
+        credentials = gather_credentials(
+            headers,
+            query,
+            self.schemes,
+            auth.http_headers,
+            auth.http_query_parameters,
+            auth.http_cookies,
+            offers,
+        )
+        return credentials, self.session_cookie(headers["Cookie"]) if self.recycle else None
+
+    def session_cookie(self, cookie_headers: list[str]) -> str | None:
+        sessions = cookie_values(cookie_headers).get(self.cookie, [])
+        if len(sessions) > 1:
+            raise AmbiguousCredentials(f"cookie:{self.cookie} given more than once")
+        return sessions[0] if sessions else None
 
     def presented(self, credentials: Credentials) -> bool:
-        """Did the client answer the challenge (Kaazing §3.2)? A wrong base scheme or an empty
-        ``Authorization: Basic`` is no answer: it is challenged again."""
-        if credentials.tokens:
-            return True
-        if credentials.scheme is None or not credentials.parameter:
-            return False
-        base = (self.scheme or "").removeprefix("Application ").lower()
-        if base in ("basic", "negotiate"):
-            return credentials.scheme == base
-        return credentials.scheme not in ("basic", "negotiate")  # a token realm: Bearer, Token, ...
+        """Did the client answer the challenge (Kaazing §3.2)? Credentials of another scheme were never
+        gathered, and a bare ``Authorization: Basic`` is no answer: both are challenged again."""
+        return bool(credentials.tokens) or bool(credentials.scheme and credentials.parameter)
 
     def refusal(self, outcome: Failed | Unavailable | Challenged, presented: bool, trail: Trail) -> Refused:
         """Kaazing's rules: nothing presented → 401 challenge; presented but refused → 403; a module
@@ -190,8 +230,7 @@ class RealmRuntime:
         session = self.sessions.lookup(token)
         if session is None:
             return None
-        timeout = self.config.authentication.authorization_timeout
-        if timeout and session.identity.authenticated_at + timeout <= time.time():
+        if expired(session.identity, self.config):
             return None
         return session.identity
 
@@ -218,6 +257,13 @@ def connection_deadline(identity: Identity, opened_at: float, realm: Realm) -> t
         return None, ""
     deadline, reason = min(limits)
     return deadline, reason
+
+
+def expired(identity: Identity, realm: Realm) -> bool:
+    """Would a connection opened now with ``identity`` already be due to close? Then it must not open."""
+    now = time.time()
+    deadline, _ = connection_deadline(identity, now, realm)
+    return deadline is not None and deadline <= now
 
 
 class RealmGuard:
@@ -277,6 +323,8 @@ class RealmGuard:
             retry = "1" if refused.limit else "5"  # a busy verifier frees up in about a hash's time
             return web.Response(status=503, text="Service Unavailable\n", headers={"Retry-After": retry})
         audit.info("authentication denied", **where, decision="denied", status=refused.status, reason=refused.reason)
+        if refused.status == 400:
+            return web.Response(status=400, text="Bad Request\n")
         if refused.status == 401:
             return web.Response(
                 status=401, text="Unauthorized\n", headers=self.realm.challenge(self.plain_http, refused.data)
@@ -326,7 +374,7 @@ class RealmGuard:
 
     async def whoami(self, request: web.BaseRequest, peer: PeerIdentity | None) -> web.StreamResponse:
         session = self.current_session(request)
-        if session is None:
+        if session is None or await self.realm.revoked(session.identity):
             return web.Response(status=401, text="Unauthorized\n", headers=self.realm.challenge(self.plain_http))
         return self.describe(session.identity)
 
@@ -371,7 +419,10 @@ class RealmGuard:
         return self.describe(connection.identity, expires=deadline)
 
     def current_session(self, request: web.BaseRequest):  # type: ignore[no-untyped-def]
-        token = request.cookies.get(self.realm.cookie)
+        try:
+            token = self.realm.session_cookie(request.headers.getall("Cookie", []))
+        except AmbiguousCredentials:
+            return None  # two session cookies: neither is trusted
         return self.realm.sessions.lookup(token) if token else None
 
     def extend(self, match, identity: Identity) -> int:  # type: ignore[no-untyped-def]

@@ -21,7 +21,8 @@ from ..config.model import Realm, Service
 from ..management.logs import get_logger
 from ..security.keystore import KeyMaterial
 from ..security.origin import cors_headers, origin_allowed, preflight
-from ..security.realms import IDENTITY_KEY, connection_deadline
+from ..security.realms import IDENTITY_KEY, Identity, connection_deadline
+from ..state.revocations import RevocationStore, identity_keys
 from ..transport.websocket import CloseCode, Connection, accept_websocket, is_upgrade
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("wsgate.service")
 access = get_logger("wsgate.access")
+audit = get_logger("wsgate.audit")
 
 
 @dataclass
@@ -43,6 +45,7 @@ class Runtime:
     realms: dict[str, Realm] = field(default_factory=dict)
     closing: bool = False
     metrics: Metrics | None = None
+    revocations: RevocationStore | None = None  # the gateway's, checked again at the upgrade
     control: Any = None  # the gateway, for the management service (management.service.GatewayControl)
 
     def expire_where(self, match: Callable[[Connection], bool], reason: str) -> int:
@@ -123,13 +126,19 @@ class WebSocketService(ServiceHandler):
                 request.headers.get("Origin"),
             )
             return web.Response(status=403, text="Forbidden\n")
-        protocols, context = await self.before_upgrade(request)
         identity = request.get(IDENTITY_KEY)
-        connection_id = secrets.token_urlsafe(16)
         started = time.time()
         deadline, why = (
             connection_deadline(identity, started, self.runtime.realms[identity.realm]) if identity else (None, "")
         )
+        if identity is not None and deadline is not None and deadline <= started:
+            # Already due to close (e.g. a JWT inside its leeway but past exp): never open it, never dial.
+            return self.refuse_upgrade(request, identity, f"{why} before the upgrade")
+        protocols, context = await self.before_upgrade(request)
+        if identity is not None and await self.revoked(identity):  # revoked while the back end was dialled
+            await self.abandon(context)
+            return self.refuse_upgrade(request, identity, "revoked before the upgrade")
+        connection_id = secrets.token_urlsafe(16)
         headers = self.identity_headers(connection_id, deadline) if identity else {}
         try:
             ws = await accept_websocket(request, self.config.accept_options, self.writer_limit, protocols, headers)
@@ -151,7 +160,11 @@ class WebSocketService(ServiceHandler):
             metrics.connections_total.labels(self.name).inc()
             metrics.handshakes.labels(self.name, "101").inc()
         try:
-            await self.serve(connection)
+            if identity is not None and await self.revoked(identity):  # revoked while the 101 was on its way
+                await self.abandon(context)
+                await connection.close(CloseCode.POLICY_VIOLATION, "revoked")
+            else:
+                await self.serve(connection)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -165,6 +178,25 @@ class WebSocketService(ServiceHandler):
                 await connection.close()
             self.closed(connection)
         return ws
+
+    async def revoked(self, identity: Identity) -> bool:
+        """Revocation is checked again here: one may have come while the back end was being dialled."""
+        store = self.runtime.revocations
+        keys = identity_keys(identity.user, identity.token_id, identity.token_digest)
+        return store is not None and await store.revoked(keys) is not None
+
+    def refuse_upgrade(self, request: web.BaseRequest, identity: Identity, reason: str) -> web.Response:
+        """As the realm refuses presented credentials: 403, the reason in the audit log only."""
+        audit.info(
+            "authentication denied",
+            service=self.name,
+            realm=identity.realm,
+            remote=request.remote,
+            decision="denied",
+            status=403,
+            reason=reason,
+        )
+        return web.Response(status=403, text="Forbidden\n")
 
     def closed(self, connection: Connection) -> None:
         """The access line and the metrics of a connection that ended."""

@@ -50,6 +50,7 @@ class Succeeded:
     user: str | None
     principals: frozenset[str] = frozenset()
     expires_at: float | None = None  # wall-clock seconds, e.g. a JWT's exp
+    token_id: str | None = None  # a JWT's jti: revocation targets it
 
 
 @dataclass(frozen=True)

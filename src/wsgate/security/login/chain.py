@@ -94,4 +94,5 @@ def _merge(successes: list[Succeeded]) -> Succeeded:
     user = next((s.user for s in successes if s.user), None)
     principals = frozenset().union(*(s.principals for s in successes))
     expiries = [s.expires_at for s in successes if s.expires_at is not None]
-    return Succeeded(user, principals, min(expiries) if expiries else None)
+    token_id = next((s.token_id for s in successes if s.token_id), None)
+    return Succeeded(user, principals, min(expiries) if expiries else None, token_id)

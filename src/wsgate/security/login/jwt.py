@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,6 +28,7 @@ from .base import Failed, LoginAttempt, Outcome, Succeeded, Unavailable, resolve
 
 ASYMMETRIC = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
 DEFAULT_ALGORITHMS = ("RS256", "PS256", "ES256", "EdDSA")
+TIME_CLAIMS = ("exp", "nbf", "iat")
 
 
 class JwtLoginModule:
@@ -110,13 +112,20 @@ class JwtLoginModule:
                 leeway=self.leeway,
                 options={"require": ["exp", "iss", "aud"]},
             )
-        except (jwt.PyJWTError, TypeError, ValueError, ArithmeticError) as exc:  # TypeError: a key of another family
+        # TypeError: a key of another family than alg; ArithmeticError: PyJWT's int() of an exp of Infinity
+        except (jwt.PyJWTError, TypeError, ValueError, ArithmeticError) as exc:
             return Failed(f"token rejected: {type(exc).__name__}")
+        bad = [name for name in TIME_CLAIMS if name in claims and not _numeric_date(claims[name])]
+        if bad:
+            return Failed(f"token claim {bad[0]} is not a JSON number")
         user = claims.get(self.user_claim)
         if not isinstance(user, str) or not user:
             return Failed(f"token has no {self.user_claim!r} claim")
+        jti = claims.get("jti")
+        if jti is not None and (not isinstance(jti, str) or not jti):
+            return Failed("token claim jti is not a string")
         attempt.shared.setdefault("name", user)
-        return Succeeded(user, _roles(claims, self.roles_claim), float(claims["exp"]))
+        return Succeeded(user, _roles(claims, self.roles_claim), float(claims["exp"]), jti)
 
     async def _key(self, kid: str | None) -> tuple[Any, str | None] | Failed | Unavailable:
         if self.jwks_url is not None and (kid not in self.keys or self._stale()):
@@ -153,6 +162,11 @@ class JwtLoginModule:
         self.keys = self._read_jwks(document)
         self.fetched_at = time.monotonic()
         return None
+
+
+def _numeric_date(value: Any) -> bool:
+    """RFC 7519 NumericDate: a finite JSON number. PyJWT coerces "1700000000" and true with int()."""
+    return type(value) in (int, float) and math.isfinite(value)
 
 
 def _roles(claims: Mapping[str, Any], path: str) -> frozenset[str]:
