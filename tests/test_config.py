@@ -388,6 +388,12 @@ BAD_CONFIGS = [
         "service:\n  - name: site\n    accept: http://localhost:8000/\n    type: directory\n",
         "service[site]/properties/directory: is required for this service type",
     ),
+    (
+        "hidden-files",
+        "service:\n  - name: site\n    accept: http://localhost:8000/\n    type: directory\n"
+        "    properties:\n      directory: /\n      hidden-files: maybe\n",
+        "service[site]/properties/hidden-files: 'maybe' is not one of deny, allow",
+    ),
 ]
 
 

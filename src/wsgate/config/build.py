@@ -98,7 +98,13 @@ SERVICE_TYPES: dict[str, dict[str, Any]] = {
     "directory": {
         "accept": ("http", "https"),
         "connect": (0, 0),
-        "properties": {"directory": "1", "welcome-file": "?", "error-pages-directory": "?", "options": "?"},
+        "properties": {
+            "directory": "1",
+            "welcome-file": "?",
+            "error-pages-directory": "?",
+            "options": "?",
+            "hidden-files": "?",
+        },
     },
     "proxy": {
         "accept": ("ws", "wss"),
@@ -372,6 +378,7 @@ class Builder:
             "on.client.message": (parse_choice, (("noop", "broadcast"),)),
             "accept": (parse_uri, (("tcp",),)),
             "options": (parse_choice, (("indexes",),)),
+            "hidden-files": (parse_choice, (("deny", "allow"),)),
         }
         for name, (parser, args) in checks.items():
             for value in props.get(name, ()):
