@@ -140,6 +140,7 @@ class Gateway:
                     control=service.protected,
                     verify_client=service.accept_options.tls.verify_client if uri.secure else "none",
                     limits=self.service_limits[service.name],
+                    keepalive_timeout=service.accept_options.keepalive_timeout,
                 )
             )
         return listener

@@ -422,6 +422,7 @@ class Builder:
             max_connections=self.pop(values, "connection.limit", parse_count, None),
             max_connections_per_ip=self.pop(values, "connection.limit.per.ip", parse_count, None),
             handshake_rate=self.pop(values, "handshake.rate.per.ip", parse_rate, None),
+            keepalive_timeout=self.pop(values, "http.keepalive.timeout", parse_duration, m.DEFAULT_KEEPALIVE_TIMEOUT),
         )
         self.leftover_options(values, "accept-options")
         return options
@@ -498,7 +499,7 @@ class Builder:
                     "tcp.maximum.outbound.rate",
                     "http.maximum.redirects",
                     "http.keepalive",
-                    "http.keepalive.timeout",
+                    "http.keepalive.timeout",  # connect side only: accept-options reads it
                     "http.keepalive.connections",
                     "http.max.authentication.attempts",
                 )
@@ -662,6 +663,7 @@ ACCEPT_OPTION_NAMES = (
     "ws.maximum.message.size",
     "ws.inactivity.timeout",
     "http.server.header",
+    "http.keepalive.timeout",
 )
 CONNECT_OPTION_NAMES = ("ssl.ciphers", "ssl.protocols", "ssl.client-certificate", "ws.inactivity.timeout", "ws.version")
 
