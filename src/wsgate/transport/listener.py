@@ -22,6 +22,7 @@ from ..config.model import DEFAULT_KEEPALIVE_TIMEOUT
 from ..management.metrics import handshake_outcome
 from ..security.limits import GatewayLimits, Refusal, ServiceLimits
 from ..security.tls import PeerIdentity
+from .tls_audit import NO_CERTIFICATE, TlsAudit, install_exception_handler
 from .websocket import HANDSHAKE_DONE, is_upgrade
 
 if TYPE_CHECKING:
@@ -71,6 +72,7 @@ class Listener:
     handshake_timeout: float = 10.0
     header_size: int = 8190
     tls_source: object = None  # what ssl_context was built from (Gateway.reload compares it)
+    tls_audit: TlsAudit | None = None  # failed TLS handshakes: audit lines and a metric
     _server: asyncio.Server | None = None
     _web: web.Server | None = None
 
@@ -96,6 +98,9 @@ class Listener:
 
     async def start(self) -> None:
         self._web = web.Server(self.handle, access_log=None)
+        if self.secure:
+            install_exception_handler(asyncio.get_running_loop())
+            self.tls_audit = self.tls_audit or TlsAudit(self)
         self._server = await self._bind(self.port)
         ports = {sock.getsockname()[1] for sock in self._server.sockets}
         if len(ports) > 1:  # port 0 on a name with several addresses: make them share the first port
@@ -123,6 +128,8 @@ class Listener:
             ssl_handshake_timeout=self.handshake_timeout if self.ssl_context is not None else None,
             **extra,
         )
+        if self.tls_audit is not None:
+            self.tls_audit.watch(server)
         return server
 
     def stop_accepting(self) -> None:
@@ -153,7 +160,7 @@ class Listener:
             )
         upgrade = is_upgrade(request)
         if self.secure and route.verify_client == "required" and peer is None:
-            response: web.StreamResponse = web.Response(status=403, text="A client certificate is required.\n")
+            response: web.StreamResponse = self.certificate_required(request)
         elif upgrade:
             response = await self.upgrade(route, request, peer)
         else:
@@ -195,6 +202,12 @@ class Listener:
             self.metrics.limited.labels(route.service.name, refusal.limit).inc()
         text = "Too Many Requests\n" if refusal.status == 429 else "Service Unavailable\n"
         return web.Response(status=refusal.status, text=text, headers={"Retry-After": str(refusal.retry_after)})
+
+    def certificate_required(self, request: web.BaseRequest) -> web.Response:
+        """A ``ssl.verify-client required`` service on a port that only asks for certificates: 403, audited."""
+        if self.tls_audit is not None:
+            self.tls_audit.report(NO_CERTIFICATE, remote=request.remote)
+        return web.Response(status=403, text="A client certificate is required.\n")
 
     def _protocol(self) -> web.RequestHandler:
         """aiohttp's per-connection protocol, with a deadline on every request head (see ``Connection``)."""
@@ -244,19 +257,26 @@ class Connection(web.RequestHandler):
     A WebSocket (after 101) has neither: bytes then belong to the WebSocket reader.
     """
 
-    __slots__ = ("listener", "timer", "awaiting_head")
+    __slots__ = ("listener", "timer", "awaiting_head", "accepted")
 
     def __init__(self, listener: Listener, manager: web.Server, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self.listener = listener
         self.awaiting_head = True
-        self.timer: asyncio.TimerHandle | None = kwargs["loop"].call_later(listener.handshake_timeout, self._head_late)
+        loop = kwargs["loop"]
+        self.accepted: float = loop.time()
+        self.timer: asyncio.TimerHandle | None = loop.call_later(listener.handshake_timeout, self._head_late)
 
     def data_received(self, data: bytes) -> None:
         if not self.awaiting_head and data and self._between_requests():
             self._arm(self.listener.handshake_timeout, self._head_late)
             self.awaiting_head = True
         super().data_received(data)
+
+    def handshake_failed(self) -> None:
+        """Its TLS handshake failed (audited by ``TlsAudit``): nothing left to time."""
+        self.awaiting_head = False
+        self._disarm()
 
     def head_complete(self) -> None:
         """The request reached the handler in time."""
