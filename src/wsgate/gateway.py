@@ -23,9 +23,11 @@ from .config.model import GatewayConfig, Service, Store, TlsOptions
 from .config.values import Uri
 from .errors import ConfigError, GatewayError
 from .management.metrics import Metrics
+from .management.redact import REDACTOR
 from .security.keystore import load_store
 from .security.limits import GatewayLimits, ServiceLimits
 from .security.realms import RealmGuard, RealmRuntime
+from .security.sessions import cookie_name
 from .security.tls import ListenerTls
 from .services import create_service
 from .services.base import Runtime, ServiceHandler
@@ -69,6 +71,9 @@ class Gateway:
         for realm_runtime in self.realms.values():
             realm_runtime.metrics = self.runtime.metrics
         self.runtime.realms = dict(security.realms)
+        for realm in security.realms.values():  # the names this config reads credentials from are masked in logs
+            auth = realm.authentication
+            REDACTOR.add(auth.http_query_parameters, auth.http_headers, (*auth.http_cookies, cookie_name(realm.name)))
         self.services: dict[str, ServiceHandler] = {}
         for service in config.services:
             handler = create_service(service, self.runtime)
