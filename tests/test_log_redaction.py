@@ -191,6 +191,8 @@ async def test_no_credential_reaches_any_log_line(start_gateway, tmp_path, caplo
     for record in caplog.records:
         texts.append(repr(record.msg) + repr(record.args) + str(record.exc_text))
         texts += [formatter.format(record) for formatter in formatters]
+        if formatters:
+            json.loads(formatters[0].format(record))  # masking keeps every JSON line JSON
     found = leaks("\n".join(texts), extra)
     assert not found, found
     assert "Client protocols ['chat'] don" in caplog.text  # aiohttp never saw the token offer (not just masked)
@@ -266,3 +268,11 @@ def test_the_redactor_leaves_ordinary_lines_alone():
         "token expired",
     ):
         assert REDACTOR.text(line) == line
+
+
+def test_a_masked_json_line_is_still_json():
+    from wsgate.management.redact import REDACTOR
+
+    line = json.dumps({"event": f'client sent "Authorization: Bearer {OPAQUE}" and "Cookie: sso={COOKIE_TOKEN}"'})
+    masked = REDACTOR.text(line)
+    assert not leaks(masked) and json.loads(masked)["event"].startswith('client sent "Authorization: [redacted]"')

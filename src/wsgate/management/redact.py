@@ -102,9 +102,10 @@ class Redactor:
     def _compile(self) -> None:
         headers = "|".join(re.escape(h) for h in sorted(self.headers, key=len, reverse=True))
         # "Name: value" on the wire, "'Name': 'value'" in a repr, "name=value" in key=value output.
-        self._header = re.compile(rf"(?i)(?<![\w-])({headers})(['\"]?\s*[:=]\s*)(['\"]?)[^\r\n'\"]*")
+        # The value stops at a backslash too: a masked JSON line keeps its escapes and stays JSON.
+        self._header = re.compile(rf"(?i)(?<![\w-])({headers})(['\"]?\s*[:=]\s*)(['\"]?)[^\r\n'\"\\]*")
         names = "|".join(re.escape(n) for n in sorted(self.parameters | self.cookies, key=len, reverse=True))
-        self._assignment = re.compile(rf"(?i)(?<![\w-])({names})(=)[^&;\s'\"#,)\]}}>]*")
+        self._assignment = re.compile(rf"(?i)(?<![\w-])({names})(=)[^&;\s'\"\\#,)\]}}>]*")
         self._quoted = re.compile(rf"(?i)(['\"])({names})\1(\s*:\s*)(['\"])(?:(?!\4).)*\4")
 
     def text(self, text: str) -> str:

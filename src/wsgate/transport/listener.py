@@ -267,6 +267,11 @@ class Connection(web.RequestHandler):
         self.accepted: float = loop.time()
         self.timer: asyncio.TimerHandle | None = loop.call_later(listener.handshake_timeout, self._head_late)
 
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.listener.tls_audit is not None:  # the TLS handshake completed: nothing to audit
+            self.listener.tls_audit.pending.pop(transport, None)
+        super().connection_made(transport)
+
     def data_received(self, data: bytes) -> None:
         if not self.awaiting_head and data and self._between_requests():
             self._arm(self.listener.handshake_timeout, self._head_late)
