@@ -472,3 +472,17 @@ async def test_other_loop_errors_still_log_with_their_traceback(mtls_gateway, ca
     assert errors[0].exc_info and "a real bug" in caplog.text and "Traceback" in caplog.text
     assert errors[1].exc_info and isinstance(errors[1].exc_info[1], ConnectionResetError)
     assert "Logging error" not in caplog.text
+
+
+async def test_a_tls_handshake_that_never_comes_is_audited_as_a_timeout(start_gateway, pem_stores, caplog):
+    import asyncio
+
+    caplog.set_level(logging.INFO)
+    config = wss_config("keystore.pem", "PEM").replace("    password-file: keystore.pw\n", "", 1)
+    gw = await start_gateway("limits:\n  handshake-timeout: 500ms\n" + config)
+    reader, writer = await asyncio.open_connection("localhost", gw.port_of("echo"))  # and no ClientHello
+    assert await asyncio.wait_for(reader.read(), 3) == b""
+    writer.close()
+    line = await next_tls_failure(caplog, 0)
+    assert line["reason"] == "timeout"
+    assert_no_errors_or_tracebacks(caplog)
