@@ -146,7 +146,7 @@ class Listener:
                 log.warning("listener %s:%d: connections still open after shutdown", self.host or "*", self.port)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        if isinstance(request.protocol, Connection):
+        if isinstance(request.protocol, HttpConnection):
             request.protocol.head_complete()
         if request.path == CLIENT_JS_PATH and request.method in ("GET", "HEAD"):
             return web.FileResponse(CLIENT_JS, headers=CLIENT_JS_HEADERS)
@@ -210,10 +210,10 @@ class Listener:
         return web.Response(status=403, text="A client certificate is required.\n")
 
     def _protocol(self) -> web.RequestHandler:
-        """aiohttp's per-connection protocol, with a deadline on every request head (see ``Connection``)."""
+        """aiohttp's per-connection protocol, with a deadline on every request head (see ``HttpConnection``)."""
         assert self._web is not None
         backstop = max([self.handshake_timeout, *(r.keepalive_timeout for r in self.routes)])
-        return Connection(
+        return HttpConnection(
             self,
             self._web,
             loop=asyncio.get_running_loop(),
@@ -242,7 +242,7 @@ class Listener:
             self.metrics.limited.labels("", "handshake-timeout").inc()
 
 
-class Connection(web.RequestHandler):
+class HttpConnection(web.RequestHandler):
     """aiohttp's protocol with a deadline on every request head, not only the first (slowloris).
 
     One timer per connection, in one of two roles:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from ..management.logs import get_logger
 
 if TYPE_CHECKING:
-    from .listener import Connection, Listener
+    from .listener import HttpConnection, Listener
 
 audit = get_logger("wsgate.audit")
 
@@ -51,7 +51,7 @@ class TlsAudit:
 
     def __init__(self, listener: Listener) -> None:
         self.listener = listener
-        self.pending: weakref.WeakKeyDictionary[Any, Connection] = weakref.WeakKeyDictionary()
+        self.pending: weakref.WeakKeyDictionary[Any, HttpConnection] = weakref.WeakKeyDictionary()
         self.noted: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 
     def watch(self, server: asyncio.AbstractServer) -> None:
@@ -93,7 +93,7 @@ class TlsAudit:
         else:
             self.report(reason, transport)
 
-    def infer(self, transport: Any, connection: Connection) -> str:
+    def infer(self, transport: Any, connection: HttpConnection) -> str:
         """OpenSSL's reason is gone by now: what the session kept says which side gave up."""
         if asyncio.get_running_loop().time() - connection.accepted >= self.listener.handshake_timeout * 0.9:
             return TIMEOUT
@@ -176,17 +176,17 @@ def _claim(context: dict[str, Any]) -> bool:
     return True
 
 
-def _connection_of(owner: Any) -> Connection | None:
+def _connection_of(owner: Any) -> HttpConnection | None:
     """Our protocol behind a transport (aiofastnet) or an SSL protocol (asyncio, uvloop)."""
-    from .listener import Connection
+    from .listener import HttpConnection
 
     for attribute in ("get_protocol", "get_app_protocol"):
         getter = getattr(owner, attribute, None)
         candidate = getter() if callable(getter) else None
-        if isinstance(candidate, Connection):
+        if isinstance(candidate, HttpConnection):
             return candidate
     candidate = getattr(owner, "_app_protocol", owner)
-    return candidate if isinstance(candidate, Connection) else None
+    return candidate if isinstance(candidate, HttpConnection) else None
 
 
 def _handshake_done(transport: Any) -> bool:
