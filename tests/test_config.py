@@ -388,6 +388,22 @@ BAD_CONFIGS = [
         "service:\n  - name: site\n    accept: http://localhost:8000/\n    type: directory\n",
         "service[site]/properties/directory: is required for this service type",
     ),
+    (
+        "keep-alive timeout",
+        BASE + "    accept-options:\n      http.keepalive.timeout: soon\n",
+        "service[echo]/accept-options/http.keepalive.timeout: 'soon' is not a duration",
+    ),
+    (
+        "keep-alive timeout on the connect side",
+        BASE + "    connect-options:\n      http.keepalive.timeout: 5s\n",
+        "service[echo]/connect-options/http.keepalive.timeout: not supported yet in connect-options",
+    ),
+    (
+        "hidden-files",
+        "service:\n  - name: site\n    accept: http://localhost:8000/\n    type: directory\n"
+        "    properties:\n      directory: /\n      hidden-files: maybe\n",
+        "service[site]/properties/hidden-files: 'maybe' is not one of deny, allow",
+    ),
 ]
 
 

@@ -385,3 +385,83 @@ async def test_cross_origin_reads_are_granted_only_to_listed_origins(start_gatew
         assert response.headers["Vary"] == "Origin"
     async with http.get(base, headers={"Origin": "http://evil.example"}) as response:
         assert response.status == 200 and "Access-Control-Allow-Origin" not in response.headers
+
+
+HIDDEN_SITE = """
+service:
+  - name: site
+    accept: http://127.0.0.1:0/
+    type: directory
+    properties:
+      directory: /site
+      welcome-file: index.html
+      options: indexes
+"""
+
+
+@pytest.fixture
+def hidden_site(site: Path) -> Path:
+    """A site as deployed from a checkout: .git/, .env, .htpasswd beside the public files."""
+    (site / ".git").mkdir()
+    (site / ".git" / "config").write_text("[remote] url = https://deploy:secret@git.example")
+    (site / ".env").write_text("DB_PASSWORD=secret")
+    (site / "sub" / ".htpasswd").write_text("admin:$apr1$secret")
+    (site / "sub" / "public.txt").write_text("public")
+    (site / "innocent").symlink_to(site / ".env")
+    return site
+
+
+async def raw_get(port: int, path: str) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+    response = await reader.read()
+    writer.close()
+    return response
+
+
+def without_date(response: bytes) -> bytes:
+    return b"\r\n".join(line for line in response.split(b"\r\n") if not line.lower().startswith(b"date:"))
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/.env",
+        "/.git/config",
+        "/.git/",
+        "/.git",
+        "/%2egit/config",
+        "/%2Eenv",
+        "/sub/.htpasswd",
+        "/sub/%2ehtpasswd",
+        "/sub/./.htpasswd",
+        "/innocent",
+    ],
+)
+async def test_directory_hides_dot_files_like_missing_ones(start_gateway, hidden_site, path):
+    gw = await start_gateway(HIDDEN_SITE)
+    port = gw.port_of("site")
+    response = await raw_get(port, path)
+    assert b"secret" not in response
+    assert without_date(response) == without_date(await raw_get(port, "/no-such-file")), response[:80]
+
+
+async def test_directory_listings_leave_dot_files_out(start_gateway, http, hidden_site):
+    gw = await start_gateway(HIDDEN_SITE)
+    async with http.get(f"http://127.0.0.1:{gw.port_of('site')}/sub/") as response:
+        body = await response.text()
+    assert response.status == 200 and "public.txt" in body and ".htpasswd" not in body
+
+
+async def test_directory_serves_dot_files_when_allowed_and_the_client_path_still_works(
+    start_gateway, http, hidden_site
+):
+    gw = await start_gateway(HIDDEN_SITE + "      hidden-files: allow\n")
+    base = f"http://127.0.0.1:{gw.port_of('site')}"
+    async with http.get(base + "/.env") as response:
+        assert response.status == 200 and await response.text() == "DB_PASSWORD=secret"
+    async with http.get(base + "/sub/") as response:
+        assert ".htpasswd" in await response.text()
+    hidden = await start_gateway(HIDDEN_SITE, name="hidden.yaml")
+    async with http.get(f"http://127.0.0.1:{hidden.port_of('site')}/.wsgate/client.js") as response:
+        assert response.status == 200  # the listener's own well-known path is not a dot-file of the site

@@ -163,3 +163,87 @@ async def test_oversized_headers_are_refused(gw, http):
         assert response.status in (400, 431)
     async with http.get(url, headers={"X-Fine": "a" * 3000}) as response:
         assert response.status == 426  # within the limit: the service answers
+
+
+KEEPALIVE = """
+limits:
+  handshake-timeout: 1s
+service:
+  - name: site
+    accept: http://127.0.0.1:0/
+    type: directory
+    properties:
+      directory: /
+    accept-options:
+      http.keepalive.timeout: 1500ms
+  - name: echo
+    accept: ws://127.0.0.1:0/echo
+    type: echo
+"""
+
+
+async def keepalive_gateway(start_gateway, tmp_path):
+    (tmp_path / "a.txt").write_text("a")
+    return await start_gateway(KEEPALIVE)
+
+
+async def fast_get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.write(b"GET /a.txt HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
+    assert head.startswith(b"HTTP/1.1 200") and b"Content-Length: 1" in head
+    assert await reader.readexactly(1) == b"a"
+
+
+async def test_every_request_head_has_a_deadline_not_only_the_first(start_gateway, tmp_path):
+    gw = await keepalive_gateway(start_gateway, tmp_path)
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port_of("site"))
+    await fast_get(reader, writer)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    closed_at = None
+    for byte in b"GET /a.txt HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"x" * 100:  # one byte per 0.2 s
+        try:
+            writer.write(bytes([byte]))
+            await writer.drain()
+            if await asyncio.wait_for(reader.read(1), 0.2) == b"":
+                closed_at = loop.time()
+                break
+        except TimeoutError:
+            continue
+        except ConnectionError:
+            closed_at = loop.time()
+            break
+    writer.close()
+    assert closed_at is not None and closed_at - started < 2.0, "the slow second request was held open"
+    text = gw.runtime.metrics.exposition().decode()
+    assert 'wsgate_limited_total{limit="handshake-timeout",service=""} 1.0' in text
+
+
+async def test_idle_keepalive_connections_close_after_the_keepalive_timeout(start_gateway, tmp_path):
+    gw = await keepalive_gateway(start_gateway, tmp_path)
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port_of("site"))
+    await fast_get(reader, writer)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    assert 1.3 < loop.time() - started < 2.5  # http.keepalive.timeout 1500ms, not the 1 s head deadline
+    writer.close()
+    # A client that keeps asking within the timeout keeps its connection.
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port_of("site"))
+    for _ in range(3):
+        await fast_get(reader, writer)
+        await asyncio.sleep(1.0)
+    await fast_get(reader, writer)
+    writer.close()
+
+
+async def test_websocket_connections_are_not_touched_by_the_request_timers(start_gateway, tmp_path, http):
+    gw = await keepalive_gateway(start_gateway, tmp_path)
+    async with http.ws_connect(f"ws://127.0.0.1:{gw.port_of('echo')}/echo") as ws:
+        for _ in range(4):  # 2.4 s: past the head deadline and the keep-alive timeout
+            await asyncio.sleep(0.6)
+            await ws.send_str("x" * 3)  # data after the 101 must not arm a head deadline
+            assert (await ws.receive()).data == "xxx"
+        await asyncio.sleep(1.6)  # silent past both
+        await ws.send_str("still")
+        assert (await ws.receive()).data == "still"

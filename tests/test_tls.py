@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import ssl
 import subprocess
+import warnings
 from pathlib import Path
 
 import aiohttp
@@ -242,9 +244,7 @@ async def test_mtls_optional_accepts_both_and_exposes_identity(mtls_gateway, htt
         await echo_once(http, url, client_ssl(ca, other_ca.issue_cert("mallory@example.test")))
 
 
-async def test_required_and_none_services_can_share_a_port(tmp_path, start_gateway, http, ca, pem_stores):
-    gw = await start_gateway(
-        """
+SHARED_PORT = """
 service:
   - name: open
     accept: wss://localhost:0/open
@@ -255,8 +255,10 @@ service:
     accept-options:
       ssl.verify-client: required
 """
-        + SECURITY_PEM
-    )
+
+
+async def test_required_and_none_services_can_share_a_port(tmp_path, start_gateway, http, ca, pem_stores):
+    gw = await start_gateway(SHARED_PORT + SECURITY_PEM)
     port = gw.port_of("open")
     assert port == gw.port_of("locked")
     assert await echo_once(http, f"wss://localhost:{port}/open", client_ssl(ca)) == "secure"
@@ -360,3 +362,127 @@ async def test_protocols_option_limits_tls_versions(tmp_path, start_gateway, htt
     with pytest.raises((aiohttp.ClientError, ssl.SSLError, ConnectionError)):
         await echo_once(http, url, tls12)
     assert await echo_once(http, url, client_ssl(ca)) == "secure"
+
+
+# -- failed handshakes: audited, counted, never an ERROR with a traceback ---------------------
+
+
+def tls_failures(caplog) -> list[dict]:
+    return [r.msg for r in caplog.records if isinstance(r.msg, dict) and r.msg.get("event") == "tls handshake failed"]
+
+
+async def next_tls_failure(caplog, seen: int) -> dict:
+    import asyncio
+
+    for _ in range(100):
+        failures = tls_failures(caplog)
+        if len(failures) > seen:
+            assert len(failures) == seen + 1, failures
+            return failures[-1]
+        await asyncio.sleep(0.02)
+    raise AssertionError("no 'tls handshake failed' line")
+
+
+def assert_no_errors_or_tracebacks(caplog) -> None:
+    """Nothing the gateway logged is louder than info; the test's own TLS 1.1 client may complain."""
+    loud = [
+        r
+        for r in caplog.records
+        if (r.levelno >= logging.WARNING or r.exc_info) and "SSLTransport_Socket client" not in r.getMessage()
+    ]
+    assert not loud, [(r.name, r.levelname, r.getMessage()[:200]) for r in loud]
+    assert "Traceback" not in caplog.text and "Logging error" not in caplog.text
+
+
+async def test_failed_tls_handshakes_are_audit_lines_with_a_reason(mtls_gateway, start_gateway, ca, other_ca, caplog):
+    import asyncio
+
+    caplog.set_level(logging.DEBUG)
+    gw = await mtls_gateway("required")
+    open_gw = await start_gateway(
+        wss_config("keystore.pem", "PEM", verify="none").replace("    password-file: keystore.pw\n", "", 1),
+        name="open.yaml",
+    )
+    locked, port = gw.port_of("echo"), open_gw.port_of("echo")
+
+    async def attempt(target: int, context: ssl.SSLContext | None, payload: bytes = b"") -> None:
+        try:
+            reader, writer = await asyncio.open_connection("localhost", target, ssl=context)
+            if payload:
+                writer.write(payload)
+                await asyncio.wait_for(reader.read(), 2)
+            writer.close()
+        except (ssl.SSLError, ConnectionError):
+            pass
+
+    old_tls = client_ssl(ca)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        old_tls.minimum_version, old_tls.maximum_version = ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1
+    old_tls.set_ciphers("ALL:@SECLEVEL=0")
+    cases = [
+        (port, None, b"", "closed before handshake"),  # a load balancer's health check
+        (port, None, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n", "protocol mismatch"),  # plain HTTP on TLS
+        (port, old_tls, b"", "protocol mismatch"),  # TLS 1.1
+        (locked, client_ssl(ca), b"GET /echo HTTP/1.1\r\n\r\n", "no client certificate"),
+        (
+            locked,
+            client_ssl(ca, other_ca.issue_cert("mallory@example.test")),
+            b"GET /echo HTTP/1.1\r\n\r\n",
+            "untrusted client certificate",
+        ),
+    ]
+    for seen, (target, context, payload, reason) in enumerate(cases):
+        await attempt(target, context, payload)
+        line = await next_tls_failure(caplog, seen)
+        assert line["reason"] == reason and line["remote"] == "127.0.0.1" and line["level"] == "info", line
+        assert line["logger"] == "wsgate.audit" and line["listener"].startswith("tls://localhost:")
+    assert_no_errors_or_tracebacks(caplog)
+    metrics = gw.runtime.metrics.exposition().decode() + open_gw.runtime.metrics.exposition().decode()
+    assert 'wsgate_tls_handshake_failures_total{reason="closed before handshake"} 1.0' in metrics
+    assert 'wsgate_tls_handshake_failures_total{reason="protocol mismatch"} 2.0' in metrics
+    assert 'wsgate_tls_handshake_failures_total{reason="no client certificate"} 1.0' in metrics
+    assert 'wsgate_tls_handshake_failures_total{reason="untrusted client certificate"} 1.0' in metrics
+    assert "handshake-timeout" not in metrics  # a failed handshake is not also counted as a slow client
+
+
+async def test_a_certificate_required_403_on_a_shared_port_is_audited(start_gateway, http, ca, pem_stores, caplog):
+    caplog.set_level(logging.INFO)
+    gw = await start_gateway(SHARED_PORT + SECURITY_PEM)
+    with pytest.raises(aiohttp.WSServerHandshakeError):
+        await echo_once(http, f"wss://localhost:{gw.port_of('locked')}/locked", client_ssl(ca))
+    line = await next_tls_failure(caplog, 0)
+    assert line["reason"] == "no client certificate" and line["remote"] == "127.0.0.1"
+    assert 'wsgate_tls_handshake_failures_total{reason="no client certificate"} 1.0' in (
+        gw.runtime.metrics.exposition().decode()
+    )
+
+
+async def test_other_loop_errors_still_log_with_their_traceback(mtls_gateway, caplog):
+    import asyncio
+
+    await mtls_gateway("none")  # a TLS listener installs the handshake audit on the loop
+    loop = asyncio.get_running_loop()
+    try:
+        raise RuntimeError("a real bug")
+    except RuntimeError as exc:
+        loop.call_exception_handler({"message": "Task exception was never retrieved", "exception": exc})
+    loop.call_exception_handler({"message": "SSL handshake failed", "exception": ConnectionResetError})  # not ours
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors[0].exc_info and "a real bug" in caplog.text and "Traceback" in caplog.text
+    assert errors[1].exc_info and isinstance(errors[1].exc_info[1], ConnectionResetError)
+    assert "Logging error" not in caplog.text
+
+
+async def test_a_tls_handshake_that_never_comes_is_audited_as_a_timeout(start_gateway, pem_stores, caplog):
+    import asyncio
+
+    caplog.set_level(logging.INFO)
+    config = wss_config("keystore.pem", "PEM").replace("    password-file: keystore.pw\n", "", 1)
+    gw = await start_gateway("limits:\n  handshake-timeout: 500ms\n" + config)
+    reader, writer = await asyncio.open_connection("localhost", gw.port_of("echo"))  # and no ClientHello
+    assert await asyncio.wait_for(reader.read(), 3) == b""
+    writer.close()
+    line = await next_tls_failure(caplog, 0)
+    assert line["reason"] == "timeout"
+    assert_no_errors_or_tracebacks(caplog)

@@ -27,9 +27,11 @@ from .config.model import GatewayConfig, Service, Store, TlsOptions
 from .config.values import Uri
 from .errors import ConfigError, GatewayError
 from .management.metrics import Metrics
+from .management.redact import REDACTOR
 from .security.keystore import load_store
 from .security.limits import GatewayLimits, ServiceLimits
 from .security.realms import RealmGuard, RealmRuntime
+from .security.sessions import cookie_name
 from .security.tls import ListenerTls
 from .services import create_service
 from .services.base import Runtime, ServiceHandler
@@ -77,6 +79,9 @@ class Gateway:
             realm_runtime.metrics = self.runtime.metrics
             realm_runtime.revocations = self.revocations
         self.runtime.realms = dict(security.realms)
+        for realm in security.realms.values():  # the names this config reads credentials from are masked in logs
+            auth = realm.authentication
+            REDACTOR.add(auth.http_query_parameters, auth.http_headers, (*auth.http_cookies, cookie_name(realm.name)))
         self.services: dict[str, ServiceHandler] = {}
         for service in config.services:
             handler = create_service(service, self.runtime)
@@ -156,6 +161,7 @@ class Gateway:
                     control=bool(service.realm_name),
                     verify_client=service.accept_options.tls.verify_client if uri.secure else "none",
                     limits=self.service_limits[service.name],
+                    keepalive_timeout=service.accept_options.keepalive_timeout,
                 )
             )
         return listener

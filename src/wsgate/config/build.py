@@ -101,7 +101,13 @@ SERVICE_TYPES: dict[str, dict[str, Any]] = {
     "directory": {
         "accept": ("http", "https"),
         "connect": (0, 0),
-        "properties": {"directory": "1", "welcome-file": "?", "error-pages-directory": "?", "options": "?"},
+        "properties": {
+            "directory": "1",
+            "welcome-file": "?",
+            "error-pages-directory": "?",
+            "options": "?",
+            "hidden-files": "?",
+        },
     },
     "proxy": {
         "accept": ("ws", "wss"),
@@ -389,6 +395,7 @@ class Builder:
             "on.client.message": (parse_choice, (("noop", "broadcast"),)),
             "accept": (parse_uri, (("tcp",),)),
             "options": (parse_choice, (("indexes",),)),
+            "hidden-files": (parse_choice, (("deny", "allow"),)),
         }
         for name, (parser, args) in checks.items():
             for value in props.get(name, ()):
@@ -432,6 +439,7 @@ class Builder:
             max_connections=self.pop(values, "connection.limit", parse_count, None),
             max_connections_per_ip=self.pop(values, "connection.limit.per.ip", parse_count, None),
             handshake_rate=self.pop(values, "handshake.rate.per.ip", parse_rate, None),
+            keepalive_timeout=self.pop(values, "http.keepalive.timeout", parse_duration, m.DEFAULT_KEEPALIVE_TIMEOUT),
         )
         self.leftover_options(values, "accept-options")
         return options
@@ -508,7 +516,7 @@ class Builder:
                     "tcp.maximum.outbound.rate",
                     "http.maximum.redirects",
                     "http.keepalive",
-                    "http.keepalive.timeout",
+                    "http.keepalive.timeout",  # connect side only: accept-options reads it
                     "http.keepalive.connections",
                     "http.max.authentication.attempts",
                 )
@@ -678,6 +686,7 @@ ACCEPT_OPTION_NAMES = (
     "ws.maximum.message.size",
     "ws.inactivity.timeout",
     "http.server.header",
+    "http.keepalive.timeout",
 )
 CONNECT_OPTION_NAMES = ("ssl.ciphers", "ssl.protocols", "ssl.client-certificate", "ws.inactivity.timeout", "ws.version")
 

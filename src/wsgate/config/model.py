@@ -19,6 +19,7 @@ EMPTY: Mapping[str, Any] = MappingProxyType({})
 DEFAULT_MAX_MESSAGE_SIZE = 128 * 1024
 DEFAULT_MAX_PENDING_BYTES = 64 * 1024
 DEFAULT_REVOCATION_TIMEOUT = 24 * 3600.0
+DEFAULT_KEEPALIVE_TIMEOUT = 30.0  # Kaazing's http.keepalive.timeout default
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class AcceptOptions:
     max_connections: int | None = None  # connection.limit → 503
     max_connections_per_ip: int | None = None  # connection.limit.per.ip → 429
     handshake_rate: tuple[float, float] | None = None  # handshake.rate.per.ip: (per second, burst) → 429
+    keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT  # http.keepalive.timeout: idle time between requests
 
 
 @dataclass(frozen=True)

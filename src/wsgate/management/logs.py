@@ -9,17 +9,21 @@ Three streams operators filter on by logger name:
 - everything else (``wsgate``, ``wsgate.proxy``, ...): operational events.
 
 Nothing logs a password, token or request URL (query tokens): the realm code never puts
-them in an event. stdlib ``logging`` calls are rendered the same way, so libraries' lines
-are JSON too.
+them in an event, and every record of every logger (libraries' included, whichever handler
+formats it) is masked when it is created (``redact``). stdlib ``logging`` calls are rendered
+the same way, so libraries' lines are JSON too.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
+
+from .redact import REDACTOR, install
 
 _SHARED: list[Any] = [
     structlog.stdlib.add_log_level,
@@ -40,10 +44,43 @@ def _route_through_stdlib() -> None:
 
 
 _route_through_stdlib()
+install()
+
+
+def _exception_text(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """A library's exception as (masked) text: the record factory formatted it already."""
+    exc_info = event.pop("exc_info", None)
+    record = event.get("_record")
+    text = getattr(record, "exc_text", None)
+    if text is None and exc_info:
+        text = logging.Formatter().formatException(exc_info)
+    if text:
+        event["exception"] = REDACTOR.text(text)
+    return event
+
+
+def _masked(_: Any, __: str, rendered: Any) -> str:
+    """The last look at the rendered line."""
+    return REDACTOR.text(rendered if isinstance(rendered, str) else str(rendered))
 
 
 def get_logger(name: str) -> Any:
     return structlog.get_logger(name)
+
+
+def log_formatter(fmt: str = "auto") -> logging.Formatter:
+    """The formatter of wsgate's handler: ``json`` or ``console`` (``auto``: console on a terminal)."""
+    if fmt == "auto":
+        fmt = "console" if sys.stderr.isatty() else "json"
+    renderer: Any = (
+        structlog.processors.JSONRenderer(sort_keys=False)
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    return structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*_SHARED, _exception_text],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer, _masked],
+    )
 
 
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:
@@ -52,17 +89,7 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     Like ``logging.basicConfig``, it leaves logging alone when the root logger already has
     handlers of someone else's.
     """
-    if fmt == "auto":
-        fmt = "console" if sys.stderr.isatty() else "json"
-    renderer: Any = (
-        structlog.processors.JSONRenderer(sort_keys=False)
-        if fmt == "json"
-        else structlog.dev.ConsoleRenderer(colors=False)
-    )
-    formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=_SHARED,
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
-    )
+    formatter = log_formatter(fmt)
     root = logging.getLogger()
     root.setLevel(getattr(logging, level.upper()))
     root.handlers = [h for h in root.handlers if not getattr(h, "wsgate", False)]

@@ -60,6 +60,13 @@ class Metrics:
             ["service", "limit"],
             registry=self.registry,
         )
+        self.tls_failures = Counter(
+            "wsgate_tls_handshake_failures",
+            "TLS handshakes that failed, by reason (closed before handshake, no client certificate, "
+            "untrusted client certificate, protocol mismatch, timeout, other)",
+            ["reason"],
+            registry=self.registry,
+        )
         self.reloads = Counter("wsgate_reloads", "Configuration reloads by result", ["result"], registry=self.registry)
         self.traffic = TrafficCollector(connections)
         self.registry.register(self.traffic)

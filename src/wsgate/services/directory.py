@@ -1,7 +1,9 @@
 """``directory``: static files (welcome file, mime mappings), e.g. the demo page.
 
 Files are served only from inside the configured directory: paths are resolved
-and checked, so ``..`` and symlinks that leave it give 404.
+and checked, so ``..`` and symlinks that leave it give 404. Hidden files and folders
+(any path segment starting with ``.``: ``.git/``, ``.env``, ``.htpasswd``) give the same
+404 and are left out of listings, unless the property ``hidden-files: allow`` says otherwise.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class DirectoryService(ServiceHandler):
         self.prefix = config.accepts[0].path.rstrip("/")
         self.error_pages: Path | None = None
         self.indexes = config.prop("options") == "indexes"
+        self.hidden_files = (config.prop("hidden-files") or "deny").strip().lower() == "allow"
         self.cache_rules = [_cache_rule(rule) for rule in config.properties.get("location", ())]
 
     def configure(self, web_root: Path) -> None:
@@ -87,8 +90,15 @@ class DirectoryService(ServiceHandler):
         return web.FileResponse(file, headers=headers)
 
     def resolve(self, relative: str) -> Path | None:
+        """The file or folder to serve, or None (404) for anything outside the root or hidden.
+
+        ``relative`` is already percent-decoded (``%2e`` is a dot), and both it and the resolved
+        path are checked: a symlink to a hidden file is as hidden as the file.
+        """
+        if self.hidden(relative):
+            return None
         candidate = (self.root / relative.lstrip("/")).resolve()
-        if not candidate.is_relative_to(self.root):
+        if not candidate.is_relative_to(self.root) or self.hidden("/".join(candidate.relative_to(self.root).parts)):
             return None
         if candidate.is_dir():
             welcome = candidate / self.welcome if self.welcome else None
@@ -97,9 +107,15 @@ class DirectoryService(ServiceHandler):
             return candidate if self.indexes else None
         return candidate if candidate.is_file() else None
 
+    def hidden(self, relative: str) -> bool:
+        """Any segment starting with ``.`` (``..`` included) is refused unless ``hidden-files: allow``."""
+        if self.hidden_files:
+            return False
+        return any(segment.startswith(".") for segment in relative.replace("\\", "/").split("/"))
+
     def listing(self, folder: Path, path: str) -> web.StreamResponse:
         """``options indexes``: a plain HTML list of the folder's entries (names escaped)."""
-        entries = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir() if not p.name.startswith("."))
+        entries = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir() if not self.hidden(p.name))
         items = "".join(f'<li><a href="{quote(e)}">{html.escape(e)}</a></li>' for e in entries)
         title = html.escape(path)
         body = f"<!doctype html><title>{title}</title><h1>{title}</h1><ul>{items}</ul>"

@@ -11,16 +11,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web, web_response
 
+from ..config.model import DEFAULT_KEEPALIVE_TIMEOUT
 from ..management.metrics import handshake_outcome
 from ..security.limits import GatewayLimits, Refusal, ServiceLimits
 from ..security.tls import PeerIdentity
+from .tls_audit import NO_CERTIFICATE, TlsAudit, install_exception_handler
 from .websocket import HANDSHAKE_DONE, is_upgrade
 
 if TYPE_CHECKING:
@@ -54,6 +56,7 @@ class Route:
     verify_client: str = "none"
     control: bool = False  # a protected service also answers <path>/.wsgate/… (sessions, refresh)
     limits: ServiceLimits | None = None
+    keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT  # idle time allowed after a response of this service
 
 
 @dataclass
@@ -62,7 +65,6 @@ class Listener:
     port: int
     ssl_context: ssl.SSLContext | None = None
     routes: list[Route] = field(default_factory=list)
-    keepalive_timeout: float = 75.0
     reuse_port: bool = False  # ``wsgate run --workers N``: N processes share the port, the kernel spreads accepts
     metrics: Metrics | None = None
     gate: GatewayLimits | None = None
@@ -70,9 +72,9 @@ class Listener:
     handshake_timeout: float = 10.0
     header_size: int = 8190
     tls_source: object = None  # what ssl_context was built from (Gateway.reload compares it)
+    tls_audit: TlsAudit | None = None  # failed TLS handshakes: audit lines and a metric
     _server: asyncio.Server | None = None
     _web: web.Server | None = None
-    _waiting: dict[int, asyncio.TimerHandle] = field(default_factory=dict)  # protocols without a request yet
 
     @property
     def secure(self) -> bool:
@@ -95,13 +97,10 @@ class Listener:
         return None
 
     async def start(self) -> None:
-        self._web = web.Server(
-            self.handle,
-            keepalive_timeout=self.keepalive_timeout,
-            access_log=None,
-            max_line_size=self.header_size,
-            max_field_size=self.header_size,
-        )
+        self._web = web.Server(self.handle, access_log=None)
+        if self.secure:
+            install_exception_handler(asyncio.get_running_loop())
+            self.tls_audit = self.tls_audit or TlsAudit(self)
         self._server = await self._bind(self.port)
         ports = {sock.getsockname()[1] for sock in self._server.sockets}
         if len(ports) > 1:  # port 0 on a name with several addresses: make them share the first port
@@ -129,6 +128,8 @@ class Listener:
             ssl_handshake_timeout=self.handshake_timeout if self.ssl_context is not None else None,
             **extra,
         )
+        if self.tls_audit is not None:
+            self.tls_audit.watch(server)
         return server
 
     def stop_accepting(self) -> None:
@@ -145,9 +146,8 @@ class Listener:
                 log.warning("listener %s:%d: connections still open after shutdown", self.host or "*", self.port)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        timer = self._waiting.pop(id(request.protocol), None)
-        if timer is not None:  # the first request arrived in time
-            timer.cancel()
+        if isinstance(request.protocol, HttpConnection):
+            request.protocol.head_complete()
         if request.path == CLIENT_JS_PATH and request.method in ("GET", "HEAD"):
             return web.FileResponse(CLIENT_JS, headers=CLIENT_JS_HEADERS)
         route = self.find((request.url.host or "").lower().rstrip("."), request.path)
@@ -160,7 +160,7 @@ class Listener:
             )
         upgrade = is_upgrade(request)
         if self.secure and route.verify_client == "required" and peer is None:
-            response: web.StreamResponse = web.Response(status=403, text="A client certificate is required.\n")
+            response: web.StreamResponse = self.certificate_required(request)
         elif upgrade:
             response = await self.upgrade(route, request, peer)
         else:
@@ -203,21 +203,123 @@ class Listener:
         text = "Too Many Requests\n" if refusal.status == 429 else "Service Unavailable\n"
         return web.Response(status=refusal.status, text=text, headers={"Retry-After": str(refusal.retry_after)})
 
-    def _protocol(self) -> web.RequestHandler:
-        """aiohttp's per-connection protocol, dropped if no request arrives within the handshake timeout."""
-        assert self._web is not None
-        protocol = self._web()
-        loop = asyncio.get_running_loop()
-        self._waiting[id(protocol)] = loop.call_later(self.handshake_timeout, self._too_slow, protocol)
-        return protocol
+    def certificate_required(self, request: web.BaseRequest) -> web.Response:
+        """A ``ssl.verify-client required`` service on a port that only asks for certificates: 403, audited."""
+        if self.tls_audit is not None:
+            self.tls_audit.report(NO_CERTIFICATE, remote=request.remote)
+        return web.Response(status=403, text="A client certificate is required.\n")
 
-    def _too_slow(self, protocol: web.RequestHandler) -> None:
-        if self._waiting.pop(id(protocol), None) is None:
-            return
-        if protocol.transport is not None:
-            protocol.transport.abort()
+    def _protocol(self) -> web.RequestHandler:
+        """aiohttp's per-connection protocol, with a deadline on every request head (see ``HttpConnection``)."""
+        assert self._web is not None
+        backstop = max([self.handshake_timeout, *(r.keepalive_timeout for r in self.routes)])
+        return HttpConnection(
+            self,
+            self._web,
+            loop=asyncio.get_running_loop(),
+            keepalive_timeout=backstop,  # aiohttp's own idle timer: ours (per service) fire first
+            access_log=None,
+            max_line_size=self.header_size,
+            max_field_size=self.header_size,
+        )
+
+    def idle_timeout(self, request: web.BaseRequest) -> float:
+        """How long a connection may wait for its next request after answering ``request``.
+
+        The service that answered decides; a request no service answered (404, the client
+        script) gets the shortest timeout of the port's services.
+        """
+        route = self.find((request.url.host or "").lower().rstrip("."), request.path)
+        if route is not None:
+            return route.keepalive_timeout
+        return min((r.keepalive_timeout for r in self.routes), default=DEFAULT_KEEPALIVE_TIMEOUT)
+
+    def too_slow(self, connection: web.RequestHandler) -> None:
+        """A request head that did not arrive within the handshake timeout: drop the socket, no answer."""
+        if connection.transport is not None:
+            connection.transport.abort()
         if self.metrics is not None:
             self.metrics.limited.labels("", "handshake-timeout").inc()
+
+
+class HttpConnection(web.RequestHandler):
+    """aiohttp's protocol with a deadline on every request head, not only the first (slowloris).
+
+    One timer per connection, in one of two roles:
+
+    - *head deadline* (``limits/handshake-timeout``): armed at accept, and again at the first byte
+      of each later request; cancelled when the complete head reaches ``Listener.handle``. A late
+      head aborts the socket.
+    - *keep-alive idle* (accept-option ``http.keepalive.timeout`` of the service that answered):
+      armed when a response is finished and the connection stays open; the next request's first
+      byte replaces it with a head deadline. An idle connection is closed.
+
+    A WebSocket (after 101) has neither: bytes then belong to the WebSocket reader.
+    """
+
+    __slots__ = ("listener", "timer", "awaiting_head", "accepted")
+
+    def __init__(self, listener: Listener, manager: web.Server, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self.listener = listener
+        self.awaiting_head = True
+        loop = kwargs["loop"]
+        self.accepted: float = loop.time()
+        self.timer: asyncio.TimerHandle | None = loop.call_later(listener.handshake_timeout, self._head_late)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.listener.tls_audit is not None:  # the TLS handshake completed: nothing to audit
+            self.listener.tls_audit.pending.pop(transport, None)
+        super().connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.awaiting_head and data and self._between_requests():
+            self._arm(self.listener.handshake_timeout, self._head_late)
+            self.awaiting_head = True
+        super().data_received(data)
+
+    def handshake_failed(self) -> None:
+        """Its TLS handshake failed (audited by ``TlsAudit``): nothing left to time."""
+        self.awaiting_head = False
+        self._disarm()
+
+    def head_complete(self) -> None:
+        """The request reached the handler in time."""
+        self.awaiting_head = False
+        self._disarm()
+
+    async def finish_response(
+        self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
+    ) -> tuple[web.StreamResponse, bool]:
+        result = await super().finish_response(request, resp, start_time)
+        if not self.awaiting_head and not self._upgraded and self._payload_parser is None and resp.keep_alive:
+            self._arm(self.listener.idle_timeout(request), self._idle)
+        return result
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _between_requests(self) -> bool:
+        return not self._request_in_progress and not self._upgraded and self._payload_parser is None
+
+    def _arm(self, delay: float, callback: Callable[[], None]) -> None:
+        self._disarm()
+        self.timer = asyncio.get_running_loop().call_later(delay, callback)
+
+    def _disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _head_late(self) -> None:
+        self.timer = None
+        self.listener.too_slow(self)
+
+    def _idle(self) -> None:
+        self.timer = None
+        if self._between_requests():
+            self.force_close()
 
 
 def _is_aiofastnet(method: object) -> bool:

@@ -14,8 +14,10 @@ from typing import TYPE_CHECKING
 
 from aiohttp import WSMsgType, web
 from aiohttp.http_websocket import WSMessage
+from multidict import CIMultiDict
 
 from ..config.model import AcceptOptions
+from ..security.challenges import SUBPROTOCOL_TOKEN_PREFIX, offered_subprotocols
 
 if TYPE_CHECKING:
     from ..security.realms import Identity
@@ -185,8 +187,25 @@ async def accept_websocket(
         ws.headers.update(headers)
     if timeout:
         ws._pong_heartbeat = timeout / 2  # aiohttp waits heartbeat/2 for the pong; Kaazing waits T/2
-    await ws.prepare(request)
+    await ws.prepare(_without_token_offers(request))
     done = request.get(HANDSHAKE_DONE)
     if done is not None:
         done()
     return ws
+
+
+def _without_token_offers(request: web.BaseRequest) -> web.BaseRequest:
+    """The request as aiohttp's handshake should see it: no ``wsgate.token.`` subprotocol offers.
+
+    aiohttp logs the client's offers when none is accepted; credentials must not be among them
+    (and are never selected, so the 101 is the same).
+    """
+    header = request.headers.get("Sec-WebSocket-Protocol")
+    if header is None or SUBPROTOCOL_TOKEN_PREFIX not in header.lower():
+        return request
+    offers = [o for o in offered_subprotocols(header) if not o.lower().startswith(SUBPROTOCOL_TOKEN_PREFIX)]
+    headers = CIMultiDict(request.headers)
+    del headers["Sec-WebSocket-Protocol"]
+    if offers:
+        headers["Sec-WebSocket-Protocol"] = ", ".join(offers)
+    return request.clone(headers=headers)
