@@ -185,7 +185,7 @@ async def test_revoking_the_principal_closes_every_spelling(directory, http):
     gw = await directory()
     spellings = ["alice", "ALICE", " alice", "alice "]
     sockets = [await connect(http, gw, "users", basic(name, "alicepw")) for name in spellings]
-    assert gw.revoke(user="alice") == len(spellings)
+    assert await gw.revoke(user="alice") == len(spellings)
     for ws in sockets:
         assert (await asyncio.wait_for(ws.receive(), 2)).data == 1008
         await ws.close()
