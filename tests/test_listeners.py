@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import textwrap
 
 import aiohttp
@@ -142,3 +144,41 @@ async def test_port_in_use_is_a_clear_error(start_gateway, tmp_path):
     )
     with pytest.raises(ConfigError, match="cannot bind: .*is another process on that port"):
         await second.start()
+
+
+ECHO_ONLY = """
+service:
+  - name: echo
+    accept: ws://127.0.0.1:0/echo
+    type: echo
+"""
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /echo?access_token=" + b"A" * 9000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        b"GET /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Long: " + b"B" * 9000 + b"\r\n\r\n",
+        b"GET /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nbad header line\r\n\r\n",
+        b"GET /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: x\r\n\r\n",
+        b"GET /echo HTTP/9.9\r\nHost: 127.0.0.1\r\n\r\n",
+    ],
+    ids=["long-line", "long-header", "no-colon", "bad-length", "bad-version"],
+)
+async def test_a_request_aiohttp_cannot_parse_is_an_audit_line_not_an_error(start_gateway, caplog, request_bytes):
+    """A malformed request is the client's business: 400, one info audit line, no ERROR and no traceback."""
+    caplog.set_level(logging.DEBUG)
+    gw = await start_gateway(ECHO_ONLY)
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port_of("echo"))
+    writer.write(request_bytes)
+    status_line = await asyncio.wait_for(reader.readline(), 5)
+    writer.close()
+    assert status_line.split()[1] == b"400"
+    for _ in range(50):
+        lines = [r.msg for r in caplog.records if isinstance(r.msg, dict) and r.msg.get("event") == "bad request"]
+        if lines:
+            break
+        await asyncio.sleep(0.02)
+    assert lines and lines[0]["status"] == 400 and lines[0]["remote"] == "127.0.0.1"
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert "Traceback" not in caplog.text

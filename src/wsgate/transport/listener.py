@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web, web_response
+from aiohttp.http_exceptions import HttpProcessingError
 
 from ..config.model import DEFAULT_KEEPALIVE_TIMEOUT
+from ..management.logs import get_logger
 from ..management.metrics import handshake_outcome
 from ..security.limits import GatewayLimits, Refusal, ServiceLimits
 from ..security.tls import PeerIdentity
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
     from ..services.base import ServiceHandler
 
 log = logging.getLogger("wsgate.listener")
+audit = get_logger("wsgate.audit")
 # The browser client, served by every listener at a well-known path (docs/clients.md).
 CLIENT_JS_PATH = "/.wsgate/client.js"
 CLIENT_JS = Path(__file__).parent.parent / "resources" / "client" / "wsgate-client.js"
@@ -299,6 +302,26 @@ class HttpConnection(web.RequestHandler):
     def connection_lost(self, exc: BaseException | None) -> None:
         self._disarm()
         super().connection_lost(exc)
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        """A request aiohttp could not parse is the client's fault: one audit line, no traceback.
+
+        The exception's text quotes the client's bytes (tokens in a request line or header), so
+        only its type is kept; the client gets aiohttp's 400 as before. Anything else is ours and
+        keeps its traceback.
+        """
+        exc = kw.get("exc_info")
+        if isinstance(exc, HttpProcessingError):
+            remote = self.transport.get_extra_info("peername") if self.transport is not None else None
+            audit.info(
+                "bad request",
+                listener=f"{self.listener.host or '*'}:{self.listener.port}",
+                remote=remote[0] if isinstance(remote, tuple) else None,
+                status=exc.code,
+                reason=type(exc).__name__,
+            )
+            return
+        super().log_exception(*args, **kw)
 
     def _between_requests(self) -> bool:
         return not self._request_in_progress and not self._upgraded and self._payload_parser is None
