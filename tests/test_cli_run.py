@@ -185,6 +185,12 @@ async def test_sighup_reloads_and_logs_are_json_lines(tmp_path, unused_tcp_port)
             await _lines_until(process.stderr, "reload rejected", 1)
             await kept.send_str("still")
             assert (await kept.receive()).data == "still"
+            # The reload after one that added a service applies too (it once raised KeyError, unreported).
+            three = f"    accept: ws://127.0.0.1:{unused_tcp_port}/three\n    type: echo\n"
+            two = f"  - name: two\n    accept: ws://127.0.0.1:{unused_tcp_port}/two\n    type: echo\n"
+            config.write_text(one + two + "  - name: three\n" + three)
+            process.send_signal(signal.SIGHUP)
+            await _lines_until(process.stderr, r"configuration reloaded: 2 unchanged, 1 added", 1)
             await kept.close()
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 10) == 0

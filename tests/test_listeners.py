@@ -142,8 +142,13 @@ async def test_port_in_use_is_a_clear_error(start_gateway, tmp_path):
     second = plan(
         tmp_path, f"service:\n  - name: x\n    accept: ws://127.0.0.1:{gw.port_of('echo')}/x\n    type: echo\n"
     )
-    with pytest.raises(ConfigError, match="cannot bind: .*is another process on that port"):
+    port = gw.port_of("echo")
+    with pytest.raises(ConfigError) as error:
         await second.start()
+    assert str(error.value) == (
+        f"service[x]/accept: cannot bind 127.0.0.1:{port}: address already in use; "
+        "another process listens there: stop it or choose another port"
+    )
 
 
 ECHO_ONLY = """

@@ -258,7 +258,12 @@ async def _serve(gateway: Gateway, grace: float, supervisor: int | None = None) 
     def reload() -> None:
         task = loop.create_task(gateway.reload())
         reloads.add(task)
-        task.add_done_callback(reloads.discard)
+        task.add_done_callback(reload_done)
+
+    def reload_done(task: asyncio.Task[tuple[bool, str]]) -> None:
+        reloads.discard(task)
+        if not task.cancelled():
+            task.exception()  # a ReloadFailed is logged with its traceback and counted by the gateway
 
     loop.add_signal_handler(signal.SIGHUP, reload)
     if supervisor is not None:

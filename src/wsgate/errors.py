@@ -5,6 +5,7 @@
     GatewayError
     ├── ConfigError          an operator's config is wrong (names the element and the fix)
     ├── TlsSetupError        keystore / truststore cannot be turned into a TLS context (a ConfigError)
+    ├── ReloadFailed         a reload broke for an unexpected reason; the running configuration stays
     └── BackendError         a back end refused, dropped or failed verification (close code 1011/1014)
 
 Peers' protocol errors (bad upgrade, oversized message) are answered with an HTTP
@@ -12,6 +13,9 @@ status or a WebSocket close code by the transport and never raised past it.
 """
 
 from __future__ import annotations
+
+import errno
+import socket
 
 
 class GatewayError(Exception):
@@ -50,3 +54,36 @@ class BackendError(GatewayError):
     def __init__(self, message: str, close_code: int = 1011) -> None:
         super().__init__(message)
         self.close_code = close_code
+
+
+class ReloadFailed(GatewayError):
+    """A reload failed for a reason other than a refused config (a bug): logged with its traceback."""
+
+
+# The usual causes of a failed bind, and what the operator does about each.
+_BIND_FIXES = {
+    errno.EADDRINUSE: ("address already in use", "another process listens there: stop it or choose another port"),
+    errno.EACCES: (
+        "permission denied",
+        "ports below 1024 need root or CAP_NET_BIND_SERVICE: grant it or choose a port of 1024 or more",
+    ),
+    errno.EADDRNOTAVAIL: (
+        "address not available",
+        "the host is no address of this machine: use one of its addresses, or 0.0.0.0 for all of them",
+    ),
+}
+
+
+def bind_error(exc: OSError, where: str, address: str | None = None) -> ConfigError:
+    """A ``ConfigError`` for a socket that could not be bound: ``where`` (the services), the address,
+    the cause, and a fix that fits the cause."""
+    cause = exc.strerror or str(exc)
+    if address:
+        cause = cause.rsplit(": ", 1)[-1]  # asyncio prefixes the address it tried, named here already
+    if isinstance(exc, socket.gaierror):
+        what, fix = f"host does not resolve ({cause})", "fix the host name (or its *.bind) or use an IP address"
+    else:
+        what, fix = _BIND_FIXES.get(exc.errno or 0, (cause, "check the address and the system's limits"))
+    if not address:
+        return ConfigError(where, f"cannot start: {cause}; {fix}")
+    return ConfigError(where, f"cannot bind {address}: {what}; {fix}")

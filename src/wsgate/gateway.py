@@ -17,7 +17,7 @@ import os
 import re
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from typing import Any
 from .config.build import BIND_LAYERS
 from .config.model import GatewayConfig, Service, Store, TlsOptions
 from .config.values import Uri
-from .errors import ConfigError, GatewayError
+from .errors import ConfigError, GatewayError, ReloadFailed, bind_error
 from .management.metrics import Metrics
 from .management.redact import REDACTOR
 from .security.keystore import load_store
@@ -48,6 +48,10 @@ except PackageNotFoundError:  # running from a source tree
     VERSION = "unknown"
 
 BindKey = tuple[str | None, int]
+# What a reload replaces: the switch in ``_adopt`` assigns each of these from the new gateway. Every
+# other attribute outlives reloads (tests check that each attribute is in exactly one of the two).
+_PER_CONFIG = ("config", "runtime", "realms", "services", "service_limits", "gate", "listeners")
+_KEPT = ("reuse_port", "loader", "started", "retired", "_reloading", "revocations")
 
 
 class Gateway:
@@ -196,16 +200,16 @@ class Gateway:
     # -- running -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        for service in self.services.values():
-            await service.start()
+        """Start the services, then bind every listener; on failure stop what started and raise
+        a ``ConfigError`` naming the service(s), the address and the cause."""
         try:
+            for service in self.services.values():
+                await _start_service(service)
             for listener in self.listeners.values():
-                await listener.start()
-        except OSError as exc:
+                await _bind(listener)
+        except BaseException:
             await self.stop(0)
-            raise ConfigError(
-                "service/accept", f"cannot bind: {exc.strerror or exc}; is another process on that port?"
-            ) from None
+            raise
 
     def port_of(self, service_name: str, index: int = 0) -> int:
         """The bound port of a service's accept URI (tests use port 0)."""
@@ -327,6 +331,9 @@ class Gateway:
         their handler and live connections; changed services' connections close with 1012 (service restart) so
         clients reconnect to the new version; removed services' with 1001. Listeners keep their
         socket unless their TLS material changed (then new handshakes get the new certificates).
+
+        Returns ``(True, changes)`` or ``(False, located error)`` for a refused config. Any other
+        failure is logged with its traceback, counted as ``failed``, undone, and raised as ``ReloadFailed``.
         """
         metrics = self.runtime.metrics
         assert metrics is not None
@@ -335,44 +342,49 @@ class Gateway:
                 return False, "this gateway was not started from a config file"
             try:
                 fresh = Gateway(self.loader(), self.reuse_port, self.loader)
+                changes = await self._adopt(fresh)
             except GatewayError as exc:
                 metrics.reloads.labels("rejected").inc()
                 log.error("reload rejected, the running configuration stays: %s", exc)
                 return False, str(exc)
-            changes = await self._adopt(fresh)
+            except Exception as exc:
+                metrics.reloads.labels("failed").inc()
+                log.exception("reload failed, the running configuration stays")
+                raise ReloadFailed(
+                    f"reload failed, the running configuration stays: {type(exc).__name__}: {exc} "
+                    "(an internal error: the gateway log has the traceback; please report it)"
+                ) from exc
             metrics.reloads.labels("applied").inc()
             log.info("configuration reloaded: %s", changes)
             return True, changes
 
     async def _adopt(self, fresh: Gateway) -> str:
+        """Make ``fresh`` the running gateway, or raise with the running one untouched.
+
+        Everything that can fail (starting services, binding sockets) happens before the switch and is
+        undone if it fails; the switch itself replaces every attribute in ``_PER_CONFIG`` at once.
+        """
         unchanged = {name for name in fresh.services if self._unchanged(name, fresh)}
         removed = set(self.services) - set(fresh.services)
         changed = set(self.services) - removed - unchanged
         added = set(fresh.services) - set(self.services)
-        # Realms whose config did not change keep their runtime: sessions and pools survive.
-        for name, realm in list(fresh.realms.items()):
-            if name in self.realms and self.config.security.realms[name] == fresh.config.security.realms[name]:
-                await realm.close()
-                fresh.realms[name] = self.realms[name]
-        # One registry of live connections across reloads; kept handlers move to the new runtime.
-        fresh.runtime.connections = self.runtime.connections
-        fresh.runtime.by_id = self.runtime.by_id
-        fresh.runtime.metrics = self.runtime.metrics
+        await self._share_state(fresh, unchanged)
+        started: list[ServiceHandler] = []
+        try:
+            for name in sorted(added | changed):
+                await _start_service(fresh.services[name])
+                started.append(fresh.services[name])
+            await self._swap_listeners(fresh)
+        except BaseException:
+            for handler in started:
+                await handler.stop()
+            for name, realm in fresh.realms.items():
+                if self.realms.get(name) is not realm:
+                    await realm.close()
+            raise
+        # The switch: nothing from here on can fail.
         for name in unchanged:
-            handler = self.services[name]
-            handler.runtime = fresh.runtime
-            fresh.services[name] = handler
-            fresh.service_limits[name] = self.service_limits[name]  # its counts of open connections
-        if fresh.config.limits == self.config.limits:
-            fresh.gate = self.gate
-        fresh.revocations = fresh.runtime.revocations = self.revocations  # a reload never lifts a revocation
-        for realm_runtime in fresh.realms.values():
-            realm_runtime.metrics = fresh.runtime.metrics
-            realm_runtime.revocations = self.revocations
-        fresh.listeners = fresh._plan_listeners()
-        for name in added | changed:
-            await fresh.services[name].start()
-        await self._swap_listeners(fresh)
+            self.services[name].runtime = fresh.runtime
         for connection in list(self.runtime.connections):
             if connection.service in removed:
                 connection.expire_now(CloseCode.GOING_AWAY, "service removed")
@@ -380,13 +392,36 @@ class Gateway:
                 connection.expire_now(CloseCode.SERVICE_RESTART, "service restarted")
         retiring = [self.services[name] for name in removed | changed]
         old_realms = [r for name, r in self.realms.items() if fresh.realms.get(name) is not r]
-        self.config, self.services, self.realms = fresh.config, fresh.services, fresh.realms
-        self.listeners, self.runtime = fresh.listeners, fresh.runtime
+        for attribute in _PER_CONFIG:
+            setattr(self, attribute, getattr(fresh, attribute))
         self.runtime.control = self
         asyncio.get_running_loop().create_task(self._retire(retiring, old_realms))
         return f"{len(unchanged)} unchanged, {len(added)} added, {len(changed)} changed, {len(removed)} removed" + (
             f" ({', '.join(sorted(added | changed | removed))})" if added | changed | removed else ""
         )
+
+    async def _share_state(self, fresh: Gateway, unchanged: set[str]) -> None:
+        """Give ``fresh`` what outlives a reload (connections, metrics, revocations, kept services and
+        realms, their counters); changes only ``fresh``."""
+        # Realms whose config did not change keep their runtime: sessions and pools survive.
+        for name in list(fresh.realms):
+            if name in self.realms and self.config.security.realms[name] == fresh.config.security.realms[name]:
+                await fresh.realms[name].close()
+                fresh.realms[name] = self.realms[name]
+        # One registry of live connections across reloads; kept handlers move to the new runtime at the switch.
+        fresh.runtime.connections = self.runtime.connections
+        fresh.runtime.by_id = self.runtime.by_id
+        fresh.runtime.metrics = self.runtime.metrics
+        for name in unchanged:
+            fresh.services[name] = self.services[name]
+            fresh.service_limits[name] = self.service_limits[name]  # its counts of open connections
+        if fresh.config.limits == self.config.limits:
+            fresh.gate = self.gate  # its count of handshakes in progress
+        fresh.revocations = fresh.runtime.revocations = self.revocations  # a reload never lifts a revocation
+        for realm_runtime in fresh.realms.values():
+            realm_runtime.metrics = fresh.runtime.metrics
+            realm_runtime.revocations = self.revocations
+        fresh.listeners = fresh._plan_listeners()
 
     def _unchanged(self, name: str, fresh: Gateway) -> bool:
         if name not in self.services:
@@ -404,20 +439,32 @@ class Gateway:
         return not backend_tls or same_keys
 
     async def _swap_listeners(self, fresh: Gateway) -> None:
+        """Bind what ``fresh`` needs anew (undone if any bind fails), then hand kept sockets their new routes."""
+        undo: list[Callable[[], Awaitable[None]]] = []
+        try:
+            for key, listener in fresh.listeners.items():
+                current = self.listeners.get(key)
+                if current is not None and _same_socket(current, listener):
+                    continue
+                if current is not None:  # new TLS material: a new socket on the same port
+                    current.stop_accepting()
+                    undo.append(current.resume)
+                    listener.port = current.port  # the same port, even where the config says 0
+                await _bind(listener)
+                undo.append(listener.abandon)
+        except BaseException:
+            for step in reversed(undo):
+                await step()
+            raise
         for key, listener in list(fresh.listeners.items()):
             current = self.listeners.get(key)
-            same_socket = (current.tls_source, current.header_size) if current is not None else None
-            if current is not None and same_socket == (listener.tls_source, listener.header_size):
+            if current is not None and _same_socket(current, listener):
                 # Same socket, new routes and limits: nothing in flight is touched.
                 current.routes, current.gate = listener.routes, listener.gate
                 current.handshake_timeout = listener.handshake_timeout
                 fresh.listeners[key] = current
-                continue
-            if current is not None:
-                current.stop_accepting()
+            elif current is not None:
                 self.retired.append(current)
-                listener.port = current.port  # the same port, even where the config says 0
-            await listener.start()
         for key, listener in self.listeners.items():
             if key not in fresh.listeners:
                 listener.stop_accepting()
@@ -435,6 +482,29 @@ class Gateway:
             await handler.stop()
         for realm in realms:
             await realm.close()
+
+
+def _same_socket(current: Listener, planned: Listener) -> bool:
+    """A reload keeps a listener's socket while what its TLS context and parser were built from is unchanged."""
+    return (current.tls_source, current.header_size) == (planned.tls_source, planned.header_size)
+
+
+async def _start_service(handler: ServiceHandler) -> None:
+    """Services that bind or dial at start (a broadcast feed) fail with their name and the cause."""
+    try:
+        await handler.start()
+    except OSError as exc:
+        raise bind_error(exc, f"service[{handler.name}]") from None
+
+
+async def _bind(listener: Listener) -> None:
+    """Bind ``listener``; a failure names the services it serves, the address and a fix for the cause."""
+    try:
+        await listener.start()
+    except OSError as exc:
+        names = sorted({route.service.name for route in listener.routes})
+        where = ", ".join(f"service[{name}]/accept" for name in names)
+        raise bind_error(exc, where, f"{listener.host or '*'}:{listener.port}") from None
 
 
 def unverified_jwt_claims(token: str) -> tuple[str | None, float | None]:

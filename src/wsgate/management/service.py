@@ -15,7 +15,8 @@ and marked ``insecure``). Under its accept path:
     GET    /api/revocations       revocations in force: [{"key": "user:joe" | "jti:…" | "token:<sha256>", "until"}]
     POST   /api/revocations       {"user": …} or {"token": …}: revoke (a token until its exp)
     DELETE /api/revocations/<key> lift a revocation early
-    POST   /api/reload            re-read the config; answers with the located error if it is refused
+    POST   /api/reload            re-read the config; answers 422 with the located error if it is refused,
+                                  500 if it failed otherwise (the running configuration stays either way)
     GET    /live                  WebSocket: the services and sessions every second, for the console
     GET    /metrics               Prometheus exposition
 
@@ -37,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from aiohttp import WSMsgType, web
 
 from ..config.model import Service
+from ..errors import ReloadFailed
 from ..security.realms import IDENTITY_KEY
 from ..services.base import Runtime, ServiceHandler, service_type
 from ..transport.websocket import is_upgrade
@@ -162,7 +164,9 @@ class ManagementService(OperatorService):
         path = self.relative(request)
         try:
             response = await self.route(request, path)
-        except (ValueError, KeyError):
+        except ReloadFailed as exc:  # logged with its traceback by the gateway
+            response = web.json_response({"reloaded": False, "message": str(exc)}, status=500)
+        except ValueError:  # the request's body or path (an internal error is a 500, logged by aiohttp)
             response = web.json_response({"error": "bad request"}, status=400)
         response.headers.setdefault("Cache-Control", "no-store")
         response.headers.update(self.cors(request))

@@ -135,6 +135,15 @@ class Listener:
             self.tls_audit.watch(server)
         return server
 
+    async def resume(self) -> None:
+        """Accept again on the same port after ``stop_accepting`` (a reload that failed gives it back)."""
+        self._server = await self._bind(self.port)
+
+    async def abandon(self) -> None:
+        """Close a listener that a failed reload had bound, before it served anything of note."""
+        self.stop_accepting()
+        await self.shutdown(0.5)
+
     def stop_accepting(self) -> None:
         if self._server is not None:
             self._server.close()
