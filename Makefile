@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-deps lint bench clean
+.PHONY: run test test-deps lint wheel-check bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ test-deps:  ## install the Debian packages tests need, if missing
 
 test: lint test-deps  ## install what tests need, check, and run the tests
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Part of `make test` too (tests/test_wheel.py): a wheel in a fresh venv, away from src/, where a resource
+# missing from the package data shows (an editable install hides it).
+wheel-check: $(STAMP)  ## build the wheel, install it into a fresh venv, check-config the examples, serve one echo
+	$(BIN)/python -m pytest tests/test_wheel.py $(PYTEST_ARGS)
 
 bench: $(STAMP)  ## wsgate against reference servers in one run (not part of make test)
 	$(BIN)/pip install -q 'websockify==0.13.0' 'picows==2.3.1'
