@@ -6,6 +6,7 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import sys
 
 import aiohttp
@@ -198,3 +199,49 @@ async def test_sighup_reloads_and_logs_are_json_lines(tmp_path, unused_tcp_port)
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def test_workers_whose_port_is_taken_report_the_bind_error_once_and_exit_2(tmp_path, unused_tcp_port):
+    taken = socket.socket()  # no SO_REUSEPORT: the workers cannot share this port
+    taken.bind(("127.0.0.1", unused_tcp_port))
+    taken.listen()
+    try:
+        process = await start_workers(tmp_path, unused_tcp_port, 2)
+        try:
+            _, err = await asyncio.wait_for(process.communicate(), 15)
+        finally:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    finally:
+        taken.close()
+    message = (
+        f"wsgate: service[echo]/accept: cannot bind 127.0.0.1:{unused_tcp_port}: address already in use; "
+        "another process listens there: stop it or choose another port\n"
+    ).encode()
+    assert process.returncode == 2
+    assert err.count(b"address already in use") == 1 and err.endswith(message)
+    assert b"restarting" not in err and b"Traceback" not in err
+
+
+async def test_a_worker_that_keeps_dying_is_restarted_later_each_time(tmp_path, unused_tcp_port):
+    process = await start_workers(tmp_path, unused_tcp_port, 2)
+    try:
+        victim = int((await _lines_until(process.stderr, r"worker 0 started \(pid (\d+)\)", 1))[0].group(1))
+        await _lines_until(process.stderr, "ready at", 2)  # both serve: start-up is over
+        for delay in ("1", "2"):  # doubles while the worker dies soon after each restart
+            os.kill(victim, signal.SIGKILL)
+            await _lines_until(
+                process.stderr, rf"worker 0 \(pid {victim}\) exited with -9; restarting it in {delay}s", 1
+            )
+            victim = int((await _lines_until(process.stderr, r"worker 0 started \(pid (\d+)\)", 1))[0].group(1))
+            await _lines_until(process.stderr, "ready at", 1)
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 15) == 0
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        await process.wait()

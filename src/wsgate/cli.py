@@ -22,7 +22,7 @@ from .config import (
     properties_from_env,
 )
 from .config.model import Service
-from .errors import ConfigError, GatewayError
+from .errors import ConfigError, GatewayError, WorkerFailed
 from .management.logs import configure_logging
 
 if TYPE_CHECKING:
@@ -31,27 +31,81 @@ if TYPE_CHECKING:
 log = logging.getLogger("wsgate")
 
 
+# Exit codes of every command (docs/operations.md, "Exit codes").
+EXIT_OK = 0  # done, or stopped by SIGTERM/SIGINT after serving
+EXIT_FAILED = 1  # the system refused something: a file not written, workers that could not start
+EXIT_CONFIG = 2  # the config (or a command-line argument) is wrong; the message names the element
+EXIT_INTERRUPTED = 130  # Ctrl-C before the gateway was serving
+EXIT_BROKEN_PIPE = 141  # whoever read the output stopped reading (``| head``); nothing more is printed
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; every failure ends as one line on stderr and a documented exit code."""
     args = _parser().parse_args(argv)
+    try:
+        code = _command(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return code
+    except WorkerFailed as exc:
+        return _fail(str(exc), EXIT_FAILED)
+    except GatewayError as exc:
+        return _fail(str(exc), EXIT_CONFIG)
+    except BrokenPipeError:
+        _discard_stdout()
+        return EXIT_BROKEN_PIPE
+    except OSError as exc:
+        return _fail(describe_os_error(exc), EXIT_FAILED)
+    except KeyboardInterrupt:
+        return _fail("interrupted", EXIT_INTERRUPTED)
+
+
+def _command(args: argparse.Namespace) -> int:
     if args.command == "default-config":
         return _default_config(args.directory)
     configure_logging(args.log_level, args.log_format)
+    overrides = {**properties_from_env(os.environ), **_properties(args.property)}
+    path = args.config
+
+    def loader() -> GatewayConfig:
+        return load_config(path, overrides) if path else load_default_config(overrides)
+
+    config = loader()
+    if args.command == "check-config":
+        return _check(config)
+    if args.workers > 1:
+        return _run_workers(config, args.loop, args.grace, args.workers, loader)
+    return _run(config, args.loop, args.grace, loader=loader)
+
+
+def _fail(message: str, code: int) -> int:
     try:
-        overrides = {**properties_from_env(os.environ), **_properties(args.property)}
-        path = args.config
+        print(f"wsgate: {message}", file=sys.stderr)
+    except OSError:
+        pass  # stderr is gone too: the exit code still tells
+    return code
 
-        def loader() -> GatewayConfig:
-            return load_config(path, overrides) if path else load_default_config(overrides)
 
-        config = loader()
-        if args.command == "check-config":
-            return _check(config)
-        if args.workers > 1:
-            return _run_workers(config, args.loop, args.grace, args.workers, loader)
-        return _run(config, args.loop, args.grace, loader=loader)
-    except GatewayError as exc:
-        print(f"wsgate: {exc}", file=sys.stderr)
-        return 2
+def _discard_stdout() -> None:
+    """The reader is gone: send what is still buffered nowhere, so the interpreter's exit cannot fail on it."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def _why_not_writable(target: Path, exc: OSError) -> str:
+    """Name the file in the way when a folder cannot be made, else the system's reason."""
+    for parent in (target, *target.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                return f"{parent} is a file, not a folder; choose another folder"
+            break
+    return describe_os_error(exc)
+
+
+def describe_os_error(exc: OSError) -> str:
+    """``Not a directory: 'afile/sub'`` rather than a traceback."""
+    cause = exc.strerror or type(exc).__name__
+    return f"{cause}: {exc.filename!r}" if exc.filename is not None else f"{cause} ({exc})"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -123,10 +177,13 @@ def _default_config(directory: str | None) -> int:
     existing = [name for name in files if (target / name).exists()]
     if existing:
         print(f"wsgate: {', '.join(existing)} already exist in {target}; nothing written", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     for name, data in files.items():
-        (target / name).parent.mkdir(parents=True, exist_ok=True)
-        (target / name).write_bytes(data)
+        try:
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            (target / name).write_bytes(data)
+        except OSError as exc:
+            return _fail(f"cannot write {name} to {target}: {_why_not_writable(target, exc)}", EXIT_FAILED)
     print(f"wrote {', '.join(sorted(files))} to {target}; next: wsgate run {target / 'gateway.yaml'}")
     return 0
 
@@ -196,13 +253,14 @@ def _run(
     grace: float,
     worker: bool = False,
     loader: Callable[[], GatewayConfig] | None = None,
+    ready: Callable[[], None] | None = None,
 ) -> int:
     from .gateway import Gateway
 
     gateway = Gateway(config, reuse_port=worker, loader=loader)
     loop = new_event_loop(loop_kind)
     try:
-        loop.run_until_complete(_serve(gateway, grace, os.getppid() if worker else None))
+        loop.run_until_complete(_serve(gateway, grace, os.getppid() if worker else None, ready))
     finally:
         loop.close()
     return 0
@@ -224,7 +282,9 @@ def _run_workers(
             "give the accept (or its *.bind) a port number",
         )
     log.info("starting %d workers (SO_REUSEPORT)", workers)
-    return supervise(workers, lambda slot: _run(config, loop_kind, grace, worker=True, loader=loader))
+    return supervise(
+        workers, lambda slot, ready: _run(config, loop_kind, grace, worker=True, loader=loader, ready=ready)
+    )
 
 
 def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
@@ -247,8 +307,10 @@ def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
     return loop
 
 
-async def _serve(gateway: Gateway, grace: float, supervisor: int | None = None) -> None:
-    """Run until SIGTERM/SIGINT, or (a worker) until its supervisor is gone."""
+async def _serve(
+    gateway: Gateway, grace: float, supervisor: int | None = None, ready: Callable[[], None] | None = None
+) -> None:
+    """Run until SIGTERM/SIGINT, or (a worker) until its supervisor is gone; ``ready()`` once serving."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -279,6 +341,8 @@ async def _serve(gateway: Gateway, grace: float, supervisor: int | None = None) 
                 uri,
                 gateway.port_of(service.name, index),
             )
+    if ready is not None:
+        ready()
     await stop.wait()
     log.info("shutting down: no new connections, closing open ones with 1001")
     await gateway.stop(grace)

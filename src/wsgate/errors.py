@@ -6,6 +6,7 @@
     ├── ConfigError          an operator's config is wrong (names the element and the fix)
     ├── TlsSetupError        keystore / truststore cannot be turned into a TLS context (a ConfigError)
     ├── ReloadFailed         a reload broke for an unexpected reason; the running configuration stays
+    ├── WorkerFailed         a ``--workers`` worker died before serving, for a reason other than its config
     └── BackendError         a back end refused, dropped or failed verification (close code 1011/1014)
 
 Peers' protocol errors (bad upgrade, oversized message) are answered with an HTTP
@@ -58,6 +59,10 @@ class BackendError(GatewayError):
 
 class ReloadFailed(GatewayError):
     """A reload failed for a reason other than a refused config (a bug): logged with its traceback."""
+
+
+class WorkerFailed(GatewayError):
+    """A worker of ``wsgate run --workers`` could not start; names the worker and its error."""
 
 
 # The usual causes of a failed bind, and what the operator does about each.
