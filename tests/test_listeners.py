@@ -9,6 +9,7 @@ import textwrap
 import aiohttp
 import pytest
 
+from wsgate.cli import main
 from wsgate.config import load_config
 from wsgate.errors import ConfigError
 from wsgate.gateway import Gateway
@@ -149,6 +150,33 @@ async def test_port_in_use_is_a_clear_error(start_gateway, tmp_path):
         f"service[x]/accept: cannot bind 127.0.0.1:{port}: address already in use; "
         "another process listens there: stop it or choose another port"
     )
+
+
+NOWHERE = "service:\n  - name: echo\n    accept: ws://nohost.invalid:8000/echo\n    type: echo\n"
+
+
+def test_check_config_names_a_bind_host_that_does_not_resolve(tmp_path, capsys):
+    (tmp_path / "g.yaml").write_text(NOWHERE)
+    assert main(["check-config", str(tmp_path / "g.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "wsgate: service[echo]/accept: ws://nohost.invalid:8000/echo binds nohost.invalid:8000, but 'nohost.invalid' "
+        "does not resolve ("
+    )
+    assert err.endswith("); fix the host name or use an IP address\n")
+    bind = "service:\n  - name: echo\n    accept: ws://localhost:8000/echo\n    type: echo\n"
+    (tmp_path / "g.yaml").write_text(bind + "    accept-options:\n      ws.bind: nohost.invalid:8000\n")
+    assert main(["check-config", str(tmp_path / "g.yaml")]) == 2
+    assert "wsgate: service[echo]/accept-options/ws.bind: ws://localhost:8000/echo binds" in capsys.readouterr().err
+
+
+async def test_run_names_the_service_the_address_and_the_fix_when_the_host_does_not_resolve(tmp_path):
+    gateway = plan(tmp_path, NOWHERE)
+    with pytest.raises(ConfigError) as error:
+        await gateway.start()
+    message = str(error.value)
+    assert message.startswith("service[echo]/accept: cannot bind nohost.invalid:8000: host does not resolve (")
+    assert message.endswith("); fix the host name (or its *.bind) or use an IP address")
 
 
 ECHO_ONLY = """

@@ -71,7 +71,7 @@ def _command(args: argparse.Namespace) -> int:
 
     config = loader()
     if args.command == "check-config":
-        return _check(config)
+        return _check(config, resolve=not args.no_resolve)
     if args.workers > 1:
         return _run_workers(config, args.loop, args.grace, args.workers, loader)
     return _run(config, args.loop, args.grace, loader=loader)
@@ -131,6 +131,11 @@ def _parser() -> argparse.ArgumentParser:
     scaffold.add_argument("directory", nargs="?", help="write gateway.yaml, jaas-config.xml and web/ here")
     check = commands.add_parser("check-config", help="validate a config without binding any port")
     check.add_argument("config", help="gateway-config.xml or YAML config")
+    check.add_argument(
+        "--no-resolve",
+        action="store_true",
+        help="do not resolve the hosts the accepts bind (on a build machine without the production DNS)",
+    )
     for sub in (run, check):
         sub.add_argument(
             "--property",
@@ -188,10 +193,12 @@ def _default_config(directory: str | None) -> int:
     return 0
 
 
-def _check(config: GatewayConfig) -> int:
-    from .gateway import Gateway  # loads keystores and directories too, without binding
+def _check(config: GatewayConfig, resolve: bool = True) -> int:
+    from .gateway import Gateway, check_bind_hosts  # loads keystores and directories too, without binding
 
     Gateway(config)
+    if resolve:
+        check_bind_hosts(config)
     for service in config.services:
         print("\n".join(describe_service(service)))
     for warning in unauthenticated_warnings(config):

@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import re
+import socket
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
@@ -25,7 +26,7 @@ from typing import Any
 from .config.build import BIND_LAYERS
 from .config.model import GatewayConfig, Service, Store, TlsOptions
 from .config.values import Uri
-from .errors import ConfigError, GatewayError, ReloadFailed, bind_error
+from .errors import ConfigError, ConfigErrors, GatewayError, ReloadFailed, bind_error
 from .management.metrics import Metrics
 from .management.redact import REDACTOR
 from .security.keystore import load_store
@@ -548,9 +549,37 @@ def _store_summary(store: Store | None) -> dict[str, Any] | None:
 
 
 def _bind_key(service: Service, uri: Uri) -> BindKey:
+    return _bind_source(service, uri)[0]
+
+
+def _bind_source(service: Service, uri: Uri) -> tuple[BindKey, str]:
+    """Where ``uri`` binds, and the config element that says so (the accept, or the ``*.bind`` used)."""
     binds = service.accept_options.binds
     for layer in BIND_LAYERS[uri.scheme]:
         if layer in binds:
             bind = binds[layer]
-            return (bind.host, bind.port)  # a port-only bind listens on every interface, as in Kaazing
-    return (uri.host, uri.port)
+            # a port-only bind listens on every interface, as in Kaazing
+            return (bind.host, bind.port), f"service[{service.name}]/accept-options/{layer}.bind"
+    return (uri.host, uri.port), f"service[{service.name}]/accept"
+
+
+def check_bind_hosts(config: GatewayConfig) -> None:
+    """Every host a listener binds resolves (``check-config``: ``run`` would fail at the bind)."""
+    errors: list[ConfigError] = []
+    for service in config.services:
+        for uri in service.accepts:
+            (host, port), element = _bind_source(service, uri)
+            if host is None:
+                continue
+            try:
+                socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+            except socket.gaierror as exc:
+                errors.append(
+                    ConfigError(
+                        element,
+                        f"{uri} binds {host}:{port}, but {host!r} does not resolve ({exc.strerror}); "
+                        "fix the host name or use an IP address",
+                    )
+                )
+    if errors:
+        raise errors[0] if len(errors) == 1 else ConfigErrors(errors)
