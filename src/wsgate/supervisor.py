@@ -94,8 +94,8 @@ def supervise(count: int, run_worker: Callable[[int, Report], int]) -> int:
         started = started or all(slot.ready_at is not None for slot in slots)
         exited = _reap(slots)
         for slot, pid, code in exited:
-            if stopping:
-                failed |= code != 0
+            if stopping:  # a worker that had no handler yet dies of the signal itself: that is a stop too
+                failed |= code not in (0, -signal.SIGTERM, -signal.SIGINT)
             elif not started and slot.ready_at is None:
                 stopping = True
                 for other in slots:
