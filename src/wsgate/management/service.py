@@ -85,7 +85,9 @@ class GatewayControl(Protocol):
 
     async def lift_revocation(self, key: str) -> bool: ...
 
-    async def reload(self) -> tuple[bool, str]: ...
+    async def reload(self) -> tuple[bool, str]:
+        """``(applied, message)``; raises ``ReloadFailed`` for a failure other than a refused config."""
+        ...
 
 
 def session_view(connection: Connection, now: float) -> dict[str, Any]:
