@@ -146,6 +146,57 @@ async def test_basic_refresh_keeps_the_connection_past_authorization_timeout(gw)
         assert await echo(connection, "still") == "still"
 
 
+def logins(gw, realm: str, module: str) -> int:
+    """How many times the realm's login chain ran (one per sign-in or renewal POST that carried credentials)."""
+    metrics = gw.runtime.metrics
+    return int(metrics.registry.get_sample_value("wsgate_auth_seconds_count", {"realm": realm, "module": module}) or 0)
+
+
+async def test_a_deadline_inside_the_default_margin_is_renewed_at_a_bounded_rate(gw):
+    # authorization-timeout 2 s < the default 30 s margin: every deadline is already "due"
+    asked: list[float] = []
+    handler = BasicChallengeHandler(lambda r: asked.append(time.time()) or ("joe", "welcome"))
+    async with await connect(ws_url(gw, "basic"), challenge_handler=handler) as connection:
+        before = logins(gw, "files", "file")
+        await asyncio.sleep(4.0)  # two lifetimes: the margin shrinks to a third of one, so 2-4 renewals
+        renewals = len(asked) - 1
+        assert 1 <= renewals <= 5, renewals
+        # at the gateway: each renewal is a bare POST (401) and one with credentials
+        assert logins(gw, "files", "file") - before <= 2 * 5
+        assert await echo(connection, "kept") == "kept"  # the renewals that did happen kept it open
+
+
+async def test_a_renewal_that_does_not_move_the_deadline_is_not_repeated(gw):
+    fixed = token(exp_in=3)  # the provider can only hand out this one token: renewing cannot help
+
+    async def provider(request):
+        asked.append(time.time())
+        return fixed
+
+    asked: list[float] = []
+    connection = await connect(ws_url(gw, "token"), challenge_handler=TokenChallengeHandler(provider))
+    async with connection:
+        msg = await asyncio.wait_for(connection.receive(), 6)  # the gateway closes at the token's exp
+        assert msg.data == 1008
+        assert len(asked) <= 2, len(asked)  # connect, then at most one renewal for this deadline
+        assert logins(gw, "tokens", "jwt") <= 4  # each exchange: a bare attempt (401), then the token
+
+
+def test_renewal_schedule_shrinks_the_margin_jitters_and_backs_off():
+    import random
+
+    from wsgate.client.connection import renewal_delay, retry_delay
+
+    rng = random.Random(7)
+    # a 20 s deadline with the default 30 s margin: renew after 2/3 of it (less jitter), not at once
+    delays = [renewal_delay(20, 20, 30, rng) for _ in range(200)]
+    assert all(20 - 20 / 3 * 1.2 <= d <= 20 - 20 / 3 for d in delays) and len(set(delays)) > 100
+    assert 3000 - 30 * 1.2 <= renewal_delay(3000, 3600, 30, rng) <= 3000 - 30  # long lifetimes: the margin
+    assert renewal_delay(-5, 20, 30, rng) == 0  # overdue: now, once
+    backoff = [max(retry_delay(n, rng) for _ in range(50)) for n in range(1, 8)]
+    assert backoff == sorted(backoff) and backoff[0] <= 1 and 15 <= backoff[-1] <= 30
+
+
 async def test_without_refresh_the_gateway_closes_at_expiry(gw):
     connection = await connect(ws_url(gw, "token"), headers={"Authorization": f"Bearer {token(exp_in=1)}"})
     msg = await asyncio.wait_for(connection.receive(), 4)
