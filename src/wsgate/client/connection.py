@@ -49,17 +49,29 @@ def retry_delay(failures: int, rng: random.Random | None = None) -> float:
     return ceiling * (rng or _RANDOM).uniform(0.5, 1.0)
 
 
-def _transient(status: int) -> bool:
-    """A refresh answer worth retrying: the gateway was busy or could not decide (503), not a refusal."""
-    return status == 429 or status >= 500
+class RefusedError(GatewayError):
+    """The gateway answered with an HTTP status instead of the 101 (or the refresh's 200): ``.status``.
 
-
-class AuthenticationError(GatewayError):
-    """The gateway refused the credentials (403), or nothing could answer its challenge (401)."""
+    404 (no such service or connection), 429 and 503 (busy, full, or a login module could not decide:
+    worth retrying later) are not authentication failures; ``AuthenticationError`` is the 401/403 kind.
+    """
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+    @property
+    def transient(self) -> bool:
+        """Worth retrying later: the gateway was busy, full or could not decide."""
+        return self.status == 429 or self.status >= 500
+
+
+class AuthenticationError(RefusedError):
+    """The gateway refused the credentials (403), or nothing could answer its challenge (401)."""
+
+
+def _refused(status: int, message: str) -> RefusedError:
+    return AuthenticationError(status, message) if status in (401, 403) else RefusedError(status, message)
 
 
 async def _answer(handler: ChallengeHandler | None, location: str, challenge: str | None) -> str:
@@ -154,8 +166,9 @@ class Connection:
         await self.close()
 
     async def refresh(self) -> float | None:
-        """Present fresh credentials now; returns the new expiry. Raises ``AuthenticationError`` if refused
-        (``.status`` 503 or 429 when the gateway could not decide: worth retrying later)."""
+        """Present fresh credentials now; returns the new expiry. Raises ``AuthenticationError`` if the
+        credentials are refused, ``RefusedError`` for other answers (404: the connection is gone; 503, 429:
+        the gateway could not decide, worth retrying later)."""
         assert self.refresh_url is not None
         authorization = self._authorization
         for _ in range(MAX_CHALLENGES + 1):
@@ -166,7 +179,7 @@ class Connection:
                     self._learn((await response.json()).get("expires"))
                     return self.expires
                 if response.status != 401:
-                    raise AuthenticationError(response.status, f"refresh refused: HTTP {response.status}")
+                    raise _refused(response.status, f"refresh refused: HTTP {response.status}")
                 authorization = await _answer(self._handler, self.refresh_url, response.headers.get("WWW-Authenticate"))
         raise AuthenticationError(401, "refresh: too many challenges")
 
@@ -207,8 +220,8 @@ class Connection:
             try:
                 self._authorization = None  # ask the handler again: a token provider returns a fresh token
                 await self.refresh()
-            except AuthenticationError as exc:
-                if not _transient(exc.status):
+            except RefusedError as exc:
+                if not exc.transient:
                     log.warning("credential refresh refused (%s); the gateway will close at expiry", exc)
                     return
                 failures += 1
@@ -237,8 +250,8 @@ async def connect(
 ) -> Connection:
     """Open a WebSocket through the gateway, answering 401 challenges with ``challenge_handler``.
 
-    Raises ``AuthenticationError`` on 403 or when no handler can answer, ``aiohttp.ClientError``
-    for network and TLS failures.
+    Raises ``AuthenticationError`` on 403 or when no handler can answer, ``RefusedError`` for other
+    HTTP answers (404, 503 …), ``aiohttp.ClientError`` for network and TLS failures.
     """
     owns = session is None
     session = session or aiohttp.ClientSession()
@@ -259,7 +272,7 @@ async def connect(
                 )
             except aiohttp.WSServerHandshakeError as exc:
                 if exc.status != 401:
-                    raise AuthenticationError(exc.status, f"{url}: refused with HTTP {exc.status}") from None
+                    raise _refused(exc.status, f"{url}: refused with HTTP {exc.status}") from None
                 challenge = exc.headers.get("WWW-Authenticate") if exc.headers else None
                 authorization = await _answer(challenge_handler, url, challenge)
                 continue
@@ -272,8 +285,9 @@ async def connect(
 
 
 class ReconnectingConnection:
-    """Keeps a connection up: reconnects with exponential backoff after a drop, never after
-    an ``AuthenticationError`` or ``close()``. ``on_connect`` runs after each (re)connect."""
+    """Keeps a connection up: reconnects with exponential backoff after a drop or a transient refusal
+    (429, 503), never after an ``AuthenticationError``, another refusal (404) or ``close()``.
+    ``on_connect`` runs after each (re)connect."""
 
     def __init__(
         self,
@@ -303,8 +317,12 @@ class ReconnectingConnection:
                 if self.on_connect is not None:
                     await self.on_connect(self.connection)
                 return self.connection
-            except AuthenticationError:
-                raise
+            except RefusedError as exc:
+                if not exc.transient:
+                    raise
+                log.warning("connect to %s refused (%s); retrying in %.1f s", self.url, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.backoff[1])
             except (aiohttp.ClientError, OSError) as exc:
                 log.warning("connect to %s failed (%s); retrying in %.1f s", self.url, exc, delay)
                 await asyncio.sleep(delay)
