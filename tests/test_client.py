@@ -17,6 +17,7 @@ from wsgate.client import (
     BasicChallengeHandler,
     DispatchChallengeHandler,
     ReconnectingConnection,
+    RefusedError,
     TokenChallengeHandler,
     connect,
 )
@@ -61,6 +62,11 @@ service:
     type: echo
     accept-options:
       ssl.verify-client: required
+  - name: full
+    accept: ws://127.0.0.1:0/full
+    type: echo
+    accept-options:
+      connection.limit: 1
 """
         + SECURITY_PEM
         + """
@@ -182,6 +188,21 @@ async def test_a_renewal_that_does_not_move_the_deadline_is_not_repeated(gw):
         assert logins(gw, "tokens", "jwt") <= 4  # each exchange: a bare attempt (401), then the token
 
 
+async def test_a_token_provider_that_fails_once_is_asked_again(gw):
+    calls = []
+
+    def provider(request):
+        calls.append(time.time())
+        if len(calls) == 2:  # the first renewal: the token file is being rotated
+            raise OSError("token file missing")
+        return token(exp_in=6)
+
+    async with await connect(ws_url(gw, "token"), challenge_handler=TokenChallengeHandler(provider)) as connection:
+        await asyncio.sleep(6.5)  # past the first token's exp: only the retried renewal keeps it open
+        assert await echo(connection, "retried") == "retried"
+        assert 3 <= len(calls) <= 4, len(calls)
+
+
 def test_renewal_schedule_shrinks_the_margin_jitters_and_backs_off():
     import random
 
@@ -235,6 +256,27 @@ async def test_reconnecting_connection_survives_a_drop(gw):
     assert client.connects == 2
     await client.close()
     await messages.aclose()
+
+
+async def test_refusals_that_are_not_about_credentials_are_not_authentication_errors(gw, http):
+    with pytest.raises(RefusedError) as missing:
+        await connect(f"ws://127.0.0.1:{gw.port_of('basic')}/nowhere")
+    assert missing.value.status == 404 and not isinstance(missing.value, AuthenticationError)
+    assert not missing.value.transient
+    with pytest.raises(RefusedError):  # a 404 is not worth reconnecting for
+        await ReconnectingConnection(f"ws://127.0.0.1:{gw.port_of('basic')}/nowhere", backoff=(0.05, 0.1)).send("x")
+    holder = await http.ws_connect(ws_url(gw, "full"))  # the only connection "full" allows: 503 for the next
+    with pytest.raises(RefusedError) as full:
+        await connect(ws_url(gw, "full"))
+    assert full.value.status == 503 and full.value.transient
+    client = ReconnectingConnection(ws_url(gw, "full"), backoff=(0.1, 0.2))
+    sending = asyncio.create_task(client.send("through"))
+    await asyncio.sleep(0.5)
+    assert not sending.done()  # retrying the 503, not giving up
+    await holder.close()
+    await asyncio.wait_for(sending, 5)
+    assert await asyncio.wait_for(anext(client.messages()), 5) == "through"
+    await client.close()
 
 
 async def run_cli(*args: str, password: str = "welcome") -> tuple[int, str, str]:

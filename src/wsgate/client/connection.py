@@ -229,6 +229,9 @@ class Connection:
             except (TimeoutError, aiohttp.ClientError) as exc:
                 failures += 1
                 log.warning("credential refresh failed (%s); retrying with backoff", exc)
+            except Exception as exc:  # the challenge handler's own failure (a token file being rotated)
+                failures += 1
+                log.warning("challenge handler failed during refresh (%r); retrying with backoff", exc)
             else:
                 failures = 0
                 renewed = deadline
