@@ -179,6 +179,7 @@ def page_script(site: Path, name: str, handler: str, body: str) -> None:
         "let sessions = 0;\n"
         "const url = `ws://${location.host}/secure-echo`;\n"
         "const socket = await connect(url, { challengeHandler: handler, onsession: () => sessions++,\n"
+        "  onerror: (error) => console.log(`renewal failed: ${error.message}`),\n"
         "  onclose: (e) => console.log(`closed ${e.code} after ${sessions} sign-ins`),\n"
         "  onmessage: (e) => console.log(`echo ${e.data}`) });\n"
         f"{body}\n</script>"
@@ -199,6 +200,23 @@ async def test_a_deadline_inside_the_default_margin_is_renewed_at_a_bounded_rate
     assert "echo after 9 s" in log, log  # renewed in time: still open past the first 7 s deadline
     sign_ins = logins(gw, "demo", "file") // 2
     assert 2 <= sign_ins <= 3, log  # sign-in, then one renewal per ~2/3 of 7 s
+
+
+async def test_a_failed_renewal_is_retried_with_backoff(start_gateway, site):
+    # the first renewal's handler fails (a password manager still locked); the retry keeps the connection
+    handler = """new BasicChallengeHandler(async () => {
+      window.asked = (window.asked || 0) + 1;
+      if (window.asked === 2) throw new Error("password manager locked");
+      return { user: "joe", password: "welcome" };
+    })"""
+    body = "setTimeout(() => socket.send('after 9 s'), 9000);\nsetTimeout(() => socket.close(), 9500);"
+    page_script(site, "retry.html", handler, body)
+    gw = await start_gateway(CONFIG.format(scheme="http", ws="ws", bind="tcp.bind", security="security:"))
+    result = await in_browser("until-closed", f"http://127.0.0.1:{gw.port_of('demo')}/retry.html")
+    log = result.get("console", result.get("error", ""))
+    assert log.count("renewal failed: password manager locked") == 1, log
+    assert "echo after 9 s" in log, log  # retried before the 7 s deadline
+    assert logins(gw, "demo", "file") <= 2 * 4, log  # sign-in, the failed renewal's bare POST, the retry (+1)
 
 
 async def test_a_renewal_that_does_not_move_the_deadline_is_not_repeated(start_gateway, site, tmp_path):

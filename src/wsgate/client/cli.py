@@ -133,9 +133,12 @@ def _password(args: argparse.Namespace) -> str | None:
     if not _has_terminal():
         raise Failure(USAGE, f"--user {args.user}: no terminal to ask for the password on; use --password-env VAR")
     try:
-        return getpass.getpass(f"password for {args.user}: ")
+        password = getpass.getpass(f"password for {args.user}: ")
     except EOFError:
-        raise Failure(USAGE, "no password entered") from None
+        password = ""
+    if not password:
+        raise Failure(USAGE, "no password entered")
+    return password
 
 
 def _has_terminal() -> bool:
