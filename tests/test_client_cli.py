@@ -202,10 +202,26 @@ async def test_user_without_a_terminal_is_a_usage_error(gw):
     assert code == 2 and "no terminal" in err and "--password-env" in err
 
 
-async def test_tls_failures_name_their_cause(gw, tmp_path, ca):
+async def test_tls_failures_name_their_cause(gw, start_gateway, tmp_path, ca):
     mtls = f"wss://localhost:{gw.port_of('mtls')}/mtls"
     truststore = str(tmp_path / "truststore.pem")
     code, _, err = await run(mtls, "--cacert", truststore, "--send", "x")
+    assert code == 1 and "requires a client certificate" in err and "--cert" in err
+    tls13 = await start_gateway(
+        """
+service:
+  - name: mtls
+    accept: wss://localhost:0/mtls
+    type: echo
+    accept-options:
+      ssl.verify-client: required
+      ssl.protocols: TLSv1.3
+"""
+        + SECURITY_PEM,
+        name="tls13.yaml",
+    )
+    only13 = f"wss://localhost:{tls13.port_of('mtls')}/mtls"  # the certificate is checked after the handshake
+    code, _, err = await run(only13, "--cacert", truststore, "--send", "x")
     assert code == 1 and "requires a client certificate" in err and "--cert" in err
     code, _, err = await run(mtls, "--send", "x")  # the system CAs do not know the test CA
     assert code == 1 and "certificate is not trusted" in err and "--cacert" in err

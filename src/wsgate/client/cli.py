@@ -56,7 +56,7 @@ class Closed:
     reason: str
 
     def __str__(self) -> str:
-        return f"{self.code} {self.reason}".strip()
+        return f"{self.code if self.code is not None else 'without a close code'} {self.reason}".strip()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -248,6 +248,8 @@ async def _hung_up(args: argparse.Namespace) -> str:
         return f"TLS: the gateway ended the handshake with the alert {detail}" + _certificate_hint(args)
     if stage == "handshake":
         return "TLS: the gateway hung up during the handshake" + _certificate_hint(args)
+    if stage == "after":  # TLS 1.3: the client certificate is checked once the client has finished
+        return "TLS: the gateway hung up right after the handshake" + _certificate_hint(args)
     return "the gateway closed the connection before answering"
 
 
@@ -258,8 +260,8 @@ def _certificate_hint(args: argparse.Namespace) -> str:
 
 
 async def _tls_probe(url: URL, args: argparse.Namespace, maximum: ssl.TLSVersion | None) -> tuple[str, str]:
-    """Where a bare TLS connection ends: ``alert`` (with its name), ``handshake`` (hung up during it)
-    or ``other`` (handshake done: the problem is elsewhere)."""
+    """Where a bare TLS connection ends: ``alert`` (with its name), ``handshake`` (hung up during it),
+    ``after`` (hung up instead of answering a request) or ``other`` (answered: the problem is elsewhere)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE  # only the gateway's side of the handshake is of interest here
@@ -268,15 +270,23 @@ async def _tls_probe(url: URL, args: argparse.Namespace, maximum: ssl.TLSVersion
     if args.cert:
         context.load_cert_chain(args.cert, args.key)
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(url.host, url.port or 443, ssl=context), 5)
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(url.host, url.port or 443, ssl=context), 5)
     except ssl.SSLError as exc:
         return ("alert", exc.reason) if exc.reason and "ALERT" in exc.reason else ("handshake", str(exc))
-    except (ConnectionError, asyncio.IncompleteReadError) as exc:
+    except ConnectionError as exc:
         return "handshake", _describe(exc)
     except (OSError, TimeoutError) as exc:
         return "other", _describe(exc)
-    writer.close()
-    return "other", ""
+    try:
+        writer.write(f"GET {url.raw_path} HTTP/1.1\r\nHost: {url.host}\r\nConnection: close\r\n\r\n".encode())
+        answered = await asyncio.wait_for(reader.read(1), 5)
+    except ssl.SSLError as exc:
+        return ("alert", exc.reason) if exc.reason and "ALERT" in exc.reason else ("after", str(exc))
+    except (OSError, TimeoutError) as exc:
+        return ("after", _describe(exc)) if isinstance(exc, ConnectionError) else ("other", _describe(exc))
+    finally:
+        writer.close()
+    return ("other", "") if answered else ("after", "")
 
 
 async def _send_each(connection: Connection, messages: Sequence[str], timeout: float) -> int:
@@ -301,7 +311,9 @@ async def _next(connection: Connection) -> str | bytes | Closed:
             return data
         if msg.type == aiohttp.WSMsgType.CLOSE:
             return Closed(msg.data, msg.extra or "")
-        if msg.type in (aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+        if msg.type == aiohttp.WSMsgType.ERROR:
+            return Closed(connection.close_code, f"({_describe(msg.data)})")
+        if msg.type in (aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
             return Closed(connection.close_code, "")
 
 
