@@ -62,6 +62,18 @@ def console(page: Page) -> dict[str, str]:
     return {"console": "\n".join(lines)}
 
 
+LOADED: list[str] = []  # the console since the first load (main() listens before page.goto)
+
+
+def until_closed(page: Page) -> dict[str, str]:
+    """The console of a page loaded once (its requests counted at the gateway) until it logs "closed" (20 s)."""
+    for _ in range(200):
+        if any(line.startswith("closed") for line in LOADED):
+            break
+        page.wait_for_timeout(100)
+    return {"console": "\n".join(LOADED)}
+
+
 def admin_console(page: Page) -> dict[str, str]:
     """The management console lists joe's session live; its Close button ends it."""
     row = page.wait_for_selector("#sessions tbody tr:has-text('joe')", timeout=10000)
@@ -78,6 +90,7 @@ SCENARIOS = {
     "console": console,
     "echo": sign_in_and_echo,
     "renewal": renewal,
+    "until-closed": until_closed,
     "bad-credentials": bad_credentials,
     "origin": foreign_origin,
 }
@@ -106,6 +119,7 @@ def main(scenario: str, url: str, home: str | None = None) -> int:
             page = browser.new_context(http_credentials={"username": user, "password": password}).new_page()
         else:
             page = browser.new_page()
+        page.on("console", lambda message: LOADED.append(message.text))
         try:
             page.goto(url)
             result = SCENARIOS[scenario](page)

@@ -162,6 +162,102 @@ async def test_the_docs_browser_example_runs(start_gateway, site):
     assert "signed in as joe" in log and "hello" in log and "closed 1008 logged out" in log
 
 
+def logins(gw, realm: str, module: str) -> int:
+    """How often the realm's login chain ran: twice per sign-in POST (a bare attempt, then credentials)."""
+    sample = gw.runtime.metrics.registry.get_sample_value(
+        "wsgate_auth_seconds_count", {"realm": realm, "module": module}
+    )
+    return int(sample or 0)
+
+
+def page_script(site: Path, name: str, handler: str, body: str) -> None:
+    """A page that connects to secure-echo with the default refreshMargin and runs ``body``."""
+    (site / "web" / name).write_text(
+        '<!doctype html><script type="module">\n'
+        'import { connect, BasicChallengeHandler, TokenChallengeHandler } from "/.wsgate/client.js";\n'
+        f"const handler = {handler};\n"
+        "let sessions = 0;\n"
+        "const url = `ws://${location.host}/secure-echo`;\n"
+        "const socket = await connect(url, { challengeHandler: handler, onsession: () => sessions++,\n"
+        "  onerror: (error) => console.log(`renewal failed: ${error.message}`),\n"
+        "  onclose: (e) => console.log(`closed ${e.code} after ${sessions} sign-ins`),\n"
+        "  onmessage: (e) => console.log(`echo ${e.data}`) });\n"
+        f"{body}\n</script>"
+    )
+
+
+async def test_a_deadline_inside_the_default_margin_is_renewed_at_a_bounded_rate(start_gateway, site):
+    # authorization-timeout 7 s < the default 30 s margin: before the fix every renewal was due at once
+    page_script(
+        site,
+        "margin.html",
+        'new BasicChallengeHandler(async () => ({ user: "joe", password: "welcome" }))',
+        "setTimeout(() => socket.send('after 9 s'), 9000);\nsetTimeout(() => socket.close(), 9500);",
+    )
+    gw = await start_gateway(CONFIG.format(scheme="http", ws="ws", bind="tcp.bind", security="security:"))
+    result = await in_browser("until-closed", f"http://127.0.0.1:{gw.port_of('demo')}/margin.html")
+    log = result.get("console", result.get("error", ""))
+    assert "echo after 9 s" in log, log  # renewed in time: still open past the first 7 s deadline
+    sign_ins = logins(gw, "demo", "file") // 2
+    assert 2 <= sign_ins <= 3, log  # sign-in, then one renewal per ~2/3 of 7 s
+
+
+async def test_a_failed_renewal_is_retried_with_backoff(start_gateway, site):
+    # the first renewal's handler fails (a password manager still locked); the retry keeps the connection
+    handler = """new BasicChallengeHandler(async () => {
+      window.asked = (window.asked || 0) + 1;
+      if (window.asked === 2) throw new Error("password manager locked");
+      return { user: "joe", password: "welcome" };
+    })"""
+    body = "setTimeout(() => socket.send('after 9 s'), 9000);\nsetTimeout(() => socket.close(), 9500);"
+    page_script(site, "retry.html", handler, body)
+    gw = await start_gateway(CONFIG.format(scheme="http", ws="ws", bind="tcp.bind", security="security:"))
+    result = await in_browser("until-closed", f"http://127.0.0.1:{gw.port_of('demo')}/retry.html")
+    log = result.get("console", result.get("error", ""))
+    assert log.count("renewal failed: password manager locked") == 1, log
+    assert "echo after 9 s" in log, log  # retried before the 7 s deadline
+    assert logins(gw, "demo", "file") <= 2 * 4, log  # sign-in, the failed renewal's bare POST, the retry (+1)
+
+
+async def test_a_renewal_that_does_not_move_the_deadline_is_not_repeated(start_gateway, site, tmp_path):
+    from cryptography.hazmat.primitives import serialization
+
+    from .test_client import KEY, token
+
+    (tmp_path / "issuer.pem").write_bytes(
+        KEY.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    config = CONFIG.format(scheme="http", ws="ws", bind="tcp.bind", security="security:")
+    config = config.replace(
+        """      http-challenge-scheme: Application Basic
+      authorization-mode: recycle
+      authorization-timeout: 7s
+      login-modules:
+        login-module:
+          type: file
+          options:
+            file: jaas-config.xml""",
+        """      http-challenge-scheme: Application Token
+      authorization-mode: recycle
+      login-modules:
+        login-module:
+          type: jwt
+          options:
+            key-file: issuer.pem
+            issuer: https://issuer.test
+            audience: wsgate
+            algorithms: ES256
+            leeway: 0s""",
+    ).replace("require-role: AUTHORIZED", "require-role: USER")
+    # the only token the page has expires in 4 s: renewing with it cannot move the deadline
+    page_script(site, "fixed-token.html", f'new TokenChallengeHandler(async () => "{token(exp_in=4)}")', "")
+    gw = await start_gateway(config)
+    result = await in_browser("until-closed", f"http://127.0.0.1:{gw.port_of('demo')}/fixed-token.html")
+    log = result.get("console", result.get("error", ""))
+    assert "closed 1008" in log, log  # the gateway ends it at the token's exp
+    assert logins(gw, "demo", "jwt") // 2 <= 2, log  # sign-in and at most one renewal for that deadline
+
+
 async def test_management_console_shows_sessions_live_and_closes_one(start_gateway, tmp_path, http, monkeypatch):
     from .test_management import GATEWAY, JOE, USERS
 

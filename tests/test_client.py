@@ -17,6 +17,7 @@ from wsgate.client import (
     BasicChallengeHandler,
     DispatchChallengeHandler,
     ReconnectingConnection,
+    RefusedError,
     TokenChallengeHandler,
     connect,
 )
@@ -61,6 +62,11 @@ service:
     type: echo
     accept-options:
       ssl.verify-client: required
+  - name: full
+    accept: ws://127.0.0.1:0/full
+    type: echo
+    accept-options:
+      connection.limit: 1
 """
         + SECURITY_PEM
         + """
@@ -146,6 +152,72 @@ async def test_basic_refresh_keeps_the_connection_past_authorization_timeout(gw)
         assert await echo(connection, "still") == "still"
 
 
+def logins(gw, realm: str, module: str) -> int:
+    """How many times the realm's login chain ran (one per sign-in or renewal POST that carried credentials)."""
+    metrics = gw.runtime.metrics
+    return int(metrics.registry.get_sample_value("wsgate_auth_seconds_count", {"realm": realm, "module": module}) or 0)
+
+
+async def test_a_deadline_inside_the_default_margin_is_renewed_at_a_bounded_rate(gw):
+    # authorization-timeout 2 s < the default 30 s margin: every deadline is already "due"
+    asked: list[float] = []
+    handler = BasicChallengeHandler(lambda r: asked.append(time.time()) or ("joe", "welcome"))
+    async with await connect(ws_url(gw, "basic"), challenge_handler=handler) as connection:
+        before = logins(gw, "files", "file")
+        await asyncio.sleep(4.0)  # two lifetimes: the margin shrinks to a third of one, so 2-4 renewals
+        renewals = len(asked) - 1
+        assert 1 <= renewals <= 5, renewals
+        # at the gateway: each renewal is a bare POST (401) and one with credentials
+        assert logins(gw, "files", "file") - before <= 2 * 5
+        assert await echo(connection, "kept") == "kept"  # the renewals that did happen kept it open
+
+
+async def test_a_renewal_that_does_not_move_the_deadline_is_not_repeated(gw):
+    fixed = token(exp_in=3)  # the provider can only hand out this one token: renewing cannot help
+
+    async def provider(request):
+        asked.append(time.time())
+        return fixed
+
+    asked: list[float] = []
+    connection = await connect(ws_url(gw, "token"), challenge_handler=TokenChallengeHandler(provider))
+    async with connection:
+        msg = await asyncio.wait_for(connection.receive(), 6)  # the gateway closes at the token's exp
+        assert msg.data == 1008
+        assert len(asked) <= 2, len(asked)  # connect, then at most one renewal for this deadline
+        assert logins(gw, "tokens", "jwt") <= 4  # each exchange: a bare attempt (401), then the token
+
+
+async def test_a_token_provider_that_fails_once_is_asked_again(gw):
+    calls = []
+
+    def provider(request):
+        calls.append(time.time())
+        if len(calls) == 2:  # the first renewal: the token file is being rotated
+            raise OSError("token file missing")
+        return token(exp_in=6)
+
+    async with await connect(ws_url(gw, "token"), challenge_handler=TokenChallengeHandler(provider)) as connection:
+        await asyncio.sleep(6.5)  # past the first token's exp: only the retried renewal keeps it open
+        assert await echo(connection, "retried") == "retried"
+        assert 3 <= len(calls) <= 4, len(calls)
+
+
+def test_renewal_schedule_shrinks_the_margin_jitters_and_backs_off():
+    import random
+
+    from wsgate.client.connection import renewal_delay, retry_delay
+
+    rng = random.Random(7)
+    # a 20 s deadline with the default 30 s margin: renew after 2/3 of it (less jitter), not at once
+    delays = [renewal_delay(20, 20, 30, rng) for _ in range(200)]
+    assert all(20 - 20 / 3 * 1.2 <= d <= 20 - 20 / 3 for d in delays) and len(set(delays)) > 100
+    assert 3000 - 30 * 1.2 <= renewal_delay(3000, 3600, 30, rng) <= 3000 - 30  # long lifetimes: the margin
+    assert renewal_delay(-5, 20, 30, rng) == 0  # overdue: now, once
+    backoff = [max(retry_delay(n, rng) for _ in range(50)) for n in range(1, 8)]
+    assert backoff == sorted(backoff) and backoff[0] <= 1 and 15 <= backoff[-1] <= 30
+
+
 async def test_without_refresh_the_gateway_closes_at_expiry(gw):
     connection = await connect(ws_url(gw, "token"), headers={"Authorization": f"Bearer {token(exp_in=1)}"})
     msg = await asyncio.wait_for(connection.receive(), 4)
@@ -184,6 +256,27 @@ async def test_reconnecting_connection_survives_a_drop(gw):
     assert client.connects == 2
     await client.close()
     await messages.aclose()
+
+
+async def test_refusals_that_are_not_about_credentials_are_not_authentication_errors(gw, http):
+    with pytest.raises(RefusedError) as missing:
+        await connect(f"ws://127.0.0.1:{gw.port_of('basic')}/nowhere")
+    assert missing.value.status == 404 and not isinstance(missing.value, AuthenticationError)
+    assert not missing.value.transient
+    with pytest.raises(RefusedError):  # a 404 is not worth reconnecting for
+        await ReconnectingConnection(f"ws://127.0.0.1:{gw.port_of('basic')}/nowhere", backoff=(0.05, 0.1)).send("x")
+    holder = await http.ws_connect(ws_url(gw, "full"))  # the only connection "full" allows: 503 for the next
+    with pytest.raises(RefusedError) as full:
+        await connect(ws_url(gw, "full"))
+    assert full.value.status == 503 and full.value.transient
+    client = ReconnectingConnection(ws_url(gw, "full"), backoff=(0.1, 0.2))
+    sending = asyncio.create_task(client.send("through"))
+    await asyncio.sleep(0.5)
+    assert not sending.done()  # retrying the 503, not giving up
+    await holder.close()
+    await asyncio.wait_for(sending, 5)
+    assert await asyncio.wait_for(anext(client.messages()), 5) == "through"
+    await client.close()
 
 
 async def run_cli(*args: str, password: str = "welcome") -> tuple[int, str, str]:

@@ -8,7 +8,7 @@ from .challenges import (
     DispatchChallengeHandler,
     TokenChallengeHandler,
 )
-from .connection import AuthenticationError, Connection, ReconnectingConnection, connect
+from .connection import AuthenticationError, Connection, ReconnectingConnection, RefusedError, connect
 
 __all__ = [
     "AuthenticationError",
@@ -19,6 +19,7 @@ __all__ = [
     "Connection",
     "DispatchChallengeHandler",
     "ReconnectingConnection",
+    "RefusedError",
     "TokenChallengeHandler",
     "connect",
 ]

@@ -3,8 +3,11 @@
 Built on aiohttp's WebSocket client (no framing of our own). After the 101, the
 gateway's ``Wsgate-Expires`` and ``Wsgate-Refresh`` headers tell the client when
 its credentials run out and where to present fresh ones; the client does so
-``refresh_margin`` seconds early, asking its challenge handler again, and the
-connection stays open (see docs/security.md).
+``refresh_margin`` seconds early (at most a third of the lifetime, with jitter),
+asking its challenge handler again, and the connection stays open (see
+docs/security.md). Each deadline is renewed at most once: a renewal that does not
+move it (a token that cannot be refreshed) is not repeated, and failed attempts
+back off exponentially, so a short lifetime never turns into a request storm.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import ssl as ssl_module
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -25,14 +29,49 @@ from .challenges import ChallengeHandler, ChallengeRequest
 
 log = logging.getLogger("wsgate.client")
 MAX_CHALLENGES = 3
+LIFETIME_SHARE = 1 / 3  # the margin never exceeds this share of the credentials' lifetime
+JITTER = 0.2  # renew up to 20 % of the margin earlier, so clients of one deadline spread out
+RETRY_FIRST, RETRY_MAX = 1.0, 30.0  # backoff after a failed renewal (seconds), doubling
+_RANDOM = random.Random()
 
 
-class AuthenticationError(GatewayError):
-    """The gateway refused the credentials (403), or nothing could answer its challenge (401)."""
+def renewal_delay(until_deadline: float, lifetime: float, margin: float, rng: random.Random | None = None) -> float:
+    """Seconds to wait before renewing: ``margin`` early, but never more than a third of ``lifetime``
+    (a 20 s authorization-timeout with a 30 s margin would otherwise be due at once, forever)."""
+    effective = min(margin, max(lifetime, 0.0) * LIFETIME_SHARE)
+    jitter = 1 + (rng or _RANDOM).uniform(0, JITTER)
+    return max(0.0, until_deadline - effective * jitter)
+
+
+def retry_delay(failures: int, rng: random.Random | None = None) -> float:
+    """Exponential backoff, jittered over its upper half: 1, 2, 4 … 30 s after consecutive failures."""
+    ceiling = min(RETRY_FIRST * 2.0 ** max(failures - 1, 0), RETRY_MAX)
+    return ceiling * (rng or _RANDOM).uniform(0.5, 1.0)
+
+
+class RefusedError(GatewayError):
+    """The gateway answered with an HTTP status instead of the 101 (or the refresh's 200): ``.status``.
+
+    404 (no such service or connection), 429 and 503 (busy, full, or a login module could not decide:
+    worth retrying later) are not authentication failures; ``AuthenticationError`` is the 401/403 kind.
+    """
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+    @property
+    def transient(self) -> bool:
+        """Worth retrying later: the gateway was busy, full or could not decide."""
+        return self.status == 429 or self.status >= 500
+
+
+class AuthenticationError(RefusedError):
+    """The gateway refused the credentials (403), or nothing could answer its challenge (401)."""
+
+
+def _refused(status: int, message: str) -> RefusedError:
+    return AuthenticationError(status, message) if status in (401, 403) else RefusedError(status, message)
 
 
 async def _answer(handler: ChallengeHandler | None, location: str, challenge: str | None) -> str:
@@ -73,6 +112,8 @@ class Connection:
         headers = ws._response.headers
         self.id: str | None = headers.get("Wsgate-Connection-Id")
         self.expires: float | None = float(headers["Wsgate-Expires"]) if "Wsgate-Expires" in headers else None
+        self._lifetime = self.expires - time.time() if self.expires is not None else 0.0
+        self._moved = asyncio.Event()  # set when a refresh moves the deadline later
         refresh = headers.get("Wsgate-Refresh")
         http_scheme = "https" if url.scheme == "wss" else "http"
         self.refresh_url = str(url.with_scheme(http_scheme).with_path(refresh).with_query(None)) if refresh else None
@@ -125,7 +166,9 @@ class Connection:
         await self.close()
 
     async def refresh(self) -> float | None:
-        """Present fresh credentials now; returns the new expiry. Raises ``AuthenticationError`` if refused."""
+        """Present fresh credentials now; returns the new expiry. Raises ``AuthenticationError`` if the
+        credentials are refused, ``RefusedError`` for other answers (404: the connection is gone; 503, 429:
+        the gateway could not decide, worth retrying later)."""
         assert self.refresh_url is not None
         authorization = self._authorization
         for _ in range(MAX_CHALLENGES + 1):
@@ -133,29 +176,67 @@ class Connection:
             ssl = self._ssl if self._ssl is not None else True
             async with self._session.post(self.refresh_url, headers=headers, ssl=ssl) as response:
                 if response.status == 200:
-                    self.expires = (await response.json()).get("expires")
+                    self._learn((await response.json()).get("expires"))
                     return self.expires
                 if response.status != 401:
-                    raise AuthenticationError(response.status, f"refresh refused: HTTP {response.status}")
+                    raise _refused(response.status, f"refresh refused: HTTP {response.status}")
                 authorization = await _answer(self._handler, self.refresh_url, response.headers.get("WWW-Authenticate"))
         raise AuthenticationError(401, "refresh: too many challenges")
 
+    def _learn(self, expires: float | None) -> None:
+        """Record a deadline from the gateway; a later one wakes the renewal schedule."""
+        previous = self.expires
+        self.expires = expires
+        if expires is not None:
+            self._lifetime = expires - time.time()
+            if previous is None or expires > previous:
+                self._moved.set()
+
+    async def _until_moved(self, deadline: float) -> None:
+        """Wait for a later deadline (a manual ``refresh()``); look again after the deadline, when the
+        gateway has closed the connection and the schedule can end."""
+        self._moved.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._moved.wait(), max(1.0, deadline - time.time() + 1.0))
+
     async def _refresh_before_expiry(self) -> None:
-        """Refresh ``refresh_margin`` s before expiry; on failure retry until the deadline passes."""
-        delay = 1.0
+        """Renew each deadline once, before it; retry failures with backoff until the deadline passes.
+
+        A renewal that leaves the deadline where it was (a token provider with nothing fresher)
+        is not repeated: the schedule waits until something moves the deadline or the
+        connection closes.
+        """
+        failures = 0
+        renewed: float | None = None  # the deadline a renewal already ran for
         while not self.ws.closed and self.expires is not None:
-            await asyncio.sleep(max(0.0, self.expires - time.time() - self.refresh_margin))
+            deadline = self.expires
+            if renewed is not None and deadline <= renewed:
+                await self._until_moved(deadline)
+                continue
+            if failures:
+                await asyncio.sleep(retry_delay(failures))
+            else:
+                await asyncio.sleep(renewal_delay(deadline - time.time(), self._lifetime, self.refresh_margin))
             try:
                 self._authorization = None  # ask the handler again: a token provider returns a fresh token
                 await self.refresh()
-                delay = 1.0
-            except AuthenticationError as exc:
-                log.warning("credential refresh refused (%s); the gateway will close at expiry", exc)
-                return
+            except RefusedError as exc:
+                if not exc.transient:
+                    log.warning("credential refresh refused (%s); the gateway will close at expiry", exc)
+                    return
+                failures += 1
+                log.warning("credential refresh failed (%s); retrying with backoff", exc)
             except (TimeoutError, aiohttp.ClientError) as exc:
-                log.warning("credential refresh failed (%s); retrying in %.0f s", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                failures += 1
+                log.warning("credential refresh failed (%s); retrying with backoff", exc)
+            except Exception as exc:  # the challenge handler's own failure (a token file being rotated)
+                failures += 1
+                log.warning("challenge handler failed during refresh (%r); retrying with backoff", exc)
+            else:
+                failures = 0
+                renewed = deadline
+                if self.expires is not None and self.expires <= deadline:
+                    log.warning("credential refresh did not extend the deadline; the gateway will close at expiry")
 
 
 async def connect(
@@ -172,8 +253,8 @@ async def connect(
 ) -> Connection:
     """Open a WebSocket through the gateway, answering 401 challenges with ``challenge_handler``.
 
-    Raises ``AuthenticationError`` on 403 or when no handler can answer, ``aiohttp.ClientError``
-    for network and TLS failures.
+    Raises ``AuthenticationError`` on 403 or when no handler can answer, ``RefusedError`` for other
+    HTTP answers (404, 503 …), ``aiohttp.ClientError`` for network and TLS failures.
     """
     owns = session is None
     session = session or aiohttp.ClientSession()
@@ -194,7 +275,7 @@ async def connect(
                 )
             except aiohttp.WSServerHandshakeError as exc:
                 if exc.status != 401:
-                    raise AuthenticationError(exc.status, f"{url}: refused with HTTP {exc.status}") from None
+                    raise _refused(exc.status, f"{url}: refused with HTTP {exc.status}") from None
                 challenge = exc.headers.get("WWW-Authenticate") if exc.headers else None
                 authorization = await _answer(challenge_handler, url, challenge)
                 continue
@@ -207,8 +288,9 @@ async def connect(
 
 
 class ReconnectingConnection:
-    """Keeps a connection up: reconnects with exponential backoff after a drop, never after
-    an ``AuthenticationError`` or ``close()``. ``on_connect`` runs after each (re)connect."""
+    """Keeps a connection up: reconnects with exponential backoff after a drop or a transient refusal
+    (429, 503), never after an ``AuthenticationError``, another refusal (404) or ``close()``.
+    ``on_connect`` runs after each (re)connect."""
 
     def __init__(
         self,
@@ -238,8 +320,12 @@ class ReconnectingConnection:
                 if self.on_connect is not None:
                     await self.on_connect(self.connection)
                 return self.connection
-            except AuthenticationError:
-                raise
+            except RefusedError as exc:
+                if not exc.transient:
+                    raise
+                log.warning("connect to %s refused (%s); retrying in %.1f s", self.url, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.backoff[1])
             except (aiohttp.ClientError, OSError) as exc:
                 log.warning("connect to %s failed (%s); retrying in %.1f s", self.url, exc, delay)
                 await asyncio.sleep(delay)

@@ -5,8 +5,30 @@
 // returns a session cookie, which the WebSocket upgrade then carries. Before the session or the
 // realm's authorization-timeout runs out, the client signs in again with fresh credentials; the gateway
 // extends every live connection of the session without disconnecting it (docs/security.md).
+// Each deadline is renewed once, at most a third of its lifetime early (with jitter); a renewal that does
+// not move the deadline is not repeated, and failed renewals back off exponentially: no request storms.
 
 const REALM = /realm="((?:[^"\\]|\\.)*)"/;
+const LIFETIME_SHARE = 1 / 3;  // the renewal margin never exceeds this share of the session's lifetime
+const JITTER = 0.2;  // renew up to 20 % of the margin earlier, so the clients of one deadline spread out
+const RETRY_FIRST = 1, RETRY_MAX = 30;  // seconds of backoff after a failed renewal, doubling
+
+/** Seconds to wait before renewing: `margin` early, but never more than a third of `lifetime`. */
+export function renewalDelay(untilDeadline, lifetime, margin, random = Math.random) {
+  const effective = Math.min(margin, Math.max(lifetime, 0) * LIFETIME_SHARE);
+  return Math.max(0, untilDeadline - effective * (1 + random() * JITTER));
+}
+
+/** Backoff after `failures` consecutive failed renewals: 1, 2, 4 … 30 s, jittered over its upper half. */
+export function retryDelay(failures, random = Math.random) {
+  const ceiling = Math.min(RETRY_FIRST * 2 ** Math.max(failures - 1, 0), RETRY_MAX);
+  return ceiling * (0.5 + random() / 2);
+}
+
+/** Worth retrying: the network failed, or the gateway was busy or could not decide (429, 5xx). */
+function transient(error) {
+  return !(error instanceof AuthenticationError) || error.status === 429 || error.status >= 500;
+}
 
 export class ChallengeRequest {
   constructor(location, challenge) {
@@ -103,8 +125,9 @@ export async function signOut(wsUrl) {
 /**
  * Connect through the gateway. Resolves a WsgateSocket once open; rejects with AuthenticationError when
  * sign-in is refused, or an Error when the upgrade is (a 403 shows up as a failed WebSocket).
- * options: challengeHandler, protocols, refreshMargin (seconds before expiry to renew, default 30),
- * onmessage(event), onclose(event), onsession(info) (after each sign-in or renewal).
+ * options: challengeHandler, protocols, refreshMargin (seconds before expiry to renew, default 30; at most a
+ * third of the lifetime), onmessage(event), onclose(event), onsession(info) (after each sign-in or renewal),
+ * onerror(error) (a failed renewal).
  */
 export async function connect(url, options = {}) {
   const session = await signIn(url, options.challengeHandler);
@@ -120,34 +143,52 @@ export class WsgateSocket {
   constructor(url, socket, session, options) {
     this.url = url;
     this.socket = socket;
-    this.session = session;
     this.options = options;
     this.timer = null;
+    this.failures = 0;  // consecutive failed renewals
+    this.renewedFor = null;  // the deadline a renewal already ran for
+    this.learn(session);
     socket.onmessage = (event) => options.onmessage && options.onmessage(event);
     socket.onclose = (event) => { clearTimeout(this.timer); options.onclose && options.onclose(event); };
     if (session && options.onsession) options.onsession(session);
   }
   get expires() { return this.session ? this.session.expires : null; }
+  get open() { return this.socket.readyState <= WebSocket.OPEN; }
   send(data) { this.socket.send(data); }
   close(code = 1000, reason = "") { clearTimeout(this.timer); this.socket.close(code, reason); }
   async signOut() { clearTimeout(this.timer); return signOut(this.url); }
 
+  learn(session) {
+    this.session = session;
+    this.lifetime = session && session.expires ? session.expires - Date.now() / 1000 : 0;
+  }
+
   scheduleRenewal() {
     clearTimeout(this.timer);
-    if (!this.session || !this.session.expires) return;
-    const margin = this.options.refreshMargin ?? 30;
-    const delay = Math.max(0, (this.session.expires - Date.now() / 1000 - margin) * 1000);
-    this.timer = setTimeout(() => this.renew(), delay);
+    const deadline = this.expires;
+    if (!deadline || !this.open) return;
+    if (this.renewedFor !== null && deadline <= this.renewedFor) return;  // renewed once, not moved: it ends there
+    const delay = this.failures
+      ? retryDelay(this.failures)
+      : renewalDelay(deadline - Date.now() / 1000, this.lifetime, this.options.refreshMargin ?? 30);
+    this.timer = setTimeout(() => this.renew(), delay * 1000);
   }
 
   /** Present fresh credentials now; the gateway extends this session's live connections. */
   async renew() {
+    clearTimeout(this.timer);
+    const deadline = this.expires;
     try {
-      this.session = await signIn(this.url, this.options.challengeHandler);
-      if (this.session && this.options.onsession) this.options.onsession(this.session);
-      this.scheduleRenewal();
+      const session = await signIn(this.url, this.options.challengeHandler);
+      this.failures = 0;
+      this.renewedFor = deadline;
+      this.learn(session);
+      if (session && this.options.onsession) this.options.onsession(session);
     } catch (error) {
       if (this.options.onerror) this.options.onerror(error);
+      if (!transient(error)) return;  // refused: the gateway closes the connection at its deadline
+      this.failures += 1;
     }
+    this.scheduleRenewal();
   }
 }
