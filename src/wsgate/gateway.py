@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import hashlib
 import json
 import logging
 import math
@@ -36,7 +35,7 @@ from .security.tls import ListenerTls
 from .services import create_service
 from .services.base import Runtime, ServiceHandler
 from .services.directory import DirectoryService
-from .state.revocations import MemoryRevocations, RevocationStore, token_key, user_key
+from .state.revocations import MemoryRevocations, RevocationStore, token_digest, token_key, user_key
 from .transport.listener import Listener, Route
 from .transport.websocket import CloseCode, Connection
 
@@ -244,12 +243,12 @@ class Gateway:
 
         A user stays refused for ``security/revocation-timeout``; a token until its own expiry (its
         ``exp``, or that of the live connections that presented it), else as long as a user. Tokens are
-        known by their JWT ``jti``, else by SHA-256; the token itself is never kept. Live connections close
-        with 1008 and are aborted after 1 s; the user's realm sessions end.
+        known by their JWT ``jti``, else by ``token_digest`` (a JWT's signed part); the token itself is never
+        kept. Live connections close with 1008 and are aborted after 1 s; the user's realm sessions end.
         """
         now = time.time()
         ttl = self.config.security.revocation_timeout
-        digest = hashlib.sha256(token.encode()).hexdigest() if token else None
+        digest = token_digest(token) if token else None
 
         def match(connection: Connection) -> bool:
             identity = connection.identity

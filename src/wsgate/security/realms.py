@@ -21,7 +21,6 @@ see docs/security.md, "Re-authentication without disconnecting"):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Sequence
@@ -33,7 +32,7 @@ from aiohttp import web
 
 from ..config.model import AuthorizationConstraint, Realm
 from ..management.logs import get_logger
-from ..state.revocations import MemoryRevocations, RevocationStore, identity_keys
+from ..state.revocations import MemoryRevocations, RevocationStore, identity_keys, token_digest
 from .challenges import (
     AmbiguousCredentials,
     Credentials,
@@ -65,7 +64,7 @@ class Identity:
     user: str | None
     roles: frozenset[str]
     expires_at: float | None  # wall-clock seconds; the connection must not outlive it
-    token_digest: str | None = None  # SHA-256 of the bearer token, so revocation can target it
+    token_digest: str | None = None  # the bearer token's ``token_digest``, so revocation can target it
     authenticated_at: float = 0.0  # when the login chain last accepted fresh credentials
     session: str | None = None  # the realm session (cookie digest) this identity came from
     token_id: str | None = None  # the JWT's jti, so revocation can target the token however it is encoded
@@ -127,7 +126,7 @@ class RealmRuntime:
         if not isinstance(outcome, Succeeded):
             return self.refusal(outcome, self.presented(credentials), result.trail)
         token = credentials.bearer()
-        digest = hashlib.sha256(token.encode()).hexdigest() if token else None
+        digest = token_digest(token) if token else None
         identity = Identity(
             self.config.name,
             outcome.user,

@@ -1,0 +1,57 @@
+"""Hostile-client review of the realm, revocation, redaction, directory and listener fixes.
+
+Each test is an attack that got through before its fix; they run against real gateways on loopback.
+"""
+
+from __future__ import annotations
+
+import base64
+
+from .test_realm_hardening import ROOT, admin_url, revoking, ws_url  # noqa: F401  (fixtures among them)
+from .test_realms import backend, issuer, refused, users  # noqa: F401  (fixtures among them)
+
+P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+
+
+def padded(token: str) -> str:
+    """The same JWT with its signature base64-padded, which PyJWT accepts (as some issuers pad)."""
+    signing_input, signature = token.rsplit(".", 1)
+    return f"{signing_input}.{signature}" + "=" * (-len(signature) % 4)
+
+
+# -- revocation by token digest --------------------------------------------------------------------
+
+
+async def test_a_revoked_token_without_jti_is_refused_however_its_signature_is_spelled(revoking, http, issuer):  # noqa: F811
+    gateway = await revoking()
+    token = issuer.token()  # no jti: the revocation is keyed by the token's digest
+    ws = await http.ws_connect(ws_url(gateway, "tokens"), headers={"Authorization": f"Bearer {padded(token)}"})
+    await ws.close()  # the padded spelling is a valid token
+    async with http.post(admin_url(gateway, "/api/revocations"), headers=ROOT, json={"token": token}) as response:
+        assert response.status == 200
+    for spelling in (token, padded(token)):
+        error = await refused(http, gateway, "tokens", headers={"Authorization": f"Bearer {spelling}"})
+        assert error.status == 403, spelling[-8:]
+    # and the other way round: revoking a variant spelling revokes the token as issued
+    other = issuer.token(sub="bob")
+    await gateway.revoke(token=padded(other))
+    assert (await refused(http, gateway, "tokens", headers={"Authorization": f"Bearer {other}"})).status == 403
+
+
+def high_s(token: str) -> str:
+    """The other valid ECDSA signature of an ES256 token, ``(r, n - s)``: no key needed."""
+    signing_input, signature = token.rsplit(".", 1)
+    raw = base64.urlsafe_b64decode(signature + "==")
+    s = int.from_bytes(raw[32:], "big")
+    other = raw[:32] + (P256_ORDER - s).to_bytes(32, "big")
+    return f"{signing_input}." + base64.urlsafe_b64encode(other).rstrip(b"=").decode()
+
+
+async def test_a_revoked_es256_token_without_jti_is_refused_with_its_other_signature(revoking, http, issuer):  # noqa: F811
+    gateway = await revoking()
+    token = issuer.token("ec1")
+    ws = await http.ws_connect(ws_url(gateway, "tokens"), headers={"Authorization": f"Bearer {high_s(token)}"})
+    await ws.close()  # the re-signed token is valid
+    await gateway.revoke(token=token)
+    for spelling in (token, high_s(token)):
+        assert (await refused(http, gateway, "tokens", headers={"Authorization": f"Bearer {spelling}"})).status == 403
