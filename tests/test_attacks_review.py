@@ -6,7 +6,11 @@ Each test is an attack that got through before its fix; they run against real ga
 from __future__ import annotations
 
 import base64
+import logging
 
+import pytest
+
+from .test_echo_directory import HIDDEN_SITE, hidden_site, raw_get, site, without_date  # noqa: F401
 from .test_realm_hardening import ROOT, admin_url, revoking, ws_url  # noqa: F401  (fixtures among them)
 from .test_realms import backend, issuer, refused, users  # noqa: F401  (fixtures among them)
 
@@ -55,3 +59,20 @@ async def test_a_revoked_es256_token_without_jti_is_refused_with_its_other_signa
     await gateway.revoke(token=token)
     for spelling in (token, high_s(token)):
         assert (await refused(http, gateway, "tokens", headers={"Authorization": f"Bearer {spelling}"})).status == 403
+
+
+# -- directory: paths the file system cannot look up ------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/%00", "/sub/x%00.txt", "/" + "a" * 300, "/sub/" + "b" * 300 + "/c"])
+async def test_a_path_the_file_system_cannot_look_up_is_missing_not_a_server_error(
+    start_gateway,
+    hidden_site,  # noqa: F811
+    path,
+    caplog,
+):
+    gw = await start_gateway(HIDDEN_SITE)
+    port = gw.port_of("site")
+    response = await raw_get(port, path)
+    assert without_date(response) == without_date(await raw_get(port, "/no-such-file")), response[:40]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # no traceback per request
