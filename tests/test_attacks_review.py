@@ -5,6 +5,7 @@ Each test is an attack that got through before its fix; they run against real ga
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 
@@ -76,3 +77,65 @@ async def test_a_path_the_file_system_cannot_look_up_is_missing_not_a_server_err
     response = await raw_get(port, path)
     assert without_date(response) == without_date(await raw_get(port, "/no-such-file")), response[:40]
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # no traceback per request
+
+
+# -- request bodies trickled forever --------------------------------------------------------------
+
+SLOW_BODY = """
+limits:
+  handshake-timeout: 1s
+service:
+  - name: admin
+    accept: http://127.0.0.1:0/admin
+    type: management
+    properties:
+      insecure: "true"
+"""
+
+
+async def trickle_body(port: int, head: bytes, seconds: float) -> float | None:
+    """Send ``head``, then one chunk of a chunked body every 0.2 s: when did the gateway hang up?"""
+    loop = asyncio.get_running_loop()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(head)
+    started = loop.time()
+    try:
+        while loop.time() - started < seconds:
+            writer.write(b"1\r\n \r\n")
+            await writer.drain()
+            try:
+                if await asyncio.wait_for(reader.read(1024), 0.2) == b"":
+                    return loop.time() - started
+            except TimeoutError:
+                continue
+    except ConnectionError:
+        return loop.time() - started
+    finally:
+        writer.close()
+    return None
+
+
+async def test_a_request_body_trickled_forever_is_dropped_at_the_request_deadline(start_gateway, caplog):
+    gw = await start_gateway(SLOW_BODY)
+    head = (
+        b"POST /admin/api/revocations HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+    )
+    dropped = await trickle_body(gw.port_of("admin"), head, 4.0)
+    assert dropped is not None and dropped < 2.5, "a body trickled forever held the request open"
+    text = gw.runtime.metrics.exposition().decode()
+    assert 'wsgate_limited_total{limit="handshake-timeout",service=""} 1.0' in text
+    await asyncio.sleep(0.2)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # a dropped client is no server error
+    # a body that arrives in time is read as before
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port_of("admin"))
+    body = b'{"user": "mallory"}'
+    writer.write(
+        b"POST /admin/api/revocations HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+    )
+    await asyncio.sleep(0.5)  # the body a moment after the head, well within the deadline
+    writer.write(body)
+    assert (await asyncio.wait_for(reader.read(), 3)).startswith(b"HTTP/1.1 200")
+    writer.close()
+    assert "user:mallory" in await gw.revocations_in_force()

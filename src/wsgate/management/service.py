@@ -164,6 +164,8 @@ class ManagementService(OperatorService):
             response = await self.route(request, path)
         except (ValueError, KeyError):
             response = web.json_response({"error": "bad request"}, status=400)
+        except ConnectionResetError:  # the client left (or was dropped) before its body was complete
+            return web.Response(status=400)  # nobody to read it: aiohttp drops it, no error to log
         response.headers.setdefault("Cache-Control", "no-store")
         response.headers.update(self.cors(request))
         return response
