@@ -10,10 +10,11 @@ import base64
 import logging
 
 import pytest
+from multidict import CIMultiDict
 
 from .test_echo_directory import HIDDEN_SITE, hidden_site, raw_get, site, without_date  # noqa: F401
 from .test_realm_hardening import ROOT, admin_url, revoking, ws_url  # noqa: F401  (fixtures among them)
-from .test_realms import backend, issuer, refused, users  # noqa: F401  (fixtures among them)
+from .test_realms import backend, gw, issuer, refused, users  # noqa: F401  (fixtures among them)
 
 P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 
@@ -72,8 +73,8 @@ async def test_a_path_the_file_system_cannot_look_up_is_missing_not_a_server_err
     path,
     caplog,
 ):
-    gw = await start_gateway(HIDDEN_SITE)
-    port = gw.port_of("site")
+    gateway = await start_gateway(HIDDEN_SITE)
+    port = gateway.port_of("site")
     response = await raw_get(port, path)
     assert without_date(response) == without_date(await raw_get(port, "/no-such-file")), response[:40]
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # no traceback per request
@@ -116,19 +117,19 @@ async def trickle_body(port: int, head: bytes, seconds: float) -> float | None:
 
 
 async def test_a_request_body_trickled_forever_is_dropped_at_the_request_deadline(start_gateway, caplog):
-    gw = await start_gateway(SLOW_BODY)
+    gateway = await start_gateway(SLOW_BODY)
     head = (
         b"POST /admin/api/revocations HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         b"Transfer-Encoding: chunked\r\n\r\n"
     )
-    dropped = await trickle_body(gw.port_of("admin"), head, 4.0)
+    dropped = await trickle_body(gateway.port_of("admin"), head, 4.0)
     assert dropped is not None and dropped < 2.5, "a body trickled forever held the request open"
-    text = gw.runtime.metrics.exposition().decode()
+    text = gateway.runtime.metrics.exposition().decode()
     assert 'wsgate_limited_total{limit="handshake-timeout",service=""} 1.0' in text
     await asyncio.sleep(0.2)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # a dropped client is no server error
     # a body that arrives in time is read as before
-    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port_of("admin"))
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port_of("admin"))
     body = b'{"user": "mallory"}'
     writer.write(
         b"POST /admin/api/revocations HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
@@ -138,4 +139,16 @@ async def test_a_request_body_trickled_forever_is_dropped_at_the_request_deadlin
     writer.write(body)
     assert (await asyncio.wait_for(reader.read(), 3)).startswith(b"HTTP/1.1 200")
     writer.close()
-    assert "user:mallory" in await gw.revocations_in_force()
+    assert "user:mallory" in await gateway.revocations_in_force()
+
+
+# -- credentials in a repeated header -------------------------------------------------------------
+
+
+async def test_token_offers_in_two_subprotocol_headers_are_ambiguous(gw, http, issuer, backend):  # noqa: F811
+    token, other = issuer.token(jti="a"), issuer.token(jti="b", sub="mallory")
+    headers = CIMultiDict([("Sec-WebSocket-Protocol", f"wsgate.token.{token}"), ("Sec-WebSocket-Protocol", "chat")])
+    headers.add("Sec-WebSocket-Protocol", f"wsgate.token.{other}")
+    error = await refused(http, gw, "tokens", headers=headers)
+    assert error.status == 400  # not "the first header wins"
+    assert backend[2] == []

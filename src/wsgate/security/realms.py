@@ -154,7 +154,9 @@ class RealmRuntime:
         auth = self.config.authentication
         headers = {name: request.headers.getall(name, []) for name in ("Authorization", "Cookie", *auth.http_headers)}
         query = {name: request.query.getall(name, []) for name in auth.http_query_parameters}
-        offers = offered_subprotocols(request.headers.get("Sec-WebSocket-Protocol")) if self.token_realm else None
+        offers = None
+        if self.token_realm:  # every Sec-WebSocket-Protocol header: a token in a second one is not overlooked
+            offers = offered_subprotocols(", ".join(request.headers.getall("Sec-WebSocket-Protocol", [])))
         credentials = gather_credentials(
             headers,
             query,
