@@ -293,3 +293,13 @@ async def test_an_unknown_user_costs_the_same_directory_work_as_a_wrong_password
             assert await operations(unknown) == known, unknown
     finally:
         await module.close()
+
+
+async def test_an_authz_identity_the_entry_cannot_fill_is_not_a_name_users_share(directory, http, caplog):
+    """``emp-{employeeNumber}`` for entries without employeeNumber must not make bob and carol both ``emp-``."""
+    gw = await directory('            authzIdentity: "emp-{employeeNumber}"')
+    with caplog.at_level(logging.INFO, logger="wsgate.audit"):
+        for user, password in (("alice", "alicepw"), ("bob", "bobpw")):
+            assert await status_of(http, gw, "users", basic(user, password)) == 101
+    users = [r.msg["user"] for r in caplog.records if isinstance(r.msg, dict) and r.msg.get("decision")]
+    assert users[-2:] == ["emp-1001", "bob"]  # bob has no employeeNumber: the stored uid, as documented

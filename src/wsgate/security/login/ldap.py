@@ -305,7 +305,10 @@ class LdapLoginModule:
         return frozenset(names)
 
     def _authz_name(self, dn: str, attributes: dict[str, list[str]]) -> str:
-        """``authzIdentity`` filled in, else the stored value the filter matched, else the DN."""
+        """``authzIdentity`` filled in, else the stored value the filter matched, else the DN.
+
+        ``authzIdentity`` is used only when the entry holds exactly one value of every attribute it names.
+        """
         by_name = {name.lower(): values for name, values in attributes.items()}
         canonical = dn
         if self.name_attribute:
@@ -313,12 +316,10 @@ class LdapLoginModule:
             canonical = stored[0] if len(stored) == 1 and stored[0] else dn
         if not self.authz:
             return canonical
-
-        def value(match: re.Match[str]) -> str:
-            values = by_name.get(match.group(1).lower()) or [""]
-            return values[0]
-
-        return _ATTRIBUTE_REF.sub(value, self.authz) or canonical
+        values = {name.lower(): by_name.get(name.lower(), []) for name in _ATTRIBUTE_REF.findall(self.authz)}
+        if any(len(v) != 1 or not v[0] for v in values.values()):
+            return canonical  # "emp-" for everyone without employeeNumber would be a name users share
+        return _ATTRIBUTE_REF.sub(lambda m: values[m.group(1).lower()][0], self.authz) or canonical
 
 
 def _discard(connection: ldap3.Connection) -> None:
