@@ -152,3 +152,43 @@ async def test_token_offers_in_two_subprotocol_headers_are_ambiguous(gw, http, i
     error = await refused(http, gw, "tokens", headers=headers)
     assert error.status == 400  # not "the first header wins"
     assert backend[2] == []
+
+
+# -- redaction: header names as keys and in (name, value) pairs --------------------------------------
+
+OPAQUE = "opq" + "7f3a9c2e5b1d4f60a8e2"
+
+
+def test_credential_headers_are_masked_as_event_keys_before_and_after_a_config_adds_names():
+    from wsgate.management.redact import MASK, Redactor
+
+    redactor = Redactor()
+    event = {"event": "request", "headers": {"X-Api-Key": OPAQUE, "Host": "a"}, "x_api_key": OPAQUE}
+    for _ in range(2):
+        masked = redactor.value(event)
+        assert masked["headers"] == {"X-Api-Key": MASK, "Host": "a"} and masked["x_api_key"] == MASK
+        redactor.add(parameters=("auth",), headers=("X-Token",))
+    assert redactor.value({"headers": {"x-token": OPAQUE}})["headers"]["x-token"] == MASK
+    # names the list calls too common to mask as keys stay readable after a config adds its own names
+    assert redactor.value({"code": 1008, "session": "s-1", "ticket": "T-9"}) == {
+        "code": 1008,
+        "session": "s-1",
+        "ticket": "T-9",
+    }
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        str([("Host", "a"), ("X-Api-Key", OPAQUE)]),
+        str((("Host", "a"), ("Authorization", "Basic YTpi"))),
+        '[["Host", "a"], ["X-Token", "' + OPAQUE + '"]]',
+    ],
+)
+def test_credential_headers_are_masked_in_name_value_pairs(text):
+    from wsgate.management.redact import Redactor
+
+    redactor = Redactor()
+    redactor.add(headers=("X-Token",))
+    masked = redactor.text(text)
+    assert OPAQUE not in masked and "YTpi" not in masked and "'Host', 'a'" in masked.replace('"', "'")

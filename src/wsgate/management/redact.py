@@ -46,14 +46,12 @@ CREDENTIAL_PARAMETERS = (
     "signature",
 )
 CREDENTIAL_HEADERS = ("authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key")
-# Event-dict keys whose values are masked whole ("code", "session" are too common as keys to be on this list).
+# Event-dict keys whose values are masked whole ("code", "session" are too common as keys to be on this
+# list): these, every credential header name, and the names a configuration adds.
 CREDENTIAL_KEYS = frozenset(
     {
         *(p for p in CREDENTIAL_PARAMETERS if p not in ("code", "session", "sig", "signature", "ticket")),
-        "authorization",
-        "proxy_authorization",
-        "cookie",
-        "set_cookie",
+        *(h.replace("-", "_") for h in CREDENTIAL_HEADERS),
         "credentials",
     }
 )
@@ -96,14 +94,16 @@ class Redactor:
             self.headers.update(h.lower() for h in headers if h)
             self.cookies.update(c for c in cookies if c)
             if (len(self.parameters), len(self.headers), len(self.cookies)) != before:
-                self.keys = CREDENTIAL_KEYS | {_key(n) for n in (*self.parameters, *self.headers, *self.cookies)}
+                named = (*parameters, *headers, *cookies)  # what a realm reads is a credential, whatever its name
+                self.keys = self.keys | {_key(n) for n in named if n}
                 self._compile()
 
     def _compile(self) -> None:
         headers = "|".join(re.escape(h) for h in sorted(self.headers, key=len, reverse=True))
-        # "Name: value" on the wire, "'Name': 'value'" in a repr, "name=value" in key=value output.
-        # The value stops at a backslash too: a masked JSON line keeps its escapes and stays JSON.
-        self._header = re.compile(rf"(?i)(?<![\w-])({headers})(['\"]?\s*[:=]\s*)(['\"]?)[^\r\n'\"\\]*")
+        # "Name: value" on the wire, "'Name': 'value'" in a repr, "name=value" in key=value output,
+        # "('Name', 'value')" in a list of pairs. The value stops at a backslash too: a masked JSON line
+        # keeps its escapes and stays JSON.
+        self._header = re.compile(rf"(?i)(?<![\w-])({headers})((?:['\"]\s*[,:=]|\s*[:=])\s*)(['\"]?)[^\r\n'\"\\]*")
         names = "|".join(re.escape(n) for n in sorted(self.parameters | self.cookies, key=len, reverse=True))
         self._assignment = re.compile(rf"(?i)(?<![\w-])({names})(=)[^&;\s'\"\\#,)\]}}>]*")
         self._quoted = re.compile(rf"(?i)(['\"])({names})\1(\s*:\s*)(['\"])(?:(?!\4).)*\4")
