@@ -13,7 +13,7 @@ import pytest
 from multidict import CIMultiDict
 
 from .test_echo_directory import HIDDEN_SITE, hidden_site, raw_get, site, without_date  # noqa: F401
-from .test_realm_hardening import ROOT, admin_url, revoking, ws_url  # noqa: F401  (fixtures among them)
+from .test_realm_hardening import ROOT, admin_url, check_config, revoking, ws_url  # noqa: F401  (fixtures among them)
 from .test_realms import backend, gw, issuer, refused, users  # noqa: F401  (fixtures among them)
 
 P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
@@ -192,3 +192,75 @@ def test_credential_headers_are_masked_in_name_value_pairs(text):
     redactor.add(headers=("X-Token",))
     masked = redactor.text(text)
     assert OPAQUE not in masked and "YTpi" not in masked and "'Host', 'a'" in masked.replace('"', "'")
+
+
+# -- check-config: any origin with credentials a browser sends by itself -------------------------------
+
+AMBIENT = """
+service:
+  - name: basic-any
+    accept: ws://127.0.0.1:0/basic-any
+    type: echo
+    realm-name: basic
+    cross-site-constraint:
+      allow-origin: "*"
+  - name: basic-listed
+    accept: ws://127.0.0.1:0/basic-listed
+    type: echo
+    realm-name: basic
+    cross-site-constraint:
+      allow-origin: https://app.example.com
+  - name: token-any
+    accept: ws://127.0.0.1:0/token-any
+    type: echo
+    realm-name: token
+    cross-site-constraint:
+      allow-origin: "*"
+  - name: cookie-any
+    accept: ws://127.0.0.1:0/cookie-any
+    type: echo
+    realm-name: cookie
+    cross-site-constraint:
+      allow-origin: "*"
+  - name: admin
+    accept: http://127.0.0.1:0/admin
+    type: management
+    realm-name: basic
+    cross-site-constraint:
+      allow-origin: "*"
+security:
+  realm:
+    - name: basic
+      authentication:
+        http-challenge-scheme: Application Basic
+        login-modules:
+          login-module:
+            type: file
+            options:
+              file: jaas-config.xml
+    - name: token
+      authentication:
+        http-challenge-scheme: Application Token
+        http-header: X-Token
+        login-modules:
+          login-module:
+            type: file
+            options:
+              file: jaas-config.xml
+    - name: cookie
+      authentication:
+        http-challenge-scheme: Application Token
+        authorization-mode: recycle
+        login-modules:
+          login-module:
+            type: file
+            options:
+              file: jaas-config.xml
+"""
+
+
+def test_check_config_warns_when_any_origin_may_use_credentials_a_browser_sends_by_itself(tmp_path, capsys, users):  # noqa: F811
+    out = check_config(tmp_path, capsys, AMBIENT, "gateway.yaml")
+    warnings = [line for line in out.splitlines() if line.startswith("WARNING")]
+    assert [w.split()[1] for w in warnings] == ["service[basic-any]", "service[cookie-any]", "service[admin]"], out
+    assert "Basic" in warnings[0] and "session cookie" in warnings[1] and "allow-origin *" in warnings[2]
