@@ -264,3 +264,53 @@ def test_check_config_warns_when_any_origin_may_use_credentials_a_browser_sends_
     warnings = [line for line in out.splitlines() if line.startswith("WARNING")]
     assert [w.split()[1] for w in warnings] == ["service[basic-any]", "service[cookie-any]", "service[admin]"], out
     assert "Basic" in warnings[0] and "session cookie" in warnings[1] and "allow-origin *" in warnings[2]
+
+
+# -- redaction: a URL's userinfo ---------------------------------------------------------------------
+
+JWKS_PASSWORD = "Jwks-Pw-" + "5d1c0e"
+
+
+async def test_a_password_in_a_jwks_url_never_reaches_the_audit_log(start_gateway, http, caplog, unused_tcp_port):
+    gateway = await start_gateway(f"""
+service:
+  - name: tokens
+    accept: ws://127.0.0.1:0/tokens
+    type: echo
+    realm-name: tokens
+security:
+  realm:
+    name: tokens
+    authentication:
+      http-challenge-scheme: Application Token
+      login-modules:
+        login-module:
+          type: jwt
+          options:
+            jwks-url: http://jwks:{JWKS_PASSWORD}@127.0.0.1:{unused_tcp_port}/jwks.json
+            issuer: https://issuer.test
+            audience: wsgate
+""")
+    with caplog.at_level(logging.DEBUG):
+        error = await refused(
+            http, gateway, "tokens", headers={"Authorization": "Bearer eyJhbGciOiJSUzI1NiJ9.e30.c2ln"}
+        )
+    assert error.status == 503
+    assert "unreachable" in caplog.text and JWKS_PASSWORD not in caplog.text
+    for record in caplog.records:
+        assert JWKS_PASSWORD not in repr(record.msg) + repr(record.args)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"JWKS https://svc:{JWKS_PASSWORD}@idp.example/jwks.json unreachable",
+        f"back end ws://svc:{JWKS_PASSWORD}@10.0.0.1:8080/x lost",
+        f"connect ldaps://cn=admin:{JWKS_PASSWORD}@ldap.example/",
+    ],
+)
+def test_a_urls_password_is_masked(text):
+    from wsgate.management.redact import Redactor
+
+    masked = Redactor().text(text)
+    assert JWKS_PASSWORD not in masked and ("://svc:[redacted]@" in masked or "://cn=admin:[redacted]@" in masked)

@@ -8,7 +8,8 @@ created (``install``: a record factory wrapping whatever factory was there), bef
 handler — ours, an embedding application's, pytest's — formats it.
 
 What is redacted (``Redactor``): ``Authorization``/``Proxy-Authorization``/``Cookie``/
-``Set-Cookie`` header values of any scheme, scheme credentials (``Basic …``, ``Bearer …``),
+``Set-Cookie`` header values of any scheme, scheme credentials (``Basic …``, ``Bearer …``), the password
+of a URL's userinfo (a ``jwks-url`` ``https://user:password@…`` in an audit reason),
 ``wsgate.token.`` offers, JWT-shaped strings (``eyJ…``), query parameters that commonly carry
 credentials (``CREDENTIAL_PARAMETERS``), event-dict values under credential-like keys, and the
 query parameter, header and cookie names the loaded realms read credentials from (``Redactor.add``,
@@ -72,6 +73,8 @@ _NAMED_VALUE = re.compile(
     r"(?i)\b(token|password|passwd|secret|credentials?|api[-_ ]?key)(\s*[:=]?\s*)(['\"]?)"
     r"(?=[A-Za-z0-9._~+/=-]{8,})(?=[A-Za-z]*[0-9._~+/=-])[A-Za-z0-9._~+/=-]+"
 )
+# scheme://user:password@host: the password, up to the '@' (one inside a password is percent-encoded).
+_URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s/:@'\"]*:)[^\s/@'\"]+(?=@)")
 _FORMATTER = logging.Formatter()
 
 
@@ -115,6 +118,7 @@ class Redactor:
         text = self._header.sub(lambda m: f"{m[1]}{m[2]}{m[3]}{MASK}", text)
         text = _SCHEME_CREDENTIALS.sub(lambda m: f"{m[1]}{m[2]}{MASK}", text)
         text = _SUBPROTOCOL_TOKEN.sub(lambda m: f"{m[1]}{MASK}", text)
+        text = _URL_PASSWORD.sub(lambda m: f"{m[1]}{MASK}", text)
         text = _JWT.sub(MASK, text)
         text = _NAMED_VALUE.sub(lambda m: f"{m[1]}{m[2]}{m[3]}{MASK}", text)
         text = self._assignment.sub(lambda m: f"{m[1]}{m[2]}{MASK}", text)
