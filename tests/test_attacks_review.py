@@ -13,8 +13,8 @@ import pytest
 from multidict import CIMultiDict
 
 from .test_echo_directory import HIDDEN_SITE, hidden_site, raw_get, site, without_date  # noqa: F401
-from .test_realm_hardening import ROOT, admin_url, check_config, revoking, ws_url  # noqa: F401  (fixtures among them)
-from .test_realms import backend, gw, issuer, refused, users  # noqa: F401  (fixtures among them)
+from .test_realm_hardening import ROOT, UNCONSTRAINED_YAML, admin_url, check_config, revoking, ws_url  # noqa: F401  (fixtures among them)
+from .test_realms import backend, basic, gw, issuer, refused, users  # noqa: F401  (fixtures among them)
 
 P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 
@@ -314,3 +314,27 @@ def test_a_urls_password_is_masked(text):
 
     masked = Redactor().text(text)
     assert JWKS_PASSWORD not in masked and ("://svc:[redacted]@" in masked or "://cn=admin:[redacted]@" in masked)
+
+
+# -- reload: a realm's files are part of the realm --------------------------------------------------
+
+
+async def test_a_user_removed_from_the_users_file_is_refused_after_a_reload(start_gateway, http, users):  # noqa: F811
+    gateway = await start_gateway(
+        UNCONSTRAINED_YAML.replace(
+            "realm-name: demo", "realm-name: demo\n    authorization-constraint:\n      require-role: AUTHORIZED"
+        )
+    )
+    url = f"ws://127.0.0.1:{gateway.port_of('echo')}/echo"
+    ws = await http.ws_connect(url, headers=basic("joe", "welcome"))
+    await ws.close()
+    users.write_text(users.read_text().replace("<user><name>joe</name>", "<user><name>former-joe</name>"))
+    ok, message = await gateway.reload()
+    assert ok, message
+    error = await refused(http, gateway, "echo", headers=basic("joe", "welcome"))
+    assert error.status == 403  # the file the operator edited counts, not the one read at start
+    ws = await http.ws_connect(url, headers=basic("former-joe", "welcome"))
+    await ws.close()
+    realm = gateway.realms["demo"]
+    assert (await gateway.reload())[0]
+    assert gateway.realms["demo"] is realm  # nothing changed since: the realm (its sessions, pools) is kept

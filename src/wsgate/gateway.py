@@ -348,9 +348,10 @@ class Gateway:
         removed = set(self.services) - set(fresh.services)
         changed = set(self.services) - removed - unchanged
         added = set(fresh.services) - set(self.services)
-        # Realms whose config did not change keep their runtime: sessions and pools survive.
+        # Realms whose config and files did not change keep their runtime: sessions and pools survive.
         for name, realm in list(fresh.realms.items()):
-            if name in self.realms and self.config.security.realms[name] == fresh.config.security.realms[name]:
+            old = self.realms.get(name)
+            if old is not None and old.config == realm.config and old.files == realm.files:
                 await realm.close()
                 fresh.realms[name] = self.realms[name]
         # One registry of live connections across reloads; kept handlers move to the new runtime.

@@ -21,6 +21,7 @@ see docs/security.md, "Re-authentication without disconnecting"):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Sequence
@@ -43,6 +44,7 @@ from .challenges import (
     realm_schemes,
 )
 from .login import Busy, ChainEntry, Challenged, Failed, LoginAttempt, Succeeded, Unavailable, build_module, run_chain
+from .login.base import resolve
 from .login.verifier import Verifier
 from .sessions import DEFAULT_SESSION_TTL, SessionStore, cookie_name
 
@@ -104,6 +106,7 @@ class RealmRuntime:
         self.metrics: Metrics | None = None  # set by the gateway
         self.verifier = Verifier(auth.login_concurrency, auth.login_queue, f"wsgate-verify-{realm.name}")
         self.revocations: RevocationStore = MemoryRevocations()  # the gateway's, shared by every realm
+        self.files = module_files(realm, base_dir)
 
     async def authenticate(
         self, request: web.BaseRequest, peer: PeerIdentity | None, allow_session: bool = True
@@ -234,6 +237,25 @@ class RealmRuntime:
         if expired(session.identity, self.config):
             return None
         return session.identity
+
+
+def module_files(realm: Realm, base_dir: Path) -> tuple[tuple[str, str | None], ...]:
+    """The content (SHA-256) of every file the realm's login modules read (``file`` and ``*-file`` options).
+
+    A reload keeps a realm whose configuration is unchanged (its sessions, its pools), but only if these
+    are unchanged too: a user removed from ``jaas-config.xml`` or a key removed from a ``key-file`` must
+    not keep logging in because the config text that names the file stayed the same.
+    """
+    found = []
+    for index, module in enumerate(realm.authentication.login_modules):
+        for name, value in sorted(module.options.items()):
+            if name == "file" or name.endswith("-file"):
+                try:
+                    content: str | None = hashlib.sha256(resolve(base_dir, value).read_bytes()).hexdigest()
+                except OSError:
+                    content = None
+                found.append((f"login-module[{index + 1}]/{name}", content))
+    return tuple(found)
 
 
 def authorized(roles: frozenset[str], constraints: Sequence[AuthorizationConstraint]) -> bool:
