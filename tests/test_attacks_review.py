@@ -338,3 +338,48 @@ async def test_a_user_removed_from_the_users_file_is_refused_after_a_reload(star
     realm = gateway.realms["demo"]
     assert (await gateway.reload())[0]
     assert gateway.realms["demo"] is realm  # nothing changed since: the realm (its sessions, pools) is kept
+
+
+# -- a client that stops reading its response -----------------------------------------------------
+
+BIG_FILE = """
+service:
+  - name: site
+    accept: http://127.0.0.1:0/
+    type: directory
+    properties:
+      directory: /
+    accept-options:
+      http.keepalive.timeout: 1s
+"""
+
+
+async def test_a_client_that_stops_reading_a_response_is_dropped_after_the_keepalive_timeout(
+    start_gateway, tmp_path, caplog
+):
+    size = 32 * 1024 * 1024  # far more than the socket buffers on both sides hold
+    with (tmp_path / "big.bin").open("wb") as file:
+        file.truncate(size)
+    gateway = await start_gateway(BIG_FILE)
+    request = b"GET /big.bin HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+
+    async def fetch(stall: float) -> int:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port_of("site"), limit=4096)
+        writer.write(request)
+        await asyncio.sleep(stall)  # reads nothing meanwhile: the server's writes pile up, then stall
+        received = 0
+        try:
+            while received < size:
+                chunk = await asyncio.wait_for(reader.read(1 << 20), 5)
+                if not chunk:
+                    break
+                received += len(chunk)
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+        return received
+
+    assert await fetch(3.0) < size  # dropped while it read nothing: not held for as long as it likes
+    assert await fetch(0.5) > size  # a pause shorter than the timeout is nobody's business (head + body)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -255,10 +255,14 @@ class HttpConnection(web.RequestHandler):
       armed when a response is finished and the connection stays open; the next request's first
       byte replaces it with a head deadline. An idle connection is closed.
 
-    A WebSocket (after 101) has neither: bytes then belong to the WebSocket reader.
+    And a second one, the *write stall*: while a response cannot be written because the client
+    reads nothing (the transport paused writing), for at most that service's keep-alive timeout;
+    then the socket is aborted (a slow-read client must not hold a connection as long as it likes).
+
+    A WebSocket (after 101) has none of them: bytes then belong to the WebSocket reader and writer.
     """
 
-    __slots__ = ("listener", "timer", "awaiting_head", "accepted", "body")
+    __slots__ = ("listener", "timer", "awaiting_head", "accepted", "body", "stall", "stall_timeout")
 
     def __init__(self, listener: Listener, manager: web.Server, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
@@ -267,6 +271,8 @@ class HttpConnection(web.RequestHandler):
         loop = kwargs["loop"]
         self.accepted: float = loop.time()
         self.body: StreamReader | None = None  # a request body still arriving under the head deadline
+        self.stall: asyncio.TimerHandle | None = None  # the write stall: armed while writing is paused
+        self.stall_timeout = DEFAULT_KEEPALIVE_TIMEOUT  # that of the service answering the request
         self.timer: asyncio.TimerHandle | None = loop.call_later(listener.handshake_timeout, self._head_late)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -288,6 +294,7 @@ class HttpConnection(web.RequestHandler):
     def head_complete(self, request: web.BaseRequest) -> None:
         """The request head reached the handler in time; a body still arriving keeps the deadline."""
         self.awaiting_head = False
+        self.stall_timeout = self.listener.idle_timeout(request)
         if request.body_exists and not request.content.is_eof() and not is_upgrade(request):
             self.body = request.content
         else:
@@ -304,9 +311,30 @@ class HttpConnection(web.RequestHandler):
             self._arm(self.listener.idle_timeout(request), self._idle)
         return result
 
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if not self._upgraded and self.stall is None:
+            self.stall = asyncio.get_running_loop().call_later(self.stall_timeout, self._stalled)
+
+    def resume_writing(self) -> None:
+        self._unstall()
+        super().resume_writing()
+
     def connection_lost(self, exc: BaseException | None) -> None:
         self._disarm()
+        self._unstall()
         super().connection_lost(exc)
+
+    def _unstall(self) -> None:
+        if self.stall is not None:
+            self.stall.cancel()
+            self.stall = None
+
+    def _stalled(self) -> None:
+        """The client read nothing of its response for the keep-alive timeout: drop it."""
+        self.stall = None
+        if self.transport is not None and not self._upgraded:
+            self.transport.abort()
 
     def _between_requests(self) -> bool:
         return not self._request_in_progress and not self._upgraded and self._payload_parser is None
