@@ -13,7 +13,15 @@ import pytest
 from multidict import CIMultiDict
 
 from .test_echo_directory import HIDDEN_SITE, hidden_site, raw_get, site, without_date  # noqa: F401
-from .test_realm_hardening import ROOT, UNCONSTRAINED_YAML, admin_url, check_config, revoking, ws_url  # noqa: F401  (fixtures among them)
+from .test_realm_hardening import (  # noqa: F401  (fixtures among them)
+    ROOT,
+    UNCONSTRAINED_YAML,
+    admin_url,
+    check_config,
+    revoking,
+    signed,
+    ws_url,
+)
 from .test_realms import backend, basic, gw, issuer, refused, users  # noqa: F401  (fixtures among them)
 
 P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
@@ -383,3 +391,14 @@ async def test_a_client_that_stops_reading_a_response_is_dropped_after_the_keepa
     assert await fetch(3.0) < size  # dropped while it read nothing: not held for as long as it likes
     assert await fetch(0.5) > size  # a pause shorter than the timeout is nobody's business (head + body)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+# -- JWT dates beyond a float ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("claims", [{"exp": 10**400}, {"exp": 10**400, "nbf": -(10**400)}, {"iat": -(10**400)}])
+async def test_jwt_dates_no_float_can_hold_are_refused_not_an_outage(gw, http, issuer, backend, caplog, claims):  # noqa: F811
+    token = signed(issuer, **claims)
+    error = await refused(http, gw, "tokens", headers={"Authorization": f"Bearer {token}"})
+    assert error.status == 403 and "Retry-After" not in error.headers
+    assert backend[2] == [] and not [r for r in caplog.records if r.levelno >= logging.ERROR]
