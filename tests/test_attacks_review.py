@@ -402,3 +402,11 @@ async def test_jwt_dates_no_float_can_hold_are_refused_not_an_outage(gw, http, i
     error = await refused(http, gw, "tokens", headers={"Authorization": f"Bearer {token}"})
     assert error.status == 403 and "Retry-After" not in error.headers
     assert backend[2] == [] and not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_token_with_an_exp_no_float_can_hold_can_still_be_revoked(revoking, http, issuer):  # noqa: F811
+    gateway = await revoking()
+    token = signed(issuer, exp=10**400, jti="huge")
+    async with http.post(admin_url(gateway, "/api/revocations"), headers=ROOT, json={"token": token}) as response:
+        assert response.status == 200
+    assert "jti:huge" in await gateway.revocations_in_force()

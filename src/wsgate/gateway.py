@@ -450,9 +450,13 @@ def unverified_jwt_claims(token: str) -> tuple[str | None, float | None]:
     if not isinstance(claims, dict):
         return None, None
     jti, exp = claims.get("jti"), claims.get("exp")
-    if isinstance(exp, bool) or not isinstance(exp, int | float) or not math.isfinite(exp):
-        exp = None
-    return (jti if isinstance(jti, str) and jti else None), (float(exp) if exp is not None else None)
+    try:
+        until = (
+            float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) and math.isfinite(exp) else None
+        )
+    except OverflowError:  # an integer no float can hold: no usable expiry
+        until = None
+    return (jti if isinstance(jti, str) and jti else None), until
 
 
 def _service_summary(service: Service) -> dict[str, Any]:
