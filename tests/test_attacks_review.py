@@ -410,3 +410,17 @@ async def test_a_token_with_an_exp_no_float_can_hold_can_still_be_revoked(revoki
     async with http.post(admin_url(gateway, "/api/revocations"), headers=ROOT, json={"token": token}) as response:
         assert response.status == 200
     assert "jti:huge" in await gateway.revocations_in_force()
+
+
+# -- directory: the trailing-slash redirect stays on this host ---------------------------------------
+
+
+@pytest.mark.parametrize("path", ["//sub", "///sub", "/%2Fsub", "//sub/"])
+async def test_the_directory_redirect_never_points_to_another_host(start_gateway, hidden_site, path):  # noqa: F811
+    gateway = await start_gateway(HIDDEN_SITE)
+    response = await raw_get(gateway.port_of("site"), path)
+    head = response.split(b"\r\n\r\n", 1)[0].decode()
+    locations = [line.split(":", 1)[1].strip() for line in head.split("\r\n") if line.lower().startswith("location:")]
+    assert all(not location.startswith("//") for location in locations), head  # "//sub/" is http://sub/
+    if locations:
+        assert locations == ["/sub/"]

@@ -77,7 +77,9 @@ class DirectoryService(ServiceHandler):
         file = self.resolve(relative)
         if file is not None and file.is_dir():
             if not request.path.endswith("/"):
-                return web.Response(status=301, headers={"Location": quote(request.path) + "/", **SECURITY_HEADERS})
+                # One leading slash: "//sub/" would send the browser to the host "sub".
+                location = quote("/" + request.path.lstrip("/")) + "/"
+                return web.Response(status=301, headers={"Location": location, **SECURITY_HEADERS})
             return self.listing(file, request.path)
         if file is None:
             return self.not_found()
