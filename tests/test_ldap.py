@@ -257,3 +257,49 @@ async def test_ldap_logins_count_against_the_realm_bound(directory, http):
         release.set()
         await asyncio.gather(*holders)
     assert await status_of(http, gw, "users", basic("bob", "bobpw")) == 101
+
+
+async def test_an_unknown_user_costs_the_same_directory_work_as_a_wrong_password(slapd, tmp_path, monkeypatch):
+    """No timing tells who exists: a name no entry matches is still followed by a (failing) bind."""
+    import ldap3
+
+    from wsgate.security.challenges import Credentials
+    from wsgate.security.login import Failed, LoginAttempt
+    from wsgate.security.login.ldap import LdapLoginModule
+
+    (tmp_path / "pw").write_text(ADMIN_PW)
+    options = {"userProvider": f"{slapd.url}/ou=people,{SUFFIX}", "bind-dn": ADMIN_DN, "bind-password-file": "pw"}
+    module = LdapLoginModule(options, "m", tmp_path)
+    binds: list[str | None] = []
+    bind = ldap3.Connection.bind
+
+    def counting_bind(connection: ldap3.Connection, *args, **kwargs):  # type: ignore[no-untyped-def]
+        binds.append(connection.user)
+        return bind(connection, *args, **kwargs)
+
+    monkeypatch.setattr(ldap3.Connection, "bind", counting_bind)
+
+    async def operations(user: str) -> int:
+        binds.clear()
+        credentials = Credentials("basic", base64.b64encode(f"{user}:wrong".encode()).decode())
+        assert isinstance(await module.login(LoginAttempt(credentials, "r")), Failed)
+        return len(binds)
+
+    try:
+        await operations("alice")  # the pooled service connection is bound once, first
+        known = await operations("alice")
+        assert known == 1
+        for unknown in ("nobody", "al*", "alice)(uid=bob"):
+            assert await operations(unknown) == known, unknown
+    finally:
+        await module.close()
+
+
+async def test_an_authz_identity_the_entry_cannot_fill_is_not_a_name_users_share(directory, http, caplog):
+    """``emp-{employeeNumber}`` for entries without employeeNumber must not make bob and carol both ``emp-``."""
+    gw = await directory('            authzIdentity: "emp-{employeeNumber}"')
+    with caplog.at_level(logging.INFO, logger="wsgate.audit"):
+        for user, password in (("alice", "alicepw"), ("bob", "bobpw")):
+            assert await status_of(http, gw, "users", basic(user, password)) == 101
+    users = [r.msg["user"] for r in caplog.records if isinstance(r.msg, dict) and r.msg.get("decision")]
+    assert users[-2:] == ["emp-1001", "bob"]  # bob has no employeeNumber: the stored uid, as documented

@@ -21,7 +21,7 @@ from .config import (
     load_default_config,
     properties_from_env,
 )
-from .config.model import Service
+from .config.model import Realm, Service
 from .errors import ConfigError, GatewayError, WorkerFailed
 from .management.logs import configure_logging
 
@@ -201,7 +201,7 @@ def _check(config: GatewayConfig, resolve: bool = True) -> int:
         check_bind_hosts(config)
     for service in config.services:
         print("\n".join(describe_service(service)))
-    for warning in unauthenticated_warnings(config):
+    for warning in [*unauthenticated_warnings(config), *any_origin_warnings(config)]:
         print(f"WARNING: {warning}")
     print(f"{config.source}: OK, {len(config.services)} service(s)")
     return 0
@@ -252,6 +252,37 @@ def unauthenticated_warnings(config: GatewayConfig) -> list[str]:
                 f"realm(s) {', '.join(config.security.realms)}; add realm-name if it should be protected"
             )
     return warnings
+
+
+def any_origin_warnings(config: GatewayConfig) -> list[str]:
+    """Services any web page may use with a visitor's credentials: ``allow-origin *`` on a realm that takes
+    credentials the browser attaches by itself (cross-site WebSocket hijacking, cross-site admin calls)."""
+    warnings = []
+    for service in config.services:
+        realm = config.security.realms.get(service.realm_name or "")
+        if realm is None or not any(c.allow_origin == "*" for c in service.cross_site_constraints):
+            continue
+        ambient = ambient_credentials(realm)
+        if ambient:
+            warnings.append(
+                f"service[{service.name}] lets any web page in (cross-site-constraint allow-origin *) although realm "
+                f"{realm.name} takes credentials a browser sends by itself ({', '.join(ambient)}): a page a signed-in "
+                "user visits can act as that user; list the origins that may instead"
+            )
+    return warnings
+
+
+def ambient_credentials(realm: Realm) -> list[str]:
+    """What a browser would present to ``realm`` on any site's behalf, unasked."""
+    auth = realm.authentication
+    scheme = (auth.http_challenge_scheme or "").lower().removeprefix("application ").strip()
+    ambient = [f"{scheme.capitalize()} credentials it remembers"] if scheme in ("basic", "negotiate") else []
+    if auth.authorization_mode == "recycle":
+        ambient.append("the realm's session cookie")
+    ambient += [f"cookie {name}" for name in auth.http_cookies]
+    if any(m.type == "certificate" for m in auth.login_modules):
+        ambient.append("client certificates")
+    return ambient
 
 
 def _run(

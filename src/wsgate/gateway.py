@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import hashlib
 import json
 import logging
 import math
@@ -37,7 +36,7 @@ from .security.tls import ListenerTls
 from .services import create_service
 from .services.base import Runtime, ServiceHandler
 from .services.directory import DirectoryService
-from .state.revocations import MemoryRevocations, RevocationStore, token_key, user_key
+from .state.revocations import MemoryRevocations, RevocationStore, token_digest, token_key, user_key
 from .transport.listener import Listener, Route
 from .transport.websocket import CloseCode, Connection
 
@@ -249,12 +248,12 @@ class Gateway:
 
         A user stays refused for ``security/revocation-timeout``; a token until its own expiry (its
         ``exp``, or that of the live connections that presented it), else as long as a user. Tokens are
-        known by their JWT ``jti``, else by SHA-256; the token itself is never kept. Live connections close
-        with 1008 and are aborted after 1 s; the user's realm sessions end.
+        known by their JWT ``jti``, else by ``token_digest`` (a JWT's signed part); the token itself is never
+        kept. Live connections close with 1008 and are aborted after 1 s; the user's realm sessions end.
         """
         now = time.time()
         ttl = self.config.security.revocation_timeout
-        digest = hashlib.sha256(token.encode()).hexdigest() if token else None
+        digest = token_digest(token) if token else None
 
         def match(connection: Connection) -> bool:
             identity = connection.identity
@@ -404,10 +403,11 @@ class Gateway:
     async def _share_state(self, fresh: Gateway, unchanged: set[str]) -> None:
         """Give ``fresh`` what outlives a reload (connections, metrics, revocations, kept services and
         realms, their counters); changes only ``fresh``."""
-        # Realms whose config did not change keep their runtime: sessions and pools survive.
-        for name in list(fresh.realms):
-            if name in self.realms and self.config.security.realms[name] == fresh.config.security.realms[name]:
-                await fresh.realms[name].close()
+        # Realms whose config and files did not change keep their runtime: sessions and pools survive.
+        for name, realm in list(fresh.realms.items()):
+            old = self.realms.get(name)
+            if old is not None and old.config == realm.config and old.files == realm.files:
+                await realm.close()
                 fresh.realms[name] = self.realms[name]
         # One registry of live connections across reloads; kept handlers move to the new runtime at the switch.
         fresh.runtime.connections = self.runtime.connections
@@ -521,9 +521,13 @@ def unverified_jwt_claims(token: str) -> tuple[str | None, float | None]:
     if not isinstance(claims, dict):
         return None, None
     jti, exp = claims.get("jti"), claims.get("exp")
-    if isinstance(exp, bool) or not isinstance(exp, int | float) or not math.isfinite(exp):
-        exp = None
-    return (jti if isinstance(jti, str) and jti else None), (float(exp) if exp is not None else None)
+    try:
+        until = (
+            float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) and math.isfinite(exp) else None
+        )
+    except OverflowError:  # an integer no float can hold: no usable expiry
+        until = None
+    return (jti if isinstance(jti, str) and jti else None), until
 
 
 def _service_summary(service: Service) -> dict[str, Any]:

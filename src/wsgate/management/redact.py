@@ -8,7 +8,8 @@ created (``install``: a record factory wrapping whatever factory was there), bef
 handler — ours, an embedding application's, pytest's — formats it.
 
 What is redacted (``Redactor``): ``Authorization``/``Proxy-Authorization``/``Cookie``/
-``Set-Cookie`` header values of any scheme, scheme credentials (``Basic …``, ``Bearer …``),
+``Set-Cookie`` header values of any scheme, scheme credentials (``Basic …``, ``Bearer …``), the password
+of a URL's userinfo (a ``jwks-url`` ``https://user:password@…`` in an audit reason),
 ``wsgate.token.`` offers, JWT-shaped strings (``eyJ…``), query parameters that commonly carry
 credentials (``CREDENTIAL_PARAMETERS``), event-dict values under credential-like keys, and the
 query parameter, header and cookie names the loaded realms read credentials from (``Redactor.add``,
@@ -46,14 +47,12 @@ CREDENTIAL_PARAMETERS = (
     "signature",
 )
 CREDENTIAL_HEADERS = ("authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key")
-# Event-dict keys whose values are masked whole ("code", "session" are too common as keys to be on this list).
+# Event-dict keys whose values are masked whole ("code", "session" are too common as keys to be on this
+# list): these, every credential header name, and the names a configuration adds.
 CREDENTIAL_KEYS = frozenset(
     {
         *(p for p in CREDENTIAL_PARAMETERS if p not in ("code", "session", "sig", "signature", "ticket")),
-        "authorization",
-        "proxy_authorization",
-        "cookie",
-        "set_cookie",
+        *(h.replace("-", "_") for h in CREDENTIAL_HEADERS),
         "credentials",
     }
 )
@@ -74,6 +73,8 @@ _NAMED_VALUE = re.compile(
     r"(?i)\b(token|password|passwd|secret|credentials?|api[-_ ]?key)(\s*[:=]?\s*)(['\"]?)"
     r"(?=[A-Za-z0-9._~+/=-]{8,})(?=[A-Za-z]*[0-9._~+/=-])[A-Za-z0-9._~+/=-]+"
 )
+# scheme://user:password@host: the password, up to the '@' (one inside a password is percent-encoded).
+_URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s/:@'\"]*:)[^\s/@'\"]+(?=@)")
 _FORMATTER = logging.Formatter()
 
 
@@ -96,14 +97,16 @@ class Redactor:
             self.headers.update(h.lower() for h in headers if h)
             self.cookies.update(c for c in cookies if c)
             if (len(self.parameters), len(self.headers), len(self.cookies)) != before:
-                self.keys = CREDENTIAL_KEYS | {_key(n) for n in (*self.parameters, *self.headers, *self.cookies)}
+                named = (*parameters, *headers, *cookies)  # what a realm reads is a credential, whatever its name
+                self.keys = self.keys | {_key(n) for n in named if n}
                 self._compile()
 
     def _compile(self) -> None:
         headers = "|".join(re.escape(h) for h in sorted(self.headers, key=len, reverse=True))
-        # "Name: value" on the wire, "'Name': 'value'" in a repr, "name=value" in key=value output.
-        # The value stops at a backslash too: a masked JSON line keeps its escapes and stays JSON.
-        self._header = re.compile(rf"(?i)(?<![\w-])({headers})(['\"]?\s*[:=]\s*)(['\"]?)[^\r\n'\"\\]*")
+        # "Name: value" on the wire, "'Name': 'value'" in a repr, "name=value" in key=value output,
+        # "('Name', 'value')" in a list of pairs. The value stops at a backslash too: a masked JSON line
+        # keeps its escapes and stays JSON.
+        self._header = re.compile(rf"(?i)(?<![\w-])({headers})((?:['\"]\s*[,:=]|\s*[:=])\s*)(['\"]?)[^\r\n'\"\\]*")
         names = "|".join(re.escape(n) for n in sorted(self.parameters | self.cookies, key=len, reverse=True))
         self._assignment = re.compile(rf"(?i)(?<![\w-])({names})(=)[^&;\s'\"\\#,)\]}}>]*")
         self._quoted = re.compile(rf"(?i)(['\"])({names})\1(\s*:\s*)(['\"])(?:(?!\4).)*\4")
@@ -115,6 +118,7 @@ class Redactor:
         text = self._header.sub(lambda m: f"{m[1]}{m[2]}{m[3]}{MASK}", text)
         text = _SCHEME_CREDENTIALS.sub(lambda m: f"{m[1]}{m[2]}{MASK}", text)
         text = _SUBPROTOCOL_TOKEN.sub(lambda m: f"{m[1]}{MASK}", text)
+        text = _URL_PASSWORD.sub(lambda m: f"{m[1]}{MASK}", text)
         text = _JWT.sub(MASK, text)
         text = _NAMED_VALUE.sub(lambda m: f"{m[1]}{m[2]}{m[3]}{MASK}", text)
         text = self._assignment.sub(lambda m: f"{m[1]}{m[2]}{MASK}", text)

@@ -170,6 +170,8 @@ class ManagementService(OperatorService):
             response = web.json_response({"reloaded": False, "message": str(exc)}, status=500)
         except ValueError:  # the request's body or path (an internal error is a 500, logged by aiohttp)
             response = web.json_response({"error": "bad request"}, status=400)
+        except ConnectionResetError:  # the client left (or was dropped) before its body was complete
+            return web.Response(status=400)  # nobody to read it: aiohttp drops it, no error to log
         response.headers.setdefault("Cache-Control", "no-store")
         response.headers.update(self.cors(request))
         return response

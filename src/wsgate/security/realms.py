@@ -33,7 +33,7 @@ from aiohttp import web
 
 from ..config.model import AuthorizationConstraint, Realm
 from ..management.logs import get_logger
-from ..state.revocations import MemoryRevocations, RevocationStore, identity_keys
+from ..state.revocations import MemoryRevocations, RevocationStore, identity_keys, token_digest
 from .challenges import (
     AmbiguousCredentials,
     Credentials,
@@ -44,6 +44,7 @@ from .challenges import (
     realm_schemes,
 )
 from .login import Busy, ChainEntry, Challenged, Failed, LoginAttempt, Succeeded, Unavailable, build_module, run_chain
+from .login.base import resolve
 from .login.verifier import Verifier
 from .sessions import DEFAULT_SESSION_TTL, SessionStore, cookie_name
 
@@ -65,7 +66,7 @@ class Identity:
     user: str | None
     roles: frozenset[str]
     expires_at: float | None  # wall-clock seconds; the connection must not outlive it
-    token_digest: str | None = None  # SHA-256 of the bearer token, so revocation can target it
+    token_digest: str | None = None  # the bearer token's ``token_digest``, so revocation can target it
     authenticated_at: float = 0.0  # when the login chain last accepted fresh credentials
     session: str | None = None  # the realm session (cookie digest) this identity came from
     token_id: str | None = None  # the JWT's jti, so revocation can target the token however it is encoded
@@ -105,6 +106,7 @@ class RealmRuntime:
         self.metrics: Metrics | None = None  # set by the gateway
         self.verifier = Verifier(auth.login_concurrency, auth.login_queue, f"wsgate-verify-{realm.name}")
         self.revocations: RevocationStore = MemoryRevocations()  # the gateway's, shared by every realm
+        self.files = module_files(realm, base_dir)
 
     async def authenticate(
         self, request: web.BaseRequest, peer: PeerIdentity | None, allow_session: bool = True
@@ -127,7 +129,7 @@ class RealmRuntime:
         if not isinstance(outcome, Succeeded):
             return self.refusal(outcome, self.presented(credentials), result.trail)
         token = credentials.bearer()
-        digest = hashlib.sha256(token.encode()).hexdigest() if token else None
+        digest = token_digest(token) if token else None
         identity = Identity(
             self.config.name,
             outcome.user,
@@ -155,7 +157,9 @@ class RealmRuntime:
         auth = self.config.authentication
         headers = {name: request.headers.getall(name, []) for name in ("Authorization", "Cookie", *auth.http_headers)}
         query = {name: request.query.getall(name, []) for name in auth.http_query_parameters}
-        offers = offered_subprotocols(request.headers.get("Sec-WebSocket-Protocol")) if self.token_realm else None
+        offers = None
+        if self.token_realm:  # every Sec-WebSocket-Protocol header: a token in a second one is not overlooked
+            offers = offered_subprotocols(", ".join(request.headers.getall("Sec-WebSocket-Protocol", [])))
         credentials = gather_credentials(
             headers,
             query,
@@ -233,6 +237,25 @@ class RealmRuntime:
         if expired(session.identity, self.config):
             return None
         return session.identity
+
+
+def module_files(realm: Realm, base_dir: Path) -> tuple[tuple[str, str | None], ...]:
+    """The content (SHA-256) of every file the realm's login modules read (``file`` and ``*-file`` options).
+
+    A reload keeps a realm whose configuration is unchanged (its sessions, its pools), but only if these
+    are unchanged too: a user removed from ``jaas-config.xml`` or a key removed from a ``key-file`` must
+    not keep logging in because the config text that names the file stayed the same.
+    """
+    found = []
+    for index, module in enumerate(realm.authentication.login_modules):
+        for name, value in sorted(module.options.items()):
+            if name == "file" or name.endswith("-file"):
+                try:
+                    content: str | None = hashlib.sha256(resolve(base_dir, value).read_bytes()).hexdigest()
+                except OSError:
+                    content = None
+                found.append((f"login-module[{index + 1}]/{name}", content))
+    return tuple(found)
 
 
 def authorized(roles: frozenset[str], constraints: Sequence[AuthorizationConstraint]) -> bool:

@@ -77,7 +77,9 @@ class DirectoryService(ServiceHandler):
         file = self.resolve(relative)
         if file is not None and file.is_dir():
             if not request.path.endswith("/"):
-                return web.Response(status=301, headers={"Location": quote(request.path) + "/", **SECURITY_HEADERS})
+                # One leading slash: "//sub/" would send the browser to the host "sub".
+                location = quote("/" + request.path.lstrip("/")) + "/"
+                return web.Response(status=301, headers={"Location": location, **SECURITY_HEADERS})
             return self.listing(file, request.path)
         if file is None:
             return self.not_found()
@@ -93,11 +95,17 @@ class DirectoryService(ServiceHandler):
         """The file or folder to serve, or None (404) for anything outside the root or hidden.
 
         ``relative`` is already percent-decoded (``%2e`` is a dot), and both it and the resolved
-        path are checked: a symlink to a hidden file is as hidden as the file.
+        path are checked: a symlink to a hidden file is as hidden as the file. A path the file
+        system cannot even look up (``%00``, a name longer than it allows) is missing too.
         """
         if self.hidden(relative):
             return None
-        candidate = (self.root / relative.lstrip("/")).resolve()
+        try:
+            return self._existing((self.root / relative.lstrip("/")).resolve())
+        except (OSError, ValueError):  # ValueError: an embedded NUL; OSError: ENAMETOOLONG and the like
+            return None
+
+    def _existing(self, candidate: Path) -> Path | None:
         if not candidate.is_relative_to(self.root) or self.hidden("/".join(candidate.relative_to(self.root).parts)):
             return None
         if candidate.is_dir():

@@ -4,6 +4,6 @@ Everything here is keyed by plain strings and floats (wall-clock seconds) and kn
 HTTP, so a store shared by several gateway processes (Redis) can implement the same Protocol.
 """
 
-from .revocations import MemoryRevocations, RevocationStore, identity_keys, token_key, user_key
+from .revocations import MemoryRevocations, RevocationStore, identity_keys, token_digest, token_key, user_key
 
-__all__ = ["MemoryRevocations", "RevocationStore", "identity_keys", "token_key", "user_key"]
+__all__ = ["MemoryRevocations", "RevocationStore", "identity_keys", "token_digest", "token_key", "user_key"]

@@ -7,6 +7,7 @@ Keys are plain strings chosen by the caller (the gateway uses ``user:<name>``, `
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterable
 from typing import Protocol
@@ -16,6 +17,18 @@ PRUNE_EVERY = 1024  # revocations between two sweeps of expired entries
 
 def user_key(user: str) -> str:
     return f"user:{user}"
+
+
+def token_digest(token: str) -> str:
+    """What a token is known by without a ``jti``: the SHA-256 of a JWT's signed part (``header.payload``),
+    else of the whole token.
+
+    A JWT's signature can be spelled again without the key (base64 padding that PyJWT accepts, the
+    other ECDSA signature ``(r, n - s)``), its signed part cannot: every valid spelling of a revoked
+    JWT has the same digest.
+    """
+    signed, dot, _ = token.rpartition(".")
+    return hashlib.sha256((signed if dot and signed.count(".") == 1 else token).encode()).hexdigest()
 
 
 def token_key(token_id: str | None, digest: str) -> str:

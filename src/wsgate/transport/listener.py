@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web, web_response
+from aiohttp import StreamReader, web, web_response
 from aiohttp.http_exceptions import HttpProcessingError
 
 from ..config.model import DEFAULT_KEEPALIVE_TIMEOUT
@@ -159,7 +159,7 @@ class Listener:
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         if isinstance(request.protocol, HttpConnection):
-            request.protocol.head_complete()
+            request.protocol.head_complete(request)
         if request.path == CLIENT_JS_PATH and request.method in ("GET", "HEAD"):
             return web.FileResponse(CLIENT_JS, headers=CLIENT_JS_HEADERS)
         route = self.find((request.url.host or "").lower().rstrip("."), request.path)
@@ -260,16 +260,21 @@ class HttpConnection(web.RequestHandler):
     One timer per connection, in one of two roles:
 
     - *head deadline* (``limits/handshake-timeout``): armed at accept, and again at the first byte
-      of each later request; cancelled when the complete head reaches ``Listener.handle``. A late
-      head aborts the socket.
+      of each later request; cancelled when the complete head reaches ``Listener.handle``, unless
+      a body is still arriving: the body must then be complete by the same deadline (a body
+      trickled forever would hold a handler and a socket). A late head or body aborts the socket.
     - *keep-alive idle* (accept-option ``http.keepalive.timeout`` of the service that answered):
       armed when a response is finished and the connection stays open; the next request's first
       byte replaces it with a head deadline. An idle connection is closed.
 
-    A WebSocket (after 101) has neither: bytes then belong to the WebSocket reader.
+    And a second one, the *write stall*: while a response cannot be written because the client
+    reads nothing (the transport paused writing), for at most that service's keep-alive timeout;
+    then the socket is aborted (a slow-read client must not hold a connection as long as it likes).
+
+    A WebSocket (after 101) has none of them: bytes then belong to the WebSocket reader and writer.
     """
 
-    __slots__ = ("listener", "timer", "awaiting_head", "accepted")
+    __slots__ = ("listener", "timer", "awaiting_head", "accepted", "body", "stall", "stall_timeout")
 
     def __init__(self, listener: Listener, manager: web.Server, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
@@ -277,6 +282,9 @@ class HttpConnection(web.RequestHandler):
         self.awaiting_head = True
         loop = kwargs["loop"]
         self.accepted: float = loop.time()
+        self.body: StreamReader | None = None  # a request body still arriving under the head deadline
+        self.stall: asyncio.TimerHandle | None = None  # the write stall: armed while writing is paused
+        self.stall_timeout = DEFAULT_KEEPALIVE_TIMEOUT  # that of the service answering the request
         self.timer: asyncio.TimerHandle | None = loop.call_later(listener.handshake_timeout, self._head_late)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -287,7 +295,7 @@ class HttpConnection(web.RequestHandler):
     def data_received(self, data: bytes) -> None:
         if not self.awaiting_head and data and self._between_requests():
             self._arm(self.listener.handshake_timeout, self._head_late)
-            self.awaiting_head = True
+            self.awaiting_head, self.body = True, None
         super().data_received(data)
 
     def handshake_failed(self) -> None:
@@ -295,21 +303,38 @@ class HttpConnection(web.RequestHandler):
         self.awaiting_head = False
         self._disarm()
 
-    def head_complete(self) -> None:
-        """The request reached the handler in time."""
+    def head_complete(self, request: web.BaseRequest) -> None:
+        """The request head reached the handler in time; a body still arriving keeps the deadline."""
         self.awaiting_head = False
-        self._disarm()
+        self.stall_timeout = self.listener.idle_timeout(request)
+        if request.body_exists and not request.content.is_eof() and not is_upgrade(request):
+            self.body = request.content
+        else:
+            self._disarm()
 
     async def finish_response(
         self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
     ) -> tuple[web.StreamResponse, bool]:
         result = await super().finish_response(request, resp, start_time)
+        if self.body is not None and not self.body.is_eof():
+            return result  # the body's deadline still runs (aiohttp reads the rest before the next request)
+        self.body = None
         if not self.awaiting_head and not self._upgraded and self._payload_parser is None and resp.keep_alive:
             self._arm(self.listener.idle_timeout(request), self._idle)
         return result
 
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if not self._upgraded and self.stall is None:
+            self.stall = asyncio.get_running_loop().call_later(self.stall_timeout, self._stalled)
+
+    def resume_writing(self) -> None:
+        self._unstall()
+        super().resume_writing()
+
     def connection_lost(self, exc: BaseException | None) -> None:
         self._disarm()
+        self._unstall()
         super().connection_lost(exc)
 
     def log_exception(self, *args: Any, **kw: Any) -> None:
@@ -332,6 +357,17 @@ class HttpConnection(web.RequestHandler):
             return
         super().log_exception(*args, **kw)
 
+    def _unstall(self) -> None:
+        if self.stall is not None:
+            self.stall.cancel()
+            self.stall = None
+
+    def _stalled(self) -> None:
+        """The client read nothing of its response for the keep-alive timeout: drop it."""
+        self.stall = None
+        if self.transport is not None and not self._upgraded:
+            self.transport.abort()
+
     def _between_requests(self) -> bool:
         return not self._request_in_progress and not self._upgraded and self._payload_parser is None
 
@@ -346,7 +382,9 @@ class HttpConnection(web.RequestHandler):
 
     def _head_late(self) -> None:
         self.timer = None
-        self.listener.too_slow(self)
+        body, self.body = self.body, None
+        if self.awaiting_head or body is not None and not body.is_eof():
+            self.listener.too_slow(self)
 
     def _idle(self) -> None:
         self.timer = None

@@ -166,7 +166,12 @@ class JwtLoginModule:
 
 def _numeric_date(value: Any) -> bool:
     """RFC 7519 NumericDate: a finite JSON number. PyJWT coerces "1700000000" and true with int()."""
-    return type(value) in (int, float) and math.isfinite(value)
+    if type(value) not in (int, float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer no float can hold (10**400): no date, and no 503 either
+        return False
 
 
 def _roles(claims: Mapping[str, Any], path: str) -> frozenset[str]:

@@ -6,6 +6,9 @@ Kaazing's options are kept: ``userProvider`` (``ldap[s]://host:port/<base DN>``)
 blocking, so each login runs in a worker thread of the module's pool (``pool-size``),
 admitted by the realm's verifier (bounded); service connections for the searches
 are pooled. An empty password is refused before any bind (no unauthenticated binds).
+Whether a user exists must not show in how long a refusal takes: a name no entry (or more
+than one) matches is followed by the same bind a wrong password gets, as a DN that names no
+entry, and refused whatever it answers.
 
 The user name is the directory's, never what the client typed: without
 ``authzIdentity`` it is the stored value of the attribute ``userFilter`` matches
@@ -25,6 +28,7 @@ from __future__ import annotations
 import math
 import queue
 import re
+import secrets
 import ssl
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -111,6 +115,8 @@ class LdapLoginModule:
                 f"{path}/options/userProvider", f"{provider!r} is not an ldap:// or ldaps:// URL with a host"
             )
         self.base = unquote(parts.path.lstrip("/"))
+        # Bound instead of a user that was not found (see the module docstring): a random DN no entry has.
+        self.nobody = f"cn=wsgate-nobody-{secrets.token_hex(16)}" + (f",{self.base}" if self.base else "")
         self.user_filter = options.get("userFilter", "(uid={USERNAME})")
         if "{USERNAME}" not in self.user_filter:
             raise ConfigError(f"{path}/options/userFilter", "must contain {USERNAME}, e.g. (uid={USERNAME})")
@@ -168,6 +174,7 @@ class LdapLoginModule:
         try:
             found = self._search_user(user)
             if isinstance(found, Failed):
+                self._bind_as(self.nobody, password)  # the work of a wrong password: no timing tells who exists
                 return found
             dn, attributes = found
             code = self._bind_as(dn, password)
@@ -298,7 +305,10 @@ class LdapLoginModule:
         return frozenset(names)
 
     def _authz_name(self, dn: str, attributes: dict[str, list[str]]) -> str:
-        """``authzIdentity`` filled in, else the stored value the filter matched, else the DN."""
+        """``authzIdentity`` filled in, else the stored value the filter matched, else the DN.
+
+        ``authzIdentity`` is used only when the entry holds exactly one value of every attribute it names.
+        """
         by_name = {name.lower(): values for name, values in attributes.items()}
         canonical = dn
         if self.name_attribute:
@@ -306,12 +316,10 @@ class LdapLoginModule:
             canonical = stored[0] if len(stored) == 1 and stored[0] else dn
         if not self.authz:
             return canonical
-
-        def value(match: re.Match[str]) -> str:
-            values = by_name.get(match.group(1).lower()) or [""]
-            return values[0]
-
-        return _ATTRIBUTE_REF.sub(value, self.authz) or canonical
+        values = {name.lower(): by_name.get(name.lower(), []) for name in _ATTRIBUTE_REF.findall(self.authz)}
+        if any(len(v) != 1 or not v[0] for v in values.values()):
+            return canonical  # "emp-" for everyone without employeeNumber would be a name users share
+        return _ATTRIBUTE_REF.sub(lambda m: values[m.group(1).lower()][0], self.authz) or canonical
 
 
 def _discard(connection: ldap3.Connection) -> None:
