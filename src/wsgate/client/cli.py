@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import getpass
 import os
 import ssl
@@ -222,6 +223,8 @@ async def _connect(args: argparse.Namespace, password: str | None, context: ssl.
         message = f"TLS: the gateway's certificate is not trusted ({reason}); --cacert names the CA to trust"
         raise Failure(FAILED, f"{args.url}: {message}") from None
     except (aiohttp.ClientError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.errno == errno.ECONNRESET:  # a TLS refusal may be a reset too
+            raise Failure(FAILED, f"{args.url}: {await _hung_up(args)}") from None
         raise Failure(FAILED, f"{args.url}: cannot connect: {_describe(exc)}") from None
 
 
