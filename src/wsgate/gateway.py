@@ -17,13 +17,13 @@ import re
 import socket
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 from .config.build import BIND_LAYERS
-from .config.model import GatewayConfig, Service, Store, TlsOptions
+from .config.model import GatewayConfig, Realm, Service, Store, TlsOptions
 from .config.values import Uri
 from .errors import ConfigError, ConfigErrors, GatewayError, ReloadFailed, bind_error
 from .management.metrics import Metrics
@@ -76,6 +76,7 @@ class Gateway:
         self.runtime.metrics = Metrics(lambda: self.runtime.connections)
         self.runtime.control = self
         base_dir = config.source.parent if config.source else Path.cwd()
+        _check_cookie_names(security.realms)
         self.realms = {name: RealmRuntime(realm, base_dir) for name, realm in security.realms.items()}
         self.revocations: RevocationStore = MemoryRevocations()
         self.runtime.revocations = self.revocations
@@ -528,6 +529,18 @@ def unverified_jwt_claims(token: str) -> tuple[str | None, float | None]:
     except OverflowError:  # an integer no float can hold: no usable expiry
         until = None
     return (jti if isinstance(jti, str) and jti else None), until
+
+
+def _check_cookie_names(realms: Mapping[str, Realm]) -> None:
+    """Realm names that map to one session cookie (``a.b`` and ``a_b``) would read each other's sessions."""
+    seen: dict[str, str] = {}
+    for name in realms:
+        other = seen.setdefault(cookie_name(name), name)
+        if other != name:
+            raise ConfigError(
+                f"security/realm[{name}]/name",
+                f"shares its session cookie {cookie_name(name)!r} with realm {other!r}; rename one of them",
+            )
 
 
 def _service_summary(service: Service) -> dict[str, Any]:

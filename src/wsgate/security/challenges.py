@@ -119,7 +119,7 @@ def gather_credentials(
         for name in dict.fromkeys(cookie_names):
             add(f"cookie:{name}", cookies.get(name, []))
     if subprotocols is not None:
-        offers = [o[len(SUBPROTOCOL_TOKEN_PREFIX) :] for o in subprotocols if o.startswith(SUBPROTOCOL_TOKEN_PREFIX)]
+        offers = [o[len(SUBPROTOCOL_TOKEN_PREFIX) :] for o in subprotocols if is_token_offer(o)]
         add("subprotocol", offers)
     distinct = set(tokens.values()) | ({parameter} if scheme in TOKEN_SCHEMES and parameter else set())
     if len(distinct) > 1:
@@ -156,9 +156,15 @@ def offered_subprotocols(header: str | None) -> tuple[str, ...]:
     return tuple(p.strip() for p in (header or "").split(",") if p.strip())
 
 
+def is_token_offer(offer: str) -> bool:
+    """A credential offered as a subprotocol, however the client cased the prefix: whatever the
+    realm reads as a token must also be what is kept from the back end and the logs."""
+    return offer[: len(SUBPROTOCOL_TOKEN_PREFIX)].lower() == SUBPROTOCOL_TOKEN_PREFIX
+
+
 def without_token_offers(offers: tuple[str, ...]) -> tuple[str, ...]:
     """The client's subprotocol offers minus credentials: never echoed back or sent to a back end."""
-    return tuple(p for p in offers if not p.startswith(SUBPROTOCOL_TOKEN_PREFIX))
+    return tuple(p for p in offers if not is_token_offer(p))
 
 
 def challenge_header(scheme: str, realm_description: str, plain_http: bool = False) -> str:

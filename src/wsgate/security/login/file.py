@@ -119,6 +119,10 @@ def load_users(path: Path, element: str) -> dict[str, User]:
                 f"{str(path)!r} line {user.sourceline}: the password of {fields['name']!r} looks like an argon2 "
                 "or bcrypt hash but cannot be parsed; store a complete hash (or a plain password)",
             )
+        if fields["name"] in users:  # which of the two would count is a guess: refuse it
+            raise ConfigError(
+                element, f"{str(path)!r} line {user.sourceline}: user {fields['name']!r} is defined twice"
+            )
         users[fields["name"]] = User(fields["password"], roles, profile)
     return users
 
