@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import os
 import struct
@@ -153,10 +154,12 @@ class CountingBackend:
     def __init__(self) -> None:
         self.accepted = 0
         self.received = bytearray()
+        self.writers: list[asyncio.StreamWriter] = []
         self.server: asyncio.AbstractServer | None = None
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.accepted += 1
+        self.writers.append(writer)
         try:
             while data := await reader.read(65536):
                 self.received += data
@@ -177,8 +180,12 @@ class CountingBackend:
 async def counting_backend() -> AsyncIterator[CountingBackend]:
     backend = CountingBackend()
     backend.server = await asyncio.start_server(backend.handle, "127.0.0.1", 0)
-    async with backend.server:
-        yield backend
+    yield backend
+    backend.server.close()
+    for writer in backend.writers:  # a connection the gateway should not have opened must not hang the test
+        writer.transport.abort()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(backend.server.wait_closed(), 2)
 
 
 def proxy_to(port: int, scheme: str = "tcp") -> str:
