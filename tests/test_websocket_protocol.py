@@ -548,3 +548,19 @@ async def test_client_chosen_codes_are_bucketed_in_metrics_but_raw_in_the_access
     assert 'wsgate_closes_total{code="4xxx",service="echo"} 2.0' in text
     assert 'wsgate_closes_total{code="1002",service="echo"} 1.0' in text
     assert 'code="4321"' not in text
+
+
+async def test_a_client_that_resets_while_its_echo_is_blocked_is_its_own_loss(start_gateway, caplog) -> None:
+    """The echo's write fails because the client left: logged as the client's loss, no 1011 to a dead socket."""
+    gw = await start_gateway(ECHO)
+    wire = await upgraded(gw.port_of("echo"))
+    message = frame(BINARY, b"e" * 1000)
+    with caplog.at_level(logging.INFO):
+        for _ in range(20000):  # 20 MB echoed to a client that never reads: the gateway's writes block
+            wire.writer.write(message)
+        await asyncio.sleep(1.0)
+        wire.writer.transport.abort()
+        codes, _ = await closes_recorded(gw, caplog, 1)
+    assert not [r for r in caplog.records if r.name == "wsgate.service" and r.levelno >= logging.WARNING]
+    assert codes != [1011]
+    assert any("client" in r.getMessage() and "lost" in r.getMessage() for r in caplog.records)
