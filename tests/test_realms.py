@@ -216,7 +216,7 @@ BASIC_FAILURES = {
     "nul-byte-user": (basic("joe\x00admin", "welcome"), 403),
     "huge-header": ({"Authorization": "Basic " + "A" * 6000}, 403),
     "latin1-password": ({"Authorization": "Basic " + base64.b64encode("joe:wélcome".encode("latin-1")).decode()}, 403),
-    "duplicate-header": ("duplicate", 400),
+    "duplicate-header": ("duplicate", 400),  # refused by the listener before the realm (ambiguous header)
     "application-basic-wrong-password": (basic("joe", "nope", "Application Basic"), 403),
 }
 

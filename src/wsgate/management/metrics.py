@@ -23,8 +23,25 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 AUTH_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
+# RFC 6455 §7.4.1 and the IANA registry (1004 is reserved); 1005, 1006 and 1015 are recorded, never sent.
+REGISTERED_CLOSE_CODES = frozenset((1000, 1001, 1002, 1003, *range(1005, 1016)))
+
+
 def handshake_outcome(status: int) -> str:
     return str(status) if status in (101, 401, 403, 429, 503) else "other"
+
+
+def close_label(code: int | None) -> str:
+    """A bounded label for a close code: peers choose 3000-4999 freely and may send anything."""
+    if code is None:
+        return "1006"
+    if code in REGISTERED_CLOSE_CODES:
+        return str(code)
+    if 3000 <= code <= 3999:
+        return "3xxx"
+    if 4000 <= code <= 4999:
+        return "4xxx"
+    return "invalid"
 
 
 class Metrics:
@@ -52,7 +69,10 @@ class Metrics:
             "wsgate_backend_connect_failures", "Back-end connections that failed", ["service"], registry=self.registry
         )
         self.closes = Counter(
-            "wsgate_closes", "WebSocket connections closed, by close code", ["service", "code"], registry=self.registry
+            "wsgate_closes",
+            "WebSocket connections closed, by close code (3xxx, 4xxx, invalid: see docs/operations.md)",
+            ["service", "code"],
+            registry=self.registry,
         )
         self.limited = Counter(
             "wsgate_limited",
@@ -73,7 +93,7 @@ class Metrics:
 
     def connection_closed(self, connection: Connection) -> None:
         self.traffic.fold(connection)
-        self.closes.labels(connection.service, str(connection.close_code or 1006)).inc()
+        self.closes.labels(connection.service, close_label(connection.close_code)).inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -41,7 +41,7 @@ from ..config.model import Service
 from ..errors import ReloadFailed
 from ..security.realms import IDENTITY_KEY
 from ..services.base import Runtime, ServiceHandler, service_type
-from ..transport.websocket import is_upgrade
+from ..transport.websocket import GuardedResponse, answer_close, is_upgrade
 from .metrics import CONTENT_TYPE
 
 if TYPE_CHECKING:
@@ -275,7 +275,7 @@ class ManagementService(OperatorService):
             return web.Response(status=426, headers={"Upgrade": "websocket"})
         if not self.origin_allowed(request):
             return web.Response(status=403, text="Forbidden\n")
-        ws = web.WebSocketResponse(heartbeat=30, compress=False, max_msg_size=4096)
+        ws = GuardedResponse(heartbeat=30, compress=False, max_msg_size=4096, autoclose=False)
         await ws.prepare(request)
         self.live.add(ws)
         reader = asyncio.ensure_future(ws.receive())
@@ -285,7 +285,10 @@ class ManagementService(OperatorService):
                 await ws.send_str(json.dumps(snapshot))
                 done, _ = await asyncio.wait({reader}, timeout=LIVE_INTERVAL)
                 if done:
-                    if reader.result().type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+                    kind = reader.result().type
+                    if kind is WSMsgType.CLOSE:
+                        await answer_close(ws)
+                    if kind in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
                         break
                     reader = asyncio.ensure_future(ws.receive())
         finally:

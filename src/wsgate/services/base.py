@@ -167,9 +167,12 @@ class WebSocketService(ServiceHandler):
                 await self.serve(connection)
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.exception("service[%s]: unexpected error; closing the connection with 1011", self.name)
-            await connection.close(CloseCode.INTERNAL_ERROR, "internal error, see gateway log")
+        except Exception as exc:
+            if isinstance(exc, OSError) and client_gone(connection):  # a write to a client that left: its loss
+                log.info("service[%s]: client %s lost: %s", self.name, connection.remote, exc)
+            else:
+                log.exception("service[%s]: unexpected error; closing the connection with 1011", self.name)
+                await connection.close(CloseCode.INTERNAL_ERROR, "internal error, see gateway log")
         finally:
             connection.cancel_expiry()
             self.runtime.connections.discard(connection)
@@ -234,6 +237,12 @@ class WebSocketService(ServiceHandler):
 
     async def serve(self, connection: Connection) -> None:
         raise NotImplementedError
+
+
+def client_gone(connection: Connection) -> bool:
+    """Is the client's socket closed or closing (so a failed write is the client's loss, not a fault)?"""
+    transport = connection.transport
+    return connection.closed or transport is None or transport.is_closing()
 
 
 SERVICE_TYPES: dict[str, Callable[[Service, Runtime], ServiceHandler]] = {}

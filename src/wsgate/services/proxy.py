@@ -2,8 +2,9 @@
 
 Full duplex with backpressure both ways: a side is read only while the other
 side has fewer than ``maximum.pending.bytes`` queued. Client close half-closes a
-TCP back end; back-end EOF closes the client with 1000; failures close the
-client with 1011 (back end unavailable / lost) or 1014 (TLS or handshake refused).
+TCP back end and is relayed to a ws back end (code and reason); back-end EOF
+closes the client with 1000; back-end failures close the client with 1011 (back
+end unavailable / lost) or 1014 (TLS or handshake refused).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from ..errors import BackendError
 from ..security.challenges import offered_subprotocols, without_token_offers
 from ..security.tls import client_context
 from ..transport.backend import Backend, TcpBackend, WsBackend, open_tcp, open_ws
-from ..transport.websocket import CloseCode, Connection, WSMsgType
+from ..transport.websocket import CloseCode, Connection, WSMsgType, client_may_send
 from .base import Runtime, WebSocketService, service_type
 
 log = logging.getLogger("wsgate.proxy")
@@ -90,8 +91,8 @@ class ProxyService(WebSocketService):
         first = None
         prepared = connection.context
         if self.deferred:
-            first = await connection.receive()
-            if first.type is not WSMsgType.BINARY and first.type is not WSMsgType.TEXT:
+            first = await anext(connection, None)  # the iterator answers a close frame
+            if first is None or first.type is not WSMsgType.BINARY and first.type is not WSMsgType.TEXT:
                 return
             try:
                 prepared = await self.open_backend()
@@ -107,7 +108,7 @@ class ProxyService(WebSocketService):
                 await backend.send(first.data)
             await self.relay(connection, backend)
         finally:
-            await backend.close()
+            await backend.close(*self.client_close(connection))
 
     async def refuse(self, connection: Connection, exc: BackendError) -> None:
         log.warning(
@@ -128,7 +129,8 @@ class ProxyService(WebSocketService):
                 down.cancel()
             await asyncio.gather(up, down, return_exceptions=True)
         if up.done() and not up.cancelled() and up.exception():
-            log.warning("service[%s]: back end write failed: %s", self.name, up.exception())
+            log.warning("service[%s]: back end %s write failed: %s", self.name, self.uri, up.exception())
+            await connection.close(CloseCode.INTERNAL_ERROR, "back end connection lost")
 
     async def client_to_backend(self, connection: Connection, backend: Backend) -> None:
         binary, text = WSMsgType.BINARY, WSMsgType.TEXT
@@ -142,20 +144,40 @@ class ProxyService(WebSocketService):
             backend.finish()
 
     async def backend_to_client(self, backend: Backend, connection: Connection) -> None:
+        """Each side's failure is blamed on that side: only a lost back end closes the client with 1011."""
         send_bytes, send_str = connection.send_bytes, connection.send_str
-        try:
-            while (data := await backend.receive()) is not None:
+        while True:
+            try:
+                data = await backend.receive()
+            except (OSError, asyncio.IncompleteReadError) as exc:
+                log.warning("service[%s]: back end %s lost: %s", self.name, self.uri, exc)
+                await connection.close(CloseCode.INTERNAL_ERROR, "back end connection lost")
+                return
+            if data is None:
+                break
+            try:
                 if isinstance(data, bytes):
                     await send_bytes(data)
                 else:
                     await send_str(data)
-                connection.messages_out += 1
-                connection.bytes_out += len(data)
-        except (OSError, asyncio.IncompleteReadError) as exc:
-            log.warning("service[%s]: back end %s lost: %s", self.name, self.uri, exc)
-            await connection.close(CloseCode.INTERNAL_ERROR, "back end connection lost")
-            return
+            except OSError as exc:  # the client is closing or gone: nothing more can reach it
+                log.info("service[%s]: client %s lost: %s", self.name, connection.remote, exc)
+                return
+            connection.messages_out += 1
+            connection.bytes_out += len(data)
         await connection.close(*self.backend_close(backend))
+
+    @staticmethod
+    def client_close(connection: Connection) -> tuple[int, str]:
+        """The client's close → a ws back end's: its own code and reason if a client may send them
+        (an empty close frame becomes 1000); 1001 if the client vanished or the gateway closed it."""
+        if connection.closed_with is None:
+            code = connection.ws.close_code
+            if code == 0:
+                return CloseCode.NORMAL, ""
+            if code is not None and client_may_send(code):
+                return code, connection.peer_reason
+        return CloseCode.GOING_AWAY, "client gone"
 
     @staticmethod
     def backend_close(backend: Backend) -> tuple[int, str]:

@@ -45,7 +45,8 @@ class TcpBackend:
         if not self.writer.is_closing() and self.writer.can_write_eof():
             self.writer.write_eof()
 
-    async def close(self) -> None:
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close the stream (TCP has no close code: ``code`` and ``reason`` are for ws back ends)."""
         self.writer.close()
         try:
             await self.writer.wait_closed()
@@ -79,8 +80,9 @@ class WsBackend:
     def finish(self) -> None:
         """WebSocket has no half-close; ``close`` sends the close frame."""
 
-    async def close(self) -> None:
-        await self.ws.close()
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close with the client's ``code`` and ``reason`` (the proxy maps them, see ProxyService.client_close)."""
+        await self.ws.close(code=code, message=reason.encode())
 
 
 Backend = TcpBackend | WsBackend

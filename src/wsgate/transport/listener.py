@@ -25,7 +25,7 @@ from ..management.metrics import handshake_outcome
 from ..security.limits import GatewayLimits, Refusal, ServiceLimits
 from ..security.tls import PeerIdentity
 from .tls_audit import NO_CERTIFICATE, TlsAudit, install_exception_handler
-from .websocket import HANDSHAKE_DONE, is_upgrade
+from .websocket import HANDSHAKE_DONE, bad_request, is_upgrade
 
 if TYPE_CHECKING:
     from ..management.metrics import Metrics
@@ -171,8 +171,13 @@ class Listener:
                 request.transport.get_extra_info("ssl_object") if request.transport else None
             )
         upgrade = is_upgrade(request)
-        if self.secure and route.verify_client == "required" and peer is None:
-            response: web.StreamResponse = self.certificate_required(request)
+        refused = bad_request(request, upgrade)  # before any login or service work
+        if refused is not None:
+            if not upgrade:
+                return refused
+            response: web.StreamResponse = refused
+        elif self.secure and route.verify_client == "required" and peer is None:
+            response = self.certificate_required(request)
         elif upgrade:
             response = await self.upgrade(route, request, peer)
         else:

@@ -8,22 +8,33 @@ provide the same methods where it measures faster (see issue "benchmark harness"
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
-from aiohttp.http_websocket import WSMessage
-from multidict import CIMultiDict
+from aiohttp.http_websocket import WebSocketError, WSMessage
+from multidict import CIMultiDict, MultiMapping
 
 from ..config.model import AcceptOptions
-from ..security.challenges import SUBPROTOCOL_TOKEN_PREFIX, offered_subprotocols
+from ..security.challenges import SUBPROTOCOL_TOKEN_PREFIX, offered_subprotocols, without_token_offers
 
 if TYPE_CHECKING:
     from ..security.realms import Identity
     from ..security.tls import PeerIdentity
 
-__all__ = ["Connection", "WSMessage", "WSMsgType", "CloseCode", "accept_websocket", "is_upgrade", "HANDSHAKE_DONE"]
+__all__ = [
+    "Connection",
+    "WSMessage",
+    "WSMsgType",
+    "CloseCode",
+    "accept_websocket",
+    "is_upgrade",
+    "bad_request",
+    "HANDSHAKE_DONE",
+]
 # The listener puts a callable here; called once the 101 is sent, the handshake no longer counts as in progress.
 HANDSHAKE_DONE: web.RequestKey[Callable[[], None]] = web.RequestKey("wsgate.handshake-done")
 
@@ -34,6 +45,9 @@ _ENDED = frozenset({WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgT
 class CloseCode:
     NORMAL = 1000
     GOING_AWAY = 1001
+    PROTOCOL_ERROR = 1002
+    NO_STATUS = 1005  # recorded, never sent: the peer's close frame had no code
+    ABNORMAL = 1006  # recorded, never sent: the connection ended without a close frame
     POLICY_VIOLATION = 1008
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
@@ -62,6 +76,7 @@ class Connection:
         "_closing",
         "deadline",
         "closed_with",
+        "peer_reason",
         "messages_in",
         "messages_out",
         "bytes_in",
@@ -92,6 +107,7 @@ class Connection:
         self._expiry: asyncio.TimerHandle | None = None
         self.deadline: float | None = None  # wall clock: when the credentials or session run out
         self.closed_with: int | None = None  # the code the gateway closed with, if it closed first
+        self.peer_reason = ""  # the reason in the client's close frame, if it closed first
         self._closing: asyncio.Task[None] | None = None
         self.context: object = None  # what the service prepared before the upgrade
         # Counted by the services' loops (payload sizes; text in characters), read by the metrics collector.
@@ -103,14 +119,29 @@ class Connection:
     async def __anext__(self) -> WSMessage:
         msg = await self.receive()
         if msg.type in _ENDED:
+            if msg.type is WSMsgType.CLOSE:
+                self.peer_reason = msg.extra or ""
+                await self.answer_close()
             raise StopAsyncIteration
         return msg
 
     async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Close with ``code``; reasons are short and never carry internal detail."""
-        if self.closed_with is None and not self.ws.closed:
+        ws = self.ws
+        if ws.closed:
+            return
+        if ws.close_code is not None:  # the client's close frame came first: answer it instead
+            await self.answer_close()
+            return
+        if self.closed_with is None:
             self.closed_with = code
-        await self.ws.close(code=code, message=reason.encode()[:120])
+        await ws.close(code=code, message=reason.encode()[:120])
+
+    async def answer_close(self) -> None:
+        """Answer the client's close frame: 1000, or fail with 1002 if its code is one no client may send."""
+        failed = await answer_close(self.ws)
+        if failed is not None and self.closed_with is None:
+            self.closed_with = failed
 
     def expire_at(self, deadline: float | None, reason: str = "session expired") -> None:
         """Close with 1008 at wall-clock ``deadline`` (None: never); replaces an earlier deadline."""
@@ -153,13 +184,207 @@ class Connection:
 
     @property
     def close_code(self) -> int | None:
-        """The code that ended the connection: the gateway's if it closed first, else the peer's."""
-        return self.closed_with if self.closed_with is not None else self.ws.close_code
+        """The code that ended the connection: the gateway's if it closed first, else the peer's.
+
+        aiohttp fails a connection on a bad frame (1002, 1007, 1009) and then reports 1006 because the
+        reader stays broken while it waits for the answer; the error it kept says what was sent.
+        """
+        if self.closed_with is not None:
+            return self.closed_with
+        error = self.ws.exception()
+        if isinstance(error, WebSocketError):
+            return int(error.code)
+        code = self.ws.close_code
+        return CloseCode.NO_STATUS if code == 0 else code
 
 
 def is_upgrade(request: web.BaseRequest) -> bool:
-    """Does the request ask for a WebSocket?"""
-    return request.headers.get("Upgrade", "").lower() == "websocket"
+    """Does the request ask for a WebSocket (any ``Upgrade`` line naming it)? ``bad_request`` checks the rest."""
+    return any(_has_token(line, "websocket") for line in request.headers.getall("Upgrade", ()))
+
+
+def _has_token(value: str, token: str) -> bool:
+    return any(part.strip().lower() == token for part in value.split(","))
+
+
+# Headers a request may carry once: routing, the origin check, credentials and aiohttp's handshake each read
+# the first line, while a proxy in front may have judged the last one.
+SINGLE_HEADERS = ("Host", "Origin", "Authorization", "Cookie")
+SINGLE_UPGRADE_HEADERS = (
+    *SINGLE_HEADERS,
+    "Upgrade",
+    "Sec-WebSocket-Key",
+    "Sec-WebSocket-Version",
+    "Sec-WebSocket-Protocol",
+)
+WEBSOCKET_VERSION = "13"
+
+
+@dataclass(frozen=True)
+class BadRequest:
+    """A request refused before any login or service work."""
+
+    status: int  # 400, or 426 for a WebSocket version other than 13
+    text: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def duplicated(headers: MultiMapping[str], names: Iterable[str]) -> str | None:
+    """The first of ``names`` that appears on more than one line."""
+    for name in names:
+        if len(headers.getall(name, ())) > 1:
+            return name
+    return None
+
+
+def check_request(headers: MultiMapping[str]) -> BadRequest | None:
+    """A plain HTTP request: the headers security decisions read must not be ambiguous."""
+    name = duplicated(headers, SINGLE_HEADERS)
+    return BadRequest(400, f"Duplicate {name} header.\n") if name else None
+
+
+def check_handshake(method: str, version: tuple[int, int], headers: MultiMapping[str]) -> BadRequest | None:
+    """RFC 6455 §4.2.1 in full, so nothing (login, back-end dial) runs for a handshake aiohttp would refuse."""
+    name = duplicated(headers, SINGLE_UPGRADE_HEADERS)
+    if name:
+        return BadRequest(400, f"Duplicate {name} header.\n")
+    if method != "GET":
+        return BadRequest(400, "A WebSocket handshake must be a GET request.\n")
+    if version < (1, 1):
+        return BadRequest(400, "A WebSocket handshake needs HTTP/1.1.\n")
+    if headers.get("Upgrade", "").strip().lower() != "websocket":
+        return BadRequest(400, "The Upgrade header must be 'websocket'.\n")
+    if not any(_has_token(line, "upgrade") for line in headers.getall("Connection", ())):
+        return BadRequest(400, "A WebSocket handshake needs 'Connection: Upgrade'.\n")
+    offered = headers.get("Sec-WebSocket-Version")
+    if offered is None:
+        return BadRequest(400, "Missing Sec-WebSocket-Version header.\n")
+    if offered.strip() != WEBSOCKET_VERSION:
+        return BadRequest(426, "Unsupported WebSocket version: use 13.\n", {"Sec-WebSocket-Version": WEBSOCKET_VERSION})
+    if not valid_key(headers.get("Sec-WebSocket-Key")):
+        return BadRequest(400, "Sec-WebSocket-Key must be 16 bytes in base64.\n")
+    return None
+
+
+def valid_key(key: str | None) -> bool:
+    """RFC 6455 §4.1: the base64 encoding of exactly 16 bytes (24 characters)."""
+    if key is None or len(key) != 24:
+        return False
+    try:
+        return len(base64.b64decode(key, validate=True)) == 16
+    except ValueError:  # binascii.Error, or non-ASCII text
+        return False
+
+
+def bad_request(request: web.BaseRequest, upgrade: bool) -> web.Response | None:
+    """The listener's first check on every routed request (``upgrade``: ``is_upgrade(request)``)."""
+    refusal = (
+        check_handshake(request.method, request.version, request.headers) if upgrade else check_request(request.headers)
+    )
+    if refusal is None:
+        return None
+    return web.Response(status=refusal.status, text=refusal.text, headers=refusal.headers)
+
+
+def client_may_send(code: int) -> bool:
+    """RFC 6455 §7.4: codes a client may put in a close frame (0: aiohttp's "the frame had no code")."""
+    return code == 0 or 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
+
+
+async def answer_close(ws: web.WebSocketResponse) -> int | None:
+    """Answer a client's close frame (aiohttp's autoclose answers everything with 1000).
+
+    Returns 1002 if the client used a code no endpoint may send (1005, 1006, 5000, ...) and the
+    connection was failed, else None.
+    """
+    if ws.closed:
+        return None
+    if client_may_send(ws.close_code or 0):
+        await ws.close(drain=False)
+        return None
+    await ws.close(code=CloseCode.PROTOCOL_ERROR, message=b"invalid close code", drain=False)
+    return CloseCode.PROTOCOL_ERROR
+
+
+class MaskedFrames:
+    """Stands in front of aiohttp's frame reader: every client frame must be masked (RFC 6455 §5.1).
+
+    Both aiohttp readers (``reader_c``, which production uses, and ``reader_py``) unmask a frame when
+    its mask bit is set and take it as it is otherwise; neither has a per-frame hook. So this walks the
+    frame headers of the byte stream: a subtraction per chunk inside a payload, a few integer
+    operations per frame, no allocation unless a header is split between reads. The first unmasked
+    frame and everything after it never reach the reader; the connection fails with 1002.
+    """
+
+    __slots__ = ("reader", "queue", "skip", "head", "failed")
+
+    def __init__(self, reader: Any, queue: Any) -> None:
+        self.reader = reader
+        self.queue = queue
+        self.skip = 0  # bytes before the next frame header
+        self.head = b""  # the start of a frame header cut by the end of the last read
+        self.failed = False
+
+    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        if self.failed:
+            return True, b""
+        skip = self.skip
+        if skip >= len(data) and not self.head:
+            self.skip = skip - len(data)
+            return self.reader.feed_data(data)  # type: ignore[no-any-return]
+        bad = self._walk(data)
+        if bad is None:
+            return self.reader.feed_data(data)  # type: ignore[no-any-return]
+        self.failed = True
+        if bad > 0:
+            self.reader.feed_data(data[:bad])
+        self.queue.set_exception(WebSocketError(CloseCode.PROTOCOL_ERROR, "unmasked client frame"))
+        return True, b""
+
+    def feed_eof(self) -> None:
+        self.reader.feed_eof()
+
+    def _walk(self, data: bytes) -> int | None:
+        """Where in ``data`` the first unmasked frame starts (None: all masked); keeps the position of the next."""
+        cut = len(self.head)
+        buffer = self.head + data if cut else data
+        end = len(buffer)
+        pos = self.skip
+        while pos < end:
+            if end - pos < 2:
+                break
+            second = buffer[pos + 1]
+            if not second & 0x80:
+                return max(pos - cut, 0)
+            length = second & 0x7F
+            if length < 126:
+                pos += 6 + length
+            elif length == 126:
+                if end - pos < 4:
+                    break
+                pos += 8 + (buffer[pos + 2] << 8 | buffer[pos + 3])
+            else:
+                if end - pos < 10:
+                    break
+                pos += 14 + int.from_bytes(buffer[pos + 2 : pos + 10], "big")
+        if pos >= end:
+            self.skip, self.head = pos - end, b""
+        else:
+            self.skip, self.head = 0, buffer[pos:]
+        return None
+
+
+class GuardedResponse(web.WebSocketResponse):
+    """aiohttp's server WebSocket with ``MaskedFrames`` in front of its frame reader."""
+
+    def _post_start(self, request: web.BaseRequest, protocol: str | None, writer: Any) -> None:
+        handler: Any = request.protocol
+        early, handler._message_tail = handler._message_tail, b""  # frames sent with the request: checked too
+        super()._post_start(request, protocol, writer)
+        guard = MaskedFrames(self._parser, self._reader)
+        handler._payload_parser = guard
+        if early:
+            guard.feed_data(early)
 
 
 async def accept_websocket(
@@ -176,8 +401,9 @@ async def accept_websocket(
     and mixes secrets with attacker-chosen data (CRIME-style leaks).
     """
     timeout = options.inactivity_timeout
-    ws = web.WebSocketResponse(
+    ws = GuardedResponse(
         heartbeat=timeout / 2 if timeout else None,
+        autoclose=False,  # Connection answers the client's close frame (answer_close)
         compress=False,
         max_msg_size=options.max_message_size + 1,  # aiohttp refuses sizes >= its limit; ours allows ==
         writer_limit=writer_limit,
@@ -203,7 +429,7 @@ def _without_token_offers(request: web.BaseRequest) -> web.BaseRequest:
     header = request.headers.get("Sec-WebSocket-Protocol")
     if header is None or SUBPROTOCOL_TOKEN_PREFIX not in header.lower():
         return request
-    offers = [o for o in offered_subprotocols(header) if not o.lower().startswith(SUBPROTOCOL_TOKEN_PREFIX)]
+    offers = without_token_offers(offered_subprotocols(header))
     headers = CIMultiDict(request.headers)
     del headers["Sec-WebSocket-Protocol"]
     if offers:
