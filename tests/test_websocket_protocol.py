@@ -349,7 +349,9 @@ security:
             request_bytes("/echo", extra=(("Authorization", joe), ("Authorization", other)))
         )
     assert status == 400
-    assert not [r for r in caplog.records if r.name == "wsgate.audit"], "no login module may run"
+    audited = [r.msg for r in caplog.records if r.name == "wsgate.audit"]
+    assert [a["event"] for a in audited] == ["bad request"], "no login module may run"
+    assert audited[0]["reason"] == "Duplicate Authorization header." and "welcome" not in caplog.text
     await wire.finish()
 
 

@@ -173,6 +173,13 @@ class Listener:
         upgrade = is_upgrade(request)
         refused = bad_request(request, upgrade)  # before any login or service work
         if refused is not None:
+            audit.info(
+                "bad request",
+                service=route.service.name,
+                remote=request.remote,
+                status=refused.status,
+                reason=(refused.text or "").strip(),
+            )
             if not upgrade:
                 return refused
             response: web.StreamResponse = refused
