@@ -16,16 +16,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ..challenges import Credentials, CredentialsError
+from .outcomes import Busy, Challenged, Failed, Outcome, Succeeded, Unavailable
+from .verifier import Verifier, shared_verifier
 
 if TYPE_CHECKING:
     from ..tls import PeerIdentity
-    from .verifier import Verifier
 
-
-def _shared_verifier() -> Verifier:
-    from .verifier import shared_verifier
-
-    return shared_verifier()
+__all__ = ["Busy", "Challenged", "Failed", "LoginAttempt", "LoginModule", "Outcome", "Succeeded", "Unavailable"]
 
 
 @dataclass
@@ -40,43 +37,7 @@ class LoginAttempt:
     remote: str
     peer: PeerIdentity | None = None
     shared: dict[str, str] = field(default_factory=dict)
-    verifier: Verifier = field(default_factory=_shared_verifier)  # the realm's; runs blocking work off the loop
-
-
-@dataclass(frozen=True)
-class Succeeded:
-    """Principals whose names are roles (Kaazing semantics); ``user`` names the subject."""
-
-    user: str | None
-    principals: frozenset[str] = frozenset()
-    expires_at: float | None = None  # wall-clock seconds, e.g. a JWT's exp
-    token_id: str | None = None  # a JWT's jti: revocation targets it
-
-
-@dataclass(frozen=True)
-class Failed:
-    reason: str  # audit log only, never sent to the client
-
-
-@dataclass(frozen=True)
-class Unavailable:
-    reason: str
-
-
-@dataclass(frozen=True)
-class Busy(Unavailable):
-    """Too many logins in progress in this realm: 503 with Retry-After, counted as a limit."""
-
-
-@dataclass(frozen=True)
-class Challenged:
-    """Not yet: the client must answer ``data`` (e.g. a Negotiate continuation token), sent in the 401."""
-
-    reason: str
-    data: str
-
-
-Outcome = Succeeded | Failed | Unavailable | Challenged  # Busy is an Unavailable
+    verifier: Verifier = field(default_factory=shared_verifier)  # the realm's; runs blocking work off the loop
 
 
 @runtime_checkable

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from .base import Busy
+from .outcomes import Busy
 
 T = TypeVar("T")
 DEFAULT_QUEUE = 32
