@@ -24,6 +24,7 @@ from ..management.logs import get_logger
 from ..management.metrics import handshake_outcome
 from ..security.limits import GatewayLimits, Refusal, ServiceLimits
 from ..security.tls import PeerIdentity
+from .accept import guard
 from .liveness import ResetWatch
 from .tls_audit import NO_CERTIFICATE, TlsAudit, install_exception_handler
 from .websocket import HANDSHAKE_DONE, bad_request, is_upgrade
@@ -47,6 +48,9 @@ CLIENT_JS_HEADERS = {
 # reserve 26 GB and keep whatever traffic touched. Two TLS records each way keep full-size records in one
 # syscall (bench/README.md has the measurement).
 TLS_BIO_SIZE = 2 * (16 * 1024 + 64)
+# Connections the kernel completes and holds for each listening socket until they are accepted
+# (capped by net.core.somaxconn); they wait there while the process is out of descriptors.
+BACKLOG = 1024
 # Every response, aiohttp's own error pages included, names the product but no versions.
 web_response.SERVER_SOFTWARE = "wsgate"  # type: ignore[attr-defined]
 
@@ -130,10 +134,12 @@ class Listener:
             ssl=self.ssl_context,
             reuse_address=True,
             reuse_port=self.reuse_port or None,
-            backlog=1024,
+            backlog=BACKLOG,
             ssl_handshake_timeout=self.handshake_timeout if self.ssl_context is not None else None,
             **extra,
         )
+        bound = server.sockets[0].getsockname()[1] if server.sockets else port
+        guard(server, f"{'tls' if self.secure else 'tcp'}://{self.host or '*'}:{bound}", BACKLOG, self.metrics)
         if self.tls_audit is not None:
             self.tls_audit.watch(server)
         return server
