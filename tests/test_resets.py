@@ -11,6 +11,8 @@ import contextlib
 import socket
 import ssl
 import struct
+import threading
+import time
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -125,3 +127,38 @@ async def test_clients_that_reset_after_a_message_are_released(
     if service == "proxy":
         assert backend.accepted == CLIENTS
         assert await until(lambda: backend.open == 0), f"{backend.open} back-end connections still open"
+
+
+async def test_a_back_end_that_resets_after_a_long_message_releases_its_clients(start_gateway) -> None:
+    """The other side of the proxy: a tcp back end sends more than one read, then resets."""
+    listening = socket.create_server(("127.0.0.1", 0))
+    listening.settimeout(20)
+    accepted: list[socket.socket] = []
+    try:
+        gw = await start_gateway(config("ws", listening.getsockname()[1]))
+        count = CLIENTS // 4
+        clients = [threading.Thread(target=read_until_closed, args=(gw.port_of("proxy"),)) for _ in range(count)]
+        for client in clients:
+            client.start()
+        accepted += [(await asyncio.to_thread(listening.accept))[0] for _ in range(count)]
+        assert await until(lambda: len(gw.runtime.connections) == count)
+        for sock in accepted:  # with the gateway's loop held: it finds the data and the RST together
+            sock.sendall(b"y" * LONG)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+        time.sleep(0.2)
+        assert await until(lambda: not gw.runtime.connections), f"{len(gw.runtime.connections)} still open"
+        assert await until(lambda: not any(client.is_alive() for client in clients)), "clients still open"
+    finally:
+        listening.close()
+        for sock in accepted:
+            sock.close()
+
+
+def read_until_closed(port: int) -> None:
+    """A blocking client of the proxy that reads whatever comes until the gateway closes (or 30 s pass)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(request_bytes("/proxy"))
+        with contextlib.suppress(OSError):
+            while sock.recv(65536):
+                pass
