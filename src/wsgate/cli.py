@@ -296,6 +296,7 @@ def _run(
     from .gateway import Gateway
 
     gateway = Gateway(config, reuse_port=worker, loader=loader)
+    check_fd_limit(config)
     loop = new_event_loop(loop_kind)
     try:
         loop.run_until_complete(_serve(gateway, grace, os.getppid() if worker else None, ready))
@@ -384,6 +385,65 @@ async def _serve(
     await stop.wait()
     log.info("shutting down: no new connections, closing open ones with 1001")
     await gateway.stop(grace)
+
+
+# Descriptors that are not connections: listeners, the loop's own, log files, resolvers, the management port.
+FD_MARGIN = 64
+
+
+def descriptors_needed(config: GatewayConfig) -> int | None:
+    """What the configured limits let connections hold at once (None: no limit bounds them).
+
+    An open WebSocket holds one descriptor, a proxied one two; every handshake in progress holds one.
+    """
+    per_connection = 2 if any(service.type == "proxy" for service in config.services) else 1
+    connections = config.limits.connections
+    if connections is None:
+        per_service = [service.accept_options.max_connections for service in config.services]
+        if None in per_service:
+            return None
+        connections = sum(limit or 0 for limit in per_service)
+    return connections * per_connection + (config.limits.handshakes or 0) + FD_MARGIN
+
+
+def check_fd_limit(config: GatewayConfig) -> None:
+    """Raise the soft descriptor limit to the hard one; warn if it is still below what the limits allow.
+
+    Out of descriptors, the gateway stops accepting for a while (clients wait in the listen backlog), so
+    ``limits/connections`` is the place to refuse load, with a 503, before descriptors run out.
+    """
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            log.info("raised the file descriptor limit from %d to %d", soft, target)
+            soft = target
+        except (ValueError, OSError):
+            pass  # the kernel's fs.nr_open is lower: keep what we have
+    needed = descriptors_needed(config)
+    if soft == resource.RLIM_INFINITY:
+        return
+    if needed is None:
+        log.info(
+            "file descriptor limit %d and no limits/connections: once descriptors run out the gateway stops "
+            "accepting (clients wait in the listen backlog) until some free up; set limits/connections below "
+            "the limit (half of it with proxy services)",
+            soft,
+        )
+    elif needed > soft:
+        log.warning(
+            "file descriptor limit %d is below the %d the configured limits allow (limits/connections, "
+            "handshakes, two per proxied connection, %d spare); raise it (LimitNOFILE=, ulimit -n) or lower "
+            "limits/connections, or the gateway stops accepting before the limits refuse anyone",
+            soft,
+            needed,
+            FD_MARGIN,
+        )
 
 
 def tune_gc() -> None:

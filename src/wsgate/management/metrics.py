@@ -87,6 +87,12 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.accept_errors = Counter(
+            "wsgate_accept_errors",
+            "Failed accepts of new connections by reason (emfile, enfile: out of descriptors; enobufs, enomem)",
+            ["reason"],
+            registry=self.registry,
+        )
         self.reloads = Counter("wsgate_reloads", "Configuration reloads by result", ["result"], registry=self.registry)
         self.traffic = TrafficCollector(connections)
         self.registry.register(self.traffic)

@@ -21,6 +21,7 @@ from ..errors import BackendError
 from ..security.challenges import offered_subprotocols, without_token_offers
 from ..security.tls import client_context
 from ..transport.backend import Backend, TcpBackend, WsBackend, open_tcp, open_ws
+from ..transport.liveness import ResetWatch
 from ..transport.websocket import CloseCode, Connection, WSMsgType, client_may_send
 from .base import Runtime, WebSocketService, service_type
 
@@ -45,14 +46,19 @@ class ProxyService(WebSocketService):
                 config.connect_options.tls, trusted, runtime.keys, f"service[{self.name}]/connect-options"
             )
         self.session: aiohttp.ClientSession | None = None
+        self.liveness: ResetWatch | None = None  # closes back-end connections whose back end reset them
 
     async def start(self) -> None:
         if self.uri.scheme in ("ws", "wss"):
             self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=True))
+        self.liveness = ResetWatch(asyncio.get_running_loop())
 
     async def stop(self) -> None:
         if self.session is not None:
             await self.session.close()
+        if self.liveness is not None:
+            self.liveness.close()
+            self.liveness = None
 
     async def open_backend(self, protocols: tuple[str, ...] = ()) -> Backend:
         if self.session is not None:
@@ -103,12 +109,16 @@ class ProxyService(WebSocketService):
             return
         assert isinstance(prepared, (TcpBackend, WsBackend))
         backend: Backend = prepared
+        transport, liveness = backend.transport, self.liveness
+        watched = liveness.watch(transport) if liveness is not None and transport is not None else -1
         try:
             if first is not None:
                 await backend.send(first.data)
             await self.relay(connection, backend)
         finally:
             await backend.close(*self.client_close(connection))
+            if self.liveness is not None and transport is not None:
+                self.liveness.forget(watched, transport)
 
     async def refuse(self, connection: Connection, exc: BackendError) -> None:
         log.warning(

@@ -30,6 +30,10 @@ class TcpBackend:
         writer.transport.set_write_buffer_limits(high=max_pending)
         self.close_code: int | None = None
 
+    @property
+    def transport(self) -> asyncio.Transport | None:
+        return self.writer.transport  # type: ignore[return-value]
+
     async def receive(self) -> bytes | None:
         data = await self.reader.read(READ_CHUNK)
         return data or None
@@ -64,6 +68,12 @@ class WsBackend:
     @property
     def close_code(self) -> int | None:
         return self.ws.close_code
+
+    @property
+    def transport(self) -> asyncio.Transport | None:
+        """The socket's transport, which aiohttp's client WebSocket keeps in its frame writer."""
+        writer = getattr(self.ws, "_writer", None)
+        return getattr(writer, "transport", None)
 
     async def receive(self) -> bytes | str | None:
         msg = await self.ws.receive()

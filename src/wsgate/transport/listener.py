@@ -14,7 +14,7 @@ import ssl
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp import StreamReader, web, web_response
 from aiohttp.http_exceptions import HttpProcessingError
@@ -24,6 +24,8 @@ from ..management.logs import get_logger
 from ..management.metrics import handshake_outcome
 from ..security.limits import GatewayLimits, Refusal, ServiceLimits
 from ..security.tls import PeerIdentity
+from .accept import guard
+from .liveness import ResetWatch
 from .tls_audit import NO_CERTIFICATE, TlsAudit, install_exception_handler
 from .websocket import HANDSHAKE_DONE, bad_request, is_upgrade
 
@@ -46,6 +48,9 @@ CLIENT_JS_HEADERS = {
 # reserve 26 GB and keep whatever traffic touched. Two TLS records each way keep full-size records in one
 # syscall (bench/README.md has the measurement).
 TLS_BIO_SIZE = 2 * (16 * 1024 + 64)
+# Connections the kernel completes and holds for each listening socket until they are accepted
+# (capped by net.core.somaxconn); they wait there while the process is out of descriptors.
+BACKLOG = 1024
 # Every response, aiohttp's own error pages included, names the product but no versions.
 web_response.SERVER_SOFTWARE = "wsgate"  # type: ignore[attr-defined]
 
@@ -76,6 +81,7 @@ class Listener:
     header_size: int = 8190
     tls_source: object = None  # what ssl_context was built from (Gateway.reload compares it)
     tls_audit: TlsAudit | None = None  # failed TLS handshakes: audit lines and a metric
+    liveness: ResetWatch | None = None  # closes connections whose peer reset them, where the loop does not
     _server: asyncio.Server | None = None
     _web: web.Server | None = None
 
@@ -101,6 +107,7 @@ class Listener:
 
     async def start(self) -> None:
         self._web = web.Server(self.handle, access_log=None)
+        self.liveness = self.liveness or ResetWatch(asyncio.get_running_loop())
         if self.secure:
             install_exception_handler(asyncio.get_running_loop())
             self.tls_audit = self.tls_audit or TlsAudit(self)
@@ -127,10 +134,12 @@ class Listener:
             ssl=self.ssl_context,
             reuse_address=True,
             reuse_port=self.reuse_port or None,
-            backlog=1024,
+            backlog=BACKLOG,
             ssl_handshake_timeout=self.handshake_timeout if self.ssl_context is not None else None,
             **extra,
         )
+        bound = server.sockets[0].getsockname()[1] if server.sockets else port
+        guard(server, f"{'tls' if self.secure else 'tcp'}://{self.host or '*'}:{bound}", BACKLOG, self.metrics)
         if self.tls_audit is not None:
             self.tls_audit.watch(server)
         return server
@@ -156,6 +165,9 @@ class Listener:
                 await asyncio.wait_for(self._server.wait_closed(), timeout)
             except TimeoutError:
                 log.warning("listener %s:%d: connections still open after shutdown", self.host or "*", self.port)
+        if self.liveness is not None:
+            self.liveness.close()
+            self.liveness = None
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         if isinstance(request.protocol, HttpConnection):
@@ -286,7 +298,7 @@ class HttpConnection(web.RequestHandler):
     A WebSocket (after 101) has none of them: bytes then belong to the WebSocket reader and writer.
     """
 
-    __slots__ = ("listener", "timer", "awaiting_head", "accepted", "body", "stall", "stall_timeout")
+    __slots__ = ("listener", "timer", "awaiting_head", "accepted", "body", "stall", "stall_timeout", "watched")
 
     def __init__(self, listener: Listener, manager: web.Server, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
@@ -298,10 +310,13 @@ class HttpConnection(web.RequestHandler):
         self.stall: asyncio.TimerHandle | None = None  # the write stall: armed while writing is paused
         self.stall_timeout = DEFAULT_KEEPALIVE_TIMEOUT  # that of the service answering the request
         self.timer: asyncio.TimerHandle | None = loop.call_later(listener.handshake_timeout, self._head_late)
+        self.watched = -1  # the fd ``listener.liveness`` watches for a reset
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self.listener.tls_audit is not None:  # the TLS handshake completed: nothing to audit
             self.listener.tls_audit.pending.pop(transport, None)
+        if self.listener.liveness is not None:
+            self.watched = self.listener.liveness.watch(cast(asyncio.Transport, transport))
         super().connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
@@ -347,6 +362,8 @@ class HttpConnection(web.RequestHandler):
     def connection_lost(self, exc: BaseException | None) -> None:
         self._disarm()
         self._unstall()
+        if self.listener.liveness is not None and self.transport is not None:
+            self.listener.liveness.forget(self.watched, self.transport)
         super().connection_lost(exc)
 
     def log_exception(self, *args: Any, **kw: Any) -> None:
