@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from ..config.model import Realm, Service
-from ..management.logs import get_logger
+from ..management.logs import LogLimiter, get_logger
 from ..security.keystore import KeyMaterial
 from ..security.origin import cors_headers, origin_allowed, preflight
 from ..security.realms import IDENTITY_KEY, Identity, connection_deadline
@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("wsgate.service")
 access = get_logger("wsgate.access")
 audit = get_logger("wsgate.audit")
+SLOW_CONSUMERS = LogLimiter("slow consumer")
+CLIENTS_LOST = LogLimiter("client lost")
 
 
 @dataclass
@@ -145,7 +147,9 @@ class WebSocketService(ServiceHandler):
         except BaseException:
             await self.abandon(context)
             raise
-        connection = Connection(ws, request.transport, self.name, request.remote or "?", peer)
+        options = self.config.accept_options
+        connection = Connection(ws, request.transport, self.name, request.remote or "?", peer, options.write_timeout)
+        connection.on_slow = self.slow_consumer
         connection.id, connection.started, connection.context, connection.identity = (
             connection_id,
             started,
@@ -169,7 +173,7 @@ class WebSocketService(ServiceHandler):
             raise
         except Exception as exc:
             if isinstance(exc, OSError) and client_gone(connection):  # a write to a client that left: its loss
-                log.info("service[%s]: client %s lost: %s", self.name, connection.remote, exc)
+                client_lost(self.name, connection, exc)
             else:
                 log.exception("service[%s]: unexpected error; closing the connection with 1011", self.name)
                 await connection.close(CloseCode.INTERNAL_ERROR, "internal error, see gateway log")
@@ -200,6 +204,13 @@ class WebSocketService(ServiceHandler):
             reason=reason,
         )
         return web.Response(status=403, text="Forbidden\n")
+
+    def slow_consumer(self, connection: Connection, why: str) -> None:
+        """A peer dropped for not reading: counted always, logged at INFO within the rate limit."""
+        if self.runtime.metrics is not None:
+            self.runtime.metrics.slow_consumers.labels(self.name).inc()
+        if SLOW_CONSUMERS.allow():
+            log.info("service[%s]: dropping slow consumer %s with 1008: %s", self.name, connection.remote, why)
 
     def closed(self, connection: Connection) -> None:
         """The access line and the metrics of a connection that ended."""
@@ -237,6 +248,13 @@ class WebSocketService(ServiceHandler):
 
     async def serve(self, connection: Connection) -> None:
         raise NotImplementedError
+
+
+def client_lost(service: str, connection: Connection, exc: BaseException) -> None:
+    """A client that left mid-write: its loss, logged at INFO within the rate limit (a dropped slow
+    consumer's loss is its drop, already logged)."""
+    if not connection.slow and CLIENTS_LOST.allow():
+        log.info("service[%s]: client %s lost: %s", service, connection.remote, exc)
 
 
 def client_gone(connection: Connection) -> bool:

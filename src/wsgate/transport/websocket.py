@@ -55,6 +55,40 @@ class CloseCode:
     BAD_GATEWAY = 1014
 
 
+SLOW_DROP_GRACE = 2.0  # a slow consumer closed with 1008 is aborted if it has not taken the close by then
+
+
+class WriteWatch:
+    """Stands in for the protocol aiohttp's WebSocket writer waits on, to time a blocked send.
+
+    The writer asks ``_paused`` once per ``writer_limit`` bytes and calls ``_drain_helper`` only
+    when the transport has paused writing (its buffer is over the high-water mark), so a timer is
+    armed only while a send is actually waiting for the peer, never per message. A send still
+    waiting after ``timeout`` seconds drops the connection as a slow consumer.
+    """
+
+    __slots__ = ("protocol", "timeout", "connection")
+
+    def __init__(self, protocol: Any, timeout: float, connection: Connection) -> None:
+        self.protocol = protocol
+        self.timeout = timeout
+        self.connection = connection
+
+    @property
+    def _paused(self) -> bool:
+        return bool(self.protocol._paused)
+
+    async def _drain_helper(self) -> None:
+        timer = asyncio.get_running_loop().call_later(self.timeout, self.stalled)
+        try:
+            await self.protocol._drain_helper()
+        finally:
+            timer.cancel()
+
+    def stalled(self) -> None:
+        self.connection.drop_slow(f"a send waited {self.timeout:g}s for the peer to read")
+
+
 class Connection:
     """One accepted WebSocket with what later layers need to know about its peer."""
 
@@ -81,6 +115,8 @@ class Connection:
         "messages_out",
         "bytes_in",
         "bytes_out",
+        "slow",
+        "on_slow",
     )
 
     def __init__(
@@ -90,6 +126,7 @@ class Connection:
         service: str,
         remote: str,
         peer: PeerIdentity | None,
+        write_timeout: float | None = None,
     ) -> None:
         self.ws = ws
         # Bound once: the per-message calls cost no extra Python frame.
@@ -112,6 +149,11 @@ class Connection:
         self.context: object = None  # what the service prepared before the upgrade
         # Counted by the services' loops (payload sizes; text in characters), read by the metrics collector.
         self.messages_in = self.messages_out = self.bytes_in = self.bytes_out = 0
+        self.slow = False  # dropped as a slow consumer
+        self.on_slow: Callable[[Connection, str], None] | None = None  # the service counts and logs the drop
+        writer = getattr(ws, "_writer", None)
+        if write_timeout and writer is not None:
+            writer.protocol = WriteWatch(writer.protocol, write_timeout, self)
 
     def __aiter__(self) -> Connection:
         return self
@@ -164,10 +206,26 @@ class Connection:
             self._closing = asyncio.get_running_loop().create_task(self._close_or_abort(code, reason, grace))
 
     async def _close_or_abort(self, code: int, reason: str, grace: float) -> None:
+        """The abort is a timer, not a cancelled close: cancelling a close that waits in aiohttp's drain
+        cancels the drain future every sender shares, and a closing transport with a full buffer then
+        waits for the peer forever."""
+        timer = asyncio.get_running_loop().call_later(grace, self.abort)
         try:
-            await asyncio.wait_for(self.close(code, reason), grace)
-        except TimeoutError:
+            await self.close(code, reason)
+        except OSError:
             self.abort()
+        finally:
+            if self.transport is None or not self.transport.get_write_buffer_size():
+                timer.cancel()
+
+    def drop_slow(self, why: str) -> None:
+        """Close a peer that does not take what is sent: 1008 "too slow" now, aborted 2 s later."""
+        if self.slow or self.ws.closed:
+            return
+        self.slow = True
+        if self.on_slow is not None:
+            self.on_slow(self, why)
+        self.expire_now(CloseCode.POLICY_VIOLATION, "too slow", SLOW_DROP_GRACE)
 
     def cancel_expiry(self) -> None:
         if self._expiry is not None:
