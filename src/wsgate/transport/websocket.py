@@ -276,6 +276,17 @@ SINGLE_UPGRADE_HEADERS = (
     "Sec-WebSocket-Protocol",
 )
 WEBSOCKET_VERSION = "13"
+# Headers routing and the handshake interpret: visible ASCII only (RFC 9110 obs-text is refused here, so no
+# decoding of a client's bytes, IDNA included, can fail later on).
+ASCII_HEADERS = (
+    "Host",
+    "Origin",
+    "Connection",
+    "Upgrade",
+    "Sec-WebSocket-Key",
+    "Sec-WebSocket-Version",
+    "Sec-WebSocket-Protocol",
+)
 
 
 @dataclass(frozen=True)
@@ -295,10 +306,33 @@ def duplicated(headers: MultiMapping[str], names: Iterable[str]) -> str | None:
     return None
 
 
+def not_ascii(headers: MultiMapping[str]) -> str | None:
+    """The first of ``ASCII_HEADERS`` with a character outside visible ASCII (space and tab allowed)."""
+    for name in ASCII_HEADERS:
+        for value in headers.getall(name, ()):
+            if not value.isascii() or not all(c == "\t" or " " <= c <= "~" for c in value):
+                return name
+    return None
+
+
+def request_host(request: web.BaseRequest) -> str | None:
+    """The host a request is routed by, lowercased; None for a ``Host`` that is not ASCII or no URL can carry."""
+    if not request.host.isascii():
+        return None
+    try:
+        host = request.url.host
+    except ValueError:  # UnicodeError from IDNA: non-ASCII, surrogate-escaped or control bytes
+        return None
+    return (host or "").lower().rstrip(".")
+
+
 def check_request(headers: MultiMapping[str]) -> BadRequest | None:
     """A plain HTTP request: the headers security decisions read must not be ambiguous."""
     name = duplicated(headers, SINGLE_HEADERS)
-    return BadRequest(400, f"Duplicate {name} header.\n") if name else None
+    if name:
+        return BadRequest(400, f"Duplicate {name} header.\n")
+    name = not_ascii(headers)
+    return BadRequest(400, f"The {name} header must be ASCII.\n") if name else None
 
 
 def check_handshake(method: str, version: tuple[int, int], headers: MultiMapping[str]) -> BadRequest | None:
@@ -306,6 +340,9 @@ def check_handshake(method: str, version: tuple[int, int], headers: MultiMapping
     name = duplicated(headers, SINGLE_UPGRADE_HEADERS)
     if name:
         return BadRequest(400, f"Duplicate {name} header.\n")
+    name = not_ascii(headers)
+    if name:
+        return BadRequest(400, f"The {name} header must be ASCII.\n")
     if method != "GET":
         return BadRequest(400, "A WebSocket handshake must be a GET request.\n")
     if version < (1, 1):
