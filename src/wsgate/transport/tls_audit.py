@@ -28,12 +28,13 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..management.logs import get_logger
+from ..management.logs import LogLimiter, get_logger
 
 if TYPE_CHECKING:
     from .listener import HttpConnection, Listener
 
 audit = get_logger("wsgate.audit")
+TLS_FAILURES = LogLimiter("tls handshake failed")
 
 CLOSED = "closed before handshake"
 NO_CERTIFICATE = "no client certificate"
@@ -111,14 +112,15 @@ class TlsAudit:
         if remote is None and transport is not None:
             remote = _address(transport.get_extra_info("peername"))
         listener = self.listener
-        audit.info(
-            "tls handshake failed",
-            reason=reason,
-            remote=remote,
-            listener=f"tls://{listener.host or '*'}:{listener.port}",
-        )
         if listener.metrics is not None:
             listener.metrics.tls_failures.labels(reason).inc()
+        if TLS_FAILURES.allow():  # clients choose how often they fail: counted always, logged within a limit
+            audit.info(
+                "tls handshake failed",
+                reason=reason,
+                remote=remote,
+                listener=f"tls://{listener.host or '*'}:{listener.port}",
+            )
 
 
 def reason_of(exc: object) -> str:

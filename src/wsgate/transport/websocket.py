@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -72,7 +73,9 @@ class WriteWatch:
     def __init__(self, protocol: Any, timeout: float, connection: Connection) -> None:
         self.protocol = protocol
         self.timeout = timeout
-        self.connection = connection
+        # Weak: a cycle through the writer would leave connections (and the back-end streams in their
+        # context) to the cyclic collector, which may finalise them in a worker thread.
+        self.connection = weakref.ref(connection)
 
     @property
     def _paused(self) -> bool:
@@ -86,7 +89,9 @@ class WriteWatch:
             timer.cancel()
 
     def stalled(self) -> None:
-        self.connection.drop_slow(f"a send waited {self.timeout:g}s for the peer to read")
+        connection = self.connection()
+        if connection is not None:
+            connection.drop_slow(f"a send waited {self.timeout:g}s for the peer to read")
 
 
 class Connection:
@@ -117,6 +122,7 @@ class Connection:
         "bytes_out",
         "slow",
         "on_slow",
+        "__weakref__",
     )
 
     def __init__(
