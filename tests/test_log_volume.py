@@ -11,6 +11,8 @@ import pytest
 
 from wsgate.management.logs import LogLimiter, get_logger, log_formatter
 
+from .conftest import SECURITY_PEM
+
 SECRET = "Bearer eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJqb2UifQ.c2lnbmF0dXJl"
 
 
@@ -97,3 +99,29 @@ async def test_a_flood_of_bad_requests_is_counted_exactly_and_logged_boundedly(s
     lines = [r for r in caplog.records if r.name.startswith("wsgate") or r.name.startswith("aiohttp")]
     assert len(lines) < 60, len(lines)
     assert not [r for r in lines if r.levelno >= logging.WARNING]
+
+
+async def test_a_flood_of_failed_tls_handshakes_is_counted_exactly_and_logged_boundedly(
+    start_gateway, pem_stores, caplog
+):
+    caplog.set_level(logging.INFO)
+    config = "service:\n  - name: echo\n    accept: wss://127.0.0.1:0/echo\n    type: echo\n"
+    gw = await start_gateway(config + SECURITY_PEM)
+    port = gw.port_of("echo")
+    for _ in range(200):  # plain HTTP on a TLS port: a protocol mismatch each
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        try:
+            await asyncio.wait_for(reader.read(), 5)
+        except (ConnectionError, TimeoutError):
+            pass
+        writer.transport.abort()
+    registry = gw.runtime.metrics.registry
+    for _ in range(100):
+        if registry.get_sample_value("wsgate_tls_handshake_failures_total", {"reason": "protocol mismatch"}) == 200:
+            break
+        await asyncio.sleep(0.05)
+    assert registry.get_sample_value("wsgate_tls_handshake_failures_total", {"reason": "protocol mismatch"}) == 200
+    lines = [r for r in caplog.records if "tls handshake failed" in r.getMessage()]
+    assert 1 <= len(lines) <= 40, len(lines)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

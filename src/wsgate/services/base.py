@@ -32,8 +32,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("wsgate.service")
 access = get_logger("wsgate.access")
 audit = get_logger("wsgate.audit")
-SLOW_CONSUMERS = LogLimiter("slow consumer")
-CLIENTS_LOST = LogLimiter("client lost")
 
 
 @dataclass
@@ -65,6 +63,8 @@ class ServiceHandler:
         self.config = config
         self.runtime = runtime
         self.name = config.name
+        self.slow_lines = LogLimiter("slow consumer")
+        self.lost_lines = LogLimiter("client lost")
 
     async def start(self) -> None:
         """Prepare back-end resources before the listeners open."""
@@ -173,7 +173,7 @@ class WebSocketService(ServiceHandler):
             raise
         except Exception as exc:
             if isinstance(exc, OSError) and client_gone(connection):  # a write to a client that left: its loss
-                client_lost(self.name, connection, exc)
+                client_lost(self, connection, exc)
             else:
                 log.exception("service[%s]: unexpected error; closing the connection with 1011", self.name)
                 await connection.close(CloseCode.INTERNAL_ERROR, "internal error, see gateway log")
@@ -209,7 +209,7 @@ class WebSocketService(ServiceHandler):
         """A peer dropped for not reading: counted always, logged at INFO within the rate limit."""
         if self.runtime.metrics is not None:
             self.runtime.metrics.slow_consumers.labels(self.name).inc()
-        if SLOW_CONSUMERS.allow():
+        if self.slow_lines.allow():
             log.info("service[%s]: dropping slow consumer %s with 1008: %s", self.name, connection.remote, why)
 
     def closed(self, connection: Connection) -> None:
@@ -250,11 +250,11 @@ class WebSocketService(ServiceHandler):
         raise NotImplementedError
 
 
-def client_lost(service: str, connection: Connection, exc: BaseException) -> None:
+def client_lost(service: ServiceHandler, connection: Connection, exc: BaseException) -> None:
     """A client that left mid-write: its loss, logged at INFO within the rate limit (a dropped slow
     consumer's loss is its drop, already logged)."""
-    if not connection.slow and CLIENTS_LOST.allow():
-        log.info("service[%s]: client %s lost: %s", service, connection.remote, exc)
+    if not connection.slow and service.lost_lines.allow():
+        log.info("service[%s]: client %s lost: %s", service.name, connection.remote, exc)
 
 
 def client_gone(connection: Connection) -> bool:

@@ -163,7 +163,7 @@ class ProxyService(WebSocketService):
                 else:
                     await send_str(data)
             except OSError as exc:  # the client is closing or gone: nothing more can reach it
-                client_lost(self.name, connection, exc)
+                client_lost(self, connection, exc)
                 return
             connection.messages_out += 1
             connection.bytes_out += len(data)

@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("wsgate.listener")
 audit = get_logger("wsgate.audit")
-BAD_REQUESTS = LogLimiter("bad request")
 # The browser client, served by every listener at a well-known path (docs/clients.md).
 CLIENT_JS_PATH = "/.wsgate/client.js"
 CLIENT_JS = Path(__file__).parent.parent / "resources" / "client" / "wsgate-client.js"
@@ -77,6 +76,7 @@ class Listener:
     header_size: int = 8190
     tls_source: object = None  # what ssl_context was built from (Gateway.reload compares it)
     tls_audit: TlsAudit | None = None  # failed TLS handshakes: audit lines and a metric
+    bad_request_lines: LogLimiter = field(default_factory=lambda: LogLimiter("bad request"), compare=False, repr=False)
     _server: asyncio.Server | None = None
     _web: web.Server | None = None
 
@@ -196,7 +196,7 @@ class Listener:
         """A request refused as malformed: counted always, audited at INFO within the rate limit."""
         if self.metrics is not None:
             self.metrics.bad_requests.labels(service).inc()
-        if BAD_REQUESTS.allow():
+        if self.bad_request_lines.allow():
             audit.info("bad request", service=service, remote=remote, status=status, reason=reason, **fields)
 
     async def upgrade(self, route: Route, request: web.BaseRequest, peer: PeerIdentity | None) -> web.StreamResponse:

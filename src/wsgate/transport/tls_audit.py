@@ -34,7 +34,6 @@ if TYPE_CHECKING:
     from .listener import HttpConnection, Listener
 
 audit = get_logger("wsgate.audit")
-TLS_FAILURES = LogLimiter("tls handshake failed")
 
 CLOSED = "closed before handshake"
 NO_CERTIFICATE = "no client certificate"
@@ -54,6 +53,7 @@ class TlsAudit:
         self.listener = listener
         self.pending: weakref.WeakKeyDictionary[Any, HttpConnection] = weakref.WeakKeyDictionary()
         self.noted: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+        self.lines = LogLimiter("tls handshake failed")
 
     def watch(self, server: asyncio.AbstractServer) -> None:
         """Follow the server's transports (aiofastnet's ``Server`` attaches and detaches each one)."""
@@ -114,7 +114,7 @@ class TlsAudit:
         listener = self.listener
         if listener.metrics is not None:
             listener.metrics.tls_failures.labels(reason).inc()
-        if TLS_FAILURES.allow():  # clients choose how often they fail: counted always, logged within a limit
+        if self.lines.allow():  # clients choose how often they fail: counted always, logged within a limit
             audit.info(
                 "tls handshake failed",
                 reason=reason,
