@@ -141,3 +141,40 @@ async def test_write_timeout_option_parses_and_can_be_turned_off(tmp_path):
     by_name = {s.name: s for s in config.services}
     assert by_name["e"].accept_options.write_timeout is None
     assert by_name["d"].accept_options.write_timeout == 30.0
+
+
+async def test_the_management_live_feed_drops_deaf_and_reset_clients_quietly(start_gateway, caplog, monkeypatch):
+    """The console's feed is a WebSocket too: a reset is the client's loss, a deaf client is dropped."""
+    from wsgate.management import service as management
+
+    monkeypatch.setattr(management, "LIVE_INTERVAL", 0)  # snapshots as fast as the loop goes
+    caplog.set_level(logging.INFO)
+    gw = await start_gateway("""
+        service:
+          - name: echo
+            accept: ws://127.0.0.1:0/echo
+            type: echo
+          - name: admin
+            accept: http://127.0.0.1:0/admin
+            type: management
+            properties:
+              insecure: true
+            accept-options:
+              ws.write.timeout: 0.5s
+    """)
+    admin = gw.services["admin"]
+    port = gw.port_of("admin")
+    reset = deaf_client(port, "/admin/live")
+    deaf = deaf_client(port, "/admin/live")
+    await wait_until(lambda: len(admin.live) == 2)
+    reset.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+    reset.close()  # an RST
+    try:
+        await wait_until(lambda: not admin.live)
+    finally:
+        deaf.close()
+    assert slow_count(gw, "admin") == 1
+    await asyncio.sleep(0.1)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], [
+        r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING
+    ]

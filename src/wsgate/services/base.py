@@ -75,6 +75,13 @@ class ServiceHandler:
     async def handle(self, request: web.BaseRequest, peer: PeerIdentity | None) -> web.StreamResponse:
         raise NotImplementedError
 
+    def dropped_slow(self, remote: str | None, why: str) -> None:
+        """A peer dropped for not reading: counted always, logged at INFO within the rate limit."""
+        if self.runtime.metrics is not None:
+            self.runtime.metrics.slow_consumers.labels(self.name).inc()
+        if self.slow_lines.allow():
+            log.info("service[%s]: dropping slow consumer %s with 1008: %s", self.name, remote, why)
+
     @property
     def offloaded_tls(self) -> bool:
         """wss/https accepts with ``ssl.encryption disabled``: browsers still see an https origin."""
@@ -206,11 +213,7 @@ class WebSocketService(ServiceHandler):
         return web.Response(status=403, text="Forbidden\n")
 
     def slow_consumer(self, connection: Connection, why: str) -> None:
-        """A peer dropped for not reading: counted always, logged at INFO within the rate limit."""
-        if self.runtime.metrics is not None:
-            self.runtime.metrics.slow_consumers.labels(self.name).inc()
-        if self.slow_lines.allow():
-            log.info("service[%s]: dropping slow consumer %s with 1008: %s", self.name, connection.remote, why)
+        self.dropped_slow(connection.remote, why)
 
     def closed(self, connection: Connection) -> None:
         """The access line and the metrics of a connection that ended."""
