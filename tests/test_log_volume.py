@@ -125,3 +125,24 @@ async def test_a_flood_of_failed_tls_handshakes_is_counted_exactly_and_logged_bo
     lines = [r for r in caplog.records if "tls handshake failed" in r.getMessage()]
     assert 1 <= len(lines) <= 40, len(lines)
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+async def test_refused_cross_origin_upgrades_are_info_lines_within_the_limit(start_gateway, caplog):
+    caplog.set_level(logging.INFO)
+    gw = await start_gateway("""
+        service:
+          - name: echo
+            accept: ws://127.0.0.1:0/echo
+            type: echo
+    """)
+    request = (
+        b"GET /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: https://evil.test\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    for _ in range(100):
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port_of("echo"))
+        writer.write(request)
+        assert (await asyncio.wait_for(reader.readline(), 10)).split()[1] == b"403"
+        writer.transport.abort()
+    lines = [r for r in caplog.records if "cross-origin" in r.getMessage()]
+    assert 1 <= len(lines) <= 20 and all(r.levelno == logging.INFO for r in lines)

@@ -161,7 +161,8 @@ class ManagementService(OperatorService):
         if preflight is not None:
             return preflight
         if request.method not in _SAFE and not self.origin_allowed(request):
-            log.warning("service[%s]: refused cross-origin %s from %s", self.name, request.method, request.remote)
+            if self.origin_lines.allow():
+                log.info("service[%s]: refused cross-origin %s from %s", self.name, request.method, request.remote)
             return web.Response(status=403, text="Forbidden\n")
         path = self.relative(request)
         try:

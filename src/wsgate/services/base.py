@@ -65,6 +65,7 @@ class ServiceHandler:
         self.name = config.name
         self.slow_lines = LogLimiter("slow consumer")
         self.lost_lines = LogLimiter("client lost")
+        self.origin_lines = LogLimiter("cross-origin refusal")
 
     async def start(self) -> None:
         """Prepare back-end resources before the listeners open."""
@@ -128,12 +129,13 @@ class WebSocketService(ServiceHandler):
         if self.runtime.closing:
             return web.Response(status=503, text="Gateway is shutting down.\n")
         if not self.origin_allowed(request):
-            log.warning(
-                "service[%s]: refused cross-origin upgrade from %s (Origin %.100r)",
-                self.name,
-                request.remote,
-                request.headers.get("Origin"),
-            )
+            if self.origin_lines.allow():  # a page on another site chooses how often: INFO, rate-limited
+                log.info(
+                    "service[%s]: refused cross-origin upgrade from %s (Origin %.100r)",
+                    self.name,
+                    request.remote,
+                    request.headers.get("Origin"),
+                )
             return web.Response(status=403, text="Forbidden\n")
         identity = request.get(IDENTITY_KEY)
         started = time.time()
