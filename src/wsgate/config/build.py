@@ -440,6 +440,7 @@ class Builder:
             max_connections_per_ip=self.pop(values, "connection.limit.per.ip", parse_count, None),
             handshake_rate=self.pop(values, "handshake.rate.per.ip", parse_rate, None),
             keepalive_timeout=self.pop(values, "http.keepalive.timeout", parse_duration, m.DEFAULT_KEEPALIVE_TIMEOUT),
+            write_timeout=self.pop(values, "ws.write.timeout", parse_duration, m.DEFAULT_WRITE_TIMEOUT) or None,
         )
         self.leftover_options(values, "accept-options")
         return options
@@ -685,6 +686,7 @@ ACCEPT_OPTION_NAMES = (
     "ssl.verify-client",
     "ws.maximum.message.size",
     "ws.inactivity.timeout",
+    "ws.write.timeout",
     "http.server.header",
     "http.keepalive.timeout",
 )

@@ -20,6 +20,7 @@ DEFAULT_MAX_MESSAGE_SIZE = 128 * 1024
 DEFAULT_MAX_PENDING_BYTES = 64 * 1024
 DEFAULT_REVOCATION_TIMEOUT = 24 * 3600.0
 DEFAULT_KEEPALIVE_TIMEOUT = 30.0  # Kaazing's http.keepalive.timeout default
+DEFAULT_WRITE_TIMEOUT = 30.0  # ws.write.timeout: how long one send may wait for a peer that does not read
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class AcceptOptions:
     max_connections_per_ip: int | None = None  # connection.limit.per.ip → 429
     handshake_rate: tuple[float, float] | None = None  # handshake.rate.per.ip: (per second, burst) → 429
     keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT  # http.keepalive.timeout: idle time between requests
+    write_timeout: float | None = DEFAULT_WRITE_TIMEOUT  # ws.write.timeout: a send blocked this long drops the peer
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,10 @@ the same way, so libraries' lines are JSON too.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
+import time
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -68,6 +70,9 @@ def get_logger(name: str) -> Any:
     return structlog.get_logger(name)
 
 
+_limiter_log = get_logger("wsgate.audit")
+
+
 def log_formatter(fmt: str = "auto") -> logging.Formatter:
     """The formatter of wsgate's handler: ``json`` or ``console`` (``auto``: console on a terminal)."""
     if fmt == "auto":
@@ -99,3 +104,51 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     handler.wsgate = True  # type: ignore[attr-defined]
     handler.setFormatter(formatter)
     root.addHandler(handler)
+
+
+class LogLimiter:
+    """At most ``per_second`` lines a second for one kind of client-caused event, then one summary.
+
+    Clients choose how often they misbehave, so they must not choose the log volume: a site asks
+    ``allow()`` before logging; what it refuses is counted and reported once per window as
+    "suppressed K similar lines". Metrics count every event regardless.
+    """
+
+    __slots__ = ("kind", "per_second", "window", "count", "suppressed", "_flush")
+
+    def __init__(self, kind: str, per_second: int = 10) -> None:
+        self.kind = kind
+        self.per_second = per_second
+        self.window = 0.0  # monotonic start of the current one-second window
+        self.count = 0
+        self.suppressed = 0
+        self._flush: asyncio.TimerHandle | None = None
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        if now - self.window >= 1.0:
+            self.summarize()
+            self.window, self.count = now, 0
+        if self.count < self.per_second:
+            self.count += 1
+            return True
+        self.suppressed += 1
+        if self._flush is None:
+            self._schedule(1.0 - (now - self.window))
+        return False
+
+    def _schedule(self, delay: float) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop: the next window's first event reports it
+            return
+        self._flush = loop.call_later(max(delay, 0.0), self.summarize)
+
+    def summarize(self) -> None:
+        """Report what was suppressed (once; also called by a timer at the end of the window)."""
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+        if self.suppressed:
+            suppressed, self.suppressed = self.suppressed, 0
+            _limiter_log.info(f"suppressed {suppressed} similar lines", kind=self.kind, suppressed=suppressed)

@@ -93,6 +93,18 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.bad_requests = Counter(
+            "wsgate_bad_requests",
+            "Requests refused as malformed with 400/426 (service empty: refused before routing)",
+            ["service"],
+            registry=self.registry,
+        )
+        self.slow_consumers = Counter(
+            "wsgate_slow_consumers",
+            "WebSocket connections closed 1008 'too slow' for not reading (ws.write.timeout, maximum.pending.bytes)",
+            ["service"],
+            registry=self.registry,
+        )
         self.reloads = Counter("wsgate_reloads", "Configuration reloads by result", ["result"], registry=self.registry)
         self.traffic = TrafficCollector(connections)
         self.registry.register(self.traffic)

@@ -161,7 +161,8 @@ class ManagementService(OperatorService):
         if preflight is not None:
             return preflight
         if request.method not in _SAFE and not self.origin_allowed(request):
-            log.warning("service[%s]: refused cross-origin %s from %s", self.name, request.method, request.remote)
+            if self.origin_lines.allow():
+                log.info("service[%s]: refused cross-origin %s from %s", self.name, request.method, request.remote)
             return web.Response(status=403, text="Forbidden\n")
         path = self.relative(request)
         try:
@@ -269,6 +270,23 @@ class ManagementService(OperatorService):
         identity = request.get(IDENTITY_KEY)
         return f"administrator {identity.user!r}" if identity else f"unauthenticated client {request.remote}"
 
+    async def send_live(self, request: web.BaseRequest, ws: web.WebSocketResponse, text: str) -> bool:
+        """One snapshot (once a second, so a timed send costs nothing); False once the client is gone.
+
+        A client that reset is its own loss; one that has not read for ``ws.write.timeout`` is dropped
+        as a slow consumer (aborted: it would not read a close frame either).
+        """
+        try:
+            await asyncio.wait_for(ws.send_str(text), self.config.accept_options.write_timeout)
+        except TimeoutError:
+            self.dropped_slow(request.remote, "the live feed was not read")
+            if request.transport is not None:
+                request.transport.abort()
+            return False
+        except OSError:
+            return False
+        return True
+
     async def live_updates(self, request: web.BaseRequest) -> web.StreamResponse:
         """The console's feed: a snapshot now and every second; the client only listens."""
         if not is_upgrade(request):
@@ -282,7 +300,8 @@ class ManagementService(OperatorService):
         try:
             while not ws.closed:
                 snapshot = {"time": time.time(), "services": self.services(), "sessions": self.sessions()}
-                await ws.send_str(json.dumps(snapshot))
+                if not await self.send_live(request, ws, json.dumps(snapshot)):
+                    break
                 done, _ = await asyncio.wait({reader}, timeout=LIVE_INTERVAL)
                 if done:
                     kind = reader.result().type

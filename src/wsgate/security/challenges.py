@@ -11,7 +11,6 @@ request before any login module runs. Nothing here logs or keeps a secret longer
 from __future__ import annotations
 
 import base64
-import binascii
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -74,7 +73,7 @@ def parse_authorization(value: str) -> tuple[str, str] | None:
 def decode_basic(parameter: str) -> tuple[str, str]:
     try:
         decoded = base64.b64decode(parameter, validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # binascii.Error, UnicodeDecodeError, and a parameter with non-ASCII characters
         raise CredentialsError("Basic credentials are not base64 of UTF-8") from None
     user, sep, password = decoded.partition(":")
     if not sep or not user:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from ..config.model import Realm, Service
-from ..management.logs import get_logger
+from ..management.logs import LogLimiter, get_logger
 from ..security.keystore import KeyMaterial
 from ..security.origin import cors_headers, origin_allowed, preflight
 from ..security.realms import IDENTITY_KEY, Identity, connection_deadline
@@ -63,6 +63,9 @@ class ServiceHandler:
         self.config = config
         self.runtime = runtime
         self.name = config.name
+        self.slow_lines = LogLimiter("slow consumer")
+        self.lost_lines = LogLimiter("client lost")
+        self.origin_lines = LogLimiter("cross-origin refusal")
 
     async def start(self) -> None:
         """Prepare back-end resources before the listeners open."""
@@ -72,6 +75,13 @@ class ServiceHandler:
 
     async def handle(self, request: web.BaseRequest, peer: PeerIdentity | None) -> web.StreamResponse:
         raise NotImplementedError
+
+    def dropped_slow(self, remote: str | None, why: str) -> None:
+        """A peer dropped for not reading: counted always, logged at INFO within the rate limit."""
+        if self.runtime.metrics is not None:
+            self.runtime.metrics.slow_consumers.labels(self.name).inc()
+        if self.slow_lines.allow():
+            log.info("service[%s]: dropping slow consumer %s with 1008: %s", self.name, remote, why)
 
     @property
     def offloaded_tls(self) -> bool:
@@ -119,12 +129,13 @@ class WebSocketService(ServiceHandler):
         if self.runtime.closing:
             return web.Response(status=503, text="Gateway is shutting down.\n")
         if not self.origin_allowed(request):
-            log.warning(
-                "service[%s]: refused cross-origin upgrade from %s (Origin %.100r)",
-                self.name,
-                request.remote,
-                request.headers.get("Origin"),
-            )
+            if self.origin_lines.allow():  # a page on another site chooses how often: INFO, rate-limited
+                log.info(
+                    "service[%s]: refused cross-origin upgrade from %s (Origin %.100r)",
+                    self.name,
+                    request.remote,
+                    request.headers.get("Origin"),
+                )
             return web.Response(status=403, text="Forbidden\n")
         identity = request.get(IDENTITY_KEY)
         started = time.time()
@@ -145,7 +156,9 @@ class WebSocketService(ServiceHandler):
         except BaseException:
             await self.abandon(context)
             raise
-        connection = Connection(ws, request.transport, self.name, request.remote or "?", peer)
+        options = self.config.accept_options
+        connection = Connection(ws, request.transport, self.name, request.remote or "?", peer, options.write_timeout)
+        connection.on_slow = self.slow_consumer
         connection.id, connection.started, connection.context, connection.identity = (
             connection_id,
             started,
@@ -169,7 +182,7 @@ class WebSocketService(ServiceHandler):
             raise
         except Exception as exc:
             if isinstance(exc, OSError) and client_gone(connection):  # a write to a client that left: its loss
-                log.info("service[%s]: client %s lost: %s", self.name, connection.remote, exc)
+                client_lost(self, connection, exc)
             else:
                 log.exception("service[%s]: unexpected error; closing the connection with 1011", self.name)
                 await connection.close(CloseCode.INTERNAL_ERROR, "internal error, see gateway log")
@@ -200,6 +213,9 @@ class WebSocketService(ServiceHandler):
             reason=reason,
         )
         return web.Response(status=403, text="Forbidden\n")
+
+    def slow_consumer(self, connection: Connection, why: str) -> None:
+        self.dropped_slow(connection.remote, why)
 
     def closed(self, connection: Connection) -> None:
         """The access line and the metrics of a connection that ended."""
@@ -237,6 +253,13 @@ class WebSocketService(ServiceHandler):
 
     async def serve(self, connection: Connection) -> None:
         raise NotImplementedError
+
+
+def client_lost(service: ServiceHandler, connection: Connection, exc: BaseException) -> None:
+    """A client that left mid-write: its loss, logged at INFO within the rate limit (a dropped slow
+    consumer's loss is its drop, already logged)."""
+    if not connection.slow and service.lost_lines.allow():
+        log.info("service[%s]: client %s lost: %s", service.name, connection.remote, exc)
 
 
 def client_gone(connection: Connection) -> bool:

@@ -17,19 +17,18 @@ from ..config.model import Service
 from ..config.values import parse_size, parse_uri
 from ..errors import BackendError
 from ..transport.backend import READ_CHUNK, open_tcp
-from ..transport.websocket import CloseCode, Connection, WSMsgType
+from ..transport.websocket import Connection, WSMsgType
 from .base import Runtime, WebSocketService, service_type
 
 log = logging.getLogger("wsgate.broadcast")
 DEFAULT_CLIENT_PENDING = 1024 * 1024
 MAX_REDIAL_INTERVAL = 30.0
-DROP_TIMEOUT = 2.0
 
 
 class Subscriber:
     """A client's bounded outbound queue; ``offer`` never blocks the feed."""
 
-    __slots__ = ("connection", "queue", "pending", "limit", "ready", "too_slow", "sender", "_drop")
+    __slots__ = ("connection", "queue", "pending", "limit", "ready", "too_slow", "sender")
 
     def __init__(self, connection: Connection, limit: int) -> None:
         self.connection = connection
@@ -39,7 +38,6 @@ class Subscriber:
         self.ready = asyncio.Event()
         self.too_slow = False
         self.sender: asyncio.Task[None] | None = None
-        self._drop: asyncio.Task[None] | None = None
 
     def offer(self, data: bytes | str) -> bool:
         """Queue ``data``; False once the client is too slow (it is then being dropped)."""
@@ -47,23 +45,17 @@ class Subscriber:
             return False
         self.pending += len(data)
         if self.pending > self.limit:
-            self.too_slow = True
-            self.queue.clear()
-            self._drop = asyncio.get_running_loop().create_task(self.drop())
+            self.drop()
             return False
         self.queue.append(data)
         self.ready.set()
         return True
 
-    async def drop(self) -> None:
-        """Close a client that fell behind; abort it if it will not even take the close frame."""
-        if self.sender is not None:
-            self.sender.cancel()
-        try:
-            await asyncio.wait_for(self.connection.close(CloseCode.POLICY_VIOLATION, "too slow"), DROP_TIMEOUT)
-        except TimeoutError:
-            self.connection.abort()
-        log.info("dropped slow client %s (more than %d bytes pending)", self.connection.remote, self.limit)
+    def drop(self) -> None:
+        """More than ``limit`` bytes pending: stop queueing, close 1008 "too slow", abort 2 s later."""
+        self.too_slow = True
+        self.queue.clear()  # the sender is left waiting: cancelling it would cancel the close's drain too
+        self.connection.drop_slow(f"more than {self.limit} bytes pending")
 
     async def run(self) -> None:
         send_bytes, send_str = self.connection.send_bytes, self.connection.send_str

@@ -23,7 +23,7 @@ from ..security.tls import client_context
 from ..transport.backend import Backend, TcpBackend, WsBackend, open_tcp, open_ws
 from ..transport.liveness import ResetWatch
 from ..transport.websocket import CloseCode, Connection, WSMsgType, client_may_send
-from .base import Runtime, WebSocketService, service_type
+from .base import Runtime, WebSocketService, client_gone, client_lost, service_type
 
 log = logging.getLogger("wsgate.proxy")
 # Close codes a server may put in a close frame (RFC 6455 §7.4); others are mapped.
@@ -137,6 +137,8 @@ class ProxyService(WebSocketService):
         finally:
             if not down.done():  # the client left first: nothing more can reach it
                 down.cancel()
+            elif not up.done() and client_gone(connection):  # e.g. a slow consumer dropped while the back
+                up.cancel()  # end, blocked on us, stopped reading what the client sent: nothing more to relay
             await asyncio.gather(up, down, return_exceptions=True)
         if up.done() and not up.cancelled() and up.exception():
             log.warning("service[%s]: back end %s write failed: %s", self.name, self.uri, up.exception())
@@ -171,7 +173,7 @@ class ProxyService(WebSocketService):
                 else:
                     await send_str(data)
             except OSError as exc:  # the client is closing or gone: nothing more can reach it
-                log.info("service[%s]: client %s lost: %s", self.name, connection.remote, exc)
+                client_lost(self, connection, exc)
                 return
             connection.messages_out += 1
             connection.bytes_out += len(data)

@@ -17,6 +17,7 @@ from ..errors import BackendError
 
 CONNECT_TIMEOUT = 10.0
 READ_CHUNK = 64 * 1024
+CLOSE_GRACE = 2.0  # how long a closing back end may take to read what is still buffered for it
 UNAVAILABLE, BAD_GATEWAY = 1011, 1014
 
 
@@ -50,12 +51,18 @@ class TcpBackend:
             self.writer.write_eof()
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
-        """Close the stream (TCP has no close code: ``code`` and ``reason`` are for ws back ends)."""
+        """Close the stream (TCP has no close code: ``code`` and ``reason`` are for ws back ends).
+
+        A back end that does not read what is still buffered for it is aborted after ``CLOSE_GRACE``.
+        """
         self.writer.close()
+        abort = asyncio.get_running_loop().call_later(CLOSE_GRACE, self.writer.transport.abort)
         try:
             await self.writer.wait_closed()
         except (OSError, ssl.SSLError):
             pass
+        finally:
+            abort.cancel()
 
 
 class WsBackend:

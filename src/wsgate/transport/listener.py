@@ -20,14 +20,14 @@ from aiohttp import StreamReader, web, web_response
 from aiohttp.http_exceptions import HttpProcessingError
 
 from ..config.model import DEFAULT_KEEPALIVE_TIMEOUT
-from ..management.logs import get_logger
+from ..management.logs import LogLimiter, get_logger
 from ..management.metrics import handshake_outcome
 from ..security.limits import GatewayLimits, Refusal, ServiceLimits
 from ..security.tls import PeerIdentity
 from .accept import guard
 from .liveness import ResetWatch
 from .tls_audit import NO_CERTIFICATE, TlsAudit, install_exception_handler
-from .websocket import HANDSHAKE_DONE, bad_request, is_upgrade
+from .websocket import HANDSHAKE_DONE, bad_request, is_upgrade, request_host
 
 if TYPE_CHECKING:
     from ..management.metrics import Metrics
@@ -82,6 +82,7 @@ class Listener:
     tls_source: object = None  # what ssl_context was built from (Gateway.reload compares it)
     tls_audit: TlsAudit | None = None  # failed TLS handshakes: audit lines and a metric
     liveness: ResetWatch | None = None  # closes connections whose peer reset them, where the loop does not
+    bad_request_lines: LogLimiter = field(default_factory=lambda: LogLimiter("bad request"), compare=False, repr=False)
     _server: asyncio.Server | None = None
     _web: web.Server | None = None
 
@@ -174,7 +175,11 @@ class Listener:
             request.protocol.head_complete(request)
         if request.path == CLIENT_JS_PATH and request.method in ("GET", "HEAD"):
             return web.FileResponse(CLIENT_JS, headers=CLIENT_JS_HEADERS)
-        route = self.find((request.url.host or "").lower().rstrip("."), request.path)
+        host = request_host(request)
+        if host is None:
+            self.audit_bad_request("", request.remote, 400, "The Host header is not a valid host.")
+            return web.Response(status=400, text="The Host header is not a valid host.\n")
+        route = self.find(host, request.path)
         if route is None:
             return web.Response(status=404, text="Not Found\n")
         peer = None
@@ -185,13 +190,7 @@ class Listener:
         upgrade = is_upgrade(request)
         refused = bad_request(request, upgrade)  # before any login or service work
         if refused is not None:
-            audit.info(
-                "bad request",
-                service=route.service.name,
-                remote=request.remote,
-                status=refused.status,
-                reason=(refused.text or "").strip(),
-            )
+            self.audit_bad_request(route.service.name, request.remote, refused.status, (refused.text or "").strip())
             if not upgrade:
                 return refused
             response: web.StreamResponse = refused
@@ -204,6 +203,13 @@ class Listener:
         if upgrade and self.metrics is not None and response.status != 101:  # 101s are counted at accept
             self.metrics.handshakes.labels(route.service.name, handshake_outcome(response.status)).inc()
         return response
+
+    def audit_bad_request(self, service: str, remote: str | None, status: int, reason: str, **fields: Any) -> None:
+        """A request refused as malformed: counted always, audited at INFO within the rate limit."""
+        if self.metrics is not None:
+            self.metrics.bad_requests.labels(service).inc()
+        if self.bad_request_lines.allow():
+            audit.info("bad request", service=service, remote=remote, status=status, reason=reason, **fields)
 
     async def upgrade(self, route: Route, request: web.BaseRequest, peer: PeerIdentity | None) -> web.StreamResponse:
         """A WebSocket handshake, within the gateway's and the service's limits (checked before any login)."""
@@ -265,7 +271,8 @@ class Listener:
         The service that answered decides; a request no service answered (404, the client
         script) gets the shortest timeout of the port's services.
         """
-        route = self.find((request.url.host or "").lower().rstrip("."), request.path)
+        host = request_host(request)
+        route = self.find(host, request.path) if host is not None else None
         if route is not None:
             return route.keepalive_timeout
         return min((r.keepalive_timeout for r in self.routes), default=DEFAULT_KEEPALIVE_TIMEOUT)
@@ -376,12 +383,12 @@ class HttpConnection(web.RequestHandler):
         exc = kw.get("exc_info")
         if isinstance(exc, HttpProcessingError):
             remote = self.transport.get_extra_info("peername") if self.transport is not None else None
-            audit.info(
-                "bad request",
+            self.listener.audit_bad_request(
+                "",
+                remote[0] if isinstance(remote, tuple) else None,
+                exc.code,
+                type(exc).__name__,
                 listener=f"{self.listener.host or '*'}:{self.listener.port}",
-                remote=remote[0] if isinstance(remote, tuple) else None,
-                status=exc.code,
-                reason=type(exc).__name__,
             )
             return
         super().log_exception(*args, **kw)

@@ -28,7 +28,7 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..management.logs import get_logger
+from ..management.logs import LogLimiter, get_logger
 
 if TYPE_CHECKING:
     from .listener import HttpConnection, Listener
@@ -53,6 +53,7 @@ class TlsAudit:
         self.listener = listener
         self.pending: weakref.WeakKeyDictionary[Any, HttpConnection] = weakref.WeakKeyDictionary()
         self.noted: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+        self.lines = LogLimiter("tls handshake failed")
 
     def watch(self, server: asyncio.AbstractServer) -> None:
         """Follow the server's transports (aiofastnet's ``Server`` attaches and detaches each one)."""
@@ -111,14 +112,15 @@ class TlsAudit:
         if remote is None and transport is not None:
             remote = _address(transport.get_extra_info("peername"))
         listener = self.listener
-        audit.info(
-            "tls handshake failed",
-            reason=reason,
-            remote=remote,
-            listener=f"tls://{listener.host or '*'}:{listener.port}",
-        )
         if listener.metrics is not None:
             listener.metrics.tls_failures.labels(reason).inc()
+        if self.lines.allow():  # clients choose how often they fail: counted always, logged within a limit
+            audit.info(
+                "tls handshake failed",
+                reason=reason,
+                remote=remote,
+                listener=f"tls://{listener.host or '*'}:{listener.port}",
+            )
 
 
 def reason_of(exc: object) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -55,6 +56,44 @@ class CloseCode:
     BAD_GATEWAY = 1014
 
 
+SLOW_DROP_GRACE = 2.0  # a slow consumer closed with 1008 is aborted if it has not taken the close by then
+
+
+class WriteWatch:
+    """Stands in for the protocol aiohttp's WebSocket writer waits on, to time a blocked send.
+
+    The writer asks ``_paused`` once per ``writer_limit`` bytes and calls ``_drain_helper`` only
+    when the transport has paused writing (its buffer is over the high-water mark), so a timer is
+    armed only while a send is actually waiting for the peer, never per message. A send still
+    waiting after ``timeout`` seconds drops the connection as a slow consumer.
+    """
+
+    __slots__ = ("protocol", "timeout", "connection")
+
+    def __init__(self, protocol: Any, timeout: float, connection: Connection) -> None:
+        self.protocol = protocol
+        self.timeout = timeout
+        # Weak: a cycle through the writer would leave connections (and the back-end streams in their
+        # context) to the cyclic collector, which may finalise them in a worker thread.
+        self.connection = weakref.ref(connection)
+
+    @property
+    def _paused(self) -> bool:
+        return bool(self.protocol._paused)
+
+    async def _drain_helper(self) -> None:
+        timer = asyncio.get_running_loop().call_later(self.timeout, self.stalled)
+        try:
+            await self.protocol._drain_helper()
+        finally:
+            timer.cancel()
+
+    def stalled(self) -> None:
+        connection = self.connection()
+        if connection is not None:
+            connection.drop_slow(f"a send waited {self.timeout:g}s for the peer to read")
+
+
 class Connection:
     """One accepted WebSocket with what later layers need to know about its peer."""
 
@@ -81,6 +120,9 @@ class Connection:
         "messages_out",
         "bytes_in",
         "bytes_out",
+        "slow",
+        "on_slow",
+        "__weakref__",
     )
 
     def __init__(
@@ -90,6 +132,7 @@ class Connection:
         service: str,
         remote: str,
         peer: PeerIdentity | None,
+        write_timeout: float | None = None,
     ) -> None:
         self.ws = ws
         # Bound once: the per-message calls cost no extra Python frame.
@@ -112,6 +155,11 @@ class Connection:
         self.context: object = None  # what the service prepared before the upgrade
         # Counted by the services' loops (payload sizes; text in characters), read by the metrics collector.
         self.messages_in = self.messages_out = self.bytes_in = self.bytes_out = 0
+        self.slow = False  # dropped as a slow consumer
+        self.on_slow: Callable[[Connection, str], None] | None = None  # the service counts and logs the drop
+        writer = getattr(ws, "_writer", None)
+        if write_timeout and writer is not None:
+            writer.protocol = WriteWatch(writer.protocol, write_timeout, self)
 
     def __aiter__(self) -> Connection:
         return self
@@ -164,10 +212,26 @@ class Connection:
             self._closing = asyncio.get_running_loop().create_task(self._close_or_abort(code, reason, grace))
 
     async def _close_or_abort(self, code: int, reason: str, grace: float) -> None:
+        """The abort is a timer, not a cancelled close: cancelling a close that waits in aiohttp's drain
+        cancels the drain future every sender shares, and a closing transport with a full buffer then
+        waits for the peer forever."""
+        timer = asyncio.get_running_loop().call_later(grace, self.abort)
         try:
-            await asyncio.wait_for(self.close(code, reason), grace)
-        except TimeoutError:
+            await self.close(code, reason)
+        except OSError:
             self.abort()
+        finally:
+            if self.transport is None or not self.transport.get_write_buffer_size():
+                timer.cancel()
+
+    def drop_slow(self, why: str) -> None:
+        """Close a peer that does not take what is sent: 1008 "too slow" now, aborted 2 s later."""
+        if self.slow or self.ws.closed:
+            return
+        self.slow = True
+        if self.on_slow is not None:
+            self.on_slow(self, why)
+        self.expire_now(CloseCode.POLICY_VIOLATION, "too slow", SLOW_DROP_GRACE)
 
     def cancel_expiry(self) -> None:
         if self._expiry is not None:
@@ -218,6 +282,17 @@ SINGLE_UPGRADE_HEADERS = (
     "Sec-WebSocket-Protocol",
 )
 WEBSOCKET_VERSION = "13"
+# Headers routing and the handshake interpret: visible ASCII only (RFC 9110 obs-text is refused here, so no
+# decoding of a client's bytes, IDNA included, can fail later on).
+ASCII_HEADERS = (
+    "Host",
+    "Origin",
+    "Connection",
+    "Upgrade",
+    "Sec-WebSocket-Key",
+    "Sec-WebSocket-Version",
+    "Sec-WebSocket-Protocol",
+)
 
 
 @dataclass(frozen=True)
@@ -237,10 +312,33 @@ def duplicated(headers: MultiMapping[str], names: Iterable[str]) -> str | None:
     return None
 
 
+def not_ascii(headers: MultiMapping[str]) -> str | None:
+    """The first of ``ASCII_HEADERS`` with a character outside visible ASCII (space and tab allowed)."""
+    for name in ASCII_HEADERS:
+        for value in headers.getall(name, ()):
+            if not value.isascii() or not all(c == "\t" or " " <= c <= "~" for c in value):
+                return name
+    return None
+
+
+def request_host(request: web.BaseRequest) -> str | None:
+    """The host a request is routed by, lowercased; None for a ``Host`` that is not ASCII or no URL can carry."""
+    if not request.host.isascii():
+        return None
+    try:
+        host = request.url.host
+    except ValueError:  # UnicodeError from IDNA: non-ASCII, surrogate-escaped or control bytes
+        return None
+    return (host or "").lower().rstrip(".")
+
+
 def check_request(headers: MultiMapping[str]) -> BadRequest | None:
     """A plain HTTP request: the headers security decisions read must not be ambiguous."""
     name = duplicated(headers, SINGLE_HEADERS)
-    return BadRequest(400, f"Duplicate {name} header.\n") if name else None
+    if name:
+        return BadRequest(400, f"Duplicate {name} header.\n")
+    name = not_ascii(headers)
+    return BadRequest(400, f"The {name} header must be ASCII.\n") if name else None
 
 
 def check_handshake(method: str, version: tuple[int, int], headers: MultiMapping[str]) -> BadRequest | None:
@@ -248,6 +346,9 @@ def check_handshake(method: str, version: tuple[int, int], headers: MultiMapping
     name = duplicated(headers, SINGLE_UPGRADE_HEADERS)
     if name:
         return BadRequest(400, f"Duplicate {name} header.\n")
+    name = not_ascii(headers)
+    if name:
+        return BadRequest(400, f"The {name} header must be ASCII.\n")
     if method != "GET":
         return BadRequest(400, "A WebSocket handshake must be a GET request.\n")
     if version < (1, 1):
