@@ -146,12 +146,12 @@ class WebSocketService(ServiceHandler):
             # Already due to close (e.g. a JWT inside its leeway but past exp): never open it, never dial.
             return self.refuse_upgrade(request, identity, f"{why} before the upgrade")
         protocols, context = await self.before_upgrade(request)
-        if identity is not None and await self.revoked(identity):  # revoked while the back end was dialled
-            await self.abandon(context)
-            return self.refuse_upgrade(request, identity, "revoked before the upgrade")
         connection_id = secrets.token_urlsafe(16)
-        headers = self.identity_headers(connection_id, deadline) if identity else {}
-        try:
+        try:  # from here a client that leaves (cancelling this task) must not leave the back end open
+            if identity is not None and await self.revoked(identity):  # revoked while the back end was dialled
+                await self.abandon(context)
+                return self.refuse_upgrade(request, identity, "revoked before the upgrade")
+            headers = self.identity_headers(connection_id, deadline) if identity else {}
             ws = await accept_websocket(request, self.config.accept_options, self.writer_limit, protocols, headers)
         except BaseException:
             await self.abandon(context)
