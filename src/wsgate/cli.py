@@ -371,6 +371,8 @@ async def _serve(
         _watch_supervisor(loop, supervisor, stop)
     await gateway.start()
     tune_gc()
+    if ready is not None:  # before the "ready at" lines: whoever reads them may already rely on it
+        ready()
     for service in gateway.config.services:
         for index, uri in enumerate(service.accepts):
             log.info(
@@ -380,8 +382,6 @@ async def _serve(
                 uri,
                 gateway.port_of(service.name, index),
             )
-    if ready is not None:
-        ready()
     await stop.wait()
     log.info("shutting down: no new connections, closing open ones with 1001")
     await gateway.stop(grace)
