@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import io
 import json
 import logging
@@ -13,14 +12,6 @@ import pytest
 from wsgate.management.logs import LogLimiter, get_logger, log_formatter
 
 from .conftest import SECURITY_PEM
-
-
-@pytest.fixture(autouse=True)
-def collect_garbage_here():
-    """These tests leave many streams behind: collect them on the loop's thread, not later in a worker's."""
-    yield
-    gc.collect()
-
 
 SECRET = "Bearer eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJqb2UifQ.c2lnbmF0dXJl"
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 
 import pytest
@@ -11,14 +10,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from .conftest import port_of, tcp_echo_server
-
-
-@pytest.fixture(autouse=True)
-def collect_garbage_here():
-    """These tests leave many streams behind: collect them on the loop's thread, not later in a worker's."""
-    yield
-    gc.collect()
-
 
 USERS = """<?xml version="1.0"?>
 <jaas-config xmlns="http://xmlns.kaazing.com/jaas-config/centurion">

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import socket
 import time
@@ -11,14 +10,6 @@ import time
 import pytest
 
 from .conftest import port_of, tcp_echo_server
-
-
-@pytest.fixture(autouse=True)
-def collect_garbage_here():
-    """These tests leave many streams behind: collect them on the loop's thread, not later in a worker's."""
-    yield
-    gc.collect()
-
 
 UPGRADE = (
     "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
