@@ -7,11 +7,7 @@ in ``Gateway(config)`` before any socket is bound.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import json
 import logging
-import math
 import os
 import re
 import socket
@@ -30,6 +26,7 @@ from .management.metrics import Metrics
 from .management.redact import REDACTOR
 from .security.keystore import load_store
 from .security.limits import GatewayLimits, ServiceLimits
+from .security.login.jwt import unverified_claims
 from .security.realms import RealmGuard, RealmRuntime
 from .security.sessions import cookie_name
 from .security.tls import ListenerTls
@@ -266,7 +263,7 @@ class Gateway:
         if user is not None:
             revoked[user_key(user)] = now + ttl
         if token is not None and digest is not None:
-            token_id, expires_at = unverified_jwt_claims(token)
+            token_id, expires_at = unverified_claims(token)
             revoked[token_key(token_id, digest)] = expires_at if expires_at and expires_at > now else now + ttl
         for connection in list(self.runtime.connections):  # the tokens they presented, until those expire
             identity = connection.identity
@@ -507,28 +504,6 @@ async def _bind(listener: Listener) -> None:
         names = sorted({route.service.name for route in listener.routes})
         where = ", ".join(f"service[{name}]/accept" for name in names)
         raise bind_error(exc, where, f"{listener.host or '*'}:{listener.port}") from None
-
-
-def unverified_jwt_claims(token: str) -> tuple[str | None, float | None]:
-    """``(jti, exp)`` of a token the administrator revokes, if it is a JWT, only to key and time the
-    revocation. Unverified is enough: a token whose claims were altered fails its signature anyway."""
-    parts = token.split(".")
-    if len(parts) != 3:
-        return None, None
-    try:
-        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-    except (ValueError, binascii.Error, RecursionError):
-        return None, None
-    if not isinstance(claims, dict):
-        return None, None
-    jti, exp = claims.get("jti"), claims.get("exp")
-    try:
-        until = (
-            float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) and math.isfinite(exp) else None
-        )
-    except OverflowError:  # an integer no float can hold: no usable expiry
-        until = None
-    return (jti if isinstance(jti, str) and jti else None), until
 
 
 def _check_cookie_names(realms: Mapping[str, Realm]) -> None:

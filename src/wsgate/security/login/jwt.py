@@ -115,7 +115,7 @@ class JwtLoginModule:
         # TypeError: a key of another family than alg; ArithmeticError: PyJWT's int() of an exp of Infinity
         except (jwt.PyJWTError, TypeError, ValueError, ArithmeticError) as exc:
             return Failed(f"token rejected: {type(exc).__name__}")
-        bad = [name for name in TIME_CLAIMS if name in claims and not _numeric_date(claims[name])]
+        bad = [name for name in TIME_CLAIMS if name in claims and not numeric_date(claims[name])]
         if bad:
             return Failed(f"token claim {bad[0]} is not a JSON number")
         user = claims.get(self.user_claim)
@@ -164,7 +164,19 @@ class JwtLoginModule:
         return None
 
 
-def _numeric_date(value: Any) -> bool:
+def unverified_claims(token: str) -> tuple[str | None, float | None]:
+    """``(jti, exp)`` of a token the administrator revokes, if it is a JWT, only to key and time the
+    revocation. Unverified is enough: a token whose claims were altered fails its signature anyway."""
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except (jwt.PyJWTError, RecursionError):
+        return None, None
+    jti, exp = claims.get("jti"), claims.get("exp")
+    until = float(exp) if exp is not None and numeric_date(exp) else None
+    return (jti if isinstance(jti, str) and jti else None), until
+
+
+def numeric_date(value: Any) -> bool:
     """RFC 7519 NumericDate: a finite JSON number. PyJWT coerces "1700000000" and true with int()."""
     if type(value) not in (int, float):
         return False
