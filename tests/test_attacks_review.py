@@ -168,7 +168,7 @@ OPAQUE = "opq" + "7f3a9c2e5b1d4f60a8e2"
 
 
 def test_credential_headers_are_masked_as_event_keys_before_and_after_a_config_adds_names():
-    from wsgate.management.redact import MASK, Redactor
+    from wsgate.observe.redact import MASK, Redactor
 
     redactor = Redactor()
     event = {"event": "request", "headers": {"X-Api-Key": OPAQUE, "Host": "a"}, "x_api_key": OPAQUE}
@@ -194,7 +194,7 @@ def test_credential_headers_are_masked_as_event_keys_before_and_after_a_config_a
     ],
 )
 def test_credential_headers_are_masked_in_name_value_pairs(text):
-    from wsgate.management.redact import Redactor
+    from wsgate.observe.redact import Redactor
 
     redactor = Redactor()
     redactor.add(headers=("X-Token",))
@@ -318,7 +318,7 @@ security:
     ],
 )
 def test_a_urls_password_is_masked(text):
-    from wsgate.management.redact import Redactor
+    from wsgate.observe.redact import Redactor
 
     masked = Redactor().text(text)
     assert JWKS_PASSWORD not in masked and ("://svc:[redacted]@" in masked or "://cn=admin:[redacted]@" in masked)

@@ -22,7 +22,7 @@ import pytest
 import structlog
 from multidict import CIMultiDict
 
-from wsgate.management import logs
+from wsgate.observe import logs
 
 from .test_cli_run import wsgate_run
 
@@ -247,7 +247,7 @@ async def test_no_credential_in_wsgate_run_json_debug_logs(tmp_path, unused_tcp_
     ],
 )
 def test_the_redactor_masks_each_form(text, kept):
-    from wsgate.management.redact import REDACTOR
+    from wsgate.observe.redact import REDACTOR
 
     REDACTOR.add(headers=("X-Api-Token",), cookies=("wsgate_corp",))
     masked = REDACTOR.text(text)
@@ -256,7 +256,7 @@ def test_the_redactor_masks_each_form(text, kept):
 
 
 def test_the_redactor_leaves_ordinary_lines_alone():
-    from wsgate.management.redact import REDACTOR
+    from wsgate.observe.redact import REDACTOR
 
     for line in (
         "service[echo] (echo) ready at ws://127.0.0.1:8000/echo (port 8000)",
@@ -271,7 +271,7 @@ def test_the_redactor_leaves_ordinary_lines_alone():
 
 
 def test_a_masked_json_line_is_still_json():
-    from wsgate.management.redact import REDACTOR
+    from wsgate.observe.redact import REDACTOR
 
     line = json.dumps({"event": f'client sent "Authorization: Bearer {OPAQUE}" and "Cookie: sso={COOKIE_TOKEN}"'})
     masked = REDACTOR.text(line)

@@ -9,7 +9,7 @@ import logging
 
 import pytest
 
-from wsgate.management.logs import LogLimiter, get_logger, log_formatter
+from wsgate.observe.logs import LogLimiter, get_logger, log_formatter
 
 from .conftest import SECURITY_PEM
 

@@ -196,7 +196,7 @@ async def test_a_module_that_raises_is_unavailable_not_access(caplog):
 def test_session_store_keeps_only_digests_and_prunes_expired_sessions(monkeypatch):
     import time as time_module
 
-    from wsgate.security.realms import Identity
+    from wsgate.core.identity import Identity
     from wsgate.security.sessions import SessionStore, digest
 
     store = SessionStore()

@@ -22,7 +22,8 @@ from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_websocket import WebSocketError
 from multidict import CIMultiDict
 
-from wsgate.management import metrics
+from wsgate.core.close import client_may_send
+from wsgate.observe import metrics
 from wsgate.transport import websocket
 
 from .conftest import port_of
@@ -460,7 +461,7 @@ async def test_an_unmasked_frame_sent_with_the_handshake_is_caught_too(start_gat
 
 def test_close_codes_a_client_may_send() -> None:
     allowed = {0, *range(1000, 1004), *range(1007, 1015), *range(3000, 5000)}
-    assert all(websocket.client_may_send(code) == (code in allowed) for code in range(70000))
+    assert all(client_may_send(code) == (code in allowed) for code in range(70000))
 
 
 @pytest.mark.parametrize("code", [999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535])

@@ -23,7 +23,7 @@ from .config import (
 )
 from .config.model import Realm, Service
 from .errors import ConfigError, GatewayError, WorkerFailed
-from .management.logs import configure_logging
+from .observe.logs import configure_logging
 
 if TYPE_CHECKING:
     from .gateway import Gateway

@@ -50,9 +50,9 @@ class TlsSetupError(ConfigError):
 
 
 class BackendError(GatewayError):
-    """A back-end connection failed; ``close_code`` is what the client gets."""
+    """A back-end connection failed; ``close_code`` (a ``core.close.CloseCode``) is what the client gets."""
 
-    def __init__(self, message: str, close_code: int = 1011) -> None:
+    def __init__(self, message: str, close_code: int) -> None:
         super().__init__(message)
         self.close_code = close_code
 

@@ -21,9 +21,10 @@ from typing import Any
 from .config.build import BIND_LAYERS
 from .config.model import GatewayConfig, Realm, Service, Store, TlsOptions
 from .config.values import Uri
+from .core.close import CloseCode
 from .errors import ConfigError, ConfigErrors, GatewayError, ReloadFailed, bind_error
-from .management.metrics import Metrics
-from .management.redact import REDACTOR
+from .observe.metrics import Metrics
+from .observe.redact import REDACTOR
 from .security.keystore import load_store
 from .security.limits import GatewayLimits, ServiceLimits
 from .security.login.jwt import unverified_claims
@@ -35,7 +36,7 @@ from .services.base import Runtime, ServiceHandler
 from .services.directory import DirectoryService
 from .state.revocations import MemoryRevocations, RevocationStore, token_digest, token_key, user_key
 from .transport.listener import Listener, Route
-from .transport.websocket import CloseCode, Connection
+from .transport.websocket import Connection
 
 log = logging.getLogger("wsgate")
 _USERINFO = re.compile(r"://[^/@]*@")

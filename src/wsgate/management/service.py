@@ -38,14 +38,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 from aiohttp import WSMsgType, web
 
 from ..config.model import Service
+from ..core.close import CloseCode
 from ..errors import ReloadFailed
+from ..observe.metrics import CONTENT_TYPE
 from ..security.realms import IDENTITY_KEY
 from ..services.base import Runtime, ServiceHandler, service_type
 from ..transport.websocket import GuardedResponse, answer_close, is_upgrade
-from .metrics import CONTENT_TYPE
 
 if TYPE_CHECKING:
-    from ..security.tls import PeerIdentity
+    from ..core.peer import PeerIdentity
     from ..transport.websocket import Connection
 
 log = logging.getLogger("wsgate.management")
@@ -154,7 +155,7 @@ class ManagementService(OperatorService):
 
     async def stop(self) -> None:
         for ws in list(self.live):
-            await ws.close(code=1001, message=b"gateway shutting down")
+            await ws.close(code=CloseCode.GOING_AWAY, message=b"gateway shutting down")
 
     async def handle(self, request: web.BaseRequest, peer: PeerIdentity | None) -> web.StreamResponse:
         preflight = self.preflight(request)

@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from ..config.model import AuthorizationConstraint, Realm
-from ..management.logs import get_logger
+from ..core.identity import Identity
+from ..observe.logs import get_logger
 from ..state.revocations import MemoryRevocations, RevocationStore, identity_keys, token_digest
 from .challenges import (
     AmbiguousCredentials,
@@ -49,27 +50,13 @@ from .login.verifier import Verifier
 from .sessions import DEFAULT_SESSION_TTL, SessionStore, cookie_name
 
 if TYPE_CHECKING:
-    from ..management.metrics import Metrics
+    from ..core.peer import PeerIdentity
+    from ..observe.metrics import Metrics
     from ..services.base import Runtime, ServiceHandler
-    from .tls import PeerIdentity
 
 audit = get_logger("wsgate.audit")
 CONTROL = "/.wsgate/"
 PLAIN_HTTP_TYPES = ("directory", "management", "metrics")
-
-
-@dataclass(frozen=True)
-class Identity:
-    """Who a connection belongs to, as the realm established it."""
-
-    realm: str
-    user: str | None
-    roles: frozenset[str]
-    expires_at: float | None  # wall-clock seconds; the connection must not outlive it
-    token_digest: str | None = None  # the bearer token's ``token_digest``, so revocation can target it
-    authenticated_at: float = 0.0  # when the login chain last accepted fresh credentials
-    session: str | None = None  # the realm session (cookie digest) this identity came from
-    token_id: str | None = None  # the JWT's jti, so revocation can target the token however it is encoded
 
 
 IDENTITY_KEY = web.RequestKey("wsgate.identity", Identity)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .realms import Identity
+    from ..core.identity import Identity
 
 DEFAULT_SESSION_TTL = 3600.0
 

@@ -18,16 +18,18 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from ..config.model import Realm, Service
-from ..management.logs import LogLimiter, get_logger
+from ..core.close import CloseCode
+from ..core.identity import Identity
+from ..observe.logs import LogLimiter, get_logger
 from ..security.keystore import KeyMaterial
 from ..security.origin import cors_headers, origin_allowed, preflight
-from ..security.realms import IDENTITY_KEY, Identity, connection_deadline
+from ..security.realms import IDENTITY_KEY, connection_deadline
 from ..state.revocations import RevocationStore, identity_keys
-from ..transport.websocket import CloseCode, Connection, accept_websocket, is_upgrade
+from ..transport.websocket import Connection, accept_websocket, is_upgrade
 
 if TYPE_CHECKING:
-    from ..management.metrics import Metrics
-    from ..security.tls import PeerIdentity
+    from ..core.peer import PeerIdentity
+    from ..observe.metrics import Metrics
 
 log = logging.getLogger("wsgate.service")
 access = get_logger("wsgate.access")

@@ -22,7 +22,7 @@ from ..errors import ConfigError
 from .base import Runtime, ServiceHandler, service_type
 
 if TYPE_CHECKING:
-    from ..security.tls import PeerIdentity
+    from ..core.peer import PeerIdentity
 
 DEFAULT_MIME = {
     "html": "text/html",

@@ -17,17 +17,16 @@ from aiohttp import web
 
 from ..config.model import DEFAULT_MAX_PENDING_BYTES, Service
 from ..config.values import parse_size
+from ..core.close import CloseCode, client_may_send, server_may_send
 from ..errors import BackendError
 from ..security.challenges import offered_subprotocols, without_token_offers
 from ..security.tls import client_context
 from ..transport.backend import Backend, TcpBackend, WsBackend, open_tcp, open_ws
 from ..transport.liveness import ResetWatch
-from ..transport.websocket import CloseCode, Connection, WSMsgType, client_may_send
+from ..transport.websocket import Connection, WSMsgType
 from .base import Runtime, WebSocketService, client_gone, client_lost, service_type
 
 log = logging.getLogger("wsgate.proxy")
-# Close codes a server may put in a close frame (RFC 6455 §7.4); others are mapped.
-_SENDABLE = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
 
 
 @service_type("proxy")
@@ -197,10 +196,10 @@ class ProxyService(WebSocketService):
         if not isinstance(backend, WsBackend):
             return CloseCode.NORMAL, "back end closed"
         code = backend.close_code
-        if code in _SENDABLE or code is not None and 3000 <= code <= 4999:
+        if code is not None and server_may_send(code):
             return code, "back end closed"
         return (
             (CloseCode.NORMAL, "back end closed")
-            if code == 1005
+            if code == CloseCode.NO_STATUS
             else (CloseCode.INTERNAL_ERROR, "back end connection lost")
         )

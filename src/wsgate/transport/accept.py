@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..management.metrics import Metrics
+    from ..observe.metrics import Metrics
 
 log = logging.getLogger("wsgate.listener")
 

@@ -13,12 +13,13 @@ import ssl
 import aiohttp
 
 from ..config.values import Uri
+from ..core.close import CloseCode
 from ..errors import BackendError
 
 CONNECT_TIMEOUT = 10.0
 READ_CHUNK = 64 * 1024
 CLOSE_GRACE = 2.0  # how long a closing back end may take to read what is still buffered for it
-UNAVAILABLE, BAD_GATEWAY = 1011, 1014
+UNAVAILABLE, BAD_GATEWAY = CloseCode.INTERNAL_ERROR, CloseCode.BAD_GATEWAY
 
 
 class TcpBackend:
@@ -118,7 +119,7 @@ async def open_tcp(uri: Uri, context: ssl.SSLContext | None, max_pending: int) -
     except ssl.SSLError as exc:
         raise BackendError(f"{uri}: TLS handshake failed: {exc.reason or exc}", BAD_GATEWAY) from None
     except (TimeoutError, OSError) as exc:
-        raise BackendError(f"{uri}: cannot connect: {_describe(exc)}") from None
+        raise BackendError(f"{uri}: cannot connect: {_describe(exc)}", UNAVAILABLE) from None
     return TcpBackend(reader, writer, max_pending)
 
 
@@ -150,7 +151,7 @@ async def open_ws(
     except aiohttp.WSServerHandshakeError as exc:
         raise BackendError(f"{uri}: WebSocket handshake refused: HTTP {exc.status}", BAD_GATEWAY) from None
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-        raise BackendError(f"{uri}: cannot connect: {_describe(exc)}") from None
+        raise BackendError(f"{uri}: cannot connect: {_describe(exc)}", UNAVAILABLE) from None
     return WsBackend(ws)
 
 

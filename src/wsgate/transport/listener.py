@@ -20,17 +20,17 @@ from aiohttp import StreamReader, web, web_response
 from aiohttp.http_exceptions import HttpProcessingError
 
 from ..config.model import DEFAULT_KEEPALIVE_TIMEOUT
-from ..management.logs import LogLimiter, get_logger
-from ..management.metrics import handshake_outcome
+from ..core.peer import PeerIdentity
+from ..observe.logs import LogLimiter, get_logger
+from ..observe.metrics import handshake_outcome
 from ..security.limits import GatewayLimits, Refusal, ServiceLimits
-from ..security.tls import PeerIdentity
 from .accept import guard
 from .liveness import ResetWatch
 from .tls_audit import NO_CERTIFICATE, TlsAudit, install_exception_handler
 from .websocket import HANDSHAKE_DONE, bad_request, is_upgrade, request_host
 
 if TYPE_CHECKING:
-    from ..management.metrics import Metrics
+    from ..observe.metrics import Metrics
     from ..security.realms import RealmGuard
     from ..services.base import ServiceHandler
 

@@ -28,7 +28,7 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..management.logs import LogLimiter, get_logger
+from ..observe.logs import LogLimiter, get_logger
 
 if TYPE_CHECKING:
     from .listener import HttpConnection, Listener

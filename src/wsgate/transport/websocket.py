@@ -20,11 +20,12 @@ from aiohttp.http_websocket import WebSocketError, WSMessage
 from multidict import CIMultiDict, MultiMapping
 
 from ..config.model import AcceptOptions
+from ..core.close import CloseCode, client_may_send
 from ..security.challenges import SUBPROTOCOL_TOKEN_PREFIX, offered_subprotocols, without_token_offers
 
 if TYPE_CHECKING:
-    from ..security.realms import Identity
-    from ..security.tls import PeerIdentity
+    from ..core.identity import Identity
+    from ..core.peer import PeerIdentity
 
 __all__ = [
     "Connection",
@@ -41,19 +42,6 @@ HANDSHAKE_DONE: web.RequestKey[Callable[[], None]] = web.RequestKey("wsgate.hand
 
 
 _ENDED = frozenset({WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR})
-
-
-class CloseCode:
-    NORMAL = 1000
-    GOING_AWAY = 1001
-    PROTOCOL_ERROR = 1002
-    NO_STATUS = 1005  # recorded, never sent: the peer's close frame had no code
-    ABNORMAL = 1006  # recorded, never sent: the connection ended without a close frame
-    POLICY_VIOLATION = 1008
-    MESSAGE_TOO_BIG = 1009
-    INTERNAL_ERROR = 1011
-    SERVICE_RESTART = 1012
-    BAD_GATEWAY = 1014
 
 
 SLOW_DROP_GRACE = 2.0  # a slow consumer closed with 1008 is aborted if it has not taken the close by then
@@ -385,11 +373,6 @@ def bad_request(request: web.BaseRequest, upgrade: bool) -> web.Response | None:
     if refusal is None:
         return None
     return web.Response(status=refusal.status, text=refusal.text, headers=refusal.headers)
-
-
-def client_may_send(code: int) -> bool:
-    """RFC 6455 §7.4: codes a client may put in a close frame (0: aiohttp's "the frame had no code")."""
-    return code == 0 or 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
 
 
 async def answer_close(ws: web.WebSocketResponse) -> int | None:

@@ -20,7 +20,7 @@ from .outcomes import Busy, Challenged, Failed, Outcome, Succeeded, Unavailable
 from .verifier import Verifier, shared_verifier
 
 if TYPE_CHECKING:
-    from ..tls import PeerIdentity
+    from ...core.peer import PeerIdentity
 
 __all__ = ["Busy", "Challenged", "Failed", "LoginAttempt", "LoginModule", "Outcome", "Succeeded", "Unavailable"]
 

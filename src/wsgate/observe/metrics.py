@@ -10,20 +10,32 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from ..transport.websocket import Connection
+
+class Connection(Protocol):
+    """What the metrics read of a live connection (``core.session.LiveSession`` with its channel's counters)."""
+
+    service: str
+    messages_in: int
+    messages_out: int
+    bytes_in: int
+    bytes_out: int
+
+    @property
+    def close_code(self) -> int | None: ...
+
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 AUTH_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 # RFC 6455 §7.4.1 and the IANA registry (1004 is reserved); 1005, 1006 and 1015 are recorded, never sent.
+# (core.close.REGISTERED says the same; observe sits below core and cannot import it.)
 REGISTERED_CLOSE_CODES = frozenset((1000, 1001, 1002, 1003, *range(1005, 1016)))
 
 
