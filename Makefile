@@ -17,9 +17,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 run: $(STAMP)  ## start the gateway on the embedded default config (http://localhost:8000/)
 	$(BIN)/wsgate run
 
-lint: $(STAMP)  ## static checks: ruff and mypy --strict
+lint: $(STAMP)  ## static checks: ruff, mypy --strict and the layering contracts (pyproject.toml)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy src
+	$(BIN)/lint-imports --no-logo --no-cache
 
 # Real parts the tests use on loopback: keytool (JKS/JCEKS stores), slapd (the ldap module),
 # Debian's Chromium driven by Playwright (no browser download) and certutil (its trust store).

@@ -1,0 +1,1 @@
+"""Transport adapters: sockets, TLS, HTTP and WebSocket framing (aiohttp today), and the back-end dialers."""
