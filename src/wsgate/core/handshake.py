@@ -9,6 +9,7 @@ or a ``Reject`` without any I/O of its own, and the adapter writes the answer. S
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 
@@ -69,3 +70,22 @@ class Reject:
     headers: dict[str, str] = field(default_factory=dict)
     reason: str = ""  # for wsgate.audit; never sent to the client
     limit: str | None = None  # a refusal by a limit: the wsgate_limited label
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A plain HTTP answer (control resources, static files), written by the adapter as it is.
+
+    ``headers`` is a sequence of pairs so a name may repeat (``Set-Cookie``); ``file`` is streamed by
+    the adapter (sendfile, ranges, conditional requests) instead of ``body``.
+    """
+
+    status: int
+    body: bytes = b""
+    headers: tuple[tuple[str, str], ...] = ()
+    content_type: str | None = None
+    file: Path | None = None
+
+    @classmethod
+    def text(cls, status: int, text: str, headers: tuple[tuple[str, str], ...] = ()) -> Reply:
+        return cls(status, text.encode(), headers, "text/plain")
