@@ -270,4 +270,4 @@ async def test_management_console_shows_sessions_live_and_closes_one(start_gatew
     assert result["status"] in ("live", "polling")
     msg = await asyncio.wait_for(joe.receive(), 3)
     assert msg.type.name == "CLOSE" and msg.data == 1008 and msg.extra == "closed by administrator"
-    assert not gw.runtime.by_id  # the only session is gone
+    assert not gw.runtime.connections  # the only session is gone

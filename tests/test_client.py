@@ -21,6 +21,7 @@ from wsgate.client import (
     TokenChallengeHandler,
     connect,
 )
+from wsgate.state.connections import Selector
 
 from .conftest import SECURITY_PEM, client_ssl
 
@@ -249,7 +250,7 @@ async def test_reconnecting_connection_survives_a_drop(gw):
     await client.send("one")
     assert await asyncio.wait_for(messages.__anext__(), 5) == "one"
     # dropped by the gateway, not revoked (a revoked user could not reconnect)
-    assert gw.runtime.expire_where(lambda c: c.identity is not None and c.identity.user == "joe", "dropped") == 1
+    assert await gw.runtime.expire(Selector(user="joe"), "dropped") == 1
     await asyncio.sleep(0.3)
     await client.send("two")
     assert await asyncio.wait_for(messages.__anext__(), 5) == "two"

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from wsgate.client import cli
+from wsgate.state.connections import Selector
 
 from .conftest import SECURITY_PEM, port_of
 
@@ -150,7 +151,7 @@ async def test_a_close_by_the_gateway_ends_interactive_mode(gw):
     assert process.stdin is not None
     process.stdin.write(b"first\n")
     assert await read_line(process) == "first"
-    assert gw.runtime.expire_where(lambda connection: True, "dropped by the operator") == 1
+    assert await gw.runtime.expire(Selector.every(), "dropped by the operator") == 1
     code, _, err = await finish(process, timeout=8)  # stdin is still open
     assert code == 1 and "closed by the gateway: 1008 dropped by the operator" in err
 

@@ -34,9 +34,9 @@ from .security.tls import ListenerTls
 from .services import create_service
 from .services.base import Runtime, ServiceHandler
 from .services.directory import DirectoryService
+from .state.connections import Selector
 from .state.revocations import MemoryRevocations, RevocationStore, token_digest, token_key, user_key
 from .transport.listener import Listener, Route
-from .transport.websocket import Connection
 
 log = logging.getLogger("wsgate")
 _USERINFO = re.compile(r"://[^/@]*@")
@@ -254,26 +254,26 @@ class Gateway:
         ttl = self.config.security.revocation_timeout
         digest = token_digest(token) if token else None
 
-        def match(connection: Connection) -> bool:
-            identity = connection.identity
-            return identity is not None and (
-                user is not None and identity.user == user or digest is not None and identity.token_digest == digest
-            )
-
+        selectors = [Selector(user=user)] if user is not None else []
+        if digest is not None:
+            selectors.append(Selector(token=digest))
         revoked: dict[str, float] = {}
         if user is not None:
             revoked[user_key(user)] = now + ttl
         if token is not None and digest is not None:
             token_id, expires_at = unverified_claims(token)
             revoked[token_key(token_id, digest)] = expires_at if expires_at and expires_at > now else now + ttl
-        for connection in list(self.runtime.connections):  # the tokens they presented, until those expire
+        matched = {c.id: c for selector in selectors for c in self.runtime.connections.select(selector)}
+        for connection in matched.values():  # the tokens they presented, until those expire
             identity = connection.identity
-            if match(connection) and identity is not None and identity.token_digest is not None:
+            if identity is not None and identity.token_digest is not None:
                 key = token_key(identity.token_id, identity.token_digest)
                 revoked[key] = max(revoked.get(key, 0.0), identity.expires_at or now + ttl)
         for key, until in revoked.items():
             await self.revocations.revoke(key, until)
-        closed = self.runtime.expire_where(match, reason)
+        for connection in matched.values():
+            connection.end(CloseCode.POLICY_VIOLATION, reason, grace=1.0)
+        closed = len(matched)
         if user is not None:
             for realm in self.realms.values():
                 realm.sessions.drop_user(user)
@@ -384,11 +384,12 @@ class Gateway:
         # The switch: nothing from here on can fail.
         for name in unchanged:
             self.services[name].runtime = fresh.runtime
-        for connection in list(self.runtime.connections):
-            if connection.service in removed:
-                connection.expire_now(CloseCode.GOING_AWAY, "service removed")
-            elif connection.service in changed:
-                connection.expire_now(CloseCode.SERVICE_RESTART, "service restarted")
+        for name in removed:
+            for connection in self.runtime.connections.select(Selector(service=name)):
+                connection.end(CloseCode.GOING_AWAY, "service removed")
+        for name in changed:
+            for connection in self.runtime.connections.select(Selector(service=name)):
+                connection.end(CloseCode.SERVICE_RESTART, "service restarted")
         retiring = [self.services[name] for name in removed | changed]
         old_realms = [r for name, r in self.realms.items() if fresh.realms.get(name) is not r]
         for attribute in _PER_CONFIG:
@@ -410,7 +411,6 @@ class Gateway:
                 fresh.realms[name] = self.realms[name]
         # One registry of live connections across reloads; kept handlers move to the new runtime at the switch.
         fresh.runtime.connections = self.runtime.connections
-        fresh.runtime.by_id = self.runtime.by_id
         fresh.runtime.metrics = self.runtime.metrics
         for name in unchanged:
             fresh.services[name] = self.services[name]

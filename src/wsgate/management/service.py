@@ -43,6 +43,7 @@ from ..errors import ReloadFailed
 from ..observe.metrics import CONTENT_TYPE
 from ..security.realms import IDENTITY_KEY
 from ..services.base import Runtime, ServiceHandler, service_type
+from ..state.connections import Selector
 from ..transport.websocket import GuardedResponse, answer_close, is_upgrade
 
 if TYPE_CHECKING:
@@ -193,7 +194,7 @@ class ManagementService(OperatorService):
         if method == "GET" and path == "/api/sessions":
             return web.json_response(self.sessions())
         if method == "DELETE" and path.startswith("/api/sessions/"):
-            return self.close_session(path.removeprefix("/api/sessions/"), request)
+            return await self.close_session(path.removeprefix("/api/sessions/"), request)
         if method == "DELETE" and path.startswith("/api/principals/"):
             return await self.close_principal(path.removeprefix("/api/principals/"), request)
         if path == "/api/revocations" and method in ("GET", "POST"):
@@ -224,11 +225,10 @@ class ManagementService(OperatorService):
         now = time.time()
         return [session_view(c, now) for c in list(self.runtime.connections)]
 
-    def close_session(self, connection_id: str, request: web.BaseRequest) -> web.Response:
-        connection = self.runtime.by_id.get(connection_id)
-        if connection is None:
+    async def close_session(self, connection_id: str, request: web.BaseRequest) -> web.Response:
+        if not self.runtime.connections.select(Selector(id=connection_id)):
             return web.json_response({"closed": 0}, status=404)
-        connection.expire("closed by administrator", grace=1.0)
+        await self.runtime.expire(Selector(id=connection_id), "closed by administrator")
         log.warning("service[%s]: %s closed connection %s", self.name, self.admin(request), connection_id)
         return web.json_response({"closed": 1})
 

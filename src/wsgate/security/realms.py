@@ -34,6 +34,7 @@ from aiohttp import web
 from ..config.model import AuthorizationConstraint, Realm
 from ..core.identity import Identity
 from ..observe.logs import get_logger
+from ..state.connections import Selector
 from ..state.revocations import MemoryRevocations, RevocationStore, identity_keys, token_digest
 from .challenges import (
     AmbiguousCredentials,
@@ -364,9 +365,7 @@ class RealmGuard:
         current = self.current_session(request)
         if current is not None and current.identity.user == admitted.user and current.identity.session:
             session = self.realm.sessions.renew(current.identity.session, admitted, expires_at)
-            extended = self.extend(
-                lambda c: c.identity is not None and c.identity.session == current.identity.session, session.identity
-            )
+            extended = self.extend(Selector(session=current.identity.session), session.identity)
             response = self.describe(session.identity, extended=extended, expires=self.realm.renew_by(session.identity))
         else:
             token, session = self.realm.sessions.issue(admitted, expires_at)
@@ -395,9 +394,7 @@ class RealmGuard:
         if session is not None and session.identity.session:
             key = session.identity.session
             self.realm.sessions.drop(key)
-            closed = self.runtime.expire_where(
-                lambda c: c.identity is not None and c.identity.session == key, "logged out"
-            )
+            closed = await self.runtime.expire(Selector(session=key), "logged out")
             audit.info(
                 "service[%s]: user %r logged out, %d connection(s) closed", self.name, session.identity.user, closed
             )
@@ -409,7 +406,7 @@ class RealmGuard:
         self, request: web.BaseRequest, peer: PeerIdentity | None, connection_id: str
     ) -> web.StreamResponse:
         """Fresh credentials of the same user extend one live connection, which stays open."""
-        connection = self.runtime.by_id.get(connection_id)
+        connection = self.runtime.connections.get(connection_id)
         if connection is None or connection.identity is None or connection.service != self.name:
             return web.Response(status=404, text="Not Found\n")
         admitted = await self.admit(request, peer, allow_session=False)
@@ -424,7 +421,7 @@ class RealmGuard:
                 connection.identity.user,
             )
             return web.Response(status=403, text="Forbidden\n")
-        self.extend(lambda c: c is connection, replace(admitted, session=connection.identity.session))
+        self.extend(Selector(id=connection_id), replace(admitted, session=connection.identity.session))
         deadline, _ = connection_deadline(connection.identity, connection.started, self.realm.config)
         return self.describe(connection.identity, expires=deadline)
 
@@ -435,14 +432,13 @@ class RealmGuard:
             return None  # two session cookies: neither is trusted
         return self.realm.sessions.lookup(token) if token else None
 
-    def extend(self, match, identity: Identity) -> int:  # type: ignore[no-untyped-def]
-        """Give matching live connections the fresh identity and their new deadline."""
+    def extend(self, selector: Selector, identity: Identity) -> int:
+        """Give the selected live connections the fresh identity and their new deadline."""
         count = 0
-        for connection in list(self.runtime.connections):
-            if match(connection):
-                connection.identity = identity
-                connection.expire_at(*connection_deadline(identity, connection.started, self.realm.config))
-                count += 1
+        for connection in self.runtime.connections.select(selector):
+            connection.identity = identity
+            connection.expire_at(*connection_deadline(identity, connection.started, self.realm.config))
+            count += 1
         if count:
             audit.info("service[%s]: user %r re-authenticated %d live connection(s)", self.name, identity.user, count)
         return count

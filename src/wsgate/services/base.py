@@ -24,6 +24,7 @@ from ..observe.logs import LogLimiter, get_logger
 from ..security.keystore import KeyMaterial
 from ..security.origin import cors_headers, origin_allowed, preflight
 from ..security.realms import IDENTITY_KEY, connection_deadline
+from ..state.connections import MemoryConnections, Selector
 from ..state.revocations import RevocationStore, identity_keys
 from ..transport.websocket import Connection, accept_websocket, is_upgrade
 
@@ -42,20 +43,16 @@ class Runtime:
 
     keys: KeyMaterial | None = None
     trust: KeyMaterial | None = None
-    connections: set[Connection] = field(default_factory=set)
-    by_id: dict[str, Connection] = field(default_factory=dict)
+    connections: MemoryConnections[Connection] = field(default_factory=MemoryConnections)
     realms: dict[str, Realm] = field(default_factory=dict)
     closing: bool = False
     metrics: Metrics | None = None
     revocations: RevocationStore | None = None  # the gateway's, checked again at the upgrade
     control: Any = None  # the gateway, for the management service (management.service.GatewayControl)
 
-    def expire_where(self, match: Callable[[Connection], bool], reason: str) -> int:
-        """Close every live connection ``match`` selects with 1008 ``reason`` now (aborted after 1 s)."""
-        matches = [c for c in self.connections if match(c)]
-        for connection in matches:
-            connection.expire(reason, grace=1.0)
-        return len(matches)
+    async def expire(self, selector: Selector, reason: str) -> int:
+        """Close every live connection ``selector`` matches with 1008 ``reason`` now (aborted after 1 s)."""
+        return await self.connections.end(selector, CloseCode.POLICY_VIOLATION, reason, grace=1.0)
 
 
 class ServiceHandler:
@@ -169,7 +166,6 @@ class WebSocketService(ServiceHandler):
         )
         connection.expire_at(deadline, why)
         self.runtime.connections.add(connection)
-        self.runtime.by_id[connection_id] = connection
         metrics = self.runtime.metrics
         if metrics is not None:
             metrics.connections_total.labels(self.name).inc()
@@ -191,7 +187,6 @@ class WebSocketService(ServiceHandler):
         finally:
             connection.cancel_expiry()
             self.runtime.connections.discard(connection)
-            self.runtime.by_id.pop(connection_id, None)
             if not connection.closed:
                 await connection.close()
             self.closed(connection)

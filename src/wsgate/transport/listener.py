@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -76,7 +76,7 @@ class Listener:
     reuse_port: bool = False  # ``wsgate run --workers N``: N processes share the port, the kernel spreads accepts
     metrics: Metrics | None = None
     gate: GatewayLimits | None = None
-    open_connections: Collection[object] = ()  # every open WebSocket of the gateway, for gate's limit
+    open_connections: Sized = ()  # every open WebSocket of the gateway, for gate's limit
     handshake_timeout: float = 10.0
     header_size: int = 8190
     tls_source: object = None  # what ssl_context was built from (Gateway.reload compares it)

@@ -192,9 +192,9 @@ class Connection:
 
     def expire(self, reason: str, grace: float = 2.0) -> None:
         """Close with 1008 ``reason`` now; a peer that does not answer within ``grace`` is aborted."""
-        self.expire_now(CloseCode.POLICY_VIOLATION, reason, grace)
+        self.end(CloseCode.POLICY_VIOLATION, reason, grace)
 
-    def expire_now(self, code: int, reason: str, grace: float = 2.0) -> None:
+    def end(self, code: int, reason: str, grace: float = 2.0) -> None:
         """Close with ``code`` now, from outside the service's loop; abort after ``grace``."""
         if self._closing is None and not self.ws.closed:
             self._closing = asyncio.get_running_loop().create_task(self._close_or_abort(code, reason, grace))
@@ -219,7 +219,7 @@ class Connection:
         self.slow = True
         if self.on_slow is not None:
             self.on_slow(self, why)
-        self.expire_now(CloseCode.POLICY_VIOLATION, "too slow", SLOW_DROP_GRACE)
+        self.end(CloseCode.POLICY_VIOLATION, "too slow", SLOW_DROP_GRACE)
 
     def cancel_expiry(self) -> None:
         if self._expiry is not None:
