@@ -26,12 +26,10 @@ import asyncio
 import ssl
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..observe.logs import LogLimiter, get_logger
-
-if TYPE_CHECKING:
-    from .listener import HttpConnection, Listener
+from ..observe.metrics import Metrics
 
 audit = get_logger("wsgate.audit")
 
@@ -46,12 +44,36 @@ _HANDSHAKE_MESSAGE = "SSL handshake failed"
 _INSTALLED = "_wsgate_tls_audit"  # marks a loop whose exception handler is already ours
 
 
+class AuditedListener(Protocol):
+    """What the audit reads of the listener it watches (``transport.listener.Listener``)."""
+
+    host: str | None
+    port: int
+    handshake_timeout: float
+    ssl_context: ssl.SSLContext | None
+    metrics: Metrics | None
+
+    @property
+    def tls_audit(self) -> TlsAudit | None: ...
+
+
+class AuditedConnection(Protocol):
+    """A listener's connection protocol (``transport.listener.HttpConnection``)."""
+
+    accepted: float
+
+    @property
+    def listener(self) -> AuditedListener: ...
+
+    def handshake_failed(self) -> None: ...
+
+
 class TlsAudit:
     """One per TLS listener: notices its handshakes that never completed."""
 
-    def __init__(self, listener: Listener) -> None:
+    def __init__(self, listener: AuditedListener) -> None:
         self.listener = listener
-        self.pending: weakref.WeakKeyDictionary[Any, HttpConnection] = weakref.WeakKeyDictionary()
+        self.pending: weakref.WeakKeyDictionary[Any, AuditedConnection] = weakref.WeakKeyDictionary()
         self.noted: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
         self.lines = LogLimiter("tls handshake failed")
 
@@ -94,7 +116,7 @@ class TlsAudit:
         else:
             self.report(reason, transport)
 
-    def infer(self, transport: Any, connection: HttpConnection) -> str:
+    def infer(self, transport: Any, connection: AuditedConnection) -> str:
         """OpenSSL's reason is gone by now: what the session kept says which side gave up."""
         if asyncio.get_running_loop().time() - connection.accepted >= self.listener.handshake_timeout * 0.9:
             return TIMEOUT
@@ -178,17 +200,20 @@ def _claim(context: dict[str, Any]) -> bool:
     return True
 
 
-def _connection_of(owner: Any) -> HttpConnection | None:
-    """Our protocol behind a transport (aiofastnet) or an SSL protocol (asyncio, uvloop)."""
-    from .listener import HttpConnection
-
+def _connection_of(owner: Any) -> AuditedConnection | None:
+    """Our protocol behind a transport (aiofastnet) or an SSL protocol (asyncio, uvloop): one whose
+    listener has a ``TlsAudit`` (so this module needs no import of the listener's)."""
     for attribute in ("get_protocol", "get_app_protocol"):
         getter = getattr(owner, attribute, None)
         candidate = getter() if callable(getter) else None
-        if isinstance(candidate, HttpConnection):
+        if _audited(candidate):
             return candidate
     candidate = getattr(owner, "_app_protocol", owner)
-    return candidate if isinstance(candidate, HttpConnection) else None
+    return candidate if _audited(candidate) else None
+
+
+def _audited(candidate: Any) -> bool:
+    return isinstance(getattr(getattr(candidate, "listener", None), "tls_audit", None), TlsAudit)
 
 
 def _handshake_done(transport: Any) -> bool:
