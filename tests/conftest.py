@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 import trustme
 
-from wsgate.config import load_config
+from wsgate.catalog import load_config
 from wsgate.gateway import Gateway
 
 StartGateway = Callable[..., Awaitable[Gateway]]

@@ -334,7 +334,7 @@ def python_examples() -> list[str]:
 
 @pytest.mark.parametrize("example", python_examples(), ids=lambda e: e.splitlines()[-1][:30])
 async def test_docs_client_examples_run_against_the_default_gateway(tmp_path, example):
-    from wsgate.config import load_default_config
+    from wsgate.catalog import load_default_config
     from wsgate.gateway import Gateway
 
     gateway = Gateway(load_default_config({"gateway.hostname": "127.0.0.1", "gateway.port": "0"}))

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import trustme
 
+from wsgate.catalog import load_config
 from wsgate.cli import main
-from wsgate.config import load_config, properties_from_env
+from wsgate.config import properties_from_env
 from wsgate.config.loaders import KAAZING_NAMESPACES
 from wsgate.config.values import parse_bind, parse_duration, parse_size, parse_uri
 from wsgate.errors import ConfigError, ConfigErrors

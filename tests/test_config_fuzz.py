@@ -6,6 +6,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from wsgate.catalog import build_config
 from wsgate.config.build import (
     ACCEPT_OPTION_NAMES,
     AUTHENTICATION,
@@ -16,7 +17,6 @@ from wsgate.config.build import (
     SERVICE,
     STORE,
     TOP,
-    build_config,
 )
 from wsgate.config.tree import Node
 from wsgate.errors import ConfigErrors

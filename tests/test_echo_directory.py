@@ -93,7 +93,7 @@ async def test_inactivity_timeout_pings_then_closes_silent_client(start_gateway,
 
 
 async def test_graceful_stop_closes_with_1001(tmp_path, http):
-    from wsgate.config import load_config
+    from wsgate.catalog import load_config
 
     path = tmp_path / "g.yaml"
     path.write_text(ECHO)
@@ -163,7 +163,7 @@ async def test_directory_refuses_post(start_gateway, http, site):
 
 
 async def test_embedded_default_config_serves_demo_and_echo(http):
-    from wsgate.config import load_default_config
+    from wsgate.catalog import load_default_config
 
     gw = Gateway(load_default_config({"gateway.hostname": "127.0.0.1", "gateway.port": "0"}))
     await gw.start()
@@ -259,7 +259,7 @@ KAAZING_STYLE = """<?xml version="1.0" encoding="UTF-8" ?>
 
 async def test_kaazing_layout_with_indexes_location_and_error_pages(tmp_path, http):
     """GATEWAY_HOME/conf/gateway-config.xml with its web/ folder beside conf/, as Kaazing ships it."""
-    from wsgate.config import load_config
+    from wsgate.catalog import load_config
 
     (tmp_path / "conf").mkdir()
     (tmp_path / "conf" / "gateway-config.xml").write_text(KAAZING_STYLE)

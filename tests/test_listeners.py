@@ -9,8 +9,8 @@ import textwrap
 import aiohttp
 import pytest
 
+from wsgate.catalog import load_config
 from wsgate.cli import main
-from wsgate.config import load_config
 from wsgate.errors import ConfigError
 from wsgate.gateway import Gateway
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from wsgate.config import load_config
+from wsgate.catalog import load_config
 from wsgate.errors import ConfigErrors
 
 from .conftest import port_of, tcp_echo_server

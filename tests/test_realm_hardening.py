@@ -530,7 +530,7 @@ def test_a_management_service_keeps_its_realm_and_administrator_default_in_every
     users,  # noqa: F811
     version,
 ):
-    from wsgate.config import load_config
+    from wsgate.catalog import load_config
 
     text = KAAZING_XML.format(version=version).replace(
         "  <security>",

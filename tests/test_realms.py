@@ -587,7 +587,7 @@ async def test_custom_class_module(start_gateway, http, tmp_path, monkeypatch):
     ],
 )
 def test_login_module_config_errors_are_located(tmp_path, module, options, message):
-    from wsgate.config import load_config
+    from wsgate.catalog import load_config
     from wsgate.errors import ConfigError
     from wsgate.gateway import Gateway
 

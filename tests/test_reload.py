@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from wsgate import errors
-from wsgate.config import load_config
+from wsgate.catalog import load_config
 from wsgate.gateway import Gateway
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from wsgate.config import load_config
+from wsgate.catalog import load_config
 from wsgate.errors import ConfigError
 from wsgate.gateway import Gateway
 from wsgate.security.challenges import gather_credentials, without_token_offers

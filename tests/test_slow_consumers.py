@@ -129,7 +129,7 @@ async def test_a_client_that_stops_reading_is_dropped_not_waited_on_forever(star
 
 
 async def test_write_timeout_option_parses_and_can_be_turned_off(tmp_path):
-    from wsgate.config import load_config
+    from wsgate.catalog import load_config
 
     path = tmp_path / "gateway.yaml"
     path.write_text(

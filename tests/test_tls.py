@@ -303,7 +303,7 @@ def test_missing_keystore_file(tmp_path):
 
 
 def test_verify_client_without_truststore_is_a_config_error(tmp_path, pem_stores):
-    from wsgate.config import load_config
+    from wsgate.catalog import load_config
     from wsgate.gateway import Gateway
 
     path = tmp_path / "g.yaml"

@@ -13,14 +13,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .config import (
-    GatewayConfig,
-    default_config_files,
-    default_config_text,
-    load_config,
-    load_default_config,
-    properties_from_env,
-)
+from .catalog import LOGIN_MODULES, load_config, load_default_config, service_type
+from .config import GatewayConfig, default_config_files, default_config_text, properties_from_env
 from .config.model import Realm, Service
 from .errors import ConfigError, GatewayError, WorkerFailed
 from .observe.logs import configure_logging
@@ -280,8 +274,9 @@ def ambient_credentials(realm: Realm) -> list[str]:
     if auth.authorization_mode == "recycle":
         ambient.append("the realm's session cookie")
     ambient += [f"cookie {name}" for name in auth.http_cookies]
-    if any(m.type == "certificate" for m in auth.login_modules):
-        ambient.append("client certificates")
+    ambient += sorted(
+        {kind.ambient for m in auth.login_modules if (kind := LOGIN_MODULES.get(m.type)) and kind.ambient}
+    )
     return ambient
 
 
@@ -394,9 +389,10 @@ FD_MARGIN = 64
 def descriptors_needed(config: GatewayConfig) -> int | None:
     """What the configured limits let connections hold at once (None: no limit bounds them).
 
-    An open WebSocket holds one descriptor, a proxied one two; every handshake in progress holds one.
+    An open WebSocket holds one descriptor, a proxied one two (as its type declares); every handshake in
+    progress holds one.
     """
-    per_connection = 2 if any(service.type == "proxy" for service in config.services) else 1
+    per_connection = max((service_type(s.type).descriptors_per_connection for s in config.services), default=1)
     connections = config.limits.connections
     if connections is None:
         per_service = [service.accept_options.max_connections for service in config.services]

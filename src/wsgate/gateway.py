@@ -18,6 +18,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from .catalog import service_type
 from .config.build import BIND_LAYERS
 from .config.model import GatewayConfig, Realm, Service, Store, TlsOptions
 from .config.values import Uri
@@ -31,11 +32,10 @@ from .security.login.jwt import unverified_claims
 from .security.realms import RealmGuard, RealmRuntime
 from .security.sessions import cookie_name
 from .security.tls import ListenerTls
-from .services import create_service
 from .services.base import Runtime, ServiceHandler
-from .services.directory import DirectoryService
 from .state.connections import Selector
 from .state.revocations import MemoryRevocations, RevocationStore, token_digest, token_key, user_key
+from .transport.http_client import fetch_json
 from .transport.listener import Listener, Route
 
 log = logging.getLogger("wsgate")
@@ -75,7 +75,7 @@ class Gateway:
         self.runtime.control = self
         base_dir = config.source.parent if config.source else Path.cwd()
         _check_cookie_names(security.realms)
-        self.realms = {name: RealmRuntime(realm, base_dir) for name, realm in security.realms.items()}
+        self.realms = {name: RealmRuntime(realm, base_dir, fetch_json) for name, realm in security.realms.items()}
         self.revocations: RevocationStore = MemoryRevocations()
         self.runtime.revocations = self.revocations
         for realm_runtime in self.realms.values():
@@ -87,8 +87,9 @@ class Gateway:
             REDACTOR.add(auth.http_query_parameters, auth.http_headers, (*auth.http_cookies, cookie_name(realm.name)))
         self.services: dict[str, ServiceHandler] = {}
         for service in config.services:
-            handler = create_service(service, self.runtime)
-            if isinstance(handler, DirectoryService) and config.web_root is not None:
+            kind = service_type(service.type)
+            handler = kind.create(service, self.runtime)
+            if kind.web_root and config.web_root is not None:
                 handler.configure(config.web_root)
             self.services[service.name] = handler
         self.gate = GatewayLimits(config.limits.connections, config.limits.handshakes)
@@ -160,7 +161,7 @@ class Gateway:
                     service=RealmGuard(handler, self.realms[service.realm_name], self.runtime)
                     if service.realm_name
                     else handler,
-                    prefix=service.type in ("directory", "management"),
+                    prefix=service_type(service.type).prefix,
                     control=bool(service.realm_name),
                     verify_client=service.accept_options.tls.verify_client if uri.secure else "none",
                     limits=self.service_limits[service.name],

@@ -1,4 +1,8 @@
-"""Configuration: Kaazing ``gateway-config.xml`` or native YAML → one typed model."""
+"""Configuration: Kaazing ``gateway-config.xml`` or native YAML → one typed model.
+
+The service types and login modules a config may name come in as a ``Catalog``; ``wsgate.catalog``
+collects the declared ones and offers ``load_config`` / ``load_default_config`` bound to them.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,10 @@ from pathlib import Path
 from .build import build_config
 from .loaders import load_tree, parse_yaml
 from .model import GatewayConfig
+from .schema import Catalog
 
 __all__ = [
+    "Catalog",
     "GatewayConfig",
     "default_config_files",
     "default_config_text",
@@ -23,20 +29,20 @@ __all__ = [
 DEFAULT_CONFIG = "default-config.yaml"
 
 
-def load_config(path: str | Path, overrides: Mapping[str, str] | None = None) -> GatewayConfig:
+def load_config(path: str | Path, overrides: Mapping[str, str] | None = None, *, catalog: Catalog) -> GatewayConfig:
     """Load and fully validate a config file; raises ``ConfigErrors`` naming each bad element."""
     source = Path(path).resolve()
-    return build_config(load_tree(source), source, overrides)
+    return build_config(load_tree(source), catalog, source, overrides)
 
 
 def _default_config_path() -> Path:
     return Path(str(resources.files("wsgate") / "resources")) / DEFAULT_CONFIG
 
 
-def load_default_config(overrides: Mapping[str, str] | None = None) -> GatewayConfig:
+def load_default_config(overrides: Mapping[str, str] | None = None, *, catalog: Catalog) -> GatewayConfig:
     """The embedded config ``make run`` starts with: echo and a demo page on port 8000."""
     source = _default_config_path()
-    return build_config(parse_yaml(source.read_bytes(), str(source)), source, overrides)
+    return build_config(parse_yaml(source.read_bytes(), str(source)), catalog, source, overrides)
 
 
 def default_config_text() -> str:

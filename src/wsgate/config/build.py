@@ -11,7 +11,7 @@ import difflib
 import re
 from collections import defaultdict
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from ..errors import ConfigError, ConfigErrors
 from . import model as m
 from .loaders import LEGACY_REALM_NAMESPACES
+from .schema import Catalog, Property, ServiceTypeSchema
 from .tree import Node
 from .values import (
     Uri,
@@ -34,6 +35,13 @@ from .values import (
 )
 
 T = TypeVar("T")
+
+
+class _Failed:
+    """An option value that did not parse (its error is recorded); a parser may well return None."""
+
+
+_FAILED = _Failed()
 
 _PROPERTY_REF = re.compile(r"\$\{([^}]*)\}")
 # Cardinality: "1" exactly one, "?" at most one, "*" any, "+" at least one.
@@ -89,57 +97,11 @@ BIND_LAYERS = {
     "https": ("https", "ssl", "tls", "tcp"),
 }
 CHALLENGE_SCHEMES = ("Basic", "Application Basic", "Negotiate", "Application Negotiate", "Application Token")
-LOGIN_MODULE_TYPES = ("file", "ldap", "kerberos5", "gss", "jndi", "keystore", "jwt", "certificate")
 SUCCESS_FLAGS = ("required", "requisite", "sufficient", "optional")
 STORE_TYPES = ("JKS", "JCEKS", "PKCS12", "PEM")
 VERIFY_CLIENT = ("none", "optional", "required")
 TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
 INSECURE_TLS_VERSIONS = ("SSLv2Hello", "SSLv3", "TLSv1", "TLSv1.1")
-
-SERVICE_TYPES: dict[str, dict[str, Any]] = {
-    "echo": {"accept": ("ws", "wss"), "connect": (0, 0), "properties": {}},
-    "directory": {
-        "accept": ("http", "https"),
-        "connect": (0, 0),
-        "properties": {
-            "directory": "1",
-            "welcome-file": "?",
-            "error-pages-directory": "?",
-            "options": "?",
-            "hidden-files": "?",
-        },
-    },
-    "proxy": {
-        "accept": ("ws", "wss"),
-        "connect": (1, 1),
-        "properties": {"maximum.pending.bytes": "?", "connect.strategy": "?"},
-    },
-    "broadcast": {
-        "accept": ("ws", "wss"),
-        "connect": (0, 1),
-        "properties": {"accept": "?", "on.client.message": "?", "maximum.pending.bytes": "?"},
-    },
-    "management": {"accept": ("http", "https"), "connect": (0, 0), "properties": {"insecure": "?"}},
-    "metrics": {"accept": ("http", "https"), "connect": (0, 0), "properties": {}},
-}
-MANAGEMENT_ROLE = "ADMINISTRATOR"
-LOOPBACK_HOSTS = ("localhost", "::1", "[::1]")
-SERVICE_TYPES_UNSUPPORTED = (
-    "amqp.proxy",
-    "balancer",
-    "http.proxy",
-    "http.redirect",
-    "turn.rest",
-    "management.jmx",
-    "update.check",
-    "kerberos5.proxy",
-    "jms",
-    "jms.proxy",
-    "redis",
-    "ibmmq",
-    "session",
-    "management.snmp",
-)
 PROPERTIES_UNSUPPORTED = {
     "maximum.recovery.interval": "maximum.recovery.interval",
     "prepared.connection.count": "prepared connections",
@@ -149,11 +111,87 @@ PROPERTIES_UNSUPPORTED = {
 }
 
 
+def parse_tls_protocols(text: str) -> tuple[str, ...]:
+    """Keep TLS 1.2/1.3; older versions listed by a migrated config are dropped, never enabled."""
+    wanted = parse_csv(text)
+    known = {v.lower(): v for v in TLS_VERSIONS + INSECURE_TLS_VERSIONS}
+    unknown = [p for p in wanted if p.lower() not in known]
+    if unknown:
+        raise ValueError(f"{', '.join(unknown)} is not a TLS protocol; valid: {', '.join(TLS_VERSIONS)}")
+    kept = tuple(known[p.lower()] for p in wanted if known[p.lower()] in TLS_VERSIONS)
+    if not kept:
+        raise ValueError(f"{text!r} enables no secure protocol; wsgate supports {', '.join(TLS_VERSIONS)} only")
+    return kept
+
+
+def parse_duration_or_off(text: str) -> float | None:
+    """A duration where 0 means "never" (None)."""
+    return parse_duration(text) or None
+
+
+@dataclass(frozen=True)
+class Option:
+    """One accept- or connect-option: the model field it fills (None: checked only), its parser and default."""
+
+    field: str | None
+    parse: Callable[..., Any]
+    default: Any = None
+    args: tuple[Any, ...] = ()
+
+
+def _choice(*choices: str) -> tuple[tuple[str, ...]]:
+    return (choices,)
+
+
+# The one list of option names: the parser reads exactly these tables, and "did you mean" hints list them.
+# Order is the order values are read (and so the order of their errors).
+BIND_OPTIONS = tuple(f"{s}.bind" for s in BIND_SCHEMES)
+ACCEPT_TLS_OPTIONS: Mapping[str, Option] = {
+    "ssl.ciphers": Option("ciphers", str),
+    "ssl.protocols": Option("protocols", parse_tls_protocols, ()),
+    "ssl.encryption": Option("encryption", parse_enabled, True),
+    "ssl.verify-client": Option("verify_client", parse_choice, "none", _choice(*VERIFY_CLIENT)),
+}
+ACCEPT_OPTIONS: Mapping[str, Option] = {
+    "ws.maximum.message.size": Option("max_message_size", parse_size, m.DEFAULT_MAX_MESSAGE_SIZE),
+    "ws.inactivity.timeout": Option("inactivity_timeout", parse_duration),
+    "http.server.header": Option("server_header", parse_enabled, True),
+    "connection.limit": Option("max_connections", parse_count),
+    "connection.limit.per.ip": Option("max_connections_per_ip", parse_count),
+    "handshake.rate.per.ip": Option("handshake_rate", parse_rate),
+    "http.keepalive.timeout": Option("keepalive_timeout", parse_duration, m.DEFAULT_KEEPALIVE_TIMEOUT),
+    "ws.write.timeout": Option("write_timeout", parse_duration_or_off, m.DEFAULT_WRITE_TIMEOUT),
+}
+CONNECT_TLS_OPTIONS: Mapping[str, Option] = {
+    "ssl.ciphers": Option("ciphers", str),
+    "ssl.protocols": Option("protocols", parse_tls_protocols, ()),
+    "ssl.client-certificate": Option("client_certificate", str),
+}
+CONNECT_OPTIONS: Mapping[str, Option] = {
+    "ws.inactivity.timeout": Option("inactivity_timeout", parse_duration),
+    "ws.version": Option(None, parse_choice, None, _choice("rfc6455")),
+}
+ACCEPT_OPTION_NAMES = (*BIND_OPTIONS, *ACCEPT_TLS_OPTIONS, *ACCEPT_OPTIONS)
+CONNECT_OPTION_NAMES = (*CONNECT_TLS_OPTIONS, *CONNECT_OPTIONS)
+# Kaazing options wsgate does not implement: "not supported yet" rather than "unknown".
+OPTIONS_UNSUPPORTED = (
+    "tcp.maximum.outbound.rate",
+    "http.maximum.redirects",
+    "http.keepalive",
+    "http.keepalive.timeout",  # connect side only: accept-options reads it
+    "http.keepalive.connections",
+    "http.max.authentication.attempts",
+)
+
+
 class Builder:
     """Walks the tree once; every problem becomes a located ``ConfigError``."""
 
-    def __init__(self, properties: Mapping[str, str], base_dir: Path, legacy_realms: bool = False) -> None:
+    def __init__(
+        self, properties: Mapping[str, str], base_dir: Path, catalog: Catalog, legacy_realms: bool = False
+    ) -> None:
         self.properties = dict(properties)
+        self.catalog = catalog
         self.base_dir = base_dir
         self.legacy_realms = legacy_realms  # a 2014/09 or 2015/11 XML config: see ``unconstrained_realm``
         self.errors: list[ConfigError] = []
@@ -263,12 +301,12 @@ class Builder:
         groups = self.group(node, index, SERVICE, SERVICE_UNSUPPORTED)
         type_ = self.one(groups, "type", index, str) or ""
         spec = self.service_type(type_, f"{index}/type")
-        accepts = self.uris(groups, "accept", index, spec["accept"] if spec else ACCEPT_SCHEMES)
+        accepts = self.uris(groups, "accept", index, spec.accept if spec else ACCEPT_SCHEMES)
         connects = self.uris(groups, "connect", index, CONNECT_SCHEMES)
         if not groups.get("accept"):
             self.fail(f"{index}/accept", "a service needs at least one accept URI")
         if spec:
-            low, high = spec["connect"]
+            low, high = spec.connect
             if not low <= len(connects) <= high:
                 want = (
                     "no connect URI"
@@ -278,7 +316,9 @@ class Builder:
                     else "exactly one connect URI"
                 )
                 self.fail(f"{index}/connect", f"a {type_} service takes {want}, found {len(connects)}")
-        properties = self.service_properties(groups.get("properties", []), index, spec["properties"] if spec else {})
+        properties, settings = self.service_properties(
+            groups.get("properties", []), index, spec.properties if spec else {}
+        )
         accept_options = self.accept_options(
             defaults.get("accept-options", []) + groups.get("accept-options", []), index
         )
@@ -311,8 +351,12 @@ class Builder:
             authorization_constraints=constraints,
             cross_site_constraints=cross_site,
             mime_mappings=mime,
+            settings=settings,
         )
-        return self.management_rules(service, index) if type_ == "management" else self.unconstrained_realm(service)
+        assert spec is not None  # an unknown type is an error above
+        if spec.finish is not None:
+            return spec.finish(service, index, self.fail)
+        return self.unconstrained_realm(service)
 
     def unconstrained_realm(self, service: m.Service) -> m.Service:
         """A ``realm-name`` without ``authorization-constraint`` never means "no authentication" silently.
@@ -327,32 +371,14 @@ class Builder:
             return replace(service, realm_name=None, dropped_realm=service.realm_name)
         return replace(service, authorization_constraints=(m.AuthorizationConstraint(("*",)),))
 
-    def management_rules(self, service: m.Service, index: str) -> m.Service | None:
-        """Admin access by default; no realm only on loopback and only when said out loud."""
-        if service.realm_name:
-            if service.authorization_constraints:
-                return service
-            return replace(service, authorization_constraints=(m.AuthorizationConstraint((MANAGEMENT_ROLE,)),))
-        insecure = service.prop("insecure", "false")
-        hosts = [u.host for u in service.accepts] + [b.host or "*" for b in service.accept_options.binds.values()]
-        exposed = [h for h in hosts if not (h in LOOPBACK_HOSTS or h.startswith("127."))]
-        if insecure != "true" or exposed:
-            why = f"it listens on {exposed[0]}, not only loopback" if exposed else "it has no realm-name"
-            self.fail(
-                f"{index}/realm-name",
-                f"a management service needs a realm (it defaults to require-role {MANAGEMENT_ROLE}); {why}. "
-                "Without a realm it may only listen on 127.0.0.1 with the property insecure: true",
-            )
-            return None
-        return service
-
-    def service_type(self, type_: str, path: str) -> dict[str, Any] | None:
-        if type_ in SERVICE_TYPES:
-            return SERVICE_TYPES[type_]
-        if type_ in SERVICE_TYPES_UNSUPPORTED:
-            self.fail(path, f"service type '{type_}' is not supported yet; supported: {', '.join(SERVICE_TYPES)}")
+    def service_type(self, type_: str, path: str) -> ServiceTypeSchema | None:
+        types = self.catalog.services
+        if type_ in types:
+            return types[type_]
+        if type_ in self.catalog.unsupported_services:
+            self.fail(path, f"service type '{type_}' is not supported yet; supported: {', '.join(types)}")
         elif type_:
-            self.fail(path, f"'{type_}' is not a service type; valid: {', '.join(SERVICE_TYPES)}")
+            self.fail(path, f"'{type_}' is not a service type; valid: {', '.join(types)}")
         return None
 
     def uris(self, groups: Mapping[str, list[Node]], name: str, path: str, schemes: tuple[str, ...]) -> tuple[Uri, ...]:
@@ -360,50 +386,39 @@ class Builder:
         return tuple(v for v in values if v is not None)
 
     def service_properties(
-        self, nodes: list[Node], path: str, schema: Mapping[str, str]
-    ) -> Mapping[str, tuple[str, ...]]:
+        self, nodes: list[Node], path: str, schema: Mapping[str, Property]
+    ) -> tuple[Mapping[str, tuple[str, ...]], Mapping[str, Any]]:
+        """The properties as text (name → values) and, for those the schema parses, parsed (name → last value)."""
         values: dict[str, list[str]] = defaultdict(list)
         for node in nodes:
             for child in node.children:
                 child_path = f"{path}/properties/{child.name}"
-                if child.name == "location" and "directory" in schema:
-                    values["location"].append(self.location(child, child_path))
-                elif child.name in schema:
+                spec = schema.get(child.name)
+                if spec is not None and spec.fields:
+                    values[child.name].append(self.nested_property(child, child_path, spec.fields))
+                elif spec is not None:
                     values[child.name].append(self.text(child, child_path))
                 elif child.name in PROPERTIES_UNSUPPORTED:
                     self.fail(child_path, f"not supported yet: {PROPERTIES_UNSUPPORTED[child.name]}")
                 else:
-                    self.unknown(child_path, child.name, schema)
-        for name, cardinality in schema.items():
-            if cardinality == "1" and not values.get(name):
+                    self.unknown(child_path, child.name, tuple(n for n, p in schema.items() if p.listed))
+        settings: dict[str, Any] = {}
+        for name, spec in schema.items():
+            if spec.cardinality == "1" and not values.get(name):
                 self.fail(f"{path}/properties/{name}", "is required for this service type")
-        props = {name: tuple(v) for name, v in values.items()}
-        self.check_service_properties(props, path)
-        return MappingProxyType(props)
-
-    def location(self, node: Node, path: str) -> str:
-        """A directory ``location`` rule, kept as ``patterns\ncache-control``."""
-        groups = self.group(node, path, {"patterns": "1", "cache-control": "1"})
-        patterns = self.one(groups, "patterns", path, str) or ""
-        cache_control = self.one(groups, "cache-control", path, str) or ""
-        return f"{patterns}\n{cache_control}"
-
-    def check_service_properties(self, props: Mapping[str, tuple[str, ...]], path: str) -> None:
-        checks: dict[str, tuple[Callable[..., Any], tuple[Any, ...]]] = {
-            "maximum.pending.bytes": (parse_size, ()),
-            "connect.strategy": (parse_choice, (("immediate", "deferred"),)),
-            "on.client.message": (parse_choice, (("noop", "broadcast"),)),
-            "accept": (parse_uri, (("tcp",),)),
-            "options": (parse_choice, (("indexes",),)),
-            "hidden-files": (parse_choice, (("deny", "allow"),)),
-        }
-        for name, (parser, args) in checks.items():
-            for value in props.get(name, ()):
+            if spec.parse is None:
+                continue
+            for value in values.get(name, ()):
                 try:
-                    parser(value, *args)
+                    settings[name] = spec.parse(value)
                 except ValueError as exc:
-                    hint = "; 'prepared' is not supported yet" if value.strip() == "prepared" else ""
-                    self.fail(f"{path}/properties/{name}", f"{exc}{hint}")
+                    self.fail(f"{path}/properties/{name}", str(exc))
+        return MappingProxyType({name: tuple(v) for name, v in values.items()}), MappingProxyType(settings)
+
+    def nested_property(self, node: Node, path: str, fields: tuple[str, ...]) -> str:
+        """A property made of elements (a directory ``location``), kept as their texts joined by newlines."""
+        groups = self.group(node, path, dict.fromkeys(fields, "1"))
+        return "\n".join(self.one(groups, name, path, str) or "" for name in fields)
 
     # -- options -----------------------------------------------------------------------------
 
@@ -427,104 +442,47 @@ class Builder:
         for scheme in BIND_SCHEMES:
             if (item := values.pop(f"{scheme}.bind", None)) is not None:
                 bind = self.value(item, parse_bind)
-                if bind:
+                if not isinstance(bind, _Failed):
                     binds[scheme] = m.Bind(*bind)
-        tls = self.tls_options(values, side="accept")
-        options = m.AcceptOptions(
-            binds=MappingProxyType(binds),
-            tls=tls,
-            max_message_size=self.pop(values, "ws.maximum.message.size", parse_size, m.DEFAULT_MAX_MESSAGE_SIZE),
-            inactivity_timeout=self.pop(values, "ws.inactivity.timeout", parse_duration, None),
-            server_header=self.pop(values, "http.server.header", parse_enabled, True),
-            max_connections=self.pop(values, "connection.limit", parse_count, None),
-            max_connections_per_ip=self.pop(values, "connection.limit.per.ip", parse_count, None),
-            handshake_rate=self.pop(values, "handshake.rate.per.ip", parse_rate, None),
-            keepalive_timeout=self.pop(values, "http.keepalive.timeout", parse_duration, m.DEFAULT_KEEPALIVE_TIMEOUT),
-            write_timeout=self.pop(values, "ws.write.timeout", parse_duration, m.DEFAULT_WRITE_TIMEOUT) or None,
-        )
-        self.leftover_options(values, "accept-options")
+        tls = m.TlsOptions(**self.read_options(values, ACCEPT_TLS_OPTIONS))
+        options = m.AcceptOptions(binds=MappingProxyType(binds), tls=tls, **self.read_options(values, ACCEPT_OPTIONS))
+        self.leftover_options(values, "accept-options", ACCEPT_OPTION_NAMES)
         return options
 
     def connect_options(self, nodes: list[Node], service_path: str) -> m.ConnectOptions:
         values = self.option_values(nodes, f"{service_path}/connect-options")
-        if (item := values.pop("ws.version", None)) is not None:
-            self.value(item, parse_choice, ("rfc6455",))
         if (item := values.pop("ssl.verify-client", None)) is not None:
             self.fail(
                 item[1], "verify-client belongs in accept-options; back ends are always verified against the truststore"
             )
-        options = m.ConnectOptions(
-            tls=self.tls_options(values, side="connect"),
-            inactivity_timeout=self.pop(values, "ws.inactivity.timeout", parse_duration, None),
-        )
-        self.leftover_options(values, "connect-options")
+        tls = m.TlsOptions(**self.read_options(values, CONNECT_TLS_OPTIONS))
+        options = m.ConnectOptions(tls=tls, **self.read_options(values, CONNECT_OPTIONS))
+        self.leftover_options(values, "connect-options", CONNECT_OPTION_NAMES)
         return options
 
-    def tls_options(self, values: dict[str, tuple[str, str]], side: str) -> m.TlsOptions:
-        protocols: tuple[str, ...] = ()
-        if (item := values.pop("ssl.protocols", None)) is not None:
-            protocols = self.tls_protocols(*item)
-        encryption = True
-        if side == "accept":
-            encryption = self.pop(values, "ssl.encryption", parse_enabled, True)
-        return m.TlsOptions(
-            ciphers=self.pop(values, "ssl.ciphers", str, None),
-            protocols=protocols,
-            encryption=encryption,
-            verify_client=self.pop(values, "ssl.verify-client", parse_choice, "none", VERIFY_CLIENT)
-            if side == "accept"
-            else "none",
-            client_certificate=self.pop(values, "ssl.client-certificate", str, None) if side == "connect" else None,
-        )
+    def read_options(self, values: dict[str, tuple[str, str]], table: Mapping[str, Option]) -> dict[str, Any]:
+        """Take the options ``table`` names out of ``values``: model field → parsed value (or the default)."""
+        fields: dict[str, Any] = {}
+        for name, option in table.items():
+            item = values.pop(name, None)
+            parsed = option.default if item is None else self.value(item, option.parse, *option.args)
+            if option.field is not None:
+                fields[option.field] = option.default if parsed is _FAILED else parsed
+        return fields
 
-    def tls_protocols(self, text: str, path: str) -> tuple[str, ...]:
-        """Keep TLS 1.2/1.3; older versions listed by a migrated config are dropped, never enabled."""
-        wanted = parse_csv(text)
-        known = {v.lower(): v for v in TLS_VERSIONS + INSECURE_TLS_VERSIONS}
-        unknown = [p for p in wanted if p.lower() not in known]
-        if unknown:
-            self.fail(path, f"{', '.join(unknown)} is not a TLS protocol; valid: {', '.join(TLS_VERSIONS)}")
-            return ()
-        kept = tuple(known[p.lower()] for p in wanted if known[p.lower()] in TLS_VERSIONS)
-        if not kept:
-            self.fail(path, f"{text!r} enables no secure protocol; wsgate supports {', '.join(TLS_VERSIONS)} only")
-        return kept
-
-    def value(self, item: tuple[str, str], parser: Callable[..., T], *args: Any) -> T | None:
+    def value(self, item: tuple[str, str], parser: Callable[..., T], *args: Any) -> T | _Failed:
         try:
             return parser(item[0], *args)
         except ValueError as exc:
             self.fail(item[1], str(exc))
-            return None
+            return _FAILED
 
-    def pop(
-        self, values: dict[str, tuple[str, str]], name: str, parser: Callable[..., T], default: Any, *args: Any
-    ) -> Any:
-        item = values.pop(name, None)
-        if item is None:
-            return default
-        parsed = self.value(item, parser, *args)
-        return default if parsed is None else parsed
-
-    def leftover_options(self, values: dict[str, tuple[str, str]], kind: str) -> None:
+    def leftover_options(self, values: dict[str, tuple[str, str]], kind: str, valid: tuple[str, ...]) -> None:
         for name, (_, path) in values.items():
-            prefix = name.split(".")[0]
-            if (
-                name.endswith((".transport", ".realm"))
-                or prefix in ("socks", "udp", "pipe")
-                or name
-                in (
-                    "tcp.maximum.outbound.rate",
-                    "http.maximum.redirects",
-                    "http.keepalive",
-                    "http.keepalive.timeout",  # connect side only: accept-options reads it
-                    "http.keepalive.connections",
-                    "http.max.authentication.attempts",
-                )
-            ):
+            unsupported = name.endswith((".transport", ".realm")) or name.split(".")[0] in ("socks", "udp", "pipe")
+            if unsupported or name in OPTIONS_UNSUPPORTED:
                 self.fail(path, f"not supported yet in {kind}")
             else:
-                valid = ACCEPT_OPTION_NAMES if kind == "accept-options" else CONNECT_OPTION_NAMES
                 self.unknown(path, name, valid)
 
     # -- constraints and mappings ------------------------------------------------------------
@@ -664,11 +622,11 @@ class Builder:
     def login_module(self, node: Node, path: str) -> m.LoginModule | None:
         groups = self.group(node, path, LOGIN_MODULE)
         type_ = self.one(groups, "type", path, str)
-        if type_ and not type_.startswith("class:") and type_ not in LOGIN_MODULE_TYPES:
+        types = self.catalog.login_modules
+        if type_ and not type_.startswith("class:") and type_ not in types:
             self.fail(
                 f"{path}/type",
-                f"'{type_}' is not a login-module type; "
-                f"valid: {', '.join(LOGIN_MODULE_TYPES)}, class:package.module.Name",
+                f"'{type_}' is not a login-module type; valid: {', '.join(types)}, class:package.module.Name",
             )
         success = self.one(groups, "success", path, parse_choice, SUCCESS_FLAGS) or "required"
         options = {}
@@ -676,21 +634,6 @@ class Builder:
             for child in options_node.children:
                 options[child.name] = self.text(child, f"{path}/options/{child.name}")
         return m.LoginModule(type_, success, MappingProxyType(options)) if type_ else None
-
-
-ACCEPT_OPTION_NAMES = (
-    *(f"{s}.bind" for s in BIND_SCHEMES),
-    "ssl.ciphers",
-    "ssl.protocols",
-    "ssl.encryption",
-    "ssl.verify-client",
-    "ws.maximum.message.size",
-    "ws.inactivity.timeout",
-    "ws.write.timeout",
-    "http.server.header",
-    "http.keepalive.timeout",
-)
-CONNECT_OPTION_NAMES = ("ssl.ciphers", "ssl.protocols", "ssl.client-certificate", "ws.inactivity.timeout", "ws.version")
 
 
 def _join(path: str, name: str) -> str:
@@ -745,13 +688,15 @@ def check_cross_references(services: tuple[m.Service, ...], security: m.Security
 
 def build_config(
     root: Node,
+    catalog: Catalog,
     source: Path | None = None,
     overrides: Mapping[str, str] | None = None,
     web_root: Path | None = None,
 ) -> m.GatewayConfig:
-    """Validate the whole tree and return the model, or raise ``ConfigErrors`` listing every problem."""
+    """Validate the whole tree against ``catalog``'s types and return the model, or raise ``ConfigErrors``
+    listing every problem."""
     base_dir = source.parent if source else Path.cwd()
-    builder = Builder({}, base_dir, legacy_realms=root.namespace in LEGACY_REALM_NAMESPACES)
+    builder = Builder({}, base_dir, catalog, legacy_realms=root.namespace in LEGACY_REALM_NAMESPACES)
     builder.top_properties(root, overrides or {})
     services = builder.gateway(root) or ()
     security = builder.security(root)

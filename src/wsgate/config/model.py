@@ -91,11 +91,17 @@ class Service:
     cross_site_constraints: tuple[CrossSiteConstraint, ...] = ()
     mime_mappings: Mapping[str, str] = field(default_factory=lambda: EMPTY)
     dropped_realm: str | None = None  # a realm-name without constraint that a 2014/09 or 2015/11 config loses
+    # Properties whose type declares a parser, parsed once by the builder: name → the last value, parsed.
+    settings: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
 
     def prop(self, name: str, default: str | None = None) -> str | None:
         """The last value of a single-valued service property."""
         values = self.properties.get(name)
         return values[-1] if values else default
+
+    def setting(self, name: str, default: Any = None) -> Any:
+        """A property as its type's schema parsed it (``default`` when absent)."""
+        return self.settings.get(name, default)
 
     @property
     def protected(self) -> bool:

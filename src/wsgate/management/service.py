@@ -32,17 +32,19 @@ import hashlib
 import json
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import WSMsgType, web
 
-from ..config.model import Service
+from ..config.model import AuthorizationConstraint, Service
+from ..config.schema import Fail, Property
 from ..core.close import CloseCode
 from ..errors import ReloadFailed
 from ..observe.metrics import CONTENT_TYPE
 from ..security.realms import IDENTITY_KEY
-from ..services.base import Runtime, ServiceHandler, service_type
+from ..services.base import Runtime, ServiceHandler, ServiceType
 from ..state.connections import Selector
 from ..transport.websocket import GuardedResponse, answer_close, is_upgrade
 
@@ -72,6 +74,28 @@ def _console_headers() -> dict[str, str]:
 CONSOLE_HEADERS = _console_headers()
 LIVE_INTERVAL = 1.0
 _SAFE = ("GET", "HEAD", "OPTIONS")
+MANAGEMENT_ROLE = "ADMINISTRATOR"
+LOOPBACK_HOSTS = ("localhost", "::1", "[::1]")
+
+
+def management_rules(service: Service, index: str, fail: Fail) -> Service | None:
+    """Admin access by default; no realm only on loopback and only when said out loud."""
+    if service.realm_name:
+        if service.authorization_constraints:
+            return service
+        return replace(service, authorization_constraints=(AuthorizationConstraint((MANAGEMENT_ROLE,)),))
+    insecure = service.prop("insecure", "false")
+    hosts = [u.host for u in service.accepts] + [b.host or "*" for b in service.accept_options.binds.values()]
+    exposed = [h for h in hosts if not (h in LOOPBACK_HOSTS or h.startswith("127."))]
+    if insecure != "true" or exposed:
+        why = f"it listens on {exposed[0]}, not only loopback" if exposed else "it has no realm-name"
+        fail(
+            f"{index}/realm-name",
+            f"a management service needs a realm (it defaults to require-role {MANAGEMENT_ROLE}); {why}. "
+            "Without a realm it may only listen on 127.0.0.1 with the property insecure: true",
+        )
+        return None
+    return service
 
 
 class GatewayControl(Protocol):
@@ -134,16 +158,25 @@ class OperatorService(ServiceHandler):
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE, "Cache-Control": "no-store"})
 
 
-@service_type("metrics")
 class MetricsService(OperatorService):
+    TYPE = ServiceType(name="metrics", accept=("http", "https"), plain_http=True)
+
     async def handle(self, request: web.BaseRequest, peer: PeerIdentity | None) -> web.StreamResponse:
         if request.method not in ("GET", "HEAD"):
             return web.Response(status=405, headers={"Allow": "GET, HEAD"})
         return self.metrics_response()
 
 
-@service_type("management")
 class ManagementService(OperatorService):
+    TYPE = ServiceType(
+        name="management",
+        accept=("http", "https"),
+        properties={"insecure": Property("?")},
+        finish=management_rules,
+        plain_http=True,
+        prefix=True,
+    )
+
     def __init__(self, config: Service, runtime: Runtime) -> None:
         super().__init__(config, runtime)
         self.live: set[web.WebSocketResponse] = set()

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from ..config.model import AuthorizationConstraint, Realm
+from ..core.fetch import FetchJson
 from ..core.identity import Identity
 from ..observe.logs import get_logger
 from ..state.connections import Selector
@@ -57,7 +58,6 @@ if TYPE_CHECKING:
 
 audit = get_logger("wsgate.audit")
 CONTROL = "/.wsgate/"
-PLAIN_HTTP_TYPES = ("directory", "management", "metrics")
 
 
 IDENTITY_KEY = web.RequestKey("wsgate.identity", Identity)
@@ -77,12 +77,13 @@ class Refused:
 class RealmRuntime:
     """A configured realm, ready to authenticate requests."""
 
-    def __init__(self, realm: Realm, base_dir: Path) -> None:
+    def __init__(self, realm: Realm, base_dir: Path, fetch_json: FetchJson | None = None) -> None:
+        """``fetch_json`` fetches documents for modules that need them (a jwt module's JWKS)."""
         self.config = realm
         auth = realm.authentication
         path = f"security/realm[{realm.name}]/authentication/login-modules"
         self.chain = [
-            ChainEntry(m.success, build_module(m, f"{path}/login-module[{i + 1}]", base_dir), m.type)
+            ChainEntry(m.success, build_module(m, f"{path}/login-module[{i + 1}]", base_dir, fetch_json), m.type)
             for i, m in enumerate(auth.login_modules)
         ]
         self.scheme = auth.http_challenge_scheme
@@ -285,7 +286,7 @@ class RealmGuard:
         self.realm = realm
         self.runtime = runtime
         self.name = service.name
-        self.plain_http = service.config.type in PLAIN_HTTP_TYPES  # browsers show their own login dialog
+        self.plain_http = service.TYPE.plain_http  # browsers show their own login dialog
         self.paths = tuple(u.path.rstrip("/") for u in service.config.accepts)
 
     async def handle(self, request: web.BaseRequest, peer: PeerIdentity | None) -> web.StreamResponse:

@@ -1,7 +1,8 @@
-"""Service types: echo, directory, proxy, broadcast (and management, metrics from wsgate.management)."""
+"""Service types: echo, directory, proxy, broadcast (management and metrics live in ``wsgate.management``).
 
-from ..management import service as _management  # noqa: E402, F401  (registers management, metrics)
-from . import broadcast, directory, echo, proxy  # noqa: F401  (register the types)
-from .base import SERVICE_TYPES, Runtime, ServiceHandler, create_service
+Each declares itself (``TYPE = ServiceType(...)`` on its handler class); ``wsgate.catalog`` collects them.
+"""
 
-__all__ = ["SERVICE_TYPES", "Runtime", "ServiceHandler", "create_service"]
+from .base import Runtime, ServiceHandler, ServiceType
+
+__all__ = ["Runtime", "ServiceHandler", "ServiceType"]

@@ -1,8 +1,12 @@
-"""The service interface and the registry of service types.
+"""The service interface and the descriptor every service type declares.
 
 A service gets requests the listener has already routed (host + path) and, for
 TLS, whose client certificate is already checked. WebSocket services implement
 ``serve(connection)`` only; the upgrade, limits and bookkeeping live here.
+
+Each service type declares itself on its handler class (``TYPE = ServiceType(...)``): name, accept
+schemes, connect count, property schema, how it is routed and authenticated. ``wsgate.catalog``
+collects the declarations; nothing else lists type names.
 """
 
 from __future__ import annotations
@@ -13,11 +17,13 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from aiohttp import web
 
 from ..config.model import Realm, Service
+from ..config.schema import ServiceTypeSchema
 from ..core.close import CloseCode
 from ..core.identity import Identity
 from ..observe.logs import LogLimiter, get_logger
@@ -55,8 +61,34 @@ class Runtime:
         return await self.connections.end(selector, CloseCode.POLICY_VIOLATION, reason, grace=1.0)
 
 
+@dataclass(frozen=True, kw_only=True)
+class ServiceType(ServiceTypeSchema):
+    """A service type as the gateway sees it: the config schema plus how to build, route and guard it.
+
+    Declared as the ``TYPE`` class attribute of its handler class, which then is its ``factory``.
+    """
+
+    plain_http: bool = False  # plain HTTP resources: a realm's 401 lets browsers show their login dialog
+    prefix: bool = False  # serves every path under its accept path, not only the path itself
+    web_root: bool = False  # resolves its files under the gateway's web root (``ServiceHandler.configure``)
+    descriptors_per_connection: int = 1  # file descriptors one open connection holds (a proxied one: two)
+    factory: Callable[[Service, Runtime], ServiceHandler] | None = field(default=None, compare=False, repr=False)
+
+    def __set_name__(self, owner: type[ServiceHandler], name: str) -> None:
+        if self.factory is None:  # the class it is declared on builds its services
+            object.__setattr__(self, "factory", owner)
+
+    def create(self, config: Service, runtime: Runtime) -> ServiceHandler:
+        """The handler for one configured service of this type."""
+        if self.factory is None:
+            raise TypeError(f"service type {self.name!r} has no factory: declare it as TYPE on its handler class")
+        return self.factory(config, runtime)
+
+
 class ServiceHandler:
     """Base of every service type; one instance per configured service."""
+
+    TYPE: ClassVar[ServiceType]  # each concrete service type declares itself
 
     def __init__(self, config: Service, runtime: Runtime) -> None:
         self.config = config
@@ -65,6 +97,9 @@ class ServiceHandler:
         self.slow_lines = LogLimiter("slow consumer")
         self.lost_lines = LogLimiter("client lost")
         self.origin_lines = LogLimiter("cross-origin refusal")
+
+    def configure(self, web_root: Path) -> None:
+        """Resolve files under the gateway's web root (types declared with ``web_root=True``)."""
 
     async def start(self) -> None:
         """Prepare back-end resources before the listeners open."""
@@ -263,18 +298,3 @@ def client_gone(connection: Connection) -> bool:
     """Is the client's socket closed or closing (so a failed write is the client's loss, not a fault)?"""
     transport = connection.transport
     return connection.closed or transport is None or transport.is_closing()
-
-
-SERVICE_TYPES: dict[str, Callable[[Service, Runtime], ServiceHandler]] = {}
-
-
-def service_type(name: str) -> Callable[[type[ServiceHandler]], type[ServiceHandler]]:
-    def register(cls: type[ServiceHandler]) -> type[ServiceHandler]:
-        SERVICE_TYPES[name] = cls
-        return cls
-
-    return register
-
-
-def create_service(config: Service, runtime: Runtime) -> ServiceHandler:
-    return SERVICE_TYPES[config.type](config, runtime)

@@ -14,11 +14,12 @@ import logging
 from collections import deque
 
 from ..config.model import Service
-from ..config.values import parse_size, parse_uri
+from ..config.schema import Property
+from ..config.values import Uri, parse_choice, parse_size, parse_uri
 from ..errors import BackendError
 from ..transport.backend import READ_CHUNK, open_tcp
 from ..transport.websocket import Connection, WSMsgType
-from .base import Runtime, WebSocketService, service_type
+from .base import Runtime, ServiceType, WebSocketService
 
 log = logging.getLogger("wsgate.broadcast")
 DEFAULT_CLIENT_PENDING = 1024 * 1024
@@ -70,15 +71,23 @@ class Subscriber:
                 self.connection.bytes_out += len(data)
 
 
-@service_type("broadcast")
 class BroadcastService(WebSocketService):
+    TYPE = ServiceType(
+        name="broadcast",
+        accept=("ws", "wss"),
+        connect=(0, 1),
+        properties={
+            "accept": Property("?", lambda text: parse_uri(text, ("tcp",))),
+            "on.client.message": Property("?", lambda text: parse_choice(text, ("noop", "broadcast"))),
+            "maximum.pending.bytes": Property("?", parse_size),
+        },
+    )
+
     def __init__(self, config: Service, runtime: Runtime) -> None:
         super().__init__(config, runtime)
-        pending = config.prop("maximum.pending.bytes")
-        self.limit = parse_size(pending) if pending else DEFAULT_CLIENT_PENDING
-        self.rebroadcast = config.prop("on.client.message") == "broadcast"
-        accept = config.prop("accept")
-        self.feed_accept = parse_uri(accept, ("tcp",)) if accept else None
+        self.limit: int = config.setting("maximum.pending.bytes", DEFAULT_CLIENT_PENDING)
+        self.rebroadcast = config.setting("on.client.message") == "broadcast"
+        self.feed_accept: Uri | None = config.setting("accept")
         self.feed_connect = config.connects[0] if config.connects else None
         self.subscribers: set[Subscriber] = set()
         self._feed_task: asyncio.Task[None] | None = None

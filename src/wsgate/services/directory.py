@@ -18,8 +18,10 @@ from urllib.parse import quote
 from aiohttp import web
 
 from ..config.model import Service
+from ..config.schema import Property
+from ..config.values import parse_choice
 from ..errors import ConfigError
-from .base import Runtime, ServiceHandler, service_type
+from .base import Runtime, ServiceHandler, ServiceType
 
 if TYPE_CHECKING:
     from ..core.peer import PeerIdentity
@@ -37,8 +39,23 @@ DEFAULT_MIME = {
 SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 
 
-@service_type("directory")
 class DirectoryService(ServiceHandler):
+    TYPE = ServiceType(
+        name="directory",
+        accept=("http", "https"),
+        properties={
+            "directory": Property("1"),
+            "welcome-file": Property("?"),
+            "error-pages-directory": Property("?"),
+            "options": Property("?", lambda text: parse_choice(text, ("indexes",))),
+            "hidden-files": Property("?", lambda text: parse_choice(text, ("deny", "allow"))),
+            "location": Property("*", fields=("patterns", "cache-control"), listed=False),  # cache rules
+        },
+        plain_http=True,
+        prefix=True,
+        web_root=True,
+    )
+
     def __init__(self, config: Service, runtime: Runtime) -> None:
         super().__init__(config, runtime)
         self.root = Path()
@@ -46,8 +63,8 @@ class DirectoryService(ServiceHandler):
         self.mime = {**DEFAULT_MIME, **config.mime_mappings}
         self.prefix = config.accepts[0].path.rstrip("/")
         self.error_pages: Path | None = None
-        self.indexes = config.prop("options") == "indexes"
-        self.hidden_files = (config.prop("hidden-files") or "deny").strip().lower() == "allow"
+        self.indexes = config.setting("options") == "indexes"
+        self.hidden_files = config.setting("hidden-files") == "allow"
         self.cache_rules = [_cache_rule(rule) for rule in config.properties.get("location", ())]
 
     def configure(self, web_root: Path) -> None:

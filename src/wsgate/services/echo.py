@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from ..transport.websocket import Connection, WSMsgType
-from .base import WebSocketService, service_type
+from .base import ServiceType, WebSocketService
 
 
-@service_type("echo")
 class EchoService(WebSocketService):
+    TYPE = ServiceType(name="echo", accept=("ws", "wss"))
+
     async def serve(self, connection: Connection) -> None:
         send_bytes, send_str = connection.send_bytes, connection.send_str
         text, binary = WSMsgType.TEXT, WSMsgType.BINARY

@@ -16,7 +16,8 @@ import aiohttp
 from aiohttp import web
 
 from ..config.model import DEFAULT_MAX_PENDING_BYTES, Service
-from ..config.values import parse_size
+from ..config.schema import Property
+from ..config.values import parse_choice, parse_size
 from ..core.close import CloseCode, client_may_send, server_may_send
 from ..errors import BackendError
 from ..security.challenges import offered_subprotocols, without_token_offers
@@ -24,20 +25,38 @@ from ..security.tls import client_context
 from ..transport.backend import Backend, TcpBackend, WsBackend, open_tcp, open_ws
 from ..transport.liveness import ResetWatch
 from ..transport.websocket import Connection, WSMsgType
-from .base import Runtime, WebSocketService, client_gone, client_lost, service_type
+from .base import Runtime, ServiceType, WebSocketService, client_gone, client_lost
 
 log = logging.getLogger("wsgate.proxy")
 
 
-@service_type("proxy")
+def parse_connect_strategy(text: str) -> str:
+    """``immediate`` (dial before the 101) or ``deferred`` (after it)."""
+    try:
+        return parse_choice(text, ("immediate", "deferred"))
+    except ValueError as exc:
+        hint = "; 'prepared' is not supported yet" if text.strip() == "prepared" else ""
+        raise ValueError(f"{exc}{hint}") from None
+
+
 class ProxyService(WebSocketService):
+    TYPE = ServiceType(
+        name="proxy",
+        accept=("ws", "wss"),
+        connect=(1, 1),
+        properties={
+            "maximum.pending.bytes": Property("?", parse_size),
+            "connect.strategy": Property("?", parse_connect_strategy),
+        },
+        descriptors_per_connection=2,  # the client's socket and the back end's
+    )
+
     def __init__(self, config: Service, runtime: Runtime) -> None:
         super().__init__(config, runtime)
         self.uri = config.connects[0]
-        pending = config.prop("maximum.pending.bytes")
-        self.max_pending = parse_size(pending) if pending else DEFAULT_MAX_PENDING_BYTES
+        self.max_pending: int = config.setting("maximum.pending.bytes", DEFAULT_MAX_PENDING_BYTES)
         self.writer_limit = self.max_pending
-        self.deferred = config.prop("connect.strategy") == "deferred"
+        self.deferred = config.setting("connect.strategy") == "deferred"
         self.ssl = None
         if self.uri.secure:
             trusted = runtime.trust.trusted_pem if runtime.trust else None

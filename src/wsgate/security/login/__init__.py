@@ -1,14 +1,22 @@
-"""Login modules and the factory that builds them from ``login-module`` elements."""
+"""Login modules, collected from their declarations, and the factory that builds them from ``login-module``
+elements.
+
+Each module type declares itself (``TYPE = LoginModuleType(...)`` on its class, or in ``unsupported.py``);
+adding one means declaring it there and listing it in ``LOGIN_MODULES``.
+"""
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 
 from ...config.model import LoginModule as LoginModuleConfig
+from ...core.fetch import FetchJson
 from ...errors import ConfigError
-from .base import Busy, Challenged, Failed, LoginAttempt, LoginModule, Outcome, Succeeded, Unavailable
+from . import unsupported
+from .base import Busy, Challenged, Failed, LoginAttempt, LoginModule, LoginModuleType, Outcome, Succeeded, Unavailable
 from .certificate import CertificateLoginModule
 from .chain import ChainEntry, ChainResult, run_chain
 from .file import FileLoginModule
@@ -22,7 +30,9 @@ __all__ = [
     "ChainResult",
     "Failed",
     "LoginAttempt",
+    "LOGIN_MODULES",
     "LoginModule",
+    "LoginModuleType",
     "Outcome",
     "Succeeded",
     "Unavailable",
@@ -30,23 +40,32 @@ __all__ = [
     "run_chain",
 ]
 
-Factory = Callable[[Mapping[str, str], str, Path], LoginModule]
-BUILT_IN: dict[str, Factory] = {
-    "file": FileLoginModule,
-    "jwt": JwtLoginModule,
-    "certificate": CertificateLoginModule,
-    "ldap": LdapLoginModule,
-}
-NOT_YET = ("kerberos5", "gss", "jndi", "keystore")
+# In the order messages list them ("valid: file, ldap, kerberos5, ...").
+LOGIN_MODULES: Mapping[str, LoginModuleType] = MappingProxyType(
+    {
+        t.name: t
+        for t in (
+            FileLoginModule.TYPE,
+            LdapLoginModule.TYPE,
+            unsupported.KERBEROS5,
+            unsupported.GSS,
+            unsupported.JNDI,
+            unsupported.KEYSTORE,
+            JwtLoginModule.TYPE,
+            CertificateLoginModule.TYPE,
+        )
+    }
+)
 
 
-def build_module(config: LoginModuleConfig, path: str, base_dir: Path) -> LoginModule:
-    """A module for one ``login-module`` element; errors name the element."""
+def build_module(
+    config: LoginModuleConfig, path: str, base_dir: Path, fetch_json: FetchJson | None = None
+) -> LoginModule:
+    """A module for one ``login-module`` element; errors name the element. ``fetch_json`` is for modules
+    that fetch documents (a JWKS)."""
     if config.type.startswith("class:"):
         return _custom(config.type[len("class:") :], config.options, path, base_dir)
-    if config.type in NOT_YET:
-        raise ConfigError(f"{path}/type", f"the {config.type} login module is not supported yet")
-    return BUILT_IN[config.type](config.options, path, base_dir)
+    return LOGIN_MODULES[config.type].create(config.options, path, base_dir, fetch_json)
 
 
 def _custom(target: str, options: Mapping[str, str], path: str, base_dir: Path) -> LoginModule:

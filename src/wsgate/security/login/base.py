@@ -10,11 +10,14 @@ Blocking work (hashes, network) goes through ``attempt.verifier`` (see ``verifie
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from ...config.schema import LoginModuleSchema
+from ...core.fetch import FetchJson
+from ...errors import ConfigError
 from ..challenges import Credentials, CredentialsError
 from .outcomes import Busy, Challenged, Failed, Outcome, Succeeded, Unavailable
 from .verifier import Verifier, shared_verifier
@@ -22,7 +25,17 @@ from .verifier import Verifier, shared_verifier
 if TYPE_CHECKING:
     from ...core.peer import PeerIdentity
 
-__all__ = ["Busy", "Challenged", "Failed", "LoginAttempt", "LoginModule", "Outcome", "Succeeded", "Unavailable"]
+__all__ = [
+    "Busy",
+    "Challenged",
+    "Failed",
+    "LoginAttempt",
+    "LoginModule",
+    "LoginModuleType",
+    "Outcome",
+    "Succeeded",
+    "Unavailable",
+]
 
 
 @dataclass
@@ -45,8 +58,37 @@ class LoginModule(Protocol):
     async def login(self, attempt: LoginAttempt) -> Outcome: ...
 
 
-class LoginModuleFactory(Protocol):
-    def __call__(self, options: Mapping[str, str], path: str) -> LoginModule: ...
+@dataclass(frozen=True, kw_only=True)
+class LoginModuleType(LoginModuleSchema):
+    """A login module type: its config schema and how to build it.
+
+    Declared as the ``TYPE`` class attribute of the module class, which then is its ``factory``
+    (called as ``Class(options, element_path, config_folder)``). A type wsgate does not implement
+    yet has no class: it is declared with ``unsupported`` (see ``unsupported.py``).
+    """
+
+    factory: Callable[..., LoginModule] | None = field(default=None, compare=False, repr=False)
+    ambient: str | None = None  # credentials a browser presents by itself to a realm with this module
+    fetches: bool = False  # fetches documents over HTTP: the factory takes ``fetch_json`` (``core.fetch``)
+
+    def __set_name__(self, owner: Callable[..., LoginModule], name: str) -> None:
+        if self.factory is None:  # the class it is declared on is the module
+            object.__setattr__(self, "factory", owner)
+
+    def create(
+        self, options: Mapping[str, str], path: str, base_dir: Path, fetch_json: FetchJson | None = None
+    ) -> LoginModule:
+        """The module for one ``login-module`` element (``path``); errors name the element."""
+        if self.unsupported is not None or self.factory is None:
+            raise ConfigError(f"{path}/type", self.unsupported or f"the {self.name} login module has no factory")
+        if self.fetches:
+            return self.factory(options, path, base_dir, fetch_json=fetch_json)
+        return self.factory(options, path, base_dir)
+
+    def check_options(self, options: Mapping[str, str], path: str) -> None:
+        """A strict module refuses the first option it does not take, naming what it does take."""
+        for name in self.unknown_options(options):
+            raise ConfigError(f"{path}/options/{name}", f"unknown option; valid: {self.valid_options}")
 
 
 def user_and_password(attempt: LoginAttempt) -> tuple[str, str] | Failed:

@@ -37,7 +37,7 @@ from cryptography.x509.oid import NameOID, ObjectIdentifier
 
 from ...config.values import parse_csv
 from ...errors import ConfigError
-from .base import Failed, LoginAttempt, Outcome, Succeeded
+from .base import Failed, LoginAttempt, LoginModuleType, Outcome, Succeeded
 
 PRINCIPALS = ("subject-cn", "san-email", "san-dns", "subject", "fingerprint")
 ATTRIBUTES = {
@@ -98,6 +98,14 @@ def rule_holds(conditions: tuple[Condition, ...], name: x509.Name) -> bool:
 
 
 class CertificateLoginModule:
+    TYPE = LoginModuleType(
+        name="certificate",
+        options=("principal", "roles"),
+        option_prefixes=("role.",),
+        strict=True,
+        ambient="client certificates",
+    )
+
     def __init__(self, options: Mapping[str, str], path: str, base_dir: Path) -> None:
         self.principal = options.get("principal", "subject-cn")
         if self.principal not in PRINCIPALS:
@@ -107,8 +115,8 @@ class CertificateLoginModule:
         for name, value in options.items():
             if name.startswith("role."):
                 self.rules.append((name[5:], parse_rule(value, f"{path}/options/{name}")))
-            elif name not in ("principal", "roles"):
-                raise ConfigError(f"{path}/options/{name}", "unknown option; valid: principal, roles, role.NAME")
+            elif name not in self.TYPE.options:
+                raise ConfigError(f"{path}/options/{name}", f"unknown option; valid: {self.TYPE.valid_options}")
 
     async def login(self, attempt: LoginAttempt) -> Outcome:
         peer = attempt.peer

@@ -30,7 +30,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from lxml import etree
 
 from ...errors import ConfigError
-from .base import Failed, LoginAttempt, Outcome, Succeeded, resolve, user_and_password
+from .base import Failed, LoginAttempt, LoginModuleType, Outcome, Succeeded, resolve, user_and_password
 
 JAAS_NAMESPACE = "http://xmlns.kaazing.com/jaas-config/centurion"
 DUMMY_PASSWORD = b"wsgate-dummy-password"
@@ -128,6 +128,8 @@ def load_users(path: Path, element: str) -> dict[str, User]:
 
 
 class FileLoginModule:
+    TYPE = LoginModuleType(name="file", options=("file",))
+
     def __init__(self, options: Mapping[str, str], path: str, base_dir: Path) -> None:
         if "file" not in options:
             raise ConfigError(f"{path}/options/file", "is required: the jaas-config.xml with users and roles")

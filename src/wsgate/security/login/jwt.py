@@ -18,22 +18,45 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import jwt
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from ...config.values import parse_csv, parse_duration
+from ...core.fetch import FetchError, FetchJson
 from ...errors import ConfigError
-from .base import Failed, LoginAttempt, Outcome, Succeeded, Unavailable, resolve
+from .base import Failed, LoginAttempt, LoginModuleType, Outcome, Succeeded, Unavailable, resolve
 
 ASYMMETRIC = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
 DEFAULT_ALGORITHMS = ("RS256", "PS256", "ES256", "EdDSA")
 TIME_CLAIMS = ("exp", "nbf", "iat")
+JWKS_TIMEOUT = 5.0  # seconds for one JWKS fetch, connect to body
 
 
 class JwtLoginModule:
-    def __init__(self, options: Mapping[str, str], path: str, base_dir: Path) -> None:
+    TYPE = LoginModuleType(
+        name="jwt",
+        options=(
+            "issuer",
+            "audience",
+            "algorithms",
+            "roles-claim",
+            "user-claim",
+            "leeway",
+            "jwks-cache",
+            "jwks-refetch-interval",
+            "jwks-url",
+            "jwks-file",
+            "key-file",
+        ),
+        fetches=True,
+    )
+
+    def __init__(
+        self, options: Mapping[str, str], path: str, base_dir: Path, fetch_json: FetchJson | None = None
+    ) -> None:
+        """``fetch_json`` gets a ``jwks-url`` (the gateway passes ``transport.http_client.fetch_json``)."""
         self.path = path
+        self.fetch_json = fetch_json
         self.issuer = _required(options, "issuer", path)
         self.audience = _required(options, "audience", path)
         self.algorithms = self._algorithms(options.get("algorithms"))
@@ -49,6 +72,8 @@ class JwtLoginModule:
         sources = [k for k in ("jwks-url", "jwks-file", "key-file") if k in options]
         if len(sources) != 1:
             raise ConfigError(f"{path}/options", "needs exactly one of jwks-url, jwks-file, key-file")
+        if self.jwks_url is not None and fetch_json is None:
+            raise TypeError("a jwt login module with a jwks-url needs fetch_json to fetch it")
         if "jwks-file" in options:
             self.keys = self._read_jwks(json.loads(_read(base_dir, options["jwks-file"], f"{path}/options/jwks-file")))
         elif "key-file" in options:
@@ -150,15 +175,12 @@ class JwtLoginModule:
             return await self._fetch()
 
     async def _fetch(self) -> Unavailable | None:
-        assert self.jwks_url is not None
+        assert self.jwks_url is not None and self.fetch_json is not None
         self.last_fetch_try = time.monotonic()
         try:
-            timeout = aiohttp.ClientTimeout(total=5)
-            async with aiohttp.ClientSession(timeout=timeout) as session, session.get(self.jwks_url) as response:
-                response.raise_for_status()
-                document = await response.json(content_type=None)
-        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
-            return Unavailable(f"JWKS {self.jwks_url} unreachable: {type(exc).__name__}")
+            document = await self.fetch_json(self.jwks_url, JWKS_TIMEOUT)
+        except FetchError as exc:
+            return Unavailable(f"JWKS {self.jwks_url} unreachable: {exc}")
         self.keys = self._read_jwks(document)
         self.fetched_at = time.monotonic()
         return None

@@ -42,7 +42,7 @@ from ldap3.utils.conv import escape_filter_chars
 
 from ...config.values import parse_duration, parse_enabled
 from ...errors import ConfigError
-from .base import Failed, LoginAttempt, Outcome, Succeeded, Unavailable, resolve, user_and_password
+from .base import Failed, LoginAttempt, LoginModuleType, Outcome, Succeeded, Unavailable, resolve, user_and_password
 
 _OUTAGE = (
     ldap_errors.LDAPCommunicationError,
@@ -99,10 +99,10 @@ def name_attribute(user_filter: str) -> str | None:
 
 
 class LdapLoginModule:
+    TYPE = LoginModuleType(name="ldap", options=OPTIONS, option_prefixes=("role.",), strict=True)
+
     def __init__(self, options: Mapping[str, str], path: str, base_dir: Path) -> None:
-        for name in options:
-            if name not in OPTIONS and not name.startswith("role."):
-                raise ConfigError(f"{path}/options/{name}", f"unknown option; valid: {', '.join(OPTIONS)}, role.NAME")
+        self.TYPE.check_options(options, path)
         provider = options.get("userProvider")
         if not provider:
             raise ConfigError(

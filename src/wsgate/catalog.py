@@ -1,0 +1,96 @@
+"""Every service type and login module wsgate knows, collected from their own declarations.
+
+A type declares itself in its own module (``TYPE = ServiceType(...)`` on a service handler class,
+``TYPE = LoginModuleType(...)`` on a login module class); adding one means declaring it there and
+listing it here (or, for a login module, in ``security/login/__init__.py``). The config builder gets
+this catalog as a parameter: ``config/`` sits below the services and cannot import them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+
+from . import config
+from .config.build import build_config as _build_config
+from .config.model import GatewayConfig
+from .config.schema import Catalog
+from .config.tree import Node
+from .management.service import ManagementService, MetricsService
+from .security.login import LOGIN_MODULES, LoginModuleType
+from .services.base import ServiceType
+from .services.broadcast import BroadcastService
+from .services.directory import DirectoryService
+from .services.echo import EchoService
+from .services.proxy import ProxyService
+
+# In the order messages list them ("valid: echo, directory, ...").
+SERVICE_TYPES: Mapping[str, ServiceType] = MappingProxyType(
+    {
+        t.name: t
+        for t in (
+            EchoService.TYPE,
+            DirectoryService.TYPE,
+            ProxyService.TYPE,
+            BroadcastService.TYPE,
+            ManagementService.TYPE,
+            MetricsService.TYPE,
+        )
+    }
+)
+# Kaazing service types wsgate does not implement: "not supported yet" rather than "not a service type".
+UNSUPPORTED_SERVICE_TYPES = (
+    "amqp.proxy",
+    "balancer",
+    "http.proxy",
+    "http.redirect",
+    "turn.rest",
+    "management.jmx",
+    "update.check",
+    "kerberos5.proxy",
+    "jms",
+    "jms.proxy",
+    "redis",
+    "ibmmq",
+    "session",
+    "management.snmp",
+)
+CATALOG = Catalog.of(tuple(SERVICE_TYPES.values()), tuple(LOGIN_MODULES.values()), UNSUPPORTED_SERVICE_TYPES)
+
+__all__ = [
+    "CATALOG",
+    "LOGIN_MODULES",
+    "SERVICE_TYPES",
+    "LoginModuleType",
+    "ServiceType",
+    "build_config",
+    "load_config",
+    "load_default_config",
+    "service_type",
+]
+
+
+def service_type(name: str) -> ServiceType:
+    """The declaration of a configured service's type (the config builder has checked the name)."""
+    return SERVICE_TYPES[name]
+
+
+def load_config(path: str | Path, overrides: Mapping[str, str] | None = None) -> GatewayConfig:
+    """``config.load_config`` with every declared type: load and fully validate a config file."""
+    return config.load_config(path, overrides, catalog=CATALOG)
+
+
+def load_default_config(overrides: Mapping[str, str] | None = None) -> GatewayConfig:
+    """``config.load_default_config`` with every declared type: the embedded demo config."""
+    return config.load_default_config(overrides, catalog=CATALOG)
+
+
+def build_config(
+    root: Node,
+    source: Path | None = None,
+    overrides: Mapping[str, str] | None = None,
+    web_root: Path | None = None,
+) -> GatewayConfig:
+    """``config.build.build_config`` with every declared type."""
+    return _build_config(root, CATALOG, source, overrides, web_root)

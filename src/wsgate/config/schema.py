@@ -1,0 +1,117 @@
+"""What the config builder must know about a service type or login module, as plain values.
+
+The types themselves live above ``config/`` (``services/``, ``management/``, ``security/login/``) and
+declare their schema next to their code; ``wsgate.catalog`` collects them and hands a ``Catalog`` to
+``build_config``. This module only defines the shapes, so the builder can read them without importing
+any service.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from .model import Service
+
+# Cardinality of an element or property: "1" exactly one, "?" at most one, "*" any, "+" at least one.
+Cardinality = str
+# A located failure: (element path, message).
+Fail = Callable[[str, str], None]
+
+
+@dataclass(frozen=True)
+class Property:
+    """One service property: how often it may appear and how its text is checked.
+
+    ``parse`` raises ``ValueError`` with what would be valid; the builder adds the element path. Its
+    result is kept in ``Service.settings`` (the last value of the property), so a service reads it
+    parsed and never parses it again. ``fields`` makes the property a nested element whose children
+    (all required) are kept joined by newlines (a directory's ``location``); ``listed`` says whether
+    the "valid here" hint names it.
+    """
+
+    cardinality: Cardinality = "?"
+    parse: Callable[[str], Any] | None = None
+    fields: tuple[str, ...] = ()
+    listed: bool = True
+
+
+def _no_properties() -> Mapping[str, Property]:
+    return MappingProxyType({})
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServiceTypeSchema:
+    """The config side of a service type: its name, URIs and properties.
+
+    ``finish`` may adjust or refuse a built service (``None``: refused, after calling ``fail``); without
+    it a realm-name without authorization-constraint means "any authenticated user" (see
+    ``Builder.unconstrained_realm``).
+    """
+
+    name: str
+    accept: tuple[str, ...]  # accept URI schemes
+    connect: tuple[int, int] = (0, 0)  # how many connect URIs: (least, most)
+    properties: Mapping[str, Property] = field(default_factory=_no_properties)
+    finish: Callable[[Service, str, Fail], Service | None] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoginModuleSchema:
+    """The config side of a login module type.
+
+    ``options`` names the options the module takes; ``option_prefixes`` the families it takes
+    (``role.NAME``); ``strict`` modules refuse any other option. ``unsupported`` is the message for a
+    Kaazing module type wsgate does not implement yet (the config loads; building the realm fails).
+    """
+
+    name: str
+    options: tuple[str, ...] = ()
+    option_prefixes: tuple[str, ...] = ()
+    strict: bool = False
+    unsupported: str | None = None
+
+    def unknown_options(self, options: Mapping[str, str]) -> list[str]:
+        """The option names a strict module does not take (none for a lenient one)."""
+        if not self.strict:
+            return []
+        return [name for name in options if name not in self.options and not name.startswith(self.option_prefixes)]
+
+    @property
+    def valid_options(self) -> str:
+        """``a, b, role.NAME``: for "unknown option" messages."""
+        return ", ".join((*self.options, *(f"{prefix}NAME" for prefix in self.option_prefixes)))
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Every type the builder may meet, in the order messages list them."""
+
+    services: Mapping[str, ServiceTypeSchema]
+    login_modules: Mapping[str, LoginModuleSchema]
+    unsupported_services: tuple[str, ...] = ()
+
+    @classmethod
+    def of(
+        cls,
+        services: tuple[ServiceTypeSchema, ...],
+        login_modules: tuple[LoginModuleSchema, ...],
+        unsupported_services: tuple[str, ...] = (),
+    ) -> Catalog:
+        """From declarations; a name declared twice is a programming error."""
+        names = [s.name for s in services]
+        modules = [m.name for m in login_modules]
+        for kind, seen in (("service type", names), ("login module", modules)):
+            duplicates = sorted({n for n in seen if seen.count(n) > 1})
+            if duplicates:
+                raise ValueError(f"{kind} {', '.join(duplicates)} declared twice")
+        overlap = set(names) & set(unsupported_services)
+        if overlap:
+            raise ValueError(f"service type {', '.join(sorted(overlap))} is both declared and unsupported")
+        return cls(
+            MappingProxyType({s.name: s for s in services}),
+            MappingProxyType({m.name: m for m in login_modules}),
+            unsupported_services,
+        )
