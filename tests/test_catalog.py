@@ -173,3 +173,8 @@ def test_the_option_tables_fill_every_option_field():
     assert {o.field for o in CONNECT_TLS_OPTIONS.values()} == {"ciphers", "protocols", "client_certificate"}
     assert set(ACCEPT_OPTIONS) | set(ACCEPT_TLS_OPTIONS) <= set(ACCEPT_OPTION_NAMES)
     assert set(CONNECT_OPTIONS) | set(CONNECT_TLS_OPTIONS) == set(CONNECT_OPTION_NAMES)
+
+
+def test_an_empty_type_is_an_error_not_a_service_of_no_type():
+    with pytest.raises(ConfigErrors, match=r"service\[s\]/type: '' is not a service type; valid: echo, directory"):
+        build_config(tree(service_yaml("''")))

@@ -139,10 +139,6 @@ class Option:
     args: tuple[Any, ...] = ()
 
 
-def _choice(*choices: str) -> tuple[tuple[str, ...]]:
-    return (choices,)
-
-
 # The one list of option names: the parser reads exactly these tables, and "did you mean" hints list them.
 # Order is the order values are read (and so the order of their errors).
 BIND_OPTIONS = tuple(f"{s}.bind" for s in BIND_SCHEMES)
@@ -150,7 +146,7 @@ ACCEPT_TLS_OPTIONS: Mapping[str, Option] = {
     "ssl.ciphers": Option("ciphers", str),
     "ssl.protocols": Option("protocols", parse_tls_protocols, ()),
     "ssl.encryption": Option("encryption", parse_enabled, True),
-    "ssl.verify-client": Option("verify_client", parse_choice, "none", _choice(*VERIFY_CLIENT)),
+    "ssl.verify-client": Option("verify_client", parse_choice, "none", (VERIFY_CLIENT,)),
 }
 ACCEPT_OPTIONS: Mapping[str, Option] = {
     "ws.maximum.message.size": Option("max_message_size", parse_size, m.DEFAULT_MAX_MESSAGE_SIZE),
@@ -169,7 +165,7 @@ CONNECT_TLS_OPTIONS: Mapping[str, Option] = {
 }
 CONNECT_OPTIONS: Mapping[str, Option] = {
     "ws.inactivity.timeout": Option("inactivity_timeout", parse_duration),
-    "ws.version": Option(None, parse_choice, None, _choice("rfc6455")),
+    "ws.version": Option(None, parse_choice, None, (("rfc6455",),)),
 }
 ACCEPT_OPTION_NAMES = (*BIND_OPTIONS, *ACCEPT_TLS_OPTIONS, *ACCEPT_OPTIONS)
 CONNECT_OPTION_NAMES = (*CONNECT_TLS_OPTIONS, *CONNECT_OPTIONS)
@@ -300,7 +296,7 @@ class Builder:
         errors_before = len(self.errors)
         groups = self.group(node, index, SERVICE, SERVICE_UNSUPPORTED)
         type_ = self.one(groups, "type", index, str) or ""
-        spec = self.service_type(type_, f"{index}/type")
+        spec = self.service_type(type_, f"{index}/type") if groups.get("type") else None  # else: "is required"
         accepts = self.uris(groups, "accept", index, spec.accept if spec else ACCEPT_SCHEMES)
         connects = self.uris(groups, "connect", index, CONNECT_SCHEMES)
         if not groups.get("accept"):
@@ -377,7 +373,7 @@ class Builder:
             return types[type_]
         if type_ in self.catalog.unsupported_services:
             self.fail(path, f"service type '{type_}' is not supported yet; supported: {', '.join(types)}")
-        elif type_:
+        else:
             self.fail(path, f"'{type_}' is not a service type; valid: {', '.join(types)}")
         return None
 
