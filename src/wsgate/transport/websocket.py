@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 from aiohttp.http_websocket import WebSocketError
@@ -18,9 +18,6 @@ from multidict import CIMultiDict, MultiMapping
 from ..config.model import AcceptOptions
 from ..core.close import CloseCode, client_may_send
 from ..security.challenges import SUBPROTOCOL_TOKEN_PREFIX, offered_subprotocols, without_token_offers
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = [
     "accept_websocket",
