@@ -343,5 +343,5 @@ async def test_backpressure_stops_reading_the_backend_when_the_client_does_not_r
             await asyncio.sleep(0.1)
         assert flooding["blocked"] and flooding["sent"] < 64 * 1024 * 1024
         (connection,) = gw.runtime.connections
-        assert connection.transport.get_write_buffer_size() <= 16 * 1024 + 2 * 65536
+        assert connection.channel.transport.get_write_buffer_size() <= 16 * 1024 + 2 * 65536
         writer.transport.abort()

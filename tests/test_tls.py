@@ -230,9 +230,9 @@ async def test_mtls_optional_accepts_both_and_exposes_identity(mtls_gateway, htt
     service = gw.services["echo"]
     original = service.serve
 
-    async def spy(connection):
-        seen.append(connection.peer)
-        await original(connection)
+    async def spy(session, channel):
+        seen.append(session.peer)
+        await original(session, channel)
 
     service.serve = spy  # type: ignore[method-assign]
     assert await echo_once(http, url, client_ssl(ca)) == "secure"

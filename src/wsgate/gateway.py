@@ -225,17 +225,17 @@ class Gateway:
         self.runtime.closing = True
         for listener in [*self.listeners.values(), *self.retired]:
             listener.stop_accepting()
-        connections = list(self.runtime.connections)
-        if connections:
-            log.info("closing %d connection(s) with 1001", len(connections))
+        sessions = list(self.runtime.connections)
+        if sessions:
+            log.info("closing %d connection(s) with 1001", len(sessions))
             closes = [
-                asyncio.ensure_future(c.close(CloseCode.GOING_AWAY, "gateway shutting down")) for c in connections
+                asyncio.ensure_future(s.channel.close(CloseCode.GOING_AWAY, "gateway shutting down")) for s in sessions
             ]
             _, late = await asyncio.wait(closes, timeout=grace)
             for task in late:
                 task.cancel()
-        for connection in list(self.runtime.connections):
-            connection.abort()
+        for session in list(self.runtime.connections):
+            session.channel.abort()
         listeners = [*self.listeners.values(), *self.retired]
         await asyncio.gather(*(listener.shutdown(min(grace, 1.0)) for listener in listeners))
         for service in self.services.values():

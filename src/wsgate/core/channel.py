@@ -8,7 +8,10 @@ messages and bytes as they pass; the metrics read those counters when scraped.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Protocol, TypeAlias
+
+from .close import CloseCode
 
 Data: TypeAlias = bytes | str
 
@@ -36,7 +39,11 @@ class Channel(Counters, Protocol):
         """
         ...
 
-    async def close(self, code: int = 1000, reason: str = "") -> None:
+    def __aiter__(self) -> AsyncIterator[Data]:
+        """``async for data in channel``: the messages until ``receive`` would return ``None``."""
+        ...
+
+    async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Close with ``code`` (answer the peer's close frame instead if it came first)."""
         ...
 
@@ -63,5 +70,8 @@ class Channel(Counters, Protocol):
 
     @property
     def peer_close(self) -> tuple[int | None, str]:
-        """The peer's close frame (code, reason) if it closed first: ``(None, "")`` otherwise."""
+        """The peer's close frame (code, reason) if it closed first: ``(None, "")`` otherwise.
+
+        A close frame without a code is ``CloseCode.NO_STATUS``; a connection lost without a close
+        frame is ``CloseCode.ABNORMAL``."""
         ...

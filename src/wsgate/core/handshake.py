@@ -59,6 +59,7 @@ class Accept:
     deadline_reason: str = ""  # "session expired" or "authorization expired"
     headers: dict[str, str] = field(default_factory=dict)  # e.g. a login module's mutual-authentication token
     subprotocol: str | None = None  # None: the service chooses (or none is echoed)
+    opened_at: float | None = None  # wall clock the deadline counts ``session-timeout`` from (None: now)
 
 
 @dataclass(frozen=True, slots=True)

@@ -62,6 +62,7 @@ class LiveSession:
         "context",
         "slow",
         "on_slow",
+        "tls",
         "_expiry",
         "__weakref__",
     )
@@ -88,6 +89,7 @@ class LiveSession:
         self.context: object = None  # what the service prepared before the upgrade (a dialled back end)
         self.slow = False  # dropped as a slow consumer
         self.on_slow: Callable[[LiveSession, str], None] | None = None  # the service counts and logs the drop
+        self.tls: tuple[str | None, str | None] | None = None  # (protocol version, cipher) if over TLS
         self._expiry: asyncio.TimerHandle | None = None
 
     def expire_at(self, deadline: float | None, reason: str = "session expired") -> None:

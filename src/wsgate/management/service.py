@@ -50,7 +50,7 @@ from ..transport.websocket import GuardedResponse, answer_close, is_upgrade
 
 if TYPE_CHECKING:
     from ..core.peer import PeerIdentity
-    from ..transport.websocket import Connection
+    from ..core.session import LiveSession
 
 log = logging.getLogger("wsgate.management")
 CONSOLE = Path(__file__).parent.parent / "resources" / "management" / "console.html"
@@ -116,30 +116,29 @@ class GatewayControl(Protocol):
         ...
 
 
-def session_view(connection: Connection, now: float) -> dict[str, Any]:
-    identity = connection.identity
-    ssl_object = connection.transport.get_extra_info("ssl_object") if connection.transport else None
-    tls = None
-    if ssl_object is not None:
-        cipher = ssl_object.cipher()
-        tls = {"version": ssl_object.version(), "cipher": cipher[0] if cipher else None}
-        if connection.peer is not None:
-            tls["client"] = connection.peer.subject
-    deadline = connection.deadline
+def session_view(session: LiveSession, now: float) -> dict[str, Any]:
+    identity = session.identity
+    tls: dict[str, Any] | None = None
+    if session.tls is not None:
+        version, cipher = session.tls
+        tls = {"version": version, "cipher": cipher}
+        if session.peer is not None:
+            tls["client"] = session.peer.subject
+    channel = session.channel
     return {
-        "id": connection.id,
-        "service": connection.service,
+        "id": session.id,
+        "service": session.service,
         "principal": identity.user if identity else None,
         "roles": sorted(identity.roles) if identity else [],
-        "remote": connection.remote,
-        "opened": connection.started,
-        "age": round(now - connection.started, 1),
-        "expires": deadline,
+        "remote": session.remote,
+        "opened": session.started,
+        "age": round(now - session.started, 1),
+        "expires": session.deadline,
         "tls": tls,
-        "messages_in": connection.messages_in,
-        "messages_out": connection.messages_out,
-        "bytes_in": connection.bytes_in,
-        "bytes_out": connection.bytes_out,
+        "messages_in": channel.messages_in,
+        "messages_out": channel.messages_out,
+        "bytes_in": channel.bytes_in,
+        "bytes_out": channel.bytes_out,
     }
 
 

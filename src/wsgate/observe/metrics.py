@@ -1,6 +1,6 @@
 """Prometheus metrics (prometheus-client), one registry per gateway.
 
-Nothing here runs per message: connections count their own messages and bytes in
+Nothing here runs per message: channels count their own messages and bytes in
 plain integer slots, and the collector adds them up when ``/metrics`` is scraped.
 Counters of closed connections are folded into per-service totals at close, so a
 total never goes down when a connection ends.
@@ -17,17 +17,33 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 
-class Connection(Protocol):
-    """What the metrics read of a live connection (``core.session.LiveSession`` with its channel's counters)."""
+class Traffic(Protocol):
+    """A connection's counters and how it ended (``core.channel.Channel``; observe cannot import core)."""
 
-    service: str
-    messages_in: int
-    messages_out: int
-    bytes_in: int
-    bytes_out: int
+    @property
+    def messages_in(self) -> int: ...
+
+    @property
+    def messages_out(self) -> int: ...
+
+    @property
+    def bytes_in(self) -> int: ...
+
+    @property
+    def bytes_out(self) -> int: ...
 
     @property
     def close_code(self) -> int | None: ...
+
+
+class Connection(Protocol):
+    """What the metrics read of a live connection (``core.session.LiveSession``): its service and channel."""
+
+    @property
+    def service(self) -> str: ...
+
+    @property
+    def channel(self) -> Traffic: ...
 
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -123,7 +139,7 @@ class Metrics:
 
     def connection_closed(self, connection: Connection) -> None:
         self.traffic.fold(connection)
-        self.closes.labels(connection.service, close_label(connection.close_code)).inc()
+        self.closes.labels(connection.service, close_label(connection.channel.close_code)).inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -139,10 +155,11 @@ class TrafficCollector(Collector):
 
     def fold(self, connection: Connection) -> None:
         totals = self.closed[connection.service]
-        totals[0] += connection.messages_in
-        totals[1] += connection.messages_out
-        totals[2] += connection.bytes_in
-        totals[3] += connection.bytes_out
+        channel = connection.channel
+        totals[0] += channel.messages_in
+        totals[1] += channel.messages_out
+        totals[2] += channel.bytes_in
+        totals[3] += channel.bytes_out
 
     def describe(self) -> Iterator[Metric]:
         yield from self._families()
@@ -153,10 +170,11 @@ class TrafficCollector(Collector):
         for connection in list(self.connections()):
             open_by[connection.service] += 1
             totals = traffic.setdefault(connection.service, [0, 0, 0, 0])
-            totals[0] += connection.messages_in
-            totals[1] += connection.messages_out
-            totals[2] += connection.bytes_in
-            totals[3] += connection.bytes_out
+            channel = connection.channel
+            totals[0] += channel.messages_in
+            totals[1] += channel.messages_out
+            totals[2] += channel.bytes_in
+            totals[3] += channel.bytes_out
         gauge, messages, data = self._families()
         for service, count in open_by.items():
             gauge.add_metric([service], count)

@@ -34,6 +34,7 @@ from aiohttp import web
 from ..config.model import AuthorizationConstraint, Realm
 from ..core.fetch import FetchJson
 from ..core.identity import Identity
+from ..core.session import Timeouts
 from ..observe.logs import get_logger
 from ..state.connections import Selector
 from ..state.revocations import MemoryRevocations, RevocationStore, identity_keys, token_digest
@@ -271,6 +272,12 @@ def connection_deadline(identity: Identity, opened_at: float, realm: Realm) -> t
     return deadline, reason
 
 
+def realm_timeouts(realm: Realm) -> Timeouts:
+    """A realm's limits on a connection's life, as ``LiveSession.refresh`` takes them."""
+    auth = realm.authentication
+    return Timeouts(auth.session_timeout, auth.authorization_timeout)
+
+
 def expired(identity: Identity, realm: Realm) -> bool:
     """Would a connection opened now with ``identity`` already be due to close? Then it must not open."""
     now = time.time()
@@ -436,9 +443,9 @@ class RealmGuard:
     def extend(self, selector: Selector, identity: Identity) -> int:
         """Give the selected live connections the fresh identity and their new deadline."""
         count = 0
-        for connection in self.runtime.connections.select(selector):
-            connection.identity = identity
-            connection.expire_at(*connection_deadline(identity, connection.started, self.realm.config))
+        timeouts = realm_timeouts(self.realm.config)
+        for session in self.runtime.connections.select(selector):
+            session.refresh(identity, timeouts)
             count += 1
         if count:
             audit.info("service[%s]: user %r re-authenticated %d live connection(s)", self.name, identity.user, count)

@@ -2,7 +2,10 @@
 
 A service gets requests the listener has already routed (host + path) and, for
 TLS, whose client certificate is already checked. WebSocket services implement
-``serve(connection)`` only; the upgrade, limits and bookkeeping live here.
+``serve(session, channel)`` (``core.session.LiveSession``, ``core.channel.Channel``) and
+never see aiohttp: ``transport.upgrade`` runs the upgrade and calls the hooks here for the
+bookkeeping (registry, metrics, access line). Plain HTTP services implement ``reply(handshake)``
+and answer ``core.handshake.Reply`` values.
 
 Each service type declares itself on its handler class (``TYPE = ServiceType(...)``): name, accept
 schemes, connect count, property schema, how it is routed and authenticated. ``wsgate.catalog``
@@ -11,9 +14,7 @@ collects the declarations; nothing else lists type names.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,15 +25,20 @@ from aiohttp import web
 
 from ..config.model import Realm, Service
 from ..config.schema import ServiceTypeSchema
+from ..core.channel import Channel
 from ..core.close import CloseCode
+from ..core.handshake import Accept, Handshake, Reply
 from ..core.identity import Identity
+from ..core.session import LiveSession
 from ..observe.logs import LogLimiter, get_logger
 from ..security.keystore import KeyMaterial
 from ..security.origin import cors_headers, origin_allowed, preflight
 from ..security.realms import IDENTITY_KEY, connection_deadline
 from ..state.connections import MemoryConnections, Selector
 from ..state.revocations import RevocationStore, identity_keys
-from ..transport.websocket import Connection, accept_websocket, is_upgrade
+from ..transport.http import request_handshake, response_of
+from ..transport.upgrade import upgrade
+from ..transport.websocket import is_upgrade
 
 if TYPE_CHECKING:
     from ..core.peer import PeerIdentity
@@ -49,7 +55,7 @@ class Runtime:
 
     keys: KeyMaterial | None = None
     trust: KeyMaterial | None = None
-    connections: MemoryConnections[Connection] = field(default_factory=MemoryConnections)
+    connections: MemoryConnections[LiveSession] = field(default_factory=MemoryConnections)
     realms: dict[str, Realm] = field(default_factory=dict)
     closing: bool = False
     metrics: Metrics | None = None
@@ -148,6 +154,21 @@ class ServiceHandler:
         return cors_headers(request.headers.get("Origin"), self.own_origin(request), self.config.cross_site_constraints)
 
 
+class HttpService(ServiceHandler):
+    """A plain HTTP service that answers ``Reply`` values (``directory``); CORS is applied here."""
+
+    async def handle(self, request: web.BaseRequest, peer: PeerIdentity | None) -> web.StreamResponse:
+        answer = self.preflight(request)
+        if answer is not None:
+            return answer
+        response = response_of(await self.reply(request_handshake(request, peer)))
+        response.headers.update(self.cors(request))
+        return response
+
+    async def reply(self, handshake: Handshake) -> Reply:
+        raise NotImplementedError
+
+
 class WebSocketService(ServiceHandler):
     """A service whose clients speak WebSocket; subclasses implement ``serve``."""
 
@@ -179,53 +200,8 @@ class WebSocketService(ServiceHandler):
         if identity is not None and deadline is not None and deadline <= started:
             # Already due to close (e.g. a JWT inside its leeway but past exp): never open it, never dial.
             return self.refuse_upgrade(request, identity, f"{why} before the upgrade")
-        protocols, context = await self.before_upgrade(request)
-        connection_id = secrets.token_urlsafe(16)
-        try:  # from here a client that leaves (cancelling this task) must not leave the back end open
-            if identity is not None and await self.revoked(identity):  # revoked while the back end was dialled
-                await self.abandon(context)
-                return self.refuse_upgrade(request, identity, "revoked before the upgrade")
-            headers = self.identity_headers(connection_id, deadline) if identity else {}
-            ws = await accept_websocket(request, self.config.accept_options, self.writer_limit, protocols, headers)
-        except BaseException:
-            await self.abandon(context)
-            raise
-        options = self.config.accept_options
-        connection = Connection(ws, request.transport, self.name, request.remote or "?", peer, options.write_timeout)
-        connection.on_slow = self.slow_consumer
-        connection.id, connection.started, connection.context, connection.identity = (
-            connection_id,
-            started,
-            context,
-            identity,
-        )
-        connection.expire_at(deadline, why)
-        self.runtime.connections.add(connection)
-        metrics = self.runtime.metrics
-        if metrics is not None:
-            metrics.connections_total.labels(self.name).inc()
-            metrics.handshakes.labels(self.name, "101").inc()
-        try:
-            if identity is not None and await self.revoked(identity):  # revoked while the 101 was on its way
-                await self.abandon(context)
-                await connection.close(CloseCode.POLICY_VIOLATION, "revoked")
-            else:
-                await self.serve(connection)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            if isinstance(exc, OSError) and client_gone(connection):  # a write to a client that left: its loss
-                client_lost(self, connection, exc)
-            else:
-                log.exception("service[%s]: unexpected error; closing the connection with 1011", self.name)
-                await connection.close(CloseCode.INTERNAL_ERROR, "internal error, see gateway log")
-        finally:
-            connection.cancel_expiry()
-            self.runtime.connections.discard(connection)
-            if not connection.closed:
-                await connection.close()
-            self.closed(connection)
-        return ws
+        accept = Accept(identity=identity, deadline=deadline, deadline_reason=why, opened_at=started)
+        return await upgrade(self, request, peer, accept)
 
     async def revoked(self, identity: Identity) -> bool:
         """Revocation is checked again here: one may have come while the back end was being dialled."""
@@ -233,39 +209,61 @@ class WebSocketService(ServiceHandler):
         keys = identity_keys(identity.user, identity.token_id, identity.token_digest)
         return store is not None and await store.revoked(keys) is not None
 
-    def refuse_upgrade(self, request: web.BaseRequest, identity: Identity, reason: str) -> web.Response:
+    def refuse_upgrade(self, request: web.BaseRequest, identity: Identity, reason: str) -> web.StreamResponse:
+        return response_of(self.deny(identity, request.remote or "?", reason))
+
+    def deny(self, identity: Identity, remote: str, reason: str) -> Reply:
         """As the realm refuses presented credentials: 403, the reason in the audit log only."""
         audit.info(
             "authentication denied",
             service=self.name,
             realm=identity.realm,
-            remote=request.remote,
+            remote=remote,
             decision="denied",
             status=403,
             reason=reason,
         )
-        return web.Response(status=403, text="Forbidden\n")
+        return Reply.text(403, "Forbidden\n")
 
-    def slow_consumer(self, connection: Connection, why: str) -> None:
-        self.dropped_slow(connection.remote, why)
+    def register(self, session: LiveSession) -> None:
+        """A connection that got its 101: live, counted, and told whom to call when it is too slow."""
+        session.on_slow = self.slow_consumer
+        self.runtime.connections.add(session)
+        metrics = self.runtime.metrics
+        if metrics is not None:
+            metrics.connections_total.labels(self.name).inc()
+            metrics.handshakes.labels(self.name, "101").inc()
 
-    def closed(self, connection: Connection) -> None:
+    def deregister(self, session: LiveSession) -> None:
+        self.runtime.connections.discard(session)
+
+    def slow_consumer(self, session: LiveSession, why: str) -> None:
+        self.dropped_slow(session.remote, why)
+
+    def lost(self, session: LiveSession, exc: BaseException) -> None:
+        """A client that left mid-write: its loss, logged at INFO within the rate limit (a dropped slow
+        consumer's loss is its drop, already logged)."""
+        if not session.slow and self.lost_lines.allow():
+            log.info("service[%s]: client %s lost: %s", self.name, session.remote, exc)
+
+    def closed(self, session: LiveSession) -> None:
         """The access line and the metrics of a connection that ended."""
         if self.runtime.metrics is not None:
-            self.runtime.metrics.connection_closed(connection)
-        identity = connection.identity
+            self.runtime.metrics.connection_closed(session)
+        identity = session.identity
+        channel = session.channel
         access.info(
             "connection closed",
             service=self.name,
-            id=connection.id,
+            id=session.id,
             principal=identity.user if identity else None,
-            remote=connection.remote,
-            duration=round(time.monotonic() - connection.opened, 3),
-            messages_in=connection.messages_in,
-            messages_out=connection.messages_out,
-            bytes_in=connection.bytes_in,
-            bytes_out=connection.bytes_out,
-            close_code=connection.close_code,
+            remote=session.remote,
+            duration=round(time.monotonic() - session.opened, 3),
+            messages_in=channel.messages_in,
+            messages_out=channel.messages_out,
+            bytes_in=channel.bytes_in,
+            bytes_out=channel.bytes_out,
+            close_code=channel.close_code,
         )
 
     def identity_headers(self, connection_id: str, deadline: float | None) -> dict[str, str]:
@@ -276,25 +274,12 @@ class WebSocketService(ServiceHandler):
             headers["Wsgate-Expires"] = str(int(deadline))
         return headers
 
-    async def before_upgrade(self, request: web.BaseRequest) -> tuple[tuple[str, ...], object]:
-        """Work before the 101: the subprotocols to accept and state for ``serve`` (``connection.context``)."""
+    async def before_upgrade(self, handshake: Handshake) -> tuple[tuple[str, ...], object]:
+        """Work before the 101: the subprotocols to accept and state for ``serve`` (``session.context``)."""
         return (), None
 
     async def abandon(self, context: object) -> None:
         """The upgrade failed after ``before_upgrade``: release what it prepared."""
 
-    async def serve(self, connection: Connection) -> None:
+    async def serve(self, session: LiveSession, channel: Channel) -> None:
         raise NotImplementedError
-
-
-def client_lost(service: ServiceHandler, connection: Connection, exc: BaseException) -> None:
-    """A client that left mid-write: its loss, logged at INFO within the rate limit (a dropped slow
-    consumer's loss is its drop, already logged)."""
-    if not connection.slow and service.lost_lines.allow():
-        log.info("service[%s]: client %s lost: %s", service.name, connection.remote, exc)
-
-
-def client_gone(connection: Connection) -> bool:
-    """Is the client's socket closed or closing (so a failed write is the client's loss, not a fault)?"""
-    transport = connection.transport
-    return connection.closed or transport is None or transport.is_closing()

@@ -16,9 +16,10 @@ from collections import deque
 from ..config.model import Service
 from ..config.schema import Property
 from ..config.values import Uri, parse_choice, parse_size, parse_uri
+from ..core.channel import Channel, Data
+from ..core.session import LiveSession
 from ..errors import BackendError
 from ..transport.backend import READ_CHUNK, open_tcp
-from ..transport.websocket import Connection, WSMsgType
 from .base import Runtime, ServiceType, WebSocketService
 
 log = logging.getLogger("wsgate.broadcast")
@@ -29,18 +30,19 @@ MAX_REDIAL_INTERVAL = 30.0
 class Subscriber:
     """A client's bounded outbound queue; ``offer`` never blocks the feed."""
 
-    __slots__ = ("connection", "queue", "pending", "limit", "ready", "too_slow", "sender")
+    __slots__ = ("session", "channel", "queue", "pending", "limit", "ready", "too_slow", "sender")
 
-    def __init__(self, connection: Connection, limit: int) -> None:
-        self.connection = connection
-        self.queue: deque[bytes | str] = deque()
+    def __init__(self, session: LiveSession, channel: Channel, limit: int) -> None:
+        self.session = session
+        self.channel = channel
+        self.queue: deque[Data] = deque()
         self.pending = 0
         self.limit = limit
         self.ready = asyncio.Event()
         self.too_slow = False
         self.sender: asyncio.Task[None] | None = None
 
-    def offer(self, data: bytes | str) -> bool:
+    def offer(self, data: Data) -> bool:
         """Queue ``data``; False once the client is too slow (it is then being dropped)."""
         if self.too_slow:
             return False
@@ -56,19 +58,17 @@ class Subscriber:
         """More than ``limit`` bytes pending: stop queueing, close 1008 "too slow", abort 2 s later."""
         self.too_slow = True
         self.queue.clear()  # the sender is left waiting: cancelling it would cancel the close's drain too
-        self.connection.drop_slow(f"more than {self.limit} bytes pending")
+        self.session.drop_slow(f"more than {self.limit} bytes pending")
 
     async def run(self) -> None:
-        send_bytes, send_str = self.connection.send_bytes, self.connection.send_str
+        send, queue, ready = self.channel.send, self.queue, self.ready  # the channel counts what is sent
         while True:
-            await self.ready.wait()
-            self.ready.clear()
-            while self.queue:
-                data = self.queue.popleft()
+            await ready.wait()
+            ready.clear()
+            while queue:
+                data = queue.popleft()
                 self.pending -= len(data)
-                await (send_bytes(data) if isinstance(data, bytes) else send_str(data))
-                self.connection.messages_out += 1
-                self.connection.bytes_out += len(data)
+                await send(data)
 
 
 class BroadcastService(WebSocketService):
@@ -95,7 +95,7 @@ class BroadcastService(WebSocketService):
         self._feed_writers: set[asyncio.StreamWriter] = set()
         self.feed_port: int | None = None
 
-    def publish(self, data: bytes | str) -> None:
+    def publish(self, data: Data) -> None:
         dropped = None
         for subscriber in self.subscribers:
             if not subscriber.offer(data):
@@ -147,17 +147,14 @@ class BroadcastService(WebSocketService):
             self._feed_writers.discard(writer)
             writer.close()
 
-    async def serve(self, connection: Connection) -> None:
-        subscriber = Subscriber(connection, self.limit)
+    async def serve(self, session: LiveSession, channel: Channel) -> None:
+        subscriber = Subscriber(session, channel, self.limit)
         self.subscribers.add(subscriber)
         sender = subscriber.sender = asyncio.create_task(subscriber.run())
         try:
-            async for msg in connection:
-                if msg.type is WSMsgType.BINARY or msg.type is WSMsgType.TEXT:
-                    connection.messages_in += 1
-                    connection.bytes_in += len(msg.data)
-                    if self.rebroadcast:
-                        self.publish(msg.data)
+            async for data in channel:  # the channel counts what it receives
+                if self.rebroadcast:
+                    self.publish(data)
         finally:
             self.subscribers.discard(subscriber)
             sender.cancel()

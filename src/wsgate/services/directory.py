@@ -12,19 +12,14 @@ import html
 import mimetypes
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
 from urllib.parse import quote
-
-from aiohttp import web
 
 from ..config.model import Service
 from ..config.schema import Property
 from ..config.values import parse_choice
+from ..core.handshake import Handshake, Reply
 from ..errors import ConfigError
-from .base import Runtime, ServiceHandler, ServiceType
-
-if TYPE_CHECKING:
-    from ..core.peer import PeerIdentity
+from .base import HttpService, Runtime, ServiceType
 
 DEFAULT_MIME = {
     "html": "text/html",
@@ -36,10 +31,10 @@ DEFAULT_MIME = {
     "png": "image/png",
     "txt": "text/plain",
 }
-SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+SECURITY_HEADERS = (("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "no-referrer"))
 
 
-class DirectoryService(ServiceHandler):
+class DirectoryService(HttpService):
     TYPE = ServiceType(
         name="directory",
         accept=("http", "https"),
@@ -79,34 +74,28 @@ class DirectoryService(ServiceHandler):
         if (errors := self.config.prop("error-pages-directory")) is not None:
             self.error_pages = (web_root / errors.lstrip("/")).resolve()
 
-    async def handle(self, request: web.BaseRequest, peer: PeerIdentity | None) -> web.StreamResponse:
-        answer = self.preflight(request)
-        if answer is not None:
-            return answer
-        response = await self.serve_file(request)
-        response.headers.update(self.cors(request))
-        return response
-
-    async def serve_file(self, request: web.BaseRequest) -> web.StreamResponse:
-        if request.method not in ("GET", "HEAD"):
-            return web.Response(status=405, headers={"Allow": "GET, HEAD", **SECURITY_HEADERS})
-        relative = request.path[len(self.prefix) :]
+    async def reply(self, handshake: Handshake) -> Reply:
+        """The file, folder listing, redirect or error for a GET or HEAD (``HttpService`` adds CORS)."""
+        if handshake.method not in ("GET", "HEAD"):
+            return Reply(405, headers=(("Allow", "GET, HEAD"), *SECURITY_HEADERS))
+        path = handshake.path
+        relative = path[len(self.prefix) :]
         file = self.resolve(relative)
         if file is not None and file.is_dir():
-            if not request.path.endswith("/"):
+            if not path.endswith("/"):
                 # One leading slash: "//sub/" would send the browser to the host "sub".
-                location = quote("/" + request.path.lstrip("/")) + "/"
-                return web.Response(status=301, headers={"Location": location, **SECURITY_HEADERS})
-            return self.listing(file, request.path)
+                location = quote("/" + path.lstrip("/")) + "/"
+                return Reply(301, headers=(("Location", location), *SECURITY_HEADERS))
+            return self.listing(file, path)
         if file is None:
             return self.not_found()
-        headers = {"Content-Type": self.content_type(file), **SECURITY_HEADERS}
+        headers = [("Content-Type", self.content_type(file)), *SECURITY_HEADERS]
         name = file.relative_to(self.root).as_posix()
         for pattern, cache_control in self.cache_rules:
             if pattern.fullmatch(name):
-                headers["Cache-Control"] = cache_control
+                headers.append(("Cache-Control", cache_control))
                 break
-        return web.FileResponse(file, headers=headers)
+        return Reply(200, headers=tuple(headers), file=file)
 
     def resolve(self, relative: str) -> Path | None:
         """The file or folder to serve, or None (404) for anything outside the root or hidden.
@@ -138,26 +127,24 @@ class DirectoryService(ServiceHandler):
             return False
         return any(segment.startswith(".") for segment in relative.replace("\\", "/").split("/"))
 
-    def listing(self, folder: Path, path: str) -> web.StreamResponse:
+    def listing(self, folder: Path, path: str) -> Reply:
         """``options indexes``: a plain HTML list of the folder's entries (names escaped)."""
         entries = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir() if not self.hidden(p.name))
         items = "".join(f'<li><a href="{quote(e)}">{html.escape(e)}</a></li>' for e in entries)
         title = html.escape(path)
         body = f"<!doctype html><title>{title}</title><h1>{title}</h1><ul>{items}</ul>"
-        return web.Response(text=body, content_type="text/html", headers=SECURITY_HEADERS)
+        return Reply(200, body.encode(), SECURITY_HEADERS, "text/html; charset=utf-8")
 
     def content_type(self, file: Path) -> str:
         ext = file.suffix.lstrip(".").lower()
         mime = self.mime.get(ext) or mimetypes.guess_type(file.name)[0] or "application/octet-stream"
         return f"{mime}; charset=utf-8" if mime.startswith("text/") and "charset" not in mime else mime
 
-    def not_found(self) -> web.StreamResponse:
+    def not_found(self) -> Reply:
         page = self.error_pages / "404.html" if self.error_pages else None
         if page and page.is_file():
-            return web.FileResponse(
-                page, status=404, headers={"Content-Type": "text/html; charset=utf-8", **SECURITY_HEADERS}
-            )
-        return web.Response(status=404, text="Not Found\n", headers=SECURITY_HEADERS)
+            return Reply(404, headers=SECURITY_HEADERS, content_type="text/html; charset=utf-8", file=page)
+        return Reply.text(404, "Not Found\n", SECURITY_HEADERS)
 
 
 def _cache_rule(rule: str) -> tuple[re.Pattern[str], str]:

@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-from ..transport.websocket import Connection, WSMsgType
+from ..core.channel import Channel
+from ..core.session import LiveSession
 from .base import ServiceType, WebSocketService
 
 
 class EchoService(WebSocketService):
     TYPE = ServiceType(name="echo", accept=("ws", "wss"))
 
-    async def serve(self, connection: Connection) -> None:
-        send_bytes, send_str = connection.send_bytes, connection.send_str
-        text, binary = WSMsgType.TEXT, WSMsgType.BINARY
-        async for msg in connection:
-            if msg.type is binary:
-                await send_bytes(msg.data)
-            elif msg.type is text:
-                await send_str(msg.data)
-            else:
-                continue
-            size = len(msg.data)
-            connection.messages_in += 1
-            connection.messages_out += 1
-            connection.bytes_in += size
-            connection.bytes_out += size
+    async def serve(self, session: LiveSession, channel: Channel) -> None:
+        receive, send = channel.receive, channel.send  # bound once; the channel counts what passes
+        while (data := await receive()) is not None:
+            await send(data)

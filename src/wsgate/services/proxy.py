@@ -12,20 +12,19 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import aiohttp
-from aiohttp import web
-
 from ..config.model import DEFAULT_MAX_PENDING_BYTES, Service
 from ..config.schema import Property
 from ..config.values import parse_choice, parse_size
+from ..core.channel import Channel
 from ..core.close import CloseCode, client_may_send, server_may_send
+from ..core.handshake import Handshake
+from ..core.session import LiveSession
 from ..errors import BackendError
 from ..security.challenges import offered_subprotocols, without_token_offers
 from ..security.tls import client_context
-from ..transport.backend import Backend, TcpBackend, WsBackend, open_tcp, open_ws
+from ..transport.backend import Backend, TcpBackend, WsBackend, WsDialer, open_tcp
 from ..transport.liveness import ResetWatch
-from ..transport.websocket import Connection, WSMsgType
-from .base import Runtime, ServiceType, WebSocketService, client_gone, client_lost
+from .base import Runtime, ServiceType, WebSocketService
 
 log = logging.getLogger("wsgate.proxy")
 
@@ -63,25 +62,24 @@ class ProxyService(WebSocketService):
             self.ssl = client_context(
                 config.connect_options.tls, trusted, runtime.keys, f"service[{self.name}]/connect-options"
             )
-        self.session: aiohttp.ClientSession | None = None
+        self.dialer = WsDialer() if self.uri.scheme in ("ws", "wss") else None
         self.liveness: ResetWatch | None = None  # closes back-end connections whose back end reset them
 
     async def start(self) -> None:
-        if self.uri.scheme in ("ws", "wss"):
-            self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=True))
+        if self.dialer is not None:
+            self.dialer.start()
         self.liveness = ResetWatch(asyncio.get_running_loop())
 
     async def stop(self) -> None:
-        if self.session is not None:
-            await self.session.close()
+        if self.dialer is not None:
+            await self.dialer.close()
         if self.liveness is not None:
             self.liveness.close()
             self.liveness = None
 
     async def open_backend(self, protocols: tuple[str, ...] = ()) -> Backend:
-        if self.session is not None:
-            return await open_ws(
-                self.session,
+        if self.dialer is not None:
+            return await self.dialer.dial(
                 self.uri,
                 self.ssl,
                 self.config.accept_options.max_message_size,
@@ -90,7 +88,7 @@ class ProxyService(WebSocketService):
             )
         return await open_tcp(self.uri, self.ssl, self.max_pending)
 
-    async def before_upgrade(self, request: web.BaseRequest) -> tuple[tuple[str, ...], object]:
+    async def before_upgrade(self, handshake: Handshake) -> tuple[tuple[str, ...], object]:
         """``immediate``: connect before the 101, so a ws back end's subprotocol choice reaches the client.
 
         A failure is kept and reported after the upgrade as a close code (browsers cannot read
@@ -99,7 +97,7 @@ class ProxyService(WebSocketService):
         if self.deferred:
             return (), None
         # Credentials offered as subprotocols are the gateway's business: never forwarded to the back end.
-        offered = without_token_offers(offered_subprotocols(request.headers.get("Sec-WebSocket-Protocol")))
+        offered = without_token_offers(offered_subprotocols(handshake.header("Sec-WebSocket-Protocol")))
         try:
             backend = await self.open_backend(offered)
         except BackendError as exc:
@@ -111,19 +109,19 @@ class ProxyService(WebSocketService):
         if isinstance(context, (TcpBackend, WsBackend)):
             await context.close()
 
-    async def serve(self, connection: Connection) -> None:
+    async def serve(self, session: LiveSession, channel: Channel) -> None:
         first = None
-        prepared = connection.context
+        prepared = session.context
         if self.deferred:
-            first = await anext(connection, None)  # the iterator answers a close frame
-            if first is None or first.type is not WSMsgType.BINARY and first.type is not WSMsgType.TEXT:
+            first = await channel.receive()  # the channel answers a close frame
+            if first is None:
                 return
             try:
                 prepared = await self.open_backend()
             except BackendError as exc:
                 prepared = exc
         if isinstance(prepared, BackendError):
-            await self.refuse(connection, prepared)
+            await self.refuse(session, channel, prepared)
             return
         assert isinstance(prepared, (TcpBackend, WsBackend))
         backend: Backend = prepared
@@ -131,82 +129,74 @@ class ProxyService(WebSocketService):
         watched = liveness.watch(transport) if liveness is not None and transport is not None else -1
         try:
             if first is not None:
-                await backend.send(first.data)
-            await self.relay(connection, backend)
+                await backend.send(first)
+            await self.relay(session, channel, backend)
         finally:
-            await backend.close(*self.client_close(connection))
+            await backend.close(*self.client_close(channel))
             if self.liveness is not None and transport is not None:
                 self.liveness.forget(watched, transport)
 
-    async def refuse(self, connection: Connection, exc: BackendError) -> None:
+    async def refuse(self, session: LiveSession, channel: Channel, exc: BackendError) -> None:
         log.warning(
-            "service[%s]: back end %s; closing client %s with %d", self.name, exc, connection.remote, exc.close_code
+            "service[%s]: back end %s; closing client %s with %d", self.name, exc, session.remote, exc.close_code
         )
         if self.runtime.metrics is not None:
             self.runtime.metrics.backend_failures.labels(self.name).inc()
         reason = "back end unavailable" if exc.close_code == CloseCode.INTERNAL_ERROR else "bad gateway"
-        await connection.close(exc.close_code, reason)
+        await channel.close(exc.close_code, reason)
 
-    async def relay(self, connection: Connection, backend: Backend) -> None:
-        up = asyncio.create_task(self.client_to_backend(connection, backend))
-        down = asyncio.create_task(self.backend_to_client(backend, connection))
+    async def relay(self, session: LiveSession, channel: Channel, backend: Backend) -> None:
+        up = asyncio.create_task(self.client_to_backend(channel, backend))
+        down = asyncio.create_task(self.backend_to_client(backend, session, channel))
         try:
             await asyncio.wait((up, down), return_when=asyncio.FIRST_COMPLETED)
         finally:
             if not down.done():  # the client left first: nothing more can reach it
                 down.cancel()
-            elif not up.done() and client_gone(connection):  # e.g. a slow consumer dropped while the back
-                up.cancel()  # end, blocked on us, stopped reading what the client sent: nothing more to relay
+            elif not up.done() and channel.gone:  # e.g. a slow consumer dropped while the back end,
+                up.cancel()  # blocked on us, stopped reading what the client sent: nothing more to relay
             await asyncio.gather(up, down, return_exceptions=True)
         if up.done() and not up.cancelled() and up.exception():
             log.warning("service[%s]: back end %s write failed: %s", self.name, self.uri, up.exception())
-            await connection.close(CloseCode.INTERNAL_ERROR, "back end connection lost")
+            await channel.close(CloseCode.INTERNAL_ERROR, "back end connection lost")
 
-    async def client_to_backend(self, connection: Connection, backend: Backend) -> None:
-        binary, text = WSMsgType.BINARY, WSMsgType.TEXT
+    @staticmethod
+    async def client_to_backend(channel: Channel, backend: Backend) -> None:
+        send = backend.send
         try:
-            async for msg in connection:
-                if msg.type is binary or msg.type is text:
-                    await backend.send(msg.data)
-                    connection.messages_in += 1
-                    connection.bytes_in += len(msg.data)
+            async for data in channel:  # the channel counts what it receives
+                await send(data)
         finally:
             backend.finish()
 
-    async def backend_to_client(self, backend: Backend, connection: Connection) -> None:
+    async def backend_to_client(self, backend: Backend, session: LiveSession, channel: Channel) -> None:
         """Each side's failure is blamed on that side: only a lost back end closes the client with 1011."""
-        send_bytes, send_str = connection.send_bytes, connection.send_str
+        receive, send = backend.receive, channel.send  # the channel counts what it sends
         while True:
             try:
-                data = await backend.receive()
+                data = await receive()
             except (OSError, asyncio.IncompleteReadError) as exc:
                 log.warning("service[%s]: back end %s lost: %s", self.name, self.uri, exc)
-                await connection.close(CloseCode.INTERNAL_ERROR, "back end connection lost")
+                await channel.close(CloseCode.INTERNAL_ERROR, "back end connection lost")
                 return
             if data is None:
                 break
             try:
-                if isinstance(data, bytes):
-                    await send_bytes(data)
-                else:
-                    await send_str(data)
+                await send(data)
             except OSError as exc:  # the client is closing or gone: nothing more can reach it
-                client_lost(self, connection, exc)
+                self.lost(session, exc)
                 return
-            connection.messages_out += 1
-            connection.bytes_out += len(data)
-        await connection.close(*self.backend_close(backend))
+        await channel.close(*self.backend_close(backend))
 
     @staticmethod
-    def client_close(connection: Connection) -> tuple[int, str]:
+    def client_close(channel: Channel) -> tuple[int, str]:
         """The client's close → a ws back end's: its own code and reason if a client may send them
         (an empty close frame becomes 1000); 1001 if the client vanished or the gateway closed it."""
-        if connection.closed_with is None:
-            code = connection.ws.close_code
-            if code == 0:
-                return CloseCode.NORMAL, ""
-            if code is not None and client_may_send(code):
-                return code, connection.peer_reason
+        code, reason = channel.peer_close
+        if code == CloseCode.NO_STATUS:
+            return CloseCode.NORMAL, ""
+        if code is not None and client_may_send(code):
+            return code, reason
         return CloseCode.GOING_AWAY, "client gone"
 
     @staticmethod

@@ -51,7 +51,7 @@ class TcpBackend:
         if not self.writer.is_closing() and self.writer.can_write_eof():
             self.writer.write_eof()
 
-    async def close(self, code: int = 1000, reason: str = "") -> None:
+    async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Close the stream (TCP has no close code: ``code`` and ``reason`` are for ws back ends).
 
         A back end that does not read what is still buffered for it is aborted after ``CLOSE_GRACE``.
@@ -98,7 +98,7 @@ class WsBackend:
     def finish(self) -> None:
         """WebSocket has no half-close; ``close`` sends the close frame."""
 
-    async def close(self, code: int = 1000, reason: str = "") -> None:
+    async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Close with the client's ``code`` and ``reason`` (the proxy maps them, see ProxyService.client_close)."""
         await self.ws.close(code=code, message=reason.encode())
 
@@ -153,6 +153,38 @@ async def open_ws(
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         raise BackendError(f"{uri}: cannot connect: {_describe(exc)}", UNAVAILABLE) from None
     return WsBackend(ws)
+
+
+class WsDialer:
+    """Dials ws:// and wss:// back ends for one service: aiohttp's client session is kept here, not in the service.
+
+    ``start`` and ``close`` bracket the service's life; every dial is a fresh connection (no pooling:
+    each client gets its own back-end connection).
+    """
+
+    def __init__(self) -> None:
+        self.session: aiohttp.ClientSession | None = None
+
+    def start(self) -> None:
+        if self.session is None:
+            self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=True))
+
+    async def close(self) -> None:
+        if self.session is not None:
+            session, self.session = self.session, None
+            await session.close()
+
+    async def dial(
+        self,
+        uri: Uri,
+        context: ssl.SSLContext | None,
+        max_message_size: int,
+        inactivity_timeout: float | None = None,
+        protocols: tuple[str, ...] = (),
+    ) -> WsBackend:
+        if self.session is None:
+            raise BackendError(f"{uri}: cannot connect: the service is not running", UNAVAILABLE)
+        return await open_ws(self.session, uri, context, max_message_size, inactivity_timeout, protocols)
 
 
 def _describe(exc: BaseException) -> str:

@@ -1,37 +1,25 @@
-"""The per-connection WebSocket interface services use.
+"""aiohttp's WebSocket handshake: RFC 6455 checks, the masked-frame guard and the 101.
 
-Services see only ``Connection``: ``receive()``, ``send_bytes()``, ``send_str()``,
-``close()``. Today it wraps aiohttp's ``WebSocketResponse``; a picows listener can
-provide the same methods where it measures faster (see issue "benchmark harness").
+Services never see this module: ``transport.channel.AiohttpChannel`` wraps the accepted
+WebSocket as a ``core.channel.Channel``, and ``transport.upgrade`` runs the upgrade.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import time
-import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from aiohttp import WSMsgType, web
-from aiohttp.http_websocket import WebSocketError, WSMessage
+from aiohttp import web
+from aiohttp.http_websocket import WebSocketError
 from multidict import CIMultiDict, MultiMapping
 
 from ..config.model import AcceptOptions
 from ..core.close import CloseCode, client_may_send
 from ..security.challenges import SUBPROTOCOL_TOKEN_PREFIX, offered_subprotocols, without_token_offers
 
-if TYPE_CHECKING:
-    from ..core.identity import Identity
-    from ..core.peer import PeerIdentity
-
 __all__ = [
-    "Connection",
-    "WSMessage",
-    "WSMsgType",
-    "CloseCode",
     "accept_websocket",
     "is_upgrade",
     "bad_request",
@@ -39,215 +27,6 @@ __all__ = [
 ]
 # The listener puts a callable here; called once the 101 is sent, the handshake no longer counts as in progress.
 HANDSHAKE_DONE: web.RequestKey[Callable[[], None]] = web.RequestKey("wsgate.handshake-done")
-
-
-_ENDED = frozenset({WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR})
-
-
-SLOW_DROP_GRACE = 2.0  # a slow consumer closed with 1008 is aborted if it has not taken the close by then
-
-
-class WriteWatch:
-    """Stands in for the protocol aiohttp's WebSocket writer waits on, to time a blocked send.
-
-    The writer asks ``_paused`` once per ``writer_limit`` bytes and calls ``_drain_helper`` only
-    when the transport has paused writing (its buffer is over the high-water mark), so a timer is
-    armed only while a send is actually waiting for the peer, never per message. A send still
-    waiting after ``timeout`` seconds drops the connection as a slow consumer.
-    """
-
-    __slots__ = ("protocol", "timeout", "connection")
-
-    def __init__(self, protocol: Any, timeout: float, connection: Connection) -> None:
-        self.protocol = protocol
-        self.timeout = timeout
-        # Weak: a cycle through the writer would leave connections (and the back-end streams in their
-        # context) to the cyclic collector, which may finalise them in a worker thread.
-        self.connection = weakref.ref(connection)
-
-    @property
-    def _paused(self) -> bool:
-        return bool(self.protocol._paused)
-
-    async def _drain_helper(self) -> None:
-        timer = asyncio.get_running_loop().call_later(self.timeout, self.stalled)
-        try:
-            await self.protocol._drain_helper()
-        finally:
-            timer.cancel()
-
-    def stalled(self) -> None:
-        connection = self.connection()
-        if connection is not None:
-            connection.drop_slow(f"a send waited {self.timeout:g}s for the peer to read")
-
-
-class Connection:
-    """One accepted WebSocket with what later layers need to know about its peer."""
-
-    __slots__ = (
-        "ws",
-        "transport",
-        "service",
-        "remote",
-        "peer",
-        "identity",
-        "id",
-        "started",
-        "opened",
-        "context",
-        "receive",
-        "send_bytes",
-        "send_str",
-        "_expiry",
-        "_closing",
-        "deadline",
-        "closed_with",
-        "peer_reason",
-        "messages_in",
-        "messages_out",
-        "bytes_in",
-        "bytes_out",
-        "slow",
-        "on_slow",
-        "__weakref__",
-    )
-
-    def __init__(
-        self,
-        ws: web.WebSocketResponse,
-        transport: asyncio.Transport | None,
-        service: str,
-        remote: str,
-        peer: PeerIdentity | None,
-        write_timeout: float | None = None,
-    ) -> None:
-        self.ws = ws
-        # Bound once: the per-message calls cost no extra Python frame.
-        self.receive = ws.receive
-        self.send_bytes = ws.send_bytes
-        self.send_str = ws.send_str
-        self.transport = transport
-        self.service = service
-        self.remote = remote
-        self.peer = peer
-        self.opened = time.monotonic()
-        self.identity: Identity | None = None
-        self.id = ""
-        self.started = time.time()  # wall clock, for session-timeout
-        self._expiry: asyncio.TimerHandle | None = None
-        self.deadline: float | None = None  # wall clock: when the credentials or session run out
-        self.closed_with: int | None = None  # the code the gateway closed with, if it closed first
-        self.peer_reason = ""  # the reason in the client's close frame, if it closed first
-        self._closing: asyncio.Task[None] | None = None
-        self.context: object = None  # what the service prepared before the upgrade
-        # Counted by the services' loops (payload sizes; text in characters), read by the metrics collector.
-        self.messages_in = self.messages_out = self.bytes_in = self.bytes_out = 0
-        self.slow = False  # dropped as a slow consumer
-        self.on_slow: Callable[[Connection, str], None] | None = None  # the service counts and logs the drop
-        writer = getattr(ws, "_writer", None)
-        if write_timeout and writer is not None:
-            writer.protocol = WriteWatch(writer.protocol, write_timeout, self)
-
-    def __aiter__(self) -> Connection:
-        return self
-
-    async def __anext__(self) -> WSMessage:
-        msg = await self.receive()
-        if msg.type in _ENDED:
-            if msg.type is WSMsgType.CLOSE:
-                self.peer_reason = msg.extra or ""
-                await self.answer_close()
-            raise StopAsyncIteration
-        return msg
-
-    async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
-        """Close with ``code``; reasons are short and never carry internal detail."""
-        ws = self.ws
-        if ws.closed:
-            return
-        if ws.close_code is not None:  # the client's close frame came first: answer it instead
-            await self.answer_close()
-            return
-        if self.closed_with is None:
-            self.closed_with = code
-        await ws.close(code=code, message=reason.encode()[:120])
-
-    async def answer_close(self) -> None:
-        """Answer the client's close frame: 1000, or fail with 1002 if its code is one no client may send."""
-        failed = await answer_close(self.ws)
-        if failed is not None and self.closed_with is None:
-            self.closed_with = failed
-
-    def expire_at(self, deadline: float | None, reason: str = "session expired") -> None:
-        """Close with 1008 at wall-clock ``deadline`` (None: never); replaces an earlier deadline."""
-        if self._expiry is not None:
-            self._expiry.cancel()
-            self._expiry = None
-        self.deadline = deadline
-        if deadline is None:
-            return
-        loop = asyncio.get_running_loop()
-        self._expiry = loop.call_later(max(0.0, deadline - time.time()), self.expire, reason)
-
-    def expire(self, reason: str, grace: float = 2.0) -> None:
-        """Close with 1008 ``reason`` now; a peer that does not answer within ``grace`` is aborted."""
-        self.end(CloseCode.POLICY_VIOLATION, reason, grace)
-
-    def end(self, code: int, reason: str, grace: float = 2.0) -> None:
-        """Close with ``code`` now, from outside the service's loop; abort after ``grace``."""
-        if self._closing is None and not self.ws.closed:
-            self._closing = asyncio.get_running_loop().create_task(self._close_or_abort(code, reason, grace))
-
-    async def _close_or_abort(self, code: int, reason: str, grace: float) -> None:
-        """The abort is a timer, not a cancelled close: cancelling a close that waits in aiohttp's drain
-        cancels the drain future every sender shares, and a closing transport with a full buffer then
-        waits for the peer forever."""
-        timer = asyncio.get_running_loop().call_later(grace, self.abort)
-        try:
-            await self.close(code, reason)
-        except OSError:
-            self.abort()
-        finally:
-            if self.transport is None or not self.transport.get_write_buffer_size():
-                timer.cancel()
-
-    def drop_slow(self, why: str) -> None:
-        """Close a peer that does not take what is sent: 1008 "too slow" now, aborted 2 s later."""
-        if self.slow or self.ws.closed:
-            return
-        self.slow = True
-        if self.on_slow is not None:
-            self.on_slow(self, why)
-        self.end(CloseCode.POLICY_VIOLATION, "too slow", SLOW_DROP_GRACE)
-
-    def cancel_expiry(self) -> None:
-        if self._expiry is not None:
-            self._expiry.cancel()
-
-    def abort(self) -> None:
-        """Drop the socket without a close handshake (a peer that stopped reading)."""
-        if self.transport is not None:
-            self.transport.abort()
-
-    @property
-    def closed(self) -> bool:
-        return self.ws.closed
-
-    @property
-    def close_code(self) -> int | None:
-        """The code that ended the connection: the gateway's if it closed first, else the peer's.
-
-        aiohttp fails a connection on a bad frame (1002, 1007, 1009) and then reports 1006 because the
-        reader stays broken while it waits for the answer; the error it kept says what was sent.
-        """
-        if self.closed_with is not None:
-            return self.closed_with
-        error = self.ws.exception()
-        if isinstance(error, WebSocketError):
-            return int(error.code)
-        code = self.ws.close_code
-        return CloseCode.NO_STATUS if code == 0 else code
 
 
 def is_upgrade(request: web.BaseRequest) -> bool:
@@ -487,7 +266,7 @@ async def accept_websocket(
     timeout = options.inactivity_timeout
     ws = GuardedResponse(
         heartbeat=timeout / 2 if timeout else None,
-        autoclose=False,  # Connection answers the client's close frame (answer_close)
+        autoclose=False,  # AiohttpChannel answers the client's close frame (answer_close)
         compress=False,
         max_msg_size=options.max_message_size + 1,  # aiohttp refuses sizes >= its limit; ours allows ==
         writer_limit=writer_limit,
