@@ -20,6 +20,7 @@ from aiohttp import StreamReader, web, web_response
 from aiohttp.http_exceptions import HttpProcessingError
 
 from ..config.model import DEFAULT_KEEPALIVE_TIMEOUT
+from ..core.http import check_handshake, check_request
 from ..core.peer import PeerIdentity
 from ..observe.logs import LogLimiter, get_logger
 from ..observe.metrics import handshake_outcome
@@ -27,7 +28,7 @@ from ..security.limits import GatewayLimits, Refusal, ServiceLimits
 from .accept import guard
 from .liveness import ResetWatch
 from .tls_audit import NO_CERTIFICATE, TlsAudit, install_exception_handler
-from .websocket import HANDSHAKE_DONE, bad_request, is_upgrade, request_host
+from .websocket import HANDSHAKE_DONE, is_upgrade, request_host
 
 if TYPE_CHECKING:
     from ..observe.metrics import Metrics
@@ -426,6 +427,16 @@ class HttpConnection(web.RequestHandler):
         self.timer = None
         if self._between_requests():
             self.force_close()
+
+
+def bad_request(request: web.BaseRequest, upgrade: bool) -> web.Response | None:
+    """The listener's first check on every routed request (``upgrade``: ``is_upgrade(request)``)."""
+    refusal = (
+        check_handshake(request.method, request.version, request.headers) if upgrade else check_request(request.headers)
+    )
+    if refusal is None:
+        return None
+    return web.Response(status=refusal.status, text=refusal.text, headers=refusal.headers)
 
 
 def _is_aiofastnet(method: object) -> bool:
