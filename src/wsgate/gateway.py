@@ -25,14 +25,15 @@ from .core.close import CloseCode
 from .errors import ConfigError, ConfigErrors, GatewayError, ReloadFailed, bind_error
 from .observe.metrics import Metrics
 from .observe.redact import REDACTOR
+from .security.admission import Admission, offloaded_tls
 from .security.keystore import load_store
 from .security.limits import GatewayLimits, ServiceLimits
 from .security.login.jwt import unverified_claims
-from .security.realms import RealmGuard, RealmRuntime
+from .security.realms import RealmGate, RealmRuntime
 from .security.sessions import cookie_name
 from .security.tls import ListenerTls
 from .services import create_service
-from .services.base import Runtime, ServiceHandler
+from .services.base import Runtime, ServiceHandler, WebSocketService
 from .services.directory import DirectoryService
 from .state.connections import Selector
 from .state.revocations import MemoryRevocations, RevocationStore, token_digest, token_key, user_key
@@ -134,8 +135,6 @@ class Gateway:
             port=key[1],
             reuse_port=self.reuse_port,
             metrics=self.runtime.metrics,
-            gate=self.gate,
-            open_connections=self.runtime.connections,
             handshake_timeout=limits.handshake_timeout,
             header_size=limits.header_size,
         )
@@ -153,21 +152,51 @@ class Gateway:
             )
         for service, uri in entries:
             handler = self.services[service.name]
+            verify_client = service.accept_options.tls.verify_client if uri.secure else "none"
             listener.add(
                 Route(
                     host=uri.host,
                     path=uri.path.rstrip("/"),
-                    service=RealmGuard(handler, self.realms[service.realm_name], self.runtime)
-                    if service.realm_name
-                    else handler,
+                    service=handler,
+                    admission=self._admission(handler, verify_client),
                     prefix=service.type in ("directory", "management"),
                     control=bool(service.realm_name),
-                    verify_client=service.accept_options.tls.verify_client if uri.secure else "none",
-                    limits=self.service_limits[service.name],
                     keepalive_timeout=service.accept_options.keepalive_timeout,
                 )
             )
         return listener
+
+    def _admission(self, handler: ServiceHandler, verify_client: str) -> Admission:
+        """What a route decides before its service runs (security/admission.py)."""
+        service = handler.config
+        offloaded = offloaded_tls(service)
+        realm = None
+        if service.realm_name:
+            realm = RealmGate(
+                self.realms[service.realm_name],
+                service.name,
+                service.type,
+                service.authorization_constraints,
+                [uri.path for uri in service.accepts],
+                self.runtime.connections,
+                self.runtime.expire,
+                offloaded,
+            )
+        return Admission(
+            service=service.name,
+            service_type=service.type,
+            websocket=isinstance(handler, WebSocketService),
+            cross_site=service.cross_site_constraints,
+            offloaded_tls=offloaded,
+            verify_client=verify_client,
+            realm=realm,
+            limits=self.service_limits[service.name],
+            gate=self.gate,
+            open_connections=self.runtime.connections,
+            metrics=self.runtime.metrics,
+            closing=lambda: handler.runtime.closing,
+            origin_lines=handler.origin_lines,
+        )
 
     @staticmethod
     def _verify_client_modes(entries: Iterable[tuple[Service, Uri]]) -> set[str]:
@@ -460,7 +489,7 @@ class Gateway:
             current = self.listeners.get(key)
             if current is not None and _same_socket(current, listener):
                 # Same socket, new routes and limits: nothing in flight is touched.
-                current.routes, current.gate = listener.routes, listener.gate
+                current.routes = listener.routes  # with their admissions: limits, realms, the gate
                 current.handshake_timeout = listener.handshake_timeout
                 fresh.listeners[key] = current
             elif current is not None:

@@ -22,11 +22,10 @@ from ..core.close import CloseCode
 from ..core.identity import Identity
 from ..observe.logs import LogLimiter, get_logger
 from ..security.keystore import KeyMaterial
-from ..security.origin import cors_headers, origin_allowed, preflight
-from ..security.realms import IDENTITY_KEY, connection_deadline
 from ..state.connections import MemoryConnections, Selector
 from ..state.revocations import RevocationStore, identity_keys
-from ..transport.websocket import Connection, accept_websocket, is_upgrade
+from ..transport.http import ACCEPT_KEY
+from ..transport.websocket import Connection, accept_websocket
 
 if TYPE_CHECKING:
     from ..core.peer import PeerIdentity
@@ -82,36 +81,6 @@ class ServiceHandler:
         if self.slow_lines.allow():
             log.info("service[%s]: dropping slow consumer %s with 1008: %s", self.name, remote, why)
 
-    @property
-    def offloaded_tls(self) -> bool:
-        """wss/https accepts with ``ssl.encryption disabled``: browsers still see an https origin."""
-        return not self.config.accept_options.tls.encryption and any(u.secure for u in self.config.accepts)
-
-    def own_origin(self, request: web.BaseRequest) -> str:
-        return f"{'https' if request.secure or self.offloaded_tls else 'http'}://{request.host}"
-
-    def origin_allowed(self, request: web.BaseRequest) -> bool:
-        """Same-origin, listed or no ``Origin`` (not a browser): see security.origin."""
-        return origin_allowed(
-            request.headers.get("Origin"), self.own_origin(request), self.config.cross_site_constraints
-        )
-
-    def preflight(self, request: web.BaseRequest) -> web.Response | None:
-        """A CORS preflight (OPTIONS with Access-Control-Request-Method) answered by the cross-site constraints."""
-        if request.method != "OPTIONS" or "Access-Control-Request-Method" not in request.headers:
-            return None
-        status, headers = preflight(
-            request.headers.get("Origin"),
-            request.headers.get("Access-Control-Request-Method"),
-            request.headers.get("Access-Control-Request-Headers"),
-            self.own_origin(request),
-            self.config.cross_site_constraints,
-        )
-        return web.Response(status=status, headers=headers)
-
-    def cors(self, request: web.BaseRequest) -> dict[str, str]:
-        return cors_headers(request.headers.get("Origin"), self.own_origin(request), self.config.cross_site_constraints)
-
 
 class WebSocketService(ServiceHandler):
     """A service whose clients speak WebSocket; subclasses implement ``serve``."""
@@ -119,31 +88,8 @@ class WebSocketService(ServiceHandler):
     writer_limit = 64 * 1024
 
     async def handle(self, request: web.BaseRequest, peer: PeerIdentity | None) -> web.StreamResponse:
-        if request.method != "GET" or not is_upgrade(request):
-            return web.Response(
-                status=426,
-                text="This is a WebSocket endpoint: connect with a WebSocket client.\n",
-                headers={"Upgrade": "websocket"},
-            )
-        if self.runtime.closing:
-            return web.Response(status=503, text="Gateway is shutting down.\n")
-        if not self.origin_allowed(request):
-            if self.origin_lines.allow():  # a page on another site chooses how often: INFO, rate-limited
-                log.info(
-                    "service[%s]: refused cross-origin upgrade from %s (Origin %.100r)",
-                    self.name,
-                    request.remote,
-                    request.headers.get("Origin"),
-                )
-            return web.Response(status=403, text="Forbidden\n")
-        identity = request.get(IDENTITY_KEY)
-        started = time.time()
-        deadline, why = (
-            connection_deadline(identity, started, self.runtime.realms[identity.realm]) if identity else (None, "")
-        )
-        if identity is not None and deadline is not None and deadline <= started:
-            # Already due to close (e.g. a JWT inside its leeway but past exp): never open it, never dial.
-            return self.refuse_upgrade(request, identity, f"{why} before the upgrade")
+        accept = request[ACCEPT_KEY]  # the admission (security/admission.py) decided everything before this
+        identity, started, deadline, why = accept.identity, accept.started, accept.deadline, accept.deadline_reason
         protocols, context = await self.before_upgrade(request)
         connection_id = secrets.token_urlsafe(16)
         try:  # from here a client that leaves (cancelling this task) must not leave the back end open

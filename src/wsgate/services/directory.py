@@ -63,12 +63,7 @@ class DirectoryService(ServiceHandler):
             self.error_pages = (web_root / errors.lstrip("/")).resolve()
 
     async def handle(self, request: web.BaseRequest, peer: PeerIdentity | None) -> web.StreamResponse:
-        answer = self.preflight(request)
-        if answer is not None:
-            return answer
-        response = await self.serve_file(request)
-        response.headers.update(self.cors(request))
-        return response
+        return await self.serve_file(request)  # preflights and CORS headers: the admission's (security/admission.py)
 
     async def serve_file(self, request: web.BaseRequest) -> web.StreamResponse:
         if request.method not in ("GET", "HEAD"):

@@ -1,0 +1,57 @@
+"""The aiohttp side of admission: a request head as a ``Handshake``, and a ``Reject`` or ``Reply`` as a response.
+
+``security.admission`` decides without aiohttp; this is all the adapter needs to ask it and to
+write what it answered. An admitted request travels on with its ``Accept`` under ``ACCEPT_KEY``.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+from aiohttp import web
+from multidict import CIMultiDict, MultiDictProxy
+
+from ..core.handshake import Accept, Handshake, Reject, Reply
+from ..core.peer import PeerIdentity
+from .websocket import request_host
+
+__all__ = ["ACCEPT_KEY", "handshake_from", "response_for"]
+
+# The listener puts the admission's ``Accept`` here before it hands a request to the service.
+ACCEPT_KEY: web.RequestKey[Accept] = web.RequestKey("wsgate.accept", Accept)
+# aiohttp's ``text=`` adds the charset; answers built from a ``Reply`` keep the same Content-Type.
+_CHARSET = "; charset=utf-8"
+
+
+def handshake_from(request: web.BaseRequest, peer: PeerIdentity | None, host: str | None = None) -> Handshake:
+    """The request head as admission sees it (``host``: the routing host, if the caller has it already)."""
+    if host is None:
+        host = request_host(request) or ""
+    version = request.version
+    return Handshake(
+        method=request.method,
+        host=host,
+        path=request.path,
+        headers=request.headers,
+        query=cast("MultiDictProxy[str]", request.query),  # typed as a MultiMapping, is a proxy
+        remote=request.remote or "?",
+        peer=peer,
+        secure=request.secure,
+        version=(version.major, version.minor),
+        authority=request.host,
+    )
+
+
+def response_for(answer: Reject | Reply) -> web.StreamResponse:
+    """What the client gets for a refusal or for an answer the admission gave itself."""
+    if isinstance(answer, Reject):
+        return web.Response(status=answer.status, text=answer.text, headers=answer.headers)
+    headers: CIMultiDict[str] = CIMultiDict(answer.headers)
+    if answer.file is not None:
+        return web.FileResponse(answer.file, status=answer.status, headers=headers)
+    content_type = answer.content_type
+    if content_type is not None:
+        if ";" not in content_type and (content_type.startswith("text/") or content_type == "application/json"):
+            content_type += _CHARSET
+        headers["Content-Type"] = content_type
+    return web.Response(status=answer.status, body=answer.body or None, headers=headers)
