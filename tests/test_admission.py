@@ -556,7 +556,7 @@ async def test_an_accepted_upgrade_carries_its_deadline(gateway: Gateway) -> Non
     decision = await admission(gateway, "jwt").admit(upgrade("/jwt", bearer(signed(600))))
     assert isinstance(decision, Accept) and decision.identity is not None
     assert decision.deadline == decision.identity.expires_at and decision.deadline_reason == "session expired"
-    assert abs(decision.started - time.time()) < 5
+    assert decision.opened_at is not None and abs(decision.opened_at - time.time()) < 5
     decision.hold.release()
 
 

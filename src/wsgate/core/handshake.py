@@ -95,7 +95,7 @@ class Accept:
     deadline_reason: str = ""  # "session expired" or "authorization expired"
     headers: dict[str, str] = field(default_factory=dict)
     subprotocol: str | None = None  # None: the service chooses (or none is echoed)
-    started: float = 0.0  # wall clock the deadline was computed from (the connection's ``session-timeout`` start)
+    opened_at: float | None = None  # wall clock the deadline counts ``session-timeout`` from (None: now)
     hold: Hold = field(default_factory=Hold)
 
 

@@ -175,7 +175,7 @@ class Admission:
                     reason=reason,
                 )
                 return Reject(403, FORBIDDEN, reason=reason)
-        return Accept(identity, deadline, why, started=started, hold=hold)
+        return Accept(identity, deadline, why, opened_at=started, hold=hold)
 
     # -- Origin and CORS ---------------------------------------------------------------------
 

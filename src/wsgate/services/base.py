@@ -89,7 +89,8 @@ class WebSocketService(ServiceHandler):
 
     async def handle(self, request: web.BaseRequest, peer: PeerIdentity | None) -> web.StreamResponse:
         accept = request[ACCEPT_KEY]  # the admission (security/admission.py) decided everything before this
-        identity, started, deadline, why = accept.identity, accept.started, accept.deadline, accept.deadline_reason
+        identity, deadline, why = accept.identity, accept.deadline, accept.deadline_reason
+        started = time.time() if accept.opened_at is None else accept.opened_at
         protocols, context = await self.before_upgrade(request)
         connection_id = secrets.token_urlsafe(16)
         try:  # from here a client that leaves (cancelling this task) must not leave the back end open
