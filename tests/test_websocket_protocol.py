@@ -22,6 +22,7 @@ from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_websocket import WebSocketError
 from multidict import CIMultiDict
 
+from wsgate.core import http
 from wsgate.core.close import client_may_send
 from wsgate.observe import metrics
 from wsgate.transport import websocket
@@ -226,7 +227,7 @@ def headers_with(**changes: str | None) -> CIMultiDict[str]:
 
 
 def test_a_valid_handshake_passes() -> None:
-    assert websocket.check_handshake("GET", (1, 1), CIMultiDict(GOOD)) is None
+    assert http.check_handshake("GET", (1, 1), CIMultiDict(GOOD)) is None
 
 
 @pytest.mark.parametrize(
@@ -250,7 +251,7 @@ def test_a_valid_handshake_passes() -> None:
 def test_invalid_handshakes_are_refused(
     method: str, version: tuple[int, int], changes: dict[str, str | None], status: int
 ) -> None:
-    refusal = websocket.check_handshake(method, version, headers_with(**changes))
+    refusal = http.check_handshake(method, version, headers_with(**changes))
     assert refusal is not None and refusal.status == status
     if status == 426:
         assert refusal.headers == {"Sec-WebSocket-Version": "13"}
@@ -274,20 +275,20 @@ def test_a_duplicated_security_header_refuses_the_handshake(name: str) -> None:
     value = headers.get(name, "a")
     headers.add(name, value)
     headers.add(name, value)  # twice more: the same value repeated is still ambiguous to a proxy
-    refusal = websocket.check_handshake("GET", (1, 1), headers)
+    refusal = http.check_handshake("GET", (1, 1), headers)
     assert refusal is not None and refusal.status == 400 and name in refusal.text
 
 
 def test_plain_requests_refuse_duplicates_that_matter_to_them() -> None:
     for name in ("Host", "Origin", "Authorization", "Cookie"):
-        refusal = websocket.check_request(CIMultiDict([(name, "a"), (name, "b")]))
+        refusal = http.check_request(CIMultiDict([(name, "a"), (name, "b")]))
         assert refusal is not None and refusal.status == 400
-    assert websocket.check_request(CIMultiDict([("Accept", "a"), ("Accept", "b"), ("Host", "x")])) is None
+    assert http.check_request(CIMultiDict([("Accept", "a"), ("Accept", "b"), ("Host", "x")])) is None
 
 
 def test_key_must_be_16_bytes_of_base64() -> None:
-    assert websocket.valid_key(KEY)
-    assert not websocket.valid_key(None) and not websocket.valid_key("") and not websocket.valid_key(KEY[:-2])
+    assert http.valid_key(KEY)
+    assert not http.valid_key(None) and not http.valid_key("") and not http.valid_key(KEY[:-2])
 
 
 # -- the handshake, on the wire --------------------------------------------------------------------------

@@ -24,19 +24,24 @@ from .config.model import GatewayConfig, Realm, Service, Store, TlsOptions
 from .config.values import Uri
 from .core.close import CloseCode
 from .errors import ConfigError, ConfigErrors, GatewayError, ReloadFailed, bind_error
+from .management.service import OperatorService
 from .observe.metrics import Metrics
 from .observe.redact import REDACTOR
+from .security.admission import Admission, offloaded_tls
 from .security.keystore import load_store
 from .security.limits import GatewayLimits, ServiceLimits
 from .security.login.jwt import unverified_claims
-from .security.realms import RealmGuard, RealmRuntime
+from .security.realms import RealmGate, RealmRuntime
 from .security.sessions import cookie_name
 from .security.tls import ListenerTls
-from .services.base import Runtime, ServiceHandler
+from .services.base import HttpService, Runtime, ServiceHandler, WebSocketService
 from .state.connections import Selector
 from .state.revocations import MemoryRevocations, RevocationStore, token_digest, token_key, user_key
+from .transport.endpoint import Endpoint, handler_endpoint
+from .transport.http import reply_endpoint
 from .transport.http_client import fetch_json
 from .transport.listener import Listener, Route
+from .transport.upgrade import websocket_endpoint
 
 log = logging.getLogger("wsgate")
 _USERINFO = re.compile(r"://[^/@]*@")
@@ -135,8 +140,6 @@ class Gateway:
             port=key[1],
             reuse_port=self.reuse_port,
             metrics=self.runtime.metrics,
-            gate=self.gate,
-            open_connections=self.runtime.connections,
             handshake_timeout=limits.handshake_timeout,
             header_size=limits.header_size,
         )
@@ -154,21 +157,52 @@ class Gateway:
             )
         for service, uri in entries:
             handler = self.services[service.name]
+            verify_client = service.accept_options.tls.verify_client if uri.secure else "none"
             listener.add(
                 Route(
                     host=uri.host,
                     path=uri.path.rstrip("/"),
-                    service=RealmGuard(handler, self.realms[service.realm_name], self.runtime)
-                    if service.realm_name
-                    else handler,
+                    service=handler,
+                    endpoint=_endpoint(handler),
+                    admission=self._admission(handler, verify_client),
                     prefix=service_type(service.type).prefix,
                     control=bool(service.realm_name),
-                    verify_client=service.accept_options.tls.verify_client if uri.secure else "none",
-                    limits=self.service_limits[service.name],
                     keepalive_timeout=service.accept_options.keepalive_timeout,
                 )
             )
         return listener
+
+    def _admission(self, handler: ServiceHandler, verify_client: str) -> Admission:
+        """What a route decides before its service runs (security/admission.py)."""
+        service = handler.config
+        offloaded = offloaded_tls(service)
+        realm = None
+        if service.realm_name:
+            realm = RealmGate(
+                self.realms[service.realm_name],
+                service.name,
+                service_type(service.type).plain_http,
+                service.authorization_constraints,
+                [uri.path for uri in service.accepts],
+                self.runtime.connections,
+                self.runtime.expire,
+                offloaded,
+            )
+        return Admission(
+            service=service.name,
+            cors=service_type(service.type).cors,
+            websocket=isinstance(handler, WebSocketService),
+            cross_site=service.cross_site_constraints,
+            offloaded_tls=offloaded,
+            verify_client=verify_client,
+            realm=realm,
+            limits=self.service_limits[service.name],
+            gate=self.gate,
+            open_connections=self.runtime.connections,
+            metrics=self.runtime.metrics,
+            closing=lambda: handler.runtime.closing,
+            origin_lines=handler.origin_lines,
+        )
 
     @staticmethod
     def _verify_client_modes(entries: Iterable[tuple[Service, Uri]]) -> set[str]:
@@ -461,7 +495,7 @@ class Gateway:
             current = self.listeners.get(key)
             if current is not None and _same_socket(current, listener):
                 # Same socket, new routes and limits: nothing in flight is touched.
-                current.routes, current.gate = listener.routes, listener.gate
+                current.routes = listener.routes  # with their admissions: limits, realms, the gate
                 current.handshake_timeout = listener.handshake_timeout
                 fresh.listeners[key] = current
             elif current is not None:
@@ -483,6 +517,17 @@ class Gateway:
             await handler.stop()
         for realm in realms:
             await realm.close()
+
+
+def _endpoint(handler: ServiceHandler) -> Endpoint:
+    """Where the listener hands a request the admission accepted (transport/endpoint.py)."""
+    if isinstance(handler, WebSocketService):
+        return websocket_endpoint(handler)
+    if isinstance(handler, HttpService):
+        return reply_endpoint(handler)
+    if isinstance(handler, OperatorService):  # the management API writes aiohttp responses itself
+        return handler_endpoint(handler.handle)
+    raise TypeError(f"service[{handler.name}]: {type(handler).__name__} is neither WebSocket nor HTTP")
 
 
 def _same_socket(current: Listener, planned: Listener) -> bool:

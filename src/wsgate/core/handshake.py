@@ -8,11 +8,14 @@ or a ``Reject`` without any I/O of its own, and the adapter writes the answer. S
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 
+from .http import wants_upgrade
 from .identity import Identity
 from .peer import PeerIdentity
 
@@ -28,18 +31,15 @@ class Handshake:
     query: MultiDictProxy[str] = field(default_factory=lambda: MultiDictProxy(MultiDict()))
     remote: str = "?"
     peer: PeerIdentity | None = None  # a client certificate OpenSSL verified
-    secure: bool = False  # arrived over TLS (or TLS offloaded in front: see ``Route.offloaded_tls``)
+    secure: bool = False  # arrived over TLS here (TLS offloaded in front: ``Admission.offloaded_tls``)
     version: tuple[int, int] = (1, 1)
     transport: str = "websocket"  # which adapter it came on: "websocket", later "emulation", "tunnel"
+    authority: str = ""  # the Host header as sent (with its port): what an Origin is compared with; "": ``host``
 
     @property
     def upgrade(self) -> bool:
         """Does it ask for a WebSocket (any ``Upgrade`` line naming it)? ``check_handshake`` checks the rest."""
-        return any(
-            part.strip().lower() == "websocket"
-            for line in self.headers.getall("Upgrade", ())
-            for part in line.split(",")
-        )
+        return wants_upgrade(self.headers)
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name)
@@ -50,16 +50,53 @@ def handshake_headers(pairs: list[tuple[str, str]] | CIMultiDict[str]) -> CIMult
     return CIMultiDictProxy(pairs if isinstance(pairs, CIMultiDict) else CIMultiDict(pairs))
 
 
+class Hold:
+    """What an admitted request holds until the adapter lets go of it.
+
+    A handshake-in-progress slot (``limits/handshakes``), released by ``handshake_done`` once the
+    101 is sent, and the connection counts (per service, per client IP), released by ``release``
+    when the upgrade handler returns (which also gives back a slot still held). Each runs once.
+    """
+
+    __slots__ = ("_handshake", "_connection")
+
+    def __init__(self, handshake: Callable[[], None] | None = None, connection: Callable[[], None] | None = None):
+        self._handshake = handshake
+        self._connection = connection
+
+    def handshake_done(self) -> None:
+        done, self._handshake = self._handshake, None
+        if done is not None:
+            done()
+
+    def release(self) -> None:
+        leave, self._connection = self._connection, None
+        try:
+            if leave is not None:
+                leave()
+        finally:
+            self.handshake_done()
+
+    @property
+    def held(self) -> bool:
+        return self._handshake is not None or self._connection is not None
+
+
 @dataclass(frozen=True, slots=True)
 class Accept:
-    """Admitted: who (``None`` for a service without a realm), until when, and what to add to the 101."""
+    """Admitted: who (``None`` for a service without a realm), until when, and what to add to the answer.
+
+    ``headers`` go on the 101 (e.g. a login module's mutual-authentication token) or, for a plain
+    HTTP service, on its response (CORS). ``hold`` must be released by the adapter (see ``Hold``).
+    """
 
     identity: Identity | None = None
     deadline: float | None = None  # wall clock: when the connection must close (credentials, timeouts)
     deadline_reason: str = ""  # "session expired" or "authorization expired"
-    headers: dict[str, str] = field(default_factory=dict)  # e.g. a login module's mutual-authentication token
+    headers: dict[str, str] = field(default_factory=dict)
     subprotocol: str | None = None  # None: the service chooses (or none is echoed)
     opened_at: float | None = None  # wall clock the deadline counts ``session-timeout`` from (None: now)
+    hold: Hold = field(default_factory=Hold)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +108,13 @@ class Reject:
     headers: dict[str, str] = field(default_factory=dict)
     reason: str = ""  # for wsgate.audit; never sent to the client
     limit: str | None = None  # a refusal by a limit: the wsgate_limited label
+    event: str | None = None  # left to the adapter's own accounting: ``BAD_REQUEST``, ``NO_CERTIFICATE``
+
+
+# ``Reject.event``: a malformed request (the adapter counts it and audits it within its rate limit, as it does
+# for requests its parser refuses), and a missing client certificate (the adapter's TLS audit).
+BAD_REQUEST = "bad request"
+NO_CERTIFICATE = "no client certificate"
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,3 +134,12 @@ class Reply:
     @classmethod
     def text(cls, status: int, text: str, headers: tuple[tuple[str, str], ...] = ()) -> Reply:
         return cls(status, text.encode(), headers, "text/plain")
+
+    @classmethod
+    def json(cls, data: object, status: int = 200, headers: tuple[tuple[str, str], ...] = ()) -> Reply:
+        return cls(status, json.dumps(data).encode(), headers, "application/json")
+
+    @classmethod
+    def refusal(cls, reject: Reject) -> Reply:
+        """A ``Reject`` answered as a plain HTTP response (control resources)."""
+        return cls.text(reject.status, reject.text, tuple(reject.headers.items()))

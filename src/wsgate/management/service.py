@@ -43,9 +43,11 @@ from ..config.schema import Fail, Property
 from ..core.close import CloseCode
 from ..errors import ReloadFailed
 from ..observe.metrics import CONTENT_TYPE
-from ..security.realms import IDENTITY_KEY
+from ..security.admission import offloaded_tls, own_origin
+from ..security.origin import origin_allowed
 from ..services.base import Runtime, ServiceHandler, ServiceType
 from ..state.connections import Selector
+from ..transport.http import ACCEPT_KEY
 from ..transport.websocket import GuardedResponse, answer_close, is_upgrade
 
 if TYPE_CHECKING:
@@ -152,6 +154,9 @@ class OperatorService(ServiceHandler):
                 return request.path[len(base) :] or "/"
         return "/"
 
+    async def handle(self, request: web.BaseRequest, peer: PeerIdentity | None) -> web.StreamResponse:
+        raise NotImplementedError
+
     def metrics_response(self) -> web.Response:
         body = self.runtime.metrics.exposition() if self.runtime.metrics else b""
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE, "Cache-Control": "no-store"})
@@ -173,6 +178,7 @@ class ManagementService(OperatorService):
         properties={"insecure": Property("?")},
         finish=management_rules,
         plain_http=True,
+        cors=True,
         prefix=True,
     )
 
@@ -190,10 +196,13 @@ class ManagementService(OperatorService):
         for ws in list(self.live):
             await ws.close(code=CloseCode.GOING_AWAY, message=b"gateway shutting down")
 
+    def origin_allowed(self, request: web.BaseRequest) -> bool:
+        """Same-origin, listed or no ``Origin`` (not a browser): see security.origin."""
+        own = own_origin(request.secure or offloaded_tls(self.config), request.host)
+        return origin_allowed(request.headers.get("Origin"), own, self.config.cross_site_constraints)
+
     async def handle(self, request: web.BaseRequest, peer: PeerIdentity | None) -> web.StreamResponse:
-        preflight = self.preflight(request)
-        if preflight is not None:
-            return preflight
+        # CORS preflights and CORS headers: the admission's (security/admission.py).
         if request.method not in _SAFE and not self.origin_allowed(request):
             if self.origin_lines.allow():
                 log.info("service[%s]: refused cross-origin %s from %s", self.name, request.method, request.remote)
@@ -208,7 +217,6 @@ class ManagementService(OperatorService):
         except ConnectionResetError:  # the client left (or was dropped) before its body was complete
             return web.Response(status=400)  # nobody to read it: aiohttp drops it, no error to log
         response.headers.setdefault("Cache-Control", "no-store")
-        response.headers.update(self.cors(request))
         return response
 
     async def route(self, request: web.BaseRequest, path: str) -> web.StreamResponse:
@@ -300,7 +308,8 @@ class ManagementService(OperatorService):
 
     @staticmethod
     def admin(request: web.BaseRequest) -> str:
-        identity = request.get(IDENTITY_KEY)
+        accept = request.get(ACCEPT_KEY)
+        identity = accept.identity if accept is not None else None
         return f"administrator {identity.user!r}" if identity else f"unauthenticated client {request.remote}"
 
     async def send_live(self, request: web.BaseRequest, ws: web.WebSocketResponse, text: str) -> bool:

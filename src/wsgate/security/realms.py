@@ -1,9 +1,9 @@
-"""Realm enforcement on the HTTP request, before any 101, and the realm's control resources.
+"""Realm enforcement on a request head, before any 101, and the realm's control resources, without I/O.
 
-``RealmGuard`` stands in front of a protected service (``realm-name`` plus
-``authorization-constraint``): it gathers credentials, runs the realm's login
-chain (or accepts the realm's session cookie), checks the roles and only then
-hands the request on with its ``Identity``.
+``RealmGate`` is the realm's part of a protected service's admission (``realm-name`` plus
+``authorization-constraint``, see ``security.admission``): it gathers credentials from the
+``Handshake``, runs the realm's login chain (or accepts the realm's session cookie), checks
+the roles and answers the ``Identity`` or a ``Reject``. Control resources answer ``Reply``s.
 
 On the wire (Kaazing reference §3.2): no or bad credentials → 401 with the realm's
 challenge (every failure looks the same); authenticated without the roles → 403;
@@ -22,17 +22,16 @@ see docs/security.md, "Re-authentication without disconnecting"):
 from __future__ import annotations
 
 import hashlib
-import json
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
+from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
-
 from ..config.model import AuthorizationConstraint, Realm
 from ..core.fetch import FetchJson
+from ..core.handshake import Handshake, Reject, Reply
 from ..core.identity import Identity
 from ..core.session import Timeouts
 from ..observe.logs import get_logger
@@ -50,18 +49,19 @@ from .challenges import (
 from .login import Busy, ChainEntry, Challenged, Failed, LoginAttempt, Succeeded, Unavailable, build_module, run_chain
 from .login.base import resolve
 from .login.verifier import Verifier
-from .sessions import DEFAULT_SESSION_TTL, SessionStore, cookie_name
+from .sessions import DEFAULT_SESSION_TTL, Session, SessionStore, cookie_name
 
 if TYPE_CHECKING:
-    from ..core.peer import PeerIdentity
     from ..observe.metrics import Metrics
-    from ..services.base import Runtime, ServiceHandler
+    from ..state.connections import MemoryConnections
 
 audit = get_logger("wsgate.audit")
 CONTROL = "/.wsgate/"
-
-
-IDENTITY_KEY = web.RequestKey("wsgate.identity", Identity)
+# What the client sees of a refusal: the same whatever the reason (that goes to wsgate.audit).
+BAD_REQUEST_TEXT = "Bad Request\n"
+UNAUTHORIZED = "Unauthorized\n"
+FORBIDDEN = "Forbidden\n"
+UNAVAILABLE = "Service Unavailable\n"
 Trail = tuple[tuple[str, str], ...]
 
 
@@ -98,11 +98,9 @@ class RealmRuntime:
         self.revocations: RevocationStore = MemoryRevocations()  # the gateway's, shared by every realm
         self.files = module_files(realm, base_dir)
 
-    async def authenticate(
-        self, request: web.BaseRequest, peer: PeerIdentity | None, allow_session: bool = True
-    ) -> Identity | Refused:
+    async def authenticate(self, handshake: Handshake, allow_session: bool = True) -> Identity | Refused:
         try:
-            credentials, session_token = self.gather(request)
+            credentials, session_token = self.gather(handshake)
         except AmbiguousCredentials as exc:
             return Refused(400, str(exc))  # before any module runs: no guessing which credential counts
         if allow_session and session_token:
@@ -110,7 +108,7 @@ class RealmRuntime:
             if identity is not None and not await self.revoked(identity):
                 return identity
         result = await run_chain(
-            self.chain, LoginAttempt(credentials, request.remote or "?", peer, verifier=self.verifier)
+            self.chain, LoginAttempt(credentials, handshake.remote, handshake.peer, verifier=self.verifier)
         )
         if self.metrics is not None:
             for module, seconds in result.timings:
@@ -142,14 +140,15 @@ class RealmRuntime:
             self.sessions.drop(identity.session)
         return key is not None
 
-    def gather(self, request: web.BaseRequest) -> tuple[Credentials, str | None]:
+    def gather(self, handshake: Handshake) -> tuple[Credentials, str | None]:
         """Only what this realm is configured to read (its scheme, its sources), and its session cookie."""
         auth = self.config.authentication
-        headers = {name: request.headers.getall(name, []) for name in ("Authorization", "Cookie", *auth.http_headers)}
-        query = {name: request.query.getall(name, []) for name in auth.http_query_parameters}
+        request_headers, request_query = handshake.headers, handshake.query
+        headers = {name: request_headers.getall(name, []) for name in ("Authorization", "Cookie", *auth.http_headers)}
+        query = {name: request_query.getall(name, []) for name in auth.http_query_parameters}
         offers = None
         if self.token_realm:  # every Sec-WebSocket-Protocol header: a token in a second one is not overlooked
-            offers = offered_subprotocols(", ".join(request.headers.getall("Sec-WebSocket-Protocol", [])))
+            offers = offered_subprotocols(", ".join(request_headers.getall("Sec-WebSocket-Protocol", [])))
         credentials = gather_credentials(
             headers,
             query,
@@ -285,31 +284,42 @@ def expired(identity: Identity, realm: Realm) -> bool:
     return deadline is not None and deadline <= now
 
 
-class RealmGuard:
-    """Stands in front of a protected service; only authorized requests pass, with their identity."""
+def set_cookie(name: str, value: str, **attributes: str | int | bool) -> str:
+    """A ``Set-Cookie`` value, written as aiohttp's ``set_cookie`` writes it (``http.cookies``)."""
+    jar: SimpleCookie = SimpleCookie()
+    jar[name] = value
+    morsel = jar[name]
+    for key, attribute in attributes.items():
+        morsel[key.replace("_", "-")] = attribute
+    return morsel.output(header="")[1:]
 
-    def __init__(self, service: ServiceHandler, realm: RealmRuntime, runtime: Runtime) -> None:
-        self.service = service
+
+class RealmGate:
+    """A protected service's realm: only authorized requests pass, with their identity.
+
+    ``connections`` are the gateway's live connections (the control resources extend and close
+    them by ``Selector``); ``expire`` closes the selected ones with 1008.
+    """
+
+    def __init__(
+        self,
+        realm: RealmRuntime,
+        service: str,
+        plain_http: bool,
+        constraints: Sequence[AuthorizationConstraint],
+        paths: Sequence[str],
+        connections: MemoryConnections[Any],
+        expire: Callable[[Selector, str], Awaitable[int]],
+        offloaded_tls: bool = False,
+    ) -> None:
         self.realm = realm
-        self.runtime = runtime
-        self.name = service.name
-        self.plain_http = service.TYPE.plain_http  # browsers show their own login dialog
-        self.paths = tuple(u.path.rstrip("/") for u in service.config.accepts)
-
-    async def handle(self, request: web.BaseRequest, peer: PeerIdentity | None) -> web.StreamResponse:
-        answer = self.service.preflight(request)  # preflights carry no credentials: answer before the realm
-        if answer is not None:
-            return answer
-        control = self.control_path(request.path)
-        if control is not None:
-            response = await self.control(request, peer, control)
-            response.headers.update(self.service.cors(request))
-            return response
-        admitted = await self.admit(request, peer)
-        if isinstance(admitted, web.StreamResponse):
-            return admitted
-        request[IDENTITY_KEY] = admitted
-        return await self.service.handle(request, peer)
+        self.name = service
+        self.plain_http = plain_http  # browsers show their own login dialog (directory, management)
+        self.constraints = tuple(constraints)
+        self.paths = tuple(path.rstrip("/") for path in paths)
+        self.connections = connections
+        self.expire = expire
+        self.offloaded_tls = offloaded_tls
 
     def control_path(self, path: str) -> str | None:
         for base in self.paths:
@@ -317,22 +327,20 @@ class RealmGuard:
                 return path[len(base) + len(CONTROL) :]
         return None
 
-    async def admit(
-        self, request: web.BaseRequest, peer: PeerIdentity | None, allow_session: bool = True
-    ) -> Identity | web.Response:
-        outcome = await self.realm.authenticate(request, peer, allow_session)
-        where = {"service": self.name, "realm": self.realm.config.name, "remote": request.remote}
+    async def admit(self, handshake: Handshake, allow_session: bool = True) -> Identity | Reject:
+        outcome = await self.realm.authenticate(handshake, allow_session)
+        where = {"service": self.name, "realm": self.realm.config.name, "remote": handshake.remote}
         if isinstance(outcome, Refused):
             return self.refuse(outcome, where)
         roles = sorted(outcome.roles)
-        if not authorized(outcome.roles, self.service.config.authorization_constraints):
+        if not authorized(outcome.roles, self.constraints):
             audit.info("authorization denied", **where, decision="denied", status=403, user=outcome.user, roles=roles)
-            return web.Response(status=403, text="Forbidden\n")
+            return Reject(403, FORBIDDEN, reason="authorization denied")
         via = "session" if outcome.session and allow_session else "credentials"
         audit.info("authenticated", **where, decision="authenticated", user=outcome.user, via=via, roles=roles)
         return outcome
 
-    def refuse(self, refused: Refused, where: dict[str, Any]) -> web.Response:
+    def refuse(self, refused: Refused, where: dict[str, Any]) -> Reject:
         if refused.status == 503:
             audit.warning(
                 "authentication unavailable", **where, decision="unavailable", status=503, reason=refused.reason
@@ -340,86 +348,83 @@ class RealmGuard:
             if refused.limit is not None and self.realm.metrics is not None:
                 self.realm.metrics.limited.labels(self.name, refused.limit).inc()
             retry = "1" if refused.limit else "5"  # a busy verifier frees up in about a hash's time
-            return web.Response(status=503, text="Service Unavailable\n", headers={"Retry-After": retry})
+            return Reject(503, UNAVAILABLE, {"Retry-After": retry}, refused.reason, refused.limit)
         audit.info("authentication denied", **where, decision="denied", status=refused.status, reason=refused.reason)
         if refused.status == 400:
-            return web.Response(status=400, text="Bad Request\n")
+            return Reject(400, BAD_REQUEST_TEXT, reason=refused.reason)
         if refused.status == 401:
-            return web.Response(
-                status=401, text="Unauthorized\n", headers=self.realm.challenge(self.plain_http, refused.data)
-            )
-        return web.Response(status=403, text="Forbidden\n")
+            return Reject(401, UNAUTHORIZED, self.realm.challenge(self.plain_http, refused.data), refused.reason)
+        return Reject(403, FORBIDDEN, reason=refused.reason)
 
     # -- control resources -------------------------------------------------------------------
 
-    async def control(self, request: web.BaseRequest, peer: PeerIdentity | None, what: str) -> web.StreamResponse:
-        if not self.service.origin_allowed(request):
-            return web.Response(status=403, text="Forbidden\n")
+    async def control(self, handshake: Handshake, what: str) -> Reply:
+        """``<path>/.wsgate/<what>``; the caller has checked the Origin."""
         if what == "session" and self.realm.recycle:
-            handlers = {"POST": self.login, "GET": self.whoami, "DELETE": self.logout}
-            if request.method not in handlers:
-                return web.Response(status=405, headers={"Allow": "GET, POST, DELETE"})
-            return await handlers[request.method](request, peer)
-        if what.startswith("refresh/") and request.method == "POST":
-            return await self.refresh(request, peer, what[len("refresh/") :])
-        return web.Response(status=404, text="Not Found\n")
+            if handshake.method == "POST":
+                return await self.login(handshake)
+            if handshake.method == "GET":
+                return await self.whoami(handshake)
+            if handshake.method == "DELETE":
+                return await self.logout(handshake)
+            return Reply(405, headers=(("Allow", "GET, POST, DELETE"),))
+        if what.startswith("refresh/") and handshake.method == "POST":
+            return await self.refresh(handshake, what[len("refresh/") :])
+        return Reply.text(404, "Not Found\n")
 
-    async def login(self, request: web.BaseRequest, peer: PeerIdentity | None) -> web.StreamResponse:
+    async def login(self, handshake: Handshake) -> Reply:
         """Fresh credentials → a session cookie; an existing session of the same user is renewed."""
-        admitted = await self.admit(request, peer, allow_session=False)
-        if isinstance(admitted, web.Response):
-            return admitted
+        admitted = await self.admit(handshake, allow_session=False)
+        if isinstance(admitted, Reject):
+            return Reply.refusal(admitted)
         expires_at = self.realm.session_expiry(admitted)
-        current = self.current_session(request)
+        current = self.current_session(handshake)
         if current is not None and current.identity.user == admitted.user and current.identity.session:
             session = self.realm.sessions.renew(current.identity.session, admitted, expires_at)
             extended = self.extend(Selector(session=current.identity.session), session.identity)
-            response = self.describe(session.identity, extended=extended, expires=self.realm.renew_by(session.identity))
-        else:
-            token, session = self.realm.sessions.issue(admitted, expires_at)
-            response = self.describe(session.identity, expires=self.realm.renew_by(session.identity))
-            response.set_cookie(
-                self.realm.cookie,
-                token,
-                max_age=max(1, int(expires_at - time.time())),
-                path="/",
-                secure=request.secure or self.service.offloaded_tls,
-                httponly=True,
-                samesite="Strict",
-            )
-        return response
+            return self.describe(session.identity, extended=extended, expires=self.realm.renew_by(session.identity))
+        token, session = self.realm.sessions.issue(admitted, expires_at)
+        cookie = set_cookie(
+            self.realm.cookie,
+            token,
+            max_age=str(max(1, int(expires_at - time.time()))),
+            path="/",
+            secure=handshake.secure or self.offloaded_tls,
+            httponly=True,
+            samesite="Strict",
+        )
+        return self.describe(
+            session.identity, expires=self.realm.renew_by(session.identity), headers=(("Set-Cookie", cookie),)
+        )
 
-    async def whoami(self, request: web.BaseRequest, peer: PeerIdentity | None) -> web.StreamResponse:
-        session = self.current_session(request)
+    async def whoami(self, handshake: Handshake) -> Reply:
+        session = self.current_session(handshake)
         if session is None or await self.realm.revoked(session.identity):
-            return web.Response(status=401, text="Unauthorized\n", headers=self.realm.challenge(self.plain_http))
+            return Reply.text(401, UNAUTHORIZED, tuple(self.realm.challenge(self.plain_http).items()))
         return self.describe(session.identity)
 
-    async def logout(self, request: web.BaseRequest, peer: PeerIdentity | None) -> web.StreamResponse:
+    async def logout(self, handshake: Handshake) -> Reply:
         """Drop the session and close every connection it opened (logout reaches live sockets)."""
-        session = self.current_session(request)
+        session = self.current_session(handshake)
         closed = 0
         if session is not None and session.identity.session:
             key = session.identity.session
             self.realm.sessions.drop(key)
-            closed = await self.runtime.expire(Selector(session=key), "logged out")
+            closed = await self.expire(Selector(session=key), "logged out")
             audit.info(
                 "service[%s]: user %r logged out, %d connection(s) closed", self.name, session.identity.user, closed
             )
-        response = web.json_response({"closed": closed})
-        response.del_cookie(self.realm.cookie, path="/")
-        return response
+        cookie = set_cookie(self.realm.cookie, "", max_age="0", expires="Thu, 01 Jan 1970 00:00:00 GMT", path="/")
+        return Reply.json({"closed": closed}, headers=(("Set-Cookie", cookie),))
 
-    async def refresh(
-        self, request: web.BaseRequest, peer: PeerIdentity | None, connection_id: str
-    ) -> web.StreamResponse:
+    async def refresh(self, handshake: Handshake, connection_id: str) -> Reply:
         """Fresh credentials of the same user extend one live connection, which stays open."""
-        connection = self.runtime.connections.get(connection_id)
+        connection = self.connections.get(connection_id)
         if connection is None or connection.identity is None or connection.service != self.name:
-            return web.Response(status=404, text="Not Found\n")
-        admitted = await self.admit(request, peer, allow_session=False)
-        if isinstance(admitted, web.Response):
-            return admitted
+            return Reply.text(404, "Not Found\n")
+        admitted = await self.admit(handshake, allow_session=False)
+        if isinstance(admitted, Reject):
+            return Reply.refusal(admitted)
         if admitted.user != connection.identity.user:
             audit.warning(
                 "service[%s]: refresh of %s by %r refused: it belongs to %r",
@@ -428,14 +433,14 @@ class RealmGuard:
                 admitted.user,
                 connection.identity.user,
             )
-            return web.Response(status=403, text="Forbidden\n")
+            return Reply.text(403, FORBIDDEN)
         self.extend(Selector(id=connection_id), replace(admitted, session=connection.identity.session))
         deadline, _ = connection_deadline(connection.identity, connection.started, self.realm.config)
         return self.describe(connection.identity, expires=deadline)
 
-    def current_session(self, request: web.BaseRequest):  # type: ignore[no-untyped-def]
+    def current_session(self, handshake: Handshake) -> Session | None:
         try:
-            token = self.realm.session_cookie(request.headers.getall("Cookie", []))
+            token = self.realm.session_cookie(handshake.headers.getall("Cookie", []))
         except AmbiguousCredentials:
             return None  # two session cookies: neither is trusted
         return self.realm.sessions.lookup(token) if token else None
@@ -444,7 +449,7 @@ class RealmGuard:
         """Give the selected live connections the fresh identity and their new deadline."""
         count = 0
         timeouts = realm_timeouts(self.realm.config)
-        for session in self.runtime.connections.select(selector):
+        for session in self.connections.select(selector):
             session.refresh(identity, timeouts)
             count += 1
         if count:
@@ -452,9 +457,15 @@ class RealmGuard:
         return count
 
     @staticmethod
-    def describe(identity: Identity, extended: int = 0, expires: float | None = None) -> web.Response:
+    def describe(
+        identity: Identity, extended: int = 0, expires: float | None = None, headers: tuple[tuple[str, str], ...] = ()
+    ) -> Reply:
         """``expires``: when the connection (refresh) or session must be renewed, if ever."""
-        body = {"user": identity.user, "roles": sorted(identity.roles), "expires": expires or identity.expires_at}
+        body: dict[str, Any] = {
+            "user": identity.user,
+            "roles": sorted(identity.roles),
+            "expires": expires or identity.expires_at,
+        }
         if extended:
             body["extended"] = extended
-        return web.json_response(body, dumps=json.dumps)
+        return Reply.json(body, headers=headers)

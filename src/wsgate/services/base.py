@@ -21,27 +21,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from aiohttp import web
-
 from ..config.model import Realm, Service
 from ..config.schema import ServiceTypeSchema
 from ..core.channel import Channel
 from ..core.close import CloseCode
-from ..core.handshake import Accept, Handshake, Reply
+from ..core.handshake import Handshake, Reply
 from ..core.identity import Identity
 from ..core.session import LiveSession
 from ..observe.logs import LogLimiter, get_logger
 from ..security.keystore import KeyMaterial
-from ..security.origin import cors_headers, origin_allowed, preflight
-from ..security.realms import IDENTITY_KEY, connection_deadline
 from ..state.connections import MemoryConnections, Selector
 from ..state.revocations import RevocationStore, identity_keys
-from ..transport.http import request_handshake, response_of
-from ..transport.upgrade import upgrade
-from ..transport.websocket import is_upgrade
 
 if TYPE_CHECKING:
-    from ..core.peer import PeerIdentity
     from ..observe.metrics import Metrics
 
 log = logging.getLogger("wsgate.service")
@@ -75,6 +67,7 @@ class ServiceType(ServiceTypeSchema):
     """
 
     plain_http: bool = False  # plain HTTP resources: a realm's 401 lets browsers show their login dialog
+    cors: bool = False  # a plain HTTP service that answers CORS preflights and adds CORS headers, realm or not
     prefix: bool = False  # serves every path under its accept path, not only the path itself
     web_root: bool = False  # resolves its files under the gateway's web root (``ServiceHandler.configure``)
     descriptors_per_connection: int = 1  # file descriptors one open connection holds (a proxied one: two)
@@ -113,9 +106,6 @@ class ServiceHandler:
     async def stop(self) -> None:
         """Release back-end resources after the connections are closed."""
 
-    async def handle(self, request: web.BaseRequest, peer: PeerIdentity | None) -> web.StreamResponse:
-        raise NotImplementedError
-
     def dropped_slow(self, remote: str | None, why: str) -> None:
         """A peer dropped for not reading: counted always, logged at INFO within the rate limit."""
         if self.runtime.metrics is not None:
@@ -123,47 +113,10 @@ class ServiceHandler:
         if self.slow_lines.allow():
             log.info("service[%s]: dropping slow consumer %s with 1008: %s", self.name, remote, why)
 
-    @property
-    def offloaded_tls(self) -> bool:
-        """wss/https accepts with ``ssl.encryption disabled``: browsers still see an https origin."""
-        return not self.config.accept_options.tls.encryption and any(u.secure for u in self.config.accepts)
-
-    def own_origin(self, request: web.BaseRequest) -> str:
-        return f"{'https' if request.secure or self.offloaded_tls else 'http'}://{request.host}"
-
-    def origin_allowed(self, request: web.BaseRequest) -> bool:
-        """Same-origin, listed or no ``Origin`` (not a browser): see security.origin."""
-        return origin_allowed(
-            request.headers.get("Origin"), self.own_origin(request), self.config.cross_site_constraints
-        )
-
-    def preflight(self, request: web.BaseRequest) -> web.Response | None:
-        """A CORS preflight (OPTIONS with Access-Control-Request-Method) answered by the cross-site constraints."""
-        if request.method != "OPTIONS" or "Access-Control-Request-Method" not in request.headers:
-            return None
-        status, headers = preflight(
-            request.headers.get("Origin"),
-            request.headers.get("Access-Control-Request-Method"),
-            request.headers.get("Access-Control-Request-Headers"),
-            self.own_origin(request),
-            self.config.cross_site_constraints,
-        )
-        return web.Response(status=status, headers=headers)
-
-    def cors(self, request: web.BaseRequest) -> dict[str, str]:
-        return cors_headers(request.headers.get("Origin"), self.own_origin(request), self.config.cross_site_constraints)
-
 
 class HttpService(ServiceHandler):
-    """A plain HTTP service that answers ``Reply`` values (``directory``); CORS is applied here."""
-
-    async def handle(self, request: web.BaseRequest, peer: PeerIdentity | None) -> web.StreamResponse:
-        answer = self.preflight(request)
-        if answer is not None:
-            return answer
-        response = response_of(await self.reply(request_handshake(request, peer)))
-        response.headers.update(self.cors(request))
-        return response
+    """A plain HTTP service that answers ``Reply`` values (``directory``); admission answers preflights
+    and the listener adds the CORS headers it decided."""
 
     async def reply(self, handshake: Handshake) -> Reply:
         raise NotImplementedError
@@ -174,43 +127,11 @@ class WebSocketService(ServiceHandler):
 
     writer_limit = 64 * 1024
 
-    async def handle(self, request: web.BaseRequest, peer: PeerIdentity | None) -> web.StreamResponse:
-        if request.method != "GET" or not is_upgrade(request):
-            return web.Response(
-                status=426,
-                text="This is a WebSocket endpoint: connect with a WebSocket client.\n",
-                headers={"Upgrade": "websocket"},
-            )
-        if self.runtime.closing:
-            return web.Response(status=503, text="Gateway is shutting down.\n")
-        if not self.origin_allowed(request):
-            if self.origin_lines.allow():  # a page on another site chooses how often: INFO, rate-limited
-                log.info(
-                    "service[%s]: refused cross-origin upgrade from %s (Origin %.100r)",
-                    self.name,
-                    request.remote,
-                    request.headers.get("Origin"),
-                )
-            return web.Response(status=403, text="Forbidden\n")
-        identity = request.get(IDENTITY_KEY)
-        started = time.time()
-        deadline, why = (
-            connection_deadline(identity, started, self.runtime.realms[identity.realm]) if identity else (None, "")
-        )
-        if identity is not None and deadline is not None and deadline <= started:
-            # Already due to close (e.g. a JWT inside its leeway but past exp): never open it, never dial.
-            return self.refuse_upgrade(request, identity, f"{why} before the upgrade")
-        accept = Accept(identity=identity, deadline=deadline, deadline_reason=why, opened_at=started)
-        return await upgrade(self, request, peer, accept)
-
     async def revoked(self, identity: Identity) -> bool:
         """Revocation is checked again here: one may have come while the back end was being dialled."""
         store = self.runtime.revocations
         keys = identity_keys(identity.user, identity.token_id, identity.token_digest)
         return store is not None and await store.revoked(keys) is not None
-
-    def refuse_upgrade(self, request: web.BaseRequest, identity: Identity, reason: str) -> web.StreamResponse:
-        return response_of(self.deny(identity, request.remote or "?", reason))
 
     def deny(self, identity: Identity, remote: str, reason: str) -> Reply:
         """As the realm refuses presented credentials: 403, the reason in the audit log only."""

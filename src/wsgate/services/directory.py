@@ -47,6 +47,7 @@ class DirectoryService(HttpService):
             "location": Property("*", fields=("patterns", "cache-control"), listed=False),  # cache rules
         },
         plain_http=True,
+        cors=True,
         prefix=True,
         web_root=True,
     )
@@ -75,7 +76,7 @@ class DirectoryService(HttpService):
             self.error_pages = (web_root / errors.lstrip("/")).resolve()
 
     async def reply(self, handshake: Handshake) -> Reply:
-        """The file, folder listing, redirect or error for a GET or HEAD (``HttpService`` adds CORS)."""
+        """The file, folder listing, redirect or error for a GET or HEAD (admission adds CORS)."""
         if handshake.method not in ("GET", "HEAD"):
             return Reply(405, headers=(("Allow", "GET, HEAD"), *SECURITY_HEADERS))
         path = handshake.path

@@ -1,46 +1,75 @@
-"""Plain HTTP answers (``core.handshake.Reply``) written as aiohttp responses, and requests read as ``Handshake``s.
+"""The aiohttp side of admission: a request head as a ``Handshake``, and a ``Reject`` or ``Reply`` as a response.
 
-A ``Reply`` with a ``file`` becomes aiohttp's ``FileResponse``, which streams it with sendfile and
-answers ``HEAD``, ``Range``, ``If-Modified-Since``/``If-None-Match`` (ETag, Last-Modified) itself;
-any other becomes a ``Response``. A body's text content type without a charset is sent as UTF-8
-(as aiohttp's ``text=`` does).
+``security.admission`` decides without aiohttp; this is all the adapter needs to ask it and to
+write what it answered. An admitted request travels on with its ``Accept`` under ``ACCEPT_KEY``.
 """
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Protocol, cast
 
 from aiohttp import web
 from multidict import CIMultiDict, MultiDictProxy
 
-from ..core.handshake import Handshake, Reply
+from ..core.handshake import Accept, Handshake, Reject, Reply
 from ..core.peer import PeerIdentity
+from .endpoint import Endpoint
 from .websocket import request_host
 
+__all__ = ["ACCEPT_KEY", "handshake_from", "response_for", "reply_endpoint"]
 
-def response_of(reply: Reply) -> web.StreamResponse:
-    """The aiohttp response that sends ``reply`` as it is."""
-    headers: CIMultiDict[str] = CIMultiDict(reply.headers)
-    content_type = reply.content_type
-    if content_type is not None and "Content-Type" not in headers:
-        if content_type.startswith("text/") and "charset" not in content_type:
-            content_type += "; charset=utf-8"
-        headers["Content-Type"] = content_type
-    if reply.file is not None:
-        return web.FileResponse(reply.file, status=reply.status, headers=headers)
-    return web.Response(status=reply.status, body=reply.body or None, headers=headers)
+# The listener puts the admission's ``Accept`` here before it hands a request to the service.
+ACCEPT_KEY: web.RequestKey[Accept] = web.RequestKey("wsgate.accept", Accept)
+# aiohttp's ``text=`` adds the charset; answers built from a ``Reply`` keep the same Content-Type.
+_CHARSET = "; charset=utf-8"
 
 
-def request_handshake(request: web.BaseRequest, peer: PeerIdentity | None, secure: bool | None = None) -> Handshake:
-    """``request``'s head as a ``Handshake`` (nothing is copied: aiohttp's headers are already a proxy)."""
+def handshake_from(request: web.BaseRequest, peer: PeerIdentity | None, host: str | None = None) -> Handshake:
+    """The request head as admission sees it (``host``: the routing host, if the caller has it already)."""
+    if host is None:
+        host = request_host(request) or ""
+    version = request.version
     return Handshake(
         method=request.method,
-        host=request_host(request) or "",
+        host=host,
         path=request.path,
         headers=request.headers,
-        query=cast(MultiDictProxy[str], request.query),  # aiohttp's is one, typed as a MultiMapping
+        query=cast("MultiDictProxy[str]", request.query),  # typed as a MultiMapping, is a proxy
         remote=request.remote or "?",
         peer=peer,
-        secure=request.secure if secure is None else secure,
-        version=(request.version.major, request.version.minor),
+        secure=request.secure,
+        version=(version.major, version.minor),
+        authority=request.host,
     )
+
+
+def response_for(answer: Reject | Reply) -> web.StreamResponse:
+    """What the client gets for a refusal or for an answer the admission gave itself."""
+    if isinstance(answer, Reject):
+        return web.Response(status=answer.status, text=answer.text, headers=answer.headers)
+    headers: CIMultiDict[str] = CIMultiDict(answer.headers)
+    content_type = answer.content_type
+    if content_type is not None and "Content-Type" not in headers:
+        if ";" not in content_type and (content_type.startswith("text/") or content_type == "application/json"):
+            content_type += _CHARSET
+        headers["Content-Type"] = content_type
+    if answer.file is not None:  # FileResponse answers HEAD, Range and conditional requests itself (sendfile)
+        return web.FileResponse(answer.file, status=answer.status, headers=headers)
+    return web.Response(status=answer.status, body=answer.body or None, headers=headers)
+
+
+class Replying(Protocol):
+    """A service that answers ``Reply`` values (``services.base.HttpService``)."""
+
+    async def reply(self, handshake: Handshake) -> Reply: ...
+
+
+def reply_endpoint(service: Replying) -> Endpoint:
+    """The listener's endpoint for a service that answers ``Reply`` values."""
+
+    async def endpoint(
+        request: web.BaseRequest, peer: PeerIdentity | None, handshake: Handshake, accept: Accept
+    ) -> web.StreamResponse:
+        return response_for(await service.reply(handshake))
+
+    return endpoint

@@ -1,9 +1,8 @@
 """Listeners: one socket per bind address, many services routed by host + path.
 
 The listener is the only place that accepts sockets. It decides nothing about
-services: it finds the route, enforces the route's client-certificate rule
-(for ports shared by services with different ``ssl.verify-client``), and hands
-the request on.
+services: it finds the route, asks the route's ``Admission`` (security/admission.py)
+about the request head, writes a refusal or hands the request on with its ``Accept``.
 """
 
 from __future__ import annotations
@@ -11,28 +10,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Callable, Sized
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from aiohttp import StreamReader, web, web_response
 from aiohttp.http_exceptions import HttpProcessingError
 
 from ..config.model import DEFAULT_KEEPALIVE_TIMEOUT
+from ..core.handshake import BAD_REQUEST, NO_CERTIFICATE, Reject, Reply
 from ..core.peer import PeerIdentity
 from ..observe.logs import LogLimiter, get_logger
 from ..observe.metrics import handshake_outcome
-from ..security.limits import GatewayLimits, Refusal, ServiceLimits
 from .accept import guard
+from .endpoint import Endpoint
+from .http import ACCEPT_KEY, handshake_from, response_for
 from .liveness import ResetWatch
-from .tls_audit import NO_CERTIFICATE, TlsAudit, install_exception_handler
-from .websocket import HANDSHAKE_DONE, bad_request, is_upgrade, request_host
+from .tls_audit import TlsAudit, install_exception_handler
+from .websocket import HANDSHAKE_DONE, is_upgrade, request_host
 
 if TYPE_CHECKING:
     from ..observe.metrics import Metrics
-    from ..security.realms import RealmGuard
-    from ..services.base import ServiceHandler
+    from ..security.admission import Admission
 
 log = logging.getLogger("wsgate.listener")
 audit = get_logger("wsgate.audit")
@@ -55,15 +55,20 @@ BACKLOG = 1024
 web_response.SERVER_SOFTWARE = "wsgate"  # type: ignore[attr-defined]
 
 
+class Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
 @dataclass
 class Route:
     host: str
     path: str  # no trailing slash, "" for the root
-    service: ServiceHandler | RealmGuard
+    service: Named  # the service's name, for metrics and audit lines
+    endpoint: Endpoint  # where an admitted request goes (see transport/endpoint.py)
+    admission: Admission  # everything decided before the service runs (limits, verify-client, realm, Origin)
     prefix: bool  # directory services also serve everything below their path
-    verify_client: str = "none"
     control: bool = False  # a protected service also answers <path>/.wsgate/… (sessions, refresh)
-    limits: ServiceLimits | None = None
     keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT  # idle time allowed after a response of this service
 
 
@@ -75,8 +80,6 @@ class Listener:
     routes: list[Route] = field(default_factory=list)
     reuse_port: bool = False  # ``wsgate run --workers N``: N processes share the port, the kernel spreads accepts
     metrics: Metrics | None = None
-    gate: GatewayLimits | None = None
-    open_connections: Sized = ()  # every open WebSocket of the gateway, for gate's limit
     handshake_timeout: float = 10.0
     header_size: int = 8190
     tls_source: object = None  # what ssl_context was built from (Gateway.reload compares it)
@@ -187,20 +190,28 @@ class Listener:
             peer = PeerIdentity.from_ssl_object(
                 request.transport.get_extra_info("ssl_object") if request.transport else None
             )
-        upgrade = is_upgrade(request)
-        refused = bad_request(request, upgrade)  # before any login or service work
-        if refused is not None:
-            self.audit_bad_request(route.service.name, request.remote, refused.status, (refused.text or "").strip())
-            if not upgrade:
-                return refused
-            response: web.StreamResponse = refused
-        elif self.secure and route.verify_client == "required" and peer is None:
-            response = self.certificate_required(request)
-        elif upgrade:
-            response = await self.upgrade(route, request, peer)
+        handshake = handshake_from(request, peer, host)
+        decision = await route.admission.admit(handshake)
+        if isinstance(decision, Reject):
+            if decision.event == BAD_REQUEST:
+                self.audit_bad_request(route.service.name, request.remote, decision.status, decision.reason)
+            elif decision.event == NO_CERTIFICATE and self.tls_audit is not None:
+                self.tls_audit.report(NO_CERTIFICATE, remote=request.remote)
+            response = response_for(decision)
+        elif isinstance(decision, Reply):
+            response = response_for(decision)
         else:
-            return await route.service.handle(request, peer)
-        if upgrade and self.metrics is not None and response.status != 101:  # 101s are counted at accept
+            request[ACCEPT_KEY] = decision
+            hold = decision.hold
+            if handshake.upgrade:
+                request[HANDSHAKE_DONE] = hold.handshake_done  # the 101 is sent: no longer in progress
+            try:
+                response = await route.endpoint(request, peer, handshake, decision)
+            finally:
+                hold.release()
+            if decision.headers and not route.admission.websocket:  # CORS on a plain HTTP answer
+                response.headers.update(decision.headers)
+        if handshake.upgrade and self.metrics is not None and response.status != 101:  # 101s: counted at accept
             self.metrics.handshakes.labels(route.service.name, handshake_outcome(response.status)).inc()
         return response
 
@@ -210,46 +221,6 @@ class Listener:
             self.metrics.bad_requests.labels(service).inc()
         if self.bad_request_lines.allow():
             audit.info("bad request", service=service, remote=remote, status=status, reason=reason, **fields)
-
-    async def upgrade(self, route: Route, request: web.BaseRequest, peer: PeerIdentity | None) -> web.StreamResponse:
-        """A WebSocket handshake, within the gateway's and the service's limits (checked before any login)."""
-        refusal = self.gate.enter_handshake(len(self.open_connections)) if self.gate else None
-        if refusal is not None:
-            return self.refuse(route, refusal)
-        pending = True
-
-        def handshake_done() -> None:
-            nonlocal pending
-            if pending and self.gate is not None:
-                pending = False
-                self.gate.leave_handshake()
-
-        request[HANDSHAKE_DONE] = handshake_done
-        ip = request.remote or "?"
-        limits = route.limits
-        try:
-            refusal = limits.enter(ip) if limits is not None else None
-            if refusal is not None:
-                return self.refuse(route, refusal)
-            try:
-                return await route.service.handle(request, peer)
-            finally:
-                if limits is not None:
-                    limits.leave(ip)
-        finally:
-            handshake_done()
-
-    def refuse(self, route: Route, refusal: Refusal) -> web.Response:
-        if self.metrics is not None:
-            self.metrics.limited.labels(route.service.name, refusal.limit).inc()
-        text = "Too Many Requests\n" if refusal.status == 429 else "Service Unavailable\n"
-        return web.Response(status=refusal.status, text=text, headers={"Retry-After": str(refusal.retry_after)})
-
-    def certificate_required(self, request: web.BaseRequest) -> web.Response:
-        """A ``ssl.verify-client required`` service on a port that only asks for certificates: 403, audited."""
-        if self.tls_audit is not None:
-            self.tls_audit.report(NO_CERTIFICATE, remote=request.remote)
-        return web.Response(status=403, text="A client certificate is required.\n")
 
     def _protocol(self) -> web.RequestHandler:
         """aiohttp's per-connection protocol, with a deadline on every request head (see ``HttpConnection``)."""

@@ -30,7 +30,8 @@ from ..core.identity import Identity
 from ..core.peer import PeerIdentity
 from ..core.session import LiveSession
 from .channel import AiohttpChannel
-from .http import request_handshake, response_of
+from .endpoint import Endpoint
+from .http import response_for
 from .websocket import accept_websocket
 
 log = logging.getLogger("wsgate.service")
@@ -69,20 +70,31 @@ class WebSocketEndpoint(Protocol):
     def closed(self, session: LiveSession) -> None: ...
 
 
+def websocket_endpoint(service: WebSocketEndpoint) -> Endpoint:
+    """The listener's endpoint for a WebSocket service: ``upgrade`` with it."""
+
+    async def endpoint(
+        request: web.BaseRequest, peer: PeerIdentity | None, handshake: Handshake, accept: Accept
+    ) -> web.StreamResponse:
+        return await upgrade(service, request, handshake, accept)
+
+    return endpoint
+
+
 async def upgrade(
-    service: WebSocketEndpoint, request: web.BaseRequest, peer: PeerIdentity | None, accept: Accept
+    service: WebSocketEndpoint, request: web.BaseRequest, handshake: Handshake, accept: Accept
 ) -> web.StreamResponse:
     """Complete an admitted upgrade and serve the connection until it ends (see the module's steps)."""
-    identity, deadline = accept.identity, accept.deadline
-    remote = request.remote or "?"
-    protocols, context = await service.before_upgrade(request_handshake(request, peer))
+    identity, deadline, peer = accept.identity, accept.deadline, handshake.peer
+    remote = handshake.remote
+    protocols, context = await service.before_upgrade(handshake)
     if accept.subprotocol is not None:
         protocols = (accept.subprotocol,)
     connection_id = secrets.token_urlsafe(16)
     try:  # from here a client that leaves (cancelling this task) must not leave the back end open
         if identity is not None and await service.revoked(identity):  # revoked while the back end was dialled
             await service.abandon(context)
-            return response_of(service.deny(identity, remote, "revoked before the upgrade"))
+            return response_for(service.deny(identity, remote, "revoked before the upgrade"))
         headers = service.identity_headers(connection_id, deadline) if identity else {}
         if accept.headers:
             headers.update(accept.headers)
