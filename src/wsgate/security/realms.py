@@ -34,6 +34,7 @@ from ..core.fetch import FetchJson
 from ..core.handshake import Handshake, Reject, Reply
 from ..core.identity import Identity
 from ..core.session import Timeouts
+from ..core.session import connection_deadline as session_deadline
 from ..observe.logs import get_logger
 from ..state.connections import Selector
 from ..state.revocations import MemoryRevocations, RevocationStore, identity_keys, token_digest
@@ -254,21 +255,8 @@ def authorized(roles: frozenset[str], constraints: Sequence[AuthorizationConstra
 
 
 def connection_deadline(identity: Identity, opened_at: float, realm: Realm) -> tuple[float | None, str]:
-    """When a connection must close, and why: credential expiry or ``session-timeout`` since it
-    opened ("session expired"), ``authorization-timeout`` since the credentials were last
-    presented ("authorization expired"); the earliest wins."""
-    auth = realm.authentication
-    limits: list[tuple[float, str]] = []
-    if identity.expires_at is not None:
-        limits.append((identity.expires_at, "session expired"))
-    if auth.session_timeout:
-        limits.append((opened_at + auth.session_timeout, "session expired"))
-    if auth.authorization_timeout:
-        limits.append((identity.authenticated_at + auth.authorization_timeout, "authorization expired"))
-    if not limits:
-        return None, ""
-    deadline, reason = min(limits)
-    return deadline, reason
+    """When a connection opened at ``opened_at`` must close under ``realm``, and why (``core.session``)."""
+    return session_deadline(identity, opened_at, realm_timeouts(realm))
 
 
 def realm_timeouts(realm: Realm) -> Timeouts:
