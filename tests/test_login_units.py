@@ -193,18 +193,19 @@ async def test_a_module_that_raises_is_unavailable_not_access(caplog):
     assert "login module class:x.Broken raised" in caplog.text
 
 
-def test_session_store_keeps_only_digests_and_prunes_expired_sessions(monkeypatch):
+async def test_session_store_keeps_only_digests_and_prunes_expired_sessions(monkeypatch):
     import time as time_module
 
     from wsgate.core.identity import Identity
-    from wsgate.security.sessions import SessionStore, digest
+    from wsgate.state.sessions import MemorySessions, digest
 
-    store = SessionStore()
+    store = MemorySessions()
     identity = Identity("r", "joe", frozenset(), None)
-    token, session = store.issue(identity, time_module.time() + 60)
-    assert store.lookup(token) is session and token not in repr(store._sessions) and digest(token) in store._sessions
+    token, session = await store.issue(identity, time_module.time() + 60)
+    assert await store.lookup(token) is session and token not in repr(store._sessions)
+    assert digest(token) in store._sessions
     for _ in range(1500):
-        store.issue(identity, time_module.time() - 1)  # already expired
+        await store.issue(identity, time_module.time() - 1)  # already expired
     assert len(store) < 1100  # pruned on the way
-    assert store.lookup(token) is session
-    assert store.lookup("forged") is None
+    assert await store.lookup(token) is session
+    assert await store.lookup("forged") is None

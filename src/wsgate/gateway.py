@@ -32,11 +32,11 @@ from .security.keystore import load_store
 from .security.limits import GatewayLimits, ServiceLimits
 from .security.login.jwt import unverified_claims
 from .security.realms import RealmGate, RealmRuntime
-from .security.sessions import cookie_name
 from .security.tls import ListenerTls
 from .services.base import HttpService, Runtime, ServiceHandler, WebSocketService
 from .state.connections import Selector
 from .state.revocations import MemoryRevocations, RevocationStore, token_digest, token_key, user_key
+from .state.sessions import cookie_name
 from .transport.endpoint import Endpoint, handler_endpoint
 from .transport.http import reply_endpoint
 from .transport.http_client import fetch_json
@@ -311,7 +311,7 @@ class Gateway:
         closed = len(matched)
         if user is not None:
             for realm in self.realms.values():
-                realm.sessions.drop_user(user)
+                await realm.sessions.drop_user(user)
         log.info("revoked %d key(s), closed %d connection(s) (%s)", len(revoked), closed, reason)
         return closed
 

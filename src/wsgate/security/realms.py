@@ -38,6 +38,7 @@ from ..core.session import connection_deadline as session_deadline
 from ..observe.logs import get_logger
 from ..state.connections import Selector
 from ..state.revocations import MemoryRevocations, RevocationStore, identity_keys, token_digest
+from ..state.sessions import DEFAULT_SESSION_TTL, MemorySessions, Session, SessionStore, cookie_name
 from .challenges import (
     AmbiguousCredentials,
     Credentials,
@@ -50,7 +51,6 @@ from .challenges import (
 from .login import Busy, ChainEntry, Challenged, Failed, LoginAttempt, Succeeded, Unavailable, build_module, run_chain
 from .login.base import resolve
 from .login.verifier import Verifier
-from .sessions import DEFAULT_SESSION_TTL, Session, SessionStore, cookie_name
 
 if TYPE_CHECKING:
     from ..observe.metrics import Metrics
@@ -93,7 +93,7 @@ class RealmRuntime:
         self.token_realm = self.scheme == "Application Token"
         self.recycle = auth.authorization_mode == "recycle"
         self.cookie = cookie_name(realm.name)
-        self.sessions = SessionStore()
+        self.sessions: SessionStore = MemorySessions()
         self.metrics: Metrics | None = None  # set by the gateway
         self.verifier = Verifier(auth.login_concurrency, auth.login_queue, f"wsgate-verify-{realm.name}")
         self.revocations: RevocationStore = MemoryRevocations()  # the gateway's, shared by every realm
@@ -105,7 +105,7 @@ class RealmRuntime:
         except AmbiguousCredentials as exc:
             return Refused(400, str(exc))  # before any module runs: no guessing which credential counts
         if allow_session and session_token:
-            identity = self.session_identity(session_token)
+            identity = await self.session_identity(session_token)
             if identity is not None and not await self.revoked(identity):
                 return identity
         result = await run_chain(
@@ -138,7 +138,7 @@ class RealmRuntime:
         """Revoked by user, by the token's jti or by its digest (sessions of revoked users are dropped)."""
         key = await self.revocations.revoked(identity_keys(identity.user, identity.token_id, identity.token_digest))
         if key is not None and identity.session:
-            self.sessions.drop(identity.session)
+            await self.sessions.drop(identity.session)
         return key is not None
 
     def gather(self, handshake: Handshake) -> tuple[Credentials, str | None]:
@@ -219,9 +219,9 @@ class RealmRuntime:
         ]
         return min(limits) if limits else None
 
-    def session_identity(self, token: str) -> Identity | None:
+    async def session_identity(self, token: str) -> Identity | None:
         """The session's identity, unless its credentials are older than ``authorization-timeout``."""
-        session = self.sessions.lookup(token)
+        session = await self.sessions.lookup(token)
         if session is None:
             return None
         if expired(session.identity, self.config):
@@ -366,12 +366,12 @@ class RealmGate:
         if isinstance(admitted, Reject):
             return Reply.refusal(admitted)
         expires_at = self.realm.session_expiry(admitted)
-        current = self.current_session(handshake)
+        current = await self.current_session(handshake)
         if current is not None and current.identity.user == admitted.user and current.identity.session:
-            session = self.realm.sessions.renew(current.identity.session, admitted, expires_at)
+            session = await self.realm.sessions.renew(current.identity.session, admitted, expires_at)
             extended = self.extend(Selector(session=current.identity.session), session.identity)
             return self.describe(session.identity, extended=extended, expires=self.realm.renew_by(session.identity))
-        token, session = self.realm.sessions.issue(admitted, expires_at)
+        token, session = await self.realm.sessions.issue(admitted, expires_at)
         cookie = set_cookie(
             self.realm.cookie,
             token,
@@ -386,18 +386,18 @@ class RealmGate:
         )
 
     async def whoami(self, handshake: Handshake) -> Reply:
-        session = self.current_session(handshake)
+        session = await self.current_session(handshake)
         if session is None or await self.realm.revoked(session.identity):
             return Reply.text(401, UNAUTHORIZED, tuple(self.realm.challenge(self.plain_http).items()))
         return self.describe(session.identity)
 
     async def logout(self, handshake: Handshake) -> Reply:
         """Drop the session and close every connection it opened (logout reaches live sockets)."""
-        session = self.current_session(handshake)
+        session = await self.current_session(handshake)
         closed = 0
         if session is not None and session.identity.session:
             key = session.identity.session
-            self.realm.sessions.drop(key)
+            await self.realm.sessions.drop(key)
             closed = await self.expire(Selector(session=key), "logged out")
             audit.info(
                 "service[%s]: user %r logged out, %d connection(s) closed", self.name, session.identity.user, closed
@@ -426,12 +426,12 @@ class RealmGate:
         deadline, _ = connection_deadline(connection.identity, connection.started, self.realm.config)
         return self.describe(connection.identity, expires=deadline)
 
-    def current_session(self, handshake: Handshake) -> Session | None:
+    async def current_session(self, handshake: Handshake) -> Session | None:
         try:
             token = self.realm.session_cookie(handshake.headers.getall("Cookie", []))
         except AmbiguousCredentials:
             return None  # two session cookies: neither is trusted
-        return self.realm.sessions.lookup(token) if token else None
+        return await self.realm.sessions.lookup(token) if token else None
 
     def extend(self, selector: Selector, identity: Identity) -> int:
         """Give the selected live connections the fresh identity and their new deadline."""

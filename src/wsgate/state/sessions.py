@@ -1,8 +1,9 @@
 """Realm sessions (``authorization-mode recycle``): single sign-on by an opaque cookie.
 
 The cookie value is 256 random bits; the store keeps only its SHA-256, so a
-memory dump or a log line never yields a usable session. Sessions live in this
-process (a Redis-backed store for several workers is planned).
+memory dump or a log line never yields a usable session. ``SessionStore`` is async so
+that a store shared by several gateway processes (Redis, the scale-out issue) fits behind
+it; ``MemorySessions`` keeps them in this process.
 """
 
 from __future__ import annotations
@@ -12,10 +13,9 @@ import re
 import secrets
 import time
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from ..core.identity import Identity
+from ..core.identity import Identity
 
 DEFAULT_SESSION_TTL = 3600.0
 
@@ -34,11 +34,31 @@ class Session:
     expires_at: float  # wall clock
 
 
-class SessionStore:
+class SessionStore(Protocol):
+    """Where a realm's sessions live, keyed by the digest of their cookie."""
+
+    async def issue(self, identity: Identity, expires_at: float) -> tuple[str, Session]:
+        """A new session: the cookie value (returned once, never stored) and the session."""
+        ...
+
+    async def lookup(self, token: str) -> Session | None: ...
+
+    async def renew(self, key: str, identity: Identity, expires_at: float) -> Session: ...
+
+    async def drop(self, key: str) -> Session | None: ...
+
+    async def drop_user(self, user: str) -> int: ...
+
+    def __len__(self) -> int: ...
+
+
+class MemorySessions:
+    """This process's sessions (``SessionStore``)."""
+
     def __init__(self) -> None:
         self._sessions: dict[str, Session] = {}
 
-    def issue(self, identity: Identity, expires_at: float) -> tuple[str, Session]:
+    async def issue(self, identity: Identity, expires_at: float) -> tuple[str, Session]:
         if len(self._sessions) % 1024 == 1023:  # expired sessions nobody presents again must not pile up
             self.prune()
         token = secrets.token_urlsafe(32)
@@ -47,7 +67,7 @@ class SessionStore:
         self._sessions[key] = session
         return token, session
 
-    def lookup(self, token: str) -> Session | None:
+    async def lookup(self, token: str) -> Session | None:
         key = digest(token)
         session = self._sessions.get(key)
         if session is not None and session.expires_at <= time.time():
@@ -55,7 +75,7 @@ class SessionStore:
             return None
         return session
 
-    def renew(self, key: str, identity: Identity, expires_at: float) -> Session:
+    async def renew(self, key: str, identity: Identity, expires_at: float) -> Session:
         session = Session(replace(identity, session=key, expires_at=expires_at), expires_at)
         self._sessions[key] = session
         return session
@@ -70,10 +90,10 @@ class SessionStore:
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def drop(self, key: str) -> Session | None:
+    async def drop(self, key: str) -> Session | None:
         return self._sessions.pop(key, None)
 
-    def drop_user(self, user: str) -> int:
+    async def drop_user(self, user: str) -> int:
         keys = [k for k, s in self._sessions.items() if s.identity.user == user]
         for key in keys:
             del self._sessions[key]
