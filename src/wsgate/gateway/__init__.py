@@ -18,25 +18,25 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from .config.build import BIND_LAYERS
-from .config.model import GatewayConfig, Realm, Service, Store, TlsOptions
-from .config.values import Uri
-from .core.close import CloseCode
-from .errors import ConfigError, ConfigErrors, GatewayError, ReloadFailed, bind_error
-from .observe.metrics import Metrics
-from .observe.redact import REDACTOR
-from .security.keystore import load_store
-from .security.limits import GatewayLimits, ServiceLimits
-from .security.login.jwt import unverified_claims
-from .security.realms import RealmGuard, RealmRuntime
-from .security.sessions import cookie_name
-from .security.tls import ListenerTls
-from .services import create_service
-from .services.base import Runtime, ServiceHandler
-from .services.directory import DirectoryService
-from .state.connections import Selector
-from .state.revocations import MemoryRevocations, RevocationStore, token_digest, token_key, user_key
-from .transport.listener import Listener, Route
+from ..config.build import BIND_LAYERS
+from ..config.model import GatewayConfig, Realm, Service, Store, TlsOptions
+from ..config.values import Uri
+from ..core.close import CloseCode
+from ..errors import ConfigError, ConfigErrors, GatewayError, ReloadFailed, bind_error
+from ..observe.metrics import Metrics
+from ..observe.redact import REDACTOR
+from ..security.keystore import load_store
+from ..security.limits import GatewayLimits, ServiceLimits
+from ..security.login.jwt import unverified_claims
+from ..security.realms import RealmGuard, RealmRuntime
+from ..security.sessions import cookie_name
+from ..security.tls import ListenerTls
+from ..services import create_service
+from ..services.base import Runtime, ServiceHandler
+from ..services.directory import DirectoryService
+from ..state.connections import Selector
+from ..state.revocations import MemoryRevocations, RevocationStore, token_digest, token_key, user_key
+from ..transport.listener import Listener, Route
 
 log = logging.getLogger("wsgate")
 _USERINFO = re.compile(r"://[^/@]*@")
