@@ -1,26 +1,21 @@
-"""The gateway: turns a validated config into services and listeners, runs and stops them.
+"""The gateway: turns a validated config into services and listeners, runs, reloads and stops them.
 
 Everything that can fail (keystores, TLS options, directories, port plans) fails
-in ``Gateway(config)`` before any socket is bound.
+in ``Gateway(config)`` before any socket is bound. A reload plans the new config (``plan.py``: values,
+nothing built), diffs it against the running plan, and ``apply`` builds and starts only what changed
+beside what runs, then switches to it in one step.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import re
 import socket
 import time
-from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
-from typing import Any
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
-from ..config.build import BIND_LAYERS
-from ..config.model import GatewayConfig, Realm, Service, Store, TlsOptions
-from ..config.values import Uri
+from ..config.model import GatewayConfig, TlsOptions
 from ..core.close import CloseCode
 from ..errors import ConfigError, ConfigErrors, GatewayError, ReloadFailed, bind_error
 from ..observe.metrics import Metrics
@@ -37,19 +32,37 @@ from ..services.directory import DirectoryService
 from ..state.connections import Selector
 from ..state.revocations import MemoryRevocations, RevocationStore, token_digest, token_key, user_key
 from ..transport.listener import Listener, Route
+from .plan import BindKey, Changes, LimitValues, ListenerPlan, Plan, TlsGroup, bind_source, diff, plan
+
+__all__ = ["Changes", "Deployment", "Gateway", "Plan", "check_bind_hosts", "diff", "load_plan", "plan"]
 
 log = logging.getLogger("wsgate")
-_USERINFO = re.compile(r"://[^/@]*@")
-try:
-    VERSION = version("wsgate")
-except PackageNotFoundError:  # running from a source tree
-    VERSION = "unknown"
 
-BindKey = tuple[str | None, int]
-# What a reload replaces: the switch in ``_adopt`` assigns each of these from the new gateway. Every
-# other attribute outlives reloads (tests check that each attribute is in exactly one of the two).
-_PER_CONFIG = ("config", "runtime", "realms", "services", "service_limits", "gate", "listeners")
+# What a reload replaces: the switch in ``apply`` assigns a new ``Deployment`` (its fields are the per-config
+# state). Every other attribute outlives reloads (tests check that each attribute is in exactly one of the two).
+_PER_CONFIG = ("deployment",)
 _KEPT = ("reuse_port", "loader", "started", "retired", "_reloading", "revocations")
+
+
+@dataclass
+class Deployment:
+    """What runs for one plan. A reload builds the next one beside it, sharing what it keeps."""
+
+    plan: Plan
+    runtime: Runtime
+    gate: GatewayLimits
+    realms: dict[str, RealmRuntime] = field(default_factory=dict)
+    services: dict[str, ServiceHandler] = field(default_factory=dict)
+    service_limits: dict[str, ServiceLimits | None] = field(default_factory=dict)
+    listeners: dict[BindKey, Listener] = field(default_factory=dict)
+
+
+def load_plan(config: GatewayConfig) -> Plan:
+    """Read the key material ``config`` names, then plan it (``plan.plan``: no other I/O)."""
+    security = config.security
+    keys = load_store(security.keystore) if security.keystore else None
+    trust = load_store(security.truststore) if security.truststore else None
+    return plan(config, keys, trust)
 
 
 class Gateway:
@@ -60,40 +73,103 @@ class Gateway:
         loader: Callable[[], GatewayConfig] | None = None,
     ) -> None:
         """``loader`` re-reads the configuration for ``reload`` (SIGHUP, the management API)."""
-        self.config = config
         self.reuse_port = reuse_port
         self.loader = loader
         self.started = time.time()
         self.retired: list[Listener] = []  # listeners replaced by a reload, still serving their connections
         self._reloading = asyncio.Lock()
-        security = config.security
-        self.runtime = Runtime(
-            keys=load_store(security.keystore) if security.keystore else None,
-            trust=load_store(security.truststore) if security.truststore else None,
-        )
-        self.runtime.metrics = Metrics(lambda: self.runtime.connections)
-        self.runtime.control = self
-        base_dir = config.source.parent if config.source else Path.cwd()
-        _check_cookie_names(security.realms)
-        self.realms = {name: RealmRuntime(realm, base_dir) for name, realm in security.realms.items()}
         self.revocations: RevocationStore = MemoryRevocations()
-        self.runtime.revocations = self.revocations
-        for realm_runtime in self.realms.values():
-            realm_runtime.metrics = self.runtime.metrics
-            realm_runtime.revocations = self.revocations
-        self.runtime.realms = dict(security.realms)
-        for realm in security.realms.values():  # the names this config reads credentials from are masked in logs
+        changes = diff(None, load_plan(config))
+        deployment = self._deployment(changes, None)
+        deployment.runtime.metrics = Metrics(lambda: self.runtime.connections)
+        self._build(changes, deployment, None)
+        self.deployment = deployment
+
+    # What runs now (``deployment``'s parts, replaced together by a reload).
+    @property
+    def plan(self) -> Plan:
+        return self.deployment.plan
+
+    @property
+    def config(self) -> GatewayConfig:
+        return self.deployment.plan.config
+
+    @property
+    def runtime(self) -> Runtime:
+        return self.deployment.runtime
+
+    @property
+    def realms(self) -> dict[str, RealmRuntime]:
+        return self.deployment.realms
+
+    @property
+    def services(self) -> dict[str, ServiceHandler]:
+        return self.deployment.services
+
+    @property
+    def service_limits(self) -> dict[str, ServiceLimits | None]:
+        return self.deployment.service_limits
+
+    @property
+    def gate(self) -> GatewayLimits:
+        return self.deployment.gate
+
+    @property
+    def listeners(self) -> dict[BindKey, Listener]:
+        return self.deployment.listeners
+
+    # -- building ----------------------------------------------------------------------------
+
+    def _deployment(self, changes: Changes, current: Deployment | None) -> Deployment:
+        """An empty deployment for ``changes.new`` that shares what outlives a reload with ``current``:
+        the live connections, metrics, revocations (a reload never lifts one) and, if the limits are
+        unchanged, the gate (its count of handshakes in progress)."""
+        new = changes.new
+        runtime = Runtime(keys=new.keys, trust=new.trust, realms=dict(new.config.security.realms))
+        runtime.revocations = self.revocations
+        runtime.control = self
+        gate = GatewayLimits(new.limits.connections, new.limits.handshakes)
+        if current is not None:
+            runtime.connections = current.runtime.connections
+            runtime.metrics = current.runtime.metrics
+            if changes.gate_kept:
+                gate = current.gate
+        return Deployment(new, runtime, gate)
+
+    def _build(self, changes: Changes, deployment: Deployment, current: Deployment | None) -> None:
+        """Fill ``deployment`` with what ``changes`` keeps from ``current`` and builds anew (realms,
+        handlers, limits, listeners with their TLS contexts), binding and starting nothing.
+        Raises for what cannot be built; what it built so far is in ``deployment`` (to release)."""
+        planned = changes.new
+        config = planned.config
+        runtime = deployment.runtime
+        for realm in config.security.realms.values():  # the names this config reads credentials from are masked in logs
             auth = realm.authentication
             REDACTOR.add(auth.http_query_parameters, auth.http_headers, (*auth.http_cookies, cookie_name(realm.name)))
-        self.services: dict[str, ServiceHandler] = {}
-        for service in config.services:
-            handler = create_service(service, self.runtime)
+        for name, realm_plan in planned.realms.items():
+            if current is not None and name in changes.realms_kept:
+                deployment.realms[name] = current.realms[name]  # its sessions and pools survive
+                continue
+            realm_runtime = RealmRuntime(realm_plan.config, planned.base_dir)
+            realm_runtime.metrics = runtime.metrics
+            realm_runtime.revocations = self.revocations
+            deployment.realms[name] = realm_runtime
+        for name, service_plan in planned.services.items():
+            if current is not None and name in changes.unchanged:
+                deployment.services[name] = current.services[name]  # its handler and live connections
+                deployment.service_limits[name] = current.service_limits[name]  # its counts of open connections
+                continue
+            service = service_plan.config
+            handler = create_service(service, runtime)
             if isinstance(handler, DirectoryService) and config.web_root is not None:
                 handler.configure(config.web_root)
-            self.services[service.name] = handler
-        self.gate = GatewayLimits(config.limits.connections, config.limits.handshakes)
-        self.service_limits = {s.name: _service_limits(s) for s in config.services}
-        self.listeners = self._plan_listeners()
+            deployment.services[name] = handler
+            deployment.service_limits[name] = _service_limits(service_plan.limits)
+        for key, listener_plan in planned.listeners.items():
+            listener = self._listener(listener_plan, deployment)
+            if listener_plan.tls is not None and key not in changes.listeners_kept:
+                listener.ssl_context = self._listener_tls(listener_plan.tls).context
+            deployment.listeners[key] = listener
         for service in config.services:
             if service.dropped_realm:
                 log.warning(
@@ -110,90 +186,50 @@ class Gateway:
                     service.name,
                 )
 
-    # -- planning ----------------------------------------------------------------------------
-
-    def _plan_listeners(self) -> dict[BindKey, Listener]:
-        planned: dict[BindKey, list[tuple[Service, Uri]]] = defaultdict(list)
-        for service in self.config.services:
-            for uri in service.accepts:
-                planned[_bind_key(service, uri)].append((service, uri))
-        return {key: self._listener(key, entries) for key, entries in planned.items()}
-
-    def _listener(self, key: BindKey, entries: list[tuple[Service, Uri]]) -> Listener:
-        tls_entries = [(s, u) for s, u in entries if u.secure and s.accept_options.tls.encryption]
-        if tls_entries and len(tls_entries) != len(entries):
-            plain = next(f"service[{s.name}] {u}" for s, u in entries if (s, u) not in tls_entries)
-            secure = f"service[{tls_entries[0][0].name}] {tls_entries[0][1]}"
-            raise ConfigError(
-                f"service[{tls_entries[0][0].name}]/accept",
-                f"{secure} and {plain} bind the same port {key[1]} with and without TLS; give them different ports",
-            )
-        limits = self.config.limits
+    def _listener(self, planned: ListenerPlan, deployment: Deployment) -> Listener:
+        """The listener ``planned`` describes, with its routes (no TLS context: ``_listener_tls``)."""
+        runtime = deployment.runtime
         listener = Listener(
-            host=key[0],
-            port=key[1],
+            host=planned.key[0],
+            port=planned.key[1],
             reuse_port=self.reuse_port,
-            metrics=self.runtime.metrics,
-            gate=self.gate,
-            open_connections=self.runtime.connections,
-            handshake_timeout=limits.handshake_timeout,
-            header_size=limits.header_size,
+            metrics=runtime.metrics,
+            gate=deployment.gate,
+            open_connections=runtime.connections,
+            handshake_timeout=planned.handshake_timeout,
+            header_size=planned.header_size,
         )
-        verify = self._verify_client_modes(tls_entries)
-        tls_level = next(iter(verify)) if len(verify) == 1 else "optional"
-        if tls_entries:
-            listener.ssl_context = self._listener_tls(tls_entries, tls_level).context
-            # What the TLS context was built from: a reload keeps the socket only if this is unchanged.
-            listener.tls_source = (
-                tuple(sorted(u.host for _, u in tls_entries)),
-                tls_level,
-                tuple((s.accept_options.tls.ciphers, s.accept_options.tls.protocols) for s, _ in tls_entries),
-                self.runtime.keys,
-                self.runtime.trust,
-            )
-        for service, uri in entries:
-            handler = self.services[service.name]
+        for route in planned.routes:
+            uri = route.uri
+            service = deployment.plan.services[route.service].config
+            handler = deployment.services[service.name]
             listener.add(
                 Route(
                     host=uri.host,
                     path=uri.path.rstrip("/"),
-                    service=RealmGuard(handler, self.realms[service.realm_name], self.runtime)
+                    service=RealmGuard(handler, deployment.realms[service.realm_name], runtime)
                     if service.realm_name
                     else handler,
                     prefix=service.type in ("directory", "management"),
                     control=bool(service.realm_name),
-                    verify_client=service.accept_options.tls.verify_client if uri.secure else "none",
-                    limits=self.service_limits[service.name],
+                    verify_client=route.verify_client,
+                    limits=deployment.service_limits[service.name],
                     keepalive_timeout=service.accept_options.keepalive_timeout,
                 )
             )
         return listener
 
     @staticmethod
-    def _verify_client_modes(entries: Iterable[tuple[Service, Uri]]) -> set[str]:
-        return {s.accept_options.tls.verify_client for s, _ in entries}
-
-    def _listener_tls(self, entries: list[tuple[Service, Uri]], verify_client: str) -> ListenerTls:
-        first = entries[0][0]
-        options = first.accept_options.tls
-        for service, _ in entries[1:]:
-            other = service.accept_options.tls
-            if (other.ciphers, other.protocols) != (options.ciphers, options.protocols):
-                raise ConfigError(
-                    f"service[{service.name}]/accept-options",
-                    f"ssl.ciphers/ssl.protocols differ from service[{first.name}] on the same port; "
-                    "use the same values or another port",
-                )
-        assert self.runtime.keys is not None  # the config builder demands a keystore for wss
-        trusted = self.runtime.trust.trusted_pem if self.runtime.trust else None
-        hosts = [u.host for _, u in entries]
+    def _listener_tls(tls: TlsGroup) -> ListenerTls:
+        assert tls.keys is not None  # the config builder demands a keystore for wss
+        trusted = tls.trust.trusted_pem if tls.trust else None
         return ListenerTls(
-            self.runtime.keys,
-            hosts,
-            TlsOptions(options.ciphers, options.protocols),
-            verify_client,
+            tls.keys,
+            list(tls.hosts),
+            TlsOptions(tls.ciphers, tls.protocols),
+            tls.verify_client,
             trusted,
-            f"service[{first.name}]/accept-options",
+            tls.element,
         )
 
     # -- running -----------------------------------------------------------------------------
@@ -212,8 +248,7 @@ class Gateway:
 
     def port_of(self, service_name: str, index: int = 0) -> int:
         """The bound port of a service's accept URI (tests use port 0)."""
-        service = self.config.service(service_name)
-        return self.listeners[_bind_key(service, service.accepts[index])].port
+        return self.listeners[self.plan.listener_of(service_name, index)].port
 
     async def stop(self, grace: float = 10.0) -> None:
         """Graceful shutdown: stop accepting, close WebSockets with 1001, wait for drains.
@@ -289,39 +324,7 @@ class Gateway:
             log.warning("revocation of %s lifted", key)
         return lifted
 
-    # -- operations --------------------------------------------------------------------------
-
-    def summary(self) -> dict[str, Any]:
-        """What the management API shows about this gateway: no passwords, no option values."""
-        config = self.config
-        security = config.security
-        return {
-            "product": "wsgate",
-            "version": VERSION,
-            "pid": os.getpid(),
-            "started": self.started,
-            "uptime": round(time.time() - self.started, 1),
-            "connections": len(self.runtime.connections),
-            "config": {
-                "source": str(config.source) if config.source else None,
-                "services": self.service_summaries(),
-                "realms": [
-                    {
-                        "name": realm.name,
-                        "challenge": realm.authentication.http_challenge_scheme,
-                        "login-modules": [
-                            {"type": m.type, "success": m.success} for m in realm.authentication.login_modules
-                        ],
-                    }
-                    for realm in security.realms.values()
-                ],
-                "keystore": _store_summary(security.keystore),
-                "truststore": _store_summary(security.truststore),
-            },
-        }
-
-    def service_summaries(self) -> list[dict[str, Any]]:
-        return [_service_summary(s) for s in self.config.services]
+    # -- reloading -------------------------------------------------------------------------
 
     async def reload(self) -> tuple[bool, str]:
         """Re-read the config; apply it only if it is entirely valid (the old one keeps running otherwise).
@@ -340,8 +343,8 @@ class Gateway:
             if self.loader is None:
                 return False, "this gateway was not started from a config file"
             try:
-                fresh = Gateway(self.loader(), self.reuse_port, self.loader)
-                changes = await self._adopt(fresh)
+                changes = diff(self.plan, load_plan(self.loader()))
+                await self.apply(changes)
             except GatewayError as exc:
                 metrics.reloads.labels("rejected").inc()
                 log.error("reload rejected, the running configuration stays: %s", exc)
@@ -355,121 +358,71 @@ class Gateway:
                 ) from exc
             metrics.reloads.labels("applied").inc()
             log.info("configuration reloaded: %s", changes)
-            return True, changes
+            return True, str(changes)
 
-    async def _adopt(self, fresh: Gateway) -> str:
-        """Make ``fresh`` the running gateway, or raise with the running one untouched.
+    async def apply(self, changes: Changes) -> None:
+        """Make ``changes.new`` the running plan, or raise with the running one untouched.
 
-        Everything that can fail (starting services, binding sockets) happens before the switch and is
-        undone if it fails; the switch itself replaces every attribute in ``_PER_CONFIG`` at once.
+        Everything that can fail (building realms, handlers and TLS contexts, starting services, binding
+        sockets) happens beside what runs and is undone if it fails; then ``_switch``, which cannot fail.
         """
-        unchanged = {name for name in fresh.services if self._unchanged(name, fresh)}
-        removed = set(self.services) - set(fresh.services)
-        changed = set(self.services) - removed - unchanged
-        added = set(fresh.services) - set(self.services)
-        await self._share_state(fresh, unchanged)
+        current = self.deployment
+        assert changes.old is current.plan, "changes are applied to the plan they were computed from"
+        deployment = self._deployment(changes, current)
         started: list[ServiceHandler] = []
-        try:
-            for name in sorted(added | changed):
-                await _start_service(fresh.services[name])
-                started.append(fresh.services[name])
-            await self._swap_listeners(fresh)
-        except BaseException:
-            for handler in started:
-                await handler.stop()
-            for name, realm in fresh.realms.items():
-                if self.realms.get(name) is not realm:
-                    await realm.close()
-            raise
-        # The switch: nothing from here on can fail.
-        for name in unchanged:
-            self.services[name].runtime = fresh.runtime
-        for name in removed:
-            for connection in self.runtime.connections.select(Selector(service=name)):
-                connection.end(CloseCode.GOING_AWAY, "service removed")
-        for name in changed:
-            for connection in self.runtime.connections.select(Selector(service=name)):
-                connection.end(CloseCode.SERVICE_RESTART, "service restarted")
-        retiring = [self.services[name] for name in removed | changed]
-        old_realms = [r for name, r in self.realms.items() if fresh.realms.get(name) is not r]
-        for attribute in _PER_CONFIG:
-            setattr(self, attribute, getattr(fresh, attribute))
-        self.runtime.control = self
-        asyncio.get_running_loop().create_task(self._retire(retiring, old_realms))
-        return f"{len(unchanged)} unchanged, {len(added)} added, {len(changed)} changed, {len(removed)} removed" + (
-            f" ({', '.join(sorted(added | changed | removed))})" if added | changed | removed else ""
-        )
-
-    async def _share_state(self, fresh: Gateway, unchanged: set[str]) -> None:
-        """Give ``fresh`` what outlives a reload (connections, metrics, revocations, kept services and
-        realms, their counters); changes only ``fresh``."""
-        # Realms whose config and files did not change keep their runtime: sessions and pools survive.
-        for name, realm in list(fresh.realms.items()):
-            old = self.realms.get(name)
-            if old is not None and old.config == realm.config and old.files == realm.files:
-                await realm.close()
-                fresh.realms[name] = self.realms[name]
-        # One registry of live connections across reloads; kept handlers move to the new runtime at the switch.
-        fresh.runtime.connections = self.runtime.connections
-        fresh.runtime.metrics = self.runtime.metrics
-        for name in unchanged:
-            fresh.services[name] = self.services[name]
-            fresh.service_limits[name] = self.service_limits[name]  # its counts of open connections
-        if fresh.config.limits == self.config.limits:
-            fresh.gate = self.gate  # its count of handshakes in progress
-        fresh.revocations = fresh.runtime.revocations = self.revocations  # a reload never lifts a revocation
-        for realm_runtime in fresh.realms.values():
-            realm_runtime.metrics = fresh.runtime.metrics
-            realm_runtime.revocations = self.revocations
-        fresh.listeners = fresh._plan_listeners()
-
-    def _unchanged(self, name: str, fresh: Gateway) -> bool:
-        if name not in self.services:
-            return False
-        old, new = self.config.service(name), fresh.config.service(name)
-        if old != new:
-            return False
-        realms_old, realms_new = self.config.security.realms, fresh.config.security.realms
-        if new.realm_name and realms_old.get(new.realm_name) != realms_new.get(new.realm_name):
-            return False
-        # Accept-side certificates belong to the listener (rotated there); a TLS back end's client
-        # certificate and trust belong to the service.
-        backend_tls = any(u.secure for u in new.connects)
-        same_keys = (self.runtime.keys, self.runtime.trust) == (fresh.runtime.keys, fresh.runtime.trust)
-        return not backend_tls or same_keys
-
-    async def _swap_listeners(self, fresh: Gateway) -> None:
-        """Bind what ``fresh`` needs anew (undone if any bind fails), then hand kept sockets their new routes."""
         undo: list[Callable[[], Awaitable[None]]] = []
         try:
-            for key, listener in fresh.listeners.items():
-                current = self.listeners.get(key)
-                if current is not None and _same_socket(current, listener):
-                    continue
-                if current is not None:  # new TLS material: a new socket on the same port
-                    current.stop_accepting()
-                    undo.append(current.resume)
-                    listener.port = current.port  # the same port, even where the config says 0
+            self._build(changes, deployment, current)
+            for name in changes.started:
+                await _start_service(deployment.services[name])
+                started.append(deployment.services[name])
+            for key in changes.bound:
+                listener = deployment.listeners[key]
+                replaced = current.listeners.get(key)
+                if replaced is not None:  # new TLS material: a new socket on the same port
+                    replaced.stop_accepting()
+                    undo.append(replaced.resume)
+                    listener.port = replaced.port  # the same port, even where the config says 0
                 await _bind(listener)
                 undo.append(listener.abandon)
         except BaseException:
             for step in reversed(undo):
                 await step()
+            for handler in started:
+                await handler.stop()
+            for name, realm in deployment.realms.items():
+                if current.realms.get(name) is not realm:
+                    await realm.close()
             raise
-        for key, listener in list(fresh.listeners.items()):
-            current = self.listeners.get(key)
-            if current is not None and _same_socket(current, listener):
+        self._switch(changes, current, deployment)
+
+    def _switch(self, changes: Changes, current: Deployment, deployment: Deployment) -> None:
+        """Run ``deployment`` instead of ``current``: nothing here can fail."""
+        for name in changes.unchanged:
+            deployment.services[name].runtime = deployment.runtime
+        for name in changes.removed:
+            for connection in self.runtime.connections.select(Selector(service=name)):
+                connection.end(CloseCode.GOING_AWAY, "service removed")
+        for name in changes.changed:
+            for connection in self.runtime.connections.select(Selector(service=name)):
+                connection.end(CloseCode.SERVICE_RESTART, "service restarted")
+        for key, listener in deployment.listeners.items():
+            kept = current.listeners.get(key)
+            if key in changes.listeners_kept and kept is not None:
                 # Same socket, new routes and limits: nothing in flight is touched.
-                current.routes, current.gate = listener.routes, listener.gate
-                current.handshake_timeout = listener.handshake_timeout
-                fresh.listeners[key] = current
-            elif current is not None:
-                self.retired.append(current)
-        for key, listener in self.listeners.items():
-            if key not in fresh.listeners:
+                kept.routes, kept.gate = listener.routes, listener.gate
+                kept.handshake_timeout = listener.handshake_timeout
+                deployment.listeners[key] = kept
+            elif kept is not None:  # rebound: the old socket serves its connections to the end
+                self.retired.append(kept)
+        for key, listener in current.listeners.items():
+            if key in changes.listeners_retired:
                 listener.stop_accepting()
                 self.retired.append(listener)
-        fresh.retired = self.retired
+        retiring = [current.services[name] for name in sorted(changes.removed | changes.changed)]
+        old_realms = [r for name, r in current.realms.items() if deployment.realms.get(name) is not r]
+        self.deployment = deployment
+        asyncio.get_running_loop().create_task(self._retire(retiring, old_realms))
 
     async def _retire(self, handlers: list[ServiceHandler], realms: list[RealmRuntime]) -> None:
         """Release what removed or changed services held, once their connections are gone."""
@@ -482,11 +435,6 @@ class Gateway:
             await handler.stop()
         for realm in realms:
             await realm.close()
-
-
-def _same_socket(current: Listener, planned: Listener) -> bool:
-    """A reload keeps a listener's socket while what its TLS context and parser were built from is unchanged."""
-    return (current.tls_source, current.header_size) == (planned.tls_source, planned.header_size)
 
 
 async def _start_service(handler: ServiceHandler) -> None:
@@ -507,53 +455,11 @@ async def _bind(listener: Listener) -> None:
         raise bind_error(exc, where, f"{listener.host or '*'}:{listener.port}") from None
 
 
-def _check_cookie_names(realms: Mapping[str, Realm]) -> None:
-    """Realm names that map to one session cookie (``a.b`` and ``a_b``) would read each other's sessions."""
-    seen: dict[str, str] = {}
-    for name in realms:
-        other = seen.setdefault(cookie_name(name), name)
-        if other != name:
-            raise ConfigError(
-                f"security/realm[{name}]/name",
-                f"shares its session cookie {cookie_name(name)!r} with realm {other!r}; rename one of them",
-            )
-
-
-def _service_summary(service: Service) -> dict[str, Any]:
-    return {
-        "name": service.name,
-        "type": service.type,
-        "accept": [str(u) for u in service.accepts],
-        "connect": [_USERINFO.sub("://***@", str(u)) for u in service.connects],
-        "realm": service.realm_name,
-        "require-role": sorted({r for c in service.authorization_constraints for r in c.require_roles}),
-    }
-
-
-def _service_limits(service: Service) -> ServiceLimits | None:
-    options = service.accept_options
-    rate, burst = options.handshake_rate or (None, 1.0)
-    limits = ServiceLimits(options.max_connections, options.max_connections_per_ip, rate, burst)
-    return limits if limits.active else None
-
-
-def _store_summary(store: Store | None) -> dict[str, Any] | None:
-    return None if store is None else {"type": store.type, "file": str(store.file)}
-
-
-def _bind_key(service: Service, uri: Uri) -> BindKey:
-    return _bind_source(service, uri)[0]
-
-
-def _bind_source(service: Service, uri: Uri) -> tuple[BindKey, str]:
-    """Where ``uri`` binds, and the config element that says so (the accept, or the ``*.bind`` used)."""
-    binds = service.accept_options.binds
-    for layer in BIND_LAYERS[uri.scheme]:
-        if layer in binds:
-            bind = binds[layer]
-            # a port-only bind listens on every interface, as in Kaazing
-            return (bind.host, bind.port), f"service[{service.name}]/accept-options/{layer}.bind"
-    return (uri.host, uri.port), f"service[{service.name}]/accept"
+def _service_limits(values: LimitValues | None) -> ServiceLimits | None:
+    """A new count of one service's open connections against its limits (None: it has none)."""
+    if values is None:
+        return None
+    return ServiceLimits(values.max_connections, values.max_per_ip, values.rate, values.burst)
 
 
 def check_bind_hosts(config: GatewayConfig) -> None:
@@ -561,7 +467,7 @@ def check_bind_hosts(config: GatewayConfig) -> None:
     errors: list[ConfigError] = []
     for service in config.services:
         for uri in service.accepts:
-            (host, port), element = _bind_source(service, uri)
+            (host, port), element = bind_source(service, uri)
             if host is None:
                 continue
             try:
