@@ -261,3 +261,47 @@ def test_starting_from_nothing_adds_everything(tmp_path):
     assert (changes.added, changes.unchanged, changes.removed) == ({"a", "b"}, frozenset(), frozenset())
     assert changes.bound == [("localhost", 8000), ("localhost", 9000)]
     assert changes.started == ["a", "b"]
+
+
+# -- the management API's summaries (management/summary.py) ---------------------------------------
+
+
+def test_the_api_summaries_are_values_of_the_config(tmp_path):
+    from wsgate.management.summary import VERSION, gateway_summary, service_summaries
+
+    proxy = "  - name: p\n    accept: ws://localhost:8000/p\n    connect: ws://svc:secret@backend.example/x\n    type: proxy\n"
+    config = planned(tmp_path, GUARDED, proxy, tail=STORES + REALMS).config
+    info = gateway_summary(config, 1000.0, 3)
+    assert list(info) == ["product", "version", "pid", "started", "uptime", "connections", "config"]
+    assert (info["product"], info["version"], info["started"], info["connections"]) == ("wsgate", VERSION, 1000.0, 3)
+    assert info["config"] == {
+        "source": str(tmp_path / "gateway.yaml"),
+        "services": service_summaries(config),
+        "realms": [
+            {
+                "name": "files",
+                "challenge": "Application Basic",
+                "login-modules": [{"type": "file", "success": "required"}],
+            }
+        ],
+        "keystore": {"type": "PEM", "file": str(tmp_path / "keystore.pem")},
+        "truststore": {"type": "PEM", "file": str(tmp_path / "truststore.pem")},
+    }
+    assert service_summaries(config) == [
+        {
+            "name": "g",
+            "type": "echo",
+            "accept": ["ws://localhost:8000/g"],
+            "connect": [],
+            "realm": "files",
+            "require-role": ["AUTHORIZED"],
+        },
+        {
+            "name": "p",
+            "type": "proxy",
+            "accept": ["ws://localhost:8000/p"],
+            "connect": ["ws://***@backend.example/x"],  # no password in the API
+            "realm": None,
+            "require-role": [],
+        },
+    ]

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from ..config.model import GatewayConfig, TlsOptions
 from ..core.close import CloseCode
 from ..errors import ConfigError, ConfigErrors, GatewayError, ReloadFailed, bind_error
+from ..management.service import GatewayControl
 from ..observe.metrics import Metrics
 from ..observe.redact import REDACTOR
 from ..security.keystore import load_store
@@ -127,7 +128,8 @@ class Gateway:
         new = changes.new
         runtime = Runtime(keys=new.keys, trust=new.trust, realms=dict(new.config.security.realms))
         runtime.revocations = self.revocations
-        runtime.control = self
+        control: GatewayControl = self  # what the management service may ask of it (checked by mypy)
+        runtime.control = control
         gate = GatewayLimits(new.limits.connections, new.limits.handshakes)
         if current is not None:
             runtime.connections = current.runtime.connections
