@@ -167,3 +167,25 @@ async def test_reloads_through_the_api_add_add_fail_valid(start_gateway, http, t
         text = await response.text()
     assert 'wsgate_reloads_total{result="failed"} 2.0' in text
     assert 'wsgate_reloads_total{result="applied"} 3.0' in text
+
+
+async def test_a_refused_reload_leaves_the_running_deployment_as_it_was(start_gateway, http, tmp_path):
+    """Built beside what runs: a reload that fails at its last bind changes nothing that runs."""
+    gw = await start_gateway("service:\n" + service("a") + service("b"))
+    before = gw.deployment
+    handlers, listeners = dict(gw.services), dict(gw.listeners)
+    a = await http.ws_connect(f"ws://127.0.0.1:{gw.port_of('a')}/a")
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    try:
+        limit = "    accept-options:\n      connection.limit: 1\n"
+        write(tmp_path, service("a", limit), service("c", port=busy.getsockname()[1]))
+        ok, message = await gw.reload()
+    finally:
+        busy.close()
+    assert not ok and "cannot bind" in message
+    assert gw.deployment is before and gw.services == handlers and gw.listeners == listeners
+    await a.send_str("still here")  # "a" would have been changed (1012), "b" removed (1001): neither happened
+    assert (await asyncio.wait_for(a.receive(), 3)).data == "still here"
+    await a.close()

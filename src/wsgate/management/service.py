@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import WSMsgType, web
 
-from ..config.model import AuthorizationConstraint, Service
+from ..config.model import AuthorizationConstraint, GatewayConfig, Service
 from ..config.schema import Fail, Property
 from ..core.close import CloseCode
 from ..errors import ReloadFailed
@@ -49,6 +49,7 @@ from ..services.base import Runtime, ServiceHandler, ServiceType
 from ..state.connections import Selector
 from ..transport.http import ACCEPT_KEY
 from ..transport.websocket import GuardedResponse, answer_close, is_upgrade
+from .summary import gateway_summary, service_summaries
 
 if TYPE_CHECKING:
     from ..core.peer import PeerIdentity
@@ -101,11 +102,17 @@ def management_rules(service: Service, index: str, fail: Fail) -> Service | None
 
 
 class GatewayControl(Protocol):
-    """What the management service may ask of the gateway."""
+    """What the management service may ask of the gateway (``summary.py`` describes it from these)."""
 
-    def summary(self) -> dict[str, Any]: ...
+    @property
+    def config(self) -> GatewayConfig:
+        """The running configuration."""
+        ...
 
-    def service_summaries(self) -> list[dict[str, Any]]: ...
+    @property
+    def started(self) -> float:
+        """When the gateway started (``time.time()``)."""
+        ...
 
     async def revoke(self, user: str | None = None, token: str | None = None, reason: str = "revoked") -> int: ...
 
@@ -228,7 +235,8 @@ class ManagementService(OperatorService):
         if method == "GET" and path == "/metrics":
             return self.metrics_response()
         if method == "GET" and path == "/api/info":
-            return web.json_response(self.control.summary())
+            control = self.control
+            return web.json_response(gateway_summary(control.config, control.started, len(self.runtime.connections)))
         if method == "GET" and path == "/api/services":
             return web.json_response(self.services())
         if method == "GET" and path == "/api/sessions":
@@ -259,7 +267,7 @@ class ManagementService(OperatorService):
         counts: dict[str, int] = {}
         for connection in list(self.runtime.connections):
             counts[connection.service] = counts.get(connection.service, 0) + 1
-        return [{**entry, "open": counts.get(entry["name"], 0)} for entry in self.control.service_summaries()]
+        return [{**entry, "open": counts.get(entry["name"], 0)} for entry in service_summaries(self.control.config)]
 
     def sessions(self) -> list[dict[str, Any]]:
         now = time.time()

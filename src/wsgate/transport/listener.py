@@ -82,7 +82,6 @@ class Listener:
     metrics: Metrics | None = None
     handshake_timeout: float = 10.0
     header_size: int = 8190
-    tls_source: object = None  # what ssl_context was built from (Gateway.reload compares it)
     tls_audit: TlsAudit | None = None  # failed TLS handshakes: audit lines and a metric
     liveness: ResetWatch | None = None  # closes connections whose peer reset them, where the loop does not
     bad_request_lines: LogLimiter = field(default_factory=lambda: LogLimiter("bad request"), compare=False, repr=False)

@@ -1,0 +1,532 @@
+"""The gateway: turns a validated config into services and listeners, runs, reloads and stops them.
+
+Everything that can fail (keystores, TLS options, directories, port plans) fails
+in ``Gateway(config)`` before any socket is bound. A reload plans the new config (``plan.py``: values,
+nothing built), diffs it against the running plan, and ``apply`` builds and starts only what changed
+beside what runs, then switches to it in one step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from ..catalog import service_type
+from ..config.model import GatewayConfig, TlsOptions
+from ..core.close import CloseCode
+from ..errors import ConfigError, ConfigErrors, GatewayError, ReloadFailed, bind_error
+from ..management.service import GatewayControl, OperatorService
+from ..observe.metrics import Metrics
+from ..observe.redact import REDACTOR
+from ..security.admission import Admission, offloaded_tls
+from ..security.keystore import load_store
+from ..security.limits import GatewayLimits, ServiceLimits
+from ..security.login.jwt import unverified_claims
+from ..security.realms import RealmGate, RealmRuntime
+from ..security.tls import ListenerTls
+from ..services.base import HttpService, Runtime, ServiceHandler, WebSocketService
+from ..state.connections import Selector
+from ..state.revocations import MemoryRevocations, RevocationStore, token_digest, token_key, user_key
+from ..state.sessions import cookie_name
+from ..transport.endpoint import Endpoint, handler_endpoint
+from ..transport.http import reply_endpoint
+from ..transport.http_client import fetch_json
+from ..transport.listener import Listener, Route
+from ..transport.upgrade import websocket_endpoint
+from .plan import BindKey, Changes, LimitValues, ListenerPlan, Plan, TlsGroup, bind_source, diff, plan
+
+__all__ = ["Changes", "Deployment", "Gateway", "Plan", "check_bind_hosts", "diff", "load_plan", "plan"]
+
+log = logging.getLogger("wsgate")
+
+# What a reload replaces: the switch in ``apply`` assigns a new ``Deployment`` (its fields are the per-config
+# state). Every other attribute outlives reloads (tests check that each attribute is in exactly one of the two).
+_PER_CONFIG = ("deployment",)
+_KEPT = ("reuse_port", "loader", "started", "retired", "_reloading", "revocations")
+
+
+@dataclass
+class Deployment:
+    """What runs for one plan. A reload builds the next one beside it, sharing what it keeps."""
+
+    plan: Plan
+    runtime: Runtime
+    gate: GatewayLimits
+    realms: dict[str, RealmRuntime] = field(default_factory=dict)
+    services: dict[str, ServiceHandler] = field(default_factory=dict)
+    service_limits: dict[str, ServiceLimits | None] = field(default_factory=dict)
+    listeners: dict[BindKey, Listener] = field(default_factory=dict)
+
+
+def load_plan(config: GatewayConfig) -> Plan:
+    """Read the key material ``config`` names, then plan it (``plan.plan``: no other I/O)."""
+    security = config.security
+    keys = load_store(security.keystore) if security.keystore else None
+    trust = load_store(security.truststore) if security.truststore else None
+    return plan(config, keys, trust)
+
+
+class Gateway:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        reuse_port: bool = False,
+        loader: Callable[[], GatewayConfig] | None = None,
+    ) -> None:
+        """``loader`` re-reads the configuration for ``reload`` (SIGHUP, the management API)."""
+        self.reuse_port = reuse_port
+        self.loader = loader
+        self.started = time.time()
+        self.retired: list[Listener] = []  # listeners replaced by a reload, still serving their connections
+        self._reloading = asyncio.Lock()
+        self.revocations: RevocationStore = MemoryRevocations()
+        changes = diff(None, load_plan(config))
+        deployment = self._deployment(changes, None)
+        deployment.runtime.metrics = Metrics(lambda: self.runtime.connections)
+        self._build(changes, deployment, None)
+        self.deployment = deployment
+
+    # What runs now (``deployment``'s parts, replaced together by a reload).
+    @property
+    def plan(self) -> Plan:
+        return self.deployment.plan
+
+    @property
+    def config(self) -> GatewayConfig:
+        return self.deployment.plan.config
+
+    @property
+    def runtime(self) -> Runtime:
+        return self.deployment.runtime
+
+    @property
+    def realms(self) -> dict[str, RealmRuntime]:
+        return self.deployment.realms
+
+    @property
+    def services(self) -> dict[str, ServiceHandler]:
+        return self.deployment.services
+
+    @property
+    def service_limits(self) -> dict[str, ServiceLimits | None]:
+        return self.deployment.service_limits
+
+    @property
+    def gate(self) -> GatewayLimits:
+        return self.deployment.gate
+
+    @property
+    def listeners(self) -> dict[BindKey, Listener]:
+        return self.deployment.listeners
+
+    # -- building ----------------------------------------------------------------------------
+
+    def _deployment(self, changes: Changes, current: Deployment | None) -> Deployment:
+        """An empty deployment for ``changes.new`` that shares what outlives a reload with ``current``:
+        the live connections, metrics, revocations (a reload never lifts one) and, if the limits are
+        unchanged, the gate (its count of handshakes in progress)."""
+        new = changes.new
+        runtime = Runtime(keys=new.keys, trust=new.trust, realms=dict(new.config.security.realms))
+        runtime.revocations = self.revocations
+        control: GatewayControl = self  # what the management service may ask of it (checked by mypy)
+        runtime.control = control
+        gate = GatewayLimits(new.limits.connections, new.limits.handshakes)
+        if current is not None:
+            runtime.connections = current.runtime.connections
+            runtime.metrics = current.runtime.metrics
+            if changes.gate_kept:
+                gate = current.gate
+        return Deployment(new, runtime, gate)
+
+    def _build(self, changes: Changes, deployment: Deployment, current: Deployment | None) -> None:
+        """Fill ``deployment`` with what ``changes`` keeps from ``current`` and builds anew (realms,
+        handlers, limits, listeners with their TLS contexts), binding and starting nothing.
+        Raises for what cannot be built; what it built so far is in ``deployment`` (to release)."""
+        planned = changes.new
+        config = planned.config
+        runtime = deployment.runtime
+        for realm in config.security.realms.values():  # the names this config reads credentials from are masked in logs
+            auth = realm.authentication
+            REDACTOR.add(auth.http_query_parameters, auth.http_headers, (*auth.http_cookies, cookie_name(realm.name)))
+        for name, realm_plan in planned.realms.items():
+            if current is not None and name in changes.realms_kept:
+                deployment.realms[name] = current.realms[name]  # its sessions and pools survive
+                continue
+            realm_runtime = RealmRuntime(realm_plan.config, planned.base_dir, fetch_json)
+            realm_runtime.metrics = runtime.metrics
+            realm_runtime.revocations = self.revocations
+            deployment.realms[name] = realm_runtime
+        for name, service_plan in planned.services.items():
+            if current is not None and name in changes.unchanged:
+                deployment.services[name] = current.services[name]  # its handler and live connections
+                deployment.service_limits[name] = current.service_limits[name]  # its counts of open connections
+                continue
+            service = service_plan.config
+            kind = service_type(service.type)
+            handler = kind.create(service, runtime)
+            if kind.web_root and config.web_root is not None:
+                handler.configure(config.web_root)
+            deployment.services[name] = handler
+            deployment.service_limits[name] = _service_limits(service_plan.limits)
+        for key, listener_plan in planned.listeners.items():
+            listener = self._listener(listener_plan, deployment)
+            if listener_plan.tls is not None and key not in changes.listeners_kept:
+                listener.ssl_context = self._listener_tls(listener_plan.tls).context
+            deployment.listeners[key] = listener
+        for service in config.services:
+            if service.dropped_realm:
+                log.warning(
+                    "service[%s]/realm-name: %r has no authorization-constraint; as in Kaazing's %s schema the realm "
+                    "is dropped and the service is NOT authenticated (add require-role to protect it)",
+                    service.name,
+                    service.dropped_realm,
+                    "2014/09 and 2015/11",
+                )
+            if not service.accept_options.server_header:
+                log.warning(
+                    "service[%s]/accept-options/http.server.header: 'disabled' still sends 'Server: wsgate' "
+                    "(never a version); the header itself cannot be removed yet",
+                    service.name,
+                )
+
+    def _listener(self, planned: ListenerPlan, deployment: Deployment) -> Listener:
+        """The listener ``planned`` describes, with its routes (no TLS context: ``_listener_tls``)."""
+        runtime = deployment.runtime
+        listener = Listener(
+            host=planned.key[0],
+            port=planned.key[1],
+            reuse_port=self.reuse_port,
+            metrics=runtime.metrics,
+            handshake_timeout=planned.handshake_timeout,
+            header_size=planned.header_size,
+        )
+        for route in planned.routes:
+            uri = route.uri
+            service = deployment.plan.services[route.service].config
+            handler = deployment.services[service.name]
+            listener.add(
+                Route(
+                    host=uri.host,
+                    path=uri.path.rstrip("/"),
+                    service=handler,
+                    endpoint=_endpoint(handler),
+                    admission=self._admission(handler, route.verify_client, deployment),
+                    prefix=service_type(service.type).prefix,
+                    control=bool(service.realm_name),
+                    keepalive_timeout=service.accept_options.keepalive_timeout,
+                )
+            )
+        return listener
+
+    @staticmethod
+    def _admission(handler: ServiceHandler, verify_client: str, deployment: Deployment) -> Admission:
+        """What a route decides before its service runs (security/admission.py)."""
+        service = handler.config
+        runtime = deployment.runtime
+        offloaded = offloaded_tls(service)
+        realm = None
+        if service.realm_name:
+            realm = RealmGate(
+                deployment.realms[service.realm_name],
+                service.name,
+                service_type(service.type).plain_http,
+                service.authorization_constraints,
+                [uri.path for uri in service.accepts],
+                runtime.connections,
+                runtime.expire,
+                offloaded,
+            )
+        return Admission(
+            service=service.name,
+            cors=service_type(service.type).cors,
+            websocket=isinstance(handler, WebSocketService),
+            cross_site=service.cross_site_constraints,
+            offloaded_tls=offloaded,
+            verify_client=verify_client,
+            realm=realm,
+            limits=deployment.service_limits[service.name],
+            gate=deployment.gate,
+            open_connections=runtime.connections,
+            metrics=runtime.metrics,
+            closing=lambda: handler.runtime.closing,
+            origin_lines=handler.origin_lines,
+        )
+
+    @staticmethod
+    def _listener_tls(tls: TlsGroup) -> ListenerTls:
+        assert tls.keys is not None  # the config builder demands a keystore for wss
+        trusted = tls.trust.trusted_pem if tls.trust else None
+        return ListenerTls(
+            tls.keys,
+            list(tls.hosts),
+            TlsOptions(tls.ciphers, tls.protocols),
+            tls.verify_client,
+            trusted,
+            tls.element,
+        )
+
+    # -- running -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the services, then bind every listener; on failure stop what started and raise
+        a ``ConfigError`` naming the service(s), the address and the cause."""
+        try:
+            for service in self.services.values():
+                await _start_service(service)
+            for listener in self.listeners.values():
+                await _bind(listener)
+        except BaseException:
+            await self.stop(0)
+            raise
+
+    def port_of(self, service_name: str, index: int = 0) -> int:
+        """The bound port of a service's accept URI (tests use port 0)."""
+        return self.listeners[self.plan.listener_of(service_name, index)].port
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Graceful shutdown: stop accepting, close WebSockets with 1001, wait for drains.
+
+        Peers that do not finish the close handshake within ``grace`` are aborted,
+        so a client that stopped reading cannot hold the shutdown hostage.
+        """
+        self.runtime.closing = True
+        for listener in [*self.listeners.values(), *self.retired]:
+            listener.stop_accepting()
+        sessions = list(self.runtime.connections)
+        if sessions:
+            log.info("closing %d connection(s) with 1001", len(sessions))
+            closes = [
+                asyncio.ensure_future(s.channel.close(CloseCode.GOING_AWAY, "gateway shutting down")) for s in sessions
+            ]
+            _, late = await asyncio.wait(closes, timeout=grace)
+            for task in late:
+                task.cancel()
+        for session in list(self.runtime.connections):
+            session.channel.abort()
+        listeners = [*self.listeners.values(), *self.retired]
+        await asyncio.gather(*(listener.shutdown(min(grace, 1.0)) for listener in listeners))
+        for service in self.services.values():
+            await service.stop()
+        for realm in self.realms.values():
+            await realm.close()
+
+    async def revoke(self, user: str | None = None, token: str | None = None, reason: str = "revoked") -> int:
+        """Refuse ``user`` (or the presented ``token``) from now on, and close their live connections now.
+
+        A user stays refused for ``security/revocation-timeout``; a token until its own expiry (its
+        ``exp``, or that of the live connections that presented it), else as long as a user. Tokens are
+        known by their JWT ``jti``, else by ``token_digest`` (a JWT's signed part); the token itself is never
+        kept. Live connections close with 1008 and are aborted after 1 s; the user's realm sessions end.
+        """
+        now = time.time()
+        ttl = self.config.security.revocation_timeout
+        digest = token_digest(token) if token else None
+
+        selectors = [Selector(user=user)] if user is not None else []
+        if digest is not None:
+            selectors.append(Selector(token=digest))
+        revoked: dict[str, float] = {}
+        if user is not None:
+            revoked[user_key(user)] = now + ttl
+        if token is not None and digest is not None:
+            token_id, expires_at = unverified_claims(token)
+            revoked[token_key(token_id, digest)] = expires_at if expires_at and expires_at > now else now + ttl
+        matched = {c.id: c for selector in selectors for c in self.runtime.connections.select(selector)}
+        for connection in matched.values():  # the tokens they presented, until those expire
+            identity = connection.identity
+            if identity is not None and identity.token_digest is not None:
+                key = token_key(identity.token_id, identity.token_digest)
+                revoked[key] = max(revoked.get(key, 0.0), identity.expires_at or now + ttl)
+        for key, until in revoked.items():
+            await self.revocations.revoke(key, until)
+        for connection in matched.values():
+            connection.end(CloseCode.POLICY_VIOLATION, reason, grace=1.0)
+        closed = len(matched)
+        if user is not None:
+            for realm in self.realms.values():
+                await realm.sessions.drop_user(user)
+        log.info("revoked %d key(s), closed %d connection(s) (%s)", len(revoked), closed, reason)
+        return closed
+
+    async def revocations_in_force(self) -> dict[str, float]:
+        return await self.revocations.entries()
+
+    async def lift_revocation(self, key: str) -> bool:
+        lifted = await self.revocations.lift(key)
+        if lifted:
+            log.warning("revocation of %s lifted", key)
+        return lifted
+
+    # -- reloading -------------------------------------------------------------------------
+
+    async def reload(self) -> tuple[bool, str]:
+        """Re-read the config; apply it only if it is entirely valid (the old one keeps running otherwise).
+
+        Services whose config (realm, and key material for TLS back ends, included) is unchanged keep
+        their handler and live connections; changed services' connections close with 1012 (service restart) so
+        clients reconnect to the new version; removed services' with 1001. Listeners keep their
+        socket unless their TLS material changed (then new handshakes get the new certificates).
+
+        Returns ``(True, changes)`` or ``(False, located error)`` for a refused config. Any other
+        failure is logged with its traceback, counted as ``failed``, undone, and raised as ``ReloadFailed``.
+        """
+        metrics = self.runtime.metrics
+        assert metrics is not None
+        async with self._reloading:
+            if self.loader is None:
+                return False, "this gateway was not started from a config file"
+            try:
+                changes = diff(self.plan, load_plan(self.loader()))
+                await self.apply(changes)
+            except GatewayError as exc:
+                metrics.reloads.labels("rejected").inc()
+                log.error("reload rejected, the running configuration stays: %s", exc)
+                return False, str(exc)
+            except Exception as exc:
+                metrics.reloads.labels("failed").inc()
+                log.exception("reload failed, the running configuration stays")
+                raise ReloadFailed(
+                    f"reload failed, the running configuration stays: {type(exc).__name__}: {exc} "
+                    "(an internal error: the gateway log has the traceback; please report it)"
+                ) from exc
+            metrics.reloads.labels("applied").inc()
+            log.info("configuration reloaded: %s", changes)
+            return True, str(changes)
+
+    async def apply(self, changes: Changes) -> None:
+        """Make ``changes.new`` the running plan, or raise with the running one untouched.
+
+        Everything that can fail (building realms, handlers and TLS contexts, starting services, binding
+        sockets) happens beside what runs and is undone if it fails; then ``_switch``, which cannot fail.
+        """
+        current = self.deployment
+        assert changes.old is current.plan, "changes are applied to the plan they were computed from"
+        deployment = self._deployment(changes, current)
+        started: list[ServiceHandler] = []
+        undo: list[Callable[[], Awaitable[None]]] = []
+        try:
+            self._build(changes, deployment, current)
+            for name in changes.started:
+                await _start_service(deployment.services[name])
+                started.append(deployment.services[name])
+            for key in changes.bound:
+                listener = deployment.listeners[key]
+                replaced = current.listeners.get(key)
+                if replaced is not None:  # new TLS material: a new socket on the same port
+                    replaced.stop_accepting()
+                    undo.append(replaced.resume)
+                    listener.port = replaced.port  # the same port, even where the config says 0
+                await _bind(listener)
+                undo.append(listener.abandon)
+        except BaseException:
+            for step in reversed(undo):
+                await step()
+            for handler in started:
+                await handler.stop()
+            for name, realm in deployment.realms.items():
+                if current.realms.get(name) is not realm:
+                    await realm.close()
+            raise
+        self._switch(changes, current, deployment)
+
+    def _switch(self, changes: Changes, current: Deployment, deployment: Deployment) -> None:
+        """Run ``deployment`` instead of ``current``: nothing here can fail."""
+        for name in changes.unchanged:
+            deployment.services[name].runtime = deployment.runtime
+        for name in changes.removed:
+            for connection in self.runtime.connections.select(Selector(service=name)):
+                connection.end(CloseCode.GOING_AWAY, "service removed")
+        for name in changes.changed:
+            for connection in self.runtime.connections.select(Selector(service=name)):
+                connection.end(CloseCode.SERVICE_RESTART, "service restarted")
+        for key, listener in deployment.listeners.items():
+            kept = current.listeners.get(key)
+            if key in changes.listeners_kept and kept is not None:
+                # Same socket, new routes and limits: nothing in flight is touched.
+                kept.routes = listener.routes  # with their admissions: limits, realms, the gate
+                kept.handshake_timeout = listener.handshake_timeout
+                deployment.listeners[key] = kept
+            elif kept is not None:  # rebound: the old socket serves its connections to the end
+                self.retired.append(kept)
+        for key, listener in current.listeners.items():
+            if key in changes.listeners_retired:
+                listener.stop_accepting()
+                self.retired.append(listener)
+        retiring = [current.services[name] for name in sorted(changes.removed | changes.changed)]
+        old_realms = [r for name, r in current.realms.items() if deployment.realms.get(name) is not r]
+        self.deployment = deployment
+        asyncio.get_running_loop().create_task(self._retire(retiring, old_realms))
+
+    async def _retire(self, handlers: list[ServiceHandler], realms: list[RealmRuntime]) -> None:
+        """Release what removed or changed services held, once their connections are gone."""
+        names = {h.name for h in handlers}
+        for _ in range(100):
+            if not any(c.service in names for c in self.runtime.connections):
+                break
+            await asyncio.sleep(0.05)
+        for handler in handlers:
+            await handler.stop()
+        for realm in realms:
+            await realm.close()
+
+
+def _endpoint(handler: ServiceHandler) -> Endpoint:
+    """Where the listener hands a request the admission accepted (transport/endpoint.py)."""
+    if isinstance(handler, WebSocketService):
+        return websocket_endpoint(handler)
+    if isinstance(handler, HttpService):
+        return reply_endpoint(handler)
+    if isinstance(handler, OperatorService):  # the management API writes aiohttp responses itself
+        return handler_endpoint(handler.handle)
+    raise TypeError(f"service[{handler.name}]: {type(handler).__name__} is neither WebSocket nor HTTP")
+
+
+async def _start_service(handler: ServiceHandler) -> None:
+    """Services that bind or dial at start (a broadcast feed) fail with their name and the cause."""
+    try:
+        await handler.start()
+    except OSError as exc:
+        raise bind_error(exc, f"service[{handler.name}]") from None
+
+
+async def _bind(listener: Listener) -> None:
+    """Bind ``listener``; a failure names the services it serves, the address and a fix for the cause."""
+    try:
+        await listener.start()
+    except OSError as exc:
+        names = sorted({route.service.name for route in listener.routes})
+        where = ", ".join(f"service[{name}]/accept" for name in names)
+        raise bind_error(exc, where, f"{listener.host or '*'}:{listener.port}") from None
+
+
+def _service_limits(values: LimitValues | None) -> ServiceLimits | None:
+    """A new count of one service's open connections against its limits (None: it has none)."""
+    if values is None:
+        return None
+    return ServiceLimits(values.max_connections, values.max_per_ip, values.rate, values.burst)
+
+
+def check_bind_hosts(config: GatewayConfig) -> None:
+    """Every host a listener binds resolves (``check-config``: ``run`` would fail at the bind)."""
+    errors: list[ConfigError] = []
+    for service in config.services:
+        for uri in service.accepts:
+            (host, port), element = bind_source(service, uri)
+            if host is None:
+                continue
+            try:
+                socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+            except socket.gaierror as exc:
+                errors.append(
+                    ConfigError(
+                        element,
+                        f"{uri} binds {host}:{port}, but {host!r} does not resolve ({exc.strerror}); "
+                        "fix the host name or use an IP address",
+                    )
+                )
+    if errors:
+        raise errors[0] if len(errors) == 1 else ConfigErrors(errors)
