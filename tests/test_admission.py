@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from multidict import MultiDict, MultiDictProxy
 
-from wsgate.config import load_config
+from wsgate.catalog import load_config
 from wsgate.core.handshake import BAD_REQUEST, NO_CERTIFICATE, Accept, Handshake, Reject, Reply, handshake_headers
 from wsgate.core.peer import PeerIdentity
 from wsgate.gateway import Gateway

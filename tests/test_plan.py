@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from wsgate.config import load_config
+from wsgate.catalog import load_config
 from wsgate.errors import ConfigError
 from wsgate.gateway import Changes, Plan, diff, plan
 from wsgate.security.keystore import KeyEntry, KeyMaterial
