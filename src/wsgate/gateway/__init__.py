@@ -30,7 +30,7 @@ from ..security.realms import RealmGate, RealmRuntime
 from ..security.tls import ListenerTls
 from ..services.base import HttpService, Runtime, ServiceHandler, WebSocketService
 from ..state.connections import Selector
-from ..state.revocations import MemoryRevocations, RevocationStore, token_digest, token_key, user_key
+from ..state.revocations import MemoryRevocations, RevocationList, token_digest, token_key, user_key
 from ..state.sessions import cookie_name
 from ..transport.endpoint import Endpoint, handler_endpoint
 from ..transport.http import reply_endpoint
@@ -83,7 +83,7 @@ class Gateway:
         self.started = time.time()
         self.retired: list[Listener] = []  # listeners replaced by a reload, still serving their connections
         self._reloading = asyncio.Lock()
-        self.revocations: RevocationStore = MemoryRevocations()
+        self.revocations: RevocationList = MemoryRevocations()
         changes = diff(None, load_plan(config))
         deployment = self._deployment(changes, None)
         deployment.runtime.metrics = Metrics(lambda: self.runtime.connections)

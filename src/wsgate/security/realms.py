@@ -37,7 +37,7 @@ from ..core.session import Timeouts
 from ..core.session import connection_deadline as session_deadline
 from ..observe.logs import get_logger
 from ..state.connections import Selector
-from ..state.revocations import MemoryRevocations, RevocationStore, identity_keys, token_digest
+from ..state.revocations import MemoryRevocations, RevocationList, identity_keys, token_digest
 from ..state.sessions import DEFAULT_SESSION_TTL, MemorySessions, Session, SessionStore, cookie_name
 from .challenges import (
     AmbiguousCredentials,
@@ -96,7 +96,7 @@ class RealmRuntime:
         self.sessions: SessionStore = MemorySessions()
         self.metrics: Metrics | None = None  # set by the gateway
         self.verifier = Verifier(auth.login_concurrency, auth.login_queue, f"wsgate-verify-{realm.name}")
-        self.revocations: RevocationStore = MemoryRevocations()  # the gateway's, shared by every realm
+        self.revocations: RevocationList = MemoryRevocations()  # the gateway's, shared by every realm
         self.files = module_files(realm, base_dir)
 
     async def authenticate(self, handshake: Handshake, allow_session: bool = True) -> Identity | Refused:

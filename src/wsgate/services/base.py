@@ -31,7 +31,7 @@ from ..core.session import LiveSession
 from ..observe.logs import LogLimiter, get_logger
 from ..security.keystore import KeyMaterial
 from ..state.connections import MemoryConnections, Selector
-from ..state.revocations import RevocationStore, identity_keys
+from ..state.revocations import RevocationList, identity_keys
 
 if TYPE_CHECKING:
     from ..observe.metrics import Metrics
@@ -51,7 +51,7 @@ class Runtime:
     realms: dict[str, Realm] = field(default_factory=dict)
     closing: bool = False
     metrics: Metrics | None = None
-    revocations: RevocationStore | None = None  # the gateway's, checked again at the upgrade
+    revocations: RevocationList | None = None  # the gateway's, checked again at the upgrade
     control: Any = None  # the gateway, for the management service (management.service.GatewayControl)
 
     async def expire(self, selector: Selector, reason: str) -> int:

@@ -46,7 +46,7 @@ def identity_keys(user: str | None, token_id: str | None, digest: str | None) ->
     return keys
 
 
-class RevocationStore(Protocol):
+class RevocationList(Protocol):
     async def revoke(self, key: str, until: float) -> None:
         """Refuse ``key`` until ``until`` (a later revocation of the same key never shortens it)."""
         ...
