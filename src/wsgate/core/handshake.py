@@ -34,6 +34,7 @@ class Handshake:
     secure: bool = False  # arrived over TLS here (TLS offloaded in front: ``Admission.offloaded_tls``)
     version: tuple[int, int] = (1, 1)
     transport: str = "websocket"  # which adapter it came on: "websocket", later "emulation", "tunnel"
+    client: str = ""  # the client's transport connection ("ip:port"): multi-round schemes keep state under it
     authority: str = ""  # the Host header as sent (with its port): what an Origin is compared with; "": ``host``
 
     @property

@@ -131,18 +131,19 @@ class Admission:
         if (gate is not None or self.cors) and is_preflight(handshake):
             return self.preflight(handshake)  # preflights carry no credentials: answered before the realm
         identity = None
+        proven: dict[str, str] = {}  # a login module's last token for the client (mutual authentication)
         if gate is not None:
             what = gate.control_path(handshake.path)
             if what is not None:
                 reply = await gate.control(handshake, what) if self.origin_allowed(handshake) else _forbidden()
                 return replace(reply, headers=reply.headers + tuple(self.cors_headers(handshake).items()))
-            admitted = await gate.admit(handshake)
-            if isinstance(admitted, Reject):
-                return admitted
-            identity = admitted
+            proof = await gate.authorize(handshake)
+            if isinstance(proof, Reject):
+                return proof
+            identity, proven = proof.identity, gate.proof_headers(proof)
         if not self.websocket:
             headers = self.cors_headers(handshake) if self.cors else {}
-            return Accept(identity, headers=headers, hold=hold)
+            return Accept(identity, headers={**headers, **proven}, hold=hold)
         if handshake.method != "GET" or not handshake.upgrade:
             return Reject(426, NOT_WEBSOCKET, {"Upgrade": "websocket"}, "not a WebSocket handshake")
         if self.closing():
@@ -173,7 +174,7 @@ class Admission:
                     reason=reason,
                 )
                 return Reject(403, FORBIDDEN, reason=reason)
-        return Accept(identity, deadline, why, opened_at=started, hold=hold)
+        return Accept(identity, deadline, why, headers=proven, opened_at=started, hold=hold)
 
     # -- Origin and CORS ---------------------------------------------------------------------
 

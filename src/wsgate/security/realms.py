@@ -38,6 +38,7 @@ from ..core.session import connection_deadline as session_deadline
 from ..observe.logs import get_logger
 from ..state.connections import Selector
 from ..state.revocations import MemoryRevocations, RevocationList, identity_keys, token_digest
+from ..state.rounds import MemoryRounds, RoundStore
 from ..state.sessions import DEFAULT_SESSION_TTL, MemorySessions, Session, SessionStore, cookie_name
 from .challenges import (
     AmbiguousCredentials,
@@ -49,7 +50,7 @@ from .challenges import (
     realm_schemes,
 )
 from .login import Busy, ChainEntry, Challenged, Failed, LoginAttempt, Succeeded, Unavailable, build_module, run_chain
-from .login.base import resolve
+from .login.base import Rounds, resolve
 from .login.verifier import Verifier
 
 if TYPE_CHECKING:
@@ -64,6 +65,14 @@ UNAUTHORIZED = "Unauthorized\n"
 FORBIDDEN = "Forbidden\n"
 UNAVAILABLE = "Service Unavailable\n"
 Trail = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class Proof:
+    """Authenticated: who, and the login chain's last token for the client (Negotiate's mutual authentication)."""
+
+    identity: Identity
+    response: str | None = None
 
 
 @dataclass(frozen=True)
@@ -95,11 +104,12 @@ class RealmRuntime:
         self.cookie = cookie_name(realm.name)
         self.sessions: SessionStore = MemorySessions()
         self.metrics: Metrics | None = None  # set by the gateway
+        self.rounds: RoundStore = MemoryRounds()  # multi-round schemes' state between a client's requests
         self.verifier = Verifier(auth.login_concurrency, auth.login_queue, f"wsgate-verify-{realm.name}")
         self.revocations: RevocationList = MemoryRevocations()  # the gateway's, shared by every realm
         self.files = module_files(realm, base_dir)
 
-    async def authenticate(self, handshake: Handshake, allow_session: bool = True) -> Identity | Refused:
+    async def authenticate(self, handshake: Handshake, allow_session: bool = True) -> Proof | Refused:
         try:
             credentials, session_token = self.gather(handshake)
         except AmbiguousCredentials as exc:
@@ -107,9 +117,11 @@ class RealmRuntime:
         if allow_session and session_token:
             identity = await self.session_identity(session_token)
             if identity is not None and not await self.revoked(identity):
-                return identity
+                return Proof(identity)
+        rounds = Rounds(self.rounds, handshake.client) if handshake.client else None
         result = await run_chain(
-            self.chain, LoginAttempt(credentials, handshake.remote, handshake.peer, verifier=self.verifier)
+            self.chain,
+            LoginAttempt(credentials, handshake.remote, handshake.peer, verifier=self.verifier, rounds=rounds),
         )
         if self.metrics is not None:
             for module, seconds in result.timings:
@@ -132,7 +144,7 @@ class RealmRuntime:
             return Refused(403, "credentials already expired (inside the module's leeway)")
         if await self.revoked(identity):
             return Refused(403, "revoked")  # as any refused credential: no hint to the client
-        return identity
+        return Proof(identity, outcome.response)
 
     async def revoked(self, identity: Identity) -> bool:
         """Revoked by user, by the token's jti or by its digest (sessions of revoked users are dropped)."""
@@ -316,17 +328,28 @@ class RealmGate:
         return None
 
     async def admit(self, handshake: Handshake, allow_session: bool = True) -> Identity | Reject:
-        outcome = await self.realm.authenticate(handshake, allow_session)
+        """The identity of an authorized request (control resources), or the refusal."""
+        proof = await self.authorize(handshake, allow_session)
+        return proof if isinstance(proof, Reject) else proof.identity
+
+    async def authorize(self, handshake: Handshake, allow_session: bool = True) -> Proof | Reject:
+        """Authenticated and holding the roles: the identity and the chain's last token for the client."""
+        proof = await self.realm.authenticate(handshake, allow_session)
         where = {"service": self.name, "realm": self.realm.config.name, "remote": handshake.remote}
-        if isinstance(outcome, Refused):
-            return self.refuse(outcome, where)
+        if isinstance(proof, Refused):
+            return self.refuse(proof, where)
+        outcome = proof.identity
         roles = sorted(outcome.roles)
         if not authorized(outcome.roles, self.constraints):
             audit.info("authorization denied", **where, decision="denied", status=403, user=outcome.user, roles=roles)
             return Reject(403, FORBIDDEN, reason="authorization denied")
         via = "session" if outcome.session and allow_session else "credentials"
         audit.info("authenticated", **where, decision="authenticated", user=outcome.user, via=via, roles=roles)
-        return outcome
+        return proof
+
+    def proof_headers(self, proof: Proof) -> dict[str, str]:
+        """What the answer carries for the client (``WWW-Authenticate: Negotiate <token>``: mutual authentication)."""
+        return self.realm.challenge(self.plain_http, proof.response) if proof.response else {}
 
     def refuse(self, refused: Refused, where: dict[str, Any]) -> Reject:
         if refused.status == 503:

@@ -40,7 +40,16 @@ def handshake_from(request: web.BaseRequest, peer: PeerIdentity | None, host: st
         secure=request.secure,
         version=(version.major, version.minor),
         authority=request.host,
+        client=_client(request),
     )
+
+
+def _client(request: web.BaseRequest) -> str:
+    """The client's connection as ``ip:port`` (unique among this listener's open connections)."""
+    peername = request.transport.get_extra_info("peername") if request.transport is not None else None
+    if isinstance(peername, tuple) and len(peername) >= 2:
+        return f"{peername[0]}:{peername[1]}"
+    return ""
 
 
 def response_for(answer: Reject | Reply) -> web.StreamResponse:

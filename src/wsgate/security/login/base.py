@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from ...config.schema import LoginModuleSchema
 from ...core.fetch import FetchJson
 from ...errors import ConfigError
+from ...state.rounds import DEFAULT_TTL, RoundStore
 from ..challenges import Credentials, CredentialsError
 from .outcomes import Busy, Challenged, Failed, Outcome, Succeeded, Unavailable
 from .verifier import Verifier, shared_verifier
@@ -38,6 +39,21 @@ __all__ = [
 ]
 
 
+@dataclass(frozen=True)
+class Rounds:
+    """One client's multi-round state in its realm (a Negotiate exchange): what the next round needs."""
+
+    store: RoundStore
+    key: str  # realm and client connection
+
+    async def load(self) -> object | None:
+        """What the previous round kept for this client (taken: keep it again to carry it further)."""
+        return await self.store.take(self.key)
+
+    async def keep(self, state: object, ttl: float = DEFAULT_TTL) -> None:
+        await self.store.put(self.key, state, ttl)
+
+
 @dataclass
 class LoginAttempt:
     """One authentication attempt as modules see it.
@@ -51,6 +67,7 @@ class LoginAttempt:
     peer: PeerIdentity | None = None
     shared: dict[str, str] = field(default_factory=dict)
     verifier: Verifier = field(default_factory=shared_verifier)  # the realm's; runs blocking work off the loop
+    rounds: Rounds | None = None  # multi-round state of this client (None: the transport cannot tell clients apart)
 
 
 @runtime_checkable

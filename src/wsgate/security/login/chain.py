@@ -95,4 +95,5 @@ def _merge(successes: list[Succeeded]) -> Succeeded:
     principals = frozenset().union(*(s.principals for s in successes))
     expiries = [s.expires_at for s in successes if s.expires_at is not None]
     token_id = next((s.token_id for s in successes if s.token_id), None)
-    return Succeeded(user, principals, min(expiries) if expiries else None, token_id)
+    response = next((s.response for s in successes if s.response), None)
+    return Succeeded(user, principals, min(expiries) if expiries else None, token_id, response)

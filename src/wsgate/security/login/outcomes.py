@@ -14,6 +14,7 @@ class Succeeded:
     principals: frozenset[str] = frozenset()
     expires_at: float | None = None  # wall-clock seconds, e.g. a JWT's exp
     token_id: str | None = None  # a JWT's jti: revocation targets it
+    response: str | None = None  # a last token for the client (Negotiate mutual authentication), sent on the 101
 
 
 @dataclass(frozen=True)
