@@ -4,17 +4,23 @@
 later) from whatever it parsed; ``security.admission.Admission.admit`` turns it into an ``Accept``
 or a ``Reject`` without any I/O of its own, and the adapter writes the answer. So the whole
 401/403/429/503 matrix can be tested in memory (tests/test_admission.py), h11-style.
+
+A plain HTTP service answers a ``Reply``; one that needs the request's ``Body`` (the management API)
+reads it when it decides to, and one may answer an ``Upgrade`` to run a WebSocket of its own on a
+``Channel`` (the management console's feed).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 
+from .channel import Channel
 from .http import wants_upgrade
 from .identity import Identity
 from .peer import PeerIdentity
@@ -144,3 +150,51 @@ class Reply:
     def refusal(cls, reject: Reject) -> Reply:
         """A ``Reject`` answered as a plain HTTP response (control resources)."""
         return cls.text(reject.status, reject.text, tuple(reject.headers.items()))
+
+
+class BodyTooLarge(Exception):
+    """A request body over the adapter's size limit; the adapter answers 413 (not a service's error)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the request body is over {limit} bytes")
+        self.limit = limit
+
+
+class Body(Protocol):
+    """A request's body, read from the client only when a service asks for it (the adapter's size limit).
+
+    Both raise ``BodyTooLarge`` over the limit and ``ConnectionResetError`` if the client left before
+    the body was complete; ``text`` raises ``ValueError`` for bytes its charset cannot decode.
+    """
+
+    async def read(self) -> bytes:
+        """The whole body (``b""`` for none)."""
+        ...
+
+    async def text(self) -> str:
+        """The body decoded with the charset of its ``Content-Type`` (UTF-8 if it names none)."""
+        ...
+
+
+class NoBody:
+    """The ``Body`` of a request without one (in-memory tests; adapters whose requests carry none)."""
+
+    async def read(self) -> bytes:
+        return b""
+
+    async def text(self) -> str:
+        return ""
+
+
+@dataclass(frozen=True, slots=True)
+class Upgrade:
+    """A plain HTTP service's answer: accept the request as a WebSocket and run ``serve`` on its ``Channel``.
+
+    Not a registered connection (no session, access line or connection metrics): the management
+    console's feed. The adapter sends the 101 without compression, answers the client's close frame
+    through the channel, and closes the channel (1000) if ``serve`` returns without doing so.
+    """
+
+    serve: Callable[[Channel], Awaitable[None]]
+    max_message_size: int = 4095  # the largest message the client may send (a larger one fails with 1009)
+    heartbeat: float | None = 30.0  # ping this often (seconds); no pong within half of it closes the connection

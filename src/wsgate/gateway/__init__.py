@@ -32,10 +32,11 @@ from ..services.base import HttpService, Runtime, ServiceHandler, WebSocketServi
 from ..state.connections import Selector
 from ..state.revocations import MemoryRevocations, RevocationList, token_digest, token_key, user_key
 from ..state.sessions import cookie_name
-from ..transport.endpoint import Endpoint, handler_endpoint
+from ..transport.endpoint import Endpoint
 from ..transport.http import reply_endpoint
 from ..transport.http_client import fetch_json
 from ..transport.listener import Listener, Route
+from ..transport.resource import resource_endpoint
 from ..transport.upgrade import websocket_endpoint
 from .plan import BindKey, Changes, LimitValues, ListenerPlan, Plan, TlsGroup, bind_source, diff, plan
 
@@ -480,8 +481,8 @@ def _endpoint(handler: ServiceHandler) -> Endpoint:
         return websocket_endpoint(handler)
     if isinstance(handler, HttpService):
         return reply_endpoint(handler)
-    if isinstance(handler, OperatorService):  # the management API writes aiohttp responses itself
-        return handler_endpoint(handler.handle)
+    if isinstance(handler, OperatorService):  # management, metrics: bodies read on demand, the console's feed
+        return resource_endpoint(handler)
     raise TypeError(f"service[{handler.name}]: {type(handler).__name__} is neither WebSocket nor HTTP")
 
 

@@ -22,6 +22,10 @@ and marked ``insecure``). Under its accept path:
 
 State-changing requests from a browser must be same-origin (or listed in a
 cross-site-constraint): a page on another site cannot use the admin's credentials.
+
+No aiohttp here: a request comes as a ``core.handshake.Handshake`` with the admission's ``Accept``
+and a ``Body`` read only where one is expected; the answers are ``Reply`` values, and the live feed
+an ``Upgrade`` whose ``Channel`` the transport provides (``transport.resource``).
 """
 
 from __future__ import annotations
@@ -36,23 +40,20 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from aiohttp import WSMsgType, web
-
 from ..config.model import AuthorizationConstraint, GatewayConfig, Service
 from ..config.schema import Fail, Property
+from ..core.channel import Channel
 from ..core.close import CloseCode
+from ..core.handshake import Accept, Body, Handshake, Reply, Upgrade
 from ..errors import ReloadFailed
 from ..observe.metrics import CONTENT_TYPE
 from ..security.admission import offloaded_tls, own_origin
 from ..security.origin import origin_allowed
 from ..services.base import Runtime, ServiceHandler, ServiceType
 from ..state.connections import Selector
-from ..transport.http import ACCEPT_KEY
-from ..transport.websocket import GuardedResponse, answer_close, is_upgrade
 from .summary import gateway_summary, service_summaries
 
 if TYPE_CHECKING:
-    from ..core.peer import PeerIdentity
     from ..core.session import LiveSession
 
 log = logging.getLogger("wsgate.management")
@@ -76,6 +77,8 @@ def _console_headers() -> dict[str, str]:
 
 CONSOLE_HEADERS = _console_headers()
 LIVE_INTERVAL = 1.0
+LIVE_MESSAGE_SIZE = 4095  # the console only listens: anything longer from it fails the feed with 1009
+LIVE_HEARTBEAT = 30.0
 _SAFE = ("GET", "HEAD", "OPTIONS")
 MANAGEMENT_ROLE = "ADMINISTRATOR"
 LOOPBACK_HOSTS = ("localhost", "::1", "[::1]")
@@ -152,30 +155,33 @@ def session_view(session: LiveSession, now: float) -> dict[str, Any]:
 
 
 class OperatorService(ServiceHandler):
-    """Plain HTTP resources for operators; the realm in front of it has already authorized the request."""
+    """Plain HTTP resources for operators; the realm in front of it has already authorized the request.
 
-    def relative(self, request: web.BaseRequest) -> str:
+    ``respond`` is what ``transport.resource.resource_endpoint`` calls for every admitted request.
+    """
+
+    def relative(self, path: str) -> str:
         for uri in self.config.accepts:
             base = uri.path.rstrip("/")
-            if request.path == base or request.path.startswith(base + "/"):
-                return request.path[len(base) :] or "/"
+            if path == base or path.startswith(base + "/"):
+                return path[len(base) :] or "/"
         return "/"
 
-    async def handle(self, request: web.BaseRequest, peer: PeerIdentity | None) -> web.StreamResponse:
+    async def respond(self, handshake: Handshake, accept: Accept, body: Body) -> Reply | Upgrade:
         raise NotImplementedError
 
-    def metrics_response(self) -> web.Response:
+    def metrics_reply(self) -> Reply:
         body = self.runtime.metrics.exposition() if self.runtime.metrics else b""
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE, "Cache-Control": "no-store"})
+        return Reply(200, body, (("Content-Type", CONTENT_TYPE), ("Cache-Control", "no-store")))
 
 
 class MetricsService(OperatorService):
     TYPE = ServiceType(name="metrics", accept=("http", "https"), plain_http=True)
 
-    async def handle(self, request: web.BaseRequest, peer: PeerIdentity | None) -> web.StreamResponse:
-        if request.method not in ("GET", "HEAD"):
-            return web.Response(status=405, headers={"Allow": "GET, HEAD"})
-        return self.metrics_response()
+    async def respond(self, handshake: Handshake, accept: Accept, body: Body) -> Reply | Upgrade:
+        if handshake.method not in ("GET", "HEAD"):
+            return Reply(405, headers=(("Allow", "GET, HEAD"),))
+        return self.metrics_reply()
 
 
 class ManagementService(OperatorService):
@@ -191,7 +197,7 @@ class ManagementService(OperatorService):
 
     def __init__(self, config: Service, runtime: Runtime) -> None:
         super().__init__(config, runtime)
-        self.live: set[web.WebSocketResponse] = set()
+        self.live: set[Channel] = set()  # the console feeds open now
 
     @property
     def control(self) -> GatewayControl:
@@ -200,58 +206,57 @@ class ManagementService(OperatorService):
         return control  # type: ignore[no-any-return]
 
     async def stop(self) -> None:
-        for ws in list(self.live):
-            await ws.close(code=CloseCode.GOING_AWAY, message=b"gateway shutting down")
+        for channel in list(self.live):
+            await channel.close(CloseCode.GOING_AWAY, "gateway shutting down")
 
-    def origin_allowed(self, request: web.BaseRequest) -> bool:
+    def origin_allowed(self, handshake: Handshake) -> bool:
         """Same-origin, listed or no ``Origin`` (not a browser): see security.origin."""
-        own = own_origin(request.secure or offloaded_tls(self.config), request.host)
-        return origin_allowed(request.headers.get("Origin"), own, self.config.cross_site_constraints)
+        own = own_origin(handshake.secure or offloaded_tls(self.config), handshake.authority or handshake.host)
+        return origin_allowed(handshake.headers.get("Origin"), own, self.config.cross_site_constraints)
 
-    async def handle(self, request: web.BaseRequest, peer: PeerIdentity | None) -> web.StreamResponse:
+    async def respond(self, handshake: Handshake, accept: Accept, body: Body) -> Reply | Upgrade:
         # CORS preflights and CORS headers: the admission's (security/admission.py).
-        if request.method not in _SAFE and not self.origin_allowed(request):
+        if handshake.method not in _SAFE and not self.origin_allowed(handshake):
             if self.origin_lines.allow():
-                log.info("service[%s]: refused cross-origin %s from %s", self.name, request.method, request.remote)
-            return web.Response(status=403, text="Forbidden\n")
-        path = self.relative(request)
+                log.info("service[%s]: refused cross-origin %s from %s", self.name, handshake.method, handshake.remote)
+            return _text(403, "Forbidden\n")
+        path = self.relative(handshake.path)
         try:
-            response = await self.route(request, path)
+            answer = await self.route(handshake, accept, body, path)
         except ReloadFailed as exc:  # logged with its traceback by the gateway
-            response = web.json_response({"reloaded": False, "message": str(exc)}, status=500)
+            answer = _json({"reloaded": False, "message": str(exc)}, 500)
         except ValueError:  # the request's body or path (an internal error is a 500, logged by aiohttp)
-            response = web.json_response({"error": "bad request"}, status=400)
+            answer = _json({"error": "bad request"}, 400)
         except ConnectionResetError:  # the client left (or was dropped) before its body was complete
-            return web.Response(status=400)  # nobody to read it: aiohttp drops it, no error to log
-        response.headers.setdefault("Cache-Control", "no-store")
-        return response
+            return Reply(400)  # nobody to read it: the transport drops it, no error to log
+        return answer if isinstance(answer, Upgrade) else _no_store(answer)
 
-    async def route(self, request: web.BaseRequest, path: str) -> web.StreamResponse:
-        method = request.method
+    async def route(self, handshake: Handshake, accept: Accept, body: Body, path: str) -> Reply | Upgrade:
+        method = handshake.method
         if path == "/live":
-            return await self.live_updates(request)
+            return self.live_updates(handshake)
         if method == "GET" and path == "/":
-            return web.FileResponse(CONSOLE, headers=CONSOLE_HEADERS)
+            return Reply(200, headers=tuple(CONSOLE_HEADERS.items()), file=CONSOLE)
         if method == "GET" and path == "/metrics":
-            return self.metrics_response()
+            return self.metrics_reply()
         if method == "GET" and path == "/api/info":
             control = self.control
-            return web.json_response(gateway_summary(control.config, control.started, len(self.runtime.connections)))
+            return _json(gateway_summary(control.config, control.started, len(self.runtime.connections)))
         if method == "GET" and path == "/api/services":
-            return web.json_response(self.services())
+            return _json(self.services())
         if method == "GET" and path == "/api/sessions":
-            return web.json_response(self.sessions())
+            return _json(self.sessions())
         if method == "DELETE" and path.startswith("/api/sessions/"):
-            return await self.close_session(path.removeprefix("/api/sessions/"), request)
+            return await self.close_session(path.removeprefix("/api/sessions/"), handshake, accept)
         if method == "DELETE" and path.startswith("/api/principals/"):
-            return await self.close_principal(path.removeprefix("/api/principals/"), request)
+            return await self.close_principal(path.removeprefix("/api/principals/"), handshake, accept)
         if path == "/api/revocations" and method in ("GET", "POST"):
-            return await (self.revocations() if method == "GET" else self.revoke(request))
+            return await (self.revocations() if method == "GET" else self.revoke(handshake, accept, body))
         if method == "DELETE" and path.startswith("/api/revocations/"):
-            return await self.lift(path.removeprefix("/api/revocations/"), request)
+            return await self.lift(path.removeprefix("/api/revocations/"), handshake, accept)
         if method == "POST" and path == "/api/reload":
             ok, message = await self.control.reload()
-            return web.json_response({"reloaded": ok, "message": message}, status=200 if ok else 422)
+            return _json({"reloaded": ok, "message": message}, 200 if ok else 422)
         known = path in (
             "/",
             "/api/info",
@@ -261,7 +266,7 @@ class ManagementService(OperatorService):
             "/api/revocations",
             "/metrics",
         )
-        return web.Response(status=405 if known else 404, text="Method Not Allowed\n" if known else "Not Found\n")
+        return _text(405, "Method Not Allowed\n") if known else _text(404, "Not Found\n")
 
     def services(self) -> list[dict[str, Any]]:
         counts: dict[str, int] = {}
@@ -273,95 +278,116 @@ class ManagementService(OperatorService):
         now = time.time()
         return [session_view(c, now) for c in list(self.runtime.connections)]
 
-    async def close_session(self, connection_id: str, request: web.BaseRequest) -> web.Response:
+    async def close_session(self, connection_id: str, handshake: Handshake, accept: Accept) -> Reply:
         if not self.runtime.connections.select(Selector(id=connection_id)):
-            return web.json_response({"closed": 0}, status=404)
+            return _json({"closed": 0}, 404)
         await self.runtime.expire(Selector(id=connection_id), "closed by administrator")
-        log.warning("service[%s]: %s closed connection %s", self.name, self.admin(request), connection_id)
-        return web.json_response({"closed": 1})
+        log.warning("service[%s]: %s closed connection %s", self.name, _operator(handshake, accept), connection_id)
+        return _json({"closed": 1})
 
-    async def close_principal(self, user: str, request: web.BaseRequest) -> web.Response:
+    async def close_principal(self, user: str, handshake: Handshake, accept: Accept) -> Reply:
         if not user:
             raise ValueError("no user")
         closed = await self.control.revoke(user=user, reason="closed by administrator")
-        log.warning(
-            "service[%s]: %s revoked %r, closing %d connection(s)", self.name, self.admin(request), user, closed
-        )
-        return web.json_response({"closed": closed})
+        who = _operator(handshake, accept)
+        log.warning("service[%s]: %s revoked %r, closing %d connection(s)", self.name, who, user, closed)
+        return _json({"closed": closed})
 
-    async def revocations(self) -> web.Response:
+    async def revocations(self) -> Reply:
         entries = await self.control.revocations_in_force()
-        return web.json_response([{"key": key, "until": until} for key, until in sorted(entries.items())])
+        return _json([{"key": key, "until": until} for key, until in sorted(entries.items())])
 
-    async def revoke(self, request: web.BaseRequest) -> web.Response:
+    async def revoke(self, handshake: Handshake, accept: Accept, body: Body) -> Reply:
         """``{"user": …}`` or ``{"token": …}``; the token is hashed, never logged nor kept."""
-        body = await request.json()
-        if not isinstance(body, dict) or len(body) != 1:
+        request = json.loads(await body.text())
+        if not isinstance(request, dict) or len(request) != 1:
             raise ValueError("one of user, token")
-        user, token = body.get("user"), body.get("token")
+        user, token = request.get("user"), request.get("token")
         if not (isinstance(user, str) and user or isinstance(token, str) and token):
             raise ValueError("one of user, token")
         closed = await self.control.revoke(user=user, token=token, reason="closed by administrator")
         what = f"user {user!r}" if user else "a token"
-        log.warning(
-            "service[%s]: %s revoked %s, closing %d connection(s)", self.name, self.admin(request), what, closed
-        )
-        return web.json_response({"closed": closed})
+        who = _operator(handshake, accept)
+        log.warning("service[%s]: %s revoked %s, closing %d connection(s)", self.name, who, what, closed)
+        return _json({"closed": closed})
 
-    async def lift(self, key: str, request: web.BaseRequest) -> web.Response:
+    async def lift(self, key: str, handshake: Handshake, accept: Accept) -> Reply:
         lifted = await self.control.lift_revocation(key)
         if lifted:
-            log.warning("service[%s]: %s lifted the revocation of %s", self.name, self.admin(request), key)
-        return web.json_response({"lifted": lifted}, status=200 if lifted else 404)
+            log.warning("service[%s]: %s lifted the revocation of %s", self.name, _operator(handshake, accept), key)
+        return _json({"lifted": lifted}, 200 if lifted else 404)
 
-    @staticmethod
-    def admin(request: web.BaseRequest) -> str:
-        accept = request.get(ACCEPT_KEY)
-        identity = accept.identity if accept is not None else None
-        return f"administrator {identity.user!r}" if identity else f"unauthenticated client {request.remote}"
+    # -- the console's live feed --------------------------------------------------------------
 
-    async def send_live(self, request: web.BaseRequest, ws: web.WebSocketResponse, text: str) -> bool:
+    def live_updates(self, handshake: Handshake) -> Reply | Upgrade:
+        """The console's feed: a WebSocket with a snapshot now and every second; the client only listens."""
+        if not handshake.upgrade:
+            return Reply(426, headers=(("Upgrade", "websocket"),))
+        if not self.origin_allowed(handshake):
+            return _text(403, "Forbidden\n")
+        remote = handshake.remote
+
+        async def serve(channel: Channel) -> None:
+            await self.live_feed(channel, remote)
+
+        return Upgrade(serve, max_message_size=LIVE_MESSAGE_SIZE, heartbeat=LIVE_HEARTBEAT)
+
+    async def live_feed(self, channel: Channel, remote: str) -> None:
+        """Snapshots until the client closes, leaves or stops reading; its messages are read and ignored."""
+        self.live.add(channel)
+        reader = asyncio.ensure_future(channel.receive())
+        try:
+            while not channel.closed:
+                snapshot = {"time": time.time(), "services": self.services(), "sessions": self.sessions()}
+                if not await self.send_live(channel, remote, json.dumps(snapshot)):
+                    break
+                done, _ = await asyncio.wait({reader}, timeout=LIVE_INTERVAL)
+                if done:
+                    if reader.result() is None:  # closed (the channel answered its close frame) or failed
+                        break
+                    reader = asyncio.ensure_future(channel.receive())
+        finally:
+            reader.cancel()
+            self.live.discard(channel)
+            await channel.close()
+
+    async def send_live(self, channel: Channel, remote: str, text: str) -> bool:
         """One snapshot (once a second, so a timed send costs nothing); False once the client is gone.
 
         A client that reset is its own loss; one that has not read for ``ws.write.timeout`` is dropped
         as a slow consumer (aborted: it would not read a close frame either).
         """
         try:
-            await asyncio.wait_for(ws.send_str(text), self.config.accept_options.write_timeout)
+            await asyncio.wait_for(channel.send(text), self.config.accept_options.write_timeout)
         except TimeoutError:
-            self.dropped_slow(request.remote, "the live feed was not read")
-            if request.transport is not None:
-                request.transport.abort()
+            self.dropped_slow(remote, "the live feed was not read")
+            channel.abort()
             return False
         except OSError:
             return False
         return True
 
-    async def live_updates(self, request: web.BaseRequest) -> web.StreamResponse:
-        """The console's feed: a snapshot now and every second; the client only listens."""
-        if not is_upgrade(request):
-            return web.Response(status=426, headers={"Upgrade": "websocket"})
-        if not self.origin_allowed(request):
-            return web.Response(status=403, text="Forbidden\n")
-        ws = GuardedResponse(heartbeat=30, compress=False, max_msg_size=4096, autoclose=False)
-        await ws.prepare(request)
-        self.live.add(ws)
-        reader = asyncio.ensure_future(ws.receive())
-        try:
-            while not ws.closed:
-                snapshot = {"time": time.time(), "services": self.services(), "sessions": self.sessions()}
-                if not await self.send_live(request, ws, json.dumps(snapshot)):
-                    break
-                done, _ = await asyncio.wait({reader}, timeout=LIVE_INTERVAL)
-                if done:
-                    kind = reader.result().type
-                    if kind is WSMsgType.CLOSE:
-                        await answer_close(ws)
-                    if kind in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
-                        break
-                    reader = asyncio.ensure_future(ws.receive())
-        finally:
-            reader.cancel()
-            self.live.discard(ws)
-            await ws.close()
-        return ws
+
+def _operator(handshake: Handshake, accept: Accept) -> str:
+    """Who did it, for the log line."""
+    identity = accept.identity
+    return f"administrator {identity.user!r}" if identity else f"unauthenticated client {handshake.remote}"
+
+
+_JSON = "application/json; charset=utf-8"
+_TEXT = "text/plain; charset=utf-8"
+
+
+def _json(data: object, status: int = 200) -> Reply:
+    return Reply(status, json.dumps(data).encode(), (("Content-Type", _JSON),))
+
+
+def _text(status: int, text: str) -> Reply:
+    return Reply(status, text.encode(), (("Content-Type", _TEXT),))
+
+
+def _no_store(reply: Reply) -> Reply:
+    """Operators' answers are never cached (unless one says how itself)."""
+    if any(name.lower() == "cache-control" for name, _ in reply.headers):
+        return reply
+    return replace(reply, headers=(*reply.headers, ("Cache-Control", "no-store")))

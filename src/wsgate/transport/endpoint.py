@@ -1,9 +1,9 @@
 """What a route hands an admitted request to: the service's side, in aiohttp's terms.
 
 The gateway picks one per service (``transport.upgrade.websocket_endpoint`` for WebSocket
-services, ``transport.http.reply_endpoint`` for services that answer ``Reply`` values, or the
-service's own aiohttp handler for the management API), so the listener never needs to know
-service types.
+services, ``transport.http.reply_endpoint`` for services that answer ``Reply`` values,
+``transport.resource.resource_endpoint`` for services that also read bodies or run a WebSocket
+of their own: the management API), so the listener never needs to know service types.
 """
 
 from __future__ import annotations
@@ -17,15 +17,3 @@ from ..core.handshake import Accept, Handshake
 from ..core.peer import PeerIdentity
 
 Endpoint: TypeAlias = Callable[[web.BaseRequest, PeerIdentity | None, Handshake, Accept], Awaitable[web.StreamResponse]]
-AiohttpHandler: TypeAlias = Callable[[web.BaseRequest, PeerIdentity | None], Awaitable[web.StreamResponse]]
-
-
-def handler_endpoint(handle: AiohttpHandler) -> Endpoint:
-    """An endpoint for a service that writes aiohttp responses itself (``management``, ``metrics``)."""
-
-    async def endpoint(
-        request: web.BaseRequest, peer: PeerIdentity | None, handshake: Handshake, accept: Accept
-    ) -> web.StreamResponse:
-        return await handle(request, peer)
-
-    return endpoint
