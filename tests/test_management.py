@@ -442,3 +442,17 @@ async def test_a_cross_origin_post_is_refused_without_waiting_for_its_body(start
     foreign = "Origin: https://evil.example"
     head = await raw_post(gw.port_of("admin"), "/admin/api/revocations", b"", foreign, declared=100)
     assert head.startswith(b"HTTP/1.1 403 Forbidden\r\n")  # within 3 s: the body was never awaited
+
+
+async def test_the_live_feed_sends_snapshots_and_closes_with_1001_when_the_gateway_stops(start_gateway, http):
+    gw = await start_gateway(INSECURE)
+    async with http.ws_connect(f"ws://127.0.0.1:{gw.port_of('admin')}/admin/live") as ws:
+        snapshot = await asyncio.wait_for(ws.receive_json(), 3)
+        assert set(snapshot) == {"time", "services", "sessions"} and snapshot["services"][0]["name"] == "admin"
+        assert ws.protocol is None and len(gw.services["admin"].live) == 1
+        stopping = asyncio.create_task(gw.stop(grace=2.0))
+        msg = await asyncio.wait_for(ws.receive(), 5)
+        while msg.type is aiohttp.WSMsgType.TEXT:  # a snapshot already on its way
+            msg = await asyncio.wait_for(ws.receive(), 5)
+        assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == 1001 and msg.extra == "gateway shutting down"
+        await stopping

@@ -307,3 +307,15 @@ async def test_stop_closes_the_live_feeds_with_1001(admin):
     await admin.stop()
     await asyncio.wait_for(feed, 2)
     assert channel.closes == [(CloseCode.GOING_AWAY, "gateway shutting down")]
+
+
+async def test_going_away_closes_the_live_feeds_with_1001_before_the_listeners_shut(admin):
+    answer = await admin.respond(upgrade("/admin/live"), ROOT, NoBody())
+    assert isinstance(answer, Upgrade)
+    channel = FakeChannel()
+    feed = asyncio.create_task(answer.serve(channel))
+    while not admin.live:
+        await asyncio.sleep(0.01)
+    admin.going_away(1.0)  # Gateway.stop: not awaited, a deaf peer is aborted after the grace
+    await asyncio.wait_for(feed, 2)
+    assert channel.closes == [(CloseCode.GOING_AWAY, "gateway shutting down")] and admin.live == set()

@@ -289,7 +289,7 @@ class Gateway:
         return self.listeners[self.plan.listener_of(service_name, index)].port
 
     async def stop(self, grace: float = 10.0) -> None:
-        """Graceful shutdown: stop accepting, close WebSockets with 1001, wait for drains.
+        """Graceful shutdown: stop accepting, close WebSockets (the console's feeds too) with 1001, wait for drains.
 
         Peers that do not finish the close handshake within ``grace`` are aborted,
         so a client that stopped reading cannot hold the shutdown hostage.
@@ -297,6 +297,8 @@ class Gateway:
         self.runtime.closing = True
         for listener in [*self.listeners.values(), *self.retired]:
             listener.stop_accepting()
+        for service in self.services.values():  # what they hold outside the registry: the console's feeds
+            service.going_away(grace)
         sessions = list(self.runtime.connections)
         if sessions:
             log.info("closing %d connection(s) with 1001", len(sessions))

@@ -209,6 +209,10 @@ class ManagementService(OperatorService):
         for channel in list(self.live):
             await channel.close(CloseCode.GOING_AWAY, "gateway shutting down")
 
+    def going_away(self, grace: float) -> None:
+        for channel in list(self.live):
+            channel.close_soon(CloseCode.GOING_AWAY, "gateway shutting down", grace)
+
     def origin_allowed(self, handshake: Handshake) -> bool:
         """Same-origin, listed or no ``Origin`` (not a browser): see security.origin."""
         own = own_origin(handshake.secure or offloaded_tls(self.config), handshake.authority or handshake.host)

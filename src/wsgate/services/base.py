@@ -106,6 +106,10 @@ class ServiceHandler:
     async def stop(self) -> None:
         """Release back-end resources after the connections are closed."""
 
+    def going_away(self, grace: float) -> None:
+        """The gateway stops: close what this service holds open outside ``runtime.connections`` with 1001
+        (the console's feeds) before the listeners shut; a peer that does not answer within ``grace`` s is aborted."""
+
     def dropped_slow(self, remote: str | None, why: str) -> None:
         """A peer dropped for not reading: counted always, logged at INFO within the rate limit."""
         if self.runtime.metrics is not None:
