@@ -456,3 +456,15 @@ async def test_the_live_feed_sends_snapshots_and_closes_with_1001_when_the_gatew
             msg = await asyncio.wait_for(ws.receive(), 5)
         assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == 1001 and msg.extra == "gateway shutting down"
         await stopping
+
+
+async def test_an_open_live_feed_holds_no_handshake_slot(start_gateway, http):
+    """Once its 101 is sent the console's feed is no longer a handshake in progress (``limits/handshakes``)."""
+    gw = await start_gateway(
+        "limits:\n  handshakes: 1\n" + INSECURE + "  - name: echo\n    accept: ws://127.0.0.1:0/echo\n    type: echo\n"
+    )
+    async with http.ws_connect(f"ws://127.0.0.1:{gw.port_of('admin')}/admin/live") as feed:
+        await asyncio.wait_for(feed.receive_json(), 3)
+        async with http.ws_connect(f"ws://127.0.0.1:{gw.port_of('echo')}/echo") as ws:
+            await ws.send_str("in")
+            assert (await ws.receive()).data == "in"

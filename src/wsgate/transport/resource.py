@@ -19,7 +19,7 @@ from ..core.peer import PeerIdentity
 from .channel import AiohttpChannel
 from .endpoint import Endpoint
 from .http import response_for
-from .websocket import GuardedResponse
+from .websocket import GuardedResponse, send_101
 
 __all__ = ["RequestBody", "Resource", "resource_endpoint", "websocket_for"]
 
@@ -75,7 +75,7 @@ async def websocket_for(request: web.BaseRequest, upgrade: Upgrade) -> web.WebSo
         max_msg_size=upgrade.max_message_size + 1,  # aiohttp refuses sizes >= its limit; ours allows ==
         autoclose=False,  # AiohttpChannel answers the client's close frame
     )
-    await ws.prepare(request)
+    await send_101(ws, request)  # as every 101: the handshake slot is free from here
     channel = AiohttpChannel(ws, request.transport)
     try:
         await upgrade.serve(channel)

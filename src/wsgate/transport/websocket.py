@@ -20,6 +20,7 @@ from ..security.challenges import SUBPROTOCOL_TOKEN_PREFIX, offered_subprotocols
 
 __all__ = [
     "accept_websocket",
+    "send_101",
     "is_upgrade",
     "HANDSHAKE_DONE",
 ]
@@ -165,11 +166,16 @@ async def accept_websocket(
         ws.headers.update(headers)
     if timeout:
         ws._pong_heartbeat = timeout / 2  # aiohttp waits heartbeat/2 for the pong; Kaazing waits T/2
+    await send_101(ws, request)
+    return ws
+
+
+async def send_101(ws: web.WebSocketResponse, request: web.BaseRequest) -> None:
+    """Send ``ws``'s 101 (token offers hidden from aiohttp); from then on the handshake is no longer in progress."""
     await ws.prepare(_without_token_offers(request))
     done = request.get(HANDSHAKE_DONE)
     if done is not None:
         done()
-    return ws
 
 
 def _without_token_offers(request: web.BaseRequest) -> web.BaseRequest:
