@@ -468,3 +468,12 @@ async def test_an_open_live_feed_holds_no_handshake_slot(start_gateway, http):
         async with http.ws_connect(f"ws://127.0.0.1:{gw.port_of('echo')}/echo") as ws:
             await ws.send_str("in")
             assert (await ws.receive()).data == "in"
+
+
+async def test_a_body_in_an_unknown_charset_is_a_400_not_a_server_error(start_gateway, caplog):
+    gw = await start_gateway(INSECURE)
+    content_type = "Content-Type: application/json; charset=nonesuch"
+    head = await raw_post(gw.port_of("admin"), "/admin/api/revocations", b'{"user": "x"}', content_type)
+    assert head.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert await gw.revocations_in_force() == {}
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -164,7 +164,7 @@ class Body(Protocol):
     """A request's body, read from the client only when a service asks for it (the adapter's size limit).
 
     Both raise ``BodyTooLarge`` over the limit and ``ConnectionResetError`` if the client left before
-    the body was complete; ``text`` raises ``ValueError`` for bytes its charset cannot decode.
+    the body was complete; ``text`` raises ``ValueError`` for an unknown charset or bytes it cannot decode.
     """
 
     async def read(self) -> bytes:

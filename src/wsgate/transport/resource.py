@@ -45,9 +45,15 @@ class RequestBody:
             raise BodyTooLarge(self.request.client_max_size) from None
 
     async def text(self) -> str:
-        """As aiohttp's ``request.text()``: the ``Content-Type``'s charset, else UTF-8."""
+        """As aiohttp's ``request.text()``: the ``Content-Type``'s charset, else UTF-8.
+
+        A charset Python does not know is the client's error (``ValueError``, a 400), not a server error.
+        """
         body = await self.read()
-        return body.decode(self.request.charset or "utf-8")
+        try:
+            return body.decode(self.request.charset or "utf-8")
+        except LookupError:
+            raise ValueError("the request names an unknown charset") from None
 
 
 def resource_endpoint(service: Resource) -> Endpoint:
