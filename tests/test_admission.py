@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -230,12 +231,16 @@ def signed(exp_offset: float) -> str:
 @dataclass(frozen=True)
 class Row:
     service: str
-    handshake: Handshake
+    head: Handshake | Callable[[], Handshake]  # a callable is built when the row runs (JWTs' exp is relative to now)
     status: int  # 101: an Accept; else the Reject's (or Reply's) status
     headers: dict[str, str] = field(default_factory=dict)  # what the client must see (a subset)
     reason: str | None = None  # a part of the audit-only reason
     user: str | None = None  # the Accept's identity
     event: str | None = None
+
+    @property
+    def handshake(self) -> Handshake:
+        return self.head() if callable(self.head) else self.head
 
 
 MATRIX: dict[str, Row] = {
@@ -337,21 +342,22 @@ MATRIX: dict[str, Row] = {
         "tokens", upgrade("/tokens", bearer("down")), 503, {"Retry-After": "5"}, reason="the directory is down"
     ),
     # JWTs
-    "a valid JWT": Row("jwt", upgrade("/jwt", bearer(signed(600))), 101, user="joe"),
+    "a valid JWT": Row("jwt", lambda: upgrade("/jwt", bearer(signed(600))), 101, user="joe"),
     "a JWT expired inside the leeway": Row(
-        "jwt", upgrade("/jwt", bearer(signed(-5))), 403, reason="credentials already expired"
+        "jwt", lambda: upgrade("/jwt", bearer(signed(-5))), 403, reason="credentials already expired"
     ),
-    "a JWT expired beyond the leeway": Row("jwt", upgrade("/jwt", bearer(signed(-600))), 403),
+    "a JWT expired beyond the leeway": Row("jwt", lambda: upgrade("/jwt", bearer(signed(-600))), 403),
 }
 
 
 @pytest.mark.parametrize("case", list(MATRIX))
 async def test_admission_matrix(gateway: Gateway, case: str, caplog: pytest.LogCaptureFixture) -> None:
     row = MATRIX[case]
+    handshake = row.handshake
     with caplog.at_level(logging.INFO, logger="wsgate.audit"):
-        decision = await admission(gateway, row.service).admit(row.handshake)
+        decision = await admission(gateway, row.service).admit(handshake)
     check(decision, row)
-    secret = row.handshake.headers.get("Authorization", "").partition(" ")[2]
+    secret = handshake.headers.get("Authorization", "").partition(" ")[2]
     if len(secret) > 8:  # Basic credentials, a JWT (the scripted tokens are words an audit reason may contain)
         assert secret not in caplog.text  # no credential in any log line
 
