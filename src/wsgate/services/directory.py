@@ -59,7 +59,9 @@ class DirectoryService(HttpService):
         self.mime = {**DEFAULT_MIME, **config.mime_mappings}
         self.prefix = config.accepts[0].path.rstrip("/")
         self.error_pages: Path | None = None
-        self.indexes = config.setting("options") == "indexes"
+        # The text as written, as before issue 12: only the documented spelling lists folders (the schema
+        # accepts any case, and "Indexes" never exposed a folder's file names; it must not start to on upgrade).
+        self.indexes = config.prop("options") == "indexes"
         self.hidden_files = config.setting("hidden-files") == "allow"
         self.cache_rules = [_cache_rule(rule) for rule in config.properties.get("location", ())]
 
