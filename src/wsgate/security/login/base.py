@@ -44,7 +44,7 @@ class Rounds:
     """One client's multi-round state in its realm (a Negotiate exchange): what the next round needs."""
 
     store: RoundStore
-    key: str  # realm and client connection
+    key: str  # the client connection (each realm has its own store)
 
     async def load(self) -> object | None:
         """What the previous round kept for this client (taken: keep it again to carry it further)."""
