@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-deps lint wheel-check bench clean
+.PHONY: run test test-deps lint wheel-check bench bench-ab clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,13 @@ bench: $(STAMP)  ## wsgate against reference servers in one run (not part of mak
 	$(BIN)/pip install -q 'websockify==0.13.0' 'picows==2.3.1'
 	command -v nginx >/dev/null || { apt-get update -q && apt-get install -y -q --no-install-recommends nginx; }
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# A/B of two wsgate versions (bench/README.md): this checkout's src/ against $(AB)'s, alternating round by
+# round on the echo and proxy cells; needs only the load client (picows). Exits 1 on a regression.
+AB ?= main
+bench-ab: $(STAMP)  ## this checkout's wsgate vs git revision AB (default main), echo and proxy cells, one run
+	$(BIN)/pip install -q 'picows==2.3.1'
+	$(BIN)/python bench/run.py --ab $(AB) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

@@ -1,8 +1,9 @@
 """Load client for bench/run.py, in its own process, on picows (the cheapest client measured) and uvloop.
 
-Modes (each prints one JSON line; ``idle`` prints two and waits for a line on stdin in between):
+Modes (each prints one JSON line, last; ``idle`` prints two and waits for a line on stdin in between):
   throughput  N connections, W messages in flight each, S bytes, D seconds: msg/s and round-trip latency
               of each window. Echoed *bytes* are counted (stream proxies may split or merge messages).
+              Prints ``mark start`` and ``mark end`` when the measured window opens and closes.
   connect     new connections (TLS + upgrade + auth) as fast as K workers can, or at --rate per second
               (open loop): connections/s and handshake latency; each is closed right after its upgrade.
   idle        open N connections spread over --sources 127.0.0.x addresses, report, wait for stdin,
@@ -113,11 +114,21 @@ def source_factory(sources: int, first: int = 2) -> Callable[[object], socket.so
     return make
 
 
+async def mark(at: float, what: str) -> None:
+    await asyncio.sleep(max(0.0, at - time.monotonic()))
+    print(f"mark {what}", flush=True)
+
+
 async def throughput(args: argparse.Namespace, headers: dict[str, str], ctx: ssl.SSLContext | None) -> dict:
     stats: dict = {"bytes": 0, "latencies": []}
     now = time.monotonic()
     payload = b"x" * args.size
     listeners = []
+    # Lines the harness reads as they come, to sample the server's CPU over exactly the measured window.
+    marks = [
+        asyncio.ensure_future(mark(now + args.warmup, "start")),
+        asyncio.ensure_future(mark(now + args.warmup + args.duration, "end")),
+    ]
     for _ in range(args.conns):
         _, listener = await ws_connect(
             lambda: Windowed(payload, args.window, stats, now + args.warmup, now + args.warmup + args.duration),
@@ -128,7 +139,7 @@ async def throughput(args: argparse.Namespace, headers: dict[str, str], ctx: ssl
         )
         listeners.append(listener)
     cpu = cpu_seconds()
-    await asyncio.gather(*(listener.done for listener in listeners))
+    await asyncio.gather(*(listener.done for listener in listeners), *marks)
     messages = stats["bytes"] / args.size
     return {
         "msg_per_s": messages / args.duration,

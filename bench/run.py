@@ -14,13 +14,18 @@ Server CPU is read from /proc for the server's whole process tree (websockify fo
 nginx has a master and a worker); the load client's own CPU is reported to show when it is the limit.
 Loopback only; every process is started and stopped here.
 
+With ``--ab REV`` it measures two wsgate versions instead, this checkout's src/ against git revision REV's,
+alternating in the echo and proxy cells, and prints ratios new/old and a verdict (bench/README.md, "A/B").
+
     make bench            # or: .venv/bin/python bench/run.py --rounds 3 --duration 4
+    make bench-ab AB=main # or: .venv/bin/python bench/run.py --ab main --rounds 9 --duration 4
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -30,8 +35,11 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import textwrap
+import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -105,6 +113,12 @@ def tree_cpu(pid: int) -> float:
     """
     stats = _proc_stats()
     return sum(sum(int(f) for f in stats[p][11:15]) / TICK for p in tree_pids(pid, stats) if p in stats)
+
+
+def host_busy() -> float:
+    """CPU seconds the whole machine has spent busy (not idle, not waiting for I/O), from /proc/stat."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / TICK  # user..steal, minus idle and iowait
 
 
 BARE_ECHO = textwrap.dedent("""
@@ -331,28 +345,63 @@ class Bench:
             "nginx": f"wss://127.0.0.1:{p['nginx']}/",
         }
 
-    def load(self, mode: str, url: str, *extra: str, timeout: float = 120.0) -> dict[str, Any]:
+    def load(
+        self, mode: str, url: str, *extra: str, timeout: float = 120.0, on_mark: Callable[[str], None] | None = None
+    ) -> dict[str, Any]:
+        """Run the load client; ``on_mark`` is called as its ``mark start`` / ``mark end`` lines arrive."""
         command = [PYTHON, str(HERE / "load.py"), mode, url, *extra]
         if url.startswith("wss:"):
             command += ["--ca", self.ca]
         if url.startswith(f"wss://127.0.0.1:{self.ports['wsgate-tls']}/"):
             command += ["--token", self.token]
-        out = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-        if out.returncode:
-            raise RuntimeError(f"load client failed: {out.stderr.strip().splitlines()[-1:]}")
-        return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+        with tempfile.TemporaryFile("w+") as errors:
+            client = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors, text=True)
+            timer = threading.Timer(timeout, client.kill)
+            timer.start()
+            try:
+                assert client.stdout is not None
+                lines = []
+                for line in client.stdout:
+                    if line.startswith("mark ") and on_mark:
+                        on_mark(line.split()[1])
+                    lines.append(line)
+                returncode = client.wait()
+            finally:
+                timer.cancel()
+            if returncode:
+                errors.seek(0)
+                raise RuntimeError(f"load client failed: {errors.read().strip().splitlines()[-1:]}")
+        return dict(json.loads(lines[-1]))
 
     def measure(self, server: Server, mode: str, url: str, *extra: str) -> dict[str, Any]:
+        """One load run against ``server``: the client's report plus the server's CPU per operation.
+
+        When the client marks its measured window (throughput mode), the server's CPU and the host's
+        busy time are sampled at the marks, so connecting and warming up are left out exactly;
+        otherwise the whole run's CPU is scaled by duration / elapsed."""
         assert server.process is not None
-        cpu_before = tree_cpu(server.process.pid)
-        started = time.monotonic()
-        result = self.load(mode, url, *extra, "--duration", str(self.args.duration), "--warmup", "1")
-        elapsed = time.monotonic() - started
-        cpu = tree_cpu(server.process.pid) - cpu_before
+        pid = server.process.pid
+        samples: dict[str, tuple[float, float, float, float]] = {}
+
+        def sample(what: str) -> None:
+            samples[what] = (time.monotonic(), tree_cpu(pid), host_busy(), tree_cpu(os.getpid()))
+
+        sample("run")
+        result = self.load(mode, url, *extra, "--duration", str(self.args.duration), "--warmup", "1", on_mark=sample)
+        sample("exit")
+        first, last = (samples["start"], samples["end"]) if "end" in samples else (samples["run"], samples["exit"])
+        elapsed, cpu, busy, ours = (b - a for a, b in zip(first, last, strict=True))
         count = result.get("messages") or result.get("conn_per_s", 0) * self.args.duration
-        # The server's CPU over the measured part only (the load client spends ~1 s warming up).
-        result["server_cpu_us_per_op"] = cpu * (self.args.duration / elapsed) / max(count, 1) * 1e6
+        if "end" not in samples:
+            cpu *= self.args.duration / elapsed  # the server's CPU over the measured part only, roughly
+        result["server_cpu_us_per_op"] = cpu / max(count, 1) * 1e6
         result["client_cpu_share"] = result["client_cpu_s"] / (self.args.duration + 1)
+        result["server_cpu_share"] = cpu / elapsed if "end" in samples else cpu / self.args.duration
+        result["host_busy_cpus"] = busy / elapsed  # cores in use on the whole machine
+        # … by processes that are not this harness's (server, client, back ends): other work on the host.
+        # The softirq time of our loopback traffic is charged to our processes (tick accounting; checked
+        # against a foreign pytest's own utime + stime: 0.98 vs 0.97 cores).
+        result["other_cpus"] = max(0.0, busy - ours) / elapsed
         return result
 
 
@@ -567,20 +616,303 @@ def run_workers(bench: Bench, results: dict[str, Any]) -> None:
     print(_row(cell, results[cell], "msg_per_s", "msg/s"), flush=True)
 
 
+# --- A/B: two wsgate versions in one run -----------------------------------------------------------------
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(HERE.parent), *args], capture_output=True, check=True, text=True
+    ).stdout.strip()
+
+
+def ab_builds(work: Path, rev: str) -> dict[str, dict[str, str]]:
+    """``new`` is this checkout's src/ (uncommitted changes included), ``old`` is ``rev``'s src/ from
+    ``git archive``; both run with PYTHONPATH pointing at their tree, in the same venv."""
+    root = Path(_git("rev-parse", "--show-toplevel"))
+    sha = _git("rev-parse", "--verify", f"{rev}^{{commit}}")
+    old = work / f"old-{sha[:12]}"
+    old.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.Popen(["git", "-C", str(root), "archive", sha, "src"], stdout=subprocess.PIPE)
+    subprocess.run(["tar", "-x", "-C", str(old)], stdin=archive.stdout, check=True)
+    if archive.wait():
+        raise RuntimeError(f"git archive {sha} src failed")
+    subprocess.run([PYTHON, "-m", "compileall", "-q", str(old / "src")], check=True)  # no first-start compile
+    head = _git("rev-parse", "HEAD")
+    dirty = "+dirty" if _git("status", "--porcelain", "--", "src") else ""
+    return {
+        "new": {"PYTHONPATH": str(root / "src"), "label": f"{head[:8]}{dirty} (this checkout)"},
+        "old": {"PYTHONPATH": str(old / "src"), "label": f"{sha[:8]} ({rev})"},
+    }
+
+
+def run_ab(bench: Bench, results: dict[str, Any], builds: dict[str, dict[str, str]], scenarios: list[str]) -> int:
+    """Every cell of ``scenarios`` (echo, proxy) alternates new and old, round by round, in ABBA order
+    (new-old, old-new, …), so a drift of the shared host or a first-start effect falls on both alike; each
+    measurement starts its server afresh. Rounds go on until ``--rounds`` pairs are clean (no other work on
+    the host, see ``clean_pairs``) or three times as many were measured. Prints a row per cell and the
+    verdict; returns the exit status (``ab_verdict``)."""
+    command = [PYTHON, "-m", "wsgate", "run", str(bench.config), "--log-level", "error"]
+    servers = {
+        name: Server(name, command, bench.ports["wsgate-tls"], {"PYTHONPATH": build["PYTHONPATH"]})
+        for name, build in builds.items()
+    }
+    by_cell: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    quiet = bench.args.ab_quiet
+    gate = QuietGate(quiet, bench.args.ab_wait)
+    for scenario in scenarios:
+        url = bench.urls()["wsgate-echo" if scenario == "echo" else "wsgate-proxy"]
+        for size, conns, window in CELLS:
+            cell = f"{scenario} {size}B c={conns}"
+            runs: dict[str, list[dict[str, Any]]] = {"new": [], "old": []}
+            extra = ["--conns", str(conns), "--window", str(window), "--size", str(size)]
+            # A pair spoiled by other work on the host is measured again, up to twice the rounds more.
+            round_ = 0
+            while len(clean_pairs(runs, quiet)) < bench.args.rounds and round_ < 3 * bench.args.rounds:
+                quiet_before = gate.wait()
+                for name in ("new", "old") if round_ % 2 == 0 else ("old", "new"):
+                    with servers[name] as server:
+                        result = bench.measure(server, "throughput", url, *extra)
+                        runs[name].append({**result, "quiet_before": quiet_before})
+                round_ += 1
+            by_cell[cell] = results[cell] = runs
+            print(f"  {cell}: {len(clean_pairs(runs, quiet))} clean pairs of {round_}", file=sys.stderr, flush=True)
+    cells = ab_compare(by_cell, bench.args.ab_tolerance, quiet)
+    print(f"A/B  new = {builds['new']['label']}  old = {builds['old']['label']}  ratios are new/old")
+    for cell, runs in by_cell.items():
+        print(_ab_row(cell, runs, cells[cell]))
+    verdict, status = ab_verdict(cells, bench.args.ab_resolution)
+    print(verdict, flush=True)
+    results["ab"] = {
+        "new": builds["new"]["label"],
+        "old": builds["old"]["label"],
+        "tolerance": bench.args.ab_tolerance,
+        "cells": cells,
+        "verdict": verdict,
+    }
+    return status
+
+
+class QuietGate:
+    """Before each pair: wait until the host is quiet (under ``threshold`` cores busy over one second while
+    nothing of ours runs), out of a budget of ``budget`` seconds of waiting for the whole run."""
+
+    def __init__(self, threshold: float, budget: float) -> None:
+        self.threshold, self.left = threshold, budget
+        self.told = 0.0
+
+    def wait(self) -> bool:
+        while True:
+            started, before = time.monotonic(), host_busy()
+            time.sleep(1.0)
+            elapsed = time.monotonic() - started
+            busy = (host_busy() - before) / elapsed
+            if busy < self.threshold:
+                return True
+            self.left -= elapsed
+            if self.left <= 0:
+                return False
+            if time.monotonic() - self.told > 30:
+                self.told = time.monotonic()
+                print(f"  host busy ({busy:.2f} cores), waiting ({self.left:.0f} s of waiting left)", file=sys.stderr)
+
+
+def clean_pairs(runs: dict[str, list[dict[str, Any]]], threshold: float) -> list[int]:
+    """The rounds where the host was quiet before the pair and other work stayed under ``threshold``
+    cores during both measurements."""
+    return [
+        i
+        for i, (n, o) in enumerate(zip(runs["new"], runs["old"], strict=True))
+        if n.get("quiet_before", True) and max(n["other_cpus"], o["other_cpus"]) < threshold
+    ]
+
+
+# What each metric's ratio new/old means: throughput higher is better, CPU per message lower is better.
+AB_METRICS = {"msg/s": ("msg_per_s", +1), "CPU/msg": ("server_cpu_us_per_op", -1)}
+AB_SIGMAS = 3.0  # a change is called when the median ratio is this many standard errors off 1
+AB_MIN_PAIRS = 3  # clean pairs a cell needs to be called at all
+
+
+def ab_compare(by_cell: dict[str, dict[str, list[dict[str, Any]]]], tolerance: float, quiet: float) -> dict[str, Any]:
+    """Per cell and metric: the ratio new/old of each round's pair, their median, and a call.
+
+    The noise is the run-to-run scatter of the paired ratios: σ, the median absolute deviation of the log
+    ratios from their cell's median (× 1.4826), the larger of this cell's own and the one pooled over all
+    cells of the run; the median of n pairs is then known to about 1.25 σ / √n. A cell is ``worse`` (or
+    ``better``) only when its median ratio is off 1 by more than 3 such standard errors and by more than
+    ``tolerance``: that bound is the run's resolution, printed as ±x %. Each side's own spread over the
+    rounds ((max − min) / median, absolute rates, host drift included) is kept for the record. Only clean
+    pairs count (``clean_pairs``: no other work on the host); a cell with fewer than 3 is ``unmeasured``."""
+    clean = {cell: clean_pairs(runs, quiet) for cell, runs in by_cell.items()}
+    logs: dict[str, dict[str, list[float]]] = {label: {} for label in AB_METRICS}
+    for label, (key, _) in AB_METRICS.items():
+        for cell, runs in by_cell.items():
+            pairs = [(runs["new"][i], runs["old"][i]) for i in clean[cell]]
+            logs[label][cell] = [math.log(n[key] / o[key]) for n, o in pairs if n[key] > 0 and o[key] > 0]
+    pooled = {label: _mad_sigma([v for v in cells.values() if v]) for label, cells in logs.items()}
+    out: dict[str, Any] = {}
+    for cell, runs in by_cell.items():
+        entry: dict[str, Any] = {"pairs": len(runs["new"]), "clean_pairs": clean[cell]}
+        for label, (key, sign) in AB_METRICS.items():
+            values = logs[label][cell]
+            if len(values) < AB_MIN_PAIRS:
+                entry[label] = {"call": "unmeasured", "ratios": [math.exp(v) for v in values]}
+                continue
+            sigma = max(pooled[label], _mad_sigma([values]))
+            bound = max(math.log1p(tolerance), AB_SIGMAS * 1.2533 * sigma / math.sqrt(len(values)))
+            median = statistics.median(values)
+            gain = median * sign  # > 0: new is better
+            spread = {}
+            for side in ("new", "old"):
+                v = [r[key] for r in runs[side]]
+                spread[side] = (max(v) - min(v)) / statistics.median(v)
+            entry[label] = {
+                "ratio": math.exp(median),
+                "ratios": [math.exp(v) for v in values],
+                "low": math.exp(min(values)),
+                "high": math.exp(max(values)),
+                "sigma": sigma,
+                "resolution": math.expm1(bound),
+                "call": "worse" if gain < -bound else "better" if gain > bound else "noise",
+                "spread": spread,
+            }
+        for share in ("client_cpu_share", "server_cpu_share", "host_busy_cpus", "other_cpus"):
+            entry[share] = {side: _median(runs[side], share) for side in runs}
+        entry["client_bound"] = max(entry["client_cpu_share"].values()) > 0.85
+        out[cell] = entry
+    return out
+
+
+def _mad_sigma(groups: list[list[float]]) -> float:
+    """σ from the median absolute deviation of each group's values from the group's median, pooled; in an
+    odd group the median's own zero deviation is left out."""
+    deviations = []
+    for values in groups:
+        middle = statistics.median(values)
+        devs = sorted(abs(v - middle) for v in values)
+        deviations += devs[1:] if len(devs) % 2 else devs
+    return 1.4826 * statistics.median(deviations) if deviations else 0.0
+
+
+def _ab_row(cell: str, runs: dict[str, list[dict[str, Any]]], cmp: dict[str, Any]) -> str:
+    """``cell  new rate µs/op | old rate µs/op | msg/s ×ratio ±resolution [range]  CPU/msg …  (cores …)``,
+    over the clean pairs only."""
+    clean = cmp["clean_pairs"] or list(range(cmp["pairs"]))
+    sides = []
+    for side in ("new", "old"):
+        kept = [runs[side][i] for i in clean]
+        sides.append(
+            f"{side} {_median(kept, 'msg_per_s'):6.0f} msg/s {_median(kept, 'server_cpu_us_per_op'):5.1f} µs/op"
+        )
+    calls = []
+    for label in AB_METRICS:
+        m = cmp[label]
+        if m["call"] == "unmeasured":
+            calls.append(f"{label} unmeasured")
+            continue
+        flag = {"worse": " WORSE", "better": " better", "noise": ""}[m["call"]]
+        calls.append(f"{label} ×{m['ratio']:.3f} ±{m['resolution']:.1%} [{m['low']:.2f}–{m['high']:.2f}]{flag}")
+    cores = (
+        f"cores: client {max(cmp['client_cpu_share'].values()):.2f} "
+        f"server {max(cmp['server_cpu_share'].values()):.2f} "
+        f"host {max(cmp['host_busy_cpus'].values()):.2f}/{os.cpu_count()}, "
+        f"other work {max(cmp['other_cpus'].values()):.2f}; {len(cmp['clean_pairs'])}/{cmp['pairs']} pairs clean"
+    )
+    bound = " CLIENT-BOUND" if cmp["client_bound"] else ""
+    return f"{cell:17} " + " | ".join(sides) + " | " + "  ".join(calls) + f"  ({cores}){bound}"
+
+
+def ab_verdict(cells: dict[str, dict[str, Any]], limit: float) -> tuple[str, int]:
+    """The verdict line and the exit status: 1 ``REGRESSION`` when some cell is worse beyond the noise;
+    2 ``inconclusive`` when none is but some cell could not be measured (other work on the host) or its
+    CPU/msg resolution is coarser than ``limit`` (more rounds, longer runs or a quieter host would tell);
+    0 ``no regression beyond noise``."""
+
+    def listed(call: str) -> list[str]:
+        return [
+            f"{cell} {label} ×{c[label]['ratio']:.3f} (±{c[label]['resolution']:.1%})"
+            for cell, c in cells.items()
+            for label in AB_METRICS
+            if c[label]["call"] == call
+        ]
+
+    def extent(label: str, key: str) -> str:
+        values = [c[label][key] for c in cells.values() if key in c[label]]
+        if not values:
+            return "–"
+        return (
+            f"{min(values):.1%}–{max(values):.1%}" if key == "resolution" else f"×{min(values):.3f}–{max(values):.3f}"
+        )
+
+    worse, better = listed("worse"), listed("better")
+    summary = "; ".join(f"{label} {extent(label, 'ratio')} (±{extent(label, 'resolution')})" for label in AB_METRICS)
+    notes = ""
+    bound = [cell for cell, c in cells.items() if c["client_bound"]]
+    if bound:
+        notes += f"; load client above 85 % of a core in {', '.join(bound)}: read CPU/msg there"
+    other = statistics.median(max(c["other_cpus"].values()) for c in cells.values())
+    if other > 0.1:
+        notes += f"; other work on this host took {other:.2f} of {os.cpu_count()} cores (median)"
+    if better:
+        notes += f"; better beyond noise: {', '.join(better)}"
+    unmeasured = [cell for cell, c in cells.items() if c["CPU/msg"]["call"] == "unmeasured"]
+    coarse = [cell for cell, c in cells.items() if c["CPU/msg"].get("resolution", 0) > limit]
+    if worse:
+        return f"verdict: REGRESSION beyond noise: {'; '.join(worse)} [medians new/old: {summary}]{notes}", 1
+    if unmeasured or coarse:
+        why = []
+        if unmeasured:
+            why.append(f"{len(unmeasured)} cells had under {AB_MIN_PAIRS} clean pairs (host busy)")
+        if coarse:
+            why.append(f"CPU/msg resolution coarser than ±{limit:.0%} in {len(coarse)} cells")
+        return (
+            f"verdict: inconclusive, no regression seen but {' and '.join(why)} [medians new/old: {summary}]{notes}",
+            2,
+        )
+    return f"verdict: no regression beyond noise in {len(cells)} cells [medians new/old: {summary}]{notes}", 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, help="rounds per cell (default 3; 5 with --ab)")
     parser.add_argument("--duration", type=float, default=4.0)
-    parser.add_argument("--scenarios", default="echo,proxy,connect,idle,workers,auth")
+    parser.add_argument("--scenarios", help="default: echo,proxy,connect,idle,workers,auth (echo,proxy with --ab)")
     parser.add_argument("--auth-baseline", help="auth scenario: also run the gateway from this older src/ tree")
     parser.add_argument("--idle", type=int, default=50_000, help="connections held open by the idle scenario")
+    parser.add_argument(
+        "--ab",
+        metavar="REV",
+        help="A/B instead of references: this checkout's src/ (new) against git revision REV's src/ (old), "
+        "alternating in the echo and proxy cells; exits 1 on a regression beyond the noise, 2 if inconclusive",
+    )
+    parser.add_argument(
+        "--ab-tolerance", type=float, default=0.03, help="--ab: smallest change called, as a fraction (0.03)"
+    )
+    parser.add_argument(
+        "--ab-resolution",
+        type=float,
+        default=0.10,
+        help="--ab: coarsest CPU/msg resolution for a 'no regression' verdict, else 'inconclusive' (0.10)",
+    )
+    parser.add_argument(
+        "--ab-quiet",
+        type=float,
+        default=0.25,
+        help="--ab: a pair counts only if other work on the host stayed under this many cores (0.25)",
+    )
+    parser.add_argument(
+        "--ab-wait", type=float, default=600, help="--ab: seconds in all to wait for a quiet host before pairs (600)"
+    )
     args = parser.parse_args()
+    args.rounds = args.rounds or (5 if args.ab else 3)
+    args.scenarios = args.scenarios or ("echo,proxy" if args.ab else "echo,proxy,connect,idle,workers,auth")
     raise_fd_limit()
     work = Path(os.environ.get("TMPDIR", "/tmp")) / f"wsgate-bench-{os.getpid()}"
     work.mkdir(parents=True, exist_ok=True)
     bench = Bench(work, args)
     results: dict[str, Any] = {}
     started = time.monotonic()
+    if args.ab:
+        return main_ab(bench, results, parser, started)
     # Back ends that run for the whole matrix: a TCP echo (wsgate, websockify) and a ws echo (nginx).
     tcp_echo = Server("tcp-echo", [PYTHON, "-c", TCP_ECHO, str(bench.ports["tcp"])], bench.ports["tcp"])
     ws_echo = Server("ws-echo", [PYTHON, "-c", BARE_ECHO, str(bench.ports["ws-echo"])], bench.ports["ws-echo"])
@@ -603,6 +935,24 @@ def main() -> int:
     print(f"matrix took {time.monotonic() - started:.0f} s")
     _save(results, args)
     return 0
+
+
+def main_ab(bench: Bench, results: dict[str, Any], parser: argparse.ArgumentParser, started: float) -> int:
+    scenarios = bench.args.scenarios.split(",")
+    if set(scenarios) - {"echo", "proxy"}:
+        parser.error("--ab measures the echo and proxy scenarios only")
+    builds = ab_builds(bench.work, bench.args.ab)
+    # The proxy's TCP back end runs for the whole A/B, shared by both versions (it uses new's event loop).
+    env = {"PYTHONPATH": builds["new"]["PYTHONPATH"]}
+    tcp_echo = Server("tcp-echo", [PYTHON, "-c", TCP_ECHO, str(bench.ports["tcp"])], bench.ports["tcp"], env)
+    try:
+        with tcp_echo:
+            status = run_ab(bench, results, builds, scenarios)
+    finally:
+        shutil.rmtree(bench.work, ignore_errors=True)  # the old tree, certificates and configs
+    print(f"A/B took {time.monotonic() - started:.0f} s")
+    _save(results, bench.args)
+    return status
 
 
 def raise_fd_limit(wanted: int = 1 << 20) -> None:
