@@ -151,8 +151,9 @@ class BroadcastService(WebSocketService):
         subscriber = Subscriber(session, channel, self.limit)
         self.subscribers.add(subscriber)
         sender = subscriber.sender = asyncio.create_task(subscriber.run())
+        receive = channel.receive  # the channel counts what it receives
         try:
-            async for data in channel:  # the channel counts what it receives
+            while (data := await receive()) is not None:
                 if self.rebroadcast:
                     self.publish(data)
         finally:

@@ -162,9 +162,9 @@ class ProxyService(WebSocketService):
 
     @staticmethod
     async def client_to_backend(channel: Channel, backend: Backend) -> None:
-        send = backend.send
+        receive, send = channel.receive, backend.send  # bound once; the channel counts what it receives
         try:
-            async for data in channel:  # the channel counts what it receives
+            while (data := await receive()) is not None:
                 await send(data)
         finally:
             backend.finish()

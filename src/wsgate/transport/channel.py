@@ -125,18 +125,11 @@ class AiohttpChannel:
         return self
 
     async def __anext__(self) -> Data:
-        receive = self._receive
-        while True:
-            msg = await receive()
-            kind = msg.type
-            if kind is _BINARY or kind is _TEXT:
-                data: Data = msg.data
-                self.messages_in += 1
-                self.bytes_in += len(data)
-                return data
-            if kind in _ENDED:
-                await self._ended(msg.type, msg.extra)
-                raise StopAsyncIteration
+        """For convenience; the services' relay loops call ``receive`` directly (one frame less per message)."""
+        data = await self.receive()
+        if data is None:
+            raise StopAsyncIteration
+        return data
 
     async def _ended(self, kind: WSMsgType, extra: str | None) -> None:
         if kind is _CLOSE:
