@@ -27,8 +27,6 @@ class CloseCode(IntEnum):
         return str(self.value)
 
 
-# RFC 6455 §7.4.1 and the IANA registry (1004 is reserved); 1005, 1006 and 1015 are recorded, never sent.
-REGISTERED = frozenset((1000, 1001, 1002, 1003, *range(1005, 1016)))
 # What a server may put in a close frame (RFC 6455 §7.4): a back end's other codes are mapped before relaying.
 SERVER_SENDABLE = frozenset((1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014))
 

@@ -51,7 +51,6 @@ AUTH_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
 
 
 # RFC 6455 §7.4.1 and the IANA registry (1004 is reserved); 1005, 1006 and 1015 are recorded, never sent.
-# (core.close.REGISTERED says the same; observe sits below core and cannot import it.)
 REGISTERED_CLOSE_CODES = frozenset((1000, 1001, 1002, 1003, *range(1005, 1016)))
 
 
