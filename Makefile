@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+TESTED := $(VENV)/.test-installed
 
 .PHONY: run test test-deps lint wheel-check bench bench-ab clean
 
@@ -10,22 +11,31 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
+# Running needs only the gateway; the test tools (and gssapi, built against libkrb5-dev) come with `make test`.
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[fast,test]'
+	$(BIN)/pip install -q -e '.[fast]'
 	touch $(STAMP)
+
+$(TESTED): pyproject.toml $(STAMP) | test-deps
+	$(BIN)/pip install -q -e '.[fast,test,kerberos]'
+	touch $(TESTED)
 
 run: $(STAMP)  ## start the gateway on the embedded default config (http://localhost:8000/)
 	$(BIN)/wsgate run
 
-lint: $(STAMP)  ## static checks: ruff, mypy --strict and the layering contracts (pyproject.toml)
+lint: $(TESTED)  ## static checks: ruff, mypy --strict and the layering contracts (pyproject.toml)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy src
 	$(BIN)/lint-imports --no-logo --no-cache
 
 # Real parts the tests use on loopback: keytool (JKS/JCEKS stores), slapd (the ldap module),
-# Debian's Chromium driven by Playwright (no browser download) and certutil (its trust store).
-APT_TEST_PACKAGES := default-jre-headless slapd ldap-utils chromium libnss3-tools
-APT_TEST_COMMANDS := keytool /usr/sbin/slapd ldapsearch chromium certutil
+# Debian's Chromium driven by Playwright (no browser download) and certutil (its trust store), an MIT KDC
+# (krb5kdc, kadmin.local, kinit/kvno, k5tls for kinit over the gateway's HTTPS KDC proxy) and libkrb5-dev
+# with gcc to build python-gssapi (it has no Linux wheels).
+APT_TEST_PACKAGES := default-jre-headless slapd ldap-utils chromium libnss3-tools \
+	krb5-kdc krb5-admin-server krb5-user krb5-k5tls libkrb5-dev gcc
+APT_TEST_COMMANDS := keytool /usr/sbin/slapd ldapsearch chromium certutil \
+	/usr/sbin/krb5kdc /usr/sbin/kadmin.local kinit krb5-config gcc
 
 test-deps:  ## install the Debian packages tests need, if missing
 	@missing=0; for c in $(APT_TEST_COMMANDS); do command -v $$c >/dev/null || missing=1; done; \
@@ -34,12 +44,12 @@ test-deps:  ## install the Debian packages tests need, if missing
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_TEST_PACKAGES) >/dev/null; \
 	fi
 
-test: lint test-deps  ## install what tests need, check, and run the tests
+test: test-deps lint  ## install what tests need, check, and run the tests
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Part of `make test` too (tests/test_wheel.py): a wheel in a fresh venv, away from src/, where a resource
 # missing from the package data shows (an editable install hides it).
-wheel-check: $(STAMP)  ## build the wheel, install it into a fresh venv, check-config the examples, serve one echo
+wheel-check: $(TESTED)  ## build the wheel, install it into a fresh venv, check-config the examples, serve one echo
 	$(BIN)/python -m pytest tests/test_wheel.py $(PYTEST_ARGS)
 
 bench: $(STAMP)  ## wsgate against reference servers in one run (not part of make test)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import ssl
 import textwrap
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -15,6 +16,8 @@ import trustme
 
 from wsgate.catalog import load_config
 from wsgate.gateway import Gateway
+
+from .kdc import Kdc
 
 StartGateway = Callable[..., Awaitable[Gateway]]
 
@@ -32,6 +35,31 @@ def other_ca() -> trustme.CA:
 @pytest.fixture(scope="session")
 def server_cert(ca: trustme.CA) -> trustme.LeafCert:
     return ca.issue_cert("localhost", "127.0.0.1", "gw.test")
+
+
+@pytest.fixture(scope="session")
+def kdc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kdc]:
+    """An MIT KDC for realm EXAMPLE.TEST on loopback; the test process reads its ``krb5.conf``."""
+    from . import kdc as module
+
+    if not module.installed():
+        pytest.skip("MIT Kerberos KDC not installed (make test installs krb5-kdc)")
+    server = Kdc(tmp_path_factory.mktemp("kdc"))
+    server.setup()
+    server.start()
+    saved = {name: os.environ.get(name) for name in ("KRB5_CONFIG", "KRB5RCACHEDIR", "KRB5CCNAME")}
+    os.environ["KRB5_CONFIG"] = str(server.config)
+    os.environ["KRB5RCACHEDIR"] = str(server.folder)  # never the machine's /var/tmp default
+    os.environ["KRB5CCNAME"] = f"FILE:{server.folder / 'no-ccache'}"  # never the developer's own tickets
+    try:
+        yield server
+    finally:
+        server.stop()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @pytest.fixture

@@ -76,7 +76,7 @@ def test_a_descriptor_without_a_class_says_so():
         )
 
 
-@pytest.mark.parametrize("name", ["kerberos5", "gss", "jndi", "keystore"])
+@pytest.mark.parametrize("name", ["jndi", "keystore"])
 def test_unsupported_login_modules_load_but_do_not_build(name):
     assert LOGIN_MODULES[name].unsupported == f"the {name} login module is not supported yet"
     with pytest.raises(ConfigError, match=f"realm/type: the {name} login module is not supported yet"):

@@ -579,7 +579,7 @@ async def test_custom_class_module(start_gateway, http, tmp_path, monkeypatch):
         ("certificate", "{principal: nickname}", "'nickname' is not one of subject-cn"),
         ("certificate", "{role.X: 'OU=('}", "is not a regular expression"),
         ("certificate", "{role.X: '('}", "'(' is not ATTRIBUTE=REGEX"),
-        ("kerberos5", "{}", "the kerberos5 login module is not supported yet"),
+        ("jndi", "{}", "the jndi login module is not supported yet"),
         ("ldap", "{}", "options/userProvider: is required"),
         ("ldap", "{userProvider: 'http://x/dc=a'}", "is not an ldap:// or ldaps:// URL"),
         ("ldap", "{userProvider: 'ldap://x/dc=a', userFilter: '(uid=joe)'}", "must contain {USERNAME}"),

@@ -49,7 +49,18 @@ from .challenges import (
     offered_subprotocols,
     realm_schemes,
 )
-from .login import Busy, ChainEntry, Challenged, Failed, LoginAttempt, Succeeded, Unavailable, build_module, run_chain
+from .login import (
+    Busy,
+    ChainEntry,
+    Challenged,
+    Failed,
+    LoginAttempt,
+    Succeeded,
+    Unavailable,
+    build_module,
+    check_chain,
+    run_chain,
+)
 from .login.base import Rounds, resolve
 from .login.verifier import Verifier
 
@@ -93,6 +104,7 @@ class RealmRuntime:
         self.config = realm
         auth = realm.authentication
         path = f"security/realm[{realm.name}]/authentication/login-modules"
+        check_chain(realm, path)
         self.chain = [
             ChainEntry(m.success, build_module(m, f"{path}/login-module[{i + 1}]", base_dir, fetch_json), m.type)
             for i, m in enumerate(auth.login_modules)

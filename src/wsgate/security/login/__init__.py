@@ -13,6 +13,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from ...config.model import LoginModule as LoginModuleConfig
+from ...config.model import Realm
 from ...core.fetch import FetchJson
 from ...errors import ConfigError
 from . import unsupported
@@ -21,6 +22,7 @@ from .certificate import CertificateLoginModule
 from .chain import ChainEntry, ChainResult, run_chain
 from .file import FileLoginModule
 from .jwt import JwtLoginModule
+from .kerberos import GssLoginModule, Kerberos5LoginModule
 from .ldap import LdapLoginModule
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "Succeeded",
     "Unavailable",
     "build_module",
+    "check_chain",
     "run_chain",
 ]
 
@@ -47,8 +50,8 @@ LOGIN_MODULES: Mapping[str, LoginModuleType] = MappingProxyType(
         for t in (
             FileLoginModule.TYPE,
             LdapLoginModule.TYPE,
-            unsupported.KERBEROS5,
-            unsupported.GSS,
+            Kerberos5LoginModule.TYPE,
+            GssLoginModule.TYPE,
             unsupported.JNDI,
             unsupported.KEYSTORE,
             JwtLoginModule.TYPE,
@@ -56,6 +59,29 @@ LOGIN_MODULES: Mapping[str, LoginModuleType] = MappingProxyType(
         )
     }
 )
+
+
+def check_chain(realm: Realm, path: str) -> None:
+    """What no single module can check: the scheme its realm challenges with, the module it needs before it."""
+    base = (realm.authentication.http_challenge_scheme or "").lower().removeprefix("application ").strip()
+    seen: set[str] = set()
+    for index, module in enumerate(realm.authentication.login_modules):
+        kind = LOGIN_MODULES.get(module.type)
+        element = f"{path}/login-module[{index + 1}]"
+        if kind is not None and kind.scheme is not None and kind.scheme != base:
+            wanted = kind.scheme.capitalize()
+            raise ConfigError(
+                f"{path.rpartition('/login-modules')[0]}/http-challenge-scheme",
+                f"the {module.type} login module ({element}) reads 'Authorization: {wanted}': "
+                f"set http-challenge-scheme to {wanted} or Application {wanted}",
+            )
+        if kind is not None and kind.after is not None and kind.after not in seen:
+            raise ConfigError(
+                f"{element}/type",
+                f"{module.type} confirms what a {kind.after} login module before it validated: "
+                f"put a {kind.after} login-module before it",
+            )
+        seen.add(module.type)
 
 
 def build_module(

@@ -87,6 +87,8 @@ class LoginModuleType(LoginModuleSchema):
     factory: Callable[..., LoginModule] | None = field(default=None, compare=False, repr=False)
     ambient: str | None = None  # credentials a browser presents by itself to a realm with this module
     fetches: bool = False  # fetches documents over HTTP: the factory takes ``fetch_json`` (``core.fetch``)
+    scheme: str | None = None  # the only ``Authorization`` scheme it reads: the realm must challenge with it
+    after: str | None = None  # a module type that must come before it in the chain (Kaazing's gss after kerberos5)
 
     def __set_name__(self, owner: Callable[..., LoginModule], name: str) -> None:
         if self.factory is None:  # the class it is declared on is the module

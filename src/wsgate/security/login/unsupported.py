@@ -10,7 +10,5 @@ def _not_yet(name: str) -> LoginModuleType:
     return LoginModuleType(name=name, unsupported=f"the {name} login module is not supported yet")
 
 
-KERBEROS5 = _not_yet("kerberos5")
-GSS = _not_yet("gss")
 JNDI = _not_yet("jndi")
 KEYSTORE = _not_yet("keystore")

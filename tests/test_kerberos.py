@@ -1,0 +1,192 @@
+"""Kerberos realms against a real MIT KDC on loopback: SPNEGO tokens from python-gssapi with the user's
+ticket cache, validated by the gateway's ``kerberos5`` module with its keytab. Every refusal is the
+realm's 401/403 and the back end never sees a byte."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from wsgate.catalog import load_config
+from wsgate.errors import ConfigError
+from wsgate.gateway import Gateway
+
+from .conftest import port_of, tcp_echo_server
+from .kdc import REALM, Kdc
+
+gssapi = pytest.importorskip("gssapi")
+SPNEGO = gssapi.OID.from_int_seq("1.3.6.1.5.5.2")
+
+
+def realm_config(kdc: Kdc, scheme: str = "Negotiate", options: str = "", modules: str = "") -> str:
+    return f"""
+service:
+  - name: kerberized
+    accept: ws://localhost:0/k
+    type: echo
+    realm-name: corp
+    authorization-constraint:
+      require-role: AUTHORIZED
+security:
+  realm:
+    - name: corp
+      authentication:
+        http-challenge-scheme: {scheme}
+        login-modules:
+          login-module:
+            - type: kerberos5
+              options:
+                useKeyTab: "true"
+                keyTab: {kdc.keytab}
+                principal: HTTP/localhost@{REALM}
+                isInitiator: "false"
+                storeKey: "true"
+                doNotPrompt: "true"
+                replay-cache: {kdc.folder / "rcache"}
+                role.AUTHORIZED: alice@{REALM}, bob@{REALM}
+{options}
+            - type: gss
+{modules}
+"""
+
+
+def initiator(ccache: Path, service: str = "HTTP@localhost") -> Any:
+    """A SPNEGO initiator with the ticket cache ``ccache`` (what a browser or ``curl --negotiate`` does)."""
+    credentials = gssapi.Credentials(usage="initiate", store={"ccache": f"FILE:{ccache}"})
+    return gssapi.SecurityContext(
+        name=gssapi.Name(service, gssapi.NameType.hostbased_service),
+        mech=SPNEGO,
+        usage="initiate",
+        creds=credentials,
+        flags=gssapi.RequirementFlag.mutual_authentication,
+    )
+
+
+def negotiate(token: bytes, scheme: str = "Negotiate") -> dict[str, str]:
+    return {"Authorization": f"{scheme} {base64.b64encode(token).decode()}"}
+
+
+async def refused(http: aiohttp.ClientSession, url: str, headers: dict[str, str] | None = None) -> Any:
+    with pytest.raises(aiohttp.WSServerHandshakeError) as error:
+        await http.ws_connect(url, headers=headers or {})
+    return error.value
+
+
+@pytest.fixture
+def alice(kdc: Kdc, tmp_path: Path) -> Path:
+    return kdc.kinit("alice", tmp_path / "alice.cc")
+
+
+async def test_a_ticket_opens_the_socket_and_the_server_proves_itself(start_gateway, kdc, alice, http) -> None:
+    gateway = await start_gateway(realm_config(kdc))
+    port = gateway.port_of("kerberized")
+    url = f"http://localhost:{port}/k"
+    first = await refused(http, url)
+    assert first.status == 401 and first.headers["WWW-Authenticate"] == "Negotiate"
+    context = initiator(alice)
+    async with http.ws_connect(url, headers=negotiate(context.step())) as ws:
+        scheme, _, token = ws._response.headers["WWW-Authenticate"].partition(" ")
+        assert scheme == "Negotiate"
+        context.step(base64.b64decode(token))  # the gateway's AP-REP: mutual authentication
+        assert context.complete
+        await ws.send_str("hello")
+        assert (await ws.receive()).data == "hello"
+
+
+async def test_the_connection_lives_no_longer_than_the_ticket(start_gateway, kdc, tmp_path, http) -> None:
+    ccache = kdc.kinit("bob", tmp_path / "short.cc", lifetime="4s")
+    gateway = await start_gateway(realm_config(kdc))
+    url = f"http://localhost:{gateway.port_of('kerberized')}/k"
+    async with http.ws_connect(url, headers=negotiate(initiator(ccache).step())) as ws:
+        expires = int(ws._response.headers["Wsgate-Expires"])
+        assert expires <= time.time() + 5
+        message = await asyncio.wait_for(ws.receive(), 10)
+        assert message.type == aiohttp.WSMsgType.CLOSE and message.data == 1008
+
+
+async def test_replayed_garbled_and_foreign_tokens_are_refused(start_gateway, kdc, alice, http) -> None:
+    gateway = await start_gateway(realm_config(kdc))
+    url = f"http://localhost:{gateway.port_of('kerberized')}/k"
+    token = initiator(alice).step()
+    async with http.ws_connect(url, headers=negotiate(token)):
+        pass
+    for headers in (
+        negotiate(token),  # the same token again: a replay
+        negotiate(token[:-7] + b"garbage"),
+        {"Authorization": "Negotiate not*base64"},
+        negotiate(b"\x60\x03\x06\x01\x00"),  # well-formed DER, no mechanism
+    ):
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await http.ws_connect(url, headers=headers)
+        assert refused.value.status == 403, headers
+
+
+async def test_a_user_without_the_role_is_forbidden(start_gateway, kdc, tmp_path, http) -> None:
+    carol = kdc.kinit("carol", tmp_path / "carol.cc")
+    gateway = await start_gateway(realm_config(kdc))
+    url = f"http://localhost:{gateway.port_of('kerberized')}/k"
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await http.ws_connect(url, headers=negotiate(initiator(carol).step()))
+    assert refused.value.status == 403
+
+
+async def test_a_realm_the_module_does_not_accept_is_forbidden(start_gateway, kdc, alice, http) -> None:
+    gateway = await start_gateway(realm_config(kdc, options="                realms: OTHER.TEST"))
+    url = f"http://localhost:{gateway.port_of('kerberized')}/k"
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await http.ws_connect(url, headers=negotiate(initiator(alice).step()))
+    assert refused.value.status == 403
+
+
+async def test_application_negotiate_for_kaazing_clients(start_gateway, kdc, alice, http) -> None:
+    gateway = await start_gateway(realm_config(kdc, scheme="Application Negotiate"))
+    url = f"http://localhost:{gateway.port_of('kerberized')}/k"
+    first = await refused(http, url)
+    assert first.status == 401 and first.headers["WWW-Authenticate"] == "Application Negotiate"
+    context = initiator(alice)
+    async with http.ws_connect(url, headers=negotiate(context.step(), "Application Negotiate")) as ws:
+        scheme, _, token = ws._response.headers["WWW-Authenticate"].rpartition(" ")
+        assert scheme == "Application Negotiate"
+        context.step(base64.b64decode(token))
+        assert context.complete
+
+
+async def test_nothing_reaches_the_back_end_without_a_ticket(start_gateway, kdc, http) -> None:
+    backend, received = await tcp_echo_server()
+    text = realm_config(kdc).replace("type: echo", f"type: proxy\n    connect: tcp://127.0.0.1:{port_of(backend)}")
+    gateway = await start_gateway(text)
+    url = f"http://localhost:{gateway.port_of('kerberized')}/k"
+    for headers in ({}, {"Authorization": "Negotiate AAAA"}, {"Authorization": "Basic YWxpY2U6YWxpY2Vwdw=="}):
+        with pytest.raises(aiohttp.WSServerHandshakeError):
+            await http.ws_connect(url, headers=headers)
+    backend.close()
+    assert received == []
+
+
+@pytest.mark.parametrize(
+    ("change", "element", "message"),
+    [
+        (("isInitiator: \"false\"", "isInitiator: \"true\""), "options/isInitiator", "must be false"),
+        (("principal: HTTP/localhost", "principal: HTTP/nokey"), "options/keyTab", "no key for"),
+        (("http-challenge-scheme: Negotiate", "http-challenge-scheme: Basic"), "http-challenge-scheme", "Negotiate"),
+    ],
+)
+def test_config_errors_name_the_element(kdc, tmp_path, change, element, message) -> None:
+    text = realm_config(kdc).replace(*change)
+    (tmp_path / "gateway.yaml").write_text(text)
+    with pytest.raises(ConfigError) as error:
+        Gateway(load_config(tmp_path / "gateway.yaml"))
+    assert element in str(error.value) and message in str(error.value)
+
+
+def test_gss_alone_is_refused_at_load(kdc, tmp_path) -> None:
+    text = realm_config(kdc).replace("            - type: kerberos5", "            - type: gss\n            - type: kerberos5")
+    (tmp_path / "gateway.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=r"login-module\[1\]/type.*put a kerberos5"):
+        Gateway(load_config(tmp_path / "gateway.yaml"))
