@@ -254,7 +254,7 @@ class RealmRuntime:
 
 
 def module_files(realm: Realm, base_dir: Path) -> tuple[tuple[str, str | None], ...]:
-    """The content (SHA-256) of every file the realm's login modules read (``file`` and ``*-file`` options).
+    """The content (SHA-256) of every file the realm's login modules read (``file``, ``keyTab``, ``*-file``).
 
     A reload keeps a realm whose configuration is unchanged (its sessions, its pools), but only if these
     are unchanged too: a user removed from ``jaas-config.xml`` or a key removed from a ``key-file`` must
@@ -263,7 +263,7 @@ def module_files(realm: Realm, base_dir: Path) -> tuple[tuple[str, str | None], 
     found = []
     for index, module in enumerate(realm.authentication.login_modules):
         for name, value in sorted(module.options.items()):
-            if name == "file" or name.endswith("-file"):
+            if name in ("file", "keyTab") or name.endswith("-file"):
                 try:
                     content: str | None = hashlib.sha256(resolve(base_dir, value).read_bytes()).hexdigest()
                 except OSError:
@@ -339,11 +339,6 @@ class RealmGate:
                 return path[len(base) + len(CONTROL) :]
         return None
 
-    async def admit(self, handshake: Handshake, allow_session: bool = True) -> Identity | Reject:
-        """The identity of an authorized request (control resources), or the refusal."""
-        proof = await self.authorize(handshake, allow_session)
-        return proof if isinstance(proof, Reject) else proof.identity
-
     async def authorize(self, handshake: Handshake, allow_session: bool = True) -> Proof | Reject:
         """Authenticated and holding the roles: the identity and the chain's last token for the client."""
         proof = await self.realm.authenticate(handshake, allow_session)
@@ -397,15 +392,18 @@ class RealmGate:
 
     async def login(self, handshake: Handshake) -> Reply:
         """Fresh credentials → a session cookie; an existing session of the same user is renewed."""
-        admitted = await self.admit(handshake, allow_session=False)
-        if isinstance(admitted, Reject):
-            return Reply.refusal(admitted)
+        proof = await self.authorize(handshake, allow_session=False)
+        if isinstance(proof, Reject):
+            return Reply.refusal(proof)
+        admitted, proven = proof.identity, tuple(self.proof_headers(proof).items())
         expires_at = self.realm.session_expiry(admitted)
         current = await self.current_session(handshake)
         if current is not None and current.identity.user == admitted.user and current.identity.session:
             session = await self.realm.sessions.renew(current.identity.session, admitted, expires_at)
             extended = self.extend(Selector(session=current.identity.session), session.identity)
-            return self.describe(session.identity, extended=extended, expires=self.realm.renew_by(session.identity))
+            return self.describe(
+                session.identity, extended=extended, expires=self.realm.renew_by(session.identity), headers=proven
+            )
         token, session = await self.realm.sessions.issue(admitted, expires_at)
         cookie = set_cookie(
             self.realm.cookie,
@@ -417,7 +415,7 @@ class RealmGate:
             samesite="Strict",
         )
         return self.describe(
-            session.identity, expires=self.realm.renew_by(session.identity), headers=(("Set-Cookie", cookie),)
+            session.identity, expires=self.realm.renew_by(session.identity), headers=(("Set-Cookie", cookie), *proven)
         )
 
     async def whoami(self, handshake: Handshake) -> Reply:
@@ -445,9 +443,10 @@ class RealmGate:
         connection = self.connections.get(connection_id)
         if connection is None or connection.identity is None or connection.service != self.name:
             return Reply.text(404, "Not Found\n")
-        admitted = await self.admit(handshake, allow_session=False)
-        if isinstance(admitted, Reject):
-            return Reply.refusal(admitted)
+        proof = await self.authorize(handshake, allow_session=False)
+        if isinstance(proof, Reject):
+            return Reply.refusal(proof)
+        admitted = proof.identity
         if admitted.user != connection.identity.user:
             audit.warning(
                 "service[%s]: refresh of %s by %r refused: it belongs to %r",
@@ -459,7 +458,7 @@ class RealmGate:
             return Reply.text(403, FORBIDDEN)
         self.extend(Selector(id=connection_id), replace(admitted, session=connection.identity.session))
         deadline, _ = connection_deadline(connection.identity, connection.started, self.realm.config)
-        return self.describe(connection.identity, expires=deadline)
+        return self.describe(connection.identity, expires=deadline, headers=tuple(self.proof_headers(proof).items()))
 
     async def current_session(self, handshake: Handshake) -> Session | None:
         try:

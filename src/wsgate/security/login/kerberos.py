@@ -57,6 +57,7 @@ KAAZING_OPTIONS = (
 )
 REPLAY_WINDOW = 300.0  # seconds: Kerberos' default clock skew, beyond which an authenticator is refused anyway
 REPLAY_LIMIT = 100_000  # token digests remembered per module (about 10 MB at the bound)
+SPNEGO = "1.3.6.1.5.5.2"
 VALIDATED = "kerberos"  # shared-state key: the principal a kerberos5 module validated in this attempt
 
 
@@ -129,7 +130,6 @@ class Kerberos5LoginModule:
         options=(*KAAZING_OPTIONS, "realms", "roles", "replay-cache"),
         option_prefixes=("role.",),
         strict=True,
-        ambient="Kerberos tickets (Negotiate)",
         scheme="negotiate",
     )
 
@@ -175,7 +175,13 @@ class Kerberos5LoginModule:
         try:
             name = gssapi.Name(principal, gssapi.NameType.kerberos_principal)
             self.principal = str(name.canonicalize(gssapi.MechType.kerberos))
-            self.credentials = gssapi.Credentials(name=name, usage="accept", store=store)
+            # Kerberos only, bare or inside SPNEGO: no IAKERB (the gateway would relay KDC traffic for the
+            # client), no NTLM where a gss-ntlmssp plugin is installed.
+            spnego = gssapi.OID.from_int_seq(SPNEGO)
+            self.credentials = gssapi.Credentials(
+                name=name, usage="accept", store=store, mechs=[spnego, gssapi.MechType.kerberos]
+            )
+            gssapi.raw.set_neg_mechs(self.credentials, [gssapi.MechType.kerberos])
         except gssapi.exceptions.GSSError as exc:
             raise ConfigError(
                 keytab_element if "keytab" in store else f"{path}/options/principal",
@@ -217,8 +223,9 @@ class Kerberos5LoginModule:
             answer = context.step(token)
             if not context.complete:
                 return _Continue(context, answer or b"")
-            lifetime = context.lifetime
-            return _Done(str(context.initiator_name), lifetime, answer)
+            if context.mech != gssapi.MechType.kerberos:
+                return Failed(f"Negotiate token of mechanism {context.mech}, not Kerberos")
+            return _Done(str(context.initiator_name), context.lifetime, answer)
         except gssapi.exceptions.GSSError as exc:
             return Failed(f"Negotiate token refused: {_message(exc)}")
 
