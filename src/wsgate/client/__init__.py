@@ -6,9 +6,18 @@ from .challenges import (
     ChallengeRequest,
     ChallengeResponse,
     DispatchChallengeHandler,
+    ServerVerifier,
     TokenChallengeHandler,
 )
-from .connection import AuthenticationError, Connection, ReconnectingConnection, RefusedError, connect
+from .connection import (
+    AuthenticationError,
+    Connection,
+    MutualAuthenticationError,
+    ReconnectingConnection,
+    RefusedError,
+    connect,
+)
+from .negotiate import NegotiateChallengeHandler
 
 __all__ = [
     "AuthenticationError",
@@ -18,8 +27,11 @@ __all__ = [
     "ChallengeResponse",
     "Connection",
     "DispatchChallengeHandler",
+    "MutualAuthenticationError",
+    "NegotiateChallengeHandler",
     "ReconnectingConnection",
     "RefusedError",
+    "ServerVerifier",
     "TokenChallengeHandler",
     "connect",
 ]

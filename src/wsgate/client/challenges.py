@@ -3,8 +3,14 @@
 A handler answers a ``WWW-Authenticate`` challenge with an ``Authorization``
 value. ``BasicChallengeHandler`` asks a login callback for user and password
 (per realm if you like), ``TokenChallengeHandler`` asks a callback for a fresh
-token, ``DispatchChallengeHandler`` picks a handler by URL pattern.
+token, ``DispatchChallengeHandler`` picks a handler by URL pattern; ``NegotiateChallengeHandler``
+(in ``negotiate``) answers Kerberos with the caller's ticket cache.
 Credentials are held in a ``bytearray`` and zeroed once the header is built.
+
+A scheme of several rounds (SPNEGO) answers with a ``ChallengeResponse`` that names its
+``next_handler``, as Kaazing's does: the next 401 of the same handshake goes to it first. If that handler
+also has ``verify`` (``ServerVerifier``), the client gives it the 101's ``WWW-Authenticate`` values
+so that it can check the server's proof (Kerberos mutual authentication) before any message is sent.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import base64
 import fnmatch
 import inspect
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, cast, runtime_checkable
 
@@ -42,10 +48,15 @@ class ChallengeRequest:
 
 
 class ChallengeResponse:
-    """An ``Authorization`` value; ``clear()`` wipes the secret bytes it was built from."""
+    """An ``Authorization`` value; ``clear()`` wipes the secret bytes it was built from.
 
-    def __init__(self, credentials: bytearray | None) -> None:
+    ``next_handler``: who answers the next challenge of this handshake (another round of the same
+    exchange); ``None`` for one-round schemes.
+    """
+
+    def __init__(self, credentials: bytearray | None, next_handler: ChallengeHandler | None = None) -> None:
         self._credentials = credentials
+        self.next_handler = next_handler
 
     @property
     def authorization(self) -> str | None:
@@ -62,6 +73,13 @@ class ChallengeHandler(Protocol):
     def can_handle(self, request: ChallengeRequest) -> bool: ...
 
     async def handle(self, request: ChallengeRequest) -> ChallengeResponse | None: ...
+
+
+@runtime_checkable
+class ServerVerifier(Protocol):
+    """A ``next_handler`` that checks the server's proof on the 101 (raises ``AuthenticationError`` if it fails)."""
+
+    async def verify(self, location: str, challenges: Sequence[str]) -> None: ...
 
 
 Credentials = tuple[str, str]
@@ -118,7 +136,11 @@ class TokenChallengeHandler:
 
 
 class DispatchChallengeHandler:
-    """Chooses a handler by the URL that challenged: ``register("wss://gw.example.com/*", handler)``."""
+    """Chooses a handler by the URL that challenged: ``register("wss://gw.example.com/*", handler)``.
+
+    A multi-round handler (``NegotiateChallengeHandler``) keeps its rounds: its answer names the
+    ``next_handler``, which the client asks directly for the rest of that handshake.
+    """
 
     def __init__(self) -> None:
         self.routes: list[tuple[str, ChallengeHandler]] = []

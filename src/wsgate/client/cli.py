@@ -2,9 +2,10 @@
 
 For operators testing a deployment: ``wsgate-client wss://gw.example.com/echo --user joe --send hi``.
 The password is prompted for on the terminal (or read from ``--password-env``); tokens come from a
-file, never argv. Every failure is one line on stderr naming its cause, and the exit status says
-which kind it was (docs/clients.md, "Exit codes"): an operator's script can tell a wrong password
-from a missing service from a network fault.
+file, never argv; ``--negotiate`` answers Kerberos challenges with the ticket cache ``kinit`` filled
+(``KRB5CCNAME``) and requires the gateway to prove itself. Every failure is one line on stderr naming
+its cause, and the exit status says which kind it was (docs/clients.md, "Exit codes"): an operator's
+script can tell a wrong password from a missing service from a network fault.
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ from yarl import URL
 
 from .challenges import BasicChallengeHandler, DispatchChallengeHandler, TokenChallengeHandler
 from .connection import AuthenticationError, Connection, RefusedError, connect
+from .negotiate import NegotiateChallengeHandler
 
 OK = 0
 FAILED = 1  # could not connect, TLS failed, no reply in time, closed abnormally by the gateway
-USAGE = 2  # bad arguments, or a password / token / certificate that cannot be had
+USAGE = 2  # bad arguments, or a password / token / certificate / Kerberos ticket that cannot be had
 AUTHENTICATION = 3  # the gateway refused the credentials (401, 403)
 REFUSED = 4  # the gateway refused otherwise: no such service (404), unavailable (503, 429), not WebSocket
 INTERRUPTED = 130  # Ctrl-C (the connection is closed first)
@@ -66,7 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _check(args)
         context = _ssl(args)
         password = _password(args)
-        return asyncio.run(_run(args, password, context))
+        negotiate = _negotiate(args)
+        return asyncio.run(_run(args, password, context, negotiate))
     except Failure as exc:
         _error(exc.message)
         return exc.code
@@ -90,6 +93,18 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--user", help="user name for Basic / Application Basic challenges")
     parser.add_argument("--password-env", metavar="VAR", help="read the password from this environment variable")
     parser.add_argument("--token-file", metavar="FILE", help="answer token challenges with the token in FILE")
+    parser.add_argument(
+        "--negotiate",
+        action="store_true",
+        help="answer Negotiate / Application Negotiate (Kerberos) challenges with the ticket cache (KRB5CCNAME, "
+        "filled by kinit); the gateway must prove itself (mutual authentication). Needs wsgate[kerberos]",
+    )
+    parser.add_argument(
+        "--service-principal",
+        metavar="NAME",
+        help="the gateway's Kerberos principal for --negotiate: HTTP@host or HTTP/host@REALM "
+        "(default: HTTP@ the URL's host)",
+    )
     parser.add_argument("--cacert", metavar="PEM", help="trust this CA for wss (default: system CAs)")
     parser.add_argument("--cert", metavar="PEM", help="client certificate (mutual TLS)")
     parser.add_argument("--key", metavar="PEM", help="key of --cert, if not in the same file")
@@ -115,6 +130,8 @@ def _check(args: argparse.Namespace) -> None:
         raise Failure(USAGE, "--password-env needs --user")
     if args.key and not args.cert:
         raise Failure(USAGE, "--key needs --cert")
+    if args.service_principal and not args.negotiate:
+        raise Failure(USAGE, "--service-principal needs --negotiate")
     if args.timeout <= 0:
         raise Failure(USAGE, "--timeout must be more than 0 seconds")
     if args.token_file:
@@ -150,6 +167,21 @@ def _has_terminal() -> bool:
     return True
 
 
+def _negotiate(args: argparse.Namespace) -> NegotiateChallengeHandler | None:
+    """The Kerberos handler for ``--negotiate``: python-gssapi installed, a ticket in the cache."""
+    if not args.negotiate:
+        return None
+    try:
+        handler = NegotiateChallengeHandler(service_principal=args.service_principal)
+    except ImportError as exc:
+        raise Failure(USAGE, f"--negotiate: {exc}") from None
+    try:
+        handler.principal()
+    except AuthenticationError as exc:
+        raise Failure(USAGE, f"--negotiate: {exc}") from None
+    return handler
+
+
 def _read_token(path: str) -> str:
     try:
         with open(path) as file:
@@ -161,8 +193,12 @@ def _read_token(path: str) -> str:
     return token
 
 
-def _handler(args: argparse.Namespace, password: str | None) -> DispatchChallengeHandler:
+def _handler(
+    args: argparse.Namespace, password: str | None, negotiate: NegotiateChallengeHandler | None = None
+) -> DispatchChallengeHandler:
     dispatch = DispatchChallengeHandler()
+    if negotiate is not None:
+        dispatch.register("*", negotiate)
     if args.user and password is not None:
         dispatch.register("*", BasicChallengeHandler(lambda request: (args.user, password)))
     if args.token_file:
@@ -189,8 +225,13 @@ def _ssl(args: argparse.Namespace) -> ssl.SSLContext | None:
 # -- the session ---------------------------------------------------------------------------------------
 
 
-async def _run(args: argparse.Namespace, password: str | None, context: ssl.SSLContext | None) -> int:
-    connection = await _connect(args, password, context)
+async def _run(
+    args: argparse.Namespace,
+    password: str | None,
+    context: ssl.SSLContext | None,
+    negotiate: NegotiateChallengeHandler | None = None,
+) -> int:
+    connection = await _connect(args, password, context, negotiate)
     try:
         async with connection:
             if args.send:
@@ -200,10 +241,16 @@ async def _run(args: argparse.Namespace, password: str | None, context: ssl.SSLC
         raise Failure(FAILED, f"connection lost: {_describe(exc)}") from None
 
 
-async def _connect(args: argparse.Namespace, password: str | None, context: ssl.SSLContext | None) -> Connection:
+async def _connect(
+    args: argparse.Namespace,
+    password: str | None,
+    context: ssl.SSLContext | None,
+    negotiate: NegotiateChallengeHandler | None = None,
+) -> Connection:
+    handler = _handler(args, password, negotiate)
     try:
         return await asyncio.wait_for(
-            connect(args.url, challenge_handler=_handler(args, password), ssl=context, protocols=tuple(args.protocol)),
+            connect(args.url, challenge_handler=handler, ssl=context, protocols=tuple(args.protocol)),
             args.timeout,
         )
     except AuthenticationError as exc:

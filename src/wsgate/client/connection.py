@@ -8,6 +8,11 @@ asking its challenge handler again, and the connection stays open (see
 docs/security.md). Each deadline is renewed at most once: a renewal that does not
 move it (a token that cannot be refreshed) is not repeated, and failed attempts
 back off exponentially, so a short lifetime never turns into a request storm.
+
+A scheme of several rounds (Negotiate) hands the next 401 of the same handshake to the
+``next_handler`` its last answer named, and that handler may check the server's proof on the 101
+(``ServerVerifier.verify``): if the server does not prove itself, the TCP connection is dropped
+before a byte of WebSocket traffic and ``MutualAuthenticationError`` is raised.
 """
 
 from __future__ import annotations
@@ -18,14 +23,14 @@ import logging
 import random
 import ssl as ssl_module
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import aiohttp
 from yarl import URL
 
 from ..errors import GatewayError
-from .challenges import ChallengeHandler, ChallengeRequest
+from .challenges import ChallengeHandler, ChallengeRequest, ServerVerifier
 
 log = logging.getLogger("wsgate.client")
 MAX_CHALLENGES = 3
@@ -70,22 +75,47 @@ class AuthenticationError(RefusedError):
     """The gateway refused the credentials (403), or nothing could answer its challenge (401)."""
 
 
+class MutualAuthenticationError(AuthenticationError):
+    """The gateway accepted the credentials (101) but did not prove its own identity (Kerberos mutual
+    authentication): no token, or a token the client's security context rejects. The connection was
+    dropped before any message; ``.status`` is the 101 it answered."""
+
+
 def _refused(status: int, message: str) -> RefusedError:
     return AuthenticationError(status, message) if status in (401, 403) else RefusedError(status, message)
 
 
-async def _answer(handler: ChallengeHandler | None, location: str, challenge: str | None) -> str:
-    """An ``Authorization`` value for ``challenge``, or ``AuthenticationError`` if none can be had."""
+async def _answer(
+    handler: ChallengeHandler | None, location: str, challenge: str | None, pending: ChallengeHandler | None = None
+) -> tuple[str, ChallengeHandler | None]:
+    """An ``Authorization`` value for ``challenge`` and the handler for the next round (``pending``: the
+    one the previous answer named, asked first), or ``AuthenticationError`` if none can be had."""
     request = ChallengeRequest(location, challenge or "")
+    if pending is not None and challenge and pending.can_handle(request):
+        handler = pending
     if handler is None or not challenge or not handler.can_handle(request):
         raise AuthenticationError(401, f"{location}: authentication required ({challenge or 'no challenge'})")
     response = await handler.handle(request)
     authorization = response.authorization if response else None
+    following = response.next_handler if response else None
     if response is not None:
         response.clear()
     if not authorization:
         raise AuthenticationError(401, f"{location}: no credentials for challenge {challenge!r}")
-    return authorization
+    return authorization, following
+
+
+async def _verify_server(pending: ChallengeHandler | None, url: str, ws: aiohttp.ClientWebSocketResponse) -> None:
+    """Let the last round's handler check the server's proof on the 101; drop the connection if it fails."""
+    if not isinstance(pending, ServerVerifier):
+        return
+    challenges: Sequence[str] = ws._response.headers.getall("WWW-Authenticate", [])
+    try:
+        await pending.verify(url, challenges)
+    except BaseException:
+        ws._response.close()  # the TCP connection goes at once: no close handshake with an unproven server
+        await ws.close()  # now only marks it closed (and stops a heartbeat timer)
+        raise
 
 
 class Connection:
@@ -171,6 +201,7 @@ class Connection:
         the gateway could not decide, worth retrying later)."""
         assert self.refresh_url is not None
         authorization = self._authorization
+        pending: ChallengeHandler | None = None
         for _ in range(MAX_CHALLENGES + 1):
             headers = {"Authorization": authorization} if authorization else {}
             ssl = self._ssl if self._ssl is not None else True
@@ -180,7 +211,8 @@ class Connection:
                     return self.expires
                 if response.status != 401:
                     raise _refused(response.status, f"refresh refused: HTTP {response.status}")
-                authorization = await _answer(self._handler, self.refresh_url, response.headers.get("WWW-Authenticate"))
+                challenge = response.headers.get("WWW-Authenticate")
+                authorization, pending = await _answer(self._handler, self.refresh_url, challenge, pending)
         raise AuthenticationError(401, "refresh: too many challenges")
 
     def _learn(self, expires: float | None) -> None:
@@ -259,6 +291,7 @@ async def connect(
     owns = session is None
     session = session or aiohttp.ClientSession()
     authorization: str | None = None
+    pending: ChallengeHandler | None = None  # the handler of the exchange's next round, if it has more
     try:
         for _ in range(MAX_CHALLENGES + 1):
             request_headers = dict(headers or {})
@@ -277,9 +310,13 @@ async def connect(
                 if exc.status != 401:
                     raise _refused(exc.status, f"{url}: refused with HTTP {exc.status}") from None
                 challenge = exc.headers.get("WWW-Authenticate") if exc.headers else None
-                authorization = await _answer(challenge_handler, url, challenge)
+                authorization, pending = await _answer(challenge_handler, url, challenge, pending)
                 continue
-            return Connection(ws, session, owns, URL(url), challenge_handler, authorization, ssl, refresh_margin)
+            await _verify_server(pending, url, ws)
+            # a round of a multi-round exchange is good once (a Kerberos authenticator would be a replay):
+            # refresh() then starts a new exchange instead of presenting it again
+            reusable = authorization if pending is None else None
+            return Connection(ws, session, owns, URL(url), challenge_handler, reusable, ssl, refresh_margin)
         raise AuthenticationError(401, f"{url}: too many challenges")
     except BaseException:
         if owns:
