@@ -473,7 +473,9 @@ def make_stores(folder: Path, ca: trustme.CA, kaazing: bool = False) -> None:
     (folder / "web" / "index.html").write_text("hi")
     if shutil.which("ktutil"):  # the Kerberos examples' keytab, made offline (no KDC needed)
         principal = "HTTP/localhost@EXAMPLE.COM"
-        script = f"addent -password -p {principal} -k 1 -e aes256-cts-hmac-sha1-96\nchangeme\nwkt {folder / 'http.keytab'}\n"
+        script = (
+            f"addent -password -p {principal} -k 1 -e aes256-cts-hmac-sha1-96\nchangeme\nwkt {folder / 'http.keytab'}\n"
+        )
         subprocess.run(["ktutil"], input=script, text=True, check=True, capture_output=True)
     if kaazing:
         keytool_store(folder, "JCEKS", {"gateway": cert}, "changeme").rename(folder / "keystore.db")
