@@ -41,7 +41,7 @@ def service_yaml(type_: str, extra: str = "", accept: str = "ws://localhost:8000
 
 
 def test_the_catalog_lists_types_in_the_documented_order():
-    assert list(SERVICE_TYPES) == ["echo", "directory", "proxy", "broadcast", "management", "metrics"]
+    assert list(SERVICE_TYPES) == ["echo", "directory", "proxy", "broadcast", "management", "metrics", "kdc.proxy"]
     assert list(LOGIN_MODULES) == ["file", "ldap", "kerberos5", "gss", "jndi", "keystore", "jwt", "certificate"]
     assert CATALOG.services == SERVICE_TYPES and CATALOG.login_modules == LOGIN_MODULES
 
@@ -56,7 +56,7 @@ def test_each_service_type_is_declared_on_its_handler_class(name):
 
 def test_routing_and_realm_behaviour_come_from_the_declarations():
     plain = {name for name, kind in SERVICE_TYPES.items() if kind.plain_http}
-    assert plain == {"directory", "management", "metrics"}
+    assert plain == {"directory", "management", "metrics", "kdc.proxy"}
     assert {name for name, kind in SERVICE_TYPES.items() if kind.prefix} == {"directory", "management"}
     assert {name for name, kind in SERVICE_TYPES.items() if kind.web_root} == {"directory"}
     for kind in SERVICE_TYPES.values():  # plain HTTP types accept http(s), WebSocket types ws(s)

@@ -23,6 +23,7 @@ from .services.base import ServiceType
 from .services.broadcast import BroadcastService
 from .services.directory import DirectoryService
 from .services.echo import EchoService
+from .services.kdc_proxy import KdcProxyService
 from .services.proxy import ProxyService
 
 # In the order messages list them ("valid: echo, directory, ...").
@@ -36,11 +37,12 @@ SERVICE_TYPES: Mapping[str, ServiceType] = MappingProxyType(
             BroadcastService.TYPE,
             ManagementService.TYPE,
             MetricsService.TYPE,
+            KdcProxyService.TYPE,
         )
     }
 )
 # Kaazing service types wsgate does not implement: "not supported yet" rather than "not a service type".
-UNSUPPORTED_SERVICE_TYPES = (
+_NOT_YET = (
     "amqp.proxy",
     "balancer",
     "http.proxy",
@@ -48,13 +50,24 @@ UNSUPPORTED_SERVICE_TYPES = (
     "turn.rest",
     "management.jmx",
     "update.check",
-    "kerberos5.proxy",
     "jms",
     "jms.proxy",
     "redis",
     "ibmmq",
     "session",
     "management.snmp",
+)
+# Kaazing Enterprise's ticket-granting gateway: deprecated there in 2015, its WebSocket framing never published,
+# its only clients Kaazing's closed Enterprise challenge handlers. Standard clients (MIT kinit, Windows) speak
+# MS-KKDCP over HTTPS to a kdc.proxy service instead.
+KERBEROS5_PROXY = (
+    "Kaazing's deprecated ticket-granting gateway has no clients wsgate can serve; use type kdc.proxy, the "
+    "standard KDC proxy (MS-KKDCP) that MIT kinit and Windows speak: accept https://host:port/KdcProxy, the same "
+    "connect tcp://kdc:88, the property realm, and kdc = https://host:port/KdcProxy in the clients' krb5.conf"
+)
+# ... and what to use instead, where there is something.
+UNSUPPORTED_SERVICE_TYPES: Mapping[str, str] = MappingProxyType(
+    {**dict.fromkeys(_NOT_YET, ""), "kerberos5.proxy": KERBEROS5_PROXY}
 )
 CATALOG = Catalog.of(tuple(SERVICE_TYPES.values()), tuple(LOGIN_MODULES.values()), UNSUPPORTED_SERVICE_TYPES)
 

@@ -298,7 +298,9 @@ class Builder:
         type_ = self.one(groups, "type", index, str) or ""
         spec = self.service_type(type_, f"{index}/type") if groups.get("type") else None  # else: "is required"
         accepts = self.uris(groups, "accept", index, spec.accept if spec else ACCEPT_SCHEMES)
-        connects = self.uris(groups, "connect", index, CONNECT_SCHEMES)
+        # Connect URIs and properties mean what the type says: a type that is unknown (or not supported) cannot
+        # judge them, so only its own error is reported.
+        connects = self.uris(groups, "connect", index, spec.connect_schemes or CONNECT_SCHEMES) if spec else ()
         if not groups.get("accept"):
             self.fail(f"{index}/accept", "a service needs at least one accept URI")
         if spec:
@@ -312,8 +314,10 @@ class Builder:
                     else "exactly one connect URI"
                 )
                 self.fail(f"{index}/connect", f"a {type_} service takes {want}, found {len(connects)}")
-        properties, settings = self.service_properties(
-            groups.get("properties", []), index, spec.properties if spec else {}
+        properties, settings = (
+            self.service_properties(groups.get("properties", []), index, spec.properties)
+            if spec
+            else (m.EMPTY, m.EMPTY)
         )
         accept_options = self.accept_options(
             defaults.get("accept-options", []) + groups.get("accept-options", []), index
@@ -372,7 +376,11 @@ class Builder:
         if type_ in types:
             return types[type_]
         if type_ in self.catalog.unsupported_services:
-            self.fail(path, f"service type '{type_}' is not supported yet; supported: {', '.join(types)}")
+            instead = self.catalog.unsupported_services[type_]
+            if instead:
+                self.fail(path, f"service type '{type_}' is not supported: {instead}")
+            else:
+                self.fail(path, f"service type '{type_}' is not supported yet; supported: {', '.join(types)}")
         else:
             self.fail(path, f"'{type_}' is not a service type; valid: {', '.join(types)}")
         return None

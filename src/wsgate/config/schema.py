@@ -54,6 +54,7 @@ class ServiceTypeSchema:
     name: str
     accept: tuple[str, ...]  # accept URI schemes
     connect: tuple[int, int] = (0, 0)  # how many connect URIs: (least, most)
+    connect_schemes: tuple[str, ...] = ()  # the connect URI schemes it takes; (): every one the gateway knows
     properties: Mapping[str, Property] = field(default_factory=_no_properties)
     finish: Callable[[Service, str, Fail], Service | None] | None = None
 
@@ -91,16 +92,18 @@ class Catalog:
 
     services: Mapping[str, ServiceTypeSchema]
     login_modules: Mapping[str, LoginModuleSchema]
-    unsupported_services: tuple[str, ...] = ()
+    # Kaazing service types wsgate does not implement → what to use instead ("": nothing yet).
+    unsupported_services: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     @classmethod
     def of(
         cls,
         services: tuple[ServiceTypeSchema, ...],
         login_modules: tuple[LoginModuleSchema, ...],
-        unsupported_services: tuple[str, ...] = (),
+        unsupported_services: tuple[str, ...] | Mapping[str, str] = (),
     ) -> Catalog:
-        """From declarations; a name declared twice is a programming error."""
+        """From declarations; a name declared twice is a programming error. ``unsupported_services``: names,
+        or names with what to use instead."""
         names = [s.name for s in services]
         modules = [m.name for m in login_modules]
         for kind, seen in (("service type", names), ("login module", modules)):
@@ -110,8 +113,11 @@ class Catalog:
         overlap = set(names) & set(unsupported_services)
         if overlap:
             raise ValueError(f"service type {', '.join(sorted(overlap))} is both declared and unsupported")
+        hints = unsupported_services
+        if not isinstance(hints, Mapping):
+            hints = dict.fromkeys(hints, "")
         return cls(
             MappingProxyType({s.name: s for s in services}),
             MappingProxyType({m.name: m for m in login_modules}),
-            unsupported_services,
+            MappingProxyType(dict(hints)),
         )

@@ -167,8 +167,9 @@ class Body(Protocol):
     the body was complete; ``text`` raises ``ValueError`` for an unknown charset or bytes it cannot decode.
     """
 
-    async def read(self) -> bytes:
-        """The whole body (``b""`` for none)."""
+    async def read(self, limit: int | None = None) -> bytes:
+        """The whole body (``b""`` for none); ``limit``: a service's own, lower limit (``BodyTooLarge`` over it,
+        before a declared ``Content-Length`` over it is read at all)."""
         ...
 
     async def text(self) -> str:
@@ -179,7 +180,7 @@ class Body(Protocol):
 class NoBody:
     """The ``Body`` of a request without one (in-memory tests; adapters whose requests carry none)."""
 
-    async def read(self) -> bytes:
+    async def read(self, limit: int | None = None) -> bytes:
         return b""
 
     async def text(self) -> str:

@@ -19,7 +19,7 @@ from ..catalog import service_type
 from ..config.model import GatewayConfig, TlsOptions
 from ..core.close import CloseCode
 from ..errors import ConfigError, ConfigErrors, GatewayError, ReloadFailed, bind_error
-from ..management.service import GatewayControl, OperatorService
+from ..management.service import GatewayControl
 from ..observe.metrics import Metrics
 from ..observe.redact import REDACTOR
 from ..security.admission import Admission, offloaded_tls
@@ -28,7 +28,7 @@ from ..security.limits import GatewayLimits, ServiceLimits
 from ..security.login.jwt import unverified_claims
 from ..security.realms import RealmGate, RealmRuntime
 from ..security.tls import ListenerTls
-from ..services.base import HttpService, Runtime, ServiceHandler, WebSocketService
+from ..services.base import HttpService, ResourceService, Runtime, ServiceHandler, WebSocketService
 from ..state.connections import Selector
 from ..state.revocations import MemoryRevocations, RevocationList, token_digest, token_key, user_key
 from ..state.sessions import cookie_name
@@ -483,7 +483,7 @@ def _endpoint(handler: ServiceHandler) -> Endpoint:
         return websocket_endpoint(handler)
     if isinstance(handler, HttpService):
         return reply_endpoint(handler)
-    if isinstance(handler, OperatorService):  # management, metrics: bodies read on demand, the console's feed
+    if isinstance(handler, ResourceService):  # management, metrics, kdc.proxy: bodies read on demand, own WebSockets
         return resource_endpoint(handler)
     raise TypeError(f"service[{handler.name}]: {type(handler).__name__} is neither WebSocket nor HTTP")
 

@@ -49,7 +49,7 @@ from ..errors import ReloadFailed
 from ..observe.metrics import CONTENT_TYPE
 from ..security.admission import offloaded_tls, own_origin
 from ..security.origin import origin_allowed
-from ..services.base import Runtime, ServiceHandler, ServiceType
+from ..services.base import ResourceService, Runtime, ServiceType
 from ..state.connections import Selector
 from .summary import gateway_summary, service_summaries
 
@@ -154,21 +154,8 @@ def session_view(session: LiveSession, now: float) -> dict[str, Any]:
     }
 
 
-class OperatorService(ServiceHandler):
-    """Plain HTTP resources for operators; the realm in front of it has already authorized the request.
-
-    ``respond`` is what ``transport.resource.resource_endpoint`` calls for every admitted request.
-    """
-
-    def relative(self, path: str) -> str:
-        for uri in self.config.accepts:
-            base = uri.path.rstrip("/")
-            if path == base or path.startswith(base + "/"):
-                return path[len(base) :] or "/"
-        return "/"
-
-    async def respond(self, handshake: Handshake, accept: Accept, body: Body) -> Reply | Upgrade:
-        raise NotImplementedError
+class OperatorService(ResourceService):
+    """Plain HTTP resources for operators; the realm in front of it has already authorized the request."""
 
     def metrics_reply(self) -> Reply:
         body = self.runtime.metrics.exposition() if self.runtime.metrics else b""

@@ -132,6 +132,20 @@ class Metrics:
             ["service"],
             registry=self.registry,
         )
+        self.kdc_proxy_requests = Counter(
+            "wsgate_kdc_proxy_requests",
+            "KDC proxy (kdc.proxy) requests by result (ok, method, media_type, too_large, malformed, type, realm, "
+            "busy, unavailable, bad_reply, client_gone)",
+            ["service", "result"],
+            registry=self.registry,
+        )
+        self.kdc_proxy_seconds = Histogram(
+            "wsgate_kdc_proxy_seconds",
+            "Time a KDC took to answer a proxied request, connecting included",
+            ["service"],
+            buckets=AUTH_BUCKETS,
+            registry=self.registry,
+        )
         self.reloads = Counter("wsgate_reloads", "Configuration reloads by result", ["result"], registry=self.registry)
         self.traffic = TrafficCollector(connections)
         self.registry.register(self.traffic)

@@ -5,7 +5,8 @@ TLS, whose client certificate is already checked. WebSocket services implement
 ``serve(session, channel)`` (``core.session.LiveSession``, ``core.channel.Channel``) and
 never see aiohttp: ``transport.upgrade`` runs the upgrade and calls the hooks here for the
 bookkeeping (registry, metrics, access line). Plain HTTP services implement ``reply(handshake)``
-and answer ``core.handshake.Reply`` values.
+and answer ``core.handshake.Reply`` values; those that read the request's body (or run a WebSocket
+of their own) implement ``respond(handshake, accept, body)`` instead (``ResourceService``).
 
 Each service type declares itself on its handler class (``TYPE = ServiceType(...)``): name, accept
 schemes, connect count, property schema, how it is routed and authenticated. ``wsgate.catalog``
@@ -25,7 +26,7 @@ from ..config.model import Realm, Service
 from ..config.schema import ServiceTypeSchema
 from ..core.channel import Channel
 from ..core.close import CloseCode
-from ..core.handshake import Handshake, Reply
+from ..core.handshake import Accept, Body, Handshake, Reply, Upgrade
 from ..core.identity import Identity
 from ..core.session import LiveSession
 from ..observe.logs import LogLimiter, get_logger
@@ -124,6 +125,24 @@ class HttpService(ServiceHandler):
 
     async def reply(self, handshake: Handshake) -> Reply:
         raise NotImplementedError
+
+
+class ResourceService(ServiceHandler):
+    """A plain HTTP service that may read the request's body, and answers ``Reply`` values or an
+    ``Upgrade`` (``management``, ``metrics``, ``kdc.proxy``): ``transport.resource.resource_endpoint``
+    calls ``respond`` for every admitted request, with the admission's ``Accept`` (identity, CORS
+    headers) and the ``Body``, read from the client only if ``respond`` asks for it."""
+
+    async def respond(self, handshake: Handshake, accept: Accept, body: Body) -> Reply | Upgrade:
+        raise NotImplementedError
+
+    def relative(self, path: str) -> str:
+        """``path`` below the accept path it came in on (``/`` for the accept path itself)."""
+        for uri in self.config.accepts:
+            base = uri.path.rstrip("/")
+            if path == base or path.startswith(base + "/"):
+                return path[len(base) :] or "/"
+        return "/"
 
 
 class WebSocketService(ServiceHandler):

@@ -1,4 +1,4 @@
-"""The aiohttp side of a service that answers in its own terms (``management``, ``metrics``).
+"""The aiohttp side of a service that answers in its own terms (``management``, ``metrics``, ``kdc.proxy``).
 
 Such a service (``Resource``) gets the admitted request head, the admission's ``Accept`` and the
 request's ``Body``, which is read from the client only if the service asks for it (so a request it
@@ -31,18 +31,30 @@ class Resource(Protocol):
 
 
 class RequestBody:
-    """aiohttp's request body as a ``core.handshake.Body``: aiohttp's ``client_max_size`` (1 MiB) is the limit."""
+    """aiohttp's request body as a ``core.handshake.Body``: aiohttp's ``client_max_size`` (1 MiB) is the limit,
+    unless the service asks for a lower one."""
 
     __slots__ = ("request",)
 
     def __init__(self, request: web.BaseRequest) -> None:
         self.request = request
 
-    async def read(self) -> bytes:
-        try:
-            return await self.request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise BodyTooLarge(self.request.client_max_size) from None
+    async def read(self, limit: int | None = None) -> bytes:
+        request = self.request
+        if limit is None or limit >= request.client_max_size:
+            try:
+                return await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                raise BodyTooLarge(request.client_max_size) from None
+        declared = request.content_length
+        if declared is not None and declared > limit:
+            raise BodyTooLarge(limit)  # refused before a byte of it is read
+        body = bytearray()
+        while chunk := await request.content.readany():
+            body += chunk
+            if len(body) > limit:
+                raise BodyTooLarge(limit)
+        return bytes(body)
 
     async def text(self) -> str:
         """As aiohttp's ``request.text()``: the ``Content-Type``'s charset, else UTF-8.
