@@ -303,3 +303,73 @@ async def test_an_authz_identity_the_entry_cannot_fill_is_not_a_name_users_share
             assert await status_of(http, gw, "users", basic(user, password)) == 101
     users = [r.msg["user"] for r in caplog.records if isinstance(r.msg, dict) and r.msg.get("decision")]
     assert users[-2:] == ["emp-1001", "bob"]  # bob has no employeeNumber: the stored uid, as documented
+
+
+# -- authenticate: chain (roles for a user an earlier module authenticated) ----------------------
+
+
+def chained_config(slapd: Slapd, kdc, first: str) -> str:
+    return f"""
+service:
+  - name: admins
+    accept: ws://localhost:0/admins
+    type: echo
+    realm-name: corp
+    authorization-constraint:
+      require-role: ADMIN
+security:
+  realm:
+    name: corp
+    authentication:
+      http-challenge-scheme: Negotiate
+      login-modules:
+        login-module:
+{first}
+          - type: ldap
+            options:
+              authenticate: chain
+              strip-realm: "true"
+              userProvider: ldap://127.0.0.1:{slapd.port}/ou=people,{SUFFIX}
+              userFilter: (uid={{USERNAME}})
+              bind-dn: {ADMIN_DN}
+              bind-password-file: ldap-admin.pw
+              group-base: ou=groups,{SUFFIX}
+              role.ADMIN: gw-admins
+"""
+
+
+KERBEROS5 = """          - type: kerberos5
+            options:
+              keyTab: {keytab}
+              principal: HTTP/localhost@EXAMPLE.TEST
+              replay-cache: {rcache}
+"""
+
+
+async def test_directory_groups_give_a_kerberos_user_roles(start_gateway, slapd, kdc, tmp_path, http):
+    pytest.importorskip("gssapi")
+    from .test_kerberos import initiator, negotiate
+
+    (tmp_path / "ldap-admin.pw").write_text(ADMIN_PW + "\n")
+    first = KERBEROS5.format(keytab=kdc.keytab, rcache=tmp_path / "rcache")
+    gw = await start_gateway(chained_config(slapd, kdc, first))
+    url = f"ws://localhost:{gw.port_of('admins')}/admins"
+    alice = initiator(kdc.kinit("alice", tmp_path / "alice.cc"))
+    async with http.ws_connect(url, headers=negotiate(alice.step())) as ws:  # alice is in gw-admins
+        await ws.send_str("hi")
+        assert (await ws.receive()).data == "hi"
+    bob = initiator(kdc.kinit("bob", tmp_path / "bob.cc"))  # a valid ticket, not in gw-admins
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await http.ws_connect(url, headers=negotiate(bob.step()))
+    assert refused.value.status == 403
+
+
+async def test_a_chained_ldap_module_alone_lets_nobody_in(start_gateway, slapd, kdc, tmp_path, http):
+    (tmp_path / "ldap-admin.pw").write_text(ADMIN_PW + "\n")
+    text = chained_config(slapd, kdc, "").replace("Negotiate", "Basic")
+    gw = await start_gateway(text)
+    url = f"ws://localhost:{gw.port_of('admins')}/admins"
+    for headers in ({}, basic("alice", "alicepw"), basic("alice", "wrong")):
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await http.ws_connect(url, headers=headers)
+        assert refused.value.status in (401, 403)

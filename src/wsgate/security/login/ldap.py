@@ -17,6 +17,12 @@ search, so ``ALICE`` and ``alice `` both log in as ``alice``. When the filter
 does not name one such attribute, or the entry holds several values of it, the
 user name is the entry's DN.
 
+With ``authenticate: chain`` the module authenticates nobody: an earlier module of the chain has
+(``kerberos5``, ``jwt``, ``certificate``), and this one looks up the entry of the name that module left
+in the JAAS shared state and grants the roles of its groups, never binding as the user. No earlier
+success, no name: refused. ``strip-realm`` looks up ``alice`` for the Kerberos principal
+``alice@EXAMPLE.COM`` (for ``(uid={USERNAME})``; Active Directory's ``userPrincipalName`` keeps it).
+
 ``Unavailable`` (503) means the directory could not answer: unreachable, timing
 out, or answering busy/unavailable/other. Whatever the client's input causes
 (characters LDAP cannot carry, a server refusing the value's syntax, wrong
@@ -30,7 +36,7 @@ import queue
 import re
 import secrets
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -40,7 +46,7 @@ from ldap3.core import exceptions as ldap_errors
 from ldap3.protocol.sasl.sasl import validate_simple_password
 from ldap3.utils.conv import escape_filter_chars
 
-from ...config.values import parse_duration, parse_enabled
+from ...config.values import parse_choice, parse_duration, parse_enabled
 from ...errors import ConfigError
 from .base import Failed, LoginAttempt, LoginModuleType, Outcome, Succeeded, Unavailable, resolve, user_and_password
 
@@ -82,6 +88,8 @@ OPTIONS = (
     "ca-file",
     "timeout",
     "pool-size",
+    "authenticate",
+    "strip-realm",
 )
 
 
@@ -127,6 +135,8 @@ class LdapLoginModule:
         self.group_attribute = options.get("group-attribute", "cn")
         self.role_map = {name[5:]: value for name, value in options.items() if name.startswith("role.")}
         self.starttls = parse_enabled(options.get("starttls", "false"))
+        self.chained = _option(options, "authenticate", "password", path, ("password", "chain")) == "chain"
+        self.strip_realm = parse_enabled(_option(options, "strip-realm", "false", path, ("true", "false")))
         self.timeout = parse_duration(options.get("timeout", "5s"))
         self.receive_timeout = max(1, math.ceil(self.timeout))  # ldap3 packs it as whole seconds
         self.bind_dn = options.get("bind-dn")
@@ -155,6 +165,8 @@ class LdapLoginModule:
         self.executor = ThreadPoolExecutor(max_workers=size, thread_name_prefix="wsgate-ldap")
 
     async def login(self, attempt: LoginAttempt) -> Outcome:
+        if self.chained:
+            return await self._roles_of_earlier_user(attempt)
         found = user_and_password(attempt)
         if isinstance(found, Failed):
             return found
@@ -168,30 +180,58 @@ class LdapLoginModule:
             return Failed(f"user name or password LDAP cannot carry: {type(exc).__name__}")
         return await attempt.verifier.run(self._login, user, password, attempt.shared, executor=self.executor)
 
+    async def _roles_of_earlier_user(self, attempt: LoginAttempt) -> Outcome:
+        """``authenticate: chain``: the roles of the user an earlier module of this chain authenticated."""
+        name = attempt.shared.get("name")
+        if not name:
+            return Failed("no user authenticated by an earlier module to look up")
+        if self.strip_realm and "@" in name:
+            name = name.rpartition("@")[0]
+        try:
+            name.encode("utf-8")
+        except UnicodeError:
+            return Failed("user name LDAP cannot carry")
+        return await attempt.verifier.run(self._lookup, name, executor=self.executor)
+
     # -- blocking part, in a worker thread --------------------------------------------------------
 
     def _login(self, user: str, password: str, shared: dict[str, str]) -> Outcome:
+        return self._guarded(user, lambda: self._bind_user(user, password, shared))
+
+    def _bind_user(self, user: str, password: str, shared: dict[str, str]) -> Outcome:
+        found = self._search_user(user)
+        if isinstance(found, Failed):
+            self._bind_as(self.nobody, password)  # the work of a wrong password: no timing tells who exists
+            return found
+        dn, attributes = found
+        code = self._bind_as(dn, password)
+        if code is None or code in _SERVER_TROUBLE:
+            return Unavailable(f"LDAP {self.address} could not bind {user!r}: result {code}")
+        if code != 0:
+            return Failed(f"LDAP bind refused for {user!r}: result {code}")
+        roles = self._roles(dn)
+        name = self._authz_name(dn, attributes)
+        shared.setdefault("name", name)
+        return Succeeded(name, roles)
+
+    def _lookup(self, user: str) -> Outcome:
+        """The roles of ``user``'s entry, without binding as the user (``authenticate: chain``)."""
+        return self._guarded(user, lambda: self._roles_of(user))
+
+    def _roles_of(self, user: str) -> Outcome:
+        found = self._search_user(user)
+        return found if isinstance(found, Failed) else Succeeded(None, self._roles(found[0]))
+
+    def _guarded(self, user: str, work: Callable[[], Outcome]) -> Outcome:
+        """``work()``, with the directory's troubles as ``Unavailable`` and the client's input as ``Failed``."""
         try:
-            found = self._search_user(user)
-            if isinstance(found, Failed):
-                self._bind_as(self.nobody, password)  # the work of a wrong password: no timing tells who exists
-                return found
-            dn, attributes = found
-            code = self._bind_as(dn, password)
-            if code is None or code in _SERVER_TROUBLE:
-                return Unavailable(f"LDAP {self.address} could not bind {user!r}: result {code}")
-            if code != 0:
-                return Failed(f"LDAP bind refused for {user!r}: result {code}")
-            roles = self._roles(dn)
+            return work()
         except _OUTAGE as exc:
             return Unavailable(f"LDAP {self.address} unreachable: {type(exc).__name__}")
         except (*_INPUT_ERRORS, InputRefused) as exc:
             return Failed(f"LDAP refused the input for {user!r}: {exc}")
         except ldap_errors.LDAPException as exc:
             return Unavailable(f"LDAP error: {type(exc).__name__}")
-        name = self._authz_name(dn, attributes)
-        shared.setdefault("name", name)
-        return Succeeded(name, roles)
 
     def _search_user(self, user: str) -> tuple[str, dict[str, list[str]]] | Failed:
         search_filter = self.user_filter.replace("{USERNAME}", escape_filter_chars(user))
@@ -320,6 +360,13 @@ class LdapLoginModule:
         if any(len(v) != 1 or not v[0] for v in values.values()):
             return canonical  # "emp-" for everyone without employeeNumber would be a name users share
         return _ATTRIBUTE_REF.sub(lambda m: values[m.group(1).lower()][0], self.authz) or canonical
+
+
+def _option(options: Mapping[str, str], name: str, default: str, path: str, choices: tuple[str, ...]) -> str:
+    try:
+        return parse_choice(options.get(name, default), choices)
+    except ValueError as exc:
+        raise ConfigError(f"{path}/options/{name}", str(exc)) from None
 
 
 def _discard(connection: ldap3.Connection) -> None:
