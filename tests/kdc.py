@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import time
 from pathlib import Path
+
+from .processes import free_port, stop, wait_for_port
 
 REALM = "EXAMPLE.TEST"
 SERVICE = "HTTP/localhost"
@@ -28,12 +27,6 @@ KVNO = shutil.which("kvno") or "/usr/bin/kvno"
 
 def installed() -> bool:
     return all(os.path.exists(p) for p in (KRB5KDC, KDB5_UTIL, KADMIN_LOCAL, KINIT))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def client_config(kdc: str, extra: str = "") -> str:
@@ -127,23 +120,10 @@ class Kdc:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError("krb5kdc did not start")
+        wait_for_port(self.port, "krb5kdc")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        stop(self.process)
         self.process = None
 
     def kinit(self, user: str, ccache: Path, lifetime: str | None = None, config: Path | None = None) -> Path:
@@ -158,3 +138,28 @@ class Kdc:
         """A ``krb5.conf`` whose only KDC for the realm is the KDC proxy at ``url`` (MS-KKDCP over HTTPS)."""
         path.write_text(client_config(url, f"    http_anchors = FILE:{anchors}\n"))
         return path
+
+
+def realm_yaml(kdc: Kdc, scheme: str = "Negotiate", options: str = "", modules: str = "") -> str:
+    """The ``realm`` list of a ``security`` block: realm ``corp`` checking tickets with ``kdc``'s keytab
+    (``kerberos5`` then ``gss``), role AUTHORIZED for alice and bob. ``options``: more kerberos5 option
+    lines (16 spaces in); ``modules``: more login-module items after them."""
+    return f"""  realm:
+    - name: corp
+      authentication:
+        http-challenge-scheme: {scheme}
+        login-modules:
+          login-module:
+            - type: kerberos5
+              options:
+                useKeyTab: "true"
+                keyTab: {kdc.keytab}
+                principal: {SERVICE}@{REALM}
+                isInitiator: "false"
+                storeKey: "true"
+                doNotPrompt: "true"
+                replay-cache: {kdc.folder / "rcache"}
+                role.AUTHORIZED: alice@{REALM}, bob@{REALM}
+{options}
+            - type: gss
+{modules}"""

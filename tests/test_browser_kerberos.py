@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from .conftest import SECURITY_PEM
-from .kdc import REALM, Kdc
+from .kdc import REALM, Kdc, realm_yaml
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CERTUTIL = shutil.which("certutil")
@@ -82,23 +82,7 @@ service:
     accept-options:
       ssl.bind: 127.0.0.1:0
 {SECURITY_PEM.strip()}
-  realm:
-    - name: corp
-      authentication:
-        http-challenge-scheme: Negotiate
-        login-modules:
-          login-module:
-            - type: kerberos5
-              options:
-                useKeyTab: "true"
-                keyTab: {kdc.keytab}
-                principal: HTTP/localhost@{REALM}
-                isInitiator: "false"
-                storeKey: "true"
-                doNotPrompt: "true"
-                replay-cache: {kdc.folder / "rcache"}
-                role.AUTHORIZED: alice@{REALM}, bob@{REALM}
-            - type: gss
+{realm_yaml(kdc)}
 """
 
 

@@ -18,7 +18,7 @@ from wsgate.errors import ConfigError
 from wsgate.gateway import Gateway
 
 from .conftest import port_of, tcp_echo_server
-from .kdc import REALM, Kdc
+from .kdc import Kdc, realm_yaml
 
 gssapi = pytest.importorskip("gssapi")
 SPNEGO = gssapi.OID.from_int_seq("1.3.6.1.5.5.2")
@@ -34,26 +34,7 @@ service:
     authorization-constraint:
       require-role: AUTHORIZED
 security:
-  realm:
-    - name: corp
-      authentication:
-        http-challenge-scheme: {scheme}
-        login-modules:
-          login-module:
-            - type: kerberos5
-              options:
-                useKeyTab: "true"
-                keyTab: {kdc.keytab}
-                principal: HTTP/localhost@{REALM}
-                isInitiator: "false"
-                storeKey: "true"
-                doNotPrompt: "true"
-                replay-cache: {kdc.folder / "rcache"}
-                role.AUTHORIZED: alice@{REALM}, bob@{REALM}
-{options}
-            - type: gss
-{modules}
-"""
+{realm_yaml(kdc, scheme, options, modules)}"""
 
 
 def initiator(ccache: Path, service: str = "HTTP@localhost") -> Any:

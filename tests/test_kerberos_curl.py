@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import SECURITY_PEM, client_ssl
-from .kdc import REALM, Kdc
+from .kdc import Kdc, realm_yaml
 
 gssapi = pytest.importorskip("gssapi")
 SPNEGO = gssapi.OID.from_int_seq("1.3.6.1.5.5.2")
@@ -72,23 +72,7 @@ service:
     accept-options:
       ssl.bind: 127.0.0.1:0
 {SECURITY_PEM.strip()}
-  realm:
-    - name: corp
-      authentication:
-        http-challenge-scheme: Negotiate
-        login-modules:
-          login-module:
-            - type: kerberos5
-              options:
-                useKeyTab: "true"
-                keyTab: {kdc.keytab}
-                principal: HTTP/localhost@{REALM}
-                isInitiator: "false"
-                storeKey: "true"
-                doNotPrompt: "true"
-                replay-cache: {kdc.folder / "rcache"}
-                role.AUTHORIZED: alice@{REALM}, bob@{REALM}
-            - type: gss
+{realm_yaml(kdc)}
 """
 
 
