@@ -171,10 +171,14 @@ class Kerberos5LoginModule:
             else Path(tempfile.gettempdir()) / f"wsgate-rcache-{os.getuid()}"
         )
         folder = private_folder(folder, f"{path}/options/replay-cache")
-        store["rcache"] = f"file2:{folder / (hashlib.sha256(principal.encode()).hexdigest()[:16] + '.rcache2')}"
         try:
             name = gssapi.Name(principal, gssapi.NameType.kerberos_principal)
             self.principal = str(name.canonicalize(gssapi.MechType.kerberos))
+            # One file per service principal, named after its canonical form: two realms that spell it
+            # differently (``HTTP/host`` and ``HTTP/host@REALM``) accept the same tickets, so they must
+            # share one replay cache, or a token used in one realm passes again in the other.
+            digest = hashlib.sha256(self.principal.encode()).hexdigest()[:16]
+            store["rcache"] = f"file2:{folder / (digest + '.rcache2')}"
             # Kerberos only, bare or inside SPNEGO: no IAKERB (the gateway would relay KDC traffic for the
             # client), no NTLM where a gss-ntlmssp plugin is installed.
             spnego = gssapi.OID.from_int_seq(SPNEGO)
