@@ -107,6 +107,10 @@ class ReplayGuard:
         self.seen[digest] = now + self.window
         return True
 
+    def forget(self, token: bytes) -> None:
+        """``token`` authenticated no one (yet): the same bytes may come again without being a replay."""
+        self.seen.pop(hashlib.sha256(token).digest(), None)
+
 
 def private_folder(folder: Path, element: str) -> Path:
     """``folder``, created if missing, owned by this user and closed to others (no symlink games)."""
@@ -210,6 +214,11 @@ class Kerberos5LoginModule:
         if isinstance(step, Failed):
             return step
         if isinstance(step, _Continue):
+            if context is None:
+                # A first round that goes on carries no authenticator of its own (a NegTokenInit offering
+                # another mechanism first: the same bytes for every such client), or one the replay cache
+                # file has just recorded: remembering its bytes would only refuse the next client.
+                self.replays.forget(token)
             if attempt.rounds is None:
                 return Failed("SPNEGO needs another round, and this transport cannot keep one")
             await attempt.rounds.keep(step.context)
