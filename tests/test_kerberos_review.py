@@ -206,7 +206,6 @@ async def test_a_client_that_prefers_another_mechanism_is_not_refused_as_a_repla
     assert isinstance(replayed, Failed) and "replay" in replayed.reason, replayed
 
 
-@pytest.mark.xfail(strict=True, reason="a Busy verifier spends the token (fixed next)")
 async def test_a_busy_verifier_does_not_spend_the_token(kdc, tmp_path) -> None:
     """503 with Retry-After: 1 invites the same request again; the token was never validated, so
     the retry must not be refused as a replay."""
@@ -225,7 +224,6 @@ async def test_a_busy_verifier_does_not_spend_the_token(kdc, tmp_path) -> None:
         verifier.close()
 
 
-@pytest.mark.xfail(strict=True, reason="a Busy verifier drops the round (fixed next)")
 async def test_a_busy_verifier_keeps_the_round_for_the_retry(kdc, tmp_path) -> None:
     """The same for a second round: the GSS context waiting for it must survive the 503."""
     target = module(kdc, tmp_path / "rcache")

@@ -43,7 +43,7 @@ from typing import Any
 
 from ...config.values import parse_csv, parse_enabled
 from ...errors import ConfigError
-from .base import Challenged, Failed, LoginAttempt, LoginModuleType, Outcome, Succeeded, resolve
+from .base import Busy, Challenged, Failed, LoginAttempt, LoginModuleType, Outcome, Succeeded, resolve
 
 KAAZING_OPTIONS = (
     "useKeyTab",
@@ -211,6 +211,14 @@ class Kerberos5LoginModule:
         if context is None and not self.replays.first(token):
             return Failed("Negotiate token replayed")
         step = await attempt.verifier.run(self._step, context, token)
+        if isinstance(step, Busy):
+            # Nothing was validated: the 503's Retry-After invites the same request again, which must find
+            # its token unspent and the round it continues still waiting.
+            if context is None:
+                self.replays.forget(token)
+            elif attempt.rounds is not None:
+                await attempt.rounds.keep(context)
+            return step
         if isinstance(step, Failed):
             return step
         if isinstance(step, _Continue):
@@ -223,8 +231,6 @@ class Kerberos5LoginModule:
                 return Failed("SPNEGO needs another round, and this transport cannot keep one")
             await attempt.rounds.keep(step.context)
             return Challenged("SPNEGO continues", base64.b64encode(step.token).decode())
-        if not isinstance(step, _Done):  # Busy: the realm's verifier is at its bound
-            return step
         return self._succeeded(step, attempt)
 
     def _step(self, context: Any, token: bytes) -> _Continue | _Done | Failed:
