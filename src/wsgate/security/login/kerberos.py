@@ -244,9 +244,15 @@ class Kerberos5LoginModule:
                 return _Continue(context, answer or b"")
             if context.mech != gssapi.MechType.kerberos:
                 return Failed(f"Negotiate token of mechanism {context.mech}, not Kerberos")
-            return _Done(str(context.initiator_name), context.lifetime, answer)
+            initiator, lifetime = bytes(context.initiator_name), context.lifetime
         except gssapi.exceptions.GSSError as exc:
             return Failed(f"Negotiate token refused: {_message(exc)}")
+        try:
+            return _Done(initiator.decode("utf-8"), lifetime, answer)
+        except UnicodeDecodeError:
+            # Kerberos names are bytes: a KDC (one of a trusted foreign realm, say) may issue one that is not
+            # UTF-8. It matches no configured name: refused like any other ticket, not raised (503, traceback).
+            return Failed(f"principal name is not UTF-8: {initiator.decode('utf-8', 'backslashreplace')!r}")
 
     def _succeeded(self, done: _Done, attempt: LoginAttempt) -> Outcome:
         principal = done.principal
