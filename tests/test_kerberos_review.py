@@ -275,3 +275,41 @@ async def test_a_principal_name_that_is_not_utf8_is_refused_not_raised(kdc, tmp_
     target = module(kdc, tmp_path / "rcache")
     outcome = await present(target, initiator(latin1_principal).step())
     assert isinstance(outcome, Failed), outcome
+
+
+async def test_two_kerberos5_modules_in_one_chain_keep_their_rounds_apart(kdc, tmp_path) -> None:
+    """A realm for two host names chains two kerberos5 modules (one service principal each). Both ran on
+    the first round, and the second took the GSS context the first had just kept for the client (one
+    key per client and realm): no multi-round client could ever log in."""
+    from wsgate.security.login.chain import ChainEntry, run_chain
+
+    keytab = tmp_path / "gw.keytab"
+    kdc.admin(f"addprinc -randkey HTTP/gw.review@{REALM}")
+    kdc.admin(f"ktadd -k {keytab} HTTP/gw.review@{REALM}")
+    other = Kerberos5LoginModule(
+        {"keyTab": str(keytab), "principal": f"HTTP/gw.review@{REALM}", "replay-cache": str(tmp_path / "rcache")},
+        "security/realm[corp]/login-module[1]",
+        tmp_path,
+    )
+    chain = [
+        ChainEntry("sufficient", other, "kerberos5"),
+        ChainEntry("sufficient", module(kdc, tmp_path / "rcache"), "kerberos5"),
+    ]
+    rounds = MemoryRounds()
+
+    async def step(token: bytes) -> Any:
+        attempt = LoginAttempt(
+            Credentials("negotiate", base64.b64encode(token).decode()),
+            "192.0.2.1",
+            rounds=Rounds(rounds, "192.0.2.1:40000"),
+        )
+        return (await run_chain(chain, attempt)).outcome
+
+    alice = kdc.kinit("alice", tmp_path / "alice.cc")
+    assert isinstance(await step(_neg_init(NTLM, KRB5)), Challenged)
+    bare = kerberos_initiator(alice)  # a ticket for HTTP/localhost: the second module's
+    second = await step(_neg_resp(token=bare.step()))
+    assert isinstance(second, Challenged), second
+    bare.step(_response_token(base64.b64decode(second.data)))
+    done = await step(_neg_resp(mic=bare.get_signature(_mech_list(NTLM, KRB5))))
+    assert isinstance(done, Succeeded) and done.user == f"alice@{REALM}", done

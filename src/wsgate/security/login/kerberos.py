@@ -198,6 +198,7 @@ class Kerberos5LoginModule:
         own_realm = self.principal.rpartition("@")[2]
         self.realms = frozenset(parse_csv(options.get("realms", own_realm)))
         self.replays = ReplayGuard()
+        self.rounds_key = f"kerberos5@{id(self):x}"  # this module's GSS contexts in the realm's round store
 
     async def login(self, attempt: LoginAttempt) -> Outcome:
         credentials = attempt.credentials
@@ -207,7 +208,8 @@ class Kerberos5LoginModule:
             token = base64.b64decode(credentials.parameter, validate=True)
         except (binascii.Error, ValueError):
             return Failed("Negotiate token is not base64")
-        context = await attempt.rounds.load() if attempt.rounds is not None else None
+        rounds = attempt.rounds.of(self.rounds_key) if attempt.rounds is not None else None
+        context = await rounds.load() if rounds is not None else None
         if context is None and not self.replays.first(token):
             return Failed("Negotiate token replayed")
         step = await attempt.verifier.run(self._step, context, token)
@@ -216,8 +218,8 @@ class Kerberos5LoginModule:
             # its token unspent and the round it continues still waiting.
             if context is None:
                 self.replays.forget(token)
-            elif attempt.rounds is not None:
-                await attempt.rounds.keep(context)
+            elif rounds is not None:
+                await rounds.keep(context)
             return step
         if isinstance(step, Failed):
             return step
@@ -227,9 +229,9 @@ class Kerberos5LoginModule:
                 # another mechanism first: the same bytes for every such client), or one the replay cache
                 # file has just recorded: remembering its bytes would only refuse the next client.
                 self.replays.forget(token)
-            if attempt.rounds is None:
+            if rounds is None:
                 return Failed("SPNEGO needs another round, and this transport cannot keep one")
-            await attempt.rounds.keep(step.context)
+            await rounds.keep(step.context)
             return Challenged("SPNEGO continues", base64.b64encode(step.token).decode())
         return self._succeeded(step, attempt)
 
