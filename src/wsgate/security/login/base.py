@@ -53,6 +53,11 @@ class Rounds:
     async def keep(self, state: object, ttl: float = DEFAULT_TTL) -> None:
         await self.store.put(self.key, state, ttl)
 
+    def of(self, module: str) -> Rounds:
+        """This client's rounds with one module: every module of the chain runs on every round, and one must
+        not take (and spoil) the state another kept, e.g. two ``kerberos5`` modules for two host names."""
+        return Rounds(self.store, f"{self.key} {module}")
+
 
 @dataclass
 class LoginAttempt:

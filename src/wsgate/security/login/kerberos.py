@@ -43,7 +43,7 @@ from typing import Any
 
 from ...config.values import parse_csv, parse_enabled
 from ...errors import ConfigError
-from .base import Challenged, Failed, LoginAttempt, LoginModuleType, Outcome, Succeeded, resolve
+from .base import Busy, Challenged, Failed, LoginAttempt, LoginModuleType, Outcome, Succeeded, resolve
 
 KAAZING_OPTIONS = (
     "useKeyTab",
@@ -106,6 +106,10 @@ class ReplayGuard:
             return False
         self.seen[digest] = now + self.window
         return True
+
+    def forget(self, token: bytes) -> None:
+        """``token`` authenticated no one (yet): the same bytes may come again without being a replay."""
+        self.seen.pop(hashlib.sha256(token).digest(), None)
 
 
 def private_folder(folder: Path, element: str) -> Path:
@@ -171,10 +175,14 @@ class Kerberos5LoginModule:
             else Path(tempfile.gettempdir()) / f"wsgate-rcache-{os.getuid()}"
         )
         folder = private_folder(folder, f"{path}/options/replay-cache")
-        store["rcache"] = f"file2:{folder / (hashlib.sha256(principal.encode()).hexdigest()[:16] + '.rcache2')}"
         try:
             name = gssapi.Name(principal, gssapi.NameType.kerberos_principal)
             self.principal = str(name.canonicalize(gssapi.MechType.kerberos))
+            # One file per service principal, named after its canonical form: two realms that spell it
+            # differently (``HTTP/host`` and ``HTTP/host@REALM``) accept the same tickets, so they must
+            # share one replay cache, or a token used in one realm passes again in the other.
+            digest = hashlib.sha256(self.principal.encode()).hexdigest()[:16]
+            store["rcache"] = f"file2:{folder / (digest + '.rcache2')}"
             # Kerberos only, bare or inside SPNEGO: no IAKERB (the gateway would relay KDC traffic for the
             # client), no NTLM where a gss-ntlmssp plugin is installed.
             spnego = gssapi.OID.from_int_seq(SPNEGO)
@@ -190,6 +198,7 @@ class Kerberos5LoginModule:
         own_realm = self.principal.rpartition("@")[2]
         self.realms = frozenset(parse_csv(options.get("realms", own_realm)))
         self.replays = ReplayGuard()
+        self.rounds_key = f"kerberos5@{id(self):x}"  # this module's GSS contexts in the realm's round store
 
     async def login(self, attempt: LoginAttempt) -> Outcome:
         credentials = attempt.credentials
@@ -199,19 +208,31 @@ class Kerberos5LoginModule:
             token = base64.b64decode(credentials.parameter, validate=True)
         except (binascii.Error, ValueError):
             return Failed("Negotiate token is not base64")
-        context = await attempt.rounds.load() if attempt.rounds is not None else None
+        rounds = attempt.rounds.of(self.rounds_key) if attempt.rounds is not None else None
+        context = await rounds.load() if rounds is not None else None
         if context is None and not self.replays.first(token):
             return Failed("Negotiate token replayed")
         step = await attempt.verifier.run(self._step, context, token)
+        if isinstance(step, Busy):
+            # Nothing was validated: the 503's Retry-After invites the same request again, which must find
+            # its token unspent and the round it continues still waiting.
+            if context is None:
+                self.replays.forget(token)
+            elif rounds is not None:
+                await rounds.keep(context)
+            return step
         if isinstance(step, Failed):
             return step
         if isinstance(step, _Continue):
-            if attempt.rounds is None:
+            if context is None:
+                # A first round that goes on carries no authenticator of its own (a NegTokenInit offering
+                # another mechanism first: the same bytes for every such client), or one the replay cache
+                # file has just recorded: remembering its bytes would only refuse the next client.
+                self.replays.forget(token)
+            if rounds is None:
                 return Failed("SPNEGO needs another round, and this transport cannot keep one")
-            await attempt.rounds.keep(step.context)
+            await rounds.keep(step.context)
             return Challenged("SPNEGO continues", base64.b64encode(step.token).decode())
-        if not isinstance(step, _Done):  # Busy: the realm's verifier is at its bound
-            return step
         return self._succeeded(step, attempt)
 
     def _step(self, context: Any, token: bytes) -> _Continue | _Done | Failed:
@@ -225,9 +246,15 @@ class Kerberos5LoginModule:
                 return _Continue(context, answer or b"")
             if context.mech != gssapi.MechType.kerberos:
                 return Failed(f"Negotiate token of mechanism {context.mech}, not Kerberos")
-            return _Done(str(context.initiator_name), context.lifetime, answer)
+            initiator, lifetime = bytes(context.initiator_name), context.lifetime
         except gssapi.exceptions.GSSError as exc:
             return Failed(f"Negotiate token refused: {_message(exc)}")
+        try:
+            return _Done(initiator.decode("utf-8"), lifetime, answer)
+        except UnicodeDecodeError:
+            # Kerberos names are bytes: a KDC (one of a trusted foreign realm, say) may issue one that is not
+            # UTF-8. It matches no configured name: refused like any other ticket, not raised (503, traceback).
+            return Failed(f"principal name is not UTF-8: {initiator.decode('utf-8', 'backslashreplace')!r}")
 
     def _succeeded(self, done: _Done, attempt: LoginAttempt) -> Outcome:
         principal = done.principal
