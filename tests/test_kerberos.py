@@ -18,7 +18,7 @@ from wsgate.errors import ConfigError
 from wsgate.gateway import Gateway
 
 from .conftest import port_of, tcp_echo_server
-from .kdc import Kdc, realm_yaml
+from .kdc import REALM, Kdc, realm_yaml
 
 gssapi = pytest.importorskip("gssapi")
 SPNEGO = gssapi.OID.from_int_seq("1.3.6.1.5.5.2")
@@ -279,3 +279,27 @@ async def test_bare_kerberos_tokens_pass_and_other_mechanisms_do_not(start_gatew
     relaying = gssapi.Credentials(usage="initiate", store={"ccache": f"FILE:{alice}"}, mechs=[iakerb])
     relay = gssapi.SecurityContext(name=target, mech=iakerb, usage="initiate", creds=relaying)
     assert (await refused(http, url, negotiate(relay.step()))).status == 403
+
+
+def test_a_refused_ticket_leaves_nothing_for_gss_or_later_modules(kdc, tmp_path) -> None:
+    from wsgate.security.challenges import Credentials
+    from wsgate.security.login import LoginAttempt
+    from wsgate.security.login.kerberos import Kerberos5LoginModule, _Done
+
+    options = {"keyTab": str(kdc.keytab), "principal": f"HTTP/localhost@{REALM}", "replay-cache": str(tmp_path / "rc")}
+    module = Kerberos5LoginModule(options, "realm/login-module[1]", tmp_path)
+    attempt = LoginAttempt(Credentials(), "192.0.2.1")
+    for done in (_Done(f"alice@{REALM}", 0, None), _Done("alice@OTHER.TEST", 600, None)):
+        assert type(module._succeeded(done, attempt)).__name__ == "Failed"
+    assert attempt.shared == {}  # a gss after an optional kerberos5 finds no principal to confirm
+
+
+async def test_gss_after_an_optional_kerberos5_that_failed_lets_nobody_in(start_gateway, kdc, http) -> None:
+    text = realm_config(kdc).replace(
+        "            - type: kerberos5\n", "            - type: kerberos5\n              success: optional\n"
+    )
+    assert "success: optional" in text
+    gateway = await start_gateway(text)
+    url = f"http://localhost:{gateway.port_of('kerberized')}/k"
+    for headers in ({"Authorization": "Negotiate AAAA"}, {"Authorization": "Negotiate YIIB"}):
+        assert (await refused(http, url, headers)).status in (401, 403)

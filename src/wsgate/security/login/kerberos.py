@@ -13,11 +13,12 @@ Beyond Kaazing:
 - ``realms``: the client realms accepted (default: the service principal's realm). A ticket from a
   realm the KDC trusts by a cross-realm key is still refused unless listed.
 - ``roles`` (every authenticated principal) and ``role.NAME`` (principals, ``*@REALM`` for a whole
-  realm): roles; a following module (``ldap``, ``file``) may add more.
-- ``replay-cache``: the folder of the replay cache file (MIT ``file2``, shared by workers). Default: a
-  private folder of this user under the system temporary folder, never the machine-wide default. Every
-  process also remembers the digests of the tokens it saw for the clock-skew window, so a replayed token
-  is refused even where the file cache is not consulted.
+  realm): roles; a following ``ldap`` module with ``authenticate: chain`` may add directory groups.
+- ``replay-cache``: the folder of the replay cache file (MIT ``file2``, shared by workers; one file per
+  canonical service principal). Default: a private folder of this user under the system temporary
+  folder, never the machine-wide default. The file is the protection against replays; each module also
+  remembers the digests of the first tokens it saw for the clock-skew window, which refuses a byte-exact
+  replay before any decryption (a re-wrapped ticket is left to the file).
 
 SPNEGO may need more than one round: the GSS context waits in the realm's round store under the
 client's connection (``LoginAttempt.rounds``) and the client gets ``Challenged`` with the server's
@@ -32,6 +33,7 @@ import base64
 import binascii
 import hashlib
 import os
+import secrets
 import stat
 import tempfile
 import time
@@ -58,7 +60,9 @@ KAAZING_OPTIONS = (
 REPLAY_WINDOW = 300.0  # seconds: Kerberos' default clock skew, beyond which an authenticator is refused anyway
 REPLAY_LIMIT = 100_000  # token digests remembered per module (about 10 MB at the bound)
 SPNEGO = "1.3.6.1.5.5.2"
-VALIDATED = "kerberos"  # shared-state key: the principal a kerberos5 module validated in this attempt
+# Shared-state key under which kerberos5 leaves the principal it validated for gss: not a name a module
+# of the operator's would write by chance (gss must never take another module's word for a ticket).
+VALIDATED = f"wsgate.kerberos5.validated.{secrets.token_hex(8)}"
 
 
 def _gssapi() -> Any:
@@ -264,9 +268,11 @@ class Kerberos5LoginModule:
         roles = self.roles | {
             role for role, members in self.role_rules.items() if principal in members or f"*@{realm}" in members
         }
-        attempt.shared.setdefault("name", principal)
+        if done.lifetime is not None and done.lifetime <= 0:
+            return Failed(f"ticket of {principal!r} has no lifetime left")
+        attempt.shared.setdefault("name", principal)  # only once it succeeds: gss and chained modules trust it
         attempt.shared[VALIDATED] = principal
-        expires_at = time.time() + done.lifetime if done.lifetime else None
+        expires_at = time.time() + done.lifetime if done.lifetime is not None else None
         response = base64.b64encode(done.token).decode() if done.token else None
         return Succeeded(principal, frozenset(roles), expires_at, response=response)
 
