@@ -1,4 +1,4 @@
-"""``wsgate`` command line: ``run`` and ``check-config``."""
+"""``wsgate`` command line: ``run``, ``check-config``, ``default-config``, ``dev-certs``, ``hash-password``."""
 
 from __future__ import annotations
 
@@ -56,6 +56,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _command(args: argparse.Namespace) -> int:
     if args.command == "default-config":
         return _default_config(args.directory)
+    if args.command == "dev-certs":
+        return _dev_certs(args)
+    if args.command == "hash-password":
+        return _hash_password(args.stdin)
     configure_logging(args.log_level, args.log_format)
     overrides = {**properties_from_env(os.environ), **_properties(args.property)}
     path = args.config
@@ -104,6 +108,7 @@ def describe_os_error(exc: OSError) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wsgate", description="Secure WebSocket gateway")
+    parser.add_argument("--version", action="version", version=f"wsgate {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="start the gateway (embedded default config if none given)")
     run.add_argument("config", nargs="?", help="gateway-config.xml or YAML config")
@@ -123,6 +128,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     scaffold = commands.add_parser("default-config", help="print the embedded default config, or write it to a folder")
     scaffold.add_argument("directory", nargs="?", help="write gateway.yaml, jaas-config.xml and web/ here")
+    certs = commands.add_parser(
+        "dev-certs",
+        help="DEVELOPMENT ONLY: a private CA, a server keystore and client certificates for trying TLS",
+        description="Make a private CA (reused if the folder has one), a server keystore for --host names, "
+        "truststore.pem (the CA, for ssl.verify-client) and client certificates. Development only: every "
+        "certificate says so, and the CA's key lies next to the stores.",
+    )
+    certs.add_argument("directory", help="the folder to write to (created; existing files are never overwritten)")
+    certs.add_argument(
+        "--host", action="append", default=[], metavar="NAME", help="a host name or IP clients use (repeatable)"
+    )
+    certs.add_argument(
+        "--client", action="append", default=[], metavar="NAME", help="a client certificate for NAME (repeatable)"
+    )
+    certs.add_argument("--format", choices=("pkcs12", "jks", "pem"), default="pkcs12", help="server keystore format")
+    certs.add_argument("--days", type=_positive, default=825, help="validity in days (default 825)")
+    hashing = commands.add_parser(
+        "hash-password", help="an argon2id hash of a password, for <password> in jaas-config.xml"
+    )
+    hashing.add_argument(
+        "--stdin", action="store_true", help="read the password from standard input instead of prompting"
+    )
     check = commands.add_parser("check-config", help="validate a config without binding any port")
     check.add_argument("config", help="gateway-config.xml or YAML config")
     check.add_argument(
@@ -147,6 +174,50 @@ def _parser() -> argparse.ArgumentParser:
             help="JSON lines, or a readable console format; auto: console on a terminal, JSON otherwise",
         )
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("wsgate")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def _dev_certs(args: argparse.Namespace) -> int:
+    from .security.devcerts import LABEL, make
+
+    made = make(Path(args.directory), args.host, args.client, args.format, args.days)
+    folder = made.folder
+    print(f"{LABEL.upper()}: not for production; the CA's key is {folder / 'dev-ca.key'}")
+    if made.reused:
+        print(f"reused the CA in {folder}")
+    print(f"wrote {', '.join(made.written)} to {folder}")
+    store = {"pkcs12": "PKCS12", "jks": "JKS", "pem": "PEM"}[args.format]
+    password = f", password-file: {made.password_file}" if args.format != "pem" else ""
+    print("security:")
+    print(f"  keystore: {{type: {store}, file: {made.keystore}{password}}}")
+    print("  truststore: {type: PEM, file: truststore.pem}   # client certificates for ssl.verify-client")
+    print(f"clients trust {folder / 'dev-ca.pem'} (wsgate-client --cacert, curl --cacert, a browser's authorities)")
+    return 0
+
+
+def _hash_password(from_stdin: bool) -> int:
+    from .security.login.file import hash_password
+
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        import getpass
+
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            raise ConfigError("hash-password", "the two passwords differ; nothing printed")
+    if not password:
+        raise ConfigError("hash-password", "an empty password would let anyone in with the user's name")
+    print(hash_password(password))
+    return 0
 
 
 def _positive(text: str) -> int:

@@ -94,6 +94,11 @@ def verify(kind: str, stored: str, given: bytes) -> bool:
     return hmac.compare_digest(hashlib.sha256(stored.encode()).digest(), hashlib.sha256(given).digest())
 
 
+def hash_password(password: str) -> str:
+    """An argon2id hash (argon2-cffi's defaults) to store as a user's ``<password>``."""
+    return _ARGON2.hash(password)
+
+
 def load_users(path: Path, element: str) -> dict[str, User]:
     parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, remove_comments=True)
     try:
