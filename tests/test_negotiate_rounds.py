@@ -119,3 +119,16 @@ async def test_round_state_expires_and_is_bounded() -> None:
         await rounds.put(key, key)
     assert len(rounds) == 3 and await rounds.take("b") is None  # the oldest went first
     assert await rounds.take("e") == "e" and await rounds.take("e") is None
+
+
+async def test_one_address_cannot_push_out_other_clients_rounds() -> None:
+    rounds = MemoryRounds(limit=20, per_owner=4)
+    await rounds.put("198.51.100.9:1000", "victim's round", owner="198.51.100.9")
+    for port in range(100):  # an attacker opening first rounds from many source ports
+        await rounds.put(f"203.0.113.6:{port}", "junk", owner="203.0.113.6")
+    assert len(rounds) == 5  # 4 of the attacker's, the victim's untouched
+    assert await rounds.take("198.51.100.9:1000") == "victim's round"
+    assert await rounds.take("203.0.113.6:99") == "junk" and await rounds.take("203.0.113.6:0") is None
+    await rounds.put("203.0.113.6:5", "again", owner="203.0.113.6")
+    await rounds.put("203.0.113.6:5", "replaced", owner="203.0.113.6")  # the same key twice counts once
+    assert await rounds.take("203.0.113.6:5") == "replaced"

@@ -130,7 +130,7 @@ class RealmRuntime:
             identity = await self.session_identity(session_token)
             if identity is not None and not await self.revoked(identity):
                 return Proof(identity)
-        rounds = Rounds(self.rounds, handshake.client) if handshake.client else None
+        rounds = Rounds(self.rounds, handshake.client, handshake.remote) if handshake.client else None
         result = await run_chain(
             self.chain,
             LoginAttempt(credentials, handshake.remote, handshake.peer, verifier=self.verifier, rounds=rounds),

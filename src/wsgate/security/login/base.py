@@ -45,18 +45,19 @@ class Rounds:
 
     store: RoundStore
     key: str  # the client connection (each realm has its own store)
+    owner: str = ""  # the client's address: the store bounds what one address may keep waiting
 
     async def load(self) -> object | None:
         """What the previous round kept for this client (taken: keep it again to carry it further)."""
         return await self.store.take(self.key)
 
     async def keep(self, state: object, ttl: float = DEFAULT_TTL) -> None:
-        await self.store.put(self.key, state, ttl)
+        await self.store.put(self.key, state, ttl, self.owner)
 
     def of(self, module: str) -> Rounds:
         """This client's rounds with one module: every module of the chain runs on every round, and one must
         not take (and spoil) the state another kept, e.g. two ``kerberos5`` modules for two host names."""
-        return Rounds(self.store, f"{self.key} {module}")
+        return Rounds(self.store, f"{self.key} {module}", self.owner)
 
 
 @dataclass
