@@ -11,6 +11,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 from playwright.sync_api import Page, sync_playwright
 
@@ -85,8 +86,41 @@ def admin_console(page: Page) -> dict[str, str]:
     return {"closed": session_id, "status": page.text_content("#status") or ""}
 
 
+CHARTS = ("connections", "handshakes", "messages", "bytes", "auth")
+
+
+def console_charts(page: Page) -> dict[str, object]:
+    """The management console's charts fill up as the test's traffic runs (selectors, not eval: CSP)."""
+    # data-filled: the keys of a chart's series that drew a value above zero (console.html sets it)
+    for chart, key in (
+        ("connections", "echo"),
+        ("handshakes", "101"),
+        ("handshakes", "403"),
+        ("messages", "echo/in"),
+        ("messages", "echo/out"),
+        ("bytes", "echo/in"),
+        ("auth", "p50"),
+        ("auth", "p95"),
+    ):
+        page.wait_for_selector(f"#chart-{chart}[data-filled~='{key}']", timeout=20000)
+    for _ in range(100):  # a few more samples (a second apart at first) for the screenshot
+        if int(page.get_attribute("#chart-auth", "data-points") or 0) >= 6:
+            break
+        page.wait_for_timeout(200)
+    return {
+        chart: {
+            "canvases": len(page.query_selector_all(f"#chart-{chart} canvas")),
+            "points": page.get_attribute(f"#chart-{chart}", "data-points"),
+            "filled": page.get_attribute(f"#chart-{chart}", "data-filled"),
+            "legend": page.text_content(f"#chart-{chart} .u-legend"),
+        }
+        for chart in CHARTS
+    }
+
+
 SCENARIOS = {
     "admin-console": admin_console,
+    "console-charts": console_charts,
     "console": console,
     "echo": sign_in_and_echo,
     "renewal": renewal,
@@ -114,15 +148,17 @@ def main(scenario: str, url: str, home: str | None = None) -> int:
             ],
         )
         credentials = os.environ.get("WSGATE_TEST_CREDENTIALS")  # user:password for HTTP authentication
+        options: dict[str, Any] = {"color_scheme": os.environ.get("WSGATE_TEST_COLOR_SCHEME", "light")}
         if credentials:
             user, _, password = credentials.partition(":")
-            page = browser.new_context(http_credentials={"username": user, "password": password}).new_page()
-        else:
-            page = browser.new_page()
+            options["http_credentials"] = {"username": user, "password": password}
+        page = browser.new_context(**options).new_page()
         page.on("console", lambda message: LOADED.append(message.text))
         try:
             page.goto(url)
             result = SCENARIOS[scenario](page)
+            if screenshot := os.environ.get("WSGATE_TEST_SCREENSHOT"):  # where to save the page once it passed
+                page.screenshot(path=screenshot, full_page=True)
         except Exception as exc:
             ARTIFACTS.mkdir(exist_ok=True)
             try:

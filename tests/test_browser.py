@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -271,3 +272,51 @@ async def test_management_console_shows_sessions_live_and_closes_one(start_gatew
     msg = await asyncio.wait_for(joe.receive(), 3)
     assert msg.type.name == "CLOSE" and msg.data == 1008 and msg.extra == "closed by administrator"
     assert not gw.runtime.connections  # the only session is gone
+
+
+async def test_management_console_charts_traffic_as_it_happens(start_gateway, tmp_path, http, monkeypatch):
+    from .test_management import GATEWAY, JOE, USERS, basic
+
+    (tmp_path / "jaas-config.xml").write_text(USERS)
+    gw = await start_gateway(GATEWAY)
+    echo = f"ws://127.0.0.1:{gw.port_of('echo')}/echo"
+    stop = asyncio.Event()
+
+    async def traffic() -> None:
+        """Two connections that stay, one that comes and goes, messages, and a refused login, twice a second."""
+        steady = [await http.ws_connect(echo, headers=JOE) for _ in range(2)]
+        try:
+            while not stop.is_set():
+                async with http.ws_connect(echo, headers=JOE) as ws:
+                    for text in ("tick", "tock"):
+                        await ws.send_str(text)
+                        await ws.receive()
+                for ws in steady:
+                    await ws.send_str("x" * 100)
+                    await ws.receive()
+                with pytest.raises(aiohttp.WSServerHandshakeError):
+                    await http.ws_connect(echo, headers=basic("joe", "wrong"))
+                await asyncio.sleep(0.5)
+        finally:
+            for ws in steady:
+                await ws.close()
+
+    screenshot = tmp_path / "console.png"
+    monkeypatch.setenv("WSGATE_TEST_CREDENTIALS", "root:t0ps3cret")
+    monkeypatch.setenv("WSGATE_TEST_SCREENSHOT", str(screenshot))
+    running = asyncio.create_task(traffic())
+    try:
+        result = await in_browser("console-charts", f"http://127.0.0.1:{gw.port_of('admin')}/admin/")
+    finally:
+        stop.set()
+        await running
+    assert "error" not in result, result
+    for chart in ("connections", "handshakes", "messages", "bytes", "auth"):
+        drawn = result[chart]
+        assert drawn["canvases"] >= 1 and int(drawn["points"]) >= 2, (chart, drawn)
+    assert "echo" in result["connections"]["filled"].split()
+    assert {"101", "403"} <= set(result["handshakes"]["filled"].split())
+    assert {"echo/in", "echo/out"} <= set(result["messages"]["filled"].split())
+    assert {"p50", "p95"} <= set(result["auth"]["filled"].split())
+    assert "403 refused" in result["handshakes"]["legend"] and "echo in" in result["bytes"]["legend"]
+    assert screenshot.read_bytes().startswith(b"\x89PNG") and screenshot.stat().st_size > 20_000
