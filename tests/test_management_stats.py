@@ -94,11 +94,14 @@ async def test_stats_add_up_open_and_closed_connections_handshakes_and_login_tim
     assert answer["handshakes"] == {"101": 2, "401": 1, "403": 1, "429": 0, "503": 0, "other": 0}
     auth = answer["auth"]
     assert auth["count"] == 3 and auth["sum"] == pytest.approx(9.203)
-    assert dict(zip(auth["le"], auth["buckets"], strict=True)) == {
-        **dict.fromkeys(AUTH_BUCKETS[:3], 0),  # cumulative, as Prometheus' le buckets
-        **dict.fromkeys(AUTH_BUCKETS[3:8], 1),
-        **dict.fromkeys(AUTH_BUCKETS[8:], 2),
-    }
+    assert (
+        dict(zip(auth["le"], auth["buckets"], strict=True))
+        == {
+            **dict.fromkeys(AUTH_BUCKETS[:3], 0),  # cumulative, as Prometheus' le buckets
+            **dict.fromkeys(AUTH_BUCKETS[3:8], 1),
+            **dict.fromkeys(AUTH_BUCKETS[8:], 2),
+        }
+    )
 
 
 async def test_the_vendored_library_is_served_with_its_type_and_cached_privately(admin):
