@@ -11,6 +11,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 from playwright.sync_api import Page, sync_playwright
 
@@ -35,11 +36,52 @@ def renewal(page: Page) -> dict[str, str]:
     return sign_in_and_echo(page, wait_renewal=True)
 
 
-def bad_credentials(page: Page) -> dict[str, str]:
+def screenshot(page: Page) -> None:
+    """Save the page where the test asked (WSGATE_TEST_SCREENSHOT), if it asked."""
+    if path := os.environ.get("WSGATE_TEST_SCREENSHOT"):
+        page.screenshot(path=path, full_page=True)
+
+
+def buttons(page: Page) -> dict[str, bool]:
+    """Which of the sign-in buttons are enabled."""
+    return {name: page.is_enabled(f"#{name}") for name in ("login", "logout")}
+
+
+def bad_credentials(page: Page) -> dict[str, object]:
     page.fill("#password", "nope")
     page.click("#login")
     page.wait_for_selector("#secure-log .error", timeout=10000)
-    return {"secure": page.text_content("#secure-log") or ""}
+    page.wait_for_selector("#login:enabled", timeout=5000)
+    return {
+        "secure": page.text_content("#secure-log") or "",
+        "alert": page.text_content("#login-error") or "",
+        "session": page.text_content("#session") or "",
+        "buttons": buttons(page),
+    }
+
+
+def sign_in_states(page: Page) -> dict[str, object]:
+    """Sign in is enabled only while signed out, Sign out only while signed in."""
+    states = {"before": buttons(page)}
+    page.click("#login")
+    page.wait_for_selector("#secure-log .in", timeout=10000)
+    states["signed in"] = buttons(page)
+    screenshot(page)
+    page.click("#logout")
+    page.wait_for_selector("#secure-log >> text=logged out", timeout=10000)
+    page.wait_for_selector("#login:enabled", timeout=5000)
+    states["signed out"] = buttons(page)
+    return {"states": states, "secure": page.text_content("#secure-log") or ""}
+
+
+def copy_commands(page: Page) -> dict[str, object]:
+    """Each "Next" command has a Copy button that puts exactly that command on the clipboard."""
+    copied = []
+    for button in page.query_selector_all("#next button.copy"):
+        button.click()
+        page.wait_for_function("(b) => b.textContent !== 'Copy'", arg=button, timeout=5000)
+        copied.append({"label": button.text_content(), "clipboard": page.evaluate("navigator.clipboard.readText()")})
+    return {"copied": copied}
 
 
 def foreign_origin(page: Page) -> dict[str, str]:
@@ -85,13 +127,49 @@ def admin_console(page: Page) -> dict[str, str]:
     return {"closed": session_id, "status": page.text_content("#status") or ""}
 
 
+CHARTS = ("connections", "handshakes", "messages", "bytes", "auth")
+
+
+def console_charts(page: Page) -> dict[str, object]:
+    """The management console's charts fill up as the test's traffic runs (selectors, not eval: CSP)."""
+    # data-filled: the keys of a chart's series that drew a value above zero (console.html sets it)
+    for chart, key in (
+        ("connections", "echo"),
+        ("handshakes", "101"),
+        ("handshakes", "403"),
+        ("messages", "echo/in"),
+        ("messages", "echo/out"),
+        ("bytes", "echo/in"),
+        ("auth", "p50"),
+        ("auth", "p95"),
+    ):
+        page.wait_for_selector(f"#chart-{chart}[data-filled~='{key}']", timeout=20000)
+    for _ in range(100):  # a few more samples (a second apart at first) for the screenshot
+        if int(page.get_attribute("#chart-auth", "data-points") or 0) >= 6:
+            break
+        page.wait_for_timeout(200)
+    screenshot(page)
+    return {
+        chart: {
+            "canvases": len(page.query_selector_all(f"#chart-{chart} canvas")),
+            "points": page.get_attribute(f"#chart-{chart}", "data-points"),
+            "filled": page.get_attribute(f"#chart-{chart}", "data-filled"),
+            "legend": page.text_content(f"#chart-{chart} .u-legend"),
+        }
+        for chart in CHARTS
+    }
+
+
 SCENARIOS = {
     "admin-console": admin_console,
+    "console-charts": console_charts,
     "console": console,
     "echo": sign_in_and_echo,
     "renewal": renewal,
     "until-closed": until_closed,
     "bad-credentials": bad_credentials,
+    "sign-in-states": sign_in_states,
+    "copy": copy_commands,
     "origin": foreign_origin,
 }
 
@@ -114,11 +192,14 @@ def main(scenario: str, url: str, home: str | None = None) -> int:
             ],
         )
         credentials = os.environ.get("WSGATE_TEST_CREDENTIALS")  # user:password for HTTP authentication
+        options: dict[str, Any] = {
+            "color_scheme": os.environ.get("WSGATE_TEST_COLOR_SCHEME", "light"),
+            "permissions": ["clipboard-read", "clipboard-write"],  # the demo page's Copy buttons
+        }
         if credentials:
             user, _, password = credentials.partition(":")
-            page = browser.new_context(http_credentials={"username": user, "password": password}).new_page()
-        else:
-            page = browser.new_page()
+            options["http_credentials"] = {"username": user, "password": password}
+        page = browser.new_context(**options).new_page()
         page.on("console", lambda message: LOADED.append(message.text))
         try:
             page.goto(url)

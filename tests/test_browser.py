@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -102,7 +103,44 @@ async def test_bad_credentials_show_a_clear_error(start_gateway, site):
     gw = await start_gateway(CONFIG.format(scheme="http", ws="ws", bind="tcp.bind", security="security:"))
 
     result = await in_browser("bad-credentials", f"http://127.0.0.1:{gw.port_of('demo')}/")
-    assert "sign-in failed: sign-in refused: HTTP 403" in result.get("secure", result.get("error"))
+    assert "error" not in result, result
+    words = "sign-in refused: wrong user name or password"
+    assert words in result["secure"] and result["alert"].startswith(words)  # in the log and next to the form
+    assert "HTTP" not in result["secure"]
+    assert result["session"] == "signed out" and result["buttons"] == {"login": True, "logout": False}
+
+
+async def test_sign_in_and_sign_out_are_enabled_only_when_they_make_sense(start_gateway, site, tmp_path, monkeypatch):
+    gw = await start_gateway(CONFIG.format(scheme="http", ws="ws", bind="tcp.bind", security="security:"))
+    screenshot = tmp_path / "demo.png"
+    monkeypatch.setenv("WSGATE_TEST_SCREENSHOT", str(screenshot))
+    result = await in_browser("sign-in-states", f"http://127.0.0.1:{gw.port_of('demo')}/")
+    assert "error" not in result, result
+    assert result["states"] == {
+        "before": {"login": True, "logout": False},
+        "signed in": {"login": False, "logout": True},
+        "signed out": {"login": True, "logout": False},
+    }
+    assert "closed: 1008 (policy) logged out" in result["secure"]
+    assert screenshot.read_bytes().startswith(b"\x89PNG") and screenshot.stat().st_size > 20_000
+
+
+async def test_the_next_commands_can_be_copied(start_gateway, site):
+    gw = await start_gateway(CONFIG.format(scheme="http", ws="ws", bind="tcp.bind", security="security:"))
+    result = await in_browser("copy", f"http://127.0.0.1:{gw.port_of('demo')}/")
+    assert "error" not in result, result
+    assert result["copied"] == [
+        {"label": "Copied", "clipboard": "wsgate default-config mygateway/"},
+        {"label": "Copied", "clipboard": "wsgate check-config mygateway/gateway.yaml"},
+        {"label": "Copied", "clipboard": "wsgate run mygateway/gateway.yaml"},
+    ]
+
+
+def test_the_demo_page_makes_no_request_elsewhere():
+    """One self-contained page: no stylesheet, font, image or script from another origin."""
+    page = (WEB / "index.html").read_text()
+    assert "http://" not in page and "https://" not in page and "//fonts" not in page
+    assert "<link" not in page and "<img" not in page and "src=" not in page
 
 
 async def test_a_disallowed_origin_is_refused(start_gateway, site):
@@ -114,7 +152,7 @@ async def test_a_disallowed_origin_is_refused(start_gateway, site):
     result = await in_browser("origin", url)
     assert "error" not in result, result
     assert "connection refused or failed" in result["echo"] and "connected to" not in result["echo"]
-    assert "sign-in failed" in result["secure"]
+    assert "sign-in failed: the gateway did not answer" in result["secure"]
 
 
 @pytest.mark.skipif(shutil.which("certutil") is None and not os.environ.get("CI"), reason="certutil not installed")
@@ -271,3 +309,51 @@ async def test_management_console_shows_sessions_live_and_closes_one(start_gatew
     msg = await asyncio.wait_for(joe.receive(), 3)
     assert msg.type.name == "CLOSE" and msg.data == 1008 and msg.extra == "closed by administrator"
     assert not gw.runtime.connections  # the only session is gone
+
+
+async def test_management_console_charts_traffic_as_it_happens(start_gateway, tmp_path, http, monkeypatch):
+    from .test_management import GATEWAY, JOE, USERS, basic
+
+    (tmp_path / "jaas-config.xml").write_text(USERS)
+    gw = await start_gateway(GATEWAY)
+    echo = f"ws://127.0.0.1:{gw.port_of('echo')}/echo"
+    stop = asyncio.Event()
+
+    async def traffic() -> None:
+        """Two connections that stay, one that comes and goes, messages, and a refused login, twice a second."""
+        steady = [await http.ws_connect(echo, headers=JOE) for _ in range(2)]
+        try:
+            while not stop.is_set():
+                async with http.ws_connect(echo, headers=JOE) as ws:
+                    for text in ("tick", "tock"):
+                        await ws.send_str(text)
+                        await ws.receive()
+                for ws in steady:
+                    await ws.send_str("x" * 100)
+                    await ws.receive()
+                with pytest.raises(aiohttp.WSServerHandshakeError):
+                    await http.ws_connect(echo, headers=basic("joe", "wrong"))
+                await asyncio.sleep(0.5)
+        finally:
+            for ws in steady:
+                await ws.close()
+
+    screenshot = tmp_path / "console.png"
+    monkeypatch.setenv("WSGATE_TEST_CREDENTIALS", "root:t0ps3cret")
+    monkeypatch.setenv("WSGATE_TEST_SCREENSHOT", str(screenshot))
+    running = asyncio.create_task(traffic())
+    try:
+        result = await in_browser("console-charts", f"http://127.0.0.1:{gw.port_of('admin')}/admin/")
+    finally:
+        stop.set()
+        await running
+    assert "error" not in result, result
+    for chart in ("connections", "handshakes", "messages", "bytes", "auth"):
+        drawn = result[chart]
+        assert drawn["canvases"] >= 1 and int(drawn["points"]) >= 2, (chart, drawn)
+    assert "echo" in result["connections"]["filled"].split()
+    assert {"101", "403"} <= set(result["handshakes"]["filled"].split())
+    assert {"echo/in", "echo/out"} <= set(result["messages"]["filled"].split())
+    assert {"p50", "p95"} <= set(result["auth"]["filled"].split())
+    assert "403 refused" in result["handshakes"]["legend"] and "echo in" in result["bytes"]["legend"]
+    assert screenshot.read_bytes().startswith(b"\x89PNG") and screenshot.stat().st_size > 20_000

@@ -17,6 +17,10 @@ and marked ``insecure``). Under its accept path:
     DELETE /api/revocations/<key> lift a revocation early
     POST   /api/reload            re-read the config; answers 422 with the located error if it is refused,
                                   500 if it failed otherwise (the running configuration stays either way)
+    GET    /api/stats             the totals the console charts: traffic per service, handshakes by
+                                  outcome, the login-time histogram (read from the metrics, nothing new
+                                  counted); the console polls it and keeps 15 minutes of samples itself
+    GET    /vendor/<file>         the console's charting library (uPlot, resources/management/vendor)
     GET    /live                  WebSocket: the services and sessions every second, for the console
     GET    /metrics               Prometheus exposition
 
@@ -35,6 +39,7 @@ import base64
 import hashlib
 import json
 import logging
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -58,18 +63,29 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("wsgate.management")
 CONSOLE = Path(__file__).parent.parent / "resources" / "management" / "console.html"
+VENDOR = CONSOLE.parent / "vendor"
+# What GET <path>/vendor/<name> serves: these files only, whatever else the folder holds.
+VENDOR_TYPES = {
+    "uPlot.iife.min.js": "text/javascript; charset=utf-8",
+    "uPlot.min.css": "text/css; charset=utf-8",
+}
+# Behind the realm like the console: browsers keep them for an hour (only for this user: private), then
+# revalidate (aiohttp's FileResponse answers If-None-Match / If-Modified-Since with 304).
+VENDOR_CACHE = "private, max-age=3600"
 
 
 def _console_headers() -> dict[str, str]:
-    """Only the console's own inline script may run (by hash), it may talk only to its own origin,
-    and no other site may frame it (clickjacking on the Close buttons)."""
+    """Only the console's own inline script may run (by hash), and what it loads itself (uPlot from
+    ``vendor/``: ``'strict-dynamic'``; ``'self'`` for browsers before CSP 3); it may talk only to its own
+    origin, and no other site may frame it (clickjacking on the Close buttons)."""
     page = CONSOLE.read_text()
     script = page.split('<script type="module">', 1)[1].split("</script>", 1)[0]
     digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
     return {
         "Content-Type": "text/html; charset=utf-8",
-        "Content-Security-Policy": f"default-src 'none'; script-src 'sha256-{digest}'; style-src 'unsafe-inline'; "
-        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+        "Content-Security-Policy": f"default-src 'none'; script-src 'sha256-{digest}' 'strict-dynamic' 'self'; "
+        "style-src 'self' 'unsafe-inline'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
+        "form-action 'none'",
         "X-Content-Type-Options": "nosniff",
         "Referrer-Policy": "no-referrer",
     }
@@ -230,6 +246,12 @@ class ManagementService(OperatorService):
             return Reply(200, headers=tuple(CONSOLE_HEADERS.items()), file=CONSOLE)
         if method == "GET" and path == "/metrics":
             return self.metrics_reply()
+        if method == "GET" and path == "/api/stats":
+            return _json(self.stats())
+        if path.startswith("/vendor/") and path.removeprefix("/vendor/") in VENDOR_TYPES:
+            if method not in ("GET", "HEAD"):
+                return _text(405, "Method Not Allowed\n")
+            return vendor_file(path.removeprefix("/vendor/"))
         if method == "GET" and path == "/api/info":
             control = self.control
             return _json(gateway_summary(control.config, control.started, len(self.runtime.connections)))
@@ -255,6 +277,7 @@ class ManagementService(OperatorService):
             "/api/sessions",
             "/api/reload",
             "/api/revocations",
+            "/api/stats",
             "/metrics",
         )
         return _text(405, "Method Not Allowed\n") if known else _text(404, "Not Found\n")
@@ -268,6 +291,32 @@ class ManagementService(OperatorService):
     def sessions(self) -> list[dict[str, Any]]:
         now = time.time()
         return [session_view(c, now) for c in list(self.runtime.connections)]
+
+    def stats(self) -> dict[str, Any]:
+        """``GET /api/stats``: the totals the console's charts turn into rates and quantiles.
+
+        Read from the metrics the gateway keeps anyway (as a scrape reads them: one pass over the open
+        connections), so nothing is counted per message for it. ``pid`` and ``started`` tell the console
+        when the totals restarted (a restart, or another worker answering). Services: every configured
+        one that accepts WebSockets or has had connections, in configuration order."""
+        control = self.control
+        metrics = self.runtime.metrics
+        sample = metrics.chart_sample() if metrics is not None else {"services": {}, "handshakes": {}, "auth": None}
+        traffic: dict[str, dict[str, int]] = sample["services"]
+        zero = {"open": 0, "messages_in": 0, "messages_out": 0, "bytes_in": 0, "bytes_out": 0}
+        services = [
+            {"name": service.name, **traffic.get(service.name, zero)}
+            for service in control.config.services
+            if service.name in traffic or any(uri.scheme in ("ws", "wss") for uri in service.accepts)
+        ]
+        return {
+            "time": time.time(),
+            "pid": os.getpid(),
+            "started": control.started,
+            "services": services,
+            "handshakes": sample["handshakes"],
+            "auth": sample["auth"],
+        }
 
     async def close_session(self, connection_id: str, handshake: Handshake, accept: Accept) -> Reply:
         if not self.runtime.connections.select(Selector(id=connection_id)):
@@ -357,6 +406,16 @@ class ManagementService(OperatorService):
         except OSError:
             return False
         return True
+
+
+def vendor_file(name: str) -> Reply:
+    """One of the console's vendored files (``name`` is a key of ``VENDOR_TYPES``), cacheable for an hour."""
+    headers = (
+        ("Content-Type", VENDOR_TYPES[name]),
+        ("Cache-Control", VENDOR_CACHE),
+        ("X-Content-Type-Options", "nosniff"),
+    )
+    return Reply(200, headers=headers, file=VENDOR / name)
 
 
 def _operator(handshake: Handshake, accept: Accept) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
-from typing import Protocol
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -48,6 +48,7 @@ class Connection(Protocol):
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 AUTH_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+HANDSHAKE_OUTCOMES = ("101", "401", "403", "429", "503", "other")
 
 
 # RFC 6455 §7.4.1 and the IANA registry (1004 is reserved); 1005, 1006 and 1015 are recorded, never sent.
@@ -157,6 +158,42 @@ class Metrics:
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
+    def chart_sample(self) -> dict[str, Any]:
+        """The totals the management console charts (``GET <path>/api/stats``), read from what is kept
+        anyway, as a scrape reads it: per-service traffic, handshakes by outcome summed over services,
+        and the login-module histogram summed over realms and modules. Counters only grow (until a
+        restart); the console turns successive samples into rates and quantiles."""
+        handshakes = dict.fromkeys(HANDSHAKE_OUTCOMES, 0)
+        for family in self.handshakes.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    outcome = sample.labels["outcome"]
+                    handshakes[outcome] = handshakes.get(outcome, 0) + int(sample.value)
+        buckets = [0] * (len(AUTH_BUCKETS) + 1)  # cumulative, the last one +Inf (= the count)
+        total = 0.0
+        index = {str(bound): i for i, bound in enumerate(AUTH_BUCKETS)} | {"+Inf": len(AUTH_BUCKETS)}
+        for family in self.auth_seconds.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_bucket"):
+                    buckets[index[sample.labels["le"]]] += int(sample.value)
+                elif sample.name.endswith("_sum"):
+                    total += sample.value
+        services = {
+            service: {
+                "open": open_now,
+                "messages_in": m_in,
+                "messages_out": m_out,
+                "bytes_in": b_in,
+                "bytes_out": b_out,
+            }
+            for service, (open_now, m_in, m_out, b_in, b_out) in self.traffic.totals().items()
+        }
+        return {
+            "services": services,
+            "handshakes": handshakes,
+            "auth": {"le": list(AUTH_BUCKETS), "buckets": buckets[:-1], "count": buckets[-1], "sum": round(total, 6)},
+        }
+
 
 class TrafficCollector(Collector):
     """Open connections, messages and bytes by service, computed at scrape time."""
@@ -177,7 +214,8 @@ class TrafficCollector(Collector):
     def describe(self) -> Iterator[Metric]:
         yield from self._families()
 
-    def collect(self) -> Iterator[Metric]:
+    def totals(self) -> dict[str, tuple[int, int, int, int, int]]:
+        """service -> (open now, messages in, messages out, bytes in, bytes out), closed connections included."""
         open_by: defaultdict[str, int] = defaultdict(int)
         traffic = {service: list(values) for service, values in self.closed.items()}
         for connection in list(self.connections()):
@@ -188,10 +226,16 @@ class TrafficCollector(Collector):
             totals[1] += channel.messages_out
             totals[2] += channel.bytes_in
             totals[3] += channel.bytes_out
+        return {
+            service: (open_by[service], m_in, m_out, b_in, b_out)
+            for service, (m_in, m_out, b_in, b_out) in traffic.items()
+        }
+
+    def collect(self) -> Iterator[Metric]:
         gauge, messages, data = self._families()
-        for service, count in open_by.items():
-            gauge.add_metric([service], count)
-        for service, (m_in, m_out, b_in, b_out) in traffic.items():
+        for service, (open_now, m_in, m_out, b_in, b_out) in self.totals().items():
+            if open_now:
+                gauge.add_metric([service], open_now)
             messages.add_metric([service, "in"], m_in)
             messages.add_metric([service, "out"], m_out)
             data.add_metric([service, "in"], b_in)
