@@ -37,15 +37,21 @@ def run(*command: str | Path, cwd: Path | None = None) -> subprocess.CompletedPr
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A wheel built from a copy of the sources (no stale build/ or egg-info of the work tree in it)."""
+def build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A wheel built from a copy of the sources (no stale build/ or egg-info of the work tree in it), and
+    what the build printed (the build backend's warnings included)."""
     root = tmp_path_factory.mktemp("wheel")
     source = root / "source"
     shutil.copytree(REPO / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, source / name)
-    run(sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", root / "dist", source)
-    return next((root / "dist").glob("wsgate-*.whl"))
+    result = run(sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", root / "dist", source)
+    return next((root / "dist").glob("wsgate-*.whl")), result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def wheel(build: tuple[Path, str]) -> Path:
+    return build[0]
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +61,15 @@ def installed(wheel: Path) -> Path:
     run(sys.executable, "-m", "venv", venv)
     run(venv / "bin" / "python", "-m", "pip", "install", "-q", wheel)
     return venv / "bin"
+
+
+def test_the_wheel_builds_without_deprecation_warnings(build):
+    _, output = build
+    warnings = [line.strip() for line in output.splitlines() if re.search(r"deprecat|Warning", line, re.I)]
+    assert not warnings, "the build backend warns (pyproject.toml):\n" + "\n".join(warnings)
+    with zipfile.ZipFile(build[0]) as archive:
+        metadata = next(archive.read(n).decode() for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
+    assert "License-Expression: Apache-2.0" in metadata
 
 
 def test_the_wheel_holds_every_resource(wheel):
