@@ -322,7 +322,7 @@ def _run_workers(
 
 
 def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
-    """uvloop with aiofastnet's faster transports when installed (see docs/stack-measurements)."""
+    """uvloop with aiofastnet's faster transports when installed (measured in bench/README.md)."""
     if kind == "asyncio":
         return asyncio.new_event_loop()
     loop: asyncio.AbstractEventLoop
