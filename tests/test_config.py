@@ -425,6 +425,61 @@ def test_all_errors_are_reported_together(tmp_path):
     assert str(error.value).startswith("2 configuration error(s):")
 
 
+MISSING_FILES = """
+service:
+  - name: site
+    accept: https://localhost:8443/
+    type: directory
+    properties:
+      directory: web
+      welcom-file: index.html
+    accept-options:
+      ws.maximum.mesage.size: 1k
+security:
+  keystore: {type: PKCS12, file: keystore.p12, password-file: keystore.pw}
+  truststore: {type: PEM, file: truststore.pem}
+"""
+
+
+def test_check_config_reports_missing_stores_password_files_and_unknown_options_in_one_run(tmp_path, capsys):
+    (tmp_path / "web").mkdir()
+    assert main(["check-config", str(write(tmp_path, MISSING_FILES))]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("wsgate: 5 configuration error(s):\n")
+    for line in (
+        "service[site]/properties/welcom-file: unknown element; did you mean 'welcome-file'?",
+        "service[site]/accept-options/ws.maximum.mesage.size: unknown element; did you mean 'ws.maximum.message.size'?",
+        f"security/keystore/password-file: cannot read '{tmp_path / 'keystore.pw'}': No such file or directory",
+        f"security/keystore/file: cannot read '{tmp_path / 'keystore.p12'}': No such file or directory",
+        f"security/truststore/file: cannot read '{tmp_path / 'truststore.pem'}': No such file or directory",
+    ):
+        assert f"\n{line}" in err, err
+
+
+def test_check_config_reports_what_opening_the_files_finds_in_one_run(tmp_path, capsys):
+    """Once the file reads cleanly: unreadable stores, a login module's file, a directory, a bind host, together."""
+    (tmp_path / "keystore.p12").write_bytes(b"not a store")
+    (tmp_path / "truststore.pem").write_text("not a store either")
+    text = MISSING_FILES.replace("      welcom-file: index.html\n", "")
+    text = text.replace("      ws.maximum.mesage.size: 1k\n", "")
+    text = text.replace(", password-file: keystore.pw", "").replace("localhost:8443", "nohost.invalid:8443")
+    text = text.replace("{type: PEM, file: truststore.pem}", "{type: JKS, file: truststore.pem}")
+    text = text.replace("    type: directory\n", "    type: directory\n    realm-name: r\n")
+    text += "  realm:\n    name: r\n    authentication:\n      http-challenge-scheme: Basic\n"
+    text += "      login-modules:\n        login-module:\n          type: file\n          options: {file: users.xml}\n"
+    assert main(["check-config", str(write(tmp_path, text))]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("wsgate: 5 configuration error(s):\n"), err
+    for start in (
+        "security/keystore: cannot load PKCS12 store",
+        "security/truststore: cannot load JKS store",
+        "security/realm[r]/authentication/login-modules/login-module[1]/options/file: cannot read",
+        "service[site]/properties/directory:",
+        "service[site]/accept: https://nohost.invalid:8443/ binds nohost.invalid:8443, but",
+    ):
+        assert f"\n{start}" in err, err
+
+
 def test_xml_errors_name_the_element(tmp_path):
     text = XML_ECHO.format(ns="http://xmlns.kaazing.org/2016/06/gateway").replace(
         "<type>echo</type>", "<type>echo</type><balance>ws://x:1/</balance>"

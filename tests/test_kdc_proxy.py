@@ -508,7 +508,7 @@ def test_the_kaazing_xml_form_maps_to_the_same_service(tmp_path, pem_stores):
 
 
 @pytest.mark.parametrize("form", ["yaml", "xml"])
-def test_kerberos5_proxy_is_refused_with_the_way_to_kdc_proxy(tmp_path, form):
+def test_kerberos5_proxy_is_refused_with_the_way_to_kdc_proxy(tmp_path, form, pem_stores):
     if form == "xml":
         path = tmp_path / "gateway-config.xml"
         path.write_text(KAAZING_XML.replace("TYPE", "kerberos5.proxy"))
@@ -529,6 +529,7 @@ def test_kerberos5_proxy_is_refused_with_the_way_to_kdc_proxy(tmp_path, form):
 def test_the_docs_example_loads(tmp_path):
     shutil.copy(DOCS / "examples" / "kdc-proxy.yaml", tmp_path)
     (tmp_path / "keystore.pw").write_text("changeme\n")
+    (tmp_path / "keystore.p12").touch()  # the config is read, the store is not loaded
     service = load_config(tmp_path / "kdc-proxy.yaml").service("kdc")
     assert service.type == "kdc.proxy" and service.setting("realm") == "EXAMPLE.TEST"
     assert [u.port for u in service.connects] == [88, 88] and service.accepts[0].path == "/KdcProxy"

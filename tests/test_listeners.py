@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import textwrap
+from unittest import mock
 
 import aiohttp
 import pytest
+from aiohttp.test_utils import make_mocked_request
 
-from wsgate.catalog import load_config
+from wsgate.catalog import load_config, load_default_config
 from wsgate.cli import main
 from wsgate.errors import ConfigError
 from wsgate.gateway import Gateway
+from wsgate.transport import listener as listener_module
 
 from .conftest import SECURITY_PEM
 
@@ -215,3 +219,82 @@ async def test_a_request_aiohttp_cannot_parse_is_an_audit_line_not_an_error(star
     assert lines and lines[0]["status"] == 400 and lines[0]["remote"] == "127.0.0.1"
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
     assert "Traceback" not in caplog.text
+
+
+# -- host names: the loopback names, and a Host no service on the port names ------------------------------------
+
+
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.fixture
+async def default_gateway():
+    """The embedded default config, as ``make run`` starts it, on a free port."""
+    gateway = Gateway(load_default_config({"gateway.port": "0"}))
+    await gateway.start()
+    yield gateway
+    await gateway.stop(grace=1.0)
+
+
+async def test_the_default_config_answers_on_every_loopback_name(default_gateway, http):
+    port = default_gateway.port_of("demo")
+    hosts = ["localhost", "127.0.0.1"] + (["[::1]"] if ipv6_loopback() else [])
+    for host in hosts:
+        async with http.get(f"http://{host}:{port}/") as page:
+            assert page.status == 200, host
+        async with http.ws_connect(f"ws://{host}:{port}/echo") as ws:
+            await ws.send_str(f"via {host}")
+            assert (await ws.receive()).data == f"via {host}"
+    async with http.get(f"http://127.0.0.1:{port}/nothing-here") as missing:  # a name that is served, no such path
+        assert (missing.status, await missing.text()) == (404, "Not Found\n")
+
+
+async def test_a_host_no_service_answers_gets_a_404_that_names_the_port_s_hosts(default_gateway, http, caplog):
+    caplog.set_level(logging.DEBUG, logger="wsgate.listener")
+    port = default_gateway.port_of("demo")
+    async with http.get(f"http://127.0.0.1:{port}/", headers={"Host": f"gw.example.org:{port}"}) as response:
+        assert response.status == 404
+        assert await response.text() == (
+            "No service for host 'gw.example.org' on this port; it serves: localhost, 127.0.0.1, [::1]\n"
+        )
+    line = next(r.getMessage() for r in caplog.records if "no service for host" in r.getMessage())
+    assert f"no service for host 'gw.example.org' on localhost:{port} (path /, client 127.0.0.1)" in line
+    assert line.endswith("this port serves localhost, 127.0.0.1, [::1]")
+
+
+@pytest.mark.parametrize(("remote", "named"), [("127.0.0.1", True), ("::1", True), ("203.0.113.9", False)])
+async def test_only_a_client_on_this_machine_is_told_the_port_s_host_names(default_gateway, remote, named):
+    listener = default_gateway.listeners[default_gateway.plan.listener_of("demo")]
+    transport = mock.Mock()
+    transport.get_extra_info.side_effect = lambda name, default=None: (remote, 1234) if name == "peername" else default
+    request = make_mocked_request("GET", "/", headers={"Host": "gw.example.org"}, transport=transport)
+    response = await listener.handle(request)
+    assert response.status == 404
+    assert response.text is not None
+    assert response.text.startswith("No service for host 'gw.example.org' on this port")
+    assert ("localhost" in response.text) is named
+
+
+async def test_localhost_binds_the_loopback_addresses_this_host_has(monkeypatch, http, caplog):
+    """A host without IPv6 (or without ::1): the default config still starts, on the addresses there are.
+
+    203.0.113.7 (TEST-NET-3) is no address of this machine: it fails to bind as ::1 does where IPv6 is off.
+    """
+    caplog.set_level(logging.INFO, logger="wsgate.listener")
+    monkeypatch.setattr(
+        listener_module, "LOOPBACK_ADDRESSES", ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET, "203.0.113.7"))
+    )
+    gateway = Gateway(load_default_config({"gateway.port": "0"}))
+    await gateway.start()
+    try:
+        async with http.get(f"http://127.0.0.1:{gateway.port_of('demo')}/") as page:
+            assert page.status == 200
+        assert "localhost: 203.0.113.7 cannot be bound on this host" in caplog.text
+    finally:
+        await gateway.stop(grace=1.0)

@@ -57,6 +57,8 @@ def planned(tmp_path: Path, *services: str, tail: str = "", keys: KeyMaterial | 
     path.write_text("service:\n" + "".join(services) + tail)
     if not (tmp_path / "users.xml").exists():
         (tmp_path / "users.xml").write_text(USERS + "</jaas-config>")
+    for store in ("keystore.pem", "truststore.pem"):  # named by STORES; their material is KEYS and TRUST
+        (tmp_path / store).touch()
     return plan(load_config(path), keys, TRUST)
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from .catalog import LOGIN_MODULES, load_config, load_default_config, service_type
 from .config import GatewayConfig, default_config_files, default_config_text, properties_from_env
 from .config.model import Realm, Service
-from .errors import ConfigError, GatewayError, WorkerFailed
+from .errors import ConfigError, ConfigErrors, GatewayError, WorkerFailed
 from .observe.logs import configure_logging
 
 if TYPE_CHECKING:
@@ -261,9 +261,14 @@ def _default_config(directory: str | None) -> int:
 def _check(config: GatewayConfig, resolve: bool = True) -> int:
     from .gateway import Gateway, check_bind_hosts  # loads keystores and directories too, without binding
 
-    Gateway(config)
-    if resolve:
-        check_bind_hosts(config)
+    errors: list[ConfigError] = []  # what building finds and the bind hosts that do not resolve, in one report
+    for check in (lambda: Gateway(config), lambda: check_bind_hosts(config) if resolve else None):
+        try:
+            check()
+        except ConfigError as exc:
+            errors.append(exc)
+    if errors:
+        raise ConfigErrors.of(errors)
     for service in config.services:
         print("\n".join(describe_service(service)))
     for warning in [*unauthenticated_warnings(config), *any_origin_warnings(config)]:
@@ -393,7 +398,7 @@ def _run_workers(
 
 
 def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
-    """uvloop with aiofastnet's faster transports when installed (see docs/stack-measurements)."""
+    """uvloop with aiofastnet's faster transports when installed (measured in bench/README.md)."""
     if kind == "asyncio":
         return asyncio.new_event_loop()
     loop: asyncio.AbstractEventLoop

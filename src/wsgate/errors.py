@@ -44,6 +44,12 @@ class ConfigErrors(ConfigError):
         text = "\n".join(str(e) for e in errors)
         super().__init__("", f"{len(errors)} configuration error(s):\n{text}")
 
+    @staticmethod
+    def of(errors: list[ConfigError]) -> ConfigError:
+        """One error to raise for ``errors`` (at least one): itself when alone, else all of them, flattened."""
+        flat = [item for error in errors for item in (error.errors if isinstance(error, ConfigErrors) else [error])]
+        return flat[0] if len(flat) == 1 else ConfigErrors(flat)
+
 
 class TlsSetupError(ConfigError):
     """A keystore, truststore or TLS option cannot be applied."""

@@ -578,6 +578,11 @@ class Builder:
                 )
         if not file_:
             return None
+        try:  # here, so that a missing store is reported with every other error of the config
+            with self.file_path(file_).open("rb"):
+                pass
+        except OSError as exc:
+            self.fail(f"{path}/file", f"cannot read {str(self.file_path(file_))!r}: {exc.strerror}")
         return m.Store(type_, self.file_path(file_), password, path)
 
     def realm(self, node: Node) -> m.Realm | None:

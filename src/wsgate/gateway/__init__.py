@@ -23,7 +23,7 @@ from ..management.service import GatewayControl
 from ..observe.metrics import Metrics
 from ..observe.redact import REDACTOR
 from ..security.admission import Admission, offloaded_tls
-from ..security.keystore import load_store
+from ..security.keystore import KeyMaterial, load_store
 from ..security.limits import GatewayLimits, ServiceLimits
 from ..security.login.jwt import unverified_claims
 from ..security.realms import RealmGate, RealmRuntime
@@ -65,10 +65,24 @@ class Deployment:
 
 def load_plan(config: GatewayConfig) -> Plan:
     """Read the key material ``config`` names, then plan it (``plan.plan``: no other I/O)."""
-    security = config.security
-    keys = load_store(security.keystore) if security.keystore else None
-    trust = load_store(security.truststore) if security.truststore else None
+    keys, trust, errors = read_stores(config)
+    if errors:
+        raise ConfigErrors.of(errors)
     return plan(config, keys, trust)
+
+
+def read_stores(config: GatewayConfig) -> tuple[KeyMaterial | None, KeyMaterial | None, list[ConfigError]]:
+    """The keystore's and the truststore's key material (None where there is none), and why each that is
+    named could not be read."""
+    loaded: list[KeyMaterial | None] = []
+    errors: list[ConfigError] = []
+    for store in (config.security.keystore, config.security.truststore):
+        try:
+            loaded.append(load_store(store) if store else None)
+        except ConfigError as exc:
+            loaded.append(None)
+            errors.append(exc)
+    return loaded[0], loaded[1], errors
 
 
 class Gateway:
@@ -85,10 +99,15 @@ class Gateway:
         self.retired: list[Listener] = []  # listeners replaced by a reload, still serving their connections
         self._reloading = asyncio.Lock()
         self.revocations: RevocationList = MemoryRevocations()
-        changes = diff(None, load_plan(config))
+        keys, trust, errors = read_stores(config)  # reported with what the build finds (check-config: all at once)
+        try:
+            planned = plan(config, keys, trust)
+        except ConfigError as exc:
+            raise ConfigErrors.of([*errors, exc]) from None
+        changes = diff(None, planned)
         deployment = self._deployment(changes, None)
         deployment.runtime.metrics = Metrics(lambda: self.runtime.connections)
-        self._build(changes, deployment, None)
+        self._build(changes, deployment, None, errors)
         self.deployment = deployment
 
     # What runs now (``deployment``'s parts, replaced together by a reload).
@@ -143,10 +162,18 @@ class Gateway:
                 gate = current.gate
         return Deployment(new, runtime, gate)
 
-    def _build(self, changes: Changes, deployment: Deployment, current: Deployment | None) -> None:
+    def _build(
+        self,
+        changes: Changes,
+        deployment: Deployment,
+        current: Deployment | None,
+        errors: list[ConfigError] | None = None,
+    ) -> None:
         """Fill ``deployment`` with what ``changes`` keeps from ``current`` and builds anew (realms,
         handlers, limits, listeners with their TLS contexts), binding and starting nothing.
-        Raises for what cannot be built; what it built so far is in ``deployment`` (to release)."""
+        Raises what cannot be built, every such error together with ``errors`` (found before: the stores);
+        what it built so far is in ``deployment`` (to release)."""
+        errors = list(errors or ())
         planned = changes.new
         config = planned.config
         runtime = deployment.runtime
@@ -157,7 +184,11 @@ class Gateway:
             if current is not None and name in changes.realms_kept:
                 deployment.realms[name] = current.realms[name]  # its sessions and pools survive
                 continue
-            realm_runtime = RealmRuntime(realm_plan.config, planned.base_dir, fetch_json)
+            try:
+                realm_runtime = RealmRuntime(realm_plan.config, planned.base_dir, fetch_json)
+            except ConfigError as exc:
+                errors.append(exc)
+                continue
             realm_runtime.metrics = runtime.metrics
             realm_runtime.revocations = self.revocations
             deployment.realms[name] = realm_runtime
@@ -168,16 +199,33 @@ class Gateway:
                 continue
             service = service_plan.config
             kind = service_type(service.type)
-            handler = kind.create(service, runtime)
-            if kind.web_root and config.web_root is not None:
-                handler.configure(config.web_root)
+            try:
+                handler = kind.create(service, runtime)
+                if kind.web_root and config.web_root is not None:
+                    handler.configure(config.web_root)
+            except ConfigError as exc:
+                errors.append(exc)
+                continue
             deployment.services[name] = handler
             deployment.service_limits[name] = _service_limits(service_plan.limits)
         for key, listener_plan in planned.listeners.items():
+            tls = listener_plan.tls
+            context = None
+            if tls is not None and key not in changes.listeners_kept:
+                if tls.keys is None and errors:  # the keystore could not be read: its error says so
+                    continue
+                try:
+                    context = self._listener_tls(tls).context
+                except ConfigError as exc:
+                    errors.append(exc)
+                    continue
+            if errors:  # its routes need every realm and service: only their TLS is checked
+                continue
             listener = self._listener(listener_plan, deployment)
-            if listener_plan.tls is not None and key not in changes.listeners_kept:
-                listener.ssl_context = self._listener_tls(listener_plan.tls).context
+            listener.ssl_context = context
             deployment.listeners[key] = listener
+        if errors:
+            raise ConfigErrors.of(errors)
         for service in config.services:
             if service.dropped_realm:
                 log.warning(

@@ -8,7 +8,9 @@ about the request head, writes a refusal or hands the request on with its ``Acce
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,6 +53,15 @@ TLS_BIO_SIZE = 2 * (16 * 1024 + 64)
 # Connections the kernel completes and holds for each listening socket until they are accepted
 # (capped by net.core.somaxconn); they wait there while the process is out of descriptors.
 BACKLOG = 1024
+# The names of this machine's loopback interface, which people type interchangeably: a request for one of them that
+# no route names exactly goes to a route for another. Nothing opens up: whoever reaches the port can send any Host.
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+# What a listener for ``localhost`` binds (RFC 6761: localhost is the loopback interface, both families, as
+# browsers resolve it), those the host has: a host without IPv6 (or without ::1 on lo) keeps 127.0.0.1.
+LOOPBACK_ADDRESSES: tuple[tuple[socket.AddressFamily, str], ...] = (
+    (socket.AF_INET, "127.0.0.1"),
+    (socket.AF_INET6, "::1"),
+)
 # Every response, aiohttp's own error pages included, names the product but no versions.
 web_response.SERVER_SOFTWARE = "wsgate"  # type: ignore[attr-defined]
 
@@ -97,16 +108,44 @@ class Listener:
         self.routes.sort(key=lambda r: len(r.path), reverse=True)
 
     def find(self, host: str, path: str) -> Route | None:
-        """Exact path first, then the longest prefix route; the Host header must match."""
+        """Exact path first, then the longest prefix route; the Host header must match (or, for a loopback
+        name no route names, another loopback name: ``LOOPBACK_NAMES``)."""
         path = path.rstrip("/")
-        for route in self.routes:
-            if route.host != host:
-                continue
-            if path == route.path or route.prefix and path.startswith(route.path + "/"):
-                return route
-            if route.control and path.startswith(route.path + "/.wsgate/"):
-                return route
-        return None
+        found = next((r for r in self.routes if r.host == host and _serves(r, path)), None)
+        if found is None and host in LOOPBACK_NAMES and host not in self.hosts:
+            found = next((r for r in self.routes if r.host in LOOPBACK_NAMES and _serves(r, path)), None)
+        return found
+
+    @property
+    def hosts(self) -> list[str]:
+        """The host names this port's routes name."""
+        return list(dict.fromkeys(route.host for route in self.routes))
+
+    def serves_host(self, host: str) -> bool:
+        hosts = self.hosts
+        return host in hosts or host in LOOPBACK_NAMES and any(h in LOOPBACK_NAMES for h in hosts)
+
+    def no_such_host(self, host: str, request: web.BaseRequest) -> web.Response:
+        """404 for a Host no service on this port answers. It names the port's host names only to a client on
+        this machine (the operator trying the gateway): anyone else learns nothing of the other virtual hosts
+        here, although a TLS port's certificates may list them anyway. The log has them at DEBUG."""
+        hosts = self.hosts
+        if any(h in LOOPBACK_NAMES for h in hosts):
+            hosts += sorted(LOOPBACK_NAMES.difference(hosts), key=("localhost", "127.0.0.1", "::1").index)
+        names = ", ".join(f"[{h}]" if ":" in h else h for h in hosts)
+        log.debug(
+            "no service for host %r on %s:%d (path %s, client %s); this port serves %s",
+            host,
+            self.host or "*",
+            self.port,
+            request.path,
+            request.remote,
+            names,
+        )
+        text = f"No service for host '{host}' on this port"
+        if _is_loopback(request.remote):
+            text += f"; it serves: {names}"
+        return web.Response(status=404, text=text + "\n", headers={"X-Content-Type-Options": "nosniff"})
 
     async def start(self) -> None:
         self._web = web.Server(self.handle, access_log=None)
@@ -132,7 +171,7 @@ class Listener:
             extra = {"ssl_incoming_bio_size": TLS_BIO_SIZE, "ssl_outgoing_bio_size": TLS_BIO_SIZE}
         server: asyncio.Server = await loop.create_server(
             self._protocol,
-            self.host,
+            self._bind_hosts(),
             port,
             ssl=self.ssl_context,
             reuse_address=True,
@@ -146,6 +185,21 @@ class Listener:
         if self.tls_audit is not None:
             self.tls_audit.watch(server)
         return server
+
+    def _bind_hosts(self) -> str | list[str] | None:
+        """What to bind: the host as configured, except ``localhost``: the loopback addresses this host has."""
+        if self.host != "localhost":
+            return self.host
+        usable = []
+        for family, address in LOOPBACK_ADDRESSES:
+            try:
+                with socket.socket(family, socket.SOCK_STREAM) as probe:
+                    probe.bind((address, 0))
+            except OSError as exc:
+                log.info("localhost: %s cannot be bound on this host (%s); not listening there", address, exc.strerror)
+                continue
+            usable.append(address)
+        return usable or self.host  # none at all: the bind fails as it would, and says why
 
     async def resume(self) -> None:
         """Accept again on the same port after ``stop_accepting`` (a reload that failed gives it back)."""
@@ -183,6 +237,8 @@ class Listener:
             return web.Response(status=400, text="The Host header is not a valid host.\n")
         route = self.find(host, request.path)
         if route is None:
+            if not self.serves_host(host):
+                return self.no_such_host(host, request)
             return web.Response(status=404, text="Not Found\n")
         peer = None
         if self.secure:
@@ -396,6 +452,22 @@ class HttpConnection(web.RequestHandler):
         self.timer = None
         if self._between_requests():
             self.force_close()
+
+
+def _serves(route: Route, path: str) -> bool:
+    """``route`` answers ``path`` (no trailing slash): exactly, below a prefix route, or its control resources."""
+    if path == route.path or route.prefix and path.startswith(route.path + "/"):
+        return True
+    return route.control and path.startswith(route.path + "/.wsgate/")
+
+
+def _is_loopback(remote: str | None) -> bool:
+    try:
+        address = ipaddress.ip_address(remote or "")
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return bool((mapped or address).is_loopback)
 
 
 def _is_aiofastnet(method: object) -> bool:

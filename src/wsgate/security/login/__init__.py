@@ -8,9 +8,10 @@ adding one means declaring it there and listing it in ``LOGIN_MODULES``.
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Mapping
 from pathlib import Path
-from types import MappingProxyType
+from types import MappingProxyType, ModuleType
 
 from ...config.model import LoginModule as LoginModuleConfig
 from ...config.model import Realm
@@ -94,13 +95,27 @@ def build_module(
     return LOGIN_MODULES[config.type].create(config.options, path, base_dir, fetch_json)
 
 
+def import_beside(module_name: str, config_dir: Path) -> ModuleType:
+    """Import a ``class:`` module from the usual ``sys.path``, else from the config file's folder.
+
+    The folder is appended to ``sys.path`` (and stays there, for what the module imports later), so a file
+    there never shadows the standard library, wsgate or an installed package of the same name. A module is
+    imported once per process: a reload does not re-read a changed one (restart the gateway).
+    """
+    folder = str(config_dir)
+    if folder not in sys.path:
+        sys.path.append(folder)
+        importlib.invalidate_caches()
+    return importlib.import_module(module_name)
+
+
 def _custom(target: str, options: Mapping[str, str], path: str, base_dir: Path) -> LoginModule:
     """``class:package.module.Name``: constructed as ``Name(options)``; needs ``async login(attempt)``."""
     module_name, _, class_name = target.rpartition(".")
     if not module_name:
         raise ConfigError(f"{path}/type", f"'class:{target}' must name package.module.ClassName")
     try:
-        cls = getattr(importlib.import_module(module_name), class_name)
+        cls = getattr(import_beside(module_name, base_dir), class_name)
     except ImportError as exc:
         raise ConfigError(f"{path}/type", f"cannot import {module_name!r}: {exc}") from None
     except AttributeError:
