@@ -172,3 +172,9 @@ async def test_the_readme_tls_quick_start_works_as_written(start_gateway, tmp_pa
     argv = [arg.replace(":8443/", f":{port}/") for arg in talk[1:]]
     assert await asyncio.to_thread(client, argv) == 0
     assert "hello" in capsys.readouterr().out
+
+
+def test_next_hints_name_the_command_as_it_was_typed(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.setattr("sys.argv", [".venv/bin/wsgate", "default-config", str(tmp_path / "mine")])
+    assert main(["default-config", str(tmp_path / "mine")]) == 0
+    assert "next: .venv/bin/wsgate run " in capsys.readouterr().out

@@ -176,6 +176,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _invoked() -> str:
+    """The command as the user typed it (``.venv/bin/wsgate``), for "next:" hints they can paste."""
+    typed = sys.argv[0] if sys.argv else ""
+    return typed if Path(typed).name == "wsgate" else "wsgate"
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -254,7 +260,7 @@ def _default_config(directory: str | None) -> int:
             (target / name).write_bytes(data)
         except OSError as exc:
             return _fail(f"cannot write {name} to {target}: {_why_not_writable(target, exc)}", EXIT_FAILED)
-    print(f"wrote {', '.join(sorted(files))} to {target}; next: wsgate run {target / 'gateway.yaml'}")
+    print(f"wrote {', '.join(sorted(files))} to {target}; next: {_invoked()} run {target / 'gateway.yaml'}")
     return 0
 
 
