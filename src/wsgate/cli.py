@@ -195,7 +195,7 @@ def _check(config: GatewayConfig, resolve: bool = True) -> int:
         check_bind_hosts(config)
     for service in config.services:
         print("\n".join(describe_service(service)))
-    for warning in [*unauthenticated_warnings(config), *any_origin_warnings(config)]:
+    for warning in [*config.warnings, *unauthenticated_warnings(config), *any_origin_warnings(config)]:
         print(f"WARNING: {warning}")
     print(f"{config.source}: OK, {len(config.services)} service(s)")
     return 0

@@ -112,7 +112,8 @@ PROPERTIES_UNSUPPORTED = {
 
 
 def parse_tls_protocols(text: str) -> tuple[str, ...]:
-    """Keep TLS 1.2/1.3; older versions listed by a migrated config are dropped, never enabled."""
+    """Keep TLS 1.2/1.3; older versions listed by a migrated config are dropped, never enabled (``Builder``
+    warns about them: ``dropped_tls_protocols``)."""
     wanted = parse_csv(text)
     known = {v.lower(): v for v in TLS_VERSIONS + INSECURE_TLS_VERSIONS}
     unknown = [p for p in wanted if p.lower() not in known]
@@ -122,6 +123,12 @@ def parse_tls_protocols(text: str) -> tuple[str, ...]:
     if not kept:
         raise ValueError(f"{text!r} enables no secure protocol; wsgate supports {', '.join(TLS_VERSIONS)} only")
     return kept
+
+
+def dropped_tls_protocols(text: str) -> list[str]:
+    """The entries of a valid ``ssl.protocols`` list that ``parse_tls_protocols`` drops, as written."""
+    insecure = {v.lower() for v in INSECURE_TLS_VERSIONS}
+    return [p for p in parse_csv(text) if p.lower() in insecure]
 
 
 def parse_duration_or_off(text: str) -> float | None:
@@ -191,11 +198,16 @@ class Builder:
         self.base_dir = base_dir
         self.legacy_realms = legacy_realms  # a 2014/09 or 2015/11 XML config: see ``unconstrained_realm``
         self.errors: list[ConfigError] = []
+        self.warnings: list[str] = []
 
     # -- helpers -----------------------------------------------------------------------------
 
     def fail(self, path: str, message: str) -> None:
         self.errors.append(ConfigError(path, message))
+
+    def warn(self, path: str, message: str) -> None:
+        """Something the config asks for that wsgate deliberately does differently: loads, and is said."""
+        self.warnings.append(f"{path}: {message}")
 
     def text(self, node: Node, path: str) -> str:
         """The element's text with ``${name}`` substituted from the properties."""
@@ -448,6 +460,7 @@ class Builder:
                 bind = self.value(item, parse_bind)
                 if not isinstance(bind, _Failed):
                     binds[scheme] = m.Bind(*bind)
+        self.warn_dropped_protocols(values)
         tls = m.TlsOptions(**self.read_options(values, ACCEPT_TLS_OPTIONS))
         options = m.AcceptOptions(binds=MappingProxyType(binds), tls=tls, **self.read_options(values, ACCEPT_OPTIONS))
         self.leftover_options(values, "accept-options", ACCEPT_OPTION_NAMES)
@@ -459,10 +472,29 @@ class Builder:
             self.fail(
                 item[1], "verify-client belongs in accept-options; back ends are always verified against the truststore"
             )
+        self.warn_dropped_protocols(values)
         tls = m.TlsOptions(**self.read_options(values, CONNECT_TLS_OPTIONS))
         options = m.ConnectOptions(tls=tls, **self.read_options(values, CONNECT_OPTIONS))
         self.leftover_options(values, "connect-options", CONNECT_OPTION_NAMES)
         return options
+
+    def warn_dropped_protocols(self, values: Mapping[str, tuple[str, str]]) -> None:
+        """``ssl.protocols`` entries older than TLS 1.2 load (a migrated config keeps working) but are never enabled:
+        say which, at the element (an invalid list is ``parse_tls_protocols``'s error instead)."""
+        item = values.get("ssl.protocols")
+        if item is None:
+            return
+        try:
+            kept = parse_tls_protocols(item[0])
+        except ValueError:
+            return
+        dropped = dropped_tls_protocols(item[0])
+        if dropped:
+            self.warn(
+                item[1],
+                f"{', '.join(dropped)} dropped: wsgate never enables TLS older than 1.2; this side speaks "
+                f"{', '.join(kept)} only",
+            )
 
     def read_options(self, values: dict[str, tuple[str, str]], table: Mapping[str, Option]) -> dict[str, Any]:
         """Take the options ``table`` names out of ``values``: model field → parsed value (or the default)."""
@@ -710,4 +742,6 @@ def build_config(
         raise ConfigErrors(builder.errors)
     if web_root is None:
         web_root = base_dir.parent / "web" if base_dir.name == "conf" else base_dir
-    return m.GatewayConfig(services, security, MappingProxyType(builder.properties), source, web_root, limits)
+    return m.GatewayConfig(
+        services, security, MappingProxyType(builder.properties), source, web_root, limits, tuple(builder.warnings)
+    )

@@ -178,6 +178,8 @@ class Gateway:
             if listener_plan.tls is not None and key not in changes.listeners_kept:
                 listener.ssl_context = self._listener_tls(listener_plan.tls).context
             deployment.listeners[key] = listener
+        for warning in config.warnings:
+            log.warning("%s", warning)
         for service in config.services:
             if service.dropped_realm:
                 log.warning(
