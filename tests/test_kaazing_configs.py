@@ -75,6 +75,51 @@ def test_amqp_proxy_with_its_properties_is_one_error_at_its_type(tmp_path):
     assert "unknown element" not in errors[0]
 
 
+# -- 5. ssl.ciphers -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("side", ["accept-options", "connect-options"])
+def test_unknown_cipher_names_are_located_errors(tmp_path, side):
+    connect = "<connect>ssl://backend:5000</connect>"
+    path = xml(tmp_path, PROXY.format(connect=connect, extra=f"<{side}><ssl.ciphers>FOO, BAR</ssl.ciphers></{side}>"))
+    (error,) = errors_of(path)
+    assert error.startswith(f"service[p]/{side}/ssl.ciphers: unknown cipher(s) FOO, BAR;"), error
+
+
+@pytest.mark.parametrize(
+    ("ciphers", "openssl"),
+    [
+        # Kaazing's documented examples and default
+        ("HIGH,MEDIUM,!ADH,!KRB5", "HIGH,MEDIUM,!ADH,!KRB5"),
+        ("DEFAULT", "DEFAULT"),
+        ("LOW", "LOW"),
+        ("NULL", "NULL"),
+        ("ALL", "ALL"),
+        ("HIGH,MEDIUM,LOW,EXPORT,NULL", "HIGH,MEDIUM,LOW,EXPORT,NULL"),
+        ("!SSLv3", "!SSLv3"),
+        ("HIGH,MEDIUM,ADH", "HIGH,MEDIUM,ADH"),
+        # OpenSSL syntax
+        ("ECDHE+AESGCM:!aNULL:@STRENGTH", "ECDHE+AESGCM:!aNULL:@STRENGTH"),
+        # Java (IANA) suite names become OpenSSL's
+        (
+            "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, TLS_RSA_WITH_AES_256_CBC_SHA",
+            "ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305:AES256-SHA",
+        ),
+        ("TLS_DHE_RSA_WITH_AES_128_CBC_SHA256,TLS_EMPTY_RENEGOTIATION_INFO_SCSV", "DHE-RSA-AES128-SHA256"),
+        ("TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,TLS_AES_128_GCM_SHA256", "ECDHE-RSA-AES256-GCM-SHA384"),
+    ],
+)
+def test_kaazing_cipher_lists_load(tmp_path, ciphers, openssl):
+    path = xml(tmp_path, ECHO.format(extra=f"<accept-options><ssl.ciphers>{ciphers}</ssl.ciphers></accept-options>"))
+    assert load_config(path).service("echo").accept_options.tls.ciphers == openssl
+
+
+def test_a_java_name_this_openssl_lacks_is_named(tmp_path):
+    extra = "<accept-options><ssl.ciphers>HIGH,SSL_RSA_WITH_RC4_128_MD5</ssl.ciphers></accept-options>"
+    (error,) = errors_of(xml(tmp_path, ECHO.format(extra=extra)))
+    assert error.startswith("service[echo]/accept-options/ssl.ciphers: unknown cipher(s) SSL_RSA_WITH_RC4_128_MD5;")
+
+
 # -- 6. ssl.protocols entries wsgate drops are warned about -----------------------------------
 
 

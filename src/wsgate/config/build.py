@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from ..errors import ConfigError, ConfigErrors
 from . import model as m
+from .ciphers import parse_ciphers
 from .loaders import LEGACY_REALM_NAMESPACES
 from .schema import Catalog, Property, ServiceTypeSchema
 from .tree import Node
@@ -150,7 +151,7 @@ class Option:
 # Order is the order values are read (and so the order of their errors).
 BIND_OPTIONS = tuple(f"{s}.bind" for s in BIND_SCHEMES)
 ACCEPT_TLS_OPTIONS: Mapping[str, Option] = {
-    "ssl.ciphers": Option("ciphers", str),
+    "ssl.ciphers": Option("ciphers", parse_ciphers),
     "ssl.protocols": Option("protocols", parse_tls_protocols, ()),
     "ssl.encryption": Option("encryption", parse_enabled, True),
     "ssl.verify-client": Option("verify_client", parse_choice, "none", (VERIFY_CLIENT,)),
@@ -166,7 +167,7 @@ ACCEPT_OPTIONS: Mapping[str, Option] = {
     "ws.write.timeout": Option("write_timeout", parse_duration_or_off, m.DEFAULT_WRITE_TIMEOUT),
 }
 CONNECT_TLS_OPTIONS: Mapping[str, Option] = {
-    "ssl.ciphers": Option("ciphers", str),
+    "ssl.ciphers": Option("ciphers", parse_ciphers),
     "ssl.protocols": Option("protocols", parse_tls_protocols, ()),
     "ssl.client-certificate": Option("client_certificate", str),
 }
