@@ -4,6 +4,7 @@ with what to write instead; nothing Kaazing accepts gets a misleading "unknown e
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,32 @@ def test_amqp_proxy_with_its_properties_is_one_error_at_its_type(tmp_path):
     assert len(errors) == 1, errors
     assert errors[0].startswith("service[AMQP Service]/type: service type 'amqp.proxy' is not supported yet")
     assert "unknown element" not in errors[0]
+
+
+# -- 2. Kaazing's built-in properties ---------------------------------------------------------
+
+
+def test_hostname_is_the_machines_host_name(tmp_path):
+    path = xml(tmp_path, ECHO.format(extra="").replace("ws://localhost:8000/echo", "ws://${hostname}:8000/echo"))
+    config = load_config(path)
+    assert config.service("echo").accepts[0].host == socket.gethostname().lower()
+
+
+def test_explicit_hostname_property_and_override_win(tmp_path):
+    body = """
+  <properties><property><name>hostname</name><value>gw.example.com</value></property></properties>
+""" + ECHO.format(extra="").replace("ws://localhost:8000/echo", "ws://${hostname}:8000/echo")
+    path = xml(tmp_path, body)
+    assert load_config(path).service("echo").accepts[0].host == "gw.example.com"
+    assert load_config(path, {"hostname": "other.example.com"}).service("echo").accepts[0].host == "other.example.com"
+
+
+@pytest.mark.parametrize("name", ["cloud.host", "cloud.instanceId"])
+def test_cloud_properties_say_what_to_pass_instead(tmp_path, name):
+    path = xml(tmp_path, ECHO.format(extra="").replace("localhost", "${" + name + "}"))
+    (error,) = errors_of(path)
+    assert error.startswith(f"service[echo]/accept: property ${{{name}}} is Kaazing's AWS instance-metadata look-up")
+    assert f"--property {name}=VALUE" in error
 
 
 # -- 5. ssl.ciphers -----------------------------------------------------------------------------

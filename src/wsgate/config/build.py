@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import socket
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -132,6 +133,20 @@ def dropped_tls_protocols(text: str) -> list[str]:
     return [p for p in parse_csv(text) if p.lower() in insecure]
 
 
+# Kaazing's built-in properties (ConfigParameter.resolveAndReplace in kaazing/gateway's util module): used
+# only when neither <properties> nor a -D/--property defines the name. ${cloud.host} and ${cloud.instanceId}
+# asked AWS's instance metadata (169.254.169.254) over HTTP at load time; wsgate does not, and says so.
+CLOUD_PROPERTIES = ("cloud.host", "cloud.instanceId")
+
+
+def builtin_property(name: str) -> str | None:
+    """``${hostname}``: this machine's host name, as Java's ``InetAddress.getLocalHost().getHostName()`` gives it
+    (the name the system is configured with, not resolved to a fully qualified one); None for other names."""
+    if name == "hostname":
+        return socket.gethostname() or None
+    return None
+
+
 def parse_duration_or_off(text: str) -> float | None:
     """A duration where 0 means "never" (None)."""
     return parse_duration(text) or None
@@ -221,9 +236,20 @@ class Builder:
             name = match.group(1)
             if name in self.properties:
                 return self.properties[name]
-            self.fail(
-                path, f"property ${{{name}}} is not defined; add it to <properties> or pass --property {name}=VALUE"
-            )
+            builtin = builtin_property(name)
+            if builtin:
+                return builtin
+            if name in CLOUD_PROPERTIES:
+                self.fail(
+                    path,
+                    f"property ${{{name}}} is Kaazing's AWS instance-metadata look-up, which wsgate does not do; "
+                    f"pass --property {name}=VALUE (or -D{name}=VALUE in WSGATE_OPTS) or add it to <properties>",
+                )
+            else:
+                self.fail(
+                    path,
+                    f"property ${{{name}}} is not defined; add it to <properties> or pass --property {name}=VALUE",
+                )
             return match.group(0)
 
         return _PROPERTY_REF.sub(replace, value)
