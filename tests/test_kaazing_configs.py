@@ -102,6 +102,25 @@ def test_cloud_properties_say_what_to_pass_instead(tmp_path, name):
     assert f"--property {name}=VALUE" in error
 
 
+# -- 3. the older <properties><connect> form --------------------------------------------------
+
+
+def test_connect_given_as_a_property_is_a_connect_uri(tmp_path):
+    path = xml(
+        tmp_path, PROXY.format(connect="", extra="<properties><connect>tcp://backend:5000</connect></properties>")
+    )
+    service = load_config(path).service("p")
+    assert [str(u) for u in service.connects] == ["tcp://backend:5000"]
+    assert "connect" not in service.properties
+
+
+def test_a_bad_connect_property_is_located_and_never_suggests_connect_strategy(tmp_path):
+    path = xml(tmp_path, PROXY.format(connect="", extra="<properties><connect>udp://backend</connect></properties>"))
+    errors = errors_of(path)
+    assert errors[0].startswith("service[p]/properties/connect: 'udp://backend'"), errors
+    assert not any("connect.strategy" in e for e in errors), errors
+
+
 # -- 5. ssl.ciphers -----------------------------------------------------------------------------
 
 

@@ -339,7 +339,14 @@ class Builder:
         accepts = self.uris(groups, "accept", index, spec.accept if spec else ACCEPT_SCHEMES)
         # Connect URIs and properties mean what the type says: a type that is unknown (or not supported) cannot
         # judge them, so only its own error is reported.
-        connects = self.uris(groups, "connect", index, spec.connect_schemes or CONNECT_SCHEMES) if spec else ()
+        property_nodes, legacy_connects = self.connect_properties(groups.get("properties", []))
+        connect_schemes = (spec.connect_schemes or CONNECT_SCHEMES) if spec else ()
+        connects = (
+            self.uris(groups, "connect", index, connect_schemes)
+            + self.uris({"properties/connect": legacy_connects}, "properties/connect", index, connect_schemes)
+            if spec
+            else ()
+        )
         if not groups.get("accept"):
             self.fail(f"{index}/accept", "a service needs at least one accept URI")
         if spec:
@@ -354,9 +361,7 @@ class Builder:
                 )
                 self.fail(f"{index}/connect", f"a {type_} service takes {want}, found {len(connects)}")
         properties, settings = (
-            self.service_properties(groups.get("properties", []), index, spec.properties)
-            if spec
-            else (m.EMPTY, m.EMPTY)
+            self.service_properties(property_nodes, index, spec.properties) if spec else (m.EMPTY, m.EMPTY)
         )
         accept_options = self.accept_options(
             defaults.get("accept-options", []) + groups.get("accept-options", []), index
@@ -423,6 +428,17 @@ class Builder:
         else:
             self.fail(path, f"'{type_}' is not a service type; valid: {', '.join(types)}")
         return None
+
+    @staticmethod
+    def connect_properties(nodes: list[Node]) -> tuple[list[Node], list[Node]]:
+        """Kaazing's older form of a connect URI, ``<properties><connect>URI</connect></properties>``: Kaazing's
+        GatewayContextResolver moves it to the service's connect URIs, whatever the type. → (the properties
+        without it, the ``connect`` property elements)."""
+        kept, connects = [], []
+        for node in nodes:
+            connects += [c for c in node.children if c.name == "connect"]
+            kept.append(replace(node, children=[c for c in node.children if c.name != "connect"]))
+        return kept, connects
 
     def uris(self, groups: Mapping[str, list[Node]], name: str, path: str, schemes: tuple[str, ...]) -> tuple[Uri, ...]:
         values = (self.parse(node, f"{path}/{name}", parse_uri, schemes) for node in groups.get(name, ()))
