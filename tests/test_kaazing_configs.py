@@ -118,7 +118,90 @@ def test_a_bad_connect_property_is_located_and_never_suggests_connect_strategy(t
     path = xml(tmp_path, PROXY.format(connect="", extra="<properties><connect>udp://backend</connect></properties>"))
     errors = errors_of(path)
     assert errors[0].startswith("service[p]/properties/connect: 'udp://backend'"), errors
+    assert len(errors) == 1, errors  # no follow-on "takes exactly one connect URI, found 0"
     assert not any("connect.strategy" in e for e in errors), errors
+
+
+# -- 4. Kaazing syntax wsgate does not take yet: located, never misleading ---------------------
+
+
+def test_nested_login_module_options_are_not_supported_yet(tmp_path):
+    path = xml(
+        tmp_path,
+        ECHO.format(extra="<realm-name>demo</realm-name>")
+        + """
+  <security>
+    <realm>
+      <name>demo</name>
+      <authentication>
+        <http-challenge-scheme>Basic</http-challenge-scheme>
+        <login-modules>
+          <login-module>
+            <type>class:example.Custom</type>
+            <options>
+              <nested1><value1>foo</value1></nested1>
+            </options>
+          </login-module>
+        </login-modules>
+      </authentication>
+    </realm>
+  </security>""",
+    )
+    (error,) = errors_of(path)
+    assert error.startswith(
+        "security/realm[demo]/authentication/login-modules/login-module[1]/options/nested1: "
+        "nested option elements are not supported yet"
+    )
+
+
+@pytest.mark.parametrize(
+    ("where", "extra", "path"),
+    [
+        ("accept", "", "service[echo]/accept"),
+        (
+            "bind",
+            "<accept-options><ws.bind>[@eth0:1]:7082</ws.bind></accept-options>",
+            "service[echo]/accept-options/ws.bind",
+        ),
+    ],
+)
+def test_network_interface_syntax_is_not_supported_yet(tmp_path, where, extra, path):
+    text = ECHO.format(extra=extra)
+    if where == "accept":
+        text = text.replace("ws://localhost:8000/echo", "ws://[@eth0:1]:8000/echo")
+    (error,) = errors_of(xml(tmp_path, text))
+    assert error.startswith(f"{path}: "), error
+    assert "network interface names ([@eth0:1]) are not supported yet" in error
+    assert "IP address" in error
+
+
+def test_tls_accept_uri_is_not_supported_yet(tmp_path):
+    (error,) = errors_of(
+        xml(tmp_path, ECHO.format(extra="").replace("ws://localhost:8000/echo", "tls://localhost:8001"))
+    )
+    assert error == (
+        "service[echo]/accept: 'tls://localhost:8001': accepting tls:// (TLS without HTTP or WebSocket) "
+        "is not supported yet; type echo takes ws://, wss://"
+    )
+
+
+def test_udp_connect_is_not_supported_yet_and_counts_as_given(tmp_path):
+    (error,) = errors_of(xml(tmp_path, PROXY.format(connect="<connect>udp://localhost:7083</connect>", extra="")))
+    assert error.startswith(
+        "service[p]/connect: 'udp://localhost:7083': connecting to udp:// (UDP) is not supported yet"
+    )
+
+
+def test_connect_options_tls_encryption(tmp_path):
+    connect = "<connect>tls://backend:5000</connect>"
+    enabled = PROXY.format(
+        connect=connect, extra="<connect-options><tls.encryption>enabled</tls.encryption></connect-options>"
+    )
+    assert load_config(xml(tmp_path, enabled)).service("p").connects[0].scheme == "tls"
+    disabled = enabled.replace(">enabled<", ">disabled<")
+    (error,) = errors_of(xml(tmp_path, disabled))
+    assert error.startswith("service[p]/connect-options/tls.encryption: 'disabled' is not supported yet"), error
+    assert "did you mean" not in error
 
 
 # -- 5. ssl.ciphers -----------------------------------------------------------------------------

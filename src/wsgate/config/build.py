@@ -51,7 +51,7 @@ Schema = Mapping[str, str]
 
 TOP = {"properties": "?", "service": "*", "service-defaults": "?", "security": "?", "limits": "?"}
 LIMITS = {"connections": "?", "handshakes": "?", "handshake-timeout": "?", "header-size": "?"}
-TOP_UNSUPPORTED = {"cluster": "clusters are not supported yet (Redis-backed scale-out is planned)"}
+TOP_UNSUPPORTED = {"cluster": "clusters (Redis-backed scale-out is planned)"}
 SERVICE = {
     "name": "1",
     "description": "?",
@@ -66,7 +66,7 @@ SERVICE = {
     "cross-site-constraint": "*",
     "mime-mapping": "*",
 }
-SERVICE_UNSUPPORTED = {"balance": "balancing is not supported yet", "notify": "notify (push) is not supported yet"}
+SERVICE_UNSUPPORTED = {"balance": "balancing", "notify": "notify (push)"}
 SERVICE_DEFAULTS = {"accept-options": "?", "connect-options": "?", "mime-mapping": "*"}
 SECURITY = {"keystore": "?", "truststore": "?", "realm": "*", "revocation-timeout": "?"}
 STORE = {"type": "?", "file": "1", "password-file": "?"}
@@ -98,6 +98,15 @@ BIND_LAYERS = {
     "wss": ("wss", "https", "ssl", "tls", "tcp"),
     "https": ("https", "ssl", "tls", "tcp"),
 }
+# Kaazing schemes wsgate does not serve yet, with what they are (for "not supported yet").
+UNSUPPORTED_ACCEPT_SCHEMES = {
+    "tcp": "TCP without HTTP or WebSocket",
+    "ssl": "TLS without HTTP or WebSocket",
+    "tls": "TLS without HTTP or WebSocket",
+    "udp": "UDP",
+    "pipe": "Kaazing's in-memory pipes",
+}
+UNSUPPORTED_CONNECT_SCHEMES = {"udp": "UDP", "pipe": "Kaazing's in-memory pipes", "http": "HTTP", "https": "HTTPS"}
 CHALLENGE_SCHEMES = ("Basic", "Application Basic", "Negotiate", "Application Negotiate", "Application Token")
 SUCCESS_FLAGS = ("required", "requisite", "sufficient", "optional")
 STORE_TYPES = ("JKS", "JCEKS", "PKCS12", "PEM")
@@ -336,14 +345,21 @@ class Builder:
         groups = self.group(node, index, SERVICE, SERVICE_UNSUPPORTED)
         type_ = self.one(groups, "type", index, str) or ""
         spec = self.service_type(type_, f"{index}/type") if groups.get("type") else None  # else: "is required"
-        accepts = self.uris(groups, "accept", index, spec.accept if spec else ACCEPT_SCHEMES)
+        accept_schemes = spec.accept if spec else ACCEPT_SCHEMES
+        accepts = self.uris(groups, "accept", index, accept_schemes, f"type {type_}" if spec else "wsgate")
         # Connect URIs and properties mean what the type says: a type that is unknown (or not supported) cannot
         # judge them, so only its own error is reported.
         property_nodes, legacy_connects = self.connect_properties(groups.get("properties", []))
         connect_schemes = (spec.connect_schemes or CONNECT_SCHEMES) if spec else ()
         connects = (
-            self.uris(groups, "connect", index, connect_schemes)
-            + self.uris({"properties/connect": legacy_connects}, "properties/connect", index, connect_schemes)
+            self.uris(groups, "connect", index, connect_schemes, f"type {type_}")
+            + self.uris(
+                {"properties/connect": legacy_connects},
+                "properties/connect",
+                index,
+                connect_schemes,
+                f"type {type_}",
+            )
             if spec
             else ()
         )
@@ -351,7 +367,8 @@ class Builder:
             self.fail(f"{index}/accept", "a service needs at least one accept URI")
         if spec:
             low, high = spec.connect
-            if not low <= len(connects) <= high:
+            given = len(groups.get("connect", ())) + len(legacy_connects)  # a bad one has its own error
+            if not low <= given <= high:
                 want = (
                     "no connect URI"
                     if high == 0
@@ -359,7 +376,7 @@ class Builder:
                     if low != high
                     else "exactly one connect URI"
                 )
-                self.fail(f"{index}/connect", f"a {type_} service takes {want}, found {len(connects)}")
+                self.fail(f"{index}/connect", f"a {type_} service takes {want}, found {given}")
         properties, settings = (
             self.service_properties(property_nodes, index, spec.properties) if spec else (m.EMPTY, m.EMPTY)
         )
@@ -440,9 +457,28 @@ class Builder:
             kept.append(replace(node, children=[c for c in node.children if c.name != "connect"]))
         return kept, connects
 
-    def uris(self, groups: Mapping[str, list[Node]], name: str, path: str, schemes: tuple[str, ...]) -> tuple[Uri, ...]:
-        values = (self.parse(node, f"{path}/{name}", parse_uri, schemes) for node in groups.get(name, ()))
-        return tuple(v for v in values if v is not None)
+    def uris(
+        self, groups: Mapping[str, list[Node]], name: str, path: str, schemes: tuple[str, ...], who: str
+    ) -> tuple[Uri, ...]:
+        """The ``name`` URIs; a scheme Kaazing has but ``who`` does not take (yet) is "not supported yet"."""
+        found = []
+        unsupported = UNSUPPORTED_ACCEPT_SCHEMES if name == "accept" else UNSUPPORTED_CONNECT_SCHEMES
+        for node in groups.get(name, ()):
+            text = self.text(node, f"{path}/{name}")
+            scheme = text.strip().partition("://")[0].lower()
+            if scheme not in schemes and scheme in unsupported:
+                verb = "accepting" if name == "accept" else "connecting to"
+                self.fail(
+                    f"{path}/{name}",
+                    f"{text.strip()!r}: {verb} {scheme}:// ({unsupported[scheme]}) is not supported yet; {who} takes "
+                    f"{', '.join(s + '://' for s in schemes)}",
+                )
+                continue
+            try:
+                found.append(parse_uri(text, schemes))
+            except ValueError as exc:
+                self.fail(f"{path}/{name}", str(exc))
+        return tuple(found)
 
     def service_properties(
         self, nodes: list[Node], path: str, schema: Mapping[str, Property]
@@ -514,6 +550,12 @@ class Builder:
         if (item := values.pop("ssl.verify-client", None)) is not None:
             self.fail(
                 item[1], "verify-client belongs in accept-options; back ends are always verified against the truststore"
+            )
+        if (item := values.pop("ssl.encryption", None)) is not None and self.value(item, parse_enabled) is False:
+            self.fail(
+                item[1],
+                "'disabled' is not supported yet in connect-options (Kaazing's plain text on a TLS connect, for "
+                "Enterprise Shield); for a plain-text back end connect with tcp:// or ws://",
             )
         self.warn_dropped_protocols(values)
         tls = m.TlsOptions(**self.read_options(values, CONNECT_TLS_OPTIONS))
@@ -711,7 +753,15 @@ class Builder:
         options = {}
         for options_node in groups.get("options", ()):
             for child in options_node.children:
-                options[child.name] = self.text(child, f"{path}/options/{child.name}")
+                child_path = f"{path}/options/{child.name}"
+                if child.children:
+                    self.fail(
+                        child_path,
+                        "nested option elements are not supported yet (Kaazing handed them only to gateway "
+                        "extensions' own option parsers); give each option one text value",
+                    )
+                    continue
+                options[child.name] = self.text(child, child_path)
         return m.LoginModule(type_, success, MappingProxyType(options)) if type_ else None
 
 
