@@ -4,7 +4,10 @@ with what to write instead; nothing Kaazing accepts gets a misleading "unknown e
 
 from __future__ import annotations
 
+import shutil
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,9 @@ import pytest
 from wsgate.catalog import load_config
 from wsgate.cli import main
 from wsgate.errors import ConfigErrors
+
+from .test_config import DOCS, make_stores
+from .test_tls import needs_keytool
 
 DATA = Path(__file__).parent / "data"
 NS = "http://xmlns.kaazing.org/2016/06/gateway"
@@ -268,3 +274,39 @@ def test_no_warning_without_dropped_protocols(tmp_path, capsys):
     path = xml(tmp_path, ECHO.format(extra="<accept-options><ssl.protocols>TLSv1.2</ssl.protocols></accept-options>"))
     assert main(["check-config", str(path), "--no-resolve"]) == 0
     assert "WARNING" not in capsys.readouterr().out
+
+
+# -- 9. Kaazing's truststore.db loads without library warnings --------------------------------
+
+
+def zero_serial_ca_der(tmp_path: Path) -> bytes:
+    """A CA certificate with serial number 0, as some old public CAs in Kaazing's truststore.db have."""
+    key, cert = tmp_path / "zero.key", tmp_path / "zero.der"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-outform", "DER"]
+        + ["-out", str(cert), "-subj", "/CN=old CA", "-days", "2", "-set_serial", "0"],
+        check=True,
+        capture_output=True,
+    )
+    return cert.read_bytes()
+
+
+@needs_keytool
+def test_kaazing_truststore_gives_no_library_warning_lines(tmp_path, ca):
+    import jks
+
+    shutil.copytree(DOCS / "examples", tmp_path, dirs_exist_ok=True)
+    make_stores(tmp_path, ca, kaazing=True)
+    store = jks.KeyStore.load(str(tmp_path / "truststore.db"), "changeit")
+    entries = [*store.certs.values(), jks.TrustedCertEntry.new("old ca", zero_serial_ca_der(tmp_path))]
+    jks.KeyStore.new("jks", entries).save(str(tmp_path / "truststore.db"), "changeit")
+    result = subprocess.run(
+        [sys.executable, "-m", "wsgate", "check-config", str(tmp_path / "gateway-config.xml"), "--no-resolve"],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(Path(__file__).parent.parent / "src"), "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "OK" in result.stdout
+    assert "CryptographyDeprecationWarning" not in result.stderr
+    assert "site-packages" not in result.stderr and ".py:" not in result.stderr, result.stderr
