@@ -276,6 +276,47 @@ def test_no_warning_without_dropped_protocols(tmp_path, capsys):
     assert "WARNING" not in capsys.readouterr().out
 
 
+# -- 7. Kaazing native clients' Origin: privileged://host:port ---------------------------------
+
+
+def test_privileged_origin_is_treated_like_no_origin():
+    from wsgate.config.model import CrossSiteConstraint
+    from wsgate.security.origin import cors_headers, origin_allowed, preflight
+
+    listed = (CrossSiteConstraint("http://app.example:8080"),)
+    anyone = (CrossSiteConstraint("*"),)
+    own = "http://gw.example:8000"
+    for origin in ("privileged://gw.example:8000", "PRIVILEGED://elsewhere:1"):
+        assert origin_allowed(origin, own, listed)
+        assert origin_allowed(origin, own, ())
+        assert cors_headers(origin, own, anyone) == {}
+        assert preflight(origin, "GET", None, own, anyone) == preflight(None, "GET", None, own, anyone)
+    # only that scheme: pages' origins are still checked
+    assert not origin_allowed("privileged.example.com", own, listed)
+    assert not origin_allowed("http://privileged:80", own, listed)
+
+
+async def test_kaazing_java_client_origin_passes_the_cross_site_check(start_gateway, http):
+    import aiohttp
+
+    gw = await start_gateway("""
+        service:
+          - name: echo
+            accept: ws://127.0.0.1:0/echo
+            type: echo
+            cross-site-constraint:
+              allow-origin: http://app.example:8080
+    """)
+    port = gw.port_of("echo")
+    url = f"ws://127.0.0.1:{port}/echo"
+    async with http.ws_connect(url, headers={"Origin": f"privileged://127.0.0.1:{port}"}) as ws:
+        await ws.send_str("ok")
+        assert (await ws.receive()).data == "ok"
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await http.ws_connect(url, headers={"Origin": "http://evil.example"})
+    assert refused.value.status == 403
+
+
 # -- 9. Kaazing's truststore.db loads without library warnings --------------------------------
 
 
