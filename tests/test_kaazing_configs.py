@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -351,3 +352,32 @@ def test_kaazing_truststore_gives_no_library_warning_lines(tmp_path, ca):
     assert "OK" in result.stdout
     assert "CryptographyDeprecationWarning" not in result.stderr
     assert "site-packages" not in result.stderr and ".py:" not in result.stderr, result.stderr
+
+
+# -- 11. a config laid out like Kaazing's distribution default -------------------------------
+
+
+def test_kaazing_distribution_layout_reports_only_amqp_proxy(tmp_path, capsys):
+    shutil.copy(DATA / "kaazing-default-layout.xml", tmp_path / "gateway-config.xml")
+    (tmp_path / "keystore.pw").write_text("changeme\n")
+    assert main(["check-config", str(tmp_path / "gateway-config.xml"), "--no-resolve"]) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line and not line.startswith("wsgate: ")]
+    assert lines == [
+        "service[AMQP Service]/type: service type 'amqp.proxy' is not supported yet; supported: "
+        "echo, directory, proxy, broadcast, management, metrics, kdc.proxy"
+    ], err
+
+
+def test_kaazing_distribution_layout_loads_without_amqp(tmp_path, ca):
+    text = (DATA / "kaazing-default-layout.xml").read_text()
+    start = text.index("  <service>\n    <name>AMQP Service</name>")
+    end = text.index("</service>", start) + len("</service>")
+    (tmp_path / "gateway-config.xml").write_text(text[:start] + text[end:])
+    (tmp_path / "keystore.pw").write_text("changeme\n")
+    (tmp_path / "web" / "welcome").mkdir(parents=True)
+    (tmp_path / "web" / "error-pages").mkdir()
+    (tmp_path / "jaas-config.xml").write_text(textwrap.dedent((DOCS / "examples" / "jaas-config.xml").read_text()))
+    config = load_config(tmp_path / "gateway-config.xml")
+    assert [s.name for s in config.services] == ["welcome-directory", "echo"]
+    assert config.security.realms["demo"].authentication.http_challenge_scheme == "Application Basic"
