@@ -289,7 +289,7 @@ BAD_CONFIGS = [
     (
         "wrong accept scheme",
         BASE.replace("ws://localhost:8000/echo", "tcp://localhost:8000"),
-        "service[echo]/accept: 'tcp://localhost:8000' has scheme 'tcp'; use one of ws, wss",
+        "service[echo]/accept: 'tcp://localhost:8000': accepting tcp:// (TCP without HTTP or WebSocket) is not supported yet; type echo takes ws://, wss://",
     ),
     (
         "proxy without connect",

@@ -277,7 +277,7 @@ def _check(config: GatewayConfig, resolve: bool = True) -> int:
         raise ConfigErrors.of(errors)
     for service in config.services:
         print("\n".join(describe_service(service)))
-    for warning in [*unauthenticated_warnings(config), *any_origin_warnings(config)]:
+    for warning in [*config.warnings, *unauthenticated_warnings(config), *any_origin_warnings(config)]:
         print(f"WARNING: {warning}")
     print(f"{config.source}: OK, {len(config.services)} service(s)")
     return 0

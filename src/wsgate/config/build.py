@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import socket
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -18,6 +19,7 @@ from typing import Any, TypeVar
 
 from ..errors import ConfigError, ConfigErrors
 from . import model as m
+from .ciphers import parse_ciphers
 from .loaders import LEGACY_REALM_NAMESPACES
 from .schema import Catalog, Property, ServiceTypeSchema
 from .tree import Node
@@ -49,7 +51,7 @@ Schema = Mapping[str, str]
 
 TOP = {"properties": "?", "service": "*", "service-defaults": "?", "security": "?", "limits": "?"}
 LIMITS = {"connections": "?", "handshakes": "?", "handshake-timeout": "?", "header-size": "?"}
-TOP_UNSUPPORTED = {"cluster": "clusters are not supported yet (Redis-backed scale-out is planned)"}
+TOP_UNSUPPORTED = {"cluster": "clusters (Redis-backed scale-out is planned)"}
 SERVICE = {
     "name": "1",
     "description": "?",
@@ -64,7 +66,7 @@ SERVICE = {
     "cross-site-constraint": "*",
     "mime-mapping": "*",
 }
-SERVICE_UNSUPPORTED = {"balance": "balancing is not supported yet", "notify": "notify (push) is not supported yet"}
+SERVICE_UNSUPPORTED = {"balance": "balancing", "notify": "notify (push)"}
 SERVICE_DEFAULTS = {"accept-options": "?", "connect-options": "?", "mime-mapping": "*"}
 SECURITY = {"keystore": "?", "truststore": "?", "realm": "*", "revocation-timeout": "?"}
 STORE = {"type": "?", "file": "1", "password-file": "?"}
@@ -96,6 +98,15 @@ BIND_LAYERS = {
     "wss": ("wss", "https", "ssl", "tls", "tcp"),
     "https": ("https", "ssl", "tls", "tcp"),
 }
+# Kaazing schemes wsgate does not serve yet, with what they are (for "not supported yet").
+UNSUPPORTED_ACCEPT_SCHEMES = {
+    "tcp": "TCP without HTTP or WebSocket",
+    "ssl": "TLS without HTTP or WebSocket",
+    "tls": "TLS without HTTP or WebSocket",
+    "udp": "UDP",
+    "pipe": "Kaazing's in-memory pipes",
+}
+UNSUPPORTED_CONNECT_SCHEMES = {"udp": "UDP", "pipe": "Kaazing's in-memory pipes", "http": "HTTP", "https": "HTTPS"}
 CHALLENGE_SCHEMES = ("Basic", "Application Basic", "Negotiate", "Application Negotiate", "Application Token")
 SUCCESS_FLAGS = ("required", "requisite", "sufficient", "optional")
 STORE_TYPES = ("JKS", "JCEKS", "PKCS12", "PEM")
@@ -112,7 +123,8 @@ PROPERTIES_UNSUPPORTED = {
 
 
 def parse_tls_protocols(text: str) -> tuple[str, ...]:
-    """Keep TLS 1.2/1.3; older versions listed by a migrated config are dropped, never enabled."""
+    """Keep TLS 1.2/1.3; older versions listed by a migrated config are dropped, never enabled (``Builder``
+    warns about them: ``dropped_tls_protocols``)."""
     wanted = parse_csv(text)
     known = {v.lower(): v for v in TLS_VERSIONS + INSECURE_TLS_VERSIONS}
     unknown = [p for p in wanted if p.lower() not in known]
@@ -122,6 +134,26 @@ def parse_tls_protocols(text: str) -> tuple[str, ...]:
     if not kept:
         raise ValueError(f"{text!r} enables no secure protocol; wsgate supports {', '.join(TLS_VERSIONS)} only")
     return kept
+
+
+def dropped_tls_protocols(text: str) -> list[str]:
+    """The entries of a valid ``ssl.protocols`` list that ``parse_tls_protocols`` drops, as written."""
+    insecure = {v.lower() for v in INSECURE_TLS_VERSIONS}
+    return [p for p in parse_csv(text) if p.lower() in insecure]
+
+
+# Kaazing's built-in properties (ConfigParameter.resolveAndReplace in kaazing/gateway's util module): used
+# only when neither <properties> nor a -D/--property defines the name. ${cloud.host} and ${cloud.instanceId}
+# asked AWS's instance metadata (169.254.169.254) over HTTP at load time; wsgate does not, and says so.
+CLOUD_PROPERTIES = ("cloud.host", "cloud.instanceId")
+
+
+def builtin_property(name: str) -> str | None:
+    """``${hostname}``: this machine's host name, as Java's ``InetAddress.getLocalHost().getHostName()`` gives it
+    (the name the system is configured with, not resolved to a fully qualified one); None for other names."""
+    if name == "hostname":
+        return socket.gethostname() or None
+    return None
 
 
 def parse_duration_or_off(text: str) -> float | None:
@@ -143,7 +175,7 @@ class Option:
 # Order is the order values are read (and so the order of their errors).
 BIND_OPTIONS = tuple(f"{s}.bind" for s in BIND_SCHEMES)
 ACCEPT_TLS_OPTIONS: Mapping[str, Option] = {
-    "ssl.ciphers": Option("ciphers", str),
+    "ssl.ciphers": Option("ciphers", parse_ciphers),
     "ssl.protocols": Option("protocols", parse_tls_protocols, ()),
     "ssl.encryption": Option("encryption", parse_enabled, True),
     "ssl.verify-client": Option("verify_client", parse_choice, "none", (VERIFY_CLIENT,)),
@@ -159,7 +191,7 @@ ACCEPT_OPTIONS: Mapping[str, Option] = {
     "ws.write.timeout": Option("write_timeout", parse_duration_or_off, m.DEFAULT_WRITE_TIMEOUT),
 }
 CONNECT_TLS_OPTIONS: Mapping[str, Option] = {
-    "ssl.ciphers": Option("ciphers", str),
+    "ssl.ciphers": Option("ciphers", parse_ciphers),
     "ssl.protocols": Option("protocols", parse_tls_protocols, ()),
     "ssl.client-certificate": Option("client_certificate", str),
 }
@@ -191,11 +223,16 @@ class Builder:
         self.base_dir = base_dir
         self.legacy_realms = legacy_realms  # a 2014/09 or 2015/11 XML config: see ``unconstrained_realm``
         self.errors: list[ConfigError] = []
+        self.warnings: list[str] = []
 
     # -- helpers -----------------------------------------------------------------------------
 
     def fail(self, path: str, message: str) -> None:
         self.errors.append(ConfigError(path, message))
+
+    def warn(self, path: str, message: str) -> None:
+        """Something the config asks for that wsgate deliberately does differently: loads, and is said."""
+        self.warnings.append(f"{path}: {message}")
 
     def text(self, node: Node, path: str) -> str:
         """The element's text with ``${name}`` substituted from the properties."""
@@ -208,9 +245,20 @@ class Builder:
             name = match.group(1)
             if name in self.properties:
                 return self.properties[name]
-            self.fail(
-                path, f"property ${{{name}}} is not defined; add it to <properties> or pass --property {name}=VALUE"
-            )
+            builtin = builtin_property(name)
+            if builtin:
+                return builtin
+            if name in CLOUD_PROPERTIES:
+                self.fail(
+                    path,
+                    f"property ${{{name}}} is Kaazing's AWS instance-metadata look-up, which wsgate does not do; "
+                    f"pass --property {name}=VALUE (or -D{name}=VALUE in WSGATE_OPTS) or add it to <properties>",
+                )
+            else:
+                self.fail(
+                    path,
+                    f"property ${{{name}}} is not defined; add it to <properties> or pass --property {name}=VALUE",
+                )
             return match.group(0)
 
         return _PROPERTY_REF.sub(replace, value)
@@ -297,15 +345,30 @@ class Builder:
         groups = self.group(node, index, SERVICE, SERVICE_UNSUPPORTED)
         type_ = self.one(groups, "type", index, str) or ""
         spec = self.service_type(type_, f"{index}/type") if groups.get("type") else None  # else: "is required"
-        accepts = self.uris(groups, "accept", index, spec.accept if spec else ACCEPT_SCHEMES)
+        accept_schemes = spec.accept if spec else ACCEPT_SCHEMES
+        accepts = self.uris(groups, "accept", index, accept_schemes, f"type {type_}" if spec else "wsgate")
         # Connect URIs and properties mean what the type says: a type that is unknown (or not supported) cannot
         # judge them, so only its own error is reported.
-        connects = self.uris(groups, "connect", index, spec.connect_schemes or CONNECT_SCHEMES) if spec else ()
+        property_nodes, legacy_connects = self.connect_properties(groups.get("properties", []))
+        connect_schemes = (spec.connect_schemes or CONNECT_SCHEMES) if spec else ()
+        connects = (
+            self.uris(groups, "connect", index, connect_schemes, f"type {type_}")
+            + self.uris(
+                {"properties/connect": legacy_connects},
+                "properties/connect",
+                index,
+                connect_schemes,
+                f"type {type_}",
+            )
+            if spec
+            else ()
+        )
         if not groups.get("accept"):
             self.fail(f"{index}/accept", "a service needs at least one accept URI")
         if spec:
             low, high = spec.connect
-            if not low <= len(connects) <= high:
+            given = len(groups.get("connect", ())) + len(legacy_connects)  # a bad one has its own error
+            if not low <= given <= high:
                 want = (
                     "no connect URI"
                     if high == 0
@@ -313,11 +376,9 @@ class Builder:
                     if low != high
                     else "exactly one connect URI"
                 )
-                self.fail(f"{index}/connect", f"a {type_} service takes {want}, found {len(connects)}")
+                self.fail(f"{index}/connect", f"a {type_} service takes {want}, found {given}")
         properties, settings = (
-            self.service_properties(groups.get("properties", []), index, spec.properties)
-            if spec
-            else (m.EMPTY, m.EMPTY)
+            self.service_properties(property_nodes, index, spec.properties) if spec else (m.EMPTY, m.EMPTY)
         )
         accept_options = self.accept_options(
             defaults.get("accept-options", []) + groups.get("accept-options", []), index
@@ -385,9 +446,39 @@ class Builder:
             self.fail(path, f"'{type_}' is not a service type; valid: {', '.join(types)}")
         return None
 
-    def uris(self, groups: Mapping[str, list[Node]], name: str, path: str, schemes: tuple[str, ...]) -> tuple[Uri, ...]:
-        values = (self.parse(node, f"{path}/{name}", parse_uri, schemes) for node in groups.get(name, ()))
-        return tuple(v for v in values if v is not None)
+    @staticmethod
+    def connect_properties(nodes: list[Node]) -> tuple[list[Node], list[Node]]:
+        """Kaazing's older form of a connect URI, ``<properties><connect>URI</connect></properties>``: Kaazing's
+        GatewayContextResolver moves it to the service's connect URIs, whatever the type. → (the properties
+        without it, the ``connect`` property elements)."""
+        kept, connects = [], []
+        for node in nodes:
+            connects += [c for c in node.children if c.name == "connect"]
+            kept.append(replace(node, children=[c for c in node.children if c.name != "connect"]))
+        return kept, connects
+
+    def uris(
+        self, groups: Mapping[str, list[Node]], name: str, path: str, schemes: tuple[str, ...], who: str
+    ) -> tuple[Uri, ...]:
+        """The ``name`` URIs; a scheme Kaazing has but ``who`` does not take (yet) is "not supported yet"."""
+        found = []
+        unsupported = UNSUPPORTED_ACCEPT_SCHEMES if name == "accept" else UNSUPPORTED_CONNECT_SCHEMES
+        for node in groups.get(name, ()):
+            text = self.text(node, f"{path}/{name}")
+            scheme = text.strip().partition("://")[0].lower()
+            if scheme not in schemes and scheme in unsupported:
+                verb = "accepting" if name == "accept" else "connecting to"
+                self.fail(
+                    f"{path}/{name}",
+                    f"{text.strip()!r}: {verb} {scheme}:// ({unsupported[scheme]}) is not supported yet; {who} takes "
+                    f"{', '.join(s + '://' for s in schemes)}",
+                )
+                continue
+            try:
+                found.append(parse_uri(text, schemes))
+            except ValueError as exc:
+                self.fail(f"{path}/{name}", str(exc))
+        return tuple(found)
 
     def service_properties(
         self, nodes: list[Node], path: str, schema: Mapping[str, Property]
@@ -448,6 +539,7 @@ class Builder:
                 bind = self.value(item, parse_bind)
                 if not isinstance(bind, _Failed):
                     binds[scheme] = m.Bind(*bind)
+        self.warn_dropped_protocols(values)
         tls = m.TlsOptions(**self.read_options(values, ACCEPT_TLS_OPTIONS))
         options = m.AcceptOptions(binds=MappingProxyType(binds), tls=tls, **self.read_options(values, ACCEPT_OPTIONS))
         self.leftover_options(values, "accept-options", ACCEPT_OPTION_NAMES)
@@ -459,10 +551,35 @@ class Builder:
             self.fail(
                 item[1], "verify-client belongs in accept-options; back ends are always verified against the truststore"
             )
+        if (item := values.pop("ssl.encryption", None)) is not None and self.value(item, parse_enabled) is False:
+            self.fail(
+                item[1],
+                "'disabled' is not supported yet in connect-options (Kaazing's plain text on a TLS connect, for "
+                "Enterprise Shield); for a plain-text back end connect with tcp:// or ws://",
+            )
+        self.warn_dropped_protocols(values)
         tls = m.TlsOptions(**self.read_options(values, CONNECT_TLS_OPTIONS))
         options = m.ConnectOptions(tls=tls, **self.read_options(values, CONNECT_OPTIONS))
         self.leftover_options(values, "connect-options", CONNECT_OPTION_NAMES)
         return options
+
+    def warn_dropped_protocols(self, values: Mapping[str, tuple[str, str]]) -> None:
+        """``ssl.protocols`` entries older than TLS 1.2 load (a migrated config keeps working) but are never enabled:
+        say which, at the element (an invalid list is ``parse_tls_protocols``'s error instead)."""
+        item = values.get("ssl.protocols")
+        if item is None:
+            return
+        try:
+            kept = parse_tls_protocols(item[0])
+        except ValueError:
+            return
+        dropped = dropped_tls_protocols(item[0])
+        if dropped:
+            self.warn(
+                item[1],
+                f"{', '.join(dropped)} dropped: wsgate never enables TLS older than 1.2; this side speaks "
+                f"{', '.join(kept)} only",
+            )
 
     def read_options(self, values: dict[str, tuple[str, str]], table: Mapping[str, Option]) -> dict[str, Any]:
         """Take the options ``table`` names out of ``values``: model field → parsed value (or the default)."""
@@ -641,7 +758,15 @@ class Builder:
         options = {}
         for options_node in groups.get("options", ()):
             for child in options_node.children:
-                options[child.name] = self.text(child, f"{path}/options/{child.name}")
+                child_path = f"{path}/options/{child.name}"
+                if child.children:
+                    self.fail(
+                        child_path,
+                        "nested option elements are not supported yet (Kaazing handed them only to gateway "
+                        "extensions' own option parsers); give each option one text value",
+                    )
+                    continue
+                options[child.name] = self.text(child, child_path)
         return m.LoginModule(type_, success, MappingProxyType(options)) if type_ else None
 
 
@@ -715,4 +840,6 @@ def build_config(
         raise ConfigErrors(builder.errors)
     if web_root is None:
         web_root = base_dir.parent / "web" if base_dir.name == "conf" else base_dir
-    return m.GatewayConfig(services, security, MappingProxyType(builder.properties), source, web_root, limits)
+    return m.GatewayConfig(
+        services, security, MappingProxyType(builder.properties), source, web_root, limits, tuple(builder.warnings)
+    )

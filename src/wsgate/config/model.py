@@ -175,6 +175,9 @@ class GatewayConfig:
     source: Path | None = None
     web_root: Path | None = None
     limits: Limits = Limits()
+    # Located warnings ("element path: message"): what the config asks for and wsgate does differently, on purpose.
+    # ``check-config`` prints them and the gateway logs them at every start and reload.
+    warnings: tuple[str, ...] = ()
 
     def service(self, name: str) -> Service:
         for service in self.services:

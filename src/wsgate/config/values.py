@@ -135,8 +135,22 @@ class Uri:
         return self.raw
 
 
+_INTERFACE = re.compile(r"\[@[^\]]*\]")
+
+
+def _no_interface_name(text: str) -> None:
+    """Kaazing's ``[@eth0]`` / ``[@Software Loopback Interface 1]``: a host given as a network interface."""
+    match = _INTERFACE.search(text)
+    if match:
+        raise ValueError(
+            f"{text.strip()!r}: network interface names ({match.group(0)}) are not supported yet; write the "
+            "interface's IP address instead (e.g. 192.0.2.10 or [2001:db8::10])"
+        )
+
+
 def parse_uri(text: str, schemes: tuple[str, ...]) -> Uri:
     """Parse ``scheme://host:port/path``; tcp/ssl URIs need an explicit port."""
+    _no_interface_name(text)
     parts = urlsplit(text.strip())
     scheme = parts.scheme.lower()
     if scheme not in schemes:
@@ -158,6 +172,7 @@ def parse_uri(text: str, schemes: tuple[str, ...]) -> Uri:
 
 def parse_bind(text: str) -> tuple[str | None, int]:
     """A ``*.bind`` value: ``8000``, ``0.0.0.0:8000`` or ``[::1]:8000`` → (host or None, port)."""
+    _no_interface_name(text)
     value = text.strip()
     host: str | None = None
     if ":" in value:

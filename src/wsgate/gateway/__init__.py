@@ -226,6 +226,8 @@ class Gateway:
             deployment.listeners[key] = listener
         if errors:
             raise ConfigErrors.of(errors)
+        for warning in config.warnings:
+            log.warning("%s", warning)
         for service in config.services:
             if service.dropped_realm:
                 log.warning(

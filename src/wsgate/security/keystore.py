@@ -6,12 +6,16 @@ keys never touch the disk: ``tls.py`` hands them to OpenSSL through a memfd.
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import jks
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import NameOID
 
 from ..config.model import Store
@@ -81,19 +85,31 @@ def _detect(data: bytes) -> str:
     return "PKCS12"
 
 
+@contextmanager
+def _old_certificates_tolerated() -> Iterator[None]:
+    """Kaazing's truststore.db is a copy of a JDK's cacerts, whose old public CAs include certificates with a
+    serial number of zero or below. cryptography parses them but warns (CryptographyDeprecationWarning, printed
+    with its own source path) once per certificate, at every start, about CAs the operator never chose; only
+    that category is silenced, only while a JKS/JCEKS store is parsed."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=CryptographyDeprecationWarning)
+        yield
+
+
 def _load_jks(data: bytes, store: Store) -> KeyMaterial:
     if store.password is None:
         raise TlsSetupError(f"{store.path}/password-file", "a JKS/JCEKS store needs a password-file")
-    keystore = jks.KeyStore.loads(data, store.password, try_decrypt_keys=True)
-    keys = []
-    for alias, entry in keystore.private_keys.items():
-        if not entry.is_decrypted():
-            entry.decrypt(store.password)
-        key = serialization.load_der_private_key(entry.pkey_pkcs8, None)
-        chain = [x509.load_der_x509_certificate(der) for _, der in entry.cert_chain]
-        keys.append(_entry(alias, key, chain))
-    trusted = [x509.load_der_x509_certificate(c.cert) for c in keystore.certs.values()]
-    return KeyMaterial(tuple(keys), b"".join(c.public_bytes(_PEM) for c in trusted))
+    with _old_certificates_tolerated():
+        keystore = jks.KeyStore.loads(data, store.password, try_decrypt_keys=True)
+        keys = []
+        for alias, entry in keystore.private_keys.items():
+            if not entry.is_decrypted():
+                entry.decrypt(store.password)
+            key = serialization.load_der_private_key(entry.pkey_pkcs8, None)
+            chain = [x509.load_der_x509_certificate(der) for _, der in entry.cert_chain]
+            keys.append(_entry(alias, key, chain))
+        trusted = [x509.load_der_x509_certificate(c.cert) for c in keystore.certs.values()]
+        return KeyMaterial(tuple(keys), b"".join(c.public_bytes(_PEM) for c in trusted))
 
 
 def _load_pkcs12(data: bytes, store: Store) -> KeyMaterial:

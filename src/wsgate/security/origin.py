@@ -3,6 +3,14 @@
 Browsers always send ``Origin`` on a WebSocket upgrade, so checking it stops
 cross-site WebSocket hijacking. Non-browser clients send none and pass; a realm
 (issue "security realms") authenticates them.
+
+Kaazing's native clients (its Java client's WebSocket and HTTP handlers, the Java bridge for code loaded
+from a file or an application server) send ``Origin: privileged://<gateway host>:<port>`` instead of none, and
+Kaazing's gateway lets any ``privileged`` origin through as same-origin (HttpOriginSecurityFilter). A browser
+never sends it: the Origin it sends is the page's own (``http``/``https``, or ``null``), not one a page can
+choose. So a ``privileged://`` Origin comes from code that could equally send no Origin at all, and wsgate
+treats it exactly like none: the upgrade passes the Origin check (a realm still authenticates it), it gets no
+CORS headers, and a preflight carrying it is refused as one without Origin is.
 """
 
 from __future__ import annotations
@@ -25,9 +33,16 @@ def normalize_origin(origin: str) -> str | None:
     return f"{parts.scheme}://{parts.hostname.lower()}:{port or DEFAULT_PORTS[parts.scheme]}"
 
 
+def privileged(origin: str) -> bool:
+    """``privileged://host:port``: a Kaazing native client (see above), never a browser."""
+    scheme, sep, _ = origin.strip().partition("://")
+    return bool(sep) and scheme.lower() == "privileged"
+
+
 def origin_allowed(origin: str | None, own_origin: str, constraints: tuple[CrossSiteConstraint, ...]) -> bool:
-    """Same-origin and listed origins pass; ``null``, malformed and other origins do not."""
-    if origin is None:
+    """Same-origin and listed origins pass, and no Origin or a Kaazing client's ``privileged://`` one (not a
+    browser); ``null``, malformed and other origins do not."""
+    if origin is None or privileged(origin):
         return True
     normalized = normalize_origin(origin)
     if normalized is None:
@@ -50,7 +65,7 @@ def _allowed_constraint(origin: str, constraints: tuple[CrossSiteConstraint, ...
 
 def cors_headers(origin: str | None, own_origin: str, constraints: tuple[CrossSiteConstraint, ...]) -> dict[str, str]:
     """Headers that let a listed cross-origin page read a response (with its cookies); none otherwise."""
-    if origin is None or normalize_origin(origin) == normalize_origin(own_origin):
+    if origin is None or privileged(origin) or normalize_origin(origin) == normalize_origin(own_origin):
         return {}
     if _allowed_constraint(origin, constraints) is None:
         return {}
@@ -65,7 +80,7 @@ def preflight(
     constraints: tuple[CrossSiteConstraint, ...],
 ) -> tuple[int, dict[str, str]]:
     """Answer a CORS preflight: 204 with the grant, or 403 when the origin, method or a header is not listed."""
-    constraint = _allowed_constraint(origin, constraints) if origin else None
+    constraint = _allowed_constraint(origin, constraints) if origin and not privileged(origin) else None
     if origin is None or method is None or constraint is None:
         return 403, {}
     methods = tuple(m.upper() for m in constraint.allow_methods) or DEFAULT_METHODS
