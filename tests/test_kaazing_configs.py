@@ -359,7 +359,8 @@ def test_kaazing_truststore_gives_no_library_warning_lines(tmp_path, ca):
 
 def test_kaazing_distribution_layout_reports_only_amqp_proxy(tmp_path, capsys):
     shutil.copy(DATA / "kaazing-default-layout.xml", tmp_path / "gateway-config.xml")
-    (tmp_path / "keystore.pw").write_text("changeme\n")
+    for name in ("keystore.db", "keystore.pw", "truststore.db"):  # the development stores docs/examples ships
+        shutil.copy(DOCS / "examples" / name, tmp_path / name)
     assert main(["check-config", str(tmp_path / "gateway-config.xml"), "--no-resolve"]) == 2
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line and not line.startswith("wsgate: ")]
@@ -374,7 +375,8 @@ def test_kaazing_distribution_layout_loads_without_amqp(tmp_path, ca):
     start = text.index("  <service>\n    <name>AMQP Service</name>")
     end = text.index("</service>", start) + len("</service>")
     (tmp_path / "gateway-config.xml").write_text(text[:start] + text[end:])
-    (tmp_path / "keystore.pw").write_text("changeme\n")
+    for name in ("keystore.db", "keystore.pw", "truststore.db"):  # the development stores docs/examples ships
+        shutil.copy(DOCS / "examples" / name, tmp_path / name)
     (tmp_path / "web" / "welcome").mkdir(parents=True)
     (tmp_path / "web" / "error-pages").mkdir()
     (tmp_path / "jaas-config.xml").write_text(textwrap.dedent((DOCS / "examples" / "jaas-config.xml").read_text()))
