@@ -18,6 +18,7 @@ from wsgate.catalog import load_config
 from wsgate.gateway import Gateway
 
 from .kdc import Kdc
+from .redis_server import RedisServer
 
 StartGateway = Callable[..., Awaitable[Gateway]]
 
@@ -60,6 +61,21 @@ def kdc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kdc]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of the test's own on loopback (``stop()``/``start()`` make an outage)."""
+    from . import redis_server as module
+
+    if not module.installed():
+        pytest.skip("redis-server not installed (make test installs it)")
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

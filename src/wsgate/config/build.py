@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from ..errors import ConfigError, ConfigErrors
 from . import model as m
@@ -49,9 +50,22 @@ _PROPERTY_REF = re.compile(r"\$\{([^}]*)\}")
 # Cardinality: "1" exactly one, "?" at most one, "*" any, "+" at least one.
 Schema = Mapping[str, str]
 
-TOP = {"properties": "?", "service": "*", "service-defaults": "?", "security": "?", "limits": "?"}
+TOP = {"properties": "?", "service": "*", "service-defaults": "?", "security": "?", "limits": "?", "state": "?"}
+STATE = {
+    "type": "?",
+    "url": "?",
+    "password-file": "?",
+    "ca-file": "?",
+    "key-prefix": "?",
+    "node": "?",
+    "heartbeat": "?",
+    "timeout": "?",
+}
 LIMITS = {"connections": "?", "handshakes": "?", "handshake-timeout": "?", "header-size": "?"}
-TOP_UNSUPPORTED = {"cluster": "clusters (Redis-backed scale-out is planned)"}
+TOP_UNSUPPORTED = {
+    "cluster": "Kaazing's Hazelcast cluster; wsgate nodes share state through Redis instead: a top-level "
+    "state element with type redis (docs/operations.md, 'Scale-out')",
+}
 SERVICE = {
     "name": "1",
     "description": "?",
@@ -656,6 +670,48 @@ class Builder:
             header_size=size if size is not None else default.header_size,
         )
 
+    def state(self, root: Node) -> m.State:
+        """Where sessions, revocations and the connection registry live: this process, or Redis."""
+        node = root.first("state")
+        if node is None:
+            return m.State()
+        path = "state"
+        groups = self.group(node, path, STATE)
+        kind = self.one(groups, "type", path, parse_choice, ("memory", "redis")) or "redis"
+        url = self.one(groups, "url", path, str)
+        if kind == "redis" and not url:
+            self.fail(f"{path}/url", "is required for type redis, e.g. redis://127.0.0.1:6379/0 (rediss:// for TLS)")
+        elif url and not url.startswith(("redis://", "rediss://", "unix://")):
+            self.fail(f"{path}/url", f"{url!r} is not a redis://, rediss:// or unix:// URL")
+        elif url and urlsplit(url).password is not None:
+            self.fail(f"{path}/url", "holds a password: put it in password-file instead (URLs end up in logs)")
+        password = None
+        password_file = self.one(groups, "password-file", path, str)
+        if password_file:
+            try:
+                password = self.file_path(password_file).read_text().rstrip("\r\n")
+            except OSError as exc:
+                self.fail(
+                    f"{path}/password-file", f"cannot read {str(self.file_path(password_file))!r}: {exc.strerror}"
+                )
+        ca_file = self.one(groups, "ca-file", path, str)
+        if ca_file and not self.file_path(ca_file).is_file():
+            self.fail(f"{path}/ca-file", f"cannot read {str(self.file_path(ca_file))!r}")
+        default = m.State()
+        heartbeat = self.one(groups, "heartbeat", path, parse_duration)
+        timeout = self.one(groups, "timeout", path, parse_duration)
+        prefix = self.one(groups, "key-prefix", path, str)
+        return m.State(
+            type=kind,
+            url=url,
+            password=password,
+            ca_file=self.file_path(ca_file) if ca_file else None,
+            key_prefix=prefix if prefix else default.key_prefix,
+            node=self.one(groups, "node", path, str),
+            heartbeat=heartbeat if heartbeat else default.heartbeat,
+            timeout=timeout if timeout else default.timeout,
+        )
+
     def security(self, root: Node) -> m.Security:
         node = root.first("security")
         if node is None:
@@ -835,11 +891,19 @@ def build_config(
     services = builder.gateway(root) or ()
     security = builder.security(root)
     limits = builder.limits(root)
+    state = builder.state(root)
     check_cross_references(services, security, builder)
     if builder.errors:
         raise ConfigErrors(builder.errors)
     if web_root is None:
         web_root = base_dir.parent / "web" if base_dir.name == "conf" else base_dir
     return m.GatewayConfig(
-        services, security, MappingProxyType(builder.properties), source, web_root, limits, tuple(builder.warnings)
+        services,
+        security,
+        MappingProxyType(builder.properties),
+        source,
+        web_root,
+        limits,
+        tuple(builder.warnings),
+        state,
     )

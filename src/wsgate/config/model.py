@@ -168,6 +168,24 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class State:
+    """The top-level ``state`` element: where realm sessions, revocations and the connection registry live.
+
+    ``memory`` (default): this process. ``redis``: shared by every process and node that names the same
+    Redis and ``key_prefix`` (docs/operations.md, "Scale-out").
+    """
+
+    type: str = "memory"
+    url: str | None = None  # redis://host:port/db, rediss:// (TLS), unix:///path
+    password: str | None = field(default=None, repr=False)  # Redis AUTH, from password-file
+    ca_file: Path | None = None  # for rediss://
+    key_prefix: str = "wsgate"
+    node: str | None = None  # this node's name in the registry (default: host name and process id)
+    heartbeat: float = 2.0  # seconds between the node's heartbeats; 3 missed: the node is gone
+    timeout: float = 1.0  # seconds a Redis command may take before the store counts as unavailable
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     services: tuple[Service, ...]
     security: Security = Security()
@@ -178,6 +196,7 @@ class GatewayConfig:
     # Located warnings ("element path: message"): what the config asks for and wsgate does differently, on purpose.
     # ``check-config`` prints them and the gateway logs them at every start and reload.
     warnings: tuple[str, ...] = ()
+    state: State = State()
 
     def service(self, name: str) -> Service:
         for service in self.services:

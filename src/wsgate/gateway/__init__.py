@@ -14,6 +14,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..catalog import service_type
 from ..config.model import GatewayConfig, TlsOptions
@@ -30,7 +31,15 @@ from ..security.realms import RealmGate, RealmRuntime
 from ..security.tls import ListenerTls
 from ..services.base import HttpService, ResourceService, Runtime, ServiceHandler, WebSocketService
 from ..state.connections import Selector
-from ..state.revocations import MemoryRevocations, RevocationList, token_digest, token_key, user_key
+from ..state.redis import REVOKED, RedisRevocations, RedisSessions, RedisState, StateUnavailable
+from ..state.revocations import (
+    MemoryRevocations,
+    RevocationList,
+    identity_keys,
+    token_digest,
+    token_key,
+    user_key,
+)
 from ..state.sessions import cookie_name
 from ..transport.endpoint import Endpoint
 from ..transport.http import reply_endpoint
@@ -98,7 +107,13 @@ class Gateway:
         self.started = time.time()
         self.retired: list[Listener] = []  # listeners replaced by a reload, still serving their connections
         self._reloading = asyncio.Lock()
+        # Shared with other processes and nodes when the config names a Redis (state: {type: redis}).
+        self.shared = RedisState(config.state) if config.state.type == "redis" else None
         self.revocations: RevocationList = MemoryRevocations()
+        if self.shared is not None:
+            self.revocations = RedisRevocations(self.shared)
+            self.shared.subscribe(REVOKED, self._revoked_elsewhere)
+            self.shared.on_reconnect.append(self._resync_revocations)
         keys, trust, errors = read_stores(config)  # reported with what the build finds (check-config: all at once)
         try:
             planned = plan(config, keys, trust)
@@ -191,6 +206,8 @@ class Gateway:
                 continue
             realm_runtime.metrics = runtime.metrics
             realm_runtime.revocations = self.revocations
+            if self.shared is not None:
+                realm_runtime.sessions = RedisSessions(self.shared, name)
             deployment.realms[name] = realm_runtime
         for name, service_plan in planned.services.items():
             if current is not None and name in changes.unchanged:
@@ -325,6 +342,8 @@ class Gateway:
     async def start(self) -> None:
         """Start the services, then bind every listener; on failure stop what started and raise
         a ``ConfigError`` naming the service(s), the address and the cause."""
+        if self.shared is not None:
+            await self.shared.start()  # a Redis that does not answer is a start-up error, before any port opens
         try:
             for service in self.services.values():
                 await _start_service(service)
@@ -366,6 +385,8 @@ class Gateway:
             await service.stop()
         for realm in self.realms.values():
             await realm.close()
+        if self.shared is not None:
+            await self.shared.close()
 
     async def revoke(self, user: str | None = None, token: str | None = None, reason: str = "revoked") -> int:
         """Refuse ``user`` (or the presented ``token``) from now on, and close their live connections now.
@@ -405,6 +426,36 @@ class Gateway:
         log.info("revoked %d key(s), closed %d connection(s) (%s)", len(revoked), closed, reason)
         return closed
 
+    async def _revoked_elsewhere(self, message: dict[str, Any]) -> None:
+        """Another node revoked keys: close this node's connections they refuse (its own were closed by ``revoke``)."""
+        if self.shared is not None and message.get("node") == self.shared.node:
+            return
+        keys = message.get("keys")
+        if isinstance(keys, dict):
+            self._end_revoked({str(key): float(until) for key, until in keys.items()}, "revoked")
+
+    async def _resync_revocations(self) -> None:
+        """Back from a Redis outage: messages published meanwhile were lost; the keys were not."""
+        try:
+            self._end_revoked(await self.revocations.entries(), "revoked")
+        except StateUnavailable:
+            pass  # gone again: the next reconnect resyncs
+
+    def _end_revoked(self, revoked: dict[str, float], reason: str) -> int:
+        now = time.time()
+        in_force = {key for key, until in revoked.items() if until > now}
+        closed = 0
+        for connection in self.runtime.connections:
+            identity = connection.identity
+            if identity is None:
+                continue
+            if in_force.intersection(identity_keys(identity.user, identity.token_id, identity.token_digest)):
+                connection.end(CloseCode.POLICY_VIOLATION, reason, grace=1.0)
+                closed += 1
+        if closed:
+            log.info("closed %d connection(s) revoked on another node", closed)
+        return closed
+
     async def revocations_in_force(self) -> dict[str, float]:
         return await self.revocations.entries()
 
@@ -433,7 +484,10 @@ class Gateway:
             if self.loader is None:
                 return False, "this gateway was not started from a config file"
             try:
-                changes = diff(self.plan, load_plan(self.loader()))
+                config = self.loader()
+                if config.state != self.config.state:
+                    raise ConfigError("state", "takes effect at a restart only; the running state stays")
+                changes = diff(self.plan, load_plan(config))
                 await self.apply(changes)
             except GatewayError as exc:
                 metrics.reloads.labels("rejected").inc()

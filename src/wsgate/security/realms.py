@@ -37,6 +37,7 @@ from ..core.session import Timeouts
 from ..core.session import connection_deadline as session_deadline
 from ..observe.logs import get_logger
 from ..state.connections import Selector
+from ..state.redis import StateUnavailable
 from ..state.revocations import MemoryRevocations, RevocationList, identity_keys, token_digest
 from ..state.rounds import MemoryRounds, RoundStore
 from ..state.sessions import DEFAULT_SESSION_TTL, MemorySessions, Session, SessionStore, cookie_name
@@ -122,6 +123,14 @@ class RealmRuntime:
         self.files = module_files(realm, base_dir)
 
     async def authenticate(self, handshake: Handshake, allow_session: bool = True) -> Proof | Refused:
+        """Session cookie or login chain, then expiry and revocation. Shared state (Redis) that does not
+        answer is a 503: a session or a revocation that cannot be checked never lets anyone in."""
+        try:
+            return await self._authenticate(handshake, allow_session)
+        except StateUnavailable as exc:
+            return Refused(503, str(exc))
+
+    async def _authenticate(self, handshake: Handshake, allow_session: bool) -> Proof | Refused:
         try:
             credentials, session_token = self.gather(handshake)
         except AmbiguousCredentials as exc:
@@ -377,7 +386,14 @@ class RealmGate:
     # -- control resources -------------------------------------------------------------------
 
     async def control(self, handshake: Handshake, what: str) -> Reply:
-        """``<path>/.wsgate/<what>``; the caller has checked the Origin."""
+        """``<path>/.wsgate/<what>``; the caller has checked the Origin. Shared state down: 503."""
+        try:
+            return await self._control(handshake, what)
+        except StateUnavailable as exc:
+            audit.warning("session resource unavailable", service=self.name, reason=str(exc), status=503)
+            return Reply.text(503, UNAVAILABLE, (("Retry-After", "5"),))
+
+    async def _control(self, handshake: Handshake, what: str) -> Reply:
         if what == "session" and self.realm.recycle:
             if handshake.method == "POST":
                 return await self.login(handshake)

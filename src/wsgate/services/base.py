@@ -32,6 +32,7 @@ from ..core.session import LiveSession
 from ..observe.logs import LogLimiter, get_logger
 from ..security.keystore import KeyMaterial
 from ..state.connections import MemoryConnections, Selector
+from ..state.redis import StateUnavailable
 from ..state.revocations import RevocationList, identity_keys
 
 if TYPE_CHECKING:
@@ -154,7 +155,10 @@ class WebSocketService(ServiceHandler):
         """Revocation is checked again here: one may have come while the back end was being dialled."""
         store = self.runtime.revocations
         keys = identity_keys(identity.user, identity.token_id, identity.token_digest)
-        return store is not None and await store.revoked(keys) is not None
+        try:
+            return store is not None and await store.revoked(keys) is not None
+        except StateUnavailable:  # cannot be checked (Redis down): refused, as a revoked one would be
+            return True
 
     def deny(self, identity: Identity, remote: str, reason: str) -> Reply:
         """As the realm refuses presented credentials: 403, the reason in the audit log only."""

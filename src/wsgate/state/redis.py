@@ -1,0 +1,319 @@
+"""State shared through Redis (``state: {type: redis}``): what several processes and nodes must agree on.
+
+``RedisState`` owns one ``redis.asyncio`` client for the gateway and one pub/sub listener that
+reconnects with backoff; the stores (sessions, revocations, the connection registry, broadcast fan-out)
+are built on it. Every key starts with ``<key-prefix>:`` so that several gateways can share one Redis.
+No secret is stored in a usable form: sessions by the SHA-256 of their cookie, tokens by digest.
+
+Redis unavailable: a command that fails or takes longer than ``timeout`` raises ``StateUnavailable``;
+callers decide, and they fail closed (a new login that needs a revocation check answers 503; a
+connection already open keeps going). ``up`` says whether the last exchange worked, for the metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import socket
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import replace
+from typing import Any
+
+from redis import asyncio as aioredis
+from redis.exceptions import RedisError
+
+from ..config.model import State
+from ..core.identity import Identity
+from ..errors import GatewayError
+from .sessions import Session, digest
+
+log = logging.getLogger("wsgate.state")
+Handler = Callable[[dict[str, Any]], Awaitable[None] | None]
+
+
+class StateUnavailable(GatewayError):
+    """Redis did not answer in time, or refused: the caller fails closed."""
+
+
+def node_name(config: State) -> str:
+    """This node's name in the registry: configured, else host name and process id (unique per worker)."""
+    return config.node or f"{socket.gethostname()}-{os.getpid()}"
+
+
+class RedisState:
+    """The gateway's Redis: one client, one pub/sub listener, keys under ``key_prefix``."""
+
+    def __init__(self, config: State) -> None:
+        assert config.url is not None, "the config builder requires url for type redis"
+        self.config = config
+        self.prefix = config.key_prefix
+        self.node = node_name(config)
+        self.timeout = config.timeout
+        kwargs: dict[str, Any] = {
+            "socket_timeout": config.timeout,
+            "socket_connect_timeout": config.timeout,
+            "health_check_interval": 10,
+            "decode_responses": True,
+        }
+        if config.password is not None:
+            kwargs["password"] = config.password
+        if config.url.startswith("rediss://"):
+            kwargs["ssl_cert_reqs"] = ssl.CERT_REQUIRED
+            if config.ca_file is not None:
+                kwargs["ssl_ca_certs"] = str(config.ca_file)
+        self.client: aioredis.Redis = aioredis.Redis.from_url(config.url, **kwargs)
+        self.up = False
+        self.handlers: dict[str, list[Handler]] = {}
+        self.on_reconnect: list[Callable[[], Awaitable[None]]] = []
+        self.listener: asyncio.Task[None] | None = None
+        self.subscribed = asyncio.Event()
+
+    def key(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    async def call(self, command: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:
+        """One Redis command, bounded by ``timeout``; any failure is ``StateUnavailable``."""
+        try:
+            result = await asyncio.wait_for(command(*args, **kwargs), self.timeout)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._down(exc)
+            raise StateUnavailable(f"Redis {self.config.url} unavailable: {type(exc).__name__}") from None
+        self.up = True
+        return result
+
+    def _down(self, exc: BaseException) -> None:
+        if self.up:
+            log.warning("state: Redis %s unavailable: %s", self.config.url, type(exc).__name__)
+        self.up = False
+
+    def subscribe(self, channel: str, handler: Handler) -> None:
+        """Call ``handler(message)`` for every JSON message published on ``channel`` (this node's included)."""
+        self.handlers.setdefault(self.key(channel), []).append(handler)
+
+    async def publish(self, channel: str, message: dict[str, Any]) -> int:
+        """Publish ``message`` to every node (at most once: durable facts go in keys as well)."""
+        return int(await self.call(self.client.publish, self.key(channel), json.dumps({**message, "node": self.node})))
+
+    async def start(self) -> None:
+        """Check that Redis answers (a start-up error otherwise) and start listening."""
+        try:
+            await asyncio.wait_for(self.client.ping(), self.timeout * 5)
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise StateUnavailable(
+                f"state/url: Redis {self.config.url} does not answer ({type(exc).__name__}); "
+                "start it or fix state/url, state/password-file"
+            ) from None
+        self.up = True
+        self.listener = asyncio.create_task(self._listen(), name="wsgate-state-listener")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.subscribed.wait(), self.timeout * 5)
+
+    async def close(self) -> None:
+        """Stop listening and disconnect; bounded, so that a Redis in trouble never holds up a shutdown."""
+        if self.listener is not None:
+            self.listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.listener), self.timeout)
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            await asyncio.wait_for(self.client.aclose(), self.timeout)
+
+    async def _listen(self) -> None:
+        """Pub/sub with reconnects (backoff to 5 s); after a reconnect, ``on_reconnect`` callbacks resync."""
+        delay = 0.1
+        first = True
+        while True:
+            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+            try:
+                if self.handlers:
+                    await pubsub.subscribe(*self.handlers)
+                self.subscribed.set()
+                if not first:
+                    log.info("state: Redis %s reachable again; resynchronising", self.config.url)
+                    self.up = True
+                    for resync in self.on_reconnect:
+                        await resync()
+                first, delay = False, 0.1
+                async for message in pubsub.listen():
+                    await self._dispatch(message)
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                raise
+            except (RedisError, OSError) as exc:
+                self._down(exc)
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    async def _dispatch(self, message: dict[str, Any]) -> None:
+        if message.get("type") != "message":
+            return
+        try:
+            body = json.loads(message["data"])
+        except (ValueError, TypeError):
+            log.warning("state: a message on %s that is not JSON was ignored", message.get("channel"))
+            return
+        for handler in self.handlers.get(message.get("channel", ""), ()):
+            try:
+                result = handler(body)
+                if result is not None:
+                    await result
+            except Exception:  # one handler's bug must not stop the listener
+                log.exception("state: handler for %s failed", message.get("channel"))
+
+
+# -- revocations -------------------------------------------------------------------------------------------
+
+REVOKED = "revoked"  # channel: {"keys": {key: until}} — every node closes what matches, at once
+
+
+class RedisRevocations:
+    """``RevocationList`` in Redis: a key per revocation that expires with it (durable: a node that missed
+    the message, or starts later, still refuses), plus a message so every node closes live connections now.
+
+    ``revoked`` raises ``StateUnavailable`` when Redis does not answer: a login that cannot be checked is
+    refused with 503, never let in.
+    """
+
+    def __init__(self, state: RedisState) -> None:
+        self.state = state
+
+    def _key(self, key: str) -> str:
+        return self.state.key("revocation", key)
+
+    async def revoke(self, key: str, until: float) -> None:
+        name = self._key(key)
+        client = self.state.client
+        current = await self.state.call(client.get, name)
+        until = max(until, float(current)) if current is not None else until
+        await self.state.call(client.set, name, repr(until), pxat=max(1, int(until * 1000)))
+        await self.state.publish(REVOKED, {"keys": {key: until}})
+
+    async def revoked(self, keys: Iterable[str], now: float | None = None) -> str | None:
+        keys = list(keys)
+        if not keys:
+            return None
+        now = time.time() if now is None else now
+        values = await self.state.call(self.state.client.mget, [self._key(k) for k in keys])
+        for key, value in zip(keys, values, strict=True):
+            if value is not None and float(value) > now:
+                return key
+        return None
+
+    async def lift(self, key: str) -> bool:
+        return bool(await self.state.call(self.state.client.delete, self._key(key)))
+
+    async def entries(self, now: float | None = None) -> dict[str, float]:
+        now = time.time() if now is None else now
+        prefix = self._key("")
+        found: dict[str, float] = {}
+        names = [name async for name in self.state.client.scan_iter(match=prefix + "*", count=500)]
+        if names:
+            values = await self.state.call(self.state.client.mget, names)
+            for name, value in zip(names, values, strict=True):
+                if value is not None and float(value) > now:
+                    found[name[len(prefix) :]] = float(value)
+        return found
+
+
+# -- realm sessions ----------------------------------------------------------------------------------------
+
+
+class RedisSessions:
+    """A realm's ``SessionStore`` in Redis: one key per session, named by the SHA-256 of its cookie (the cookie
+    itself is never stored), expiring with the session; a set per user for logout and revocation."""
+
+    def __init__(self, state: RedisState, realm: str) -> None:
+        self.state = state
+        self.realm = realm
+        self.count = 0  # sessions issued by this node (``len``: what this process knows without asking Redis)
+
+    def _key(self, digest_: str) -> str:
+        return self.state.key("session", self.realm, digest_)
+
+    def _user_key(self, user: str) -> str:
+        return self.state.key("user-sessions", self.realm, user)
+
+    async def issue(self, identity: Identity, expires_at: float) -> tuple[str, Session]:
+        token = secrets.token_urlsafe(32)
+        key = digest(token)
+        session = await self.renew(key, identity, expires_at)
+        self.count += 1
+        return token, session
+
+    async def lookup(self, token: str) -> Session | None:
+        value = await self.state.call(self.state.client.get, self._key(digest(token)))
+        if value is None:
+            return None
+        session = _session_from_json(value)
+        return session if session.expires_at > time.time() else None
+
+    async def renew(self, key: str, identity: Identity, expires_at: float) -> Session:
+        session = Session(replace(identity, session=key, expires_at=expires_at), expires_at)
+        at = max(1, int(expires_at * 1000))
+        client = self.state.client
+        await self.state.call(client.set, self._key(key), _session_to_json(session), pxat=at)
+        if identity.user is not None:
+            user_key = self._user_key(identity.user)
+            await self.state.call(client.sadd, user_key, key)
+            await self.state.call(client.pexpireat, user_key, at, gt=True)
+        return session
+
+    async def drop(self, key: str) -> Session | None:
+        value = await self.state.call(self.state.client.getdel, self._key(key))
+        if value is None:
+            return None
+        session = _session_from_json(value)
+        if session.identity.user is not None:
+            await self.state.call(self.state.client.srem, self._user_key(session.identity.user), key)
+        return session
+
+    async def drop_user(self, user: str) -> int:
+        keys = await self.state.call(self.state.client.smembers, self._user_key(user))
+        dropped = 0
+        for key in keys:
+            dropped += int(await self.state.call(self.state.client.delete, self._key(key)))
+        await self.state.call(self.state.client.delete, self._user_key(user))
+        return dropped
+
+    def __len__(self) -> int:
+        return self.count
+
+
+def _session_to_json(session: Session) -> str:
+    identity = session.identity
+    return json.dumps(
+        {
+            "realm": identity.realm,
+            "user": identity.user,
+            "roles": sorted(identity.roles),
+            "expires_at": identity.expires_at,
+            "token_digest": identity.token_digest,
+            "authenticated_at": identity.authenticated_at,
+            "session": identity.session,
+            "token_id": identity.token_id,
+            "session_expires_at": session.expires_at,
+        }
+    )
+
+
+def _session_from_json(text: str) -> Session:
+    data = json.loads(text)
+    identity = Identity(
+        data["realm"],
+        data["user"],
+        frozenset(data["roles"]),
+        data["expires_at"],
+        data["token_digest"],
+        data["authenticated_at"],
+        data["session"],
+        data["token_id"],
+    )
+    return Session(identity, data["session_expires_at"])
