@@ -114,3 +114,21 @@ def test_state_config_errors_are_located(tmp_path) -> None:
         load_config(tmp_path / "g.yaml")
     text = str(errors.value)
     assert "state/url: holds a password" in text and "state/colour" in text
+
+
+async def test_logout_on_one_node_closes_the_sessions_connections_on_another(nodes, http) -> None:
+    a, b = await nodes(2)
+    async with http.post(
+        f"http://127.0.0.1:{a.port_of('echo')}/echo/.wsgate/session", headers=basic("joe", "welcome")
+    ) as signed:
+        cookie = signed.headers["Set-Cookie"].split(";")[0]
+    ws = await http.ws_connect(f"ws://127.0.0.1:{a.port_of('echo')}/echo", headers={"Cookie": cookie})
+    async with http.delete(
+        f"http://127.0.0.1:{b.port_of('echo')}/echo/.wsgate/session", headers={"Cookie": cookie}
+    ) as out:
+        assert out.status == 200
+    message = await asyncio.wait_for(ws.receive(), 2)
+    assert message.type == aiohttp.WSMsgType.CLOSE and message.data == 1008
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:  # the session is gone everywhere
+        await http.ws_connect(f"ws://127.0.0.1:{a.port_of('echo')}/echo", headers={"Cookie": cookie})
+    assert refused.value.status == 401

@@ -31,7 +31,7 @@ from ..security.realms import RealmGate, RealmRuntime
 from ..security.tls import ListenerTls
 from ..services.base import HttpService, ResourceService, Runtime, ServiceHandler, WebSocketService
 from ..state.connections import Selector
-from ..state.redis import REVOKED, RedisRevocations, RedisSessions, RedisState, StateUnavailable
+from ..state.redis import REVOKED, ClusterConnections, RedisRevocations, RedisSessions, RedisState, StateUnavailable
 from ..state.revocations import (
     MemoryRevocations,
     RevocationList,
@@ -167,6 +167,8 @@ class Gateway:
         new = changes.new
         runtime = Runtime(keys=new.keys, trust=new.trust, realms=dict(new.config.security.realms))
         runtime.revocations = self.revocations
+        if self.shared is not None and current is None:
+            runtime.connections = ClusterConnections(self.shared)
         control: GatewayControl = self  # what the management service may ask of it (checked by mypy)
         runtime.control = control
         gate = GatewayLimits(new.limits.connections, new.limits.handshakes)

@@ -22,7 +22,7 @@ import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import Any
 
 from redis import asyncio as aioredis
@@ -31,6 +31,7 @@ from redis.exceptions import RedisError
 from ..config.model import State
 from ..core.identity import Identity
 from ..errors import GatewayError
+from .connections import L, MemoryConnections, Selector
 from .sessions import Session, digest
 
 log = logging.getLogger("wsgate.state")
@@ -317,3 +318,48 @@ def _session_from_json(text: str) -> Session:
         data["token_id"],
     )
     return Session(identity, data["session_expires_at"])
+
+
+# -- connections on every node -----------------------------------------------------------------------------
+
+END = "end"  # channel: {"selector": {...}, "code": int, "reason": str, "grace": float}
+
+
+class ClusterConnections(MemoryConnections[L]):
+    """This node's live connections, with ``end`` reaching every node's: a logout, a management close or a
+    revocation by selector closes the matching connections wherever they are. Registration stays local
+    (``add``/``select`` are this node's); ``end`` returns how many this node closed."""
+
+    __slots__ = ("state",)
+
+    def __init__(self, state: RedisState) -> None:
+        super().__init__()
+        self.state = state
+        state.subscribe(END, self._ended_elsewhere)
+
+    async def end(self, selector: Selector, code: int, reason: str, grace: float = 1.0) -> int:
+        closed = await super().end(selector, code, reason, grace)
+        message = {"selector": asdict(selector), "code": code, "reason": reason, "grace": grace}
+        try:
+            await self.state.publish(END, message)
+        except StateUnavailable:
+            log.warning("state: could not ask the other nodes to close %s (Redis unavailable)", selector)
+        return closed
+
+    async def _ended_elsewhere(self, message: dict[str, Any]) -> None:
+        if message.get("node") == self.state.node:
+            return  # this node's own request: already done
+        fields = message.get("selector")
+        if not isinstance(fields, dict):
+            return
+        try:
+            selector = Selector(**{k: v for k, v in fields.items() if isinstance(v, str | None)})
+        except TypeError:
+            return
+        await MemoryConnections.end(
+            self,
+            selector,
+            int(message.get("code", 1008)),
+            str(message.get("reason", "")),
+            float(message.get("grace", 1.0)),
+        )
