@@ -56,6 +56,7 @@ wheel-check: $(TESTED)  ## build the wheel, install it into a fresh venv, check-
 bench: $(STAMP)  ## wsgate against reference servers in one run (not part of make test)
 	$(BIN)/pip install -q 'websockify==0.13.0' 'picows==2.3.1'
 	command -v nginx >/dev/null || { apt-get update -q && apt-get install -y -q --no-install-recommends nginx; }
+	command -v redis-server >/dev/null || { apt-get update -q && apt-get install -y -q --no-install-recommends redis-server; }
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 # A/B of two wsgate versions (bench/README.md): this checkout's src/ against $(AB)'s, alternating round by

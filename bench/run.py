@@ -10,6 +10,10 @@ Scenarios, alternated server by server over several rounds, medians and ratios r
   workers  wsgate --workers 1 vs 2 on the proxy 32 B c=100 cell
   auth     p99 echo round trip of an established connection, alone and during a 16-way bad-login
            flood on an argon2 `file` realm (target ≤ 50 ms); wrong-password time per user kind
+  cluster  3 nodes sharing a redis-server (state: redis): revocation fan-out latency (remote nodes vs the
+           revoking node's own connections), broadcast deliveries/s to clients on 3 nodes vs one node
+           (memory), server CPU per new JWT wss connection with state redis vs memory; each cell alone:
+           --scenarios cluster-revoke, cluster-broadcast or cluster-connect
 Server CPU is read from /proc for the server's whole process tree (websockify forks per connection,
 nginx has a master and a worker); the load client's own CPU is reported to show when it is the limit.
 Loopback only; every process is started and stopped here.
@@ -24,6 +28,7 @@ alternating in the echo and proxy cells, and prints ratios new/old and a verdict
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -217,7 +222,6 @@ class Bench:
         return str(self.work / "ca.pem"), str(self.work / "cert.pem"), str(self.work / "key.pem")
 
     def _jwt(self) -> str:
-        import jwt
         from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -225,8 +229,14 @@ class Bench:
         (self.work / "jwt-public.pem").write_bytes(
             key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         )
-        claims = {"sub": "bench", "iss": "https://bench.invalid/", "aud": "wsgate", "roles": ["TRADER"]}
-        return jwt.encode({**claims, "exp": int(time.time()) + 86400}, key, algorithm="ES256")
+        self.jwt_key = key
+        return self.jwt_for("bench")
+
+    def jwt_for(self, subject: str) -> str:
+        import jwt
+
+        claims = {"sub": subject, "iss": "https://bench.invalid/", "aud": "wsgate", "roles": ["TRADER"]}
+        return jwt.encode({**claims, "exp": int(time.time()) + 86400}, self.jwt_key, algorithm="ES256")
 
     def _wsgate_config(self) -> Path:
         port, tls, tcp = self.ports["wsgate"], self.ports["wsgate-tls"], self.ports["tcp"]
@@ -346,10 +356,17 @@ class Bench:
         }
 
     def load(
-        self, mode: str, url: str, *extra: str, timeout: float = 120.0, on_mark: Callable[[str], None] | None = None
+        self,
+        mode: str,
+        url: str,
+        *extra: str,
+        timeout: float = 120.0,
+        on_mark: Callable[[str], None] | None = None,
+        client: str = "load.py",
     ) -> dict[str, Any]:
-        """Run the load client; ``on_mark`` is called as its ``mark start`` / ``mark end`` lines arrive."""
-        command = [PYTHON, str(HERE / "load.py"), mode, url, *extra]
+        """Run the load client (``client``: load.py, or cluster.py whose URLs come in ``extra``); ``on_mark``
+        is called as its ``mark start`` / ``mark end`` lines arrive."""
+        command = [PYTHON, str(HERE / client), mode, *([url] if url else []), *extra]
         if url.startswith("wss:"):
             command += ["--ca", self.ca]
         if url.startswith(f"wss://127.0.0.1:{self.ports['wsgate-tls']}/"):
@@ -616,6 +633,200 @@ def run_workers(bench: Bench, results: dict[str, Any]) -> None:
     print(_row(cell, results[cell], "msg_per_s", "msg/s"), flush=True)
 
 
+# --- cluster: several nodes sharing a redis-server -----------------------------------------------------
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+CLUSTER_NODES = 3
+CLUSTER_USERS = 10  # revocations per round, each of a user with connections on every node
+CLUSTER_CONNS = 20  # per node: each revoked user's connections; broadcast receivers
+CLUSTER_BYSTANDERS = 300  # per node: connections of a user never revoked (every revocation scans them)
+
+
+class Cluster:
+    """Configs for 3 nodes that share a redis-server (``state: redis``), and one node on its own (memory).
+
+    Every node: a JWT ``ws://`` echo (the revocation cell's clients), a ``broadcast`` service whose client
+    messages go to every client (``on.client.message: broadcast``) and a loopback management API (the
+    revocation is its ``DELETE /api/principals/<user>``, i.e. ``gateway.revoke(user)``)."""
+
+    def __init__(self, bench: Bench) -> None:
+        self.bench = bench
+        self.redis_port = free_port()
+        self.ports = [free_port() for _ in range(CLUSTER_NODES)]
+        self.admin_ports = [free_port() for _ in range(CLUSTER_NODES)]
+        self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
+        self.configs = [self._config(i, self.redis_url) for i in range(CLUSTER_NODES)]
+        self.single = self._config(0, None)
+        users = {f"user{i}": bench.jwt_for(f"user{i}") for i in range(CLUSTER_USERS)}
+        self.tokens = bench.work / "cluster-tokens.json"
+        self.tokens.write_text(json.dumps({**users, "bystander": bench.jwt_for("bystander")}))
+        # The connect cell: the bench's own gateway config, with its state in Redis.
+        self.connect_config = bench.work / "bench-gateway-redis.yaml"
+        state = f"state:\n  type: redis\n  url: {self.redis_url}\n  node: bench\n"
+        self.connect_config.write_text(bench.config.read_text() + state)
+
+    def _config(self, index: int, redis: str | None) -> Path:
+        port, admin = self.ports[index], self.admin_ports[index]
+        path = self.bench.work / (f"cluster-n{index}.yaml" if redis else "cluster-single.yaml")
+        state = f"state:\n  type: redis\n  url: {redis}\n  node: n{index}\n" if redis else ""
+        text = f"""
+            service:
+              - name: echo
+                accept: ws://127.0.0.1:{port}/echo
+                type: echo
+                realm-name: bench
+                authorization-constraint:
+                  require-role: TRADER
+              - name: chat
+                accept: ws://127.0.0.1:{port}/chat
+                type: broadcast
+                properties:
+                  on.client.message: broadcast
+              - name: admin
+                accept: http://127.0.0.1:{admin}/admin
+                type: management
+                properties:
+                  insecure: true
+            security:
+              realm:
+                - name: bench
+                  authentication:
+                    http-challenge-scheme: Application Token
+                    login-modules:
+                      login-module:
+                        type: jwt
+                        options:
+                          key-file: jwt-public.pem
+                          issuer: https://bench.invalid/
+                          audience: wsgate
+            """
+        path.write_text(textwrap.dedent(text) + state)
+        return path
+
+    def redis(self) -> Server:
+        command = [REDIS_SERVER, "--bind", "127.0.0.1", "--port", str(self.redis_port), "--save", "", "--appendonly"]
+        return Server("redis", [*command, "no", "--dir", str(self.bench.work)], self.redis_port)
+
+    def node(self, config: Path, index: int) -> Server:
+        command = [PYTHON, "-m", "wsgate", "run", str(config), "--log-level", "error"]
+        return Server(f"n{index}", command, self.ports[index])
+
+    def urls(self, path: str) -> list[str]:
+        return [f"ws://127.0.0.1:{port}/{path}" for port in self.ports]
+
+
+def run_cluster(bench: Bench, results: dict[str, Any], cells: list[str]) -> None:
+    cluster = Cluster(bench)
+    for cell in cells:
+        CLUSTER_CELLS[cell](bench, cluster, results)
+
+
+def _cluster_started(cluster: Cluster, stack: contextlib.ExitStack) -> list[Server]:
+    """redis-server, then the nodes (a node refuses to start without its Redis)."""
+    servers = [stack.enter_context(cluster.redis())]
+    return servers + [stack.enter_context(cluster.node(c, i)) for i, c in enumerate(cluster.configs)]
+
+
+def run_cluster_revoke(bench: Bench, cluster: Cluster, results: dict[str, Any]) -> None:
+    """Revocation fan-out: the reference is the revoking node's own connections, in the same runs."""
+    cell = f"cluster revoke {CLUSTER_NODES} nodes"
+    runs = results[cell] = []
+    for _ in range(bench.args.rounds):
+        with contextlib.ExitStack() as stack:
+            _cluster_started(cluster, stack)
+            extra = [f"--url={url}" for url in cluster.urls("echo")]
+            extra += ["--admin", f"http://127.0.0.1:{cluster.admin_ports[0]}/admin", "--tokens", str(cluster.tokens)]
+            extra += ["--users", str(CLUSTER_USERS), "--conns", str(CLUSTER_CONNS)]
+            extra += ["--bystanders", str(CLUSTER_BYSTANDERS)]
+            runs.append(bench.load("revoke", "", *extra, client="cluster.py"))
+    remote = {q: _median([r["remote"] for r in runs], q) for q in ("p50_ms", "p99_ms")}
+    local = {q: _median([r["local"] for r in runs], q) for q in ("p50_ms", "p99_ms")}
+    failures = sum(r["failures"] for r in runs)
+    print(
+        f"{cell:28} other nodes p50 {remote['p50_ms']:6.2f} ms p99 {remote['p99_ms']:6.2f} ms "
+        f"({runs[0]['remote']['count']} closes/round) | revoking node p50 {local['p50_ms']:6.2f} ms "
+        f"p99 {local['p99_ms']:6.2f} ms (×{remote['p50_ms'] / max(local['p50_ms'], 1e-9):.2f} p50, "
+        f"×{remote['p99_ms'] / max(local['p99_ms'], 1e-9):.2f} p99); {CLUSTER_BYSTANDERS} other connections "
+        f"per node; {failures} not closed with 1008",
+        flush=True,
+    )
+
+
+def _measure_pids(bench: Bench, pids: list[int], mode: str, extra: list[str]) -> dict[str, Any]:
+    """One cluster.py run; the CPU of every process in ``pids`` (and their children) over its marked window."""
+    samples: dict[str, tuple[float, float, float]] = {}
+
+    def sample(what: str) -> None:
+        samples[what] = (time.monotonic(), sum(tree_cpu(pid) for pid in pids), host_busy())
+
+    extra = [*extra, "--duration", str(bench.args.duration), "--warmup", "1"]
+    result = bench.load(mode, "", *extra, client="cluster.py", on_mark=sample)
+    (t0, cpu0, busy0), (t1, cpu1, busy1) = samples["start"], samples["end"]
+    result["server_cpu_us_per_op"] = (cpu1 - cpu0) / max(result["messages"], 1) * 1e6
+    result["server_cpu_share"] = (cpu1 - cpu0) / (t1 - t0)
+    result["host_busy_cpus"] = (busy1 - busy0) / (t1 - t0)
+    result["client_cpu_share"] = result["client_cpu_s"] / (t1 - t0)
+    return result
+
+
+def run_cluster_broadcast(bench: Bench, cluster: Cluster, results: dict[str, Any]) -> None:
+    """Client messages from one node to receivers on 3 nodes (Redis between them) vs the same receivers on
+    one node (memory state); CPU per delivery counts every gateway and redis-server."""
+    receivers = CLUSTER_CONNS * CLUSTER_NODES
+    cell = f"cluster broadcast {receivers} receivers"
+    by_setup: dict[str, list[dict[str, Any]]] = {"3 nodes": [], "1 node": []}
+    for _ in range(bench.args.rounds):
+        with contextlib.ExitStack() as stack:
+            servers = _cluster_started(cluster, stack)
+            extra = [f"--url={url}" for url in cluster.urls("chat")] + ["--conns", str(CLUSTER_CONNS)]
+            pids = [s.process.pid for s in servers if s.process is not None]
+            by_setup["3 nodes"].append(_measure_pids(bench, pids, "broadcast", extra))
+        with cluster.node(cluster.single, 0) as single:
+            assert single.process is not None
+            extra = [f"--url={cluster.urls('chat')[0]}", "--conns", str(receivers)]
+            by_setup["1 node"].append(_measure_pids(bench, [single.process.pid], "broadcast", extra))
+    results[cell] = by_setup
+    parts = []
+    for name, runs in by_setup.items():
+        rate, cpu = _median(runs, "deliveries_per_s"), _median(runs, "server_cpu_us_per_op")
+        flag = " client-bound" if _median(runs, "client_cpu_share") > 0.85 else ""
+        parts.append(f"{name} {rate:8.0f} deliveries/s {cpu:5.1f} µs/delivery{flag}")
+    cluster_runs, single_runs = by_setup["3 nodes"], by_setup["1 node"]
+    ratio = _median(cluster_runs, "deliveries_per_s") / max(_median(single_runs, "deliveries_per_s"), 1e-9)
+    cpu_ratio = _median(cluster_runs, "server_cpu_us_per_op") / max(_median(single_runs, "server_cpu_us_per_op"), 1e-9)
+    print(f"{cell:28} " + " | ".join(parts) + f" (×{ratio:.2f}, CPU ×{cpu_ratio:.2f})", flush=True)
+
+
+def run_cluster_connect(bench: Bench, cluster: Cluster, results: dict[str, Any]) -> None:
+    """New JWT wss connections (16 in flight) on one gateway, state redis vs memory: the revocation checks
+    a login and an upgrade make in Redis. redis-server's own CPU per connection is reported beside."""
+    cell = "cluster connect redis/memory"
+    by_state: dict[str, list[dict[str, Any]]] = {"redis": [], "memory": []}
+    url = bench.urls()["wsgate-secure-echo"]
+    command = [PYTHON, "-m", "wsgate", "run", str(cluster.connect_config), "--log-level", "error"]
+    for _ in range(bench.args.rounds):
+        with cluster.redis() as redis, Server("wsgate+redis", command, bench.ports["wsgate-tls"]) as server:
+            assert redis.process is not None
+            before, started = tree_cpu(redis.process.pid), time.monotonic()
+            result = bench.measure(server, "connect", url, "--conns", "16")
+            elapsed, used = time.monotonic() - started, tree_cpu(redis.process.pid) - before
+            count = max(result["conn_per_s"] * bench.args.duration, 1)
+            result["redis_cpu_us_per_op"] = used * bench.args.duration / elapsed / count * 1e6
+            by_state["redis"].append(result)
+        with bench.wsgate() as server:
+            by_state["memory"].append(bench.measure(server, "connect", url, "--conns", "16"))
+    results[cell] = by_state
+    print(_row(cell, by_state, "conn_per_s", "conn/s"), flush=True)
+    print(f"{'':28} redis-server CPU ≈{_median(by_state['redis'], 'redis_cpu_us_per_op'):.1f} µs/conn", flush=True)
+
+
+CLUSTER_CELLS: dict[str, Callable[[Bench, Cluster, dict[str, Any]], None]] = {
+    "cluster-revoke": run_cluster_revoke,
+    "cluster-broadcast": run_cluster_broadcast,
+    "cluster-connect": run_cluster_connect,
+}
+
+
 # --- A/B: two wsgate versions in one run -----------------------------------------------------------------
 
 
@@ -875,7 +1086,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, help="rounds per cell (default 3; 5 with --ab)")
     parser.add_argument("--duration", type=float, default=4.0)
-    parser.add_argument("--scenarios", help="default: echo,proxy,connect,idle,workers,auth (echo,proxy with --ab)")
+    parser.add_argument(
+        "--scenarios", help="default: echo,proxy,connect,idle,workers,auth,cluster (echo,proxy with --ab)"
+    )
     parser.add_argument("--auth-baseline", help="auth scenario: also run the gateway from this older src/ tree")
     parser.add_argument("--idle", type=int, default=50_000, help="connections held open by the idle scenario")
     parser.add_argument(
@@ -904,7 +1117,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     args.rounds = args.rounds or (5 if args.ab else 3)
-    args.scenarios = args.scenarios or ("echo,proxy" if args.ab else "echo,proxy,connect,idle,workers,auth")
+    args.scenarios = args.scenarios or ("echo,proxy" if args.ab else "echo,proxy,connect,idle,workers,auth,cluster")
     raise_fd_limit()
     work = Path(os.environ.get("TMPDIR", "/tmp")) / f"wsgate-bench-{os.getpid()}"
     work.mkdir(parents=True, exist_ok=True)
@@ -930,6 +1143,8 @@ def main() -> int:
                 run_workers(bench, results)
             elif scenario == "auth":
                 run_auth(bench, results)
+            elif scenario in CLUSTER_CELLS or scenario == "cluster":
+                run_cluster(bench, results, list(CLUSTER_CELLS) if scenario == "cluster" else [scenario])
             else:
                 parser.error(f"unknown scenario {scenario!r}")
     print(f"matrix took {time.monotonic() - started:.0f} s")

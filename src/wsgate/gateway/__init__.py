@@ -167,6 +167,7 @@ class Gateway:
         new = changes.new
         runtime = Runtime(keys=new.keys, trust=new.trust, realms=dict(new.config.security.realms))
         runtime.revocations = self.revocations
+        runtime.shared = self.shared
         if self.shared is not None and current is None:
             runtime.connections = ClusterConnections(self.shared)
         control: GatewayControl = self  # what the management service may ask of it (checked by mypy)

@@ -32,7 +32,7 @@ from ..core.session import LiveSession
 from ..observe.logs import LogLimiter, get_logger
 from ..security.keystore import KeyMaterial
 from ..state.connections import MemoryConnections, Selector
-from ..state.redis import StateUnavailable
+from ..state.redis import RedisState, StateUnavailable
 from ..state.revocations import RevocationList, identity_keys
 
 if TYPE_CHECKING:
@@ -55,6 +55,7 @@ class Runtime:
     metrics: Metrics | None = None
     revocations: RevocationList | None = None  # the gateway's, checked again at the upgrade
     control: Any = None  # the gateway, for the management service (management.service.GatewayControl)
+    shared: RedisState | None = None  # the state shared with other nodes (``state: {type: redis}``), if any
 
     async def expire(self, selector: Selector, reason: str) -> int:
         """Close every live connection ``selector`` matches with 1008 ``reason`` now (aborted after 1 s)."""

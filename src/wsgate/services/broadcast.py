@@ -5,12 +5,29 @@ accepted (``properties/accept tcp://``). Each read chunk becomes one message.
 Fan-out never waits: each client has a bounded queue, and a client whose queue
 passes ``maximum.pending.bytes`` is closed with 1008 "too slow" instead of
 making the gateway buffer without bound.
+
+Several nodes (``state: {type: redis}``), per source of messages:
+
+- a dialled feed (``connect``): every node dials the back end itself and fans out its own copy, so it
+  already reaches every node's clients once; it is never relayed (that would deliver it twice);
+- an accepted feed (``properties/accept``: a publisher connects to one node) and client messages
+  (``on.client.message: broadcast``) reach that node's clients at once, and go to the other nodes through
+  the Redis channel ``<key-prefix>:broadcast:<service>`` as raw bytes (``Relay``). Each node fans out what
+  the channel brings from the others and skips its own (it delivered them already), so every client gets
+  every message once. Order per publisher is kept: its messages are fanned out locally in arrival order,
+  published by one task per service in that order, and Redis delivers one connection's messages in order.
+  Across nodes delivery is at most once: what is published while a node's subscription is down (Redis
+  restarting, or Redis dropping a subscriber past ``client-output-buffer-limit pubsub``) is not replayed.
+- Redis unavailable: the node's own clients still get everything (degraded to one node, logged as a
+  WARNING every 10 s at most with the count of messages the other nodes missed); cross-node delivery
+  resumes by itself once Redis answers again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 
 from ..config.model import Service
@@ -19,12 +36,19 @@ from ..config.values import Uri, parse_choice, parse_size, parse_uri
 from ..core.channel import Channel, Data
 from ..core.session import LiveSession
 from ..errors import BackendError
+from ..state.redis import RedisState, StateUnavailable
 from ..transport.backend import READ_CHUNK, open_tcp
 from .base import Runtime, ServiceType, WebSocketService
 
 log = logging.getLogger("wsgate.broadcast")
 DEFAULT_CLIENT_PENDING = 1024 * 1024
 MAX_REDIAL_INTERVAL = 30.0
+RELAY_PENDING = 8 * 1024 * 1024  # bytes waiting for Redis at most (at least the clients' limit)
+RELAY_BATCH = 512  # messages published in one round trip at most
+RELAY_BATCH_BYTES = 1024 * 1024
+RELAY_RETRY = 1.0  # seconds of local-only delivery after Redis failed, before trying it again
+RELAY_WARN_EVERY = 10.0
+BINARY, TEXT = b"b", b"t"  # a relayed message's first byte: its WebSocket type
 
 
 class Subscriber:
@@ -71,6 +95,86 @@ class Subscriber:
                 await send(data)
 
 
+class Relay:
+    """This node's messages for the other nodes' clients: one bounded outbox, published in order by one task.
+
+    ``offer`` never waits. Past ``limit`` bytes waiting (Redis slower than the feed) new messages are not
+    relayed; after a failure (``StateUnavailable``) the outbox is dropped and nothing is relayed for
+    ``RELAY_RETRY`` s: in both cases the other nodes miss them, this node's clients have them."""
+
+    __slots__ = ("state", "channel", "service", "limit", "outbox", "pending", "ready", "retry_at", "missed", "warned")
+
+    def __init__(self, state: RedisState, channel: str, service: str, limit: int) -> None:
+        self.state = state
+        self.channel = channel
+        self.service = service
+        self.limit = limit
+        self.outbox: deque[bytes] = deque()
+        self.pending = 0
+        self.ready = asyncio.Event()
+        self.retry_at = 0.0  # monotonic time until which Redis is not tried again
+        self.missed = 0  # messages the other nodes did not get, since the last warning
+        self.warned = 0.0
+
+    def offer(self, data: Data) -> None:
+        if self.retry_at and time.monotonic() < self.retry_at:
+            self.missed += 1
+            return
+        payload = TEXT + data.encode() if isinstance(data, str) else BINARY + data
+        if self.pending + len(payload) > self.limit:
+            self.missed += 1
+            self.warn(f"more than {self.limit} bytes waiting for Redis")
+            return
+        self.pending += len(payload)
+        self.outbox.append(payload)
+        self.ready.set()
+
+    async def run(self) -> None:
+        outbox, ready = self.outbox, self.ready
+        while True:
+            await ready.wait()
+            ready.clear()
+            while outbox:
+                batch: list[bytes] = []
+                size = 0
+                while outbox and len(batch) < RELAY_BATCH and size < RELAY_BATCH_BYTES:
+                    payload = outbox.popleft()
+                    size += len(payload)
+                    batch.append(payload)
+                self.pending -= size  # ``pending`` counts what waits in the outbox
+                try:
+                    await self.state.publish_raw(self.channel, batch)
+                except Exception as exc:  # Redis unavailable; or a bug, which must not end relaying for good
+                    if not isinstance(exc, StateUnavailable):
+                        log.exception("service[%s]: publishing to Redis failed", self.service)
+                    self.missed += len(batch) + len(outbox)
+                    outbox.clear()
+                    self.pending = 0
+                    self.retry_at = time.monotonic() + RELAY_RETRY
+                    self.warn(str(exc))
+                    break
+                if self.retry_at:
+                    log.info(
+                        "service[%s]: Redis answers again; broadcasting to every node (%d message(s) reached "
+                        "this node's clients only)",
+                        self.service,
+                        self.missed,
+                    )
+                    self.retry_at, self.missed, self.warned = 0.0, 0, 0.0
+
+    def warn(self, why: str) -> None:
+        now = time.monotonic()
+        if now - self.warned < RELAY_WARN_EVERY:
+            return
+        self.warned = now
+        log.warning(
+            "service[%s]: broadcasting to this node's clients only: %s (%d message(s) not sent to other nodes)",
+            self.service,
+            why,
+            self.missed,
+        )
+
+
 class BroadcastService(WebSocketService):
     TYPE = ServiceType(
         name="broadcast",
@@ -94,6 +198,16 @@ class BroadcastService(WebSocketService):
         self._feed_server: asyncio.AbstractServer | None = None
         self._feed_writers: set[asyncio.StreamWriter] = set()
         self.feed_port: int | None = None
+        # Accepted feeds and client messages reach the other nodes' clients through Redis (dialled feeds do not).
+        shared = runtime.shared
+        self.relay: Relay | None = None
+        if shared is not None and (self.feed_accept is not None or self.rebroadcast):
+            self.relay = Relay(shared, self.relay_channel, self.name, max(RELAY_PENDING, self.limit))
+        self._relay_task: asyncio.Task[None] | None = None
+
+    @property
+    def relay_channel(self) -> str:
+        return f"broadcast:{self.name}"
 
     def publish(self, data: Data) -> None:
         dropped = None
@@ -104,9 +218,25 @@ class BroadcastService(WebSocketService):
         if dropped:
             self.subscribers.difference_update(dropped)
 
+    def from_other_node(self, payload: bytes) -> None:
+        """A message another node's publisher or client sent, from the Redis channel: fanned out here."""
+        kind, body = payload[:1], payload[1:]
+        if kind == BINARY:
+            self.publish(body)
+        elif kind == TEXT:
+            try:
+                self.publish(body.decode())
+            except UnicodeDecodeError:
+                log.warning("service[%s]: a relayed text message that is not UTF-8 was ignored", self.name)
+
     async def start(self) -> None:
+        if self.relay is not None:
+            await self.relay.state.subscribe_raw(self.relay_channel, self.from_other_node)
+            self._relay_task = asyncio.create_task(self.relay.run(), name=f"wsgate-relay-{self.name}")
         if self.feed_accept is not None:
-            self._feed_server = await asyncio.start_server(self.read_feed, self.feed_accept.host, self.feed_accept.port)
+            self._feed_server = await asyncio.start_server(
+                self.accept_feed, self.feed_accept.host, self.feed_accept.port
+            )
             self.feed_port = self._feed_server.sockets[0].getsockname()[1]
         elif self.feed_connect is not None:
             self._feed_task = asyncio.create_task(self.dial_feed())
@@ -120,6 +250,11 @@ class BroadcastService(WebSocketService):
             for writer in list(self._feed_writers):
                 writer.transport.abort()
             await self._feed_server.wait_closed()
+        if self.relay is not None:
+            self.relay.state.unsubscribe_raw(self.relay_channel, self.from_other_node)
+        if self._relay_task is not None:
+            self._relay_task.cancel()
+            await asyncio.gather(self._relay_task, return_exceptions=True)
 
     async def dial_feed(self) -> None:
         assert self.feed_connect is not None
@@ -133,14 +268,20 @@ class BroadcastService(WebSocketService):
                 delay = min(delay * 2, MAX_REDIAL_INTERVAL)
                 continue
             delay = 0.5
-            await self.read_feed(backend.reader, backend.writer)
+            await self.read_feed(backend.reader, backend.writer, relay=False)  # every node dials its own copy
             log.warning("service[%s]: feed %s closed; redialling", self.name, self.feed_connect)
 
-    async def read_feed(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def accept_feed(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self.read_feed(reader, writer, relay=True)
+
+    async def read_feed(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, relay: bool) -> None:
         self._feed_writers.add(writer)
+        to_others = self.relay.offer if relay and self.relay is not None else None
         try:
             while data := await reader.read(READ_CHUNK):
                 self.publish(data)
+                if to_others is not None:
+                    to_others(data)
         except OSError as exc:
             log.warning("service[%s]: feed read failed: %s", self.name, exc)
         finally:
@@ -152,10 +293,13 @@ class BroadcastService(WebSocketService):
         self.subscribers.add(subscriber)
         sender = subscriber.sender = asyncio.create_task(subscriber.run())
         receive = channel.receive  # the channel counts what it receives
+        to_others = self.relay.offer if self.rebroadcast and self.relay is not None else None
         try:
             while (data := await receive()) is not None:
                 if self.rebroadcast:
                     self.publish(data)
+                    if to_others is not None:
+                        to_others(data)
         finally:
             self.subscribers.discard(subscriber)
             sender.cancel()

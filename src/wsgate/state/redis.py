@@ -1,8 +1,11 @@
 """State shared through Redis (``state: {type: redis}``): what several processes and nodes must agree on.
 
-``RedisState`` owns one ``redis.asyncio`` client for the gateway and one pub/sub listener that
-reconnects with backoff; the stores (sessions, revocations, the connection registry, broadcast fan-out)
-are built on it. Every key starts with ``<key-prefix>:`` so that several gateways can share one Redis.
+``RedisState`` owns the gateway's ``redis.asyncio`` clients (one that decodes answers as text, one for
+raw bytes) and one pub/sub listener that reconnects with backoff; the stores (sessions, revocations, the
+connection registry, broadcast fan-out) are built on it. Messages are JSON (``subscribe``/``publish``),
+or raw bytes (``subscribe_raw``/``publish_raw``: binary-safe, for payloads such as broadcast messages,
+where base64 in JSON would cost a third more).
+Every key starts with ``<key-prefix>:`` so that several gateways can share one Redis.
 No secret is stored in a usable form: sessions by the SHA-256 of their cookie, tokens by digest.
 
 Redis unavailable: a command that fails or takes longer than ``timeout`` raises ``StateUnavailable``;
@@ -21,7 +24,7 @@ import secrets
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -36,6 +39,8 @@ from .sessions import Session, digest
 
 log = logging.getLogger("wsgate.state")
 Handler = Callable[[dict[str, Any]], Awaitable[None] | None]
+RawHandler = Callable[[bytes], None]  # a raw message's payload, from another process; must not block
+ORIGIN_SIZE = 8  # a raw message starts with its publishing process's random id
 
 
 class StateUnavailable(GatewayError):
@@ -48,7 +53,8 @@ def node_name(config: State) -> str:
 
 
 class RedisState:
-    """The gateway's Redis: one client, one pub/sub listener, keys under ``key_prefix``."""
+    """The gateway's Redis: a client (answers as text), a raw one (bytes: the pub/sub listener and
+    ``publish_raw``), one pub/sub listener for every channel, keys under ``key_prefix``."""
 
     def __init__(self, config: State) -> None:
         assert config.url is not None, "the config builder requires url for type redis"
@@ -69,8 +75,15 @@ class RedisState:
             if config.ca_file is not None:
                 kwargs["ssl_ca_certs"] = str(config.ca_file)
         self.client: aioredis.Redis = aioredis.Redis.from_url(config.url, **kwargs)
+        # Raw bytes both ways: the pub/sub listener (JSON is parsed from bytes) and ``publish_raw``.
+        self.raw: aioredis.Redis = aioredis.Redis.from_url(config.url, **{**kwargs, "decode_responses": False})
+        # This process's id in raw messages: unique even where several processes share a configured node name.
+        self.origin = secrets.token_bytes(ORIGIN_SIZE)
         self.up = False
         self.handlers: dict[str, list[Handler]] = {}
+        self.raw_handlers: dict[str, list[RawHandler]] = {}
+        self._pubsub: Any = None  # the listener's, once it is subscribed to every channel with a handler
+        self._confirmed: dict[str, asyncio.Event] = {}  # channels Redis confirmed subscribing the listener to
         self.on_reconnect: list[Callable[[], Awaitable[None]]] = []
         self.listener: asyncio.Task[None] | None = None
         self.subscribed = asyncio.Event()
@@ -101,6 +114,45 @@ class RedisState:
         """Publish ``message`` to every node (at most once: durable facts go in keys as well)."""
         return int(await self.call(self.client.publish, self.key(channel), json.dumps({**message, "node": self.node})))
 
+    async def subscribe_raw(self, channel: str, handler: RawHandler) -> None:
+        """Call ``handler(payload)`` for every payload that another process publishes on ``channel`` with
+        ``publish_raw`` (this process's own are not handed back: it delivered them itself, in order).
+
+        Returns once Redis confirmed the subscription (bounded by ``timeout``; if Redis is unavailable, the
+        listener subscribes when it reconnects). Messages published meanwhile do not reach this process."""
+        name = self.key(channel)
+        handlers = self.raw_handlers.setdefault(name, [])
+        handlers.append(handler)
+        pubsub = self._pubsub
+        if pubsub is None or len(handlers) > 1 or name in self.handlers:
+            return  # the listener subscribes when it (re)connects, or is subscribed already
+        confirmed = self._confirmed.setdefault(name, asyncio.Event())
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            await asyncio.wait_for(pubsub.subscribe(name), self.timeout)
+            await asyncio.wait_for(confirmed.wait(), self.timeout)
+
+    def unsubscribe_raw(self, channel: str, handler: RawHandler) -> None:
+        """Stop calling ``handler``; the channel stays subscribed (its messages ignored) until a reconnect."""
+        name = self.key(channel)
+        handlers = self.raw_handlers.get(name, [])
+        if handler in handlers:
+            handlers.remove(handler)
+        if not handlers:
+            self.raw_handlers.pop(name, None)
+
+    async def publish_raw(self, channel: str, payloads: Sequence[bytes]) -> None:
+        """Publish ``payloads`` on ``channel``, in this order, in one round trip; ``StateUnavailable`` if
+        Redis did not take them (then some may have been published). Callers that need their order kept
+        publish from one task (commands issued concurrently go over different connections)."""
+        name, origin = self.key(channel), self.origin
+        if len(payloads) == 1:
+            await self.call(self.raw.publish, name, origin + payloads[0])
+            return
+        pipe = self.raw.pipeline(transaction=False)
+        for payload in payloads:
+            pipe.publish(name, origin + payload)
+        await self.call(pipe.execute)
+
     async def start(self) -> None:
         """Check that Redis answers (a start-up error otherwise) and start listening."""
         try:
@@ -121,18 +173,27 @@ class RedisState:
             self.listener.cancel()
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self.listener), self.timeout)
-        with contextlib.suppress(RedisError, OSError, TimeoutError):
-            await asyncio.wait_for(self.client.aclose(), self.timeout)
+        for client in (self.client, self.raw):
+            with contextlib.suppress(RedisError, OSError, TimeoutError):
+                await asyncio.wait_for(client.aclose(), self.timeout)
+
+    def _channels(self) -> set[str]:
+        return {*self.handlers, *self.raw_handlers}
 
     async def _listen(self) -> None:
         """Pub/sub with reconnects (backoff to 5 s); after a reconnect, ``on_reconnect`` callbacks resync."""
         delay = 0.1
         first = True
         while True:
-            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+            pubsub = self.raw.pubsub()
             try:
-                if self.handlers:
-                    await pubsub.subscribe(*self.handlers)
+                names = self._channels()
+                if names:
+                    await pubsub.subscribe(*names)
+                while missing := self._channels() - names:  # handlers added while it subscribed
+                    await pubsub.subscribe(*missing)
+                    names |= missing
+                self._pubsub = pubsub  # from now on ``subscribe_raw`` subscribes it to new channels itself
                 self.subscribed.set()
                 if not first:
                     log.info("state: Redis %s reachable again; resynchronising", self.config.url)
@@ -143,31 +204,53 @@ class RedisState:
                 async for message in pubsub.listen():
                     await self._dispatch(message)
             except asyncio.CancelledError:
+                self._pubsub = None
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
                 raise
             except (RedisError, OSError) as exc:
                 self._down(exc)
+            self._pubsub = None
+            for confirmed in self._confirmed.values():
+                confirmed.clear()
             with contextlib.suppress(Exception):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
     async def _dispatch(self, message: dict[str, Any]) -> None:
-        if message.get("type") != "message":
+        kind = message.get("type")
+        channel = message.get("channel")
+        name = channel.decode(errors="replace") if isinstance(channel, bytes) else str(channel)
+        if kind == "subscribe":
+            self._confirmed.setdefault(name, asyncio.Event()).set()
+            return
+        if kind != "message":
+            return
+        data = message["data"]
+        raw = self.raw_handlers.get(name)
+        if raw:
+            if data[:ORIGIN_SIZE] == self.origin or len(data) < ORIGIN_SIZE:
+                return  # this process's own: delivered locally when it was published
+            payload = data[ORIGIN_SIZE:]
+            for receive in raw:
+                try:
+                    receive(payload)
+                except Exception:  # one handler's bug must not stop the listener
+                    log.exception("state: handler for %s failed", name)
             return
         try:
-            body = json.loads(message["data"])
+            body = json.loads(data)
         except (ValueError, TypeError):
-            log.warning("state: a message on %s that is not JSON was ignored", message.get("channel"))
+            log.warning("state: a message on %s that is not JSON was ignored", name)
             return
-        for handler in self.handlers.get(message.get("channel", ""), ()):
+        for handler in self.handlers.get(name, ()):
             try:
                 result = handler(body)
                 if result is not None:
                     await result
             except Exception:  # one handler's bug must not stop the listener
-                log.exception("state: handler for %s failed", message.get("channel"))
+                log.exception("state: handler for %s failed", name)
 
 
 # -- revocations -------------------------------------------------------------------------------------------
