@@ -363,3 +363,40 @@ class ClusterConnections(MemoryConnections[L]):
             str(message.get("reason", "")),
             float(message.get("grace", 1.0)),
         )
+
+
+# -- limits shared by every node ---------------------------------------------------------------------------
+
+# A token bucket per key, in Redis' own clock (nodes' clocks may differ): ARGV rate/s, burst; returns the
+# seconds to wait ("0" when a token was taken). The key expires once the bucket would be full again.
+_BUCKET = """
+local now = redis.call('TIME')
+local t = tonumber(now[1]) + tonumber(now[2]) / 1000000
+local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local saved = redis.call('HMGET', KEYS[1], 'tokens', 'stamp')
+local tokens = tonumber(saved[1]) or burst
+local stamp = tonumber(saved[2]) or t
+tokens = math.min(burst, tokens + math.max(0, t - stamp) * rate)
+local wait = 0
+if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'stamp', tostring(t))
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+return tostring(wait)
+"""
+
+
+class RedisRates:
+    """``security.limits.SharedRate`` in Redis: a handshake-rate bucket per service and client address that
+    every node takes from. Redis unavailable: each node's own bucket still applies (the limit degrades to
+    per node, logged), rather than refusing every client or letting a flood through unlimited."""
+
+    def __init__(self, state: RedisState) -> None:
+        self.state = state
+        self.script = state.client.register_script(_BUCKET)
+
+    async def take(self, key: str, rate: float, burst: float) -> float:
+        try:
+            wait = await self.state.call(self.script, keys=[self.state.key("rate", key)], args=[rate, burst])
+        except StateUnavailable:
+            return 0.0
+        return float(wait)
