@@ -337,6 +337,8 @@ async def test_redis_killed_then_restarted_fails_closed_keeps_connections_and_re
     assert await refused(http, w, basic("ann")) == 503
     async with http.post(f"{a.base}/echo/.wsgate/session", headers=basic("ann")) as signed:
         assert signed.status == 503 and signed.headers["Retry-After"] == "5"
+    async with http.post(f"{c.base}/admin/api/revocations", json={"user": "joe"}) as answer:
+        assert answer.status == 503 and "unavailable" in (await answer.json())["error"]  # nothing to revoke into
     for ws in kept:  # what was open keeps going
         await ws.send_str("during the outage")
         assert (await asyncio.wait_for(ws.receive(), 5)).data == "during the outage"
