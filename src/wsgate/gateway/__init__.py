@@ -38,7 +38,6 @@ from ..state.redis import (
     RedisRevocations,
     RedisSessions,
     RedisState,
-    StateUnavailable,
 )
 from ..state.revocations import (
     MemoryRevocations,
@@ -441,18 +440,17 @@ class Gateway:
 
     async def _revoked_elsewhere(self, message: dict[str, Any]) -> None:
         """Another node revoked keys: close this node's connections they refuse (its own were closed by ``revoke``)."""
-        if self.shared is not None and message.get("node") == self.shared.node:
+        if self.shared is not None and self.shared.mine(message):
             return
         keys = message.get("keys")
         if isinstance(keys, dict):
             self._end_revoked({str(key): float(until) for key, until in keys.items()}, "revoked")
 
     async def _resync_revocations(self) -> None:
-        """Back from a Redis outage: messages published meanwhile were lost; the keys were not."""
-        try:
-            self._end_revoked(await self.revocations.entries(), "revoked")
-        except StateUnavailable:
-            pass  # gone again: the next reconnect resyncs
+        """Back from a Redis outage: messages published meanwhile were lost; the keys were not.
+
+        ``StateUnavailable`` (gone again) reaches the listener, which reconnects and calls this again."""
+        self._end_revoked(await self.revocations.entries(), "revoked")
 
     def _end_revoked(self, revoked: dict[str, float], reason: str) -> int:
         now = time.time()

@@ -26,11 +26,14 @@ from dataclasses import asdict, replace
 from typing import Any
 
 from redis import asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import AuthenticationError, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from ..config.model import State
 from ..core.identity import Identity
-from ..errors import GatewayError
+from ..errors import ConfigError, GatewayError
 from .connections import L, MemoryConnections, Selector
 from .sessions import Session, digest
 
@@ -47,8 +50,18 @@ def node_name(config: State) -> str:
     return config.node or f"{socket.gethostname()}-{os.getpid()}"
 
 
+def _ssl_error(exc: BaseException) -> ssl.SSLError | None:
+    """The TLS error behind a Redis connection error (redis-py keeps it as the context), if there is one."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 class RedisState:
-    """The gateway's Redis: one client, one pub/sub listener, keys under ``key_prefix``."""
+    """The gateway's Redis: a client for commands, one for the pub/sub listener, keys under ``key_prefix``."""
 
     def __init__(self, config: State) -> None:
         assert config.url is not None, "the config builder requires url for type redis"
@@ -68,7 +81,17 @@ class RedisState:
             kwargs["ssl_cert_reqs"] = ssl.CERT_REQUIRED
             if config.ca_file is not None:
                 kwargs["ssl_ca_certs"] = str(config.ca_file)
-        self.client: aioredis.Redis = aioredis.Redis.from_url(config.url, **kwargs)
+        # Commands: a pooled connection that Redis dropped (a restart) fails once, then the command is sent again
+        # on a new one; without the retry, every idle connection left from before an outage failed a request after it.
+        self.client: aioredis.Redis = aioredis.Redis.from_url(
+            config.url, retry=Retry(NoBackoff(), 1), retry_on_error=[RedisConnectionError], **kwargs
+        )
+        # Pub/sub: no retry, so that the listener sees every lost connection (messages published meanwhile are
+        # lost) and resynchronises; a transparent reconnect would skip that.
+        self.subscriber: aioredis.Redis = aioredis.Redis.from_url(config.url, **kwargs)
+        # Which process published a message: ``node`` is shared by the workers of one node (``--workers`` with a
+        # configured ``node``), so a process knows its own messages by this instead.
+        self.origin = secrets.token_hex(8)
         self.up = False
         self.handlers: dict[str, list[Handler]] = {}
         self.on_reconnect: list[Callable[[], Awaitable[None]]] = []
@@ -85,13 +108,24 @@ class RedisState:
         except (RedisError, OSError, TimeoutError) as exc:
             self._down(exc)
             raise StateUnavailable(f"Redis {self.config.url} unavailable: {type(exc).__name__}") from None
-        self.up = True
+        self._up()
         return result
 
     def _down(self, exc: BaseException) -> None:
+        """One WARNING when Redis goes away (not one per failed command)."""
         if self.up:
             log.warning("state: Redis %s unavailable: %s", self.config.url, type(exc).__name__)
         self.up = False
+
+    def _up(self) -> None:
+        """One INFO when Redis answers again, whoever notices first: a command or the listener's reconnect."""
+        if not self.up:
+            log.info("state: Redis %s reachable again", self.config.url)
+        self.up = True
+
+    def mine(self, message: dict[str, Any]) -> bool:
+        """Whether this process published ``message`` (its handlers have done the work already)."""
+        return message.get("origin") == self.origin
 
     def subscribe(self, channel: str, handler: Handler) -> None:
         """Call ``handler(message)`` for every JSON message published on ``channel`` (this node's included)."""
@@ -99,21 +133,44 @@ class RedisState:
 
     async def publish(self, channel: str, message: dict[str, Any]) -> int:
         """Publish ``message`` to every node (at most once: durable facts go in keys as well)."""
-        return int(await self.call(self.client.publish, self.key(channel), json.dumps({**message, "node": self.node})))
+        return int(
+            await self.call(
+                self.client.publish,
+                self.key(channel),
+                json.dumps({**message, "node": self.node, "origin": self.origin}),
+            )
+        )
 
     async def start(self) -> None:
-        """Check that Redis answers (a start-up error otherwise) and start listening."""
+        """Check that Redis answers (else a ``ConfigError`` naming the element to fix) and start listening."""
         try:
             await asyncio.wait_for(self.client.ping(), self.timeout * 5)
         except (RedisError, OSError, TimeoutError) as exc:
-            raise StateUnavailable(
-                f"state/url: Redis {self.config.url} does not answer ({type(exc).__name__}); "
-                "start it or fix state/url, state/password-file"
-            ) from None
+            raise self._start_error(exc) from None
         self.up = True
         self.listener = asyncio.create_task(self._listen(), name="wsgate-state-listener")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.subscribed.wait(), self.timeout * 5)
+
+    def _start_error(self, exc: BaseException) -> ConfigError:
+        """Why Redis cannot be used at start-up, naming the element to fix (``wsgate run`` exits 2 with it)."""
+        url = self.config.url
+        if isinstance(exc, AuthenticationError):
+            if self.config.password is None:
+                return ConfigError("state/password-file", f"Redis {url} requires a password: name a file holding it")
+            return ConfigError("state/password-file", f"Redis {url} refused the password ({exc})")
+        tls = _ssl_error(exc)
+        if tls is not None:
+            trusted = f"the CA in {str(self.config.ca_file)!r}" if self.config.ca_file else "the system's CAs"
+            return ConfigError(
+                "state/ca-file",
+                f"TLS with Redis {url} failed: {getattr(tls, 'reason', None) or tls} "
+                f"(its certificate is checked against {trusted} and must name the URL's host)",
+            )
+        return ConfigError(
+            "state/url",
+            f"Redis {url} does not answer ({type(exc).__name__}); start it or fix state/url (rediss:// for a TLS port)",
+        )
 
     async def close(self) -> None:
         """Stop listening and disconnect; bounded, so that a Redis in trouble never holds up a shutdown."""
@@ -123,20 +180,23 @@ class RedisState:
                 await asyncio.wait_for(asyncio.shield(self.listener), self.timeout)
         with contextlib.suppress(RedisError, OSError, TimeoutError):
             await asyncio.wait_for(self.client.aclose(), self.timeout)
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            await asyncio.wait_for(self.subscriber.aclose(), self.timeout)
 
     async def _listen(self) -> None:
-        """Pub/sub with reconnects (backoff to 5 s); after a reconnect, ``on_reconnect`` callbacks resync."""
+        """Pub/sub with reconnects (backoff to 5 s); after a reconnect, ``on_reconnect`` callbacks resync (one that
+        raises ``StateUnavailable`` counts as a failed reconnect: the listener reconnects and they resync again)."""
         delay = 0.1
         first = True
         while True:
-            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+            pubsub = self.subscriber.pubsub(ignore_subscribe_messages=True)
             try:
                 if self.handlers:
                     await pubsub.subscribe(*self.handlers)
                 self.subscribed.set()
                 if not first:
-                    log.info("state: Redis %s reachable again; resynchronising", self.config.url)
-                    self.up = True
+                    self._up()
+                    log.debug("state: subscribed again to Redis %s; resynchronising", self.config.url)
                     for resync in self.on_reconnect:
                         await resync()
                 first, delay = False, 0.1
@@ -146,7 +206,7 @@ class RedisState:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
                 raise
-            except (RedisError, OSError) as exc:
+            except (RedisError, OSError, StateUnavailable) as exc:  # a resync that failed: reconnect and try again
                 self._down(exc)
             with contextlib.suppress(Exception):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
@@ -211,11 +271,14 @@ class RedisRevocations:
     async def lift(self, key: str) -> bool:
         return bool(await self.state.call(self.state.client.delete, self._key(key)))
 
+    async def _names(self, pattern: str) -> list[str]:
+        return [name async for name in self.state.client.scan_iter(match=pattern, count=500)]
+
     async def entries(self, now: float | None = None) -> dict[str, float]:
         now = time.time() if now is None else now
         prefix = self._key("")
         found: dict[str, float] = {}
-        names = [name async for name in self.state.client.scan_iter(match=prefix + "*", count=500)]
+        names: list[str] = await self.state.call(self._names, prefix + "*")
         if names:
             values = await self.state.call(self.state.client.mget, names)
             for name, value in zip(names, values, strict=True):
@@ -347,8 +410,8 @@ class ClusterConnections(MemoryConnections[L]):
         return closed
 
     async def _ended_elsewhere(self, message: dict[str, Any]) -> None:
-        if message.get("node") == self.state.node:
-            return  # this node's own request: already done
+        if self.state.mine(message):
+            return  # this process's own request: already done
         fields = message.get("selector")
         if not isinstance(fields, dict):
             return
