@@ -132,3 +132,37 @@ async def test_logout_on_one_node_closes_the_sessions_connections_on_another(nod
     with pytest.raises(aiohttp.WSServerHandshakeError) as refused:  # the session is gone everywhere
         await http.ws_connect(f"ws://127.0.0.1:{a.port_of('echo')}/echo", headers={"Cookie": cookie})
     assert refused.value.status == 401
+
+
+async def test_a_shared_handshake_rate_counts_every_nodes_handshakes(start_gateway, redis_server, http) -> None:
+    def config(node: str, shared: str) -> str:
+        return f"""
+service:
+  - name: echo
+    accept: ws://127.0.0.1:0/echo
+    type: echo
+    accept-options:
+      handshake.rate.per.ip: 2/minute burst 2
+state:
+  type: redis
+  url: {redis_server.url}
+  node: {node}
+  shared-limits: {shared}
+"""
+
+    a = await start_gateway(config("a", "handshake-rate"), name="a.yaml")
+    b = await start_gateway(config("b", "handshake-rate"), name="b.yaml")
+    statuses = []
+    for gateway in (a, b, a, b):
+        try:
+            await (await http.ws_connect(f"ws://127.0.0.1:{gateway.port_of('echo')}/echo")).close()
+            statuses.append(101)
+        except aiohttp.WSServerHandshakeError as error:
+            statuses.append(error.status)
+    assert statuses[:2] == [101, 101] and statuses[2:] == [429, 429]  # 2 a minute across both nodes
+    c = await start_gateway(config("c", "none"), name="c.yaml")  # not shared: only its own bucket
+    await (await http.ws_connect(f"ws://127.0.0.1:{c.port_of('echo')}/echo")).close()
+    redis_server.stop()  # Redis gone: each node's own bucket still limits (a has used its 2)
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await http.ws_connect(f"ws://127.0.0.1:{a.port_of('echo')}/echo")
+    assert refused.value.status == 429

@@ -60,6 +60,7 @@ STATE = {
     "node": "?",
     "heartbeat": "?",
     "timeout": "?",
+    "shared-limits": "?",
 }
 LIMITS = {"connections": "?", "handshakes": "?", "handshake-timeout": "?", "header-size": "?"}
 TOP_UNSUPPORTED = {
@@ -710,7 +711,16 @@ class Builder:
             node=self.one(groups, "node", path, str),
             heartbeat=heartbeat if heartbeat else default.heartbeat,
             timeout=timeout if timeout else default.timeout,
+            shared_limits=self._shared_limits(groups, path),
         )
+
+    def _shared_limits(self, groups: dict[str, list[Node]], path: str) -> tuple[str, ...]:
+        text = self.one(groups, "shared-limits", path, str)
+        names = parse_csv(text or "")
+        unknown = [n for n in names if n not in ("handshake-rate", "none")]
+        if unknown:
+            self.fail(f"{path}/shared-limits", f"{', '.join(unknown)}: valid are handshake-rate, none")
+        return tuple(n for n in names if n == "handshake-rate")
 
     def security(self, root: Node) -> m.Security:
         node = root.first("security")

@@ -183,6 +183,7 @@ class State:
     node: str | None = None  # this node's name in the registry (default: host name and process id)
     heartbeat: float = 2.0  # seconds between the node's heartbeats; 3 missed: the node is gone
     timeout: float = 1.0  # seconds a Redis command may take before the store counts as unavailable
+    shared_limits: tuple[str, ...] = ()  # limits every node counts together: "handshake-rate"
 
 
 @dataclass(frozen=True)

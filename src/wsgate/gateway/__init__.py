@@ -31,7 +31,14 @@ from ..security.realms import RealmGate, RealmRuntime
 from ..security.tls import ListenerTls
 from ..services.base import HttpService, ResourceService, Runtime, ServiceHandler, WebSocketService
 from ..state.connections import Selector
-from ..state.redis import REVOKED, ClusterConnections, RedisRevocations, RedisSessions, RedisState, StateUnavailable
+from ..state.redis import (
+    REVOKED,
+    ClusterConnections,
+    RedisRates,
+    RedisRevocations,
+    RedisSessions,
+    RedisState,
+)
 from ..state.revocations import (
     MemoryRevocations,
     RevocationList,
@@ -110,8 +117,11 @@ class Gateway:
         # Shared with other processes and nodes when the config names a Redis (state: {type: redis}).
         self.shared = RedisState(config.state) if config.state.type == "redis" else None
         self.revocations: RevocationList = MemoryRevocations()
+        self.shared_rates: RedisRates | None = None  # the handshake rate per client address, counted by every node
         if self.shared is not None:
             self.revocations = RedisRevocations(self.shared)
+            if "handshake-rate" in config.state.shared_limits:
+                self.shared_rates = RedisRates(self.shared)
             self.shared.subscribe(REVOKED, self._revoked_elsewhere)
             self.shared.on_reconnect.append(self._resync_revocations)
         keys, trust, errors = read_stores(config)  # reported with what the build finds (check-config: all at once)
@@ -293,8 +303,7 @@ class Gateway:
             )
         return listener
 
-    @staticmethod
-    def _admission(handler: ServiceHandler, verify_client: str, deployment: Deployment) -> Admission:
+    def _admission(self, handler: ServiceHandler, verify_client: str, deployment: Deployment) -> Admission:
         """What a route decides before its service runs (security/admission.py)."""
         service = handler.config
         runtime = deployment.runtime
@@ -325,6 +334,7 @@ class Gateway:
             metrics=runtime.metrics,
             closing=lambda: handler.runtime.closing,
             origin_lines=handler.origin_lines,
+            shared_rate=self.shared_rates,
         )
 
     @staticmethod
@@ -431,18 +441,17 @@ class Gateway:
 
     async def _revoked_elsewhere(self, message: dict[str, Any]) -> None:
         """Another node revoked keys: close this node's connections they refuse (its own were closed by ``revoke``)."""
-        if self.shared is not None and message.get("node") == self.shared.node:
+        if self.shared is not None and self.shared.mine(message):
             return
         keys = message.get("keys")
         if isinstance(keys, dict):
             self._end_revoked({str(key): float(until) for key, until in keys.items()}, "revoked")
 
     async def _resync_revocations(self) -> None:
-        """Back from a Redis outage: messages published meanwhile were lost; the keys were not."""
-        try:
-            self._end_revoked(await self.revocations.entries(), "revoked")
-        except StateUnavailable:
-            pass  # gone again: the next reconnect resyncs
+        """Back from a Redis outage: messages published meanwhile were lost; the keys were not.
+
+        ``StateUnavailable`` (gone again) reaches the listener, which reconnects and calls this again."""
+        self._end_revoked(await self.revocations.entries(), "revoked")
 
     def _end_revoked(self, revoked: dict[str, float], reason: str) -> int:
         now = time.time()

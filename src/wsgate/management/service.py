@@ -56,6 +56,7 @@ from ..security.admission import offloaded_tls, own_origin
 from ..security.origin import origin_allowed
 from ..services.base import ResourceService, Runtime, ServiceType
 from ..state.connections import Selector
+from ..state.redis import StateUnavailable
 from .summary import gateway_summary, service_summaries
 
 if TYPE_CHECKING:
@@ -232,6 +233,9 @@ class ManagementService(OperatorService):
             answer = await self.route(handshake, accept, body, path)
         except ReloadFailed as exc:  # logged with its traceback by the gateway
             answer = _json({"reloaded": False, "message": str(exc)}, 500)
+        except StateUnavailable as exc:  # Redis down: a revocation can be neither made nor listed now
+            log.warning("service[%s]: %s %s not done: %s", self.name, handshake.method, path, exc)
+            answer = replace(_json({"error": str(exc)}, 503), headers=(("Content-Type", _JSON), ("Retry-After", "5")))
         except ValueError:  # the request's body or path (an internal error is a 500, logged by aiohttp)
             answer = _json({"error": "bad request"}, 400)
         except ConnectionResetError:  # the client left (or was dropped) before its body was complete

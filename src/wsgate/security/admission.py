@@ -31,12 +31,13 @@ from ..config.model import CrossSiteConstraint, Service
 from ..core.handshake import BAD_REQUEST, NO_CERTIFICATE, Accept, Handshake, Hold, Reject, Reply
 from ..core.http import check_handshake, check_request
 from ..observe.logs import LogLimiter, get_logger
+from .limits import Refusal
 from .origin import cors_headers, origin_allowed, preflight
 from .realms import FORBIDDEN, RealmGate, connection_deadline
 
 if TYPE_CHECKING:
     from ..observe.metrics import Metrics
-    from .limits import GatewayLimits, Refusal, ServiceLimits
+    from .limits import GatewayLimits, ServiceLimits, SharedRate
 
 log = logging.getLogger("wsgate.service")
 audit = get_logger("wsgate.audit")
@@ -73,6 +74,7 @@ class Admission:
     open_connections: Sized = ()  # every open WebSocket of the gateway, for the gate's limit
     metrics: Metrics | None = None
     closing: Callable[[], bool] = _never  # the gateway is shutting down
+    shared_rate: SharedRate | None = None  # the handshake rate counted by every node (state/shared-limits)
     origin_lines: LogLimiter = field(default_factory=lambda: LogLimiter("cross-origin refusal"), repr=False)
 
     async def admit(self, handshake: Handshake) -> Accept | Reject | Reply:
@@ -93,6 +95,10 @@ class Admission:
         hold = self.enter(handshake.remote)  # the limits before any login
         if isinstance(hold, Reject):
             return hold
+        refused = await self.shared_rate_refusal(handshake.remote)
+        if refused is not None:
+            hold.release()
+            return refused
         try:
             decision = await self.decide(handshake, hold)
         except BaseException:
@@ -118,6 +124,16 @@ class Admission:
                 done()
             return self.refuse(refusal)
         return Hold(done, lambda: limits.leave(ip))
+
+    async def shared_rate_refusal(self, ip: str) -> Reject | None:
+        """The service's handshake rate per client address, counted by every node (when shared)."""
+        limits = self.limits
+        if self.shared_rate is None or limits is None or limits.rate is None:
+            return None
+        wait = await self.shared_rate.take(f"{self.service}:{ip}", limits.rate, limits.burst)
+        if not wait:
+            return None
+        return self.refuse(Refusal(429, "handshake-rate", max(1, round(wait + 0.5))))
 
     def refuse(self, refusal: Refusal) -> Reject:
         if self.metrics is not None:

@@ -11,8 +11,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 MAX_TRACKED_IPS = 100_000
+
+
+class SharedRate(Protocol):
+    """A handshake-rate bucket shared by every node (``state/shared-limits: handshake-rate``)."""
+
+    async def take(self, key: str, rate: float, burst: float) -> float:
+        """Take one token from ``key``'s bucket; 0 when granted, else the seconds until one is available."""
+        ...
 
 
 @dataclass(frozen=True)

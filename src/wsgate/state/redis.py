@@ -1,8 +1,8 @@
 """State shared through Redis (``state: {type: redis}``): what several processes and nodes must agree on.
 
-``RedisState`` owns the gateway's ``redis.asyncio`` clients (one that decodes answers as text, one for
-raw bytes) and one pub/sub listener that reconnects with backoff; the stores (sessions, revocations, the
-connection registry, broadcast fan-out) are built on it. Messages are JSON (``subscribe``/``publish``),
+``RedisState`` owns the gateway's ``redis.asyncio`` clients (one for commands, answers decoded as text; one
+for raw bytes, without retries) and one pub/sub listener that reconnects with backoff; the stores (sessions,
+revocations, the connection registry, broadcast fan-out) are built on it. Messages are JSON (``subscribe``/``publish``),
 or raw bytes (``subscribe_raw``/``publish_raw``: binary-safe, for payloads such as broadcast messages,
 where base64 in JSON would cost a third more).
 Every key starts with ``<key-prefix>:`` so that several gateways can share one Redis.
@@ -29,18 +29,21 @@ from dataclasses import asdict, replace
 from typing import Any
 
 from redis import asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import AuthenticationError, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from ..config.model import State
 from ..core.identity import Identity
-from ..errors import GatewayError
+from ..errors import ConfigError, GatewayError
 from .connections import L, MemoryConnections, Selector
 from .sessions import Session, digest
 
 log = logging.getLogger("wsgate.state")
 Handler = Callable[[dict[str, Any]], Awaitable[None] | None]
 RawHandler = Callable[[bytes], None]  # a raw message's payload, from another process; must not block
-ORIGIN_SIZE = 8  # a raw message starts with its publishing process's random id
+ORIGIN_SIZE = 16  # a raw message starts with its publishing process's random id (``origin``)
 
 
 class StateUnavailable(GatewayError):
@@ -52,9 +55,19 @@ def node_name(config: State) -> str:
     return config.node or f"{socket.gethostname()}-{os.getpid()}"
 
 
+def _ssl_error(exc: BaseException) -> ssl.SSLError | None:
+    """The TLS error behind a Redis connection error (redis-py keeps it as the context), if there is one."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 class RedisState:
-    """The gateway's Redis: a client (answers as text), a raw one (bytes: the pub/sub listener and
-    ``publish_raw``), one pub/sub listener for every channel, keys under ``key_prefix``."""
+    """The gateway's Redis: a client for commands (answers as text), one that neither decodes nor retries (the
+    pub/sub listener and ``publish_raw``), keys under ``key_prefix``."""
 
     def __init__(self, config: State) -> None:
         assert config.url is not None, "the config builder requires url for type redis"
@@ -74,11 +87,20 @@ class RedisState:
             kwargs["ssl_cert_reqs"] = ssl.CERT_REQUIRED
             if config.ca_file is not None:
                 kwargs["ssl_ca_certs"] = str(config.ca_file)
-        self.client: aioredis.Redis = aioredis.Redis.from_url(config.url, **kwargs)
-        # Raw bytes both ways: the pub/sub listener (JSON is parsed from bytes) and ``publish_raw``.
-        self.raw: aioredis.Redis = aioredis.Redis.from_url(config.url, **{**kwargs, "decode_responses": False})
-        # This process's id in raw messages: unique even where several processes share a configured node name.
-        self.origin = secrets.token_bytes(ORIGIN_SIZE)
+        # Commands: a pooled connection that Redis dropped (a restart) fails once, then the command is sent again
+        # on a new one; without the retry, every idle connection left from before an outage failed a request after it.
+        self.client: aioredis.Redis = aioredis.Redis.from_url(
+            config.url, retry=Retry(NoBackoff(), 1), retry_on_error=[RedisConnectionError], **kwargs
+        )
+        # Pub/sub: no retry, so that the listener sees every lost connection (messages published meanwhile are
+        # lost) and resynchronises; a transparent reconnect would skip that. Raw bytes (JSON is parsed from bytes),
+        # so that raw messages are binary-safe; ``publish_raw`` uses it too (no retry: a batch is published at most
+        # once, never twice after a connection lost half-way).
+        self.subscriber: aioredis.Redis = aioredis.Redis.from_url(config.url, **{**kwargs, "decode_responses": False})
+        # Which process published a message: ``node`` is shared by the workers of one node (``--workers`` with a
+        # configured ``node``), so a process knows its own messages by this instead (raw messages start with it).
+        self.origin = secrets.token_hex(ORIGIN_SIZE // 2)
+        self.raw_origin = self.origin.encode()
         self.up = False
         self.handlers: dict[str, list[Handler]] = {}
         self.raw_handlers: dict[str, list[RawHandler]] = {}
@@ -98,13 +120,24 @@ class RedisState:
         except (RedisError, OSError, TimeoutError) as exc:
             self._down(exc)
             raise StateUnavailable(f"Redis {self.config.url} unavailable: {type(exc).__name__}") from None
-        self.up = True
+        self._up()
         return result
 
     def _down(self, exc: BaseException) -> None:
+        """One WARNING when Redis goes away (not one per failed command)."""
         if self.up:
             log.warning("state: Redis %s unavailable: %s", self.config.url, type(exc).__name__)
         self.up = False
+
+    def _up(self) -> None:
+        """One INFO when Redis answers again, whoever notices first: a command or the listener's reconnect."""
+        if not self.up:
+            log.info("state: Redis %s reachable again", self.config.url)
+        self.up = True
+
+    def mine(self, message: dict[str, Any]) -> bool:
+        """Whether this process published ``message`` (its handlers have done the work already)."""
+        return message.get("origin") == self.origin
 
     def subscribe(self, channel: str, handler: Handler) -> None:
         """Call ``handler(message)`` for every JSON message published on ``channel`` (this node's included)."""
@@ -112,7 +145,13 @@ class RedisState:
 
     async def publish(self, channel: str, message: dict[str, Any]) -> int:
         """Publish ``message`` to every node (at most once: durable facts go in keys as well)."""
-        return int(await self.call(self.client.publish, self.key(channel), json.dumps({**message, "node": self.node})))
+        return int(
+            await self.call(
+                self.client.publish,
+                self.key(channel),
+                json.dumps({**message, "node": self.node, "origin": self.origin}),
+            )
+        )
 
     async def subscribe_raw(self, channel: str, handler: RawHandler) -> None:
         """Call ``handler(payload)`` for every payload that another process publishes on ``channel`` with
@@ -144,28 +183,45 @@ class RedisState:
         """Publish ``payloads`` on ``channel``, in this order, in one round trip; ``StateUnavailable`` if
         Redis did not take them (then some may have been published). Callers that need their order kept
         publish from one task (commands issued concurrently go over different connections)."""
-        name, origin = self.key(channel), self.origin
+        name, origin = self.key(channel), self.raw_origin
         if len(payloads) == 1:
-            await self.call(self.raw.publish, name, origin + payloads[0])
+            await self.call(self.subscriber.publish, name, origin + payloads[0])
             return
-        pipe = self.raw.pipeline(transaction=False)
+        pipe = self.subscriber.pipeline(transaction=False)
         for payload in payloads:
             pipe.publish(name, origin + payload)
         await self.call(pipe.execute)
 
     async def start(self) -> None:
-        """Check that Redis answers (a start-up error otherwise) and start listening."""
+        """Check that Redis answers (else a ``ConfigError`` naming the element to fix) and start listening."""
         try:
             await asyncio.wait_for(self.client.ping(), self.timeout * 5)
         except (RedisError, OSError, TimeoutError) as exc:
-            raise StateUnavailable(
-                f"state/url: Redis {self.config.url} does not answer ({type(exc).__name__}); "
-                "start it or fix state/url, state/password-file"
-            ) from None
+            raise self._start_error(exc) from None
         self.up = True
         self.listener = asyncio.create_task(self._listen(), name="wsgate-state-listener")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.subscribed.wait(), self.timeout * 5)
+
+    def _start_error(self, exc: BaseException) -> ConfigError:
+        """Why Redis cannot be used at start-up, naming the element to fix (``wsgate run`` exits 2 with it)."""
+        url = self.config.url
+        if isinstance(exc, AuthenticationError):
+            if self.config.password is None:
+                return ConfigError("state/password-file", f"Redis {url} requires a password: name a file holding it")
+            return ConfigError("state/password-file", f"Redis {url} refused the password ({exc})")
+        tls = _ssl_error(exc)
+        if tls is not None:
+            trusted = f"the CA in {str(self.config.ca_file)!r}" if self.config.ca_file else "the system's CAs"
+            return ConfigError(
+                "state/ca-file",
+                f"TLS with Redis {url} failed: {getattr(tls, 'reason', None) or tls} "
+                f"(its certificate is checked against {trusted} and must name the URL's host)",
+            )
+        return ConfigError(
+            "state/url",
+            f"Redis {url} does not answer ({type(exc).__name__}); start it or fix state/url (rediss:// for a TLS port)",
+        )
 
     async def close(self) -> None:
         """Stop listening and disconnect; bounded, so that a Redis in trouble never holds up a shutdown."""
@@ -173,7 +229,7 @@ class RedisState:
             self.listener.cancel()
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self.listener), self.timeout)
-        for client in (self.client, self.raw):
+        for client in (self.client, self.subscriber):
             with contextlib.suppress(RedisError, OSError, TimeoutError):
                 await asyncio.wait_for(client.aclose(), self.timeout)
 
@@ -181,11 +237,12 @@ class RedisState:
         return {*self.handlers, *self.raw_handlers}
 
     async def _listen(self) -> None:
-        """Pub/sub with reconnects (backoff to 5 s); after a reconnect, ``on_reconnect`` callbacks resync."""
+        """Pub/sub with reconnects (backoff to 5 s); after a reconnect, ``on_reconnect`` callbacks resync (one that
+        raises ``StateUnavailable`` counts as a failed reconnect: the listener reconnects and they resync again)."""
         delay = 0.1
         first = True
         while True:
-            pubsub = self.raw.pubsub()
+            pubsub = self.subscriber.pubsub()
             try:
                 names = self._channels()
                 if names:
@@ -196,8 +253,8 @@ class RedisState:
                 self._pubsub = pubsub  # from now on ``subscribe_raw`` subscribes it to new channels itself
                 self.subscribed.set()
                 if not first:
-                    log.info("state: Redis %s reachable again; resynchronising", self.config.url)
-                    self.up = True
+                    self._up()
+                    log.debug("state: subscribed again to Redis %s; resynchronising", self.config.url)
                     for resync in self.on_reconnect:
                         await resync()
                 first, delay = False, 0.1
@@ -208,7 +265,7 @@ class RedisState:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
                 raise
-            except (RedisError, OSError) as exc:
+            except (RedisError, OSError, StateUnavailable) as exc:  # a resync that failed: reconnect and try again
                 self._down(exc)
             self._pubsub = None
             for confirmed in self._confirmed.values():
@@ -230,7 +287,7 @@ class RedisState:
         data = message["data"]
         raw = self.raw_handlers.get(name)
         if raw:
-            if data[:ORIGIN_SIZE] == self.origin or len(data) < ORIGIN_SIZE:
+            if data[:ORIGIN_SIZE] == self.raw_origin or len(data) < ORIGIN_SIZE:
                 return  # this process's own: delivered locally when it was published
             payload = data[ORIGIN_SIZE:]
             for receive in raw:
@@ -294,11 +351,14 @@ class RedisRevocations:
     async def lift(self, key: str) -> bool:
         return bool(await self.state.call(self.state.client.delete, self._key(key)))
 
+    async def _names(self, pattern: str) -> list[str]:
+        return [name async for name in self.state.client.scan_iter(match=pattern, count=500)]
+
     async def entries(self, now: float | None = None) -> dict[str, float]:
         now = time.time() if now is None else now
         prefix = self._key("")
         found: dict[str, float] = {}
-        names = [name async for name in self.state.client.scan_iter(match=prefix + "*", count=500)]
+        names: list[str] = await self.state.call(self._names, prefix + "*")
         if names:
             values = await self.state.call(self.state.client.mget, names)
             for name, value in zip(names, values, strict=True):
@@ -430,8 +490,8 @@ class ClusterConnections(MemoryConnections[L]):
         return closed
 
     async def _ended_elsewhere(self, message: dict[str, Any]) -> None:
-        if message.get("node") == self.state.node:
-            return  # this node's own request: already done
+        if self.state.mine(message):
+            return  # this process's own request: already done
         fields = message.get("selector")
         if not isinstance(fields, dict):
             return
@@ -446,3 +506,40 @@ class ClusterConnections(MemoryConnections[L]):
             str(message.get("reason", "")),
             float(message.get("grace", 1.0)),
         )
+
+
+# -- limits shared by every node ---------------------------------------------------------------------------
+
+# A token bucket per key, in Redis' own clock (nodes' clocks may differ): ARGV rate/s, burst; returns the
+# seconds to wait ("0" when a token was taken). The key expires once the bucket would be full again.
+_BUCKET = """
+local now = redis.call('TIME')
+local t = tonumber(now[1]) + tonumber(now[2]) / 1000000
+local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local saved = redis.call('HMGET', KEYS[1], 'tokens', 'stamp')
+local tokens = tonumber(saved[1]) or burst
+local stamp = tonumber(saved[2]) or t
+tokens = math.min(burst, tokens + math.max(0, t - stamp) * rate)
+local wait = 0
+if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'stamp', tostring(t))
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+return tostring(wait)
+"""
+
+
+class RedisRates:
+    """``security.limits.SharedRate`` in Redis: a handshake-rate bucket per service and client address that
+    every node takes from. Redis unavailable: each node's own bucket still applies (the limit degrades to
+    per node, logged), rather than refusing every client or letting a flood through unlimited."""
+
+    def __init__(self, state: RedisState) -> None:
+        self.state = state
+        self.script = state.client.register_script(_BUCKET)
+
+    async def take(self, key: str, rate: float, burst: float) -> float:
+        try:
+            wait = await self.state.call(self.script, keys=[self.state.key("rate", key)], args=[rate, burst])
+        except StateUnavailable:
+            return 0.0
+        return float(wait)
