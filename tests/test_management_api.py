@@ -57,6 +57,13 @@ class Control:
         self.revoked: list[tuple[str | None, str | None, str]] = []
         self.entries = {"user:joe": 2e9}
         self.reloaded: tuple[bool, str] | Exception = (True, "1 unchanged")
+        self.node: str | None = None  # state: memory (test_state_registry.py runs the cluster on Redis)
+
+    async def remote_sessions(self) -> list[dict[str, object]]:
+        return []
+
+    async def session_node(self, connection_id: str) -> str | None:
+        return None
 
     async def revoke(self, user: str | None = None, token: str | None = None, reason: str = "revoked") -> int:
         self.revoked.append((user, token, reason))

@@ -19,8 +19,9 @@ from typing import Any
 from ..catalog import service_type
 from ..config.model import GatewayConfig, TlsOptions
 from ..core.close import CloseCode
+from ..core.session import LiveSession
 from ..errors import ConfigError, ConfigErrors, GatewayError, ReloadFailed, bind_error
-from ..management.service import GatewayControl
+from ..management.service import GatewayControl, registry_entry
 from ..observe.metrics import Metrics
 from ..observe.redact import REDACTOR
 from ..security.admission import Admission, offloaded_tls
@@ -32,6 +33,7 @@ from ..security.tls import ListenerTls
 from ..services.base import HttpService, ResourceService, Runtime, ServiceHandler, WebSocketService
 from ..state.connections import Selector
 from ..state.redis import (
+    OPERATIONS,
     REVOKED,
     ClusterConnections,
     RedisRates,
@@ -39,6 +41,7 @@ from ..state.redis import (
     RedisSessions,
     RedisState,
 )
+from ..state.registry import NodeRegistry
 from ..state.revocations import (
     MemoryRevocations,
     RevocationList,
@@ -63,7 +66,7 @@ log = logging.getLogger("wsgate")
 # What a reload replaces: the switch in ``apply`` assigns a new ``Deployment`` (its fields are the per-config
 # state). Every other attribute outlives reloads (tests check that each attribute is in exactly one of the two).
 _PER_CONFIG = ("deployment",)
-_KEPT = ("reuse_port", "loader", "started", "retired", "_reloading", "revocations")
+_KEPT = ("reuse_port", "loader", "started", "retired", "_reloading", "revocations", "registry")
 
 
 @dataclass
@@ -131,7 +134,19 @@ class Gateway:
             raise ConfigErrors.of([*errors, exc]) from None
         changes = diff(None, planned)
         deployment = self._deployment(changes, None)
-        deployment.runtime.metrics = Metrics(lambda: self.runtime.connections)
+        metrics = deployment.runtime.metrics = Metrics(lambda: self.runtime.connections)
+        # This node's connections in the cluster-wide registry (state: redis), for every node's management API.
+        self.registry: NodeRegistry[LiveSession] | None = None
+        if self.shared is not None:
+            shared = self.shared
+            connections = deployment.runtime.connections
+            assert isinstance(connections, ClusterConnections)
+            self.registry = NodeRegistry(
+                shared, lambda: self.runtime.connections, registry_entry, worker=self.reuse_port
+            )
+            connections.published = self.registry
+            metrics.watch_state(lambda: shared.up, OPERATIONS)
+            shared.on_error = lambda operation: metrics.state_errors.labels(operation).inc()
         self._build(changes, deployment, None, errors)
         self.deployment = deployment
 
@@ -357,6 +372,8 @@ class Gateway:
         a ``ConfigError`` naming the service(s), the address and the cause."""
         if self.shared is not None:
             await self.shared.start()  # a Redis that does not answer is a start-up error, before any port opens
+        if self.registry is not None:
+            await self.registry.start()
         try:
             for service in self.services.values():
                 await _start_service(service)
@@ -398,6 +415,8 @@ class Gateway:
             await service.stop()
         for realm in self.realms.values():
             await realm.close()
+        if self.registry is not None:
+            await self.registry.close()  # this node's entries go now (connections closed above)
         if self.shared is not None:
             await self.shared.close()
 
@@ -467,6 +486,18 @@ class Gateway:
         if closed:
             log.info("closed %d connection(s) revoked on another node", closed)
         return closed
+
+    @property
+    def node(self) -> str | None:
+        return self.shared.node if self.shared is not None else None
+
+    async def remote_sessions(self) -> list[dict[str, Any]]:
+        if self.registry is None:
+            return []
+        return await self.registry.sessions(exclude=self.registry.node)
+
+    async def session_node(self, connection_id: str) -> str | None:
+        return None if self.registry is None else await self.registry.holder(connection_id)
 
     async def revocations_in_force(self) -> dict[str, float]:
         return await self.revocations.entries()

@@ -8,8 +8,9 @@ and marked ``insecure``). Under its accept path:
     GET    /                      the web console (one static page, vanilla JS)
     GET    /api/info              gateway, process and config summary (no secrets)
     GET    /api/services          services with live counts
-    GET    /api/sessions          live connections: principal, service, remote, TLS, traffic, expiry
-    DELETE /api/sessions/<id>     close one connection (1008 "closed by administrator")
+    GET    /api/sessions          live connections: principal, service, remote, TLS, traffic, expiry; with
+                                  state: redis, every live node's (with ``node``; traffic only for this node's)
+    DELETE /api/sessions/<id>     close one connection (1008 "closed by administrator"), on whatever node holds it
     DELETE /api/principals/<user> revoke a user: close their connections, end their realm sessions, and
                                   refuse them for security/revocation-timeout
     GET    /api/revocations       revocations in force: [{"key": "user:joe" | "jti:…" | "token:<sha256>", "until"}]
@@ -96,6 +97,7 @@ CONSOLE_HEADERS = _console_headers()
 LIVE_INTERVAL = 1.0
 LIVE_MESSAGE_SIZE = 4095  # the console only listens: anything longer from it fails the feed with 1009
 LIVE_HEARTBEAT = 30.0
+PARTIAL = '199 wsgate "shared state unavailable: only this node\'s sessions are listed"'  # GET /api/sessions
 _SAFE = ("GET", "HEAD", "OPTIONS")
 MANAGEMENT_ROLE = "ADMINISTRATOR"
 LOOPBACK_HOSTS = ("localhost", "::1", "[::1]")
@@ -144,6 +146,21 @@ class GatewayControl(Protocol):
         """``(applied, message)``; raises ``ReloadFailed`` for a failure other than a refused config."""
         ...
 
+    @property
+    def node(self) -> str | None:
+        """This node's name in the connection registry; None without shared state (``state: memory``)."""
+        ...
+
+    async def remote_sessions(self) -> list[dict[str, Any]]:
+        """The other live nodes' connections (``registry_entry`` values with ``id`` and ``node``); empty without
+        shared state. Raises ``StateUnavailable`` when the registry cannot be read."""
+        ...
+
+    async def session_node(self, connection_id: str) -> str | None:
+        """The live node whose registry has ``connection_id`` (None: no node has it, or no shared state).
+        Raises ``StateUnavailable``."""
+        ...
+
 
 def session_view(session: LiveSession, now: float) -> dict[str, Any]:
     identity = session.identity
@@ -159,6 +176,7 @@ def session_view(session: LiveSession, now: float) -> dict[str, Any]:
         "service": session.service,
         "principal": identity.user if identity else None,
         "roles": sorted(identity.roles) if identity else [],
+        "realm": identity.realm if identity else None,
         "remote": session.remote,
         "opened": session.started,
         "age": round(now - session.started, 1),
@@ -169,6 +187,27 @@ def session_view(session: LiveSession, now: float) -> dict[str, Any]:
         "bytes_in": channel.bytes_in,
         "bytes_out": channel.bytes_out,
     }
+
+
+# What another node cannot know of a connection: it changes with every message (counted locally only).
+_LOCAL_ONLY = ("id", "age", "messages_in", "messages_out", "bytes_in", "bytes_out")
+
+
+def registry_entry(session: LiveSession) -> dict[str, Any]:
+    """What a node publishes of a connection in the cluster's registry (state: redis): the management view
+    without its id (the hash field) and traffic; no cookie, token or digest, as in the API."""
+    view = session_view(session, session.started)
+    for name in _LOCAL_ONLY:
+        del view[name]
+    return view
+
+
+def remote_view(entry: dict[str, Any], now: float) -> dict[str, Any]:
+    """Another node's connection as the API lists it: its registry entry, its age, no traffic (null)."""
+    opened = entry.get("opened")
+    age = round(now - opened, 1) if isinstance(opened, int | float) else None
+    traffic = dict.fromkeys(("messages_in", "messages_out", "bytes_in", "bytes_out"))
+    return {"id": entry.get("id"), **entry, "age": age, **traffic}
 
 
 class OperatorService(ResourceService):
@@ -262,7 +301,9 @@ class ManagementService(OperatorService):
         if method == "GET" and path == "/api/services":
             return _json(self.services())
         if method == "GET" and path == "/api/sessions":
-            return _json(self.sessions())
+            sessions, complete = await self.sessions()
+            reply = _json(sessions)
+            return reply if complete else replace(reply, headers=(*reply.headers, ("Warning", PARTIAL)))
         if method == "DELETE" and path.startswith("/api/sessions/"):
             return await self.close_session(path.removeprefix("/api/sessions/"), handshake, accept)
         if method == "DELETE" and path.startswith("/api/principals/"):
@@ -292,9 +333,22 @@ class ManagementService(OperatorService):
             counts[connection.service] = counts.get(connection.service, 0) + 1
         return [{**entry, "open": counts.get(entry["name"], 0)} for entry in service_summaries(self.control.config)]
 
-    def sessions(self) -> list[dict[str, Any]]:
+    async def sessions(self) -> tuple[list[dict[str, Any]], bool]:
+        """This node's connections, then (state: redis) every other live node's, each with its ``node``;
+        False with this node's only when the registry cannot be read (Redis unavailable)."""
         now = time.time()
-        return [session_view(c, now) for c in list(self.runtime.connections)]
+        local = [session_view(c, now) for c in list(self.runtime.connections)]
+        control = self.control
+        node = control.node
+        if node is None:
+            return local, True
+        for view in local:
+            view["node"] = node
+        try:
+            remote = await control.remote_sessions()
+        except StateUnavailable:
+            return local, False
+        return local + [remote_view(entry, now) for entry in remote], True
 
     def stats(self) -> dict[str, Any]:
         """``GET /api/stats``: the totals the console's charts turn into rates and quantiles.
@@ -323,11 +377,23 @@ class ManagementService(OperatorService):
         }
 
     async def close_session(self, connection_id: str, handshake: Handshake, accept: Accept) -> Reply:
+        """Close one connection, on this node or (state: redis) on the node the registry says holds it."""
+        node = self.control.node
+        holder = node
         if not self.runtime.connections.select(Selector(id=connection_id)):
-            return _json({"closed": 0}, 404)
+            if node is None:
+                return _json({"closed": 0}, 404)
+            try:
+                holder = await self.control.session_node(connection_id)
+            except StateUnavailable:
+                return _json({"closed": 0, "error": "shared state unavailable"}, 503)
+            if holder is None:
+                return _json({"closed": 0}, 404)
         await self.runtime.expire(Selector(id=connection_id), "closed by administrator")
-        log.warning("service[%s]: %s closed connection %s", self.name, _operator(handshake, accept), connection_id)
-        return _json({"closed": 1})
+        where = "" if holder == node else f" on node {holder}"
+        who = _operator(handshake, accept)
+        log.warning("service[%s]: %s closed connection %s%s", self.name, who, connection_id, where)
+        return _json({"closed": 1} if node is None else {"closed": 1, "node": holder})
 
     async def close_principal(self, user: str, handshake: Handshake, accept: Accept) -> Reply:
         if not user:
@@ -382,7 +448,10 @@ class ManagementService(OperatorService):
         reader = asyncio.ensure_future(channel.receive())
         try:
             while not channel.closed:
-                snapshot = {"time": time.time(), "services": self.services(), "sessions": self.sessions()}
+                sessions, complete = await self.sessions()
+                snapshot = {"time": time.time(), "services": self.services(), "sessions": sessions}
+                if not complete:
+                    snapshot["partial"] = True
                 if not await self.send_live(channel, remote, json.dumps(snapshot)):
                     break
                 done, _ = await asyncio.wait({reader}, timeout=LIVE_INTERVAL)

@@ -12,7 +12,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -148,8 +148,26 @@ class Metrics:
             registry=self.registry,
         )
         self.reloads = Counter("wsgate_reloads", "Configuration reloads by result", ["result"], registry=self.registry)
+        self.state_errors = Counter(
+            "wsgate_state_errors",
+            "Failed exchanges with the shared state (Redis) by operation (read, write, publish, listen, registry)",
+            ["operation"],
+            registry=self.registry,
+        )
         self.traffic = TrafficCollector(connections)
         self.registry.register(self.traffic)
+
+    def watch_state(self, up: Callable[[], bool], operations: Iterable[str]) -> None:
+        """Export ``wsgate_state_up`` (read at scrape time) and every ``operation`` of ``wsgate_state_errors``
+        at 0, for a gateway whose state is shared (state: redis)."""
+        gauge = Gauge(
+            "wsgate_state_up",
+            "1 if the last exchange with the shared state (Redis) worked, else 0",
+            registry=self.registry,
+        )
+        gauge.set_function(lambda: 1.0 if up() else 0.0)
+        for operation in operations:
+            self.state_errors.labels(operation)
 
     def connection_closed(self, connection: Connection) -> None:
         self.traffic.fold(connection)

@@ -26,7 +26,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import asdict, replace
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from redis import asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -37,13 +37,20 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from ..config.model import State
 from ..core.identity import Identity
 from ..errors import ConfigError, GatewayError
-from .connections import L, MemoryConnections, Selector
+from .connections import L, Live, MemoryConnections, Selector
 from .sessions import Session, digest
 
 log = logging.getLogger("wsgate.state")
 Handler = Callable[[dict[str, Any]], Awaitable[None] | None]
 RawHandler = Callable[[bytes], None]  # a raw message's payload, from another process; must not block
 ORIGIN_SIZE = 16  # a raw message starts with its publishing process's random id (``origin``)
+L_contra = TypeVar("L_contra", bound=Live, contravariant=True)
+
+
+# What ``wsgate_state_errors_total{operation}`` counts failures of: reads and writes of sessions and
+# revocations, publishing to the other nodes, the pub/sub listener, the connection registry's writes.
+OPERATIONS = ("read", "write", "publish", "listen", "registry")
+READS = frozenset(("get", "mget", "smembers", "exists", "hgetall", "hexists", "scan", "ping"))
 
 
 class StateUnavailable(GatewayError):
@@ -107,6 +114,7 @@ class RedisState:
         self._pubsub: Any = None  # the listener's, once it is subscribed to every channel with a handler
         self._confirmed: dict[str, asyncio.Event] = {}  # channels Redis confirmed subscribing the listener to
         self.on_reconnect: list[Callable[[], Awaitable[None]]] = []
+        self.on_error: Callable[[str], None] | None = None  # a failed exchange, by operation (the metrics)
         self.listener: asyncio.Task[None] | None = None
         self.subscribed = asyncio.Event()
 
@@ -115,19 +123,27 @@ class RedisState:
 
     async def call(self, command: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:
         """One Redis command, bounded by ``timeout``; any failure is ``StateUnavailable``."""
+        name = getattr(command, "__name__", "")
+        operation = "publish" if name == "publish" else "read" if name in READS else "write"
+        return await self.attempt(operation, command, *args, **kwargs)
+
+    async def attempt(self, operation: str, command: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:
+        """``call`` with the ``operation`` a failure is counted under (one of ``OPERATIONS``)."""
         try:
             result = await asyncio.wait_for(command(*args, **kwargs), self.timeout)
         except (RedisError, OSError, TimeoutError) as exc:
-            self._down(exc)
+            self._down(exc, operation)
             raise StateUnavailable(f"Redis {self.config.url} unavailable: {type(exc).__name__}") from None
         self._up()
         return result
 
-    def _down(self, exc: BaseException) -> None:
+    def _down(self, exc: BaseException, operation: str) -> None:
         """One WARNING when Redis goes away (not one per failed command)."""
         if self.up:
             log.warning("state: Redis %s unavailable: %s", self.config.url, type(exc).__name__)
         self.up = False
+        if self.on_error is not None:
+            self.on_error(operation if operation in OPERATIONS else "write")
 
     def _up(self) -> None:
         """One INFO when Redis answers again, whoever notices first: a command or the listener's reconnect."""
@@ -266,7 +282,7 @@ class RedisState:
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
                 raise
             except (RedisError, OSError, StateUnavailable) as exc:  # a resync that failed: reconnect and try again
-                self._down(exc)
+                self._down(exc, "listen")
             self._pubsub = None
             for confirmed in self._confirmed.values():
                 confirmed.clear()
@@ -465,20 +481,42 @@ def _session_from_json(text: str) -> Session:
 
 # -- connections on every node -----------------------------------------------------------------------------
 
+
+class Published(Protocol[L_contra]):
+    """Told of registrations as they happen; must not block (no I/O in the caller's path)."""
+
+    def added(self, live: L_contra) -> None: ...
+
+    def removed(self, connection_id: str) -> None: ...
+
+
 END = "end"  # channel: {"selector": {...}, "code": int, "reason": str, "grace": float}
 
 
 class ClusterConnections(MemoryConnections[L]):
     """This node's live connections, with ``end`` reaching every node's: a logout, a management close or a
     revocation by selector closes the matching connections wherever they are. Registration stays local
-    (``add``/``select`` are this node's); ``end`` returns how many this node closed."""
+    (``add``/``select`` are this node's); ``end`` returns how many this node closed. ``published``, once
+    set, hears of every registration, without waiting (``state.registry.NodeRegistry`` publishes them)."""
 
-    __slots__ = ("state",)
+    __slots__ = ("published", "state")
 
     def __init__(self, state: RedisState) -> None:
         super().__init__()
         self.state = state
+        self.published: Published[L] | None = None
         state.subscribe(END, self._ended_elsewhere)
+
+    def add(self, live: L) -> None:
+        super().add(live)
+        if self.published is not None:
+            self.published.added(live)
+
+    def discard(self, live: L) -> None:
+        if self.get(live.id) is live:
+            super().discard(live)
+            if self.published is not None:
+                self.published.removed(live.id)
 
     async def end(self, selector: Selector, code: int, reason: str, grace: float = 1.0) -> int:
         closed = await super().end(selector, code, reason, grace)
