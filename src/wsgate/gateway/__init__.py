@@ -66,7 +66,17 @@ log = logging.getLogger("wsgate")
 # What a reload replaces: the switch in ``apply`` assigns a new ``Deployment`` (its fields are the per-config
 # state). Every other attribute outlives reloads (tests check that each attribute is in exactly one of the two).
 _PER_CONFIG = ("deployment",)
-_KEPT = ("reuse_port", "loader", "started", "retired", "_reloading", "revocations", "registry", "shared", "shared_rates")
+_KEPT = (
+    "reuse_port",
+    "loader",
+    "started",
+    "retired",
+    "_reloading",
+    "revocations",
+    "registry",
+    "shared",
+    "shared_rates",
+)
 
 
 @dataclass
