@@ -686,15 +686,7 @@ class Builder:
             self.fail(f"{path}/url", f"{url!r} is not a redis://, rediss:// or unix:// URL")
         elif url and urlsplit(url).password is not None:
             self.fail(f"{path}/url", "holds a password: put it in password-file instead (URLs end up in logs)")
-        password = None
-        password_file = self.one(groups, "password-file", path, str)
-        if password_file:
-            try:
-                password = self.file_path(password_file).read_text().rstrip("\r\n")
-            except OSError as exc:
-                self.fail(
-                    f"{path}/password-file", f"cannot read {str(self.file_path(password_file))!r}: {exc.strerror}"
-                )
+        password = self.password(groups, path, None)
         ca_file = self.one(groups, "ca-file", path, str)
         if ca_file and not self.file_path(ca_file).is_file():
             self.fail(f"{path}/ca-file", f"cannot read {str(self.file_path(ca_file))!r}")
@@ -744,21 +736,24 @@ class Builder:
             revocation_timeout=revocation_timeout or m.DEFAULT_REVOCATION_TIMEOUT,
         )
 
+    def password(self, groups: dict[str, list[Node]], path: str, default: str | None) -> str | None:
+        """The content of ``password-file`` (trailing newline dropped), else ``default``."""
+        password_file = self.one(groups, "password-file", path, str)
+        if not password_file:
+            return default
+        try:
+            return self.file_path(password_file).read_text().rstrip("\r\n")
+        except OSError as exc:
+            self.fail(f"{path}/password-file", f"cannot read {str(self.file_path(password_file))!r}: {exc.strerror}")
+            return default
+
     def store(self, nodes: list[Node] | None, path: str, default_password: str | None) -> m.Store | None:
         if not nodes:
             return None
         groups = self.group(nodes[0], path, STORE)
         type_ = self.one(groups, "type", path, parse_choice, STORE_TYPES)
         file_ = self.one(groups, "file", path, str)
-        password = default_password
-        password_file = self.one(groups, "password-file", path, str)
-        if password_file:
-            try:
-                password = self.file_path(password_file).read_text().rstrip("\r\n")
-            except OSError as exc:
-                self.fail(
-                    f"{path}/password-file", f"cannot read {str(self.file_path(password_file))!r}: {exc.strerror}"
-                )
+        password = self.password(groups, path, default_password)
         if not file_:
             return None
         try:  # here, so that a missing store is reported with every other error of the config
