@@ -418,12 +418,16 @@ class RedisSessions:
     async def renew(self, key: str, identity: Identity, expires_at: float) -> Session:
         session = Session(replace(identity, session=key, expires_at=expires_at), expires_at)
         at = max(1, int(expires_at * 1000))
-        client = self.state.client
-        await self.state.call(client.set, self._key(key), _session_to_json(session), pxat=at)
+        pipe = self.state.client.pipeline(transaction=True)
+        pipe.set(self._key(key), _session_to_json(session), pxat=at)
         if identity.user is not None:
+            # The user's set lives as long as their last session: NX gives a new set its expiry (GT alone
+            # never does, a key without one counting as never expiring), GT extends it for a later session.
             user_key = self._user_key(identity.user)
-            await self.state.call(client.sadd, user_key, key)
-            await self.state.call(client.pexpireat, user_key, at, gt=True)
+            pipe.sadd(user_key, key)
+            pipe.pexpireat(user_key, at, nx=True)
+            pipe.pexpireat(user_key, at, gt=True)
+        await self.state.call(pipe.execute)
         return session
 
     async def drop(self, key: str) -> Session | None:
