@@ -34,3 +34,41 @@ async def test_a_users_session_set_expires_with_its_last_session(state) -> None:
     await sessions.issue(Identity("demo", "joe", frozenset(), None, None, time.time()), expires_at)
     ttl = await state.client.pttl(state.key("user-sessions", "demo", "joe"))
     assert 0 < ttl <= 60_000  # -1 (no expiry): one set per user that ever logged in, kept for ever
+
+
+@pytest.fixture
+def node(start_gateway, redis_server, tmp_path):
+    from .test_state_redis import USERS, node_config
+
+    (tmp_path / "users.xml").write_text(USERS)
+
+    async def start(name: str = "n0"):
+        return await start_gateway(node_config(redis_server.url, name), name=f"{name}.yaml")
+
+    return start
+
+
+async def test_a_session_value_this_version_cannot_read_is_no_session_not_a_500(node, http) -> None:
+    """A value written by another version of wsgate (a rolling upgrade), or damaged: 401, never a 500."""
+    gateway = await node()
+    base = f"http://127.0.0.1:{gateway.port_of('echo')}/echo"
+    async with http.post(f"{base}/.wsgate/session", headers=basic("joe", "welcome")) as signed:
+        cookie = signed.headers["Set-Cookie"].split(";")[0]
+    shared = gateway.shared
+    keys = [key async for key in shared.client.scan_iter(match=shared.key("session", "demo", "*"))]
+    assert len(keys) == 1
+    for value in ('{"realm": "demo"}', "not json", "[]"):
+        await shared.client.set(keys[0], value)
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await http.ws_connect(f"ws://127.0.0.1:{gateway.port_of('echo')}/echo", headers={"Cookie": cookie})
+        assert refused.value.status == 401
+        async with http.get(f"{base}/.wsgate/session", headers={"Cookie": cookie}) as whoami:
+            assert whoami.status == 401
+
+
+async def test_a_revocation_value_this_version_cannot_read_still_refuses(node, http) -> None:
+    gateway = await node()
+    await gateway.shared.client.set(gateway.shared.key("revocation", "user:joe"), "garbage")
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await http.ws_connect(f"ws://127.0.0.1:{gateway.port_of('echo')}/echo", headers=basic("joe", "welcome"))
+    assert refused.value.status == 403
