@@ -360,7 +360,7 @@ class RedisRevocations:
         now = time.time() if now is None else now
         values = await self.state.call(self.state.client.mget, [self._key(k) for k in keys])
         for key, value in zip(keys, values, strict=True):
-            if value is not None and float(value) > now:
+            if value is not None and _until(value, key) > now:
                 return key
         return None
 
@@ -378,9 +378,19 @@ class RedisRevocations:
         if names:
             values = await self.state.call(self.state.client.mget, names)
             for name, value in zip(names, values, strict=True):
-                if value is not None and float(value) > now:
-                    found[name[len(prefix) :]] = float(value)
+                until = _until(value, name) if value is not None else 0.0
+                if now < until < float("inf"):
+                    found[name[len(prefix) :]] = until
         return found
+
+
+def _until(value: str, key: str) -> float:
+    """A revocation's end; a value that is not a number (another version's, damaged) revokes for ever."""
+    try:
+        return float(value)
+    except ValueError:
+        log.warning("state: revocation %s has an unreadable value; it refuses until lifted", key)
+        return float("inf")
 
 
 # -- realm sessions ----------------------------------------------------------------------------------------
@@ -410,10 +420,8 @@ class RedisSessions:
 
     async def lookup(self, token: str) -> Session | None:
         value = await self.state.call(self.state.client.get, self._key(digest(token)))
-        if value is None:
-            return None
-        session = _session_from_json(value)
-        return session if session.expires_at > time.time() else None
+        session = _session_from_json(value) if value is not None else None
+        return session if session is not None and session.expires_at > time.time() else None
 
     async def renew(self, key: str, identity: Identity, expires_at: float) -> Session:
         session = Session(replace(identity, session=key, expires_at=expires_at), expires_at)
@@ -432,9 +440,9 @@ class RedisSessions:
 
     async def drop(self, key: str) -> Session | None:
         value = await self.state.call(self.state.client.getdel, self._key(key))
-        if value is None:
+        session = _session_from_json(value) if value is not None else None
+        if session is None:
             return None
-        session = _session_from_json(value)
         if session.identity.user is not None:
             await self.state.call(self.state.client.srem, self._user_key(session.identity.user), key)
         return session
@@ -468,19 +476,25 @@ def _session_to_json(session: Session) -> str:
     )
 
 
-def _session_from_json(text: str) -> Session:
-    data = json.loads(text)
-    identity = Identity(
-        data["realm"],
-        data["user"],
-        frozenset(data["roles"]),
-        data["expires_at"],
-        data["token_digest"],
-        data["authenticated_at"],
-        data["session"],
-        data["token_id"],
-    )
-    return Session(identity, data["session_expires_at"])
+def _session_from_json(text: str) -> Session | None:
+    """The session, or None (logged) for a value this version cannot read (another version's, damaged):
+    no session, as for an unknown cookie, rather than an error."""
+    try:
+        data = json.loads(text)
+        identity = Identity(
+            data["realm"],
+            data["user"],
+            frozenset(data["roles"]),
+            data["expires_at"],
+            data["token_digest"],
+            data["authenticated_at"],
+            data["session"],
+            data["token_id"],
+        )
+        return Session(identity, float(data["session_expires_at"]))
+    except (ValueError, TypeError, KeyError) as exc:
+        log.warning("state: a session value that cannot be read was ignored (%s)", type(exc).__name__)
+        return None
 
 
 # -- connections on every node -----------------------------------------------------------------------------
