@@ -72,3 +72,34 @@ async def test_a_revocation_value_this_version_cannot_read_still_refuses(node, h
     with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
         await http.ws_connect(f"ws://127.0.0.1:{gateway.port_of('echo')}/echo", headers=basic("joe", "welcome"))
     assert refused.value.status == 403
+
+
+async def test_a_resync_that_fails_with_a_bug_does_not_end_the_listener(state, redis_server) -> None:
+    """Whatever a resync raises, the listener lives on: without it no logout or revocation of another node
+    would close this node's connections any more."""
+    got: list[dict] = []
+    state.subscribe("probe", got.append)
+    failures = [RuntimeError("a bug in a resync")]
+
+    async def resync() -> None:
+        if failures:
+            raise failures.pop()
+
+    state.on_reconnect.append(resync)
+    await state.close()  # the fixture's listener started before the handler: start one that has it
+    state.client = type(state.client).from_url(redis_server.url, decode_responses=True)
+    state.subscriber = type(state.subscriber).from_url(redis_server.url)
+    state.subscribed.clear()
+    await state.start()
+    redis_server.stop()
+    redis_server.start()
+    for _ in range(100):
+        try:
+            await state.publish("probe", {"n": 1})
+        except Exception:
+            pass
+        await asyncio.sleep(0.1)
+        if got:
+            break
+    assert got and got[0]["n"] == 1
+    assert state.listener is not None and not state.listener.done()
