@@ -283,6 +283,8 @@ class RedisState:
                 raise
             except (RedisError, OSError, StateUnavailable) as exc:  # a resync that failed: reconnect and try again
                 self._down(exc, "listen")
+            except Exception:  # a bug (in a resync): logged; the listener reconnects and resyncs, it never ends
+                log.exception("state: the pub/sub listener failed; reconnecting")
             self._pubsub = None
             for confirmed in self._confirmed.values():
                 confirmed.clear()
