@@ -103,3 +103,19 @@ async def test_a_resync_that_fails_with_a_bug_does_not_end_the_listener(state, r
             break
     assert got and got[0]["n"] == 1
     assert state.listener is not None and not state.listener.done()
+
+
+async def test_a_revocation_during_a_redis_outage_still_closes_this_nodes_connections(node, redis_server, http) -> None:
+    """The revocation cannot be recorded (503 for the operator), but what this node can do, it does: the
+    revoked user's live connections here close, and their reconnects are refused (503) until Redis is back."""
+    from wsgate.state.redis import StateUnavailable
+
+    gateway = await node()
+    ws = await http.ws_connect(f"ws://127.0.0.1:{gateway.port_of('echo')}/echo", headers=basic("joe", "welcome"))
+    await ws.send_str("open")
+    assert (await ws.receive()).data == "open"
+    redis_server.stop()
+    with pytest.raises(StateUnavailable):
+        await gateway.revoke(user="joe")
+    message = await asyncio.wait_for(ws.receive(), 3)
+    assert message.type == aiohttp.WSMsgType.CLOSE and message.data == 1008
