@@ -119,3 +119,18 @@ async def test_a_revocation_during_a_redis_outage_still_closes_this_nodes_connec
         await gateway.revoke(user="joe")
     message = await asyncio.wait_for(ws.receive(), 3)
     assert message.type == aiohttp.WSMsgType.CLOSE and message.data == 1008
+
+
+async def test_an_end_request_with_a_field_of_the_wrong_type_closes_nothing(node, http) -> None:
+    """A field this version cannot read must not be dropped: that would widen the selector (here from one
+    session of joe's to every connection of joe's)."""
+    import json
+
+    gateway = await node()
+    ws = await http.ws_connect(f"ws://127.0.0.1:{gateway.port_of('echo')}/echo", headers=basic("joe", "welcome"))
+    message = {"selector": {"user": "joe", "session": ["other"]}, "code": 1008, "reason": "x", "origin": "another"}
+    await gateway.shared.client.publish(gateway.shared.key("end"), json.dumps(message))
+    await ws.send_str("still open")
+    received = await asyncio.wait_for(ws.receive(), 2)
+    assert received.type == aiohttp.WSMsgType.TEXT and received.data == "still open"
+    await ws.close()
