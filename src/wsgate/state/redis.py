@@ -551,10 +551,10 @@ class ClusterConnections(MemoryConnections[L]):
         if self.state.mine(message):
             return  # this process's own request: already done
         fields = message.get("selector")
-        if not isinstance(fields, dict):
-            return
+        if not isinstance(fields, dict) or not all(isinstance(v, str | None) for v in fields.values()):
+            return  # a field left out would widen the selector: the request is ignored whole
         try:
-            selector = Selector(**{k: v for k, v in fields.items() if isinstance(v, str | None)})
+            selector = Selector(**fields)
         except TypeError:
             return
         await MemoryConnections.end(
