@@ -457,10 +457,12 @@ class Gateway:
             if identity is not None and identity.token_digest is not None:
                 key = token_key(identity.token_id, identity.token_digest)
                 revoked[key] = max(revoked.get(key, 0.0), identity.expires_at or now + ttl)
-        for key, until in revoked.items():
-            await self.revocations.revoke(key, until)
-        for connection in matched.values():
-            connection.end(CloseCode.POLICY_VIOLATION, reason, grace=1.0)
+        try:
+            for key, until in revoked.items():
+                await self.revocations.revoke(key, until)
+        finally:  # shared state down (StateUnavailable): this node's connections close all the same
+            for connection in matched.values():
+                connection.end(CloseCode.POLICY_VIOLATION, reason, grace=1.0)
         closed = len(matched)
         if user is not None:
             for realm in self.realms.values():

@@ -283,6 +283,8 @@ class RedisState:
                 raise
             except (RedisError, OSError, StateUnavailable) as exc:  # a resync that failed: reconnect and try again
                 self._down(exc, "listen")
+            except Exception:  # a bug (in a resync): logged; the listener reconnects and resyncs, it never ends
+                log.exception("state: the pub/sub listener failed; reconnecting")
             self._pubsub = None
             for confirmed in self._confirmed.values():
                 confirmed.clear()
@@ -360,7 +362,7 @@ class RedisRevocations:
         now = time.time() if now is None else now
         values = await self.state.call(self.state.client.mget, [self._key(k) for k in keys])
         for key, value in zip(keys, values, strict=True):
-            if value is not None and float(value) > now:
+            if value is not None and _until(value, key) > now:
                 return key
         return None
 
@@ -378,9 +380,19 @@ class RedisRevocations:
         if names:
             values = await self.state.call(self.state.client.mget, names)
             for name, value in zip(names, values, strict=True):
-                if value is not None and float(value) > now:
-                    found[name[len(prefix) :]] = float(value)
+                until = _until(value, name) if value is not None else 0.0
+                if now < until < float("inf"):
+                    found[name[len(prefix) :]] = until
         return found
+
+
+def _until(value: str, key: str) -> float:
+    """A revocation's end; a value that is not a number (another version's, damaged) revokes for ever."""
+    try:
+        return float(value)
+    except ValueError:
+        log.warning("state: revocation %s has an unreadable value; it refuses until lifted", key)
+        return float("inf")
 
 
 # -- realm sessions ----------------------------------------------------------------------------------------
@@ -410,27 +422,29 @@ class RedisSessions:
 
     async def lookup(self, token: str) -> Session | None:
         value = await self.state.call(self.state.client.get, self._key(digest(token)))
-        if value is None:
-            return None
-        session = _session_from_json(value)
-        return session if session.expires_at > time.time() else None
+        session = _session_from_json(value) if value is not None else None
+        return session if session is not None and session.expires_at > time.time() else None
 
     async def renew(self, key: str, identity: Identity, expires_at: float) -> Session:
         session = Session(replace(identity, session=key, expires_at=expires_at), expires_at)
         at = max(1, int(expires_at * 1000))
-        client = self.state.client
-        await self.state.call(client.set, self._key(key), _session_to_json(session), pxat=at)
+        pipe = self.state.client.pipeline(transaction=True)
+        pipe.set(self._key(key), _session_to_json(session), pxat=at)
         if identity.user is not None:
+            # The user's set lives as long as their last session: NX gives a new set its expiry (GT alone
+            # never does, a key without one counting as never expiring), GT extends it for a later session.
             user_key = self._user_key(identity.user)
-            await self.state.call(client.sadd, user_key, key)
-            await self.state.call(client.pexpireat, user_key, at, gt=True)
+            pipe.sadd(user_key, key)
+            pipe.pexpireat(user_key, at, nx=True)
+            pipe.pexpireat(user_key, at, gt=True)
+        await self.state.call(pipe.execute)
         return session
 
     async def drop(self, key: str) -> Session | None:
         value = await self.state.call(self.state.client.getdel, self._key(key))
-        if value is None:
+        session = _session_from_json(value) if value is not None else None
+        if session is None:
             return None
-        session = _session_from_json(value)
         if session.identity.user is not None:
             await self.state.call(self.state.client.srem, self._user_key(session.identity.user), key)
         return session
@@ -464,19 +478,25 @@ def _session_to_json(session: Session) -> str:
     )
 
 
-def _session_from_json(text: str) -> Session:
-    data = json.loads(text)
-    identity = Identity(
-        data["realm"],
-        data["user"],
-        frozenset(data["roles"]),
-        data["expires_at"],
-        data["token_digest"],
-        data["authenticated_at"],
-        data["session"],
-        data["token_id"],
-    )
-    return Session(identity, data["session_expires_at"])
+def _session_from_json(text: str) -> Session | None:
+    """The session, or None (logged) for a value this version cannot read (another version's, damaged):
+    no session, as for an unknown cookie, rather than an error."""
+    try:
+        data = json.loads(text)
+        identity = Identity(
+            data["realm"],
+            data["user"],
+            frozenset(data["roles"]),
+            data["expires_at"],
+            data["token_digest"],
+            data["authenticated_at"],
+            data["session"],
+            data["token_id"],
+        )
+        return Session(identity, float(data["session_expires_at"]))
+    except (ValueError, TypeError, KeyError) as exc:
+        log.warning("state: a session value that cannot be read was ignored (%s)", type(exc).__name__)
+        return None
 
 
 # -- connections on every node -----------------------------------------------------------------------------
@@ -531,10 +551,10 @@ class ClusterConnections(MemoryConnections[L]):
         if self.state.mine(message):
             return  # this process's own request: already done
         fields = message.get("selector")
-        if not isinstance(fields, dict):
-            return
+        if not isinstance(fields, dict) or not all(isinstance(v, str | None) for v in fields.values()):
+            return  # a field left out would widen the selector: the request is ignored whole
         try:
-            selector = Selector(**{k: v for k, v in fields.items() if isinstance(v, str | None)})
+            selector = Selector(**fields)
         except TypeError:
             return
         await MemoryConnections.end(
