@@ -390,7 +390,8 @@ async def test_redis_killed_then_restarted_fails_closed_keeps_connections_and_re
 async def test_a_revocation_whose_message_was_lost_is_applied_when_the_listeners_resubscribe(
     cluster: Cluster, http: aiohttp.ClientSession
 ) -> None:
-    """The revocation key without its message (as when a node's subscription was down when it was published):
+    """The revocation's key and index entry without its message (as when a node's subscription was down when it
+    was published):
     open connections stay until the node resynchronises from the keys after its listener reconnects."""
     from redis import asyncio as aioredis
 
@@ -401,6 +402,7 @@ async def test_a_revocation_whose_message_was_lost_is_applied_when_the_listeners
     try:
         until = time.time() + 60
         await client.set("wsgate:revocation:user:carl", repr(until), pxat=int(until * 1000))
+        await client.zadd("wsgate:revocations", {"user:carl": until})  # its index entry, written with it
         assert await refused(http, a, basic("carl")) == 403  # the key alone refuses new logins at once
         await on_a.send_str("no message, still open")
         assert (await on_a.receive()).data == "no message, still open"

@@ -134,3 +134,22 @@ async def test_an_end_request_with_a_field_of_the_wrong_type_closes_nothing(node
     received = await asyncio.wait_for(ws.receive(), 2)
     assert received.type == aiohttp.WSMsgType.TEXT and received.data == "still open"
     await ws.close()
+
+
+async def test_a_resync_reads_the_revocation_index_not_the_keyspace(node, http) -> None:
+    """However many sessions and rate keys Redis holds, a resync reads only the revocations in force."""
+    gateway = await node()
+    client = gateway.shared.client
+    await client.mset({gateway.shared.key("session", "demo", f"{i:064x}"): "{}" for i in range(2000)})
+    await gateway.revocations.revoke("user:mallory", time.time() + 60)
+    calls: list[str] = []
+    original = client.scan_iter
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append("scan")
+        return original(*args, **kwargs)
+
+    client.scan_iter = spy
+    entries = await gateway.revocations.entries()
+    assert list(entries) == ["user:mallory"] and calls == []
+    assert await gateway.revocations.lift("user:mallory") and await gateway.revocations.entries() == {}

@@ -343,6 +343,9 @@ class RedisRevocations:
 
     def __init__(self, state: RedisState) -> None:
         self.state = state
+        # Every revocation in force, scored by its end: what a resync reads (never a SCAN of the keyspace,
+        # whose size sessions and rate keys decide).
+        self.index = state.key("revocations")
 
     def _key(self, key: str) -> str:
         return self.state.key("revocation", key)
@@ -351,8 +354,14 @@ class RedisRevocations:
         name = self._key(key)
         client = self.state.client
         current = await self.state.call(client.get, name)
-        until = max(until, float(current)) if current is not None else until
-        await self.state.call(client.set, name, repr(until), pxat=max(1, int(until * 1000)))
+        until = max(until, _until(current, key)) if current is not None else until
+        if until == float("inf"):
+            until = time.time() + 10 * 365 * 86400.0  # an unreadable value revoked for ever: keep it so, readable
+        pipe = client.pipeline(transaction=True)
+        pipe.set(name, repr(until), pxat=max(1, int(until * 1000)))
+        pipe.zadd(self.index, {key: until}, gt=True)
+        pipe.zremrangebyscore(self.index, "-inf", time.time())
+        await self.state.call(pipe.execute)
         await self.state.publish(REVOKED, {"keys": {key: until}})
 
     async def revoked(self, keys: Iterable[str], now: float | None = None) -> str | None:
@@ -367,23 +376,17 @@ class RedisRevocations:
         return None
 
     async def lift(self, key: str) -> bool:
-        return bool(await self.state.call(self.state.client.delete, self._key(key)))
-
-    async def _names(self, pattern: str) -> list[str]:
-        return [name async for name in self.state.client.scan_iter(match=pattern, count=500)]
+        pipe = self.state.client.pipeline(transaction=True)
+        pipe.delete(self._key(key))
+        pipe.zrem(self.index, key)
+        deleted, _ = await self.state.call(pipe.execute)
+        return bool(deleted)
 
     async def entries(self, now: float | None = None) -> dict[str, float]:
+        """Every revocation in force, from the index (bounded by the number of revocations, not of keys)."""
         now = time.time() if now is None else now
-        prefix = self._key("")
-        found: dict[str, float] = {}
-        names: list[str] = await self.state.call(self._names, prefix + "*")
-        if names:
-            values = await self.state.call(self.state.client.mget, names)
-            for name, value in zip(names, values, strict=True):
-                until = _until(value, name) if value is not None else 0.0
-                if now < until < float("inf"):
-                    found[name[len(prefix) :]] = until
-        return found
+        scored = await self.state.call(self.state.client.zrangebyscore, self.index, now, "+inf", withscores=True)
+        return {str(key): float(until) for key, until in scored if until > now}
 
 
 def _until(value: str, key: str) -> float:
