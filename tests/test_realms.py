@@ -584,6 +584,11 @@ async def test_custom_class_module(start_gateway, http, tmp_path, monkeypatch):
         ("ldap", "{userProvider: 'http://x/dc=a'}", "is not an ldap:// or ldaps:// URL"),
         ("ldap", "{userProvider: 'ldap://x/dc=a', userFilter: '(uid=joe)'}", "must contain {USERNAME}"),
         ("ldap", "{userProvider: 'ldap://x/dc=a', usrFilter: '(uid={USERNAME})'}", "options/usrFilter: unknown option"),
+        ("ldap", "{userProvider: 'ldap://x/dc=a', starttls: maybe}", "options/starttls: 'maybe' is not one of"),
+        ("ldap", "{userProvider: 'ldap://x/dc=a', timeout: soon}", "options/timeout: 'soon' is not a duration"),
+        ("ldap", "{userProvider: 'ldap://x/dc=a', pool-size: '0'}", "options/pool-size: '0' is not a positive"),
+        ("ldap", "{userProvider: 'ldap://x/dc=a', authenticate: trust}", "options/authenticate: 'trust' is not one of"),
+        ("jwt", "{jwks-url: 'http://x', issuer: x, audience: y, leeway: lots}", "options/leeway: 'lots' is not a duration"),
     ],
 )
 def test_login_module_config_errors_are_located(tmp_path, module, options, message):

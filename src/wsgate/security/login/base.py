@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
 
 from ...config.schema import LoginModuleSchema
 from ...core.fetch import FetchJson
@@ -25,6 +25,8 @@ from .verifier import Verifier, shared_verifier
 
 if TYPE_CHECKING:
     from ...core.peer import PeerIdentity
+
+T = TypeVar("T")
 
 __all__ = [
     "Busy",
@@ -128,6 +130,15 @@ def user_and_password(attempt: LoginAttempt) -> tuple[str, str] | Failed:
     if name is None or password is None:
         return Failed("no user name and password presented")
     return name, password
+
+
+def option(options: Mapping[str, str], name: str, default: str, path: str, parse: Callable[[str], T]) -> T:
+    """``options[name]`` (else ``default``) parsed by ``parse`` (a ``config.values`` parser); what it refuses
+    is a ``ConfigError`` naming ``<path>/options/<name>``, not a traceback."""
+    try:
+        return parse(options.get(name, default))
+    except ValueError as exc:
+        raise ConfigError(f"{path}/options/{name}", str(exc)) from None
 
 
 def resolve(base_dir: Path, name: str) -> Path:

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from ...config.values import parse_csv, parse_duration
 from ...core.fetch import FetchError, FetchJson
 from ...errors import ConfigError
-from .base import Failed, LoginAttempt, LoginModuleType, Outcome, Succeeded, Unavailable, resolve
+from .base import Failed, LoginAttempt, LoginModuleType, Outcome, Succeeded, Unavailable, option, resolve
 
 ASYMMETRIC = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
 DEFAULT_ALGORITHMS = ("RS256", "PS256", "ES256", "EdDSA")
@@ -62,9 +62,9 @@ class JwtLoginModule:
         self.algorithms = self._algorithms(options.get("algorithms"))
         self.roles_claim = options.get("roles-claim", "roles")
         self.user_claim = options.get("user-claim", "sub")
-        self.leeway = parse_duration(options.get("leeway", "30s"))
-        self.cache_ttl = parse_duration(options.get("jwks-cache", "5 minutes"))
-        self.refetch_interval = parse_duration(options.get("jwks-refetch-interval", "10s"))
+        self.leeway = option(options, "leeway", "30s", path, parse_duration)
+        self.cache_ttl = option(options, "jwks-cache", "5 minutes", path, parse_duration)
+        self.refetch_interval = option(options, "jwks-refetch-interval", "10s", path, parse_duration)
         self.jwks_url = options.get("jwks-url")
         self.keys: dict[str | None, tuple[Any, str | None]] = {}
         self.fetched_at = self.last_fetch_try = float("-inf")

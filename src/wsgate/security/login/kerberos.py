@@ -45,7 +45,7 @@ from typing import Any
 
 from ...config.values import parse_csv, parse_enabled
 from ...errors import ConfigError
-from .base import Busy, Challenged, Failed, LoginAttempt, LoginModuleType, Outcome, Succeeded, resolve
+from .base import Busy, Challenged, Failed, LoginAttempt, LoginModuleType, Outcome, Succeeded, option, resolve
 
 KAAZING_OPTIONS = (
     "useKeyTab",
@@ -150,7 +150,7 @@ class Kerberos5LoginModule:
                 "(it builds against MIT Kerberos: apt install libkrb5-dev gcc)",
             )
         self.gssapi = gssapi
-        if _flag(options, "isInitiator", False, path):
+        if option(options, "isInitiator", "false", path, parse_enabled):
             raise ConfigError(
                 f"{path}/options/isInitiator", "must be false: the gateway accepts tickets, it does not request them"
             )
@@ -167,7 +167,7 @@ class Kerberos5LoginModule:
         }
         store: dict[str, str] = {}
         keytab_element = f"{path}/options/keyTab"
-        if _flag(options, "useKeyTab", True, path) and "keyTab" in options:
+        if option(options, "useKeyTab", "true", path, parse_enabled) and "keyTab" in options:
             keytab = resolve(base_dir, options["keyTab"])
             if not os.access(keytab, os.R_OK):
                 raise ConfigError(keytab_element, f"cannot read the keytab {str(keytab)!r}")
@@ -290,13 +290,6 @@ class GssLoginModule:
         if principal is None:
             return Failed("no Kerberos ticket validated by a kerberos5 module before gss")
         return Succeeded(principal)
-
-
-def _flag(options: Mapping[str, str], name: str, default: bool, path: str) -> bool:
-    try:
-        return parse_enabled(options[name]) if name in options else default
-    except ValueError as exc:
-        raise ConfigError(f"{path}/options/{name}", str(exc)) from None
 
 
 def _message(exc: Exception) -> str:

@@ -46,9 +46,19 @@ from ldap3.core import exceptions as ldap_errors
 from ldap3.protocol.sasl.sasl import validate_simple_password
 from ldap3.utils.conv import escape_filter_chars
 
-from ...config.values import parse_choice, parse_duration, parse_enabled
+from ...config.values import parse_choice, parse_count, parse_duration, parse_enabled
 from ...errors import ConfigError
-from .base import Failed, LoginAttempt, LoginModuleType, Outcome, Succeeded, Unavailable, resolve, user_and_password
+from .base import (
+    Failed,
+    LoginAttempt,
+    LoginModuleType,
+    Outcome,
+    Succeeded,
+    Unavailable,
+    option,
+    resolve,
+    user_and_password,
+)
 
 _OUTAGE = (
     ldap_errors.LDAPCommunicationError,
@@ -134,10 +144,10 @@ class LdapLoginModule:
         self.group_filter = options.get("group-filter", "(member={DN})")
         self.group_attribute = options.get("group-attribute", "cn")
         self.role_map = {name[5:]: value for name, value in options.items() if name.startswith("role.")}
-        self.starttls = parse_enabled(options.get("starttls", "false"))
-        self.chained = _option(options, "authenticate", "password", path, ("password", "chain")) == "chain"
-        self.strip_realm = parse_enabled(_option(options, "strip-realm", "false", path, ("true", "false")))
-        self.timeout = parse_duration(options.get("timeout", "5s"))
+        self.starttls = option(options, "starttls", "false", path, parse_enabled)
+        self.chained = option(options, "authenticate", "password", path, _choice("password", "chain")) == "chain"
+        self.strip_realm = parse_enabled(option(options, "strip-realm", "false", path, _choice("true", "false")))
+        self.timeout = option(options, "timeout", "5s", path, parse_duration)
         self.receive_timeout = max(1, math.ceil(self.timeout))  # ldap3 packs it as whole seconds
         self.bind_dn = options.get("bind-dn")
         self.bind_password = None
@@ -160,7 +170,7 @@ class LdapLoginModule:
             "connect_timeout": self.timeout,
         }
         self.address = f"{parts.hostname}:{parts.port or (636 if parts.scheme == 'ldaps' else 389)}"
-        size = int(options.get("pool-size", "4"))
+        size = option(options, "pool-size", "4", path, parse_count)
         self.pool: queue.SimpleQueue[ldap3.Connection] = queue.SimpleQueue()
         self.executor = ThreadPoolExecutor(max_workers=size, thread_name_prefix="wsgate-ldap")
 
@@ -362,11 +372,8 @@ class LdapLoginModule:
         return _ATTRIBUTE_REF.sub(lambda m: values[m.group(1).lower()][0], self.authz) or canonical
 
 
-def _option(options: Mapping[str, str], name: str, default: str, path: str, choices: tuple[str, ...]) -> str:
-    try:
-        return parse_choice(options.get(name, default), choices)
-    except ValueError as exc:
-        raise ConfigError(f"{path}/options/{name}", str(exc)) from None
+def _choice(*choices: str) -> Callable[[str], str]:
+    return lambda text: parse_choice(text, choices)
 
 
 def _discard(connection: ldap3.Connection) -> None:
