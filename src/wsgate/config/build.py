@@ -22,7 +22,8 @@ from ..errors import ConfigError, ConfigErrors
 from . import model as m
 from .ciphers import parse_ciphers
 from .loaders import LEGACY_REALM_NAMESPACES
-from .schema import Catalog, Property, ServiceTypeSchema
+from .patterns import parse_pattern
+from .schema import Catalog, Property, RuleSchema, ServiceTypeSchema
 from .tree import Node
 from .values import (
     Uri,
@@ -78,9 +79,11 @@ SERVICE = {
     "connect-options": "?",
     "realm-name": "?",
     "authorization-constraint": "*",
+    "authorization-rule": "*",
     "cross-site-constraint": "*",
     "mime-mapping": "*",
 }
+RULE = {"allow": "*", "deny": "*", "role": "*", "then": "?"}
 SERVICE_UNSUPPORTED = {"balance": "balancing", "notify": "notify (push)"}
 SERVICE_DEFAULTS = {"accept-options": "?", "connect-options": "?", "mime-mapping": "*"}
 SECURITY = {"keystore": "?", "truststore": "?", "realm": "*", "revocation-timeout": "?"}
@@ -411,6 +414,7 @@ class Builder:
             for n in groups.get("cross-site-constraint", ())
             if (c := self.cross_site(n, f"{index}/cross-site-constraint"))
         )
+        rules = self.rules(groups.get("authorization-rule", []), index, spec) if spec else ()
         realm_name = self.one(groups, "realm-name", index, str)
         if len(self.errors) > errors_before:
             return None
@@ -428,6 +432,7 @@ class Builder:
             cross_site_constraints=cross_site,
             mime_mappings=mime,
             settings=settings,
+            rules=rules,
         )
         assert spec is not None  # an unknown type is an error above
         if spec.finish is not None:
@@ -630,6 +635,72 @@ class Builder:
         if not roles and not valid_user:
             self.fail(path, "needs require-role or require-valid-user")
         return m.AuthorizationConstraint(roles, valid_user)
+
+    def rules(self, nodes: list[Node], service_path: str, spec: ServiceTypeSchema) -> tuple[m.Rule, ...]:
+        """``authorization-rule`` elements, checked against what the type lets rules govern."""
+        if nodes and spec.rules is None:
+            self.fail(
+                f"{service_path}/authorization-rule",
+                f"a {spec.name} service takes no authorization-rule (authorization inside the connection is "
+                "for WebSocket services; use authorization-constraint for who may connect)",
+            )
+            return ()
+        assert spec.rules is not None or not nodes
+        rules = []
+        for number, node in enumerate(nodes, 1):
+            rule = self.rule(node, f"{service_path}/authorization-rule[{number}]", spec.rules)  # type: ignore[arg-type]
+            if rule is not None:
+                rules.append(rule)
+        return tuple(rules)
+
+    def rule(self, node: Node, path: str, schema: RuleSchema) -> m.Rule | None:
+        """One rule: ``allow`` or ``deny`` (operations, comma-separated or repeated; ``*``: all), ``role``
+        (repeated), the type's fields (patterns) and ``then``."""
+        declared = {f: "?" for op in schema.operations.values() for f in op if f not in schema.field_prefixes}
+        prefixed = {c.name: "?" for c in node.children if c.name.startswith(schema.field_prefixes or ("\0",))}
+        groups = self.group(node, path, {**RULE, **declared, **prefixed}, None)
+        fields = [name for name in groups if name not in RULE]
+        allows = [op for n in groups.get("allow", ()) for op in parse_csv(self.text(n, f"{path}/allow"))]
+        denies = [op for n in groups.get("deny", ()) for op in parse_csv(self.text(n, f"{path}/deny"))]
+        if bool(allows) == bool(denies):
+            self.fail(path, "needs exactly one of allow or deny, naming the operations it decides")
+            return None
+        key = "allow" if allows else "deny"
+        valid = tuple(schema.operations)
+        operations = valid if "*" in (allows or denies) else tuple(dict.fromkeys(allows or denies))
+        unknown = [op for op in operations if op not in schema.operations]
+        for op in unknown:
+            self.fail(f"{path}/{key}", f"unknown operation {op!r}; valid here: {', '.join(valid)}, or * for all")
+        if unknown:
+            return None
+        patterns: dict[str, str] = {}
+        for name in fields:
+            text = self.text(groups[name][0], f"{path}/{name}")
+            misfits = [op for op in operations if not schema.takes(op, name)]
+            if misfits:
+                self.fail(
+                    f"{path}/{name}",
+                    f"does not apply to {', '.join(misfits)}: a rule on several operations may only match the "
+                    "fields they all have; write one rule per operation",
+                )
+                continue
+            if self.parse(groups[name][0], f"{path}/{name}", parse_pattern, schema.separator(name)) is not None:
+                patterns[name] = text
+        then = self.one(groups, "then", path, str)
+        if then is not None:
+            if not schema.outcomes:
+                self.fail(f"{path}/then", "this service type refuses in one way only: remove then")
+            elif then not in schema.outcomes:
+                self.fail(f"{path}/then", f"{then!r} is not a refusal; valid here: {', '.join(schema.outcomes)}")
+        roles = self.many(groups, "role", path)
+        return m.Rule(
+            allow=bool(allows),
+            operations=operations,
+            roles=tuple(r for n in roles for r in parse_csv(n)),
+            fields=MappingProxyType(patterns),
+            then=then,
+            path=path,
+        )
 
     def cross_site(self, node: Node, path: str) -> m.CrossSiteConstraint | None:
         groups = self.group(node, path, CROSS_SITE)

@@ -77,6 +77,24 @@ class CrossSiteConstraint:
 
 
 @dataclass(frozen=True)
+class Rule:
+    """One ``authorization-rule`` of a service: authorization inside the connection (wsgate extension).
+
+    The first rule whose operation, roles and fields all match an operation decides it; a service with
+    rules refuses what no rule allows (``security/rules.py``). ``fields`` maps a field the service type
+    declares (``exchange``, ``topic``, ...) to a pattern: levels split by the field's separator, ``*`` or
+    ``+`` one level, ``#`` the rest (last level only), ``{user}`` the authenticated user's name, literally.
+    """
+
+    allow: bool
+    operations: tuple[str, ...]
+    roles: tuple[str, ...] = ()  # (): every connection; "*": every authenticated one
+    fields: Mapping[str, str] = field(default_factory=lambda: EMPTY)
+    then: str | None = None  # what a refusal does where the type offers a choice (its RuleSchema.outcomes)
+    path: str = ""  # "service[x]/authorization-rule[2]": for errors and the audit log
+
+
+@dataclass(frozen=True)
 class Service:
     name: str
     type: str
@@ -93,6 +111,9 @@ class Service:
     dropped_realm: str | None = None  # a realm-name without constraint that a 2014/09 or 2015/11 config loses
     # Properties whose type declares a parser, parsed once by the builder: name → the last value, parsed.
     settings: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
+    # authorization-rule elements, in order. A reload that changes only these keeps the service's handler
+    # and connections: the new rules apply from the next operation (gateway/plan.py, ``rules_changed``).
+    rules: tuple[Rule, ...] = ()
 
     def prop(self, name: str, default: str | None = None) -> str | None:
         """The last value of a single-valued service property."""

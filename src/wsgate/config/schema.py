@@ -38,6 +38,31 @@ class Property:
     listed: bool = True
 
 
+@dataclass(frozen=True)
+class RuleSchema:
+    """What a service type's ``authorization-rule`` elements may say (``config.model.Rule``).
+
+    ``operations`` maps each operation rules may govern to the fields a rule may match on it;
+    ``separators`` gives each field's level separator (``config.patterns``; absent: the whole value is
+    one level); ``field_prefixes`` are families of fields the type names itself (``json.``: a path in a
+    JSON message); ``outcomes`` the values ``then`` may take (the first is the default; none: ``then``
+    is refused).
+    """
+
+    operations: Mapping[str, tuple[str, ...]]
+    separators: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    field_prefixes: tuple[str, ...] = ()
+    outcomes: tuple[str, ...] = ()
+
+    def takes(self, operation: str, name: str) -> bool:
+        """May a rule on ``operation`` match the field ``name``?"""
+        fields = self.operations.get(operation, ())
+        return name in fields or any(name.startswith(p) and p in fields for p in self.field_prefixes)
+
+    def separator(self, name: str) -> str | None:
+        return self.separators.get(name)
+
+
 def _no_properties() -> Mapping[str, Property]:
     return MappingProxyType({})
 
@@ -56,6 +81,7 @@ class ServiceTypeSchema:
     connect: tuple[int, int] = (0, 0)  # how many connect URIs: (least, most)
     connect_schemes: tuple[str, ...] = ()  # the connect URI schemes it takes; (): every one the gateway knows
     properties: Mapping[str, Property] = field(default_factory=_no_properties)
+    rules: RuleSchema | None = None  # None: the type takes no authorization-rule
     finish: Callable[[Service, str, Fail], Service | None] | None = None
 
 

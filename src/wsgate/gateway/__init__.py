@@ -599,6 +599,8 @@ class Gateway:
         """Run ``deployment`` instead of ``current``: nothing here can fail."""
         for name in changes.unchanged:
             deployment.services[name].runtime = deployment.runtime
+        for name in changes.rules_changed:
+            deployment.services[name].update_rules(changes.new.services[name].config)
         for name in changes.removed:
             for connection in self.runtime.connections.select(Selector(service=name)):
                 connection.end(CloseCode.GOING_AWAY, "service removed")

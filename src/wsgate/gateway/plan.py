@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..config.build import BIND_LAYERS
@@ -255,6 +255,7 @@ class Changes:
     old: Plan | None
     new: Plan
     unchanged: frozenset[str] = frozenset()  # services whose handler (and live connections) are kept
+    rules_changed: frozenset[str] = frozenset()  # unchanged but for their authorization-rule list (swapped live)
     added: frozenset[str] = frozenset()
     changed: frozenset[str] = frozenset()  # a new handler; the old one's connections close with 1012
     removed: frozenset[str] = frozenset()  # their connections close with 1001
@@ -277,10 +278,15 @@ class Changes:
 
     def __str__(self) -> str:
         touched = self.added | self.changed | self.removed
+        rules = f", rules of {', '.join(sorted(self.rules_changed))} replaced" if self.rules_changed else ""
         return (
             f"{len(self.unchanged)} unchanged, {len(self.added)} added, {len(self.changed)} changed, "
-            f"{len(self.removed)} removed" + (f" ({', '.join(sorted(touched))})" if touched else "")
+            f"{len(self.removed)} removed" + (f" ({', '.join(sorted(touched))})" if touched else "") + rules
         )
+
+
+def _without_rules(plan: ServicePlan) -> ServicePlan:
+    return replace(plan, config=replace(plan.config, rules=()))
 
 
 def diff(old: Plan | None, new: Plan) -> Changes:
@@ -289,6 +295,14 @@ def diff(old: Plan | None, new: Plan) -> Changes:
             None, new, added=frozenset(new.services), listeners_added=frozenset(new.listeners), gate_kept=False
         )
     unchanged = frozenset(name for name, service in new.services.items() if old.services.get(name) == service)
+    rules_changed = frozenset(
+        name
+        for name, service in new.services.items()
+        if name in old.services
+        and name not in unchanged
+        and _without_rules(old.services[name]) == _without_rules(service)
+    )
+    unchanged |= rules_changed
     removed = frozenset(old.services) - frozenset(new.services)
     kept_keys = frozenset(new.listeners) & frozenset(old.listeners)
     same_socket = frozenset(k for k in kept_keys if old.listeners[k].socket == new.listeners[k].socket)
@@ -296,6 +310,7 @@ def diff(old: Plan | None, new: Plan) -> Changes:
         old,
         new,
         unchanged=unchanged,
+        rules_changed=rules_changed,
         added=frozenset(new.services) - frozenset(old.services),
         changed=frozenset(old.services) - removed - unchanged,
         removed=removed,

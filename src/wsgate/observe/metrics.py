@@ -96,6 +96,13 @@ class Metrics:
         self.backend_failures = Counter(
             "wsgate_backend_connect_failures", "Back-end connections that failed", ["service"], registry=self.registry
         )
+        self.denied = Counter(
+            "wsgate_operations_denied",
+            "Operations inside connections refused by a service's authorization-rule list "
+            "(publish, subscribe, send, ...)",
+            ["service", "operation"],
+            registry=self.registry,
+        )
         self.closes = Counter(
             "wsgate_closes",
             "WebSocket connections closed, by close code (3xxx, 4xxx, invalid: see docs/operations.md)",

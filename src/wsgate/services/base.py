@@ -31,6 +31,7 @@ from ..core.identity import Identity
 from ..core.session import LiveSession
 from ..observe.logs import LogLimiter, get_logger
 from ..security.keystore import KeyMaterial
+from ..security.rules import Decision, RuleSet, audit_refusal
 from ..state.connections import MemoryConnections, Selector
 from ..state.redis import RedisState, StateUnavailable
 from ..state.revocations import RevocationList, identity_keys
@@ -99,6 +100,22 @@ class ServiceHandler:
         self.slow_lines = LogLimiter("slow consumer")
         self.lost_lines = LogLimiter("client lost")
         self.origin_lines = LogLimiter("cross-origin refusal")
+        self.denied_lines = LogLimiter("operation denied", per_second=50)
+        self.rules = RuleSet(config.rules, self.TYPE.rules)
+
+    def update_rules(self, config: Service) -> None:
+        """A reload changed only this service's ``authorization-rule`` list: live connections keep going
+        and the next operation of each is decided by the new rules."""
+        self.config = config
+        self.rules = RuleSet(config.rules, self.TYPE.rules)
+
+    def refused(self, session: LiveSession, operation: str, decision: Decision, **fields: str) -> None:
+        """An operation the rules refused: counted, and audited within the rate limit (a client chooses how
+        often it tries); the service then refuses it its own way."""
+        if self.runtime.metrics is not None:
+            self.runtime.metrics.denied.labels(self.name, operation).inc()
+        if self.denied_lines.allow():
+            audit_refusal(self.name, session.identity, session.remote, operation, decision, **fields)
 
     def configure(self, web_root: Path) -> None:
         """Resolve files under the gateway's web root (types declared with ``web_root=True``)."""
