@@ -31,12 +31,14 @@ lint: $(TESTED)  ## static checks: ruff, mypy --strict and the layering contract
 # Real parts the tests use on loopback: keytool (JKS/JCEKS stores), slapd (the ldap module),
 # Debian's Chromium driven by Playwright (no browser download) and certutil (its trust store), an MIT KDC
 # (krb5kdc, kadmin.local, kinit/kvno, k5tls for kinit over the gateway's HTTPS KDC proxy) and libkrb5-dev
-# with gcc to build python-gssapi (it has no Linux wheels), curl (its --negotiate is a real SPNEGO client) and
-# redis-server (the shared state of several gateway nodes).
+# with gcc to build python-gssapi (it has no Linux wheels), curl (its --negotiate is a real SPNEGO client),
+# redis-server (the shared state of several gateway nodes), and the brokers behind amqp.proxy and mqtt.proxy
+# (rabbitmq-server, mosquitto).
 APT_TEST_PACKAGES := default-jre-headless slapd ldap-utils chromium libnss3-tools \
-	krb5-kdc krb5-admin-server krb5-user krb5-k5tls libkrb5-dev gcc curl redis-server
+	krb5-kdc krb5-admin-server krb5-user krb5-k5tls libkrb5-dev gcc curl redis-server rabbitmq-server mosquitto
 APT_TEST_COMMANDS := keytool /usr/sbin/slapd ldapsearch chromium certutil \
-	/usr/sbin/krb5kdc /usr/sbin/kadmin.local kinit krb5-config gcc curl redis-server
+	/usr/sbin/krb5kdc /usr/sbin/kadmin.local kinit krb5-config gcc curl redis-server \
+	/usr/sbin/rabbitmq-server /usr/sbin/mosquitto
 
 test-deps:  ## install the Debian packages tests need, if missing
 	@missing=0; for c in $(APT_TEST_COMMANDS); do command -v $$c >/dev/null || missing=1; done; \
