@@ -17,7 +17,9 @@ import base64
 import html
 import json
 import secrets
+import shutil
 import ssl
+import subprocess
 import threading
 import time
 import urllib.error
@@ -717,6 +719,20 @@ class OidcProvider:
 <button id="submit" type="submit">Sign in</button>
 </form></body></html>"""
         return Response(page, status=401 if error else 200, content_type="text/html; charset=utf-8")
+
+
+def chromium_home(ca_pem: Path, home: Path) -> Path:
+    """A HOME for Chromium whose NSS database trusts ``ca_pem`` (needs certutil, from libnss3-tools), so the
+    browser checks the provider's (and, with the tests' CA, the gateway's) certificate instead of ignoring errors."""
+    certutil = shutil.which("certutil")
+    if certutil is None:
+        pytest.skip("certutil not installed (libnss3-tools)")
+    nssdb = home / ".pki" / "nssdb"
+    nssdb.mkdir(parents=True, exist_ok=True)
+    subprocess.run([certutil, "-d", f"sql:{nssdb}", "-N", "--empty-password"], check=True, timeout=30)
+    trust = [certutil, "-d", f"sql:{nssdb}", "-A", "-n", "wsgate-test-ca", "-t", "C,,", "-i", str(ca_pem)]
+    subprocess.run(trust, check=True, timeout=30)
+    return home
 
 
 @pytest.fixture(scope="session")

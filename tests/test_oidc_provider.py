@@ -9,6 +9,8 @@ import http.server
 import json
 import secrets
 import ssl
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -24,7 +26,8 @@ import jwt
 import pytest
 import trustme
 
-from tests.oidc_provider import BACKCHANNEL_EVENT, OidcProvider, oidc_provider  # noqa: F401
+from tests.browser_driver import CHROMIUM
+from tests.oidc_provider import BACKCHANNEL_EVENT, OidcProvider, chromium_home, oidc_provider  # noqa: F401
 
 REDIRECT = "https://127.0.0.1:9/cb"
 SCOPE = "openid profile email groups"
@@ -79,6 +82,7 @@ class Rp:
     """One relying party's view of a sign-in: PKCE verifier, nonce, state."""
 
     client_id: str
+    redirect_uri: str = REDIRECT
     verifier: str = ""
     nonce: str = ""
     state: str = ""
@@ -89,7 +93,7 @@ class Rp:
         params = {
             "response_type": "code",
             "client_id": self.client_id,
-            "redirect_uri": REDIRECT,
+            "redirect_uri": self.redirect_uri,
             "scope": SCOPE,
             "state": self.state,
             "nonce": self.nonce,
@@ -103,7 +107,7 @@ class Rp:
         return {
             "grant_type": "authorization_code",
             "code": code,
-            "redirect_uri": REDIRECT,
+            "redirect_uri": self.redirect_uri,
             "client_id": self.client_id,
             "code_verifier": self.verifier,
             **extra,
@@ -119,12 +123,12 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(4)}"
 
 
-def setup(provider: OidcProvider, **client: Any) -> tuple[str, Rp]:
+def setup(provider: OidcProvider, redirect_uri: str = REDIRECT, **client: Any) -> tuple[str, Rp]:
     """A fresh user (password "pw") and public client."""
     user, client_id = unique("user"), unique("rp")
     provider.add_user(user, "pw", groups=["staff", "ops"])
-    provider.register_client(client_id, [REDIRECT], **client)
-    return user, Rp(client_id)
+    provider.register_client(client_id, [redirect_uri], **client)
+    return user, Rp(client_id, redirect_uri)
 
 
 def sign_in(browser: Browser, rp: Rp, user: str, **extra: str) -> str:
@@ -312,10 +316,12 @@ def test_tamper_changes_only_the_next_id_token(op: OidcProvider) -> None:
 
 
 class Receiver:
-    """A relying party's back-channel logout endpoint on loopback HTTPS: records what is POSTed."""
+    """A relying party on loopback HTTPS: records what is POSTed to it (back-channel logout) and answers GETs
+    (the redirect back from the provider) with a page that has an element with id "callback"."""
 
     def __init__(self, cert: trustme.LeafCert, status: int = 200) -> None:
         self.received: list[tuple[str, dict[str, list[str]]]] = []
+        self.visited: list[str] = []
         receiver = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -325,6 +331,15 @@ class Receiver:
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
+
+            def do_GET(self) -> None:
+                receiver.visited.append(self.path)
+                page = b"<!doctype html><p id='callback'>back at the client</p>"
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(page)))
+                self.end_headers()
+                self.wfile.write(page)
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -409,3 +424,28 @@ def test_rp_initiated_logout(op: OidcProvider, receiver: Receiver) -> None:
     assert reply.status == 302 and reply.location == post_logout + "?state=s1"
     assert browser.call(rp.authorize_path()).status == 200  # signed out at the provider
     assert len(receiver.received) == 2
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed (make test installs it)")
+def test_the_login_form_in_chromium(op: OidcProvider, receiver: Receiver, tmp_path: Path) -> None:
+    user, rp = setup(op, redirect_uri=receiver.uri.replace("/backchannel", "/cb"))
+    home = chromium_home(op.ca_pem, tmp_path / "home")
+    command = [
+        sys.executable,
+        "-m",
+        "tests.oidc_browser",
+        str(home),
+        op.issuer + rp.authorize_path(),
+        user,
+        "pw",
+        op.issuer + rp.authorize_path(),  # a new state and nonce
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=Path(__file__).parent.parent)
+    lines = done.stdout.strip().splitlines()
+    result = json.loads(lines[-1]) if lines else {"error": done.stderr[-2000:]}
+    assert "error" not in result, result
+    assert result["wrong"]["error"] == "Wrong user name or password."
+    assert result["wrong"]["url"].startswith(op.issuer + "/authorize?")
+    first, second = (dict(urllib.parse.parse_qsl(urllib.parse.urlparse(url).query)) for url in result["callbacks"])
+    assert first["code"] != second["code"] and second["state"] == rp.state
+    assert len([path for path in receiver.visited if path.startswith("/cb")]) == 2  # none for the wrong password
