@@ -150,7 +150,7 @@ def verify(provider: OidcProvider, token: str, audience: str) -> dict[str, Any]:
     """Check a JWT against the provider's JWKS as a relying party would."""
     keys = jwt.PyJWKSet.from_dict(Browser(provider).call("/jwks").json())
     key = keys[jwt.get_unverified_header(token)["kid"]]
-    return jwt.decode(token, key, algorithms=["RS256"], audience=audience, issuer=provider.issuer)  # type: ignore[no-any-return]
+    return jwt.decode(token, key, algorithms=["RS256"], audience=audience, issuer=provider.issuer)
 
 
 def test_discovery_and_jwks(op: OidcProvider) -> None:
@@ -275,6 +275,37 @@ def test_refresh_rotation_and_revocation(op: OidcProvider) -> None:
     op.revoke_refresh_tokens(user)
     refused = refresh(third.json()["refresh_token"])
     assert refused.status == 400 and refused.json()["error"] == "invalid_grant"
+
+
+def test_revocation_endpoint(op: OidcProvider) -> None:
+    user, rp = setup(op)
+    browser = Browser(op)
+    token = tokens(browser, rp, user)
+    other = tokens(browser, rp, user)
+    assert browser.call("/revoke", {"token": token["refresh_token"], "client_id": rp.client_id}).status == 200
+    form = {"grant_type": "refresh_token", "refresh_token": token["refresh_token"], "client_id": rp.client_id}
+    assert browser.call("/token", form).json()["error"] == "invalid_grant"
+    form["refresh_token"] = other["refresh_token"]
+    assert browser.call("/token", form).status == 200  # only that one
+    bearer = {"Authorization": f"Bearer {token['access_token']}"}
+    assert browser.call("/userinfo", headers=bearer).status == 401
+
+
+def test_key_rotation(tmp_path: Path) -> None:
+    with OidcProvider(tmp_path) as provider:
+        user, rp = setup(provider)
+        browser = Browser(provider)
+        before = tokens(browser, rp, user)["id_token"]
+        kid = provider.rotate_key()
+        after = tokens(browser, rp, user)["id_token"]
+        assert jwt.get_unverified_header(after)["kid"] == kid != jwt.get_unverified_header(before)["kid"]
+        assert verify(provider, before, rp.client_id) and verify(provider, after, rp.client_id)
+        provider.rotate_key(keep_old=False)
+        assert len(browser.call("/jwks").json()["keys"]) == 1
+        with pytest.raises(KeyError):
+            verify(provider, after, rp.client_id)
+        with pytest.raises(jwt.InvalidSignatureError):
+            verify(provider, provider.logout_token(user, rp.client_id, key="foreign"), rp.client_id)
 
 
 def test_lifetimes_are_settable(tmp_path: Path) -> None:
@@ -442,7 +473,7 @@ def test_the_login_form_in_chromium(op: OidcProvider, receiver: Receiver, tmp_pa
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=Path(__file__).parent.parent)
     lines = done.stdout.strip().splitlines()
-    result = json.loads(lines[-1]) if lines else {"error": done.stderr[-2000:]}
+    result: dict[str, Any] = json.loads(lines[-1]) if lines else {"error": done.stderr[-2000:]}
     assert "error" not in result, result
     assert result["wrong"]["error"] == "Wrong user name or password."
     assert result["wrong"]["url"].startswith(op.issuer + "/authorize?")
