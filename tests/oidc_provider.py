@@ -24,6 +24,7 @@ in a script; ``close()`` stops it. Behaviour a relying party's tests may rely on
   with an unpublished key under the published kid, ``alg="none"`` leaves the token unsigned, ``kid``/``typ`` set
   the header. ``rotate_key()`` starts signing with a new kid.
 - The SSO cookie ``oidcp_session`` is set for host 127.0.0.1: a browser sends it to every port of that host.
+- ``unavailable = True`` answers every request 503 (recorded in ``requests`` all the same) until set back.
 - ``requests`` grows for the whole session: compare slices (``len`` before, then ``requests[n:]``).
 """
 
@@ -351,6 +352,7 @@ class OidcProvider:
         self.tamper: dict[str, Any] = {}
         self.requests: list[tuple[str, str]] = []
         self.deliveries: list[tuple[str, int]] = []  # (backchannel_logout_uri, status) of every logout token POSTed
+        self.unavailable = False  # while true every request gets 503: a provider outage
         self.notify_on_end_session = True  # RP-initiated logout sends back-channel logout to the session's clients
         self.backchannel_ssl = ssl.create_default_context(cafile=str(self.ca_pem))
         self._users: dict[str, User] = {}
@@ -699,8 +701,9 @@ class OidcProvider:
         server.register_endpoint(_UserInfo(resource_protector=protector))
 
         @app.before_request
-        def record() -> None:
+        def record() -> Response | None:
             self.requests.append((request.method, request.path))
+            return Response("provider unavailable", status=503) if self.unavailable else None
 
         @app.get("/.well-known/openid-configuration")
         def discovery() -> Response:

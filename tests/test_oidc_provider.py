@@ -308,6 +308,19 @@ def test_key_rotation(tmp_path: Path) -> None:
             verify(provider, provider.logout_token(user, rp.client_id, key="foreign"), rp.client_id)
 
 
+def test_an_outage(op: OidcProvider) -> None:
+    user, rp = setup(op)
+    browser = Browser(op)
+    token = tokens(browser, rp, user)
+    form = {"grant_type": "refresh_token", "refresh_token": token["refresh_token"], "client_id": rp.client_id}
+    op.unavailable = True
+    try:
+        assert browser.call("/jwks").status == 503 and browser.call("/token", form).status == 503
+    finally:
+        op.unavailable = False
+    assert browser.call("/token", form).status == 200  # the refresh token was not spent by the outage
+
+
 def test_lifetimes_are_settable(tmp_path: Path) -> None:
     with OidcProvider(tmp_path) as provider:
         user, rp = setup(provider)
