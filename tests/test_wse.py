@@ -7,9 +7,16 @@ whose server side it checks, where there is one.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import textwrap
 import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from wsgate.management.service import session_view
 
 from .wse_client import WseClient
 
@@ -255,3 +262,232 @@ async def test_oversized_and_empty_upstream_requests(start_gateway, http):
     down = await client.open()
     assert await client.send(raw=b"") == 400
     assert await down.rest() == [("cmd", "02"), ("cmd", "01")]
+
+
+# -- the same security as native --------------------------------------------------------------
+
+JAAS = """<?xml version="1.0"?>
+<jaas-config xmlns="http://xmlns.kaazing.com/jaas-config/centurion">
+  <user><name>joe</name><password>welcome</password><role-name>AUTHORIZED</role-name></user>
+  <user><name>eve</name><password>evil</password></user>
+</jaas-config>
+"""
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def realm_config(timeouts: str = "", extra: str = "") -> str:
+    return (
+        "service:\n"
+        + service(
+            "files",
+            extra="""
+            realm-name: files
+            authorization-constraint:
+              require-role: AUTHORIZED
+            """,
+        )
+        + extra
+        + f"""
+security:
+  realm:
+    - name: files
+      description: Files Realm
+      authentication:
+        http-challenge-scheme: Basic{timeouts}
+        login-modules:
+          login-module:
+            type: file
+            options:
+              file: jaas-config.xml
+"""
+    )
+
+
+@pytest.fixture
+def jaas(tmp_path: Path) -> Path:
+    path = tmp_path / "jaas-config.xml"
+    path.write_text(JAAS)
+    return path
+
+
+async def test_create_is_admitted_like_an_upgrade_401_403_then_201(start_gateway, http, jaas):
+    """The realm's challenge on create (as a native upgrade gets it), a user without the role 403, then 201 with
+    the connection id and refresh URL a native 101 carries; the session is the user's."""
+    gw = await start_gateway(realm_config())
+    client = WseClient(http, base(gw, "files"))
+    created = await client.create()
+    assert created.status == 401
+    assert created.headers["WWW-Authenticate"].startswith("Basic realm=")
+    for headers in ({}, basic("joe", "nope"), basic("eve", "evil")):
+        with pytest.raises(aiohttp.WSServerHandshakeError) as native:
+            await http.ws_connect(base(gw, "files").replace("http", "ws"), headers=headers)
+        refused = await client.create(**headers)
+        assert (refused.status, refused.headers.get("WWW-Authenticate")) == (
+            native.value.status,
+            native.value.headers.get("WWW-Authenticate"),
+        )
+    assert refused.status == 403
+    created = await client.create(**basic("joe", "welcome"))
+    assert created.status == 201
+    connection_id = created.headers["Wsgate-Connection-Id"]
+    assert created.headers["Wsgate-Refresh"] == f"/files/.wsgate/refresh/{connection_id}"
+    (session,) = emulated(gw)
+    assert session.id == connection_id and session.identity.user == "joe"
+    down = await client.open()
+    assert await client.send("hi") == 200
+    assert await down.data() == "hi"
+    await client.close()
+
+
+async def test_session_timeout_closes_an_emulated_session_unless_refreshed(start_gateway, http, jaas, caplog):
+    """``authorization-timeout`` closes it (CLOSE on the downstream, 1008 in the access line); a refresh at
+    ``<path>/.wsgate/refresh/<connection-id>`` extends it, as for a native connection."""
+    caplog.set_level(logging.INFO, "wsgate.access")
+    gw = await start_gateway(realm_config("\n        authorization-timeout: 1s"))
+    client = WseClient(http, base(gw, "files"), **basic("joe", "welcome"))
+    created = await client.create()
+    refresh = f"http://127.0.0.1:{gw.port_of('files')}" + created.headers["Wsgate-Refresh"]
+    down = await client.open()
+    for _ in range(2):  # 2 refreshes 0.6 s apart: 1.2 s in all, past the 1 s timeout
+        await asyncio.sleep(0.6)
+        async with http.post(refresh, headers=basic("joe", "welcome")) as response:
+            assert response.status == 200, await response.text()
+        assert await client.send("alive") == 200
+        assert await down.data() == "alive"
+    assert await down.rest(3) == [("cmd", "02"), ("cmd", "01")]
+    await wait_until(lambda: closes(caplog) == [1008])
+
+
+async def test_revocation_closes_an_emulated_session(start_gateway, http, jaas):
+    gw = await start_gateway(realm_config())
+    client = WseClient(http, base(gw, "files"), **basic("joe", "welcome"))
+    await client.create()
+    down = await client.open()
+    assert await gw.revoke(user="joe") == 1
+    assert await down.rest() == [("cmd", "02"), ("cmd", "01")]
+    assert (await client.create()).status == 403  # revoked: the next create is refused
+
+
+async def test_origin_rules_and_cors(start_gateway, http):
+    """A cross-origin page is refused at create (403) unless a cross-site constraint allows it; an allowed one gets
+    its CORS headers on create, upstream and downstream, and its preflight is granted with the WSE headers."""
+    gw = await start_gateway(
+        "service:\n"
+        + service(
+            "echo",
+            extra="""
+            cross-site-constraint:
+              allow-origin: http://app.example
+            """,
+        )
+    )
+    evil = WseClient(http, base(gw, "echo"), Origin="http://evil.example")
+    assert (await evil.create()).status == 403
+    port = gw.port_of("echo")
+    same = WseClient(http, base(gw, "echo"), Origin=f"http://127.0.0.1:{port}")
+    assert (await same.create()).status == 201
+    async with http.options(
+        base(gw, "echo") + "/;e/cbm",
+        headers={
+            "Origin": "http://app.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "x-websocket-version, x-sequence-no, x-accept-commands",
+        },
+    ) as response:
+        assert response.status == 204
+        assert response.headers["Access-Control-Allow-Origin"] == "http://app.example"
+        assert "x-websocket-version" in response.headers["Access-Control-Allow-Headers"]
+    app = WseClient(http, base(gw, "echo"), Origin="http://app.example")
+    created = await app.create()
+    assert created.status == 201 and created.headers["Access-Control-Allow-Origin"] == "http://app.example"
+    down = await app.open()
+    assert down.response.headers["Access-Control-Allow-Origin"] == "http://app.example"
+    assert await app.send("x") == 200
+    assert await down.data() == "x"
+    # The session's URLs are not the evil page's to use, even from the same address.
+    evil.upstream, evil.up_seq = app.upstream, app.up_seq
+    assert await evil.send("y") == 404
+    await app.close()
+
+
+async def test_limits_refuse_at_create_and_count_emulated_sessions(start_gateway, http):
+    """``connection.limit`` (503) and ``connection.limit.per.ip`` (429) count emulated sessions as connections;
+    a closed session gives its place back."""
+    gw = await start_gateway(
+        "service:\n"
+        + service("one", extra="accept-options:\n  connection.limit: 1")
+        + service("perip", extra="accept-options:\n  connection.limit.per.ip: 1")
+    )
+    first = WseClient(http, base(gw, "one"))
+    assert (await first.create()).status == 201
+    second = WseClient(http, base(gw, "one"))
+    created = await second.create()
+    assert created.status == 503 and "Retry-After" in created.headers
+    mine = WseClient(http, base(gw, "perip"))
+    assert (await mine.create()).status == 201
+    assert (await WseClient(http, base(gw, "perip")).create()).status == 429
+    down = await first.open()
+    await first.close()
+    assert await down.rest() == [("cmd", "02"), ("cmd", "01")]
+    await wait_until(lambda: not any(c.service == "one" for c in gw.runtime.connections))
+    assert (await second.create()).status == 201
+
+
+async def test_a_session_is_served_to_its_own_client_only(start_gateway, http):
+    """Another client address presenting the session's URLs gets 404, as for an unknown id."""
+    gw = await start_gateway(ECHO)
+    client = WseClient(http, base(gw, "echo"))
+    await client.create()
+    connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+    async with aiohttp.ClientSession(connector=connector) as other:
+        thief = WseClient(other, base(gw, "echo"))
+        thief.upstream, thief.downstream, thief.up_seq, thief.down_seq = (
+            client.upstream,
+            client.downstream,
+            client.up_seq,
+            client.down_seq,
+        )
+        down = await thief.open()
+        assert down.response.status == 404
+        assert await thief.send("x") == 404
+    down = await client.open()  # the owner's sequence numbers are untouched
+    assert await client.send("mine") == 200
+    assert await down.data() == "mine"
+    await client.close()
+
+
+async def test_idle_sessions_expire(start_gateway, http, caplog):
+    """A session with no downstream and no upstream request for ``ws.inactivity.timeout`` ends (1006) and its
+    ids are gone."""
+    caplog.set_level(logging.INFO, "wsgate.access")
+    gw = await start_gateway("service:\n" + service("echo", extra="accept-options:\n  ws.inactivity.timeout: 0.5s"))
+    client = WseClient(http, base(gw, "echo"))
+    await client.create()
+    down = await client.open()
+    assert await client.send("x") == 200
+    assert await down.data() == "x"
+    down.close()  # the client goes away without a word
+    await wait_until(lambda: not emulated(gw), 5)
+    assert closes(caplog) == [1006]
+    assert (await client.open()).response.status == 404
+
+
+async def test_management_and_metrics_show_the_transport(start_gateway, http):
+    gw = await start_gateway(ECHO)
+    client = WseClient(http, base(gw, "echo"))
+    await client.create()
+    (session,) = emulated(gw)
+    assert session_view(session, time.time())["transport"] == "wse"
+    scrape = gw.runtime.metrics.exposition().decode()
+    assert 'wsgate_connections_open_by_transport{service="echo",transport="wse"} 1.0' in scrape
+    down = await client.open()
+    await client.close()
+    await down.rest()
+
+
+async def test_emulation_can_be_turned_off_per_service(start_gateway, http):
+    gw = await start_gateway("service:\n" + service("echo", extra="accept-options:\n  ws.emulation: disabled"))
+    assert (await WseClient(http, base(gw, "echo")).create()).status == 404

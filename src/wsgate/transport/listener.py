@@ -345,7 +345,17 @@ class HttpConnection(web.RequestHandler):
     A WebSocket (after 101) has none of them: bytes then belong to the WebSocket reader and writer.
     """
 
-    __slots__ = ("listener", "timer", "awaiting_head", "accepted", "body", "stall", "stall_timeout", "watched")
+    __slots__ = (
+        "listener",
+        "timer",
+        "awaiting_head",
+        "accepted",
+        "body",
+        "stall",
+        "stall_timeout",
+        "watched",
+        "on_lost",
+    )
 
     def __init__(self, listener: Listener, manager: web.Server, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
@@ -358,6 +368,7 @@ class HttpConnection(web.RequestHandler):
         self.stall_timeout = DEFAULT_KEEPALIVE_TIMEOUT  # that of the service answering the request
         self.timer: asyncio.TimerHandle | None = loop.call_later(listener.handshake_timeout, self._head_late)
         self.watched = -1  # the fd ``listener.liveness`` watches for a reset
+        self.on_lost: Callable[[], None] | None = None  # a long response that waits for data (a WSE downstream)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self.listener.tls_audit is not None:  # the TLS handshake completed: nothing to audit
@@ -409,6 +420,9 @@ class HttpConnection(web.RequestHandler):
     def connection_lost(self, exc: BaseException | None) -> None:
         self._disarm()
         self._unstall()
+        if self.on_lost is not None:
+            self.on_lost()
+            self.on_lost = None
         if self.listener.liveness is not None and self.transport is not None:
             self.listener.liveness.forget(self.watched, self.transport)
         super().connection_lost(exc)

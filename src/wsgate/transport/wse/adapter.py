@@ -42,6 +42,7 @@ from ...core.peer import PeerIdentity
 from ...core.session import LiveSession
 from ...security.origin import preflight
 from ..http import handshake_from, response_for
+from ..listener import HttpConnection
 from ..session_runner import WebSocketEndpoint, open_session, serve_session, tls_of
 from .channel import EmulatedChannel
 from .frames import (
@@ -419,25 +420,36 @@ class WseAdapter:
         headers["Content-Type"] = content_type
         headers["Cache-Control"] = "no-cache"
         headers["X-Content-Type-Options"] = "nosniff"
+        protocol = request.protocol
+        if isinstance(protocol, HttpConnection):  # a client that leaves wakes the downstream (it then ends)
+            protocol.on_lost = session.channel.wake.set
         try:
             if longpoll:
-                return await self.poll(session, handover, headers, heartbeat)
+                return await self.poll(request, session, handover, headers, heartbeat)
             return await self.stream(request, session, handover, headers, heartbeat)
         finally:
+            if isinstance(protocol, HttpConnection):
+                protocol.on_lost = None
             if session.downstream is handover:
                 session.downstream = None
                 if not session.channel.closed:
                     session.arm()
 
     async def poll(
-        self, session: WseSession, handover: asyncio.Event, headers: CIMultiDict[str], heartbeat: float
+        self,
+        request: web.BaseRequest,
+        session: WseSession,
+        handover: asyncio.Event,
+        headers: CIMultiDict[str],
+        heartbeat: float,
     ) -> web.StreamResponse:
         """Long-polling: one response with ``Content-Length`` once there is something to send (or a no-op)."""
         channel = session.channel
+        transport = request.transport
         data = channel.take()
         while not data and not channel.finishing and not handover.is_set():
-            if not await _wait(channel.wake, heartbeat):
-                break
+            if not await _wait(channel.wake, heartbeat) or transport is None or transport.is_closing():
+                break  # (a client that left: what is pending stays for its next request)
             data = channel.take()
         if not data:
             data = NOP
