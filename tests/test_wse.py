@@ -18,6 +18,7 @@ import pytest
 
 from wsgate.management.service import session_view
 
+from .conftest import port_of
 from .wse_client import WseClient
 
 ECHO = """
@@ -491,3 +492,68 @@ async def test_management_and_metrics_show_the_transport(start_gateway, http):
 async def test_emulation_can_be_turned_off_per_service(start_gateway, http):
     gw = await start_gateway("service:\n" + service("echo", extra="accept-options:\n  ws.emulation: disabled"))
     assert (await WseClient(http, base(gw, "echo")).create()).status == 404
+
+
+# -- services cannot tell -----------------------------------------------------------------------
+
+
+async def test_proxy_to_a_real_tcp_back_end_and_server_close(start_gateway, http):
+    """Bytes relay both ways through a proxy service; the back end closing ends the session from the server side
+    (closing/server.send.close: CLOSE then RECONNECT, the response ends)."""
+    received: list[bytes] = []
+    writers: list[asyncio.StreamWriter] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        while data := await reader.read(65536):
+            received.append(data)
+            writer.write(data.upper())
+            await writer.drain()
+        writer.close()
+
+    backend = await asyncio.start_server(handle, "127.0.0.1", 0)
+    async with backend:
+        gw = await start_gateway("service:\n" + service("tcp", "proxy", connect=f"tcp://127.0.0.1:{port_of(backend)}"))
+        client = WseClient(http, base(gw, "tcp"))
+        await client.create()
+        down = await client.open()
+        assert await client.send(b"hello") == 200
+        assert await down.data() == b"HELLO"
+        await wait_until(lambda: received == [b"hello"])
+        writers[0].close()  # the back end hangs up
+        assert await down.rest() == [("cmd", "02"), ("cmd", "01")]
+        await client.close()  # the client's answer
+        await wait_until(lambda: not emulated(gw))
+
+
+async def test_broadcast_reaches_native_and_emulated_clients_alike(start_gateway, http):
+    gw = await start_gateway(
+        "service:\n"
+        + service(
+            "chat",
+            "broadcast",
+            extra="""
+            properties:
+              accept: tcp://127.0.0.1:0
+              on.client.message: broadcast
+            """,
+        )
+    )
+    chat = gw.services["chat"]
+    emulated_client = WseClient(http, base(gw, "chat"))
+    await emulated_client.create()
+    down = await emulated_client.open()
+    async with http.ws_connect(base(gw, "chat").replace("http", "ws")) as native:
+        await wait_until(lambda: len(chat.subscribers) == 2)
+        _, feed = await asyncio.open_connection("127.0.0.1", chat.feed_port)
+        feed.write(b"tick")
+        await feed.drain()
+        assert await down.data() == b"tick"
+        assert (await asyncio.wait_for(native.receive(), 5)).data == b"tick"
+        assert await emulated_client.send("from-wse") == 200
+        assert (await asyncio.wait_for(native.receive(), 5)).data == "from-wse"
+        await native.send_str("from-native")
+        assert [await down.data(), await down.data()] == ["from-wse", "from-native"]  # everyone gets each message
+        feed.close()
+    await emulated_client.close()
+    assert await down.rest() == [("cmd", "02"), ("cmd", "01")]
