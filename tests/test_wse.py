@@ -557,3 +557,83 @@ async def test_broadcast_reaches_native_and_emulated_clients_alike(start_gateway
         feed.close()
     await emulated_client.close()
     assert await down.rest() == [("cmd", "02"), ("cmd", "01")]
+
+
+# -- Kaazing's JavaScript client: httpxe envelopes ------------------------------------------------
+
+
+async def raw_request(port: int, head: str, body: bytes = b"") -> tuple[bytes, bytes]:
+    """One request on a fresh socket: the response head and the body (read until the server closes or a
+    Content-Length is complete)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head.replace("\n", "\r\n").encode() + body)
+        await writer.drain()
+        response_head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        length = next(
+            (
+                int(line.split(b":")[1])
+                for line in response_head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            ),
+            None,
+        )
+        data = await asyncio.wait_for(reader.readexactly(length) if length is not None else reader.read(), 5)
+        return response_head, data
+    finally:
+        writer.close()
+
+
+async def test_a_bridge_client_gets_its_challenge_and_create_in_an_envelope(start_gateway, jaas):
+    """kaazing/gateway transport/wseb shouldPropagateSubjectApplicationBasic.rpt and
+    up.and.down.streams.httpxe.no.authentication.rpt: a create with ``X-Origin`` (Kaazing's bridge) gets
+    ``200`` with ``HTTP/1.1 401 …`` and the challenge in the body, then the 201 the same way; its upstream and
+    downstream answers are enveloped too (httpxe SPEC "Response Requirements")."""
+    gw = await start_gateway(realm_config())
+    port = gw.port_of("files")
+    create = (
+        "GET /files/;e/ctm?.kn=1 HTTP/1.1\nHost: 127.0.0.1:{port}\nContent-Type: text/plain; charset=utf-8\n"
+        "X-WebSocket-Version: wseb-1.0\nX-Accept-Commands: ping\nX-Sequence-No: 0\n"
+        "X-Origin: http://127.0.0.1:{port}\n{auth}\n"
+    )
+    head, body = await raw_request(port, create.format(port=port, auth=""))
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"Content-Type: text/plain;charset=UTF-8\r\n" in head
+    assert body.startswith(b"HTTP/1.1 401 Unauthorized\r\n")
+    assert b"\r\nWWW-Authenticate: Basic realm=" in body
+    head, body = await raw_request(port, create.format(port=port, auth="Authorization: Basic am9lOndlbGNvbWU=\n"))
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    inner, _, urls = body.partition(b"\r\n\r\n")
+    assert inner.startswith(b"HTTP/1.1 201 Created\r\n") and b"Content-Type: text/plain;charset=utf-8" in inner
+    upstream, downstream = urls.decode().split("\n")[:2]
+    assert "/files/;e/utm/" in upstream and "/files/;e/dtm/" in downstream
+    up_path = upstream.split(str(port), 1)[1]
+    down_path = downstream.split(str(port), 1)[1]
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        f"POST {down_path}?.ksn=1 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-Origin: http://127.0.0.1:{port}\r\n"
+        "Content-Length: 3\r\n\r\n>|<".encode()
+    )
+    await writer.drain()
+    outer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert outer.startswith(b"HTTP/1.1 200 OK\r\n") and b"Connection: close\r\n" in outer
+    inner = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert inner == b"HTTP/1.1 200 OK\r\nContent-Type: text/plain;charset=windows-1252\r\n\r\n"
+    up_head = f"POST {up_path} HTTP/1.1\nHost: 127.0.0.1:{port}\nX-Sequence-No: 1\nX-Origin: http://127.0.0.1:{port}\n"
+    message = b"\xc2\x80\x02Hi\x01" + b"01\xc3\xbf"  # [0x80 0x02] "Hi" RECONNECT, text-encoded
+    head, body = await raw_request(port, up_head + f"Content-Length: {len(message)}\n\n", message)
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and body == b"HTTP/1.1 200 OK\r\n\r\n"
+    assert await asyncio.wait_for(reader.readexactly(4), 5) == b"\x80\x02Hi"
+    writer.close()
+
+
+async def test_x_origin_follows_the_origin_rules(start_gateway):
+    """A bridge speaking for a page of another site is refused as that page would be."""
+    gw = await start_gateway(ECHO)
+    port = gw.port_of("echo")
+    head, body = await raw_request(
+        port,
+        f"POST /echo/;e/cbm HTTP/1.1\nHost: 127.0.0.1:{port}\nX-WebSocket-Version: wseb-1.0\nX-Sequence-No: 0\n"
+        "X-Origin: http://evil.example\nContent-Length: 0\n\n",
+    )
+    assert head.startswith(b"HTTP/1.1 200 OK") and body.startswith(b"HTTP/1.1 403 Forbidden\r\n")

@@ -79,8 +79,10 @@ async def test_a_thousand_emulated_sessions_with_bounded_memory(tmp_path):
 
             await asyncio.gather(*(echo(pair, i) for i, pair in enumerate(sessions)))
             elapsed = time.monotonic() - started
-            print(f"\n{SESSIONS} WSE sessions opened in {opened:.1f}s, all echoed by {elapsed:.1f}s; "
-                  f"gateway memory {per_session / 1024:.1f} KiB per session")
+            print(
+                f"\n{SESSIONS} WSE sessions opened in {opened:.1f}s, all echoed by {elapsed:.1f}s; "
+                f"gateway memory {per_session / 1024:.1f} KiB per session"
+            )
             assert per_session < MAX_PER_SESSION, f"{per_session / 1024:.1f} KiB per emulated session"
 
     finally:

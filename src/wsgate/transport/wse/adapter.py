@@ -40,7 +40,7 @@ from ...core.close import CloseCode
 from ...core.handshake import EMULATED, Accept, Handshake, Reject, Reply
 from ...core.peer import PeerIdentity
 from ...core.session import LiveSession
-from ...security.origin import preflight
+from ...security.origin import origin_allowed, preflight
 from ..http import handshake_from, response_for
 from ..listener import HttpConnection
 from ..session_runner import WebSocketEndpoint, open_session, serve_session, tls_of
@@ -129,6 +129,7 @@ class WseSession:
         "decoder",
         "hold",
         "task",
+        "envelope",
     )
 
     def __init__(
@@ -160,6 +161,7 @@ class WseSession:
         self.decoder = decoder
         self.hold: Any = None
         self.task: asyncio.Task[None] | None = None
+        self.envelope: str | None = None  # httpxe: the outer content type of enveloped answers (Kaazing's bridge)
 
     def arm(self) -> None:
         """No downstream attached: the session ends unless one (or an upstream request) comes in time."""
@@ -235,18 +237,26 @@ class WseAdapter:
     async def create(
         self, request: web.BaseRequest, handshake: Handshake, encoding: Encoding, admission: Admission
     ) -> web.StreamResponse:
-        sequence = _create_checks(request)
+        wrap = enveloped(request)
+        try:
+            sequence = _create_checks(request)
+        except WseError as exc:
+            return _answer(_plain(exc.status, f"{exc}\n"), wrap)
         if len(_SESSIONS) // 2 >= MAX_SESSIONS:
             return _plain(503, "Service Unavailable\n", {"Retry-After": "5"})
+        x_origin = request.headers.get("X-Origin")
+        if x_origin is not None and not origin_allowed(x_origin, admission.own_origin(handshake), admission.cross_site):
+            return _answer(_plain(403, "Forbidden\n"), wrap)  # the page a Kaazing bridge speaks for: same rules
         handshake = _with_subprotocols(handshake)
         decision = await admission.admit(handshake)
         if isinstance(decision, (Reject, Reply)):
-            return response_for(decision)
+            return _answer(response_for(decision), wrap)
         try:
-            return await self.open(request, handshake, decision, encoding, sequence, admission)
+            response = await self.open(request, handshake, decision, encoding, sequence, admission, wrap)
         except BaseException:
             decision.hold.release()
             raise
+        return _answer(response, wrap)
 
     async def open(
         self,
@@ -256,6 +266,7 @@ class WseAdapter:
         encoding: Encoding,
         sequence: int,
         admission: Admission,
+        wrap: str | None = None,
     ) -> web.StreamResponse:
         service = self.service
         identity = accept.identity
@@ -290,6 +301,7 @@ class WseAdapter:
         live.tls = tls_of(request.transport)
         session.live = live
         session.hold = accept.hold
+        session.envelope = wrap
         channel.owner = weakref.ref(live)
         channel.on_end = session.ended
         _SESSIONS[session.up_id] = session
@@ -377,7 +389,7 @@ class WseAdapter:
             session.upstream_busy = False
             if session.downstream is None and not channel.closed:
                 session.arm()
-        return web.Response(status=200, headers=CIMultiDict(session.cors))
+        return _answer(web.Response(status=200, headers=CIMultiDict(session.cors)), session.envelope)
 
     def sequence(self, request: web.BaseRequest, session: WseSession, upstream: bool) -> None:
         """The next sequence number of this direction, or 400 and the session fails."""
@@ -455,7 +467,7 @@ class WseAdapter:
             data = NOP
         if not channel.finishing or not data.endswith(RECONNECT):
             data += RECONNECT
-        return web.Response(status=200, body=data, headers=headers)
+        return _answer(web.Response(status=200, body=data, headers=headers), session.envelope)
 
     async def stream(
         self,
@@ -467,8 +479,14 @@ class WseAdapter:
     ) -> web.StreamResponse:
         """Streaming: frames as they come until a RECONNECT ends this response (``.kb``, a newer downstream, close)."""
         channel = session.channel
+        inner = b""
+        if session.envelope is not None:  # httpxe: the real head first in the body, the outer one plain text
+            inner = f"HTTP/1.1 200 OK\r\nContent-Type: {headers['Content-Type']}\r\n\r\n".encode()
+            headers["Content-Type"] = session.envelope
         response = CloseDelimited(status=200, headers=headers)
         await response.prepare(request)
+        if inner:
+            await response.write(inner)
         query = request.query
         pad = _int(query.get(".kp"), 0, 4096)
         if pad:
@@ -606,6 +624,47 @@ def _int(text: str | None, low: int, high: int) -> int:
     if not text or not text.isascii() or not text.isdigit() or len(text) > 9:
         return low
     return max(low, min(int(text), high))
+
+
+# httpxe (k3po ``specification/httpxe/SPEC.md``, "Response Headers"): these stay on the outer response.
+_OUTER_HEADERS = frozenset(
+    {"cache-control", "connection", "content-encoding", "date", "etag", "last-modified", "pragma", "server"}
+    | {"set-cookie", "transfer-encoding", "x-content-type-options", "content-length", "vary"}
+)
+ENVELOPE_TYPE = "application/x-message-http"
+
+
+def enveloped(request: web.BaseRequest) -> str | None:
+    """The outer content type if the client wants answers in an httpxe envelope, else None.
+
+    Kaazing's JavaScript client asks for it explicitly (``.kac=ex``, ``.kct=application/x-message-http``) or
+    shows it cannot read statuses other than 200 by speaking through its bridge (``X-Origin``); it then reads
+    the real status (a 401 and its challenge, the 201) from the body."""
+    if request.query.get(".kct") == ENVELOPE_TYPE or request.headers.get("Content-Type") == ENVELOPE_TYPE:
+        return ENVELOPE_TYPE
+    if request.query.get(".kac") == "ex" or "X-Origin" in request.headers:
+        return "text/plain;charset=UTF-8"
+    return None
+
+
+def _answer(response: web.StreamResponse, wrap: str | None) -> web.StreamResponse:
+    """``response`` as it is, or in an httpxe envelope: 200 outside, the real status, headers and body inside.
+    404 and server errors are never enveloped (httpxe "Response Status Codes")."""
+    status = response.status
+    if wrap is None or status == 404 or status >= 500 or not isinstance(response, web.Response):
+        return response
+    outer: CIMultiDict[str] = CIMultiDict()
+    lines = [f"HTTP/1.1 {status} {response.reason}"]
+    for name, value in response.headers.items():
+        if name.lower() in _OUTER_HEADERS or name.lower().startswith("access-control-"):
+            if name.lower() != "content-length":
+                outer.add(name, value)
+        else:
+            lines.append(f"{name}: {value}")
+    body = response.body if isinstance(response.body, bytes) else b""
+    outer["Content-Type"] = wrap
+    outer.setdefault("Cache-Control", "no-cache")
+    return web.Response(status=200, body=("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body, headers=outer)
 
 
 def _plain(status: int, text: str, headers: dict[str, str] | None = None) -> web.Response:
