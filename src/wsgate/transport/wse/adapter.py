@@ -335,7 +335,7 @@ class WseAdapter:
             await serve_session(self.service, live, channel)
         finally:
             # The client gets a moment to take CLOSE + RECONNECT (or to send its own CLOSE) before the ids go.
-            if not channel.lost and session.downstream is None and channel.pending:
+            if not channel.aborted and session.downstream is None and channel.pending:
                 await _linger(channel, min(session.idle, 2.0))
             channel.abort()
             session.ended()
