@@ -15,6 +15,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from wsgate.management.service import session_view
 
@@ -430,6 +431,9 @@ async def test_limits_refuse_at_create_and_count_emulated_sessions(start_gateway
     mine = WseClient(http, base(gw, "perip"))
     assert (await mine.create()).status == 201
     assert (await WseClient(http, base(gw, "perip")).create()).status == 429
+    refused = gw.runtime.metrics.registry.get_sample_value
+    assert refused("wsgate_handshakes_total", {"service": "one", "outcome": "503"}) == 1
+    assert refused("wsgate_handshakes_total", {"service": "perip", "outcome": "429"}) == 1
     down = await first.open()
     await first.close()
     assert await down.rest() == [("cmd", "02"), ("cmd", "01")]
@@ -637,3 +641,51 @@ async def test_x_origin_follows_the_origin_rules(start_gateway):
         "X-Origin: http://evil.example\nContent-Length: 0\n\n",
     )
     assert head.startswith(b"HTTP/1.1 200 OK") and body.startswith(b"HTTP/1.1 403 Forbidden\r\n")
+
+
+async def test_subprotocol_negotiated_through_a_proxy_to_a_websocket_back_end(start_gateway, http):
+    """opening/request.header.x.websocket.protocol: ``X-WebSocket-Protocol: primary, secondary`` is offered to the
+    back end as a native client's ``Sec-WebSocket-Protocol`` would be, and its choice comes back on the 201."""
+    offered: list[str | None] = []
+
+    async def backend_ws(request: web.Request) -> web.WebSocketResponse:
+        offered.append(request.headers.get("Sec-WebSocket-Protocol"))
+        ws = web.WebSocketResponse(protocols=("primary",))
+        await ws.prepare(request)
+        async for msg in ws:
+            await ws.send_str(msg.data.upper())
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/back", backend_ws)
+    runner = web.AppRunner(app, shutdown_timeout=1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        gw = await start_gateway("service:\n" + service("ws", "proxy", connect=f"ws://127.0.0.1:{port}/back"))
+        client = WseClient(http, base(gw, "ws"))
+        created = await client.create(X_WebSocket_Protocol="primary, secondary")
+        assert created.status == 201 and created.headers["X-WebSocket-Protocol"] == "primary"
+        assert [o.replace(" ", "") for o in offered if o] == ["primary,secondary"]
+        down = await client.open()
+        assert await client.send("hi") == 200
+        assert await down.data() == "HI"
+        await client.close()
+        assert await down.rest() == [("cmd", "02"), ("cmd", "01")]
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_client_that_does_not_read_is_dropped_as_a_slow_consumer(start_gateway, http):
+    """The service's sends wait while more than its writer limit is buffered for the downstream; one that waits
+    ``ws.write.timeout`` drops the session (1008), counted like a native slow consumer."""
+    gw = await start_gateway("service:\n" + service("echo", extra="accept-options:\n  ws.write.timeout: 0.3s"))
+    client = WseClient(http, base(gw, "echo"))
+    await client.create()
+    for _ in range(3):  # echoed into a downstream nobody attaches: over 64 KiB buffered
+        assert await client.send(b"x" * 100_000) == 200
+    await wait_until(lambda: not emulated(gw), 8)
+    slow = gw.runtime.metrics.registry.get_sample_value("wsgate_slow_consumers_total", {"service": "echo"})
+    assert slow == 1

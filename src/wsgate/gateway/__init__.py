@@ -654,7 +654,7 @@ def _endpoint(handler: ServiceHandler) -> Endpoint:
 def _emulation(handler: ServiceHandler) -> WseAdapter | None:
     """A WebSocket service's emulated resources (``<path>/;e/…``), unless ``ws.emulation disabled``."""
     if isinstance(handler, WebSocketService) and handler.config.accept_options.emulation:
-        return WseAdapter(handler)
+        return WseAdapter(handler, handler.runtime.metrics)
     return None
 
 

@@ -40,6 +40,7 @@ from ...core.close import CloseCode
 from ...core.handshake import EMULATED, Accept, Handshake, Reject, Reply
 from ...core.peer import PeerIdentity
 from ...core.session import LiveSession
+from ...observe.metrics import handshake_outcome
 from ...security.origin import origin_allowed, preflight
 from ..http import handshake_from, response_for
 from ..listener import HttpConnection
@@ -60,6 +61,7 @@ from .frames import (
 )
 
 if TYPE_CHECKING:
+    from ...observe.metrics import Metrics
     from ...security.admission import Admission
 
 __all__ = ["EMULATION_MARK", "WseAdapter", "emulation_path", "sessions"]
@@ -194,8 +196,9 @@ class WseSession:
 class WseAdapter:
     """The emulated resources of one WebSocket service (see the module docstring)."""
 
-    def __init__(self, service: WebSocketEndpoint) -> None:
+    def __init__(self, service: WebSocketEndpoint, metrics: Metrics | None = None) -> None:
         self.service = service
+        self.metrics = metrics  # refused creates count as refused handshakes (accepted ones: at ``register``)
         self.tasks: set[asyncio.Task[None]] = set()
 
     async def __call__(
@@ -250,6 +253,8 @@ class WseAdapter:
         handshake = _with_subprotocols(handshake)
         decision = await admission.admit(handshake)
         if isinstance(decision, (Reject, Reply)):
+            if self.metrics is not None:
+                self.metrics.handshakes.labels(self.service.name, handshake_outcome(decision.status)).inc()
             return _answer(response_for(decision), wrap)
         try:
             response = await self.open(request, handshake, decision, encoding, sequence, admission, wrap)
