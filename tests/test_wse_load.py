@@ -77,7 +77,8 @@ async def test_a_thousand_emulated_sessions_with_bounded_memory(tmp_path):
                 assert await client.send(f"message {index}") == 200
                 assert await down.data(10) == f"message {index}"
 
-            await asyncio.gather(*(echo(pair, i) for i, pair in enumerate(sessions)))
+            for batch in range(0, SESSIONS, 200):  # the client shares the CPUs: keep each request within its deadline
+                await asyncio.gather(*(echo(sessions[i], i) for i in range(batch, batch + 200)))
             elapsed = time.monotonic() - started
             print(
                 f"\n{SESSIONS} WSE sessions opened in {opened:.1f}s, all echoed by {elapsed:.1f}s; "
