@@ -409,9 +409,14 @@ async def test_origin_rules_and_cors(start_gateway, http):
     assert down.response.headers["Access-Control-Allow-Origin"] == "http://app.example"
     assert await app.send("x") == 200
     assert await down.data() == "x"
-    # The session's URLs are not the evil page's to use, even from the same address.
+    # The session's URLs are not the evil page's to use, even from the same address, nor with two Origins.
     evil.upstream, evil.up_seq = app.upstream, app.up_seq
     assert await evil.send("y") == 404
+    async with http.get(
+        app.downstream,
+        headers=[("X-Sequence-No", "2"), ("Origin", "http://app.example"), ("Origin", "http://evil.example")],
+    ) as response:
+        assert response.status == 400
     await app.close()
 
 
@@ -689,3 +694,19 @@ async def test_a_client_that_does_not_read_is_dropped_as_a_slow_consumer(start_g
     await wait_until(lambda: not emulated(gw), 8)
     slow = gw.runtime.metrics.registry.get_sample_value("wsgate_slow_consumers_total", {"service": "echo"})
     assert slow == 1
+
+
+async def test_workers_get_a_warning_about_emulated_sessions(tmp_path, caplog):
+    """With ``--workers`` a session's later requests may reach another worker: said at start-up, once."""
+    from wsgate.catalog import load_config
+    from wsgate.gateway import Gateway
+
+    path = tmp_path / "gateway.yaml"
+    path.write_text(ECHO)
+    gateway = Gateway(load_config(path), reuse_port=True)
+    await gateway.start()
+    try:
+        warnings = [r.getMessage() for r in caplog.records if "WebSocket emulation with --workers" in r.getMessage()]
+        assert len(warnings) == 1
+    finally:
+        await gateway.stop(grace=1.0)

@@ -38,6 +38,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from ...core.close import CloseCode
 from ...core.handshake import EMULATED, Accept, Handshake, Reject, Reply
+from ...core.http import check_request
 from ...core.peer import PeerIdentity
 from ...core.session import LiveSession
 from ...observe.metrics import handshake_outcome
@@ -215,6 +216,9 @@ class WseAdapter:
                 if encoding is None:
                     return _plain(404, "Not Found\n")
                 return await self.create(request, handshake, encoding, admission)
+            bad = check_request(request.headers)  # as admission would: no ambiguous Origin, Host or credentials
+            if bad is not None:
+                return _plain(bad.status, bad.text)
             session = _SESSIONS.get(session_id)
             if session is None or not self.owns(session, handshake):
                 return _plain(404, "Not Found\n")
