@@ -306,8 +306,9 @@ class WseAdapter:
             Decoder(limit, pings),
         )
         connection_id = secrets.token_urlsafe(16)
-        live = open_session(service, channel, handshake, accept, connection_id, context, EMULATED)
-        live.tls = tls_of(request.transport)
+        live = open_session(
+            service, channel, handshake, accept, connection_id, context, tls_of(request.transport), EMULATED
+        )
         session.live = live
         session.hold = accept.hold
         session.envelope = wrap
