@@ -9,6 +9,7 @@ this catalog as a parameter: ``config/`` sits below the services and cannot impo
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
 
@@ -22,6 +23,7 @@ from .security.login import LOGIN_MODULES, LoginModuleType
 from .services.base import ServiceType
 from .services.broadcast import BroadcastService
 from .services.directory import DirectoryService
+from .services.dmz import TunnelEndpoint, proxy_factory
 from .services.echo import EchoService
 from .services.kdc_proxy import KdcProxyService
 from .services.proxy import ProxyService
@@ -33,11 +35,12 @@ SERVICE_TYPES: Mapping[str, ServiceType] = MappingProxyType(
         for t in (
             EchoService.TYPE,
             DirectoryService.TYPE,
-            ProxyService.TYPE,
+            replace(ProxyService.TYPE, factory=proxy_factory),  # direct, or either end of a DMZ tunnel
             BroadcastService.TYPE,
             ManagementService.TYPE,
             MetricsService.TYPE,
             KdcProxyService.TYPE,
+            TunnelEndpoint.TYPE,  # made by the config builder from a DMZ proxy's connect-options (docs/dmz.md)
         )
     }
 )

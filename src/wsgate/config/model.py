@@ -43,6 +43,26 @@ class TlsOptions:
 
 
 @dataclass(frozen=True)
+class Tunnel:
+    """Reverse connectivity (Kaazing's ``*.transport socks://`` with ``socks.mode reverse``, docs/dmz.md).
+
+    On a DMZ gateway's proxy (``connect-options``) the gateway listens at ``rendezvous`` (mTLS, client
+    certificate required) for the internal gateway's tunnels and signs an identity assertion with
+    ``key_file`` (Ed25519 private key); on the internal gateway's proxy (``accept-options``) nothing
+    listens: the gateway keeps tunnels dialled out to ``rendezvous`` and verifies every assertion with the
+    pinned public key ``key_file``.
+    """
+
+    rendezvous: Uri  # wss://dmz-host:port/path: socks.transport (wsn+ssl:// and ssl:// become wss://)
+    key_file: Path  # tunnel.assertion.key (DMZ, private) or tunnel.assertion.public-key (internal)
+    retry_max: float = 1.0  # socks.retry.maximum.interval: the longest wait between two dials (internal)
+    timeout: float = 2.0  # socks.timeout: how long the DMZ waits for a ready tunnel and for the inward answer
+    audience: str = "wsgate-internal"  # tunnel.audience: the assertion's aud, the internal gateway's own name
+    issuer: str = "wsgate-dmz"  # tunnel.issuer: the assertion's iss, the DMZ gateway's name
+    client_certificate: str | None = None  # tunnel.client-certificate: keystore alias the internal side presents
+
+
+@dataclass(frozen=True)
 class AcceptOptions:
     binds: Mapping[str, Bind] = field(default_factory=lambda: EMPTY)  # scheme → Bind
     tls: TlsOptions = TlsOptions()
@@ -54,12 +74,14 @@ class AcceptOptions:
     handshake_rate: tuple[float, float] | None = None  # handshake.rate.per.ip: (per second, burst) → 429
     keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT  # http.keepalive.timeout: idle time between requests
     write_timeout: float | None = DEFAULT_WRITE_TIMEOUT  # ws.write.timeout: a send blocked this long drops the peer
+    tunnel: Tunnel | None = None  # internal gateway: accepted through tunnels it dials to a DMZ gateway
 
 
 @dataclass(frozen=True)
 class ConnectOptions:
     tls: TlsOptions = TlsOptions()
     inactivity_timeout: float | None = None
+    tunnel: Tunnel | None = None  # DMZ gateway: connects through tunnels the internal gateway dialled in
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,7 @@ class ServiceTypeSchema:
     properties: Mapping[str, Property] = field(default_factory=_no_properties)
     rules: RuleSchema | None = None  # None: the type takes no authorization-rule
     finish: Callable[[Service, str, Fail], Service | None] | None = None
+    tunnels: bool = False  # may be either end of a DMZ tunnel (socks.mode reverse, docs/dmz.md)
 
 
 @dataclass(frozen=True, kw_only=True)

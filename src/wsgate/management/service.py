@@ -182,6 +182,8 @@ def session_view(session: LiveSession, now: float) -> dict[str, Any]:
         "age": round(now - session.started, 1),
         "expires": session.deadline,
         "tls": tls,
+        "transport": session.transport,
+        "tunnel": session.tunnel,
         "messages_in": channel.messages_in,
         "messages_out": channel.messages_out,
         "bytes_in": channel.bytes_in,

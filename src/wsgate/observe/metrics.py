@@ -161,6 +161,37 @@ class Metrics:
             ["operation"],
             registry=self.registry,
         )
+        # DMZ tunnels (docs/dmz.md), on both gateways, labelled by the service they carry.
+        self.tunnel_ready = Gauge(
+            "wsgate_tunnel_ready", "DMZ tunnels open and waiting for a client", ["service"], registry=self.registry
+        )
+        self.tunnel_in_use = Gauge(
+            "wsgate_tunnel_in_use", "DMZ tunnels carrying a client connection now", ["service"], registry=self.registry
+        )
+        self.tunnel_dials = Counter(
+            "wsgate_tunnel_dials",
+            "Tunnels the internal gateway dialled to the DMZ gateway, by outcome (ok, failed) ",
+            ["service", "outcome"],
+            registry=self.registry,
+        )
+        self.tunnel_redials = Counter(
+            "wsgate_tunnel_redials",
+            "Ready tunnels lost before carrying a client (a DMZ gateway restarted), dialled again",
+            ["service"],
+            registry=self.registry,
+        )
+        self.tunnel_exhausted = Counter(
+            "wsgate_tunnel_exhausted",
+            "Admitted clients refused with 503 at the DMZ gateway because no tunnel was ready",
+            ["service"],
+            registry=self.registry,
+        )
+        self.tunnel_assertions = Counter(
+            "wsgate_tunnel_assertions",
+            "Identity assertions the internal gateway checked, by outcome (accepted, refused, forbidden)",
+            ["service", "outcome"],
+            registry=self.registry,
+        )
         self.traffic = TrafficCollector(connections)
         self.registry.register(self.traffic)
 

@@ -57,6 +57,7 @@ class Runtime:
     revocations: RevocationList | None = None  # the gateway's, checked again at the upgrade
     control: Any = None  # the gateway, for the management service (management.service.GatewayControl)
     shared: RedisState | None = None  # the state shared with other nodes (``state: {type: redis}``), if any
+    tunnels: dict[str, Any] = field(default_factory=dict)  # a DMZ gateway's ready tunnels by service URI (dmz.py)
 
     async def expire(self, selector: Selector, reason: str) -> int:
         """Close every live connection ``selector`` matches with 1008 ``reason`` now (aborted after 1 s)."""
@@ -239,6 +240,11 @@ class WebSocketService(ServiceHandler):
         if deadline is not None:
             headers["Wsgate-Expires"] = str(int(deadline))
         return headers
+
+    async def prepare(self, handshake: Handshake, accept: Accept) -> tuple[tuple[str, ...], object]:
+        """``before_upgrade`` for services that need the admission's answer (who was admitted); a ``Reply`` as
+        the context refuses the upgrade with that HTTP answer instead of a 101."""
+        return await self.before_upgrade(handshake)
 
     async def before_upgrade(self, handshake: Handshake) -> tuple[tuple[str, ...], object]:
         """Work before the 101: the subprotocols to accept and state for ``serve`` (``session.context``)."""

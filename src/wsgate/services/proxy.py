@@ -14,7 +14,7 @@ import logging
 
 from ..config.model import DEFAULT_MAX_PENDING_BYTES, Service
 from ..config.schema import Property
-from ..config.values import parse_choice, parse_size
+from ..config.values import parse_choice, parse_count, parse_size
 from ..core.channel import Channel
 from ..core.close import CloseCode, client_may_send, server_may_send
 from ..core.handshake import Handshake
@@ -30,12 +30,14 @@ log = logging.getLogger("wsgate.proxy")
 
 
 def parse_connect_strategy(text: str) -> str:
-    """``immediate`` (dial before the 101) or ``deferred`` (after it)."""
-    try:
-        return parse_choice(text, ("immediate", "deferred"))
-    except ValueError as exc:
-        hint = "; 'prepared' is not supported yet" if text.strip() == "prepared" else ""
-        raise ValueError(f"{exc}{hint}") from None
+    """``immediate`` (dial before the 101), ``deferred`` (after it), or ``prepared`` (a DMZ gateway's ready
+    tunnels; the config builder refuses it elsewhere)."""
+    return parse_choice(text, ("immediate", "deferred", "prepared"))
+
+
+def parse_injection(text: str) -> str:
+    """``identity.injection``: ``none`` or ``line`` (a tunnelled service's first line to a tcp back end)."""
+    return parse_choice(text, ("none", "line"))
 
 
 class ProxyService(WebSocketService):
@@ -46,7 +48,11 @@ class ProxyService(WebSocketService):
         properties={
             "maximum.pending.bytes": Property("?", parse_size),
             "connect.strategy": Property("?", parse_connect_strategy),
+            # DMZ tunnels (docs/dmz.md): the internal end's pool, and what its tcp back end learns of the client
+            "prepared.connection.count": Property("?", parse_count),
+            "identity.injection": Property("?", parse_injection),
         },
+        tunnels=True,
         descriptors_per_connection=2,  # the client's socket and the back end's
     )
 

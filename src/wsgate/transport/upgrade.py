@@ -3,7 +3,8 @@
 Once admission said ``Accept`` (who, until when, what to add to the 101), ``upgrade`` runs the
 rest for any ``WebSocketEndpoint`` (``services.base.WebSocketService``):
 
-1. ``before_upgrade(handshake)``: the service's work before the 101 (a proxy dials its back end);
+1. ``prepare(handshake, accept)``: the service's work before the 101 (a proxy dials its back end); a
+   ``Reply`` as its context refuses the upgrade with that HTTP answer (a DMZ gateway without a tunnel: 503);
 2. revocation checked again (one may have come while the back end was dialled), then the 101
    through ``GuardedResponse``; a client that leaves anywhere in between never leaves the back end open;
 3. an ``AiohttpChannel`` and a ``LiveSession`` (deadline armed, slow-consumer watch), registered;
@@ -49,7 +50,7 @@ class WebSocketEndpoint(Protocol):
     @property
     def writer_limit(self) -> int: ...
 
-    async def before_upgrade(self, handshake: Handshake) -> tuple[tuple[str, ...], object]: ...
+    async def prepare(self, handshake: Handshake, accept: Accept) -> tuple[tuple[str, ...], object]: ...
 
     async def abandon(self, context: object) -> None: ...
 
@@ -87,7 +88,9 @@ async def upgrade(
     """Complete an admitted upgrade and serve the connection until it ends (see the module's steps)."""
     identity, deadline, peer = accept.identity, accept.deadline, handshake.peer
     remote = handshake.remote
-    protocols, context = await service.before_upgrade(handshake)
+    protocols, context = await service.prepare(handshake, accept)
+    if isinstance(context, Reply):  # refused before the 101 (a DMZ gateway without a ready tunnel: 503)
+        return response_for(context)
     if accept.subprotocol is not None:
         protocols = (accept.subprotocol,)
     connection_id = secrets.token_urlsafe(16)
