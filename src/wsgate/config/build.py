@@ -235,6 +235,7 @@ TUNNEL_OPTIONS = frozenset(
         *TUNNEL_SETTINGS,
     }
 )
+TUNNEL_PREFIXES = ("socks.", "tunnel.")
 ACCEPT_OPTION_NAMES = (*BIND_OPTIONS, *ACCEPT_TLS_OPTIONS, *ACCEPT_OPTIONS)
 CONNECT_OPTION_NAMES = (*CONNECT_TLS_OPTIONS, *CONNECT_OPTIONS)
 # Kaazing options wsgate does not implement: "not supported yet" rather than "unknown".
@@ -618,7 +619,11 @@ class Builder:
         """Kaazing's reverse connectivity options (and wsgate's ``tunnel.*``) → a ``Tunnel``, or None when
         the side is not tunnelled. Takes its options out of ``values``; what does not map is a located error
         saying why (docs/dmz.md)."""
-        items = {name: values.pop(name) for name in list(values) if name in TUNNEL_OPTIONS}
+        items = {
+            name: values.pop(name)
+            for name in list(values)
+            if name in TUNNEL_OPTIONS or name.startswith(TUNNEL_PREFIXES)
+        }
         transport = [items.pop(name) for name in ("http.transport", "ws.transport") if name in items]
         if not transport:
             for _, item_path in items.values():
@@ -663,7 +668,11 @@ class Builder:
                 if not isinstance(parsed, _Failed):
                     fields[field_name] = parsed
         for _, item_path in items.values():
-            self.fail(item_path, "not supported in wsgate's tunnels (docs/dmz.md lists the options that map)")
+            self.fail(
+                item_path,
+                "not supported in wsgate's tunnels: their TLS is the gateway's keystore and truststore, and "
+                "docs/dmz.md lists the options that map",
+            )
         if rendezvous is None or key_file is None:
             return None
         return m.Tunnel(rendezvous=rendezvous, key_file=key_file, **fields)
