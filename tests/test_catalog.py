@@ -167,9 +167,9 @@ def test_the_option_tables_fill_every_option_field():
     def fields(cls):
         return {f.name for f in dataclasses.fields(cls)}
 
-    assert {o.field for o in ACCEPT_OPTIONS.values()} == fields(AcceptOptions) - {"binds", "tls"}
+    assert {o.field for o in ACCEPT_OPTIONS.values()} == fields(AcceptOptions) - {"binds", "tls", "tunnel"}
     assert {o.field for o in ACCEPT_TLS_OPTIONS.values()} == fields(TlsOptions) - {"client_certificate"}
-    assert {o.field for o in CONNECT_OPTIONS.values()} - {None} == fields(ConnectOptions) - {"tls"}
+    assert {o.field for o in CONNECT_OPTIONS.values()} - {None} == fields(ConnectOptions) - {"tls", "tunnel"}
     assert {o.field for o in CONNECT_TLS_OPTIONS.values()} == {"ciphers", "protocols", "client_certificate"}
     assert set(ACCEPT_OPTIONS) | set(ACCEPT_TLS_OPTIONS) <= set(ACCEPT_OPTION_NAMES)
     assert set(CONNECT_OPTIONS) | set(CONNECT_TLS_OPTIONS) == set(CONNECT_OPTION_NAMES)

@@ -1,4 +1,5 @@
 """The layered DMZ (docs/dmz.md): assertions in memory, the config mapping, and two real gateways on loopback."""
+# ruff: noqa: F811  (dmz_pair is a fixture imported from tests/dmz_fixtures.py)
 
 from __future__ import annotations
 

@@ -9,7 +9,6 @@ this catalog as a parameter: ``config/`` sits below the services and cannot impo
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
 
@@ -23,7 +22,7 @@ from .security.login import LOGIN_MODULES, LoginModuleType
 from .services.base import ServiceType
 from .services.broadcast import BroadcastService
 from .services.directory import DirectoryService
-from .services.dmz import TunnelEndpoint, proxy_factory
+from .services.dmz import TunnelEndpoint
 from .services.echo import EchoService
 from .services.kdc_proxy import KdcProxyService
 from .services.proxy import ProxyService
@@ -35,12 +34,11 @@ SERVICE_TYPES: Mapping[str, ServiceType] = MappingProxyType(
         for t in (
             EchoService.TYPE,
             DirectoryService.TYPE,
-            replace(ProxyService.TYPE, factory=proxy_factory),  # direct, or either end of a DMZ tunnel
+            ProxyService.TYPE,  # direct, or either end of a DMZ tunnel (services/dmz.py)
             BroadcastService.TYPE,
             ManagementService.TYPE,
             MetricsService.TYPE,
             KdcProxyService.TYPE,
-            TunnelEndpoint.TYPE,  # made by the config builder from a DMZ proxy's connect-options (docs/dmz.md)
         )
     }
 )
@@ -87,9 +85,13 @@ __all__ = [
 ]
 
 
+# Types the config builder makes and no config file names: a DMZ gateway's tunnel listener (docs/dmz.md).
+BUILT_SERVICE_TYPES: Mapping[str, ServiceType] = MappingProxyType({TunnelEndpoint.TYPE.name: TunnelEndpoint.TYPE})
+
+
 def service_type(name: str) -> ServiceType:
     """The declaration of a configured service's type (the config builder has checked the name)."""
-    return SERVICE_TYPES[name]
+    return SERVICE_TYPES[name] if name in SERVICE_TYPES else BUILT_SERVICE_TYPES[name]
 
 
 def load_config(path: str | Path, overrides: Mapping[str, str] | None = None) -> GatewayConfig:

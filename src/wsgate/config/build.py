@@ -1080,6 +1080,12 @@ def check_tunnels(services: tuple[m.Service, ...], security: m.Security, builder
             builder.fail(f"{path}/type", "dmz.tunnel is made by wsgate from a proxy's connect-options; remove it")
             continue
         if inward is None and outward is None:
+            if service.settings.get("connect.strategy") == "prepared":
+                builder.fail(
+                    f"{path}/properties/connect.strategy",
+                    "'prepared' is the DMZ end's strategy (its ready tunnels, docs/dmz.md); a direct proxy dials "
+                    "immediate or deferred",
+                )
             if service.settings.get("prepared.connection.count") is not None:
                 builder.fail(
                     f"{path}/properties/prepared.connection.count",

@@ -562,13 +562,7 @@ class InternalProxy(ProxyService):
             self.closed(session)
 
 
-def proxy_factory(config: Service, runtime: Runtime) -> ProxyService:
-    """``type: proxy`` is a direct proxy, the DMZ end of a tunnel, or the internal end (docs/dmz.md)."""
-    if config.connect_options.tunnel is not None:
-        return DmzProxy(config, runtime)
-    if config.accept_options.tunnel is not None:
-        return InternalProxy(config, runtime)
-    return ProxyService(config, runtime)
+ProxyService.ends.update(dmz=DmzProxy, internal=InternalProxy)
 
 
 __all__ = [
@@ -577,6 +571,5 @@ __all__ = [
     "InternalProxy",
     "TunnelEndpoint",
     "next_backoff",
-    "proxy_factory",
     "service_key",
 ]

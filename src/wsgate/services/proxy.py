@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import ClassVar
 
 from ..config.model import DEFAULT_MAX_PENDING_BYTES, Service
 from ..config.schema import Property
@@ -55,6 +56,17 @@ class ProxyService(WebSocketService):
         tunnels=True,
         descriptors_per_connection=2,  # the client's socket and the back end's
     )
+
+    # The two ends of a DMZ tunnel, registered by services/dmz.py: "dmz" (connect-options name a tunnel) and
+    # "internal" (accept-options do). A proxy configured as either is built as that class.
+    ends: ClassVar[dict[str, type[ProxyService]]] = {}
+
+    def __new__(cls, config: Service, runtime: Runtime) -> ProxyService:  # noqa: ARG004 (as __init__)
+        if cls is ProxyService:
+            end = "dmz" if config.connect_options.tunnel else "internal" if config.accept_options.tunnel else None
+            if end is not None:
+                cls = ProxyService.ends[end]
+        return super().__new__(cls)
 
     def __init__(self, config: Service, runtime: Runtime) -> None:
         super().__init__(config, runtime)
