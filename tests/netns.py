@@ -24,6 +24,7 @@ import atexit
 import contextlib
 import ctypes
 import errno
+import functools
 import json
 import os
 import re
@@ -263,11 +264,37 @@ class BackendProcess(NsProcess):
     byte counts (updated every 0.1 s while they change), ``closed``; for ``kind="ws"`` also ``path``,
     ``headers`` (the upgrade request's) and ``messages`` (the first 100, text)."""
 
-    def __init__(self, topology: Topology, host: str, port: int, record: Path, *args: Any, **kw: Any) -> None:
-        super().__init__(topology, *args, **kw)
-        self.host = host
+    def __init__(
+        self, topology: Topology, ns: str, kind: str, port: int, flood: int, log_path: Path, **kw: Any
+    ) -> None:
+        super().__init__(topology, ns, [], log_path, **kw)
+        self.kind, self.flood = kind, flood
+        self.host = topology.addr(ns)
         self.port = port
-        self.record = record
+        self.record = log_path.with_suffix(".jsonl")
+
+    @property
+    def address(self) -> str:
+        """``host:port`` (what a gateway's ``connect`` names, after ``tcp://`` or ``ws://``)."""
+        return f"{self.host}:{self.port}"
+
+    def start(self) -> BackendProcess:
+        """Start (again, on the same port: a restart keeps the port a first start on port 0 was given) and wait
+        until it listens."""
+        script = str(TESTS / "netns_backend.py")
+        self.argv = [sys.executable, script, self.kind, self.host, str(self.port), str(self.record), str(self.flood)]
+        super().start()
+        try:
+            ready = self.wait_log(r"backend ready \w+ [\d.]+:(\d+)", timeout=10.0)
+        except BaseException:
+            self.stop()
+            raise
+        self.port = int(ready[0].group(1))
+        return self
+
+    def restart(self, timeout: float = 5.0) -> BackendProcess:
+        self.stop(timeout)
+        return self.start()
 
     def connections(self) -> list[dict[str, Any]]:
         merged: dict[int, dict[str, Any]] = {}
@@ -290,11 +317,16 @@ class BackendProcess(NsProcess):
             time.sleep(0.02)
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
 def _setns_call(path: str, fn: Callable[[], _T]) -> _T:
     """Run ``fn`` on a fresh thread moved into the network namespace at ``path``: sockets it creates belong there
     for good, whichever thread uses them later (setns of a network namespace is per thread; the test process
     itself never moves)."""
-    libc = ctypes.CDLL(None, use_errno=True)
+    libc = _libc()
     box: dict[str, Any] = {}
 
     def target() -> None:
@@ -536,30 +568,22 @@ class Topology:
         self.processes.append(process.start())
         return process
 
-    def backend_echo(self, port: int, kind: str = "tcp", flood: int = 0, ns: str = "backend") -> BackendProcess:
-        """An echo back end on ``addr(ns):port`` (``kind`` "tcp" or "ws"), waited for. ``flood``: bytes it
-        also pushes to each connection as fast as the connection takes them (a slow reader's backpressure
-        shows as ``sent`` stalling)."""
-        host = self.addr(ns)
-        log_path = self._log_path(ns, f"backend-{kind}-{port}")
-        record = log_path.with_suffix(".jsonl")
-        argv = [sys.executable, str(TESTS / "netns_backend.py"), kind, host, str(port), str(record), str(flood)]
-        process = BackendProcess(self, host, port, record, ns, argv, log_path)
-        self.processes.append(process.start())
-        try:
-            process.wait_log(r"backend ready", timeout=10.0)
-        except BaseException:
-            process.stop()
-            raise
-        return process
+    def backend_echo(self, port: int = 0, kind: str = "tcp", flood: int = 0, ns: str = "backend") -> BackendProcess:
+        """An echo back end on ``addr(ns):port`` (port 0: a free one, then ``.port``), ``kind`` "tcp" or "ws",
+        returned once it listens. ``flood``: bytes it also pushes to each connection as fast as the connection
+        takes them (a slow reader's backpressure shows as ``sent`` stalling)."""
+        process = BackendProcess(self, ns, kind, port, flood, self._log_path(ns, f"backend-{kind}"))
+        self.processes.append(process)
+        return process.start()
 
     def client_ws(self, url: str, *, timeout: float = 10.0, ns: str = "client", **options: Any) -> dict[str, Any]:
         """A WebSocket client run in ``ns`` to its end (tests/netns_client.py, aiohttp). Options: ``ca`` (the
         only CA trusted for wss), ``cert`` (one PEM with key and chain to present), ``headers``, ``send`` (texts
         sent once connected), ``expect`` (messages to read), ``hold`` (seconds to stay afterwards),
-        ``wait_close`` (wait for the server's close instead of closing). Returns {"status": 101 or the
-        refusal's HTTP status or None, "messages": [...], "close_code": the server's or None, "error": text or
-        None, "elapsed": seconds}."""
+        ``wait_close`` (wait for the server's close instead of closing), ``drain`` (seconds to read and count
+        whatever comes, after ``hold``: a slow reader is ``hold`` then ``drain``). Returns {"status": 101 or the
+        refusal's HTTP status or None, "messages": [...], "received": bytes of every message read, "close_code":
+        the server's or None, "error": text or None, "elapsed": seconds}."""
         spec = _client_spec(url, timeout, **options)
         result = self.run(ns, [sys.executable, str(TESTS / "netns_client.py"), spec], timeout=timeout + 10)
         return _client_result(result.stdout, f"client in {ns} ({result.returncode}):\n{result.stdout}{result.stderr}")
@@ -587,6 +611,7 @@ def _client_spec(
     expect: int = 0,
     hold: float = 0.0,
     wait_close: bool = False,
+    drain: float = 0.0,
 ) -> str:
     return json.dumps(
         {
@@ -598,6 +623,7 @@ def _client_spec(
             "expect": expect,
             "hold": hold,
             "wait_close": wait_close,
+            "drain": drain,
             "timeout": timeout,
         }
     )
@@ -625,6 +651,29 @@ class ClientProcess(NsProcess):
         except subprocess.TimeoutExpired:
             raise TimeoutError(f"{self} still running after {timeout} s:\n{self.log()[-2000:]}") from None
         return _client_result(self.log(), self.log()[-2000:])
+
+
+def write_tls(topology: Topology, ca: Any, folder: Path) -> dict[str, Path]:
+    """PEM files for TLS everywhere (``ca``: a trustme CA, the conftest's ``ca``), written to ``folder``:
+    "ca" the CA alone (every truststore and client), "dmz" key and chain for both DMZ addresses (clients' and
+    the internal gateway's view), "internal" for the internal gateway (common name internal-gateway: its client
+    certificate towards the DMZ), "backend" for the back end's address, "client" a client certificate
+    (common name client)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    leaves = {
+        "dmz": ca.issue_cert(topology.addr("dmz"), topology.addr("dmz", facing="internal"), "dmz.test"),
+        "internal": ca.issue_cert(
+            topology.addr("internal"), topology.addr("internal", facing="backend"), common_name="internal-gateway"
+        ),
+        "backend": ca.issue_cert(topology.addr("backend"), "backend.test"),
+        "client": ca.issue_cert("client.test", common_name="client"),
+    }
+    paths = {"ca": folder / "ca.pem"}
+    ca.cert_pem.write_to_path(str(paths["ca"]))
+    for name, leaf in leaves.items():
+        paths[name] = folder / f"{name}.pem"
+        leaf.private_key_and_cert_chain_pem.write_to_path(str(paths[name]))
+    return paths
 
 
 def _topology_or_skip(folder: Path) -> Topology:

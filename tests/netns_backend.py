@@ -87,7 +87,7 @@ async def tcp(host: str, port: int, record: Record, flood: int) -> None:
             writer.close()
 
     server = await asyncio.start_server(handle, host, port)
-    print(f"backend ready tcp {host}:{port}", flush=True)
+    print(f"backend ready tcp {host}:{server.sockets[0].getsockname()[1]}", flush=True)
     async with server:
         await server.serve_forever()
 
@@ -133,7 +133,7 @@ async def ws(host: str, port: int, record: Record, flood: int) -> None:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
-    print(f"backend ready ws {host}:{port}", flush=True)
+    print(f"backend ready ws {host}:{runner.addresses[0][1]}", flush=True)
     await asyncio.Event().wait()
 
 

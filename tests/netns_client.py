@@ -7,6 +7,7 @@ or the refusal's), the messages received, the server's close code, an error text
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import ssl
 import sys
@@ -25,6 +26,19 @@ def _context(spec: dict[str, Any]) -> ssl.SSLContext | bool:
     return context
 
 
+def _record(result: dict[str, Any], message: aiohttp.WSMessage, keep: bool) -> bool:
+    """Count a data message (and keep its text if ``keep``); False when the connection ended (close code noted)."""
+    if message.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+        data = message.data
+        result["received"] += len(data)
+        if keep:
+            result["messages"].append(data if isinstance(data, str) else data.decode("latin-1"))
+        return True
+    if message.type is aiohttp.WSMsgType.CLOSE:
+        result["close_code"] = message.data
+    return False
+
+
 async def talk(spec: dict[str, Any], result: dict[str, Any]) -> None:
     async with (
         aiohttp.ClientSession() as session,
@@ -35,30 +49,28 @@ async def talk(spec: dict[str, Any], result: dict[str, Any]) -> None:
         for text in spec["send"]:
             await ws.send_str(text)
         while len(result["messages"]) < spec["expect"]:
-            message = await ws.receive()
-            if message.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
-                data = message.data
-                result["messages"].append(data if isinstance(data, str) else data.decode("latin-1"))
-            else:
-                result["close_code"] = ws.close_code if message.type is not aiohttp.WSMsgType.CLOSE else message.data
+            if not _record(result, await ws.receive(), keep=True):
+                result["close_code"] = result["close_code"] or ws.close_code
                 return
         if spec["hold"]:
-            await asyncio.sleep(spec["hold"])
+            await asyncio.sleep(spec["hold"])  # reading nothing: the transport pauses once aiohttp's buffer fills
+        if spec["drain"]:
+            end = asyncio.get_running_loop().time() + spec["drain"]
+            with contextlib.suppress(TimeoutError):
+                while (left := end - asyncio.get_running_loop().time()) > 0:
+                    if not _record(result, await asyncio.wait_for(ws.receive(), left), keep=False):
+                        result["close_code"] = result["close_code"] or ws.close_code
+                        return
         if spec["wait_close"]:
-            while True:
-                message = await ws.receive()
-                if message.type is aiohttp.WSMsgType.CLOSE:
-                    result["close_code"] = message.data
-                    return
-                if message.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSING):
-                    result["close_code"] = ws.close_code
-                    return
-                result["messages"].append(str(message.data))
+            while _record(result, await ws.receive(), keep=True):
+                pass
+            result["close_code"] = result["close_code"] or ws.close_code
+            return
         await ws.close()
 
 
 async def main(spec: dict[str, Any]) -> dict[str, Any]:
-    result: dict[str, Any] = {"status": None, "messages": [], "close_code": None, "error": None}
+    result: dict[str, Any] = {"status": None, "messages": [], "received": 0, "close_code": None, "error": None}
     started = time.monotonic()
     try:
         await asyncio.wait_for(talk(spec, result), spec["timeout"])

@@ -16,14 +16,18 @@ import pytest
 import trustme
 
 from tests.netns import (
+    FIREWALL_TABLE,
     IP,
+    NFT,
     PREFIX,
+    ROLES,
     SRC,
     Topology,
     dmz_topology,  # noqa: F401
     missing_tools,
     namespaces,
     remove_leftovers,
+    write_tls,
 )
 
 pytestmark = pytest.mark.skipif(missing_tools() is not None, reason=missing_tools() or "")
@@ -93,15 +97,16 @@ def test_the_firewall_is_what_stops_the_dial() -> None:
 
 
 def test_only_internal_reaches_the_backend(dmz_topology: Topology) -> None:  # noqa: F811
-    backend = dmz_topology.backend_echo(7001)
+    backend = dmz_topology.backend_echo()
     try:
         host = dmz_topology.addr("backend")
-        assert dmz_topology.dial("client", host, 7001) == "unreachable"
-        assert dmz_topology.dial("dmz", host, 7001) == "unreachable"
+        assert backend.host == host and backend.port > 0
+        assert dmz_topology.dial("client", host, backend.port) == "unreachable"
+        assert dmz_topology.dial("dmz", host, backend.port) == "unreachable"
         sock = dmz_topology.socket("internal")
         sock.settimeout(3)
         with sock:
-            sock.connect((host, 7001))
+            sock.connect((host, backend.port))
             sock.sendall(b"X-Identity: alice\n")
             assert sock.recv(100) == b"X-Identity: alice\n"
         seen = backend.wait_connections(1)[0]
@@ -152,20 +157,16 @@ def test_namespace_processes_run_this_checkout(dmz_topology: Topology) -> None: 
 
 @pytest.fixture(scope="module")
 def tls_files(dmz_topology: Topology, ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:  # noqa: F811
-    folder = tmp_path_factory.mktemp("netns-tls")
-    cert = ca.issue_cert(dmz_topology.addr("dmz"), dmz_topology.addr("dmz", facing="internal"))
-    cert.private_key_and_cert_chain_pem.write_to_path(str(folder / "keystore.pem"))
-    ca.cert_pem.write_to_path(str(folder / "truststore.pem"))
-    return {"folder": folder, "ca": folder / "truststore.pem"}
+    return write_tls(dmz_topology, ca, tmp_path_factory.mktemp("netns-tls"))
 
 
 def test_gateway_in_the_dmz_serves_the_client_and_restarts(dmz_topology: Topology, tls_files: dict[str, Path]) -> None:  # noqa: F811
     dmz = dmz_topology.addr("dmz")
-    config = tls_files["folder"] / "dmz-echo.yaml"
+    config = tls_files["ca"].parent / "dmz-echo.yaml"
     config.write_text(
         f"service:\n  - name: echo\n    accept: wss://{dmz}:9443/echo\n    type: echo\n"
-        "security:\n  keystore:\n    type: PEM\n    file: keystore.pem\n"
-        "  truststore:\n    type: PEM\n    file: truststore.pem\n"
+        "security:\n  keystore:\n    type: PEM\n    file: dmz.pem\n"
+        "  truststore:\n    type: PEM\n    file: ca.pem\n"
     )
     gateway = dmz_topology.gateway("dmz", config)
     try:
@@ -237,6 +238,27 @@ def test_close_leaves_nothing_behind() -> None:
     assert sleeper.returncode is not None
     assert stray.wait(5) is not None
     assert not scratch.folder.exists()
+
+
+def _host_view() -> str:
+    """The host namespace's addresses, routes, links and firewall, as text."""
+    views = [[IP, "-o", "addr"], [IP, "route"], [IP, "-o", "link"], [NFT, "list", "ruleset"]]
+    return "\n".join(subprocess.run(argv, capture_output=True, text=True, check=True).stdout for argv in views)
+
+
+def test_the_host_namespace_is_left_alone(dmz_topology: Topology) -> None:  # noqa: F811
+    """While the topology exists, none of its addresses, links or rules shows in the host namespace."""
+    host = _host_view()
+    assert "10.231." not in host
+    assert FIREWALL_TABLE not in host
+    for role in ROLES:
+        for line in dmz_topology.run(role, [IP, "-o", "link"], check=True, python=False).stdout.splitlines():
+            interface = line.split(":")[1].strip().split("@")[0]
+            if interface != "lo":
+                assert f" {interface}:" not in host and f" {interface}@" not in host, interface
+    # and its own namespaces do have them (the check above can fail)
+    assert "10.231.2.1/30" in dmz_topology.run("internal", [IP, "-o", "addr"], python=False).stdout
+    assert FIREWALL_TABLE in dmz_topology.run("internal", [NFT, "list", "ruleset"], python=False).stdout
 
 
 def test_leftovers_of_dead_runs_are_removed(dmz_topology: Topology) -> None:  # noqa: F811
