@@ -302,7 +302,7 @@ class BackendProcess(NsProcess):
             for line in self.record.read_text().splitlines():
                 with contextlib.suppress(ValueError):
                     event = json.loads(line)
-                    merged.setdefault(event["id"], {}).update(event)
+                    merged.setdefault(event["id"], {"received": 0, "sent": 0, "closed": False}).update(event)
         return [merged[key] for key in sorted(merged)]
 
     def wait_connections(self, count: int = 1, timeout: float = 10.0) -> list[dict[str, Any]]:
@@ -314,6 +314,17 @@ class BackendProcess(NsProcess):
                 return seen
             if time.monotonic() > deadline:
                 raise TimeoutError(f"back end saw {len(seen)} of {count} connection(s):\n{self.log()[-2000:]}")
+            time.sleep(0.02)
+
+    def wait_closed(self, count: int = 1, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """Wait until ``count`` connections have ended: their ``received``/``sent`` are then final."""
+        deadline = time.monotonic() + timeout
+        while True:
+            ended = [c for c in self.connections() if c["closed"]]
+            if len(ended) >= count:
+                return ended
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(ended)} of {count} back-end connection(s) ended:\n{self.log()[-2000:]}")
             time.sleep(0.02)
 
 

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -123,31 +123,42 @@ def test_no_namespace_forwards(dmz_topology: Topology) -> None:  # noqa: F811
 
 
 def test_a_slow_reader_stalls_the_backend_flood(dmz_topology: Topology) -> None:  # noqa: F811
-    """The back end's ``sent`` count shows backpressure: a reader that never reads holds it far below the flood."""
+    """The back end's ``sent`` count shows backpressure: a reader that never reads holds it far below the flood,
+    and reading lets it move on."""
     flood = 64 * 1024 * 1024
-    backend = dmz_topology.backend_echo(7002, flood=flood)
+    backend = dmz_topology.backend_echo(flood=flood)
     try:
         sock = dmz_topology.socket("internal")
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
-        sock.settimeout(3)
+        sock.settimeout(5)
         with sock:
-            sock.connect((dmz_topology.addr("backend"), 7002))
+            sock.connect((backend.host, backend.port))
             sock.sendall(b"hello")
             backend.wait_connections(1)
-            time.sleep(0.4)
-            stalled = backend.connections()[0]["sent"]
-            time.sleep(0.3)
-            assert backend.connections()[0]["sent"] == stalled < flood // 4
-            sock.settimeout(5)
+            stalled = _steady(lambda: backend.connections()[0]["sent"])
+            assert stalled < flood // 4
             drained = 0
-            while drained < 8 * 1024 * 1024:
-                drained += len(sock.recv(1 << 20))
-        deadline = time.monotonic() + 3
-        while backend.connections()[0]["sent"] <= stalled and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert backend.connections()[0]["sent"] > stalled  # reading lets it move on
+            while drained < stalled + 4 * 1024 * 1024:
+                data = sock.recv(1 << 20)
+                assert data, "the back end closed early"
+                drained += len(data)
+        final = backend.wait_closed(1)[0]  # its last counts
+        assert final["sent"] >= drained > stalled
     finally:
         backend.stop()
+
+
+def _steady(read: Callable[[], int], period: float = 0.3, timeout: float = 10.0) -> int:
+    """The value ``read`` returns once it stays the same for ``period`` seconds."""
+    deadline = time.monotonic() + timeout
+    last = read()
+    while time.monotonic() < deadline:
+        time.sleep(period)
+        value = read()
+        if value == last:
+            return value
+        last = value
+    raise AssertionError(f"still changing after {timeout} s: {last}")
 
 
 def test_namespace_processes_run_this_checkout(dmz_topology: Topology) -> None:  # noqa: F811
