@@ -571,11 +571,30 @@ class Topology:
             raise RuntimeError(f"{argv} in {ns} failed ({result.returncode}):\n{result.stdout}{result.stderr}")
         return result
 
-    def gateway(self, ns: str, config: Path, *args: str, grace: float = 2.0) -> GatewayProcess:
-        """``python -m wsgate run CONFIG`` inside ``ns`` (cwd: the config's folder); call ``.listening()``
-        to wait for its listeners."""
-        argv = [sys.executable, "-m", "wsgate", "run", str(config), "--grace", str(grace), *args]
-        process = GatewayProcess(self, ns, argv, self._log_path(ns, f"gateway-{config.stem}"), cwd=str(config.parent))
+    def properties(self) -> dict[str, str]:
+        """The topology's addresses as config properties (``${netns.dmz}`` …), which ``gateway`` passes to every
+        gateway: netns.client, netns.dmz (the DMZ's address for clients), netns.dmz.tunnel (the DMZ's address
+        for the internal gateway), netns.internal, netns.internal.backend (internal's address towards the back
+        end), netns.backend."""
+        return {
+            "netns.client": self.addr("client"),
+            "netns.dmz": self.addr("dmz"),
+            "netns.dmz.tunnel": self.addr("dmz", facing="internal"),
+            "netns.internal": self.addr("internal"),
+            "netns.internal.backend": self.addr("internal", facing="backend"),
+            "netns.backend": self.addr("backend"),
+        }
+
+    def gateway(
+        self, ns: str, config: Path, *args: str, grace: float = 2.0, properties: dict[str, str] | None = None
+    ) -> GatewayProcess:
+        """``python -m wsgate run CONFIG -D …`` inside ``ns`` (cwd: the config's folder), with ``properties()``
+        and then ``properties`` given as ``-D NAME=VALUE``; call ``.listening()`` to wait for its listeners."""
+        defined = {**self.properties(), **(properties or {})}
+        argv = [sys.executable, "-m", "wsgate", "run", str(config), "--grace", str(grace)]
+        argv += [f"--property={name}={value}" for name, value in defined.items()]
+        process = GatewayProcess(self, ns, [*argv, *args], self._log_path(ns, f"gateway-{config.stem}"))
+        process.kw["cwd"] = str(config.parent)
         self.processes.append(process.start())
         return process
 

@@ -175,7 +175,7 @@ def test_gateway_in_the_dmz_serves_the_client_and_restarts(dmz_topology: Topolog
     dmz = dmz_topology.addr("dmz")
     config = tls_files["ca"].parent / "dmz-echo.yaml"
     config.write_text(
-        f"service:\n  - name: echo\n    accept: wss://{dmz}:9443/echo\n    type: echo\n"
+        "service:\n  - name: echo\n    accept: wss://${netns.dmz}:9443/echo\n    type: echo\n"
         "security:\n  keystore:\n    type: PEM\n    file: dmz.pem\n"
         "  truststore:\n    type: PEM\n    file: ca.pem\n"
     )
