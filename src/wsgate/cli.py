@@ -451,6 +451,15 @@ async def _serve(
     if ready is not None:  # before the "ready at" lines: whoever reads them may already rely on it
         ready()
     for service in gateway.config.services:
+        if (tunnel := service.accept_options.tunnel) is not None:  # no listener: it dials out (docs/dmz.md)
+            log.info(
+                "service[%s] (%s) accepts %s through tunnels to %s",
+                service.name,
+                service.type,
+                service.accepts[0],
+                tunnel.rendezvous,
+            )
+            continue
         for index, uri in enumerate(service.accepts):
             log.info(
                 "service[%s] (%s) ready at %s (port %d)",

@@ -370,6 +370,7 @@ class InternalProxy(ProxyService):
         self.dial_failures = 0
         self.stopping = False
         self.failure_lines = 0
+        self.announced = False  # "tunnels ready" logged since the last loss
 
     async def start(self) -> None:
         await super().start()
@@ -428,6 +429,7 @@ class InternalProxy(ProxyService):
                 channel = await self.tunnels.dial(self.key_name, tunnel_id)
             except BackendError as exc:
                 self.dial_failures += 1
+                self.announced = False
                 if metrics is not None:
                     metrics.tunnel_dials.labels(self.name, "failed").inc()
                 delay = next_backoff(delay, self.tunnel.retry_max)
@@ -442,6 +444,9 @@ class InternalProxy(ProxyService):
                 metrics.tunnel_dials.labels(self.name, "ok").inc()
             self.idle[tunnel_id] = channel
             self._gauges()
+            if len(self.idle) >= self.prepared and not self.announced:
+                self.announced = True  # once per outage: the operator sees the pool is back
+                log.info("service[%s]: %d tunnel(s) ready to %s", self.name, len(self.idle), self.tunnel.rendezvous)
             try:
                 first = await channel.receive()
             except asyncio.CancelledError:
@@ -451,6 +456,7 @@ class InternalProxy(ProxyService):
                 self.idle.pop(tunnel_id, None)
                 self._gauges()
             if first is None:  # the DMZ gateway closed it or went away: dial again
+                self.announced = False
                 if not self.stopping:
                     self.redials += 1
                     if metrics is not None:
