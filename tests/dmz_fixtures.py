@@ -58,6 +58,11 @@ service:
       tunnel.assertion.key: dmz-private.pem
     properties:
       connect.strategy: prepared
+  - name: admin
+    accept: http://127.0.0.1:0/admin
+    type: management
+    properties:
+      insecure: true
 security:
   keystore:
     type: PEM
@@ -93,6 +98,11 @@ service:
     properties:
       prepared.connection.count: {prepared}
       identity.injection: line
+  - name: admin
+    accept: http://127.0.0.1:0/admin
+    type: management
+    properties:
+      insecure: true
 security:
   keystore:
     type: PEM
@@ -154,6 +164,10 @@ class Pair:
     def internal_handler(self) -> Any:
         assert self.internal is not None
         return self.internal.deployment.services["internal-app"]
+
+    def admin(self, gateway: Gateway | None) -> str:
+        assert gateway is not None
+        return f"http://127.0.0.1:{gateway.port_of('admin')}/admin"
 
     def url(self) -> str:
         assert self.dmz is not None

@@ -164,6 +164,7 @@ def test_the_documented_configs_load(tmp_path: Path) -> None:
     kaazing_dmz = load_config(EXAMPLES / "dmz" / "dmz-gateway-config.xml")
     assert kaazing_dmz.service("DMZ App1").connect_options.tunnel is not None
     assert any("prepared.connection.count" in w for w in kaazing_dmz.warnings)
+    assert any("ws.inactivity.timeout: no effect on the DMZ end" in w for w in kaazing_dmz.warnings)
 
 
 BASE = """
@@ -262,6 +263,17 @@ async def test_a_valid_user_reaches_the_back_end_with_its_identity(dmz_pair) -> 
         assert pair.pool().in_use == 1
         metrics = pair.dmz.runtime.metrics.exposition().decode()  # type: ignore[union-attr]
         assert 'wsgate_tunnel_in_use{service="dmz-app"} 1.0' in metrics
+        # the management API of both: pools, and which tunnel carries which session
+        async with http.get(pair.admin(pair.dmz) + "/api/tunnels") as response:
+            (dmz_view,) = await response.json()
+        assert (dmz_view["side"], dmz_view["ready"], dmz_view["in_use"]) == ("dmz", 2, 1)
+        async with http.get(pair.admin(pair.internal) + "/api/tunnels") as response:
+            (internal_view,) = await response.json()
+        assert (internal_view["side"], internal_view["in_use"], internal_view["uri"]) == ("internal", 1, SERVICE_URI)
+        for gateway, service in ((pair.dmz, "dmz-app"), (pair.internal, "internal-app")):
+            async with http.get(pair.admin(gateway) + "/api/sessions") as response:
+                (session,) = [s for s in await response.json() if s["service"] == service]
+            assert (session["transport"], session["tunnel"]) == ("tunnel", inner.tunnel)
 
 
 async def test_wrong_password_is_refused_at_the_edge_without_a_tunnel(dmz_pair) -> None:  # type: ignore[no-untyped-def]
@@ -373,3 +385,16 @@ async def test_a_slow_client_stalls_only_its_own_tunnel(dmz_pair) -> None:  # ty
             assert await _talk(pair.url(), JOE, "quick") == (101, "quick")
             assert time.monotonic() - started < 2.0
             await pair.ready(1)
+
+
+def test_dmz_keys_writes_a_pair_that_signs_and_verifies(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from wsgate.cli import main
+    from wsgate.security.assertion import load_private_key, load_public_key
+
+    assert main(["dmz-keys", str(tmp_path)]) == 0
+    private, public = tmp_path / "dmz-assertion.key", tmp_path / "dmz-assertion.pub"
+    assert private.stat().st_mode & 0o077 == 0  # the private key is the owner's only
+    check = AssertionVerifier(load_public_key(public), audience="wsgate-internal")
+    assert check.verify(token(load_private_key(private)), SERVICE_URI, now=NOW).subject == "joe"
+    assert main(["dmz-keys", str(tmp_path)]) == 2  # never overwrites
+    assert "not overwritten" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""``wsgate`` command line: ``run``, ``check-config``, ``default-config``, ``dev-certs``, ``hash-password``."""
+"""``wsgate`` command line: ``run``, ``check-config``, ``default-config``, ``dev-certs``, ``hash-password``,
+``dmz-keys``."""
 
 from __future__ import annotations
 
@@ -60,6 +61,8 @@ def _command(args: argparse.Namespace) -> int:
         return _dev_certs(args)
     if args.command == "hash-password":
         return _hash_password(args.stdin)
+    if args.command == "dmz-keys":
+        return _dmz_keys(Path(args.directory), args.name)
     configure_logging(args.log_level, args.log_format)
     overrides = {**properties_from_env(os.environ), **_properties(args.property)}
     path = args.config
@@ -150,6 +153,14 @@ def _parser() -> argparse.ArgumentParser:
     hashing.add_argument(
         "--stdin", action="store_true", help="read the password from standard input instead of prompting"
     )
+    keys = commands.add_parser(
+        "dmz-keys",
+        help="an Ed25519 key pair for a layered DMZ's identity assertions (docs/dmz.md)",
+        description="Write NAME.key (private: the DMZ gateway's tunnel.assertion.key, mode 0600) and NAME.pub "
+        "(public: the internal gateway's tunnel.assertion.public-key). Existing files are never overwritten.",
+    )
+    keys.add_argument("directory", help="the folder to write to (created)")
+    keys.add_argument("--name", default="dmz-assertion", help="file name stem (default dmz-assertion)")
     check = commands.add_parser("check-config", help="validate a config without binding any port")
     check.add_argument("config", help="gateway-config.xml or YAML config")
     check.add_argument(
@@ -206,6 +217,25 @@ def _dev_certs(args: argparse.Namespace) -> int:
     print(f"  keystore: {{type: {store}, file: {made.keystore}{password}}}")
     print("  truststore: {type: PEM, file: truststore.pem}   # client certificates for ssl.verify-client")
     print(f"clients trust {folder / 'dev-ca.pem'} (wsgate-client --cacert, curl --cacert, a browser's authorities)")
+    return 0
+
+
+def _dmz_keys(folder: Path, name: str) -> int:
+    from .security.assertion import generate_key_pair
+
+    private_path, public_path = folder / f"{name}.key", folder / f"{name}.pub"
+    for path in (private_path, public_path):
+        if path.exists():
+            print(f"wsgate: {path} exists; not overwritten (remove it or choose another --name)", file=sys.stderr)
+            return 2
+    folder.mkdir(parents=True, exist_ok=True)
+    private, public = generate_key_pair()
+    descriptor = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "wb") as file:
+        file.write(private)
+    public_path.write_bytes(public)
+    print(f"wrote {private_path} (DMZ gateway: connect-options tunnel.assertion.key; keep it secret)")
+    print(f"wrote {public_path} (internal gateway: accept-options tunnel.assertion.public-key)")
     return 0
 
 
@@ -286,16 +316,29 @@ def _check(config: GatewayConfig, resolve: bool = True) -> int:
 def describe_service(service: Service) -> list[str]:
     """What an operator must see before going live: where, who may connect, from which pages."""
     accepts = ", ".join(str(u) for u in service.accepts)
-    return [
+    if (inward := service.accept_options.tunnel) is not None:  # the internal end of a DMZ tunnel (docs/dmz.md)
+        return [
+            f"service[{service.name}] ({service.type}): {accepts}",
+            f"  accepts: no listener; tunnels dialled out to {inward.rendezvous} (mTLS)",
+            f"  identity: asserted by the DMZ gateway, verified with {inward.key_file.name} (audience "
+            f"{inward.audience})",
+            f"  required roles: {_required_roles(service)}",
+        ]
+    lines = [
         f"service[{service.name}] ({service.type}): {accepts}",
         f"  realm: {service.realm_name or 'none (no authentication)'}",
         f"  required roles: {_required_roles(service)}",
         f"  origins: {_origin_policy(service)}",
     ]
+    if (outward := service.connect_options.tunnel) is not None:
+        lines.append(
+            f"  back end: tunnels from the internal gateway at {outward.rendezvous} (client certificate required)"
+        )
+    return lines
 
 
 def _required_roles(service: Service) -> str:
-    if not service.realm_name:
+    if not service.realm_name and service.accept_options.tunnel is None:
         return "none"
     roles = sorted({r for c in service.authorization_constraints for r in c.require_roles if r != "*"})
     return ", ".join(roles) + " (all of them)" if roles else "any authenticated user"

@@ -610,6 +610,12 @@ class Builder:
                 "Enterprise Shield); for a plain-text back end connect with tcp:// or ws://",
             )
         self.warn_dropped_protocols(values)
+        if tunnel is not None and (item := values.get("ws.inactivity.timeout")) is not None:
+            self.warn(
+                item[1],
+                "no effect on the DMZ end: the internal gateway's accept-options ws.inactivity.timeout pings the "
+                "tunnels",
+            )
         tls = m.TlsOptions(**self.read_options(values, CONNECT_TLS_OPTIONS))
         options = m.ConnectOptions(tls=tls, tunnel=tunnel, **self.read_options(values, CONNECT_OPTIONS))
         self.leftover_options(values, "connect-options", CONNECT_OPTION_NAMES)
@@ -661,6 +667,12 @@ class Builder:
             key_file = self.file_path(key_item[0])
             if not key_file.is_file():
                 self.fail(key_item[1], f"{key_file}: no such file (wsgate dmz-keys writes a key pair)")
+        elsewhere = {
+            "connect": ("socks.retry.maximum.interval", "the internal gateway dials the tunnels"),
+            "accept": ("socks.timeout", "the DMZ gateway waits for the tunnels' answers"),
+        }[side]
+        if (item := items.get(elsewhere[0])) is not None:
+            self.warn(item[1], f"no effect on this end: {elsewhere[1]}; set it there")
         fields: dict[str, Any] = {}
         for name, (field_name, parser) in TUNNEL_SETTINGS.items():
             if (item := items.pop(name, None)) is not None:

@@ -156,6 +156,7 @@ class DmzPool:
     def view(self) -> dict[str, object]:
         """For the management API: pool size, in use, and the ids of the ready tunnels."""
         return {
+            "service": self.name,
             "side": "dmz",
             "ready": len(self.idle),
             "in_use": self.in_use,
@@ -376,6 +377,7 @@ class InternalProxy(ProxyService):
         await super().start()
         self.tunnels.start()
         self.stopping = False
+        self.runtime.tunnels[f"internal {self.key_name}"] = self  # for the management API's /api/tunnels
         for _ in range(self.prepared):
             self.spawn_slot()
 
@@ -400,6 +402,8 @@ class InternalProxy(ProxyService):
         if slots:
             await asyncio.wait(slots, timeout=5.0)
         await self.tunnels.close()
+        if self.runtime.tunnels.get(f"internal {self.key_name}") is self:
+            del self.runtime.tunnels[f"internal {self.key_name}"]
         await super().stop()
 
     def _gauges(self) -> None:
@@ -410,7 +414,9 @@ class InternalProxy(ProxyService):
 
     def view(self) -> dict[str, object]:
         return {
+            "service": self.name,
             "side": "internal",
+            "dmz": self.tunnel.rendezvous.raw,
             "prepared": self.prepared,
             "ready": len(self.idle),
             "in_use": self.in_use,
