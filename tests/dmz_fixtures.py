@@ -56,6 +56,7 @@ service:
       socks.timeout: 2 seconds
       ssl.verify-client: required
       tunnel.assertion.key: dmz-private.pem
+      tunnel.peer: internal-gateway
     properties:
       connect.strategy: prepared
   - name: admin
@@ -169,6 +170,9 @@ class Pair:
         assert gateway is not None
         return f"http://127.0.0.1:{gateway.port_of('admin')}/admin"
 
+    def tunnel_url(self) -> str:
+        return f"wss://127.0.0.1:{self.values['tunnel_port']}/shield"
+
     def url(self) -> str:
         assert self.dmz is not None
         return f"ws://127.0.0.1:{self.dmz.port_of('dmz-app')}/app"
@@ -201,7 +205,7 @@ def write_material(folder: Path, ca: trustme.CA) -> None:
     ca.issue_cert("127.0.0.1", "localhost").private_key_and_cert_chain_pem.write_to_path(
         str(folder / "dmz-keystore.pem")
     )
-    ca.issue_cert("internal-gateway.test").private_key_and_cert_chain_pem.write_to_path(
+    ca.issue_cert("internal-gateway.test", common_name="internal-gateway").private_key_and_cert_chain_pem.write_to_path(
         str(folder / "internal-keystore.pem")
     )
     ca.cert_pem.write_to_path(str(folder / "truststore.pem"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import ssl
 import time
 from pathlib import Path
 
@@ -285,6 +286,25 @@ async def test_wrong_password_is_refused_at_the_edge_without_a_tunnel(dmz_pair) 
     assert status == 401
     assert (pair.pool().accepted, len(pair.pool().idle), pair.pool().in_use) == (*before, 0)
     assert pair.backend.connections == 0
+
+
+async def test_only_the_named_internal_gateway_may_carry_tunnels(dmz_pair, ca) -> None:  # type: ignore[no-untyped-def]
+    """A certificate the DMZ's truststore accepts but tunnel.peer does not name cannot offer tunnels."""
+    pair: Pair = await dmz_pair(prepared=1)
+    intruder = ca.issue_cert("intruder.test", common_name="intruder")
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    ca.configure_trust(context)
+    intruder.configure_cert(context)
+    headers = {"Wsgate-Tunnel": SERVICE_URI, "Wsgate-Tunnel-Id": "intruder"}
+    async with aiohttp.ClientSession() as http:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await http.ws_connect(pair.tunnel_url(), ssl=context, headers=headers)
+        assert refused.value.status == 403
+        no_cert = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+        ca.configure_trust(no_cert)
+        with pytest.raises((aiohttp.ClientError, OSError)):  # no certificate: the TLS handshake fails
+            await http.ws_connect(pair.tunnel_url(), ssl=no_cert, headers=headers)
+    assert pair.pool().accepted == 1 and [t.id for t in pair.pool().idle] != ["intruder"]
 
 
 async def test_the_internal_constraint_refuses_a_role_the_dmz_accepted(dmz_pair) -> None:  # type: ignore[no-untyped-def]

@@ -223,6 +223,7 @@ TUNNEL_SETTINGS: Mapping[str, tuple[str, Callable[[str], Any]]] = {
     "tunnel.audience": ("audience", str.strip),
     "tunnel.issuer": ("issuer", str.strip),
     "tunnel.client-certificate": ("client_certificate", str.strip),
+    "tunnel.peer": ("peers", parse_csv),
 }
 TUNNEL_OPTIONS = frozenset(
     {
@@ -667,6 +668,12 @@ class Builder:
             key_file = self.file_path(key_item[0])
             if not key_file.is_file():
                 self.fail(key_item[1], f"{key_file}: no such file (wsgate dmz-keys writes a key pair)")
+        if side == "accept" and (item := items.pop("tunnel.peer", None)) is not None:
+            self.fail(
+                item[1],
+                "belongs in the DMZ end's connect-options; this end checks the DMZ gateway's certificate against "
+                "the truststore and the host name of socks.transport",
+            )
         elsewhere = {
             "connect": ("socks.retry.maximum.interval", "the internal gateway dials the tunnels"),
             "accept": ("socks.timeout", "the DMZ gateway waits for the tunnels' answers"),
@@ -1120,6 +1127,12 @@ def check_tunnels(services: tuple[m.Service, ...], security: m.Security, builder
                     f"{path}/properties/prepared.connection.count",
                     "the internal gateway keeps the tunnels ready (it dials out): set prepared.connection.count on "
                     "its service; here it has no effect",
+                )
+            if not outward.peers:
+                builder.warn(
+                    f"{path}/connect-options",
+                    "any certificate the truststore accepts may carry this service's tunnels; name the internal "
+                    "gateway's certificate with tunnel.peer (its common name or sha256:<fingerprint>)",
                 )
             uri = outward.rendezvous
             key = (uri.host, uri.port, uri.path.rstrip("/") or "/")

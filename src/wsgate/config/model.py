@@ -60,6 +60,9 @@ class Tunnel:
     audience: str = "wsgate-internal"  # tunnel.audience: the assertion's aud, the internal gateway's own name
     issuer: str = "wsgate-dmz"  # tunnel.issuer: the assertion's iss, the DMZ gateway's name
     client_certificate: str | None = None  # tunnel.client-certificate: keystore alias the internal side presents
+    # tunnel.peer (DMZ end): who may carry tunnels: the internal gateway certificate's common name(s), or
+    # "sha256:<hex>" fingerprints; (): any certificate the truststore accepts (check-config warns)
+    peers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -21,16 +21,20 @@ connection: a slow client stalls only its own tunnel.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import secrets
 from collections import deque
+
+from cryptography.x509.oid import NameOID
 
 from ..config.model import Service, TlsOptions, Tunnel
 from ..config.values import Uri
 from ..core.channel import Channel, Data
 from ..core.close import CloseCode, server_may_send
 from ..core.handshake import Accept, Handshake, Reply
+from ..core.peer import PeerIdentity
 from ..core.session import LiveSession
 from ..errors import BackendError, ConfigError
 from ..security.assertion import (
@@ -71,6 +75,18 @@ def identity_line(claims_json: dict[str, object]) -> bytes:
     return b"WSGATE-IDENTITY " + json.dumps(claims_json, separators=(",", ":"), sort_keys=True).encode() + b"\r\n"
 
 
+def peer_allowed(peer: PeerIdentity, peers: tuple[str, ...]) -> bool:
+    """Is the tunnel's client certificate one ``tunnel.peer`` names (common name, or ``sha256:`` fingerprint)?"""
+    names = {attribute.value for attribute in peer.name.get_attributes_for_oid(NameOID.COMMON_NAME)}
+    for wanted in peers:
+        if wanted.lower().startswith("sha256:"):
+            if hmac.compare_digest(wanted[7:].replace(":", "").lower(), peer.fingerprint_sha256):
+                return True
+        elif wanted in names:
+            return True
+    return False
+
+
 # -- the DMZ gateway -------------------------------------------------------------------------------
 
 
@@ -97,9 +113,10 @@ class DmzPool:
     (its close, a lost connection, a stray message) ends the tunnel.
     """
 
-    def __init__(self, name: str, runtime: Runtime) -> None:
+    def __init__(self, name: str, runtime: Runtime, peers: tuple[str, ...] = ()) -> None:
         self.name = name
         self.runtime = runtime
+        self.peers = peers  # tunnel.peer: who may carry these tunnels (empty: whom the truststore accepts)
         self.idle: deque[DmzTunnel] = deque()
         self.in_use = 0
         self.exhausted = 0
@@ -211,6 +228,16 @@ class TunnelEndpoint(WebSocketService):
         if not isinstance(pool, DmzPool) or handshake.peer is None:
             log.warning("service[%s]: tunnel for unknown service %r from %s refused", self.name, name, handshake.remote)
             return (), Reply.text(404, "Not Found\n")
+        if pool.peers and not peer_allowed(handshake.peer, pool.peers):
+            audit.info(
+                "tunnel refused",
+                service=pool.name,
+                remote=handshake.remote,
+                decision="denied",
+                status=403,
+                reason=f"certificate {handshake.peer.subject} is not a tunnel.peer",
+            )
+            return (), Reply.text(403, "Forbidden\n")
         return (), (pool, tunnel_id[:32])
 
     async def serve(self, session: LiveSession, channel: Channel) -> None:
@@ -248,6 +275,7 @@ class DmzProxy(ProxyService):
         pool = runtime.tunnels.get(self.key_name)
         if not isinstance(pool, DmzPool):
             pool = runtime.tunnels[self.key_name] = DmzPool(self.name, runtime)
+        pool.name, pool.peers = self.name, tunnel.peers  # a reload keeps the ready tunnels, takes the new rules
         self.pool: DmzPool = pool
 
     async def start(self) -> None:
