@@ -129,6 +129,15 @@ def test_bad_assertions_are_refused(key: Ed25519PrivateKey, case: str, reason: s
         check.verify(text, SERVICE_URI, now=NOW + 1)
 
 
+def test_during_a_rotation_both_pinned_keys_verify(key: Ed25519PrivateKey) -> None:
+    new = Ed25519PrivateKey.generate()
+    check = AssertionVerifier((key.public_key(), new.public_key()), audience="wsgate-internal")
+    assert check.verify(token(key), SERVICE_URI, now=NOW).subject == "joe"
+    assert check.verify(token(new), SERVICE_URI, now=NOW).subject == "joe"
+    with pytest.raises(AssertionRefused, match="bad signature"):
+        check.verify(token(Ed25519PrivateKey.generate()), SERVICE_URI, now=NOW)
+
+
 def test_replay_cache_forgets_only_what_can_no_longer_verify() -> None:
     cache = ReplayCache(capacity=2)
     assert cache.admit("a", 10.0, now=0.0) and cache.admit("b", 20.0, now=0.0)

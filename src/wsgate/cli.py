@@ -320,8 +320,8 @@ def describe_service(service: Service) -> list[str]:
         return [
             f"service[{service.name}] ({service.type}): {accepts}",
             f"  accepts: no listener; tunnels dialled out to {inward.rendezvous} (mTLS)",
-            f"  identity: asserted by the DMZ gateway, verified with {inward.key_file.name} (audience "
-            f"{inward.audience})",
+            f"  identity: asserted by the DMZ gateway, verified with "
+            f"{', '.join(f.name for f in inward.key_files)} (audience {inward.audience})",
             f"  required roles: {_required_roles(service)}",
         ]
     lines = [

@@ -660,14 +660,19 @@ class Builder:
             where = "accept-options (internal gateway)" if side == "connect" else "connect-options (DMZ gateway)"
             self.fail(item[1], f"belongs in {where}; this side takes {key_name}")
         key_item = items.pop(key_name, None)
-        key_file: Path | None = None
+        key_files: tuple[Path, ...] = ()
         if key_item is None:
             what = "Ed25519 private key (PEM) signing" if side == "connect" else "pinned Ed25519 public key (PEM) of"
             self.fail(f"{path}/{key_name}", f"required: the {what} the identity assertions (wsgate dmz-keys)")
         else:
-            key_file = self.file_path(key_item[0])
-            if not key_file.is_file():
-                self.fail(key_item[1], f"{key_file}: no such file (wsgate dmz-keys writes a key pair)")
+            key_files = tuple(self.file_path(name) for name in parse_csv(key_item[0]))
+            if side == "connect" and len(key_files) != 1:
+                self.fail(
+                    key_item[1], "one private key signs; during a rotation the internal end pins both public keys"
+                )
+            for key_file in key_files:
+                if not key_file.is_file():
+                    self.fail(key_item[1], f"{key_file}: no such file (wsgate dmz-keys writes a key pair)")
         if side == "accept" and (item := items.pop("tunnel.peer", None)) is not None:
             self.fail(
                 item[1],
@@ -692,9 +697,9 @@ class Builder:
                 "not supported in wsgate's tunnels: their TLS is the gateway's keystore and truststore, and "
                 "docs/dmz.md lists the options that map",
             )
-        if rendezvous is None or key_file is None:
+        if rendezvous is None or not key_files:
             return None
-        return m.Tunnel(rendezvous=rendezvous, key_file=key_file, **fields)
+        return m.Tunnel(rendezvous=rendezvous, key_files=key_files, **fields)
 
     def tunnel_transport(self, item: tuple[str, str] | None, address: Uri | None) -> Uri | None:
         """``socks.transport`` → the tunnel's wss:// URI (always TLS; default: the socks address, path /)."""

@@ -48,13 +48,13 @@ class Tunnel:
 
     On a DMZ gateway's proxy (``connect-options``) the gateway listens at ``rendezvous`` (mTLS, client
     certificate required) for the internal gateway's tunnels and signs an identity assertion with
-    ``key_file`` (Ed25519 private key); on the internal gateway's proxy (``accept-options``) nothing
+    ``key_files[0]`` (Ed25519 private key); on the internal gateway's proxy (``accept-options``) nothing
     listens: the gateway keeps tunnels dialled out to ``rendezvous`` and verifies every assertion with the
-    pinned public key ``key_file``.
+    pinned public key(s) ``key_files`` (two while a rotation is under way).
     """
 
     rendezvous: Uri  # wss://dmz-host:port/path: socks.transport (wsn+ssl:// and ssl:// become wss://)
-    key_file: Path  # tunnel.assertion.key (DMZ, private) or tunnel.assertion.public-key (internal)
+    key_files: tuple[Path, ...]  # tunnel.assertion.key (DMZ: one, private) or tunnel.assertion.public-key (internal)
     retry_max: float = 1.0  # socks.retry.maximum.interval: the longest wait between two dials (internal)
     timeout: float = 2.0  # socks.timeout: how long the DMZ waits for a ready tunnel and for the inward answer
     audience: str = "wsgate-internal"  # tunnel.audience: the assertion's aud, the internal gateway's own name

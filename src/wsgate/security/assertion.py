@@ -167,13 +167,13 @@ class AssertionVerifier:
 
     def __init__(
         self,
-        key: Ed25519PublicKey,
+        keys: Ed25519PublicKey | tuple[Ed25519PublicKey, ...],
         audience: str,
         issuer: str | None = None,
         replay: ReplayCache | None = None,
         leeway: float = LEEWAY,
     ) -> None:
-        self.key = key
+        self.keys = keys if isinstance(keys, tuple) else (keys,)  # two while the DMZ's key is rotated
         self.audience = audience
         self.issuer = issuer
         self.replay = replay if replay is not None else ReplayCache()
@@ -237,9 +237,17 @@ class AssertionVerifier:
             raise AssertionRefused("unexpected header parameters")
         try:
             signature = _unb64(parts[2])
-            self.key.verify(signature, f"{parts[0]}.{parts[1]}".encode())
-        except (InvalidSignature, ValueError):
+        except ValueError:
             raise AssertionRefused("bad signature") from None
+        signed = f"{parts[0]}.{parts[1]}".encode()
+        for key in self.keys:
+            try:
+                key.verify(signature, signed)
+                break
+            except InvalidSignature:
+                continue
+        else:
+            raise AssertionRefused("bad signature")
         try:
             claims = json.loads(_unb64(parts[1]))
         except ValueError:

@@ -269,7 +269,7 @@ class DmzProxy(ProxyService):
         self.liveness = None
         self.key_name = service_key(self.uri)
         try:
-            self.signing_key = load_private_key(tunnel.key_file)
+            self.signing_key = load_private_key(tunnel.key_files[0])
         except (OSError, ValueError) as exc:
             raise ConfigError(f"service[{self.name}]/connect-options/tunnel.assertion.key", str(exc)) from None
         pool = runtime.tunnels.get(self.key_name)
@@ -382,10 +382,10 @@ class InternalProxy(ProxyService):
         self.injection: str = config.setting("identity.injection", "none")
         path = f"service[{self.name}]/accept-options"
         try:
-            key = load_public_key(tunnel.key_file)
+            keys = tuple(load_public_key(key_file) for key_file in tunnel.key_files)
         except (OSError, ValueError) as exc:
             raise ConfigError(f"{path}/tunnel.assertion.public-key", str(exc)) from None
-        self.verifier = AssertionVerifier(key, audience=tunnel.audience, issuer=tunnel.issuer)
+        self.verifier = AssertionVerifier(keys, audience=tunnel.audience, issuer=tunnel.issuer)
         first = runtime.keys.keys[0].alias if runtime.keys and runtime.keys.keys else None
         alias = tunnel.client_certificate or first
         trusted = runtime.trust.trusted_pem if runtime.trust else None
