@@ -206,6 +206,8 @@ security:
         ("accept-options", {}, {"connect.strategy": "prepared"}, "'prepared' is the DMZ end's strategy"),
         (None, {}, {"prepared.connection.count": "2"}, "prepared connections are the tunnels"),
         (None, {"socks.mode": "reverse"}, {}, "needs http.transport socks://"),
+        (None, {}, {"identity.injection": "line"}, "identity.injection: injects the identity"),
+        ("accept-options", {"tunnel.peer": "dmz"}, {}, "tunnel.peer: belongs in the DMZ end's"),
     ],
 )
 def test_tunnel_config_errors_are_located(

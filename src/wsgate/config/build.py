@@ -1103,6 +1103,15 @@ def check_tunnels(services: tuple[m.Service, ...], security: m.Security, builder
         if service.type == TUNNEL_ENDPOINT_TYPE:
             builder.fail(f"{path}/type", "dmz.tunnel is made by wsgate from a proxy's connect-options; remove it")
             continue
+        injection = service.settings.get("identity.injection", "none")
+        if injection != "none" and (
+            inward is None or not service.connects or service.connects[0].scheme in ("ws", "wss")
+        ):
+            builder.fail(
+                f"{path}/properties/identity.injection",
+                "injects the identity a DMZ gateway asserted into a tcp:// or ssl:// back end: it needs "
+                "accept-options socks.mode reverse and such a connect URI",
+            )
         if inward is None and outward is None:
             if service.settings.get("connect.strategy") == "prepared":
                 builder.fail(
