@@ -370,6 +370,29 @@ async def test_an_exhausted_pool_answers_503_and_grows_back(dmz_pair) -> None:  
     assert await _talk(pair.url(), JOE) == (101, "hello")
 
 
+async def test_an_internal_gateway_that_does_not_answer_costs_one_tunnel_and_a_503(dmz_pair, ca) -> None:  # type: ignore[no-untyped-def]
+    """The test plays the internal gateway: its tunnel takes the open request and never answers."""
+    pair: Pair = await dmz_pair(prepared=1)
+    await asyncio.wait_for(pair.internal.stop(grace=1.0), 10.0)  # type: ignore[union-attr]
+    pair.internal = None
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    ca.configure_trust(context)
+    ca.issue_cert("mute.test", common_name="internal-gateway").configure_cert(context)
+    headers = {"Wsgate-Tunnel": SERVICE_URI, "Wsgate-Tunnel-Id": "mute"}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(pair.tunnel_url(), ssl=context, headers=headers) as mute,
+    ):
+        await pair.ready(1)
+        started = time.monotonic()
+        status, retry_after = await _talk(pair.url(), JOE)
+        assert (status, retry_after) == (503, "1")
+        assert 1.5 < time.monotonic() - started < 4.0  # socks.timeout: 2 seconds
+        assert json.loads((await mute.receive()).data)["type"] == "open"  # it was asked
+        assert (await asyncio.wait_for(mute.receive(), 5.0)).type is aiohttp.WSMsgType.CLOSE  # and then dropped
+    assert (pair.pool().in_use, len(pair.pool().idle)) == (0, 0)
+
+
 async def test_a_restarted_dmz_gets_its_tunnels_back_within_seconds(dmz_pair) -> None:  # type: ignore[no-untyped-def]
     pair: Pair = await dmz_pair(prepared=3)
     await asyncio.wait_for(pair.dmz.stop(grace=1.0), 10.0)  # type: ignore[union-attr]

@@ -160,6 +160,9 @@ class DmzPool:
         return None
 
     def release(self, tunnel: DmzTunnel) -> None:
+        """A claimed tunnel is spent (once: a second release of the same tunnel changes nothing)."""
+        if tunnel.done.done():
+            return
         self.in_use -= 1
         tunnel.finish()
         self._gauges()
@@ -292,6 +295,15 @@ class DmzProxy(ProxyService):
                 self.runtime.metrics.tunnel_exhausted.labels(self.name).inc()
             log.warning("service[%s]: no ready tunnel for %s; 503", self.name, handshake.remote)
             return (), Reply.text(503, "Service Unavailable\n", (("Retry-After", RETRY_AFTER),))
+        try:
+            return await self.ask(tunnel, handshake, accept)
+        except BaseException:  # the client's task was cancelled mid-question: the tunnel is spent, not leaked
+            tunnel.channel.close_soon(CloseCode.GOING_AWAY, "client gone", 1.0)
+            self.pool.release(tunnel)
+            raise
+
+    async def ask(self, tunnel: DmzTunnel, handshake: Handshake, accept: Accept) -> tuple[tuple[str, ...], object]:
+        """Send the assertion over ``tunnel`` and turn the internal gateway's answer into the upgrade's."""
         assertion = sign(
             self.signing_key,
             issuer=self.tunnel.issuer,
@@ -315,13 +327,15 @@ class DmzProxy(ProxyService):
             protocol = answer.get("protocol")
             chosen = protocol if isinstance(protocol, str) and protocol in offered else None
             return ((chosen,) if chosen else ()), TunnelBackend(self.pool, tunnel, chosen)
-        backend = TunnelBackend(self.pool, tunnel, None)
+        # The tunnel is spent either way; its close runs on its own (an internal end that does not answer must
+        # not delay the client's answer), aborted if the other end does not take it within a second.
+        spent = CloseCode.NORMAL if kind in ("unavailable", "refused") else CloseCode.PROTOCOL_ERROR
+        tunnel.channel.close_soon(spent, "", 1.0)
+        self.pool.release(tunnel)
         if answer is not None and kind == "unavailable":
             code = answer.get("code")
             close_code = code if isinstance(code, int) and code in (1011, 1014) else CloseCode.INTERNAL_ERROR
-            await backend.close(CloseCode.NORMAL, "")
             return (), BackendError("the internal gateway's back end is unavailable", close_code)
-        await backend.close(CloseCode.POLICY_VIOLATION if kind == "refused" else CloseCode.PROTOCOL_ERROR, "")
         if kind == "refused":
             audit.info(
                 "authentication denied",
@@ -501,6 +515,9 @@ class InternalProxy(ProxyService):
             self._gauges()
             try:
                 await self.carry(channel, tunnel_id, first)
+            except Exception:
+                log.exception("service[%s]: tunnel %s failed; closing it with 1011", self.name, tunnel_id)
+                await channel.close(CloseCode.INTERNAL_ERROR, "internal error")
             finally:
                 self.in_use -= 1
                 self._gauges()
