@@ -15,7 +15,14 @@ Use the session fixture ``dmz_topology`` (``from tests.netns import dmz_topology
 ``with Topology() as topology:`` in a script. Processes started in a namespace (``popen``, ``gateway``,
 ``backend_echo``) run the Python of this venv with ``PYTHONPATH=<this checkout>/src``, so a worktree's code is
 what runs; their output goes to files under ``topology.folder`` (``.log()``) for failure reports. Sockets can
-also be made in a namespace from the test process itself (``socket()``, ``connector()`` for aiohttp).
+also be made in a namespace from the test process itself (``socket()``, ``listen()``, ``connector()`` for aiohttp).
+
+The parts, for the DMZ tests: ``gateway(ns, config)`` (gets ``${netns.dmz}``, ``${netns.dmz.tunnel}``,
+``${netns.backend}`` … as properties; ``.listening()``, ``.wait_log()``, ``.stop()``, ``.kill()``,
+``.restart()``), ``backend_echo()`` (tcp or ws, optional TLS and flood; ``.connections()`` shows what reached
+it, an injected identity line or headers included), ``client_ws()`` / ``client_ws_background()`` (aiohttp in
+the client namespace, JSON result), ``dial()`` / ``can_connect()`` / ``wait_port()``, ``dropped_inbound()``,
+and ``write_tls(topology, ca, folder)`` for certificates naming the topology's addresses.
 """
 
 from __future__ import annotations
@@ -265,10 +272,18 @@ class BackendProcess(NsProcess):
     ``headers`` (the upgrade request's) and ``messages`` (the first 100, text)."""
 
     def __init__(
-        self, topology: Topology, ns: str, kind: str, port: int, flood: int, log_path: Path, **kw: Any
+        self,
+        topology: Topology,
+        ns: str,
+        kind: str,
+        port: int,
+        flood: int,
+        tls: Path | None,
+        log_path: Path,
+        **kw: Any,
     ) -> None:
         super().__init__(topology, ns, [], log_path, **kw)
-        self.kind, self.flood = kind, flood
+        self.kind, self.flood, self.tls = kind, flood, tls
         self.host = topology.addr(ns)
         self.port = port
         self.record = log_path.with_suffix(".jsonl")
@@ -283,6 +298,7 @@ class BackendProcess(NsProcess):
         until it listens."""
         script = str(TESTS / "netns_backend.py")
         self.argv = [sys.executable, script, self.kind, self.host, str(self.port), str(self.record), str(self.flood)]
+        self.argv.append(str(self.tls) if self.tls else "-")
         super().start()
         try:
             ready = self.wait_log(r"backend ready \w+ [\d.]+:(\d+)", timeout=10.0)
@@ -598,11 +614,14 @@ class Topology:
         self.processes.append(process.start())
         return process
 
-    def backend_echo(self, port: int = 0, kind: str = "tcp", flood: int = 0, ns: str = "backend") -> BackendProcess:
+    def backend_echo(
+        self, port: int = 0, kind: str = "tcp", flood: int = 0, tls: Path | None = None, ns: str = "backend"
+    ) -> BackendProcess:
         """An echo back end on ``addr(ns):port`` (port 0: a free one, then ``.port``), ``kind`` "tcp" or "ws",
         returned once it listens. ``flood``: bytes it also pushes to each connection as fast as the connection
-        takes them (a slow reader's backpressure shows as ``sent`` stalling)."""
-        process = BackendProcess(self, ns, kind, port, flood, self._log_path(ns, f"backend-{kind}"))
+        takes them (a slow reader's backpressure shows as ``sent`` stalling). ``tls``: a PEM with key and chain
+        (``write_tls(...)["backend"]``): TLS on that port (tls:// or wss:// for the gateway)."""
+        process = BackendProcess(self, ns, kind, port, flood, tls, self._log_path(ns, f"backend-{kind}"))
         self.processes.append(process)
         return process.start()
 

@@ -1,10 +1,11 @@
 """The back end of the layered-DMZ tests (started by tests/netns.py in the backend namespace).
 
-``python netns_backend.py KIND HOST PORT RECORD FLOOD``: KIND "tcp" echoes bytes, "ws" is an HTTP server whose
+``python netns_backend.py KIND HOST PORT RECORD FLOOD PEM``: KIND "tcp" echoes bytes, "ws" is an HTTP server whose
 WebSocket upgrade echoes messages (plain requests get their own headers back as JSON). Every connection appends
 JSON events to RECORD (id, peer, first bytes or the upgrade's path and headers, received/sent counts while they
 change, closed), which the test reads to see what reached the back end — an identity the gateway propagated
-included. FLOOD > 0: also push that many bytes to each connection as fast as it takes them.
+included. FLOOD > 0: also push that many bytes to each connection as fast as it takes them. PEM (key and chain)
+or "-": TLS on the port, or not.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import ssl
 import sys
 from typing import Any
 
@@ -52,7 +54,7 @@ class Counts:
         self.record.write(id=self.id, received=self.received, sent=self.sent, closed=True)
 
 
-async def tcp(host: str, port: int, record: Record, flood: int) -> None:
+async def tcp(host: str, port: int, record: Record, flood: int, tls: ssl.SSLContext | None) -> None:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         ident = next(record.ids)
         peer = writer.get_extra_info("peername")
@@ -78,7 +80,7 @@ async def tcp(host: str, port: int, record: Record, flood: int) -> None:
                 writer.write(data)
                 await writer.drain()
                 counts.sent += len(data)
-        except ConnectionError:
+        except (ConnectionError, ssl.SSLError):
             pass
         finally:
             if pusher:
@@ -86,13 +88,13 @@ async def tcp(host: str, port: int, record: Record, flood: int) -> None:
             counts.close()
             writer.close()
 
-    server = await asyncio.start_server(handle, host, port)
+    server = await asyncio.start_server(handle, host, port, ssl=tls)
     print(f"backend ready tcp {host}:{server.sockets[0].getsockname()[1]}", flush=True)
     async with server:
         await server.serve_forever()
 
 
-async def ws(host: str, port: int, record: Record, flood: int) -> None:
+async def ws(host: str, port: int, record: Record, flood: int, tls: ssl.SSLContext | None) -> None:
     async def handle(request: web.Request) -> web.StreamResponse:
         ident = next(record.ids)
         record.write(id=ident, peer=str(request.remote), path=request.path_qs, headers=dict(request.headers))
@@ -132,15 +134,19 @@ async def ws(host: str, port: int, record: Record, flood: int) -> None:
     app.router.add_route("*", "/{tail:.*}", handle)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    await web.TCPSite(runner, host, port, ssl_context=tls).start()
     print(f"backend ready ws {host}:{runner.addresses[0][1]}", flush=True)
     await asyncio.Event().wait()
 
 
 def main() -> None:
-    kind, host, port, path, flood = sys.argv[1:6]
+    kind, host, port, path, flood, pem = sys.argv[1:7]
+    tls = None
+    if pem != "-":
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(pem)
     serve = {"tcp": tcp, "ws": ws}[kind]
-    asyncio.run(serve(host, int(port), Record(path), int(flood)))
+    asyncio.run(serve(host, int(port), Record(path), int(flood), tls))
 
 
 if __name__ == "__main__":

@@ -161,6 +161,18 @@ def _steady(read: Callable[[], int], period: float = 0.3, timeout: float = 10.0)
     raise AssertionError(f"still changing after {timeout} s: {last}")
 
 
+def test_a_tls_backend_with_the_topology_certificates(dmz_topology: Topology, tls_files: dict[str, Path]) -> None:  # noqa: F811
+    backend = dmz_topology.backend_echo(kind="ws", tls=tls_files["backend"])
+    try:
+        url = f"wss://{backend.address}/secure"
+        result = dmz_topology.client_ws(url, ca=tls_files["ca"], send=["over tls"], expect=1, ns="internal")
+        assert result["messages"] == ["over tls"], result
+        result = dmz_topology.client_ws(url, send=["x"], expect=1, ns="internal")  # the system CAs: refused
+        assert result["status"] is None and "certificate" in result["error"].lower(), result
+    finally:
+        backend.stop()
+
+
 def test_namespace_processes_run_this_checkout(dmz_topology: Topology) -> None:  # noqa: F811
     result = dmz_topology.run("internal", [sys.executable, "-c", "import wsgate; print(wsgate.__file__)"], check=True)
     assert Path(result.stdout.strip()).resolve().is_relative_to(SRC.resolve())
