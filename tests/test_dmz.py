@@ -452,3 +452,17 @@ def test_dmz_keys_writes_a_pair_that_signs_and_verifies(tmp_path: Path, capsys: 
     assert check.verify(token(load_private_key(private)), SERVICE_URI, now=NOW).subject == "joe"
     assert main(["dmz-keys", str(tmp_path)]) == 2  # never overwrites
     assert "not overwritten" in capsys.readouterr().err
+
+
+def test_check_config_explains_both_ends(capsys: pytest.CaptureFixture[str]) -> None:
+    from wsgate.cli import main
+
+    assert main(["check-config", str(EXAMPLES / "dmz" / "dmz-gateway.yaml"), "--no-resolve"]) == 0
+    out = capsys.readouterr().out
+    assert "back end: tunnels from the internal gateway at wss://dmz.example.net:1080/shield" in out
+    assert "(dmz.tunnel): wss://dmz.example.net:1080/shield" in out
+    assert "WARNING" not in out  # the tunnel listener is not "reachable without authentication": certificates
+    assert main(["check-config", str(EXAMPLES / "dmz" / "internal-gateway-config.xml"), "--no-resolve"]) == 0
+    out = capsys.readouterr().out
+    assert "accepts: no listener; tunnels dialled out to wss://dmz.example.net:1080/shield" in out
+    assert "required roles: none" in out  # this Kaazing service has no constraint: any signed assertion

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from .catalog import LOGIN_MODULES, load_config, load_default_config, service_type
 from .config import GatewayConfig, default_config_files, default_config_text, properties_from_env
+from .config.build import TUNNEL_ENDPOINT_TYPE
 from .config.model import Realm, Service
 from .errors import ConfigError, ConfigErrors, GatewayError, WorkerFailed
 from .observe.logs import configure_logging
@@ -324,6 +325,12 @@ def describe_service(service: Service) -> list[str]:
             f"{', '.join(f.name for f in inward.key_files)} (audience {inward.audience})",
             f"  required roles: {_required_roles(service)}",
         ]
+    if service.type == TUNNEL_ENDPOINT_TYPE:
+        return [
+            f"service[{service.name}] ({service.type}): {accepts}",
+            "  accepts: the internal gateway's tunnels only: a client certificate the truststore verifies (required)"
+            " and, where set, each tunnelled service's tunnel.peer",
+        ]
     lines = [
         f"service[{service.name}] ({service.type}): {accepts}",
         f"  realm: {service.realm_name or 'none (no authentication)'}",
@@ -338,6 +345,8 @@ def describe_service(service: Service) -> list[str]:
 
 
 def _required_roles(service: Service) -> str:
+    if service.accept_options.tunnel is not None and not service.authorization_constraints:
+        return "none (any assertion the pinned key signed)"
     if not service.realm_name and service.accept_options.tunnel is None:
         return "none"
     roles = sorted({r for c in service.authorization_constraints for r in c.require_roles if r != "*"})
@@ -365,7 +374,7 @@ def unauthenticated_warnings(config: GatewayConfig) -> list[str]:
                 f"{service.dropped_realm!r} has no authorization-constraint, and a 2014/09 or 2015/11 config drops "
                 "such a realm (as Kaazing does); add authorization-constraint require-role to protect it"
             )
-        elif not service.realm_name:
+        elif not service.realm_name and service.type != TUNNEL_ENDPOINT_TYPE:  # tunnels: client certificates
             warnings.append(
                 f"service[{service.name}] is reachable without authentication although the config defines "
                 f"realm(s) {', '.join(config.security.realms)}; add realm-name if it should be protected"
