@@ -53,7 +53,7 @@ from ..state.revocations import (
 from ..state.sessions import cookie_name
 from ..transport.endpoint import Endpoint
 from ..transport.http import reply_endpoint
-from ..transport.http_client import fetch_json
+from ..transport.http_client import HTTP, fetch_json
 from ..transport.listener import Listener, Route
 from ..transport.resource import resource_endpoint
 from ..transport.upgrade import websocket_endpoint
@@ -232,13 +232,18 @@ class Gateway:
         runtime = deployment.runtime
         for realm in config.security.realms.values():  # the names this config reads credentials from are masked in logs
             auth = realm.authentication
-            REDACTOR.add(auth.http_query_parameters, auth.http_headers, (*auth.http_cookies, cookie_name(realm.name)))
+            cookies = (
+                *auth.http_cookies,
+                cookie_name(realm.name),
+                cookie_name(realm.name) + "_oidc",
+            )  # and an OIDC sign-in's
+            REDACTOR.add(auth.http_query_parameters, auth.http_headers, cookies)
         for name, realm_plan in planned.realms.items():
             if current is not None and name in changes.realms_kept:
                 deployment.realms[name] = current.realms[name]  # its sessions and pools survive
                 continue
             try:
-                realm_runtime = RealmRuntime(realm_plan.config, planned.base_dir, fetch_json)
+                realm_runtime = RealmRuntime(realm_plan.config, planned.base_dir, fetch_json, HTTP)
             except ConfigError as exc:
                 errors.append(exc)
                 continue
