@@ -3,6 +3,7 @@
 And the docs examples (docs/examples/oidc.yaml, oidc-config.xml) signing in against the real provider.
 """
 
+# ruff: noqa: F811  (the oidc_provider fixture is imported, then used as a parameter)
 from __future__ import annotations
 
 import shutil
@@ -265,7 +266,7 @@ async def test_the_docs_examples_sign_in_with_a_real_provider(
     tmp_path: Path,
     ca,
     example: str,
-    oidc_provider: OidcProvider,  # noqa: F811
+    oidc_provider: OidcProvider,
 ) -> None:
     shutil.copytree(DOCS / "examples", tmp_path, dirs_exist_ok=True)
     make_stores(tmp_path, ca)  # the examples' keystore.p12 and truststore.pem, for this test's CA

@@ -6,6 +6,7 @@ form from the demo page, two protected services with that one sign-in, a token r
 a back-channel logout that closes the sockets, a second sign-in, and a refresh the provider refuses.
 """
 
+# ruff: noqa: F811  (the oidc_provider fixture is imported, then used as a parameter)
 from __future__ import annotations
 
 import asyncio
@@ -86,7 +87,7 @@ async def test_single_sign_on_in_chromium_follows_the_provider(
     tmp_path,
     ca,
     oidc_provider: OidcProvider,
-    caplog,  # noqa: F811
+    caplog,
 ) -> None:
     caplog.set_level(logging.INFO)
     oidc_provider.access_token_ttl = oidc_provider.id_token_ttl = 6

@@ -4,6 +4,7 @@ aiohttp's client plays the browser (a cookie jar, no redirects followed), so eac
 the callback can be driven directly: tampered state, replayed code, wrong nonce, wrong aud, foreign issuer.
 """
 
+# ruff: noqa: F811  (the oidc_provider fixture is imported, then used as a parameter)
 from __future__ import annotations
 
 import asyncio
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("pem_stores")
 
 
 @pytest.fixture
-async def site(start_gateway, tmp_path, oidc_provider: OidcProvider, ca, request) -> Site:  # noqa: F811
+async def site(start_gateway, tmp_path, oidc_provider: OidcProvider, ca, request) -> Site:
     oidc_provider.access_token_ttl = oidc_provider.id_token_ttl = 300
     client = "gw-" + re.sub(r"[^A-Za-z0-9]+", "-", request.node.name)[-40:]
     return await start_site(start_gateway, tmp_path, oidc_provider, client_ssl(ca), client, secret="s3cret-" + client)
@@ -53,7 +54,7 @@ async def closed(ws: aiohttp.ClientWebSocketResponse, within: float) -> tuple[in
 async def test_sign_in_opens_every_service_of_the_realm_and_keeps_tokens_server_side(
     site: Site,
     oidc_provider: OidcProvider,
-    caplog,  # noqa: F811
+    caplog,
 ) -> None:
     caplog.set_level(logging.INFO)
     name = user(oidc_provider, "ann")
@@ -89,7 +90,7 @@ async def test_sign_in_opens_every_service_of_the_realm_and_keeps_tokens_server_
     assert "oidc signed in" in logged
 
 
-async def test_callback_attacks_are_refused_alike(site: Site, oidc_provider: OidcProvider, caplog) -> None:  # noqa: F811
+async def test_callback_attacks_are_refused_alike(site: Site, oidc_provider: OidcProvider, caplog) -> None:
     caplog.set_level(logging.INFO, "wsgate.audit")
     name = user(oidc_provider, "bob")
     answers = {}
@@ -152,7 +153,7 @@ async def test_open_redirects_are_impossible(site: Site, target: str) -> None:
         assert "Location" not in response.headers
 
 
-async def test_bearer_tokens_from_the_provider_still_work(site: Site, oidc_provider: OidcProvider) -> None:  # noqa: F811
+async def test_bearer_tokens_from_the_provider_still_work(site: Site, oidc_provider: OidcProvider) -> None:
     name = user(oidc_provider, "cli")
     async with session(site) as http:
         await sign_in(http, site, name, "pw-" + name)
@@ -171,7 +172,7 @@ async def test_bearer_tokens_from_the_provider_still_work(site: Site, oidc_provi
 
 async def test_back_channel_logout_closes_live_sockets_within_a_second(
     site: Site,
-    oidc_provider: OidcProvider,  # noqa: F811
+    oidc_provider: OidcProvider,
 ) -> None:
     name = user(oidc_provider, "carl")
     async with session(site) as http:
@@ -207,7 +208,7 @@ async def test_back_channel_logout_closes_live_sockets_within_a_second(
     ],
     ids=lambda o: ",".join(o),
 )
-async def test_forged_logout_tokens_are_refused(site: Site, oidc_provider: OidcProvider, overrides) -> None:  # noqa: F811
+async def test_forged_logout_tokens_are_refused(site: Site, oidc_provider: OidcProvider, overrides) -> None:
     name = user(oidc_provider, "dana")
     async with session(site) as http:
         await sign_in(http, site, name, "pw-" + name)
@@ -222,7 +223,7 @@ async def test_forged_logout_tokens_are_refused(site: Site, oidc_provider: OidcP
         await ws.close()
 
 
-async def test_a_replayed_logout_token_is_refused(site: Site, oidc_provider: OidcProvider) -> None:  # noqa: F811
+async def test_a_replayed_logout_token_is_refused(site: Site, oidc_provider: OidcProvider) -> None:
     name = user(oidc_provider, "eve")
     async with session(site) as http:
         await sign_in(http, site, name, "pw-" + name)
@@ -236,7 +237,7 @@ async def test_a_replayed_logout_token_is_refused(site: Site, oidc_provider: Oid
 
 async def test_rp_initiated_logout_closes_sockets_and_goes_to_the_provider(
     site: Site,
-    oidc_provider: OidcProvider,  # noqa: F811
+    oidc_provider: OidcProvider,
 ) -> None:
     name = user(oidc_provider, "finn")
     async with session(site) as http:
@@ -269,7 +270,7 @@ async def test_rp_initiated_logout_closes_sockets_and_goes_to_the_provider(
 
 async def test_refresh_extends_live_sockets_and_a_refused_refresh_closes_them(
     site: Site,
-    oidc_provider: OidcProvider,  # noqa: F811
+    oidc_provider: OidcProvider,
 ) -> None:
     name = user(oidc_provider, "gus")
     oidc_provider.access_token_ttl = oidc_provider.id_token_ttl = 4
