@@ -30,6 +30,17 @@ service:
       welcome-file: index.html
     accept-options:
       ssl.bind: 127.0.0.1:{port}
+  - name: docs
+    accept: https://localhost:{port}/docs
+    type: directory
+    realm-name: sso
+    authorization-constraint:
+      require-role: staff
+    properties:
+      directory: web
+      welcome-file: index.html
+    accept-options:
+      ssl.bind: 127.0.0.1:{port}
   - name: one
     accept: wss://localhost:{port}/one
     type: echo
@@ -105,8 +116,11 @@ async def start_site(
     client_ssl: ssl.SSLContext,
     client: str,
     secret: str | None = None,
+    extra: str = "",
+    register: bool = True,
 ) -> Site:
-    """A gateway whose realm signs in with ``provider`` as ``client`` (registered here, with its callbacks)."""
+    """A gateway whose realm signs in with ``provider`` as ``client`` (registered here, with its callbacks, unless
+    ``register`` is false: another node of the same gateway); ``extra`` is appended to the config (``state``)."""
     import shutil
 
     if not (tmp_path / "web").exists():
@@ -117,15 +131,16 @@ async def start_site(
     if secret is not None:
         (tmp_path / "client-secret").write_text(secret + "\n")
         secret_option = "            client-secret-file: client-secret\n"
-    provider.register_client(
-        client,
-        [f"{base}/{name}/.wsgate/oidc/callback" for name in ("one", "two", "secure-echo")],
-        secret=secret,
-        backchannel_logout_uri=f"{base}/one/.wsgate/oidc/backchannel-logout",
-        post_logout_redirect_uris=[f"{base}/"],
-    )
+    if register:
+        provider.register_client(
+            client,
+            [f"{base}/{name}/.wsgate/oidc/callback" for name in ("one", "two", "secure-echo", "docs")],
+            secret=secret,
+            backchannel_logout_uri=f"{base}/one/.wsgate/oidc/backchannel-logout",
+            post_logout_redirect_uris=[f"{base}/"],
+        )
     text = CONFIG.format(port=port, issuer=provider.issuer, client=client, ca=provider.ca_pem, secret=secret_option)
-    gateway = await start_gateway(text)
+    gateway = await start_gateway(text + extra, name=f"gateway-{port}.yaml")
     return Site(gateway, port, client, client_ssl)
 
 

@@ -303,3 +303,21 @@ async def sign_in_at(http: aiohttp.ClientSession, site: Site, service: str) -> t
     async with http.get(f"{site.base}/{service}/.wsgate/oidc/login", allow_redirects=False) as response:
         location = response.headers["Location"]
     return await callback(http, await authorize(http, location, "docs-user", "pw"))
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "POST /one/.wsgate/oidc/backchannel-logout logout_token=abc123opaque456",
+        "303 to https://idp.test/logout?client_id=gw&id_token_hint=opaque789value&state=s",
+        "GET /one/.wsgate/oidc/callback?code=Splx10BeZQQYbYS6WxSbIA&state=xyz",
+        "refresh with refresh_token=8xLOxBtZp8 failed",
+    ],
+)
+def test_oidc_credentials_in_a_log_line_are_masked(line: str) -> None:
+    from wsgate.observe.redact import REDACTOR
+
+    masked = REDACTOR.text(line)
+    assert "[redacted]" in masked
+    for secret in ("abc123opaque456", "opaque789value", "Splx10BeZQQYbYS6WxSbIA", "8xLOxBtZp8"):
+        assert secret not in masked

@@ -289,3 +289,71 @@ async def test_refresh_extends_live_sockets_and_a_refused_refresh_closes_them(
         assert ws.close_code == 1008
         with pytest.raises(aiohttp.WSServerHandshakeError):
             await http.ws_connect(site.ws("one"))
+
+
+async def test_a_back_channel_logout_at_one_node_closes_sockets_on_another(
+    start_gateway, tmp_path, ca, oidc_provider: OidcProvider, redis_server
+) -> None:
+    """Two nodes share sessions and revocations through Redis: the provider tells node A, node B's sockets close.
+    No token reaches Redis."""
+    from redis import asyncio as aioredis
+
+    state = f"state:\n  type: redis\n  url: {redis_server.url}\n"
+    ssl_context = client_ssl(ca)
+    a = await start_site(
+        start_gateway, tmp_path, oidc_provider, ssl_context, "gw-two-nodes", "s-2", state + "  node: a\n"
+    )
+    b = await start_site(
+        start_gateway,
+        tmp_path,
+        oidc_provider,
+        ssl_context,
+        "gw-two-nodes",
+        "s-2",
+        state + "  node: b\n",
+        register=False,
+    )
+    name = user(oidc_provider, "nodes")
+    async with session(a) as http:
+        status, _, _ = await sign_in(http, a, name, "pw-" + name)
+        assert status == 200
+        on_a, on_b = await echo(http, a.ws("one")), await echo(http, b.ws("two"))  # the cookie opens both nodes
+        tokens = next(iter(a.gateway.realms["sso"].oidc.held.values())).tokens
+        client = aioredis.Redis.from_url(redis_server.url)
+        try:
+            stored = b" ".join([(await client.dump(key)) or b"" for key in await client.keys("*")])
+        finally:
+            await client.aclose()
+        assert stored  # the session is there
+        for token in (tokens.id_token, tokens.access_token, tokens.refresh_token):
+            assert token and token.encode() not in stored
+        assert b"eyJ" not in stored  # no JWT at all
+        watching = [asyncio.ensure_future(closed(ws, 3)) for ws in (on_a, on_b)]
+        started = time.monotonic()
+        assert await asyncio.to_thread(oidc_provider.backchannel_logout, name, a.client) == [200]
+        assert [(await watch)[0] for watch in watching] == [1008, 1008]
+        assert time.monotonic() - started < 1.0
+        with pytest.raises(aiohttp.WSServerHandshakeError):
+            await http.ws_connect(b.ws("one"), origin=b.base)  # the session is refused on B too
+
+
+async def test_a_protected_page_sends_a_browser_to_the_provider_and_back(
+    site: Site, oidc_provider: OidcProvider
+) -> None:
+    name = user(oidc_provider, "page")
+    page = f"{site.base}/docs/index.html"
+    async with session(site) as http:
+        async with http.get(page, headers={"Accept": "application/json"}, allow_redirects=False) as program:
+            assert program.status == 401  # not a browser: the realm's challenge, as before
+        async with http.get(
+            page, params={"tab": "2"}, headers={"Accept": "text/html"}, allow_redirects=False
+        ) as response:
+            assert response.status == 302
+            login = response.headers["Location"]
+        assert login == "/docs/.wsgate/oidc/login?return=%2Fdocs%2Findex.html%3Ftab%3D2"
+        async with http.get(site.base + login, allow_redirects=False) as started:
+            location = started.headers["Location"]
+        status, body, _ = await callback(http, await authorize(http, location, name, "pw-" + name))
+        assert status == 200 and "url=/docs/index.html?tab=2" in body
+        async with http.get(page, headers={"Accept": "text/html"}, allow_redirects=False) as signed_in:
+            assert signed_in.status == 200

@@ -369,15 +369,20 @@ class OidcFlow:
     # -- the provider rules the session ----------------------------------------------------------
 
     def _schedule(self, key: str, delay: float | None = None) -> None:
+        """The next refresh of a session's tokens; without a refresh token, forgetting them once they expire."""
         held = self.held.get(key)
-        if held is None or held.tokens.refresh_token is None:
+        if held is None:
             return
         if held.timer is not None:
             held.timer.cancel()
+        loop = asyncio.get_running_loop()
+        left = held.tokens.expires_at - time.time()
+        if held.tokens.refresh_token is None:
+            held.timer = loop.call_later(max(0.0, left) + 1.0, self.forget, key)
+            return
         if delay is None:
-            left = held.tokens.expires_at - time.time()
             delay = max(0.0, left - min(self.module.refresh_margin, left / 3))
-        held.timer = asyncio.get_running_loop().call_later(delay, self._start_refresh, key)
+        held.timer = loop.call_later(delay, self._start_refresh, key)
 
     def _start_refresh(self, key: str) -> None:
         task = asyncio.get_running_loop().create_task(self.refresh(key))
@@ -406,6 +411,8 @@ class OidcFlow:
             )
             if left > 1:
                 self._schedule(key, min(RETRY, left / 2))
+            else:  # the connections close at the deadline; the tokens are of no use after it
+                held.timer = asyncio.get_running_loop().call_later(max(0.0, left) + 1.0, self.forget, key)
             return
         except OidcError as exc:
             audit.info(

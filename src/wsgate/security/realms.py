@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 
 from ..config.model import AuthorizationConstraint, Realm
 from ..core.fetch import FetchJson, HttpPort
@@ -65,7 +66,7 @@ from .login import (
 from .login.base import Rounds, resolve
 from .login.oidc import OidcLoginModule
 from .login.verifier import Verifier
-from .oidc import OidcFlow
+from .oidc import OidcFlow, safe_return
 
 if TYPE_CHECKING:
     from ..observe.metrics import Metrics
@@ -349,6 +350,20 @@ class RealmGate:
             if path.startswith(base + CONTROL):
                 return path[len(base) + len(CONTROL) :]
         return None
+
+    def sign_in_redirect(self, handshake: Handshake) -> Reply | None:
+        """A browser's page request without a session, in a realm that signs in with an OpenID provider: a 302
+        to the provider sign-in, which comes back to this page (plain HTTP services only; WebSockets get 401)."""
+        if self.realm.oidc is None or handshake.method != "GET" or not self.paths:
+            return None
+        if "text/html" not in handshake.headers.get("Accept", ""):
+            return None
+        back = handshake.path + (f"?{urlencode(list(handshake.query.items()))}" if handshake.query else "")
+        if safe_return(back) is None:
+            return None
+        base = next((p for p in self.paths if handshake.path == p or handshake.path.startswith(p + "/")), self.paths[0])
+        location = f"{base}{CONTROL}oidc/login?{urlencode({'return': back})}"
+        return Reply(302, headers=(("Location", location), ("Cache-Control", "no-store")))
 
     def control_base(self, path: str) -> str:
         """The service path a control resource request is under."""
