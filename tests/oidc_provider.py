@@ -7,8 +7,25 @@ has no server side for, so this module builds and POSTs the logout tokens itself
 tampered ID token, a forged logout token, or revoke refresh tokens. State lives in memory, under one lock:
 werkzeug serves each request in its own thread.
 
-Use the session-scoped ``oidc_provider`` fixture (``from tests.oidc_provider import oidc_provider  # noqa: F401``)
-with per-test user names and client ids, or ``OidcProvider(folder)`` in a script; ``close()`` stops it.
+Use the session-scoped ``oidc_provider`` fixture (``from tests.oidc_provider import oidc_provider  # noqa: F401``,
+then ``# noqa: F811`` where a function takes it) with per-test user names and client ids, or ``OidcProvider(folder)``
+in a script; ``close()`` stops it. Behaviour a relying party's tests may rely on:
+
+- The fixture's certificate comes from the tests' CA (conftest ``ca``): ``ca_pem`` is that CA, the provider trusts it
+  for back-channel POSTs (``backchannel_ssl`` to change), and one NSS import (``chromium_home``) covers both sides.
+- ``sub`` is the user name, ``aud`` the client id (a string), ``sid`` names the provider session; ID tokens carry
+  ``auth_time``, ``nonce`` (code grant only), ``at_hash``, ``preferred_username``, ``name``, ``email``, ``groups``.
+- Codes live 120 s and work once; a replayed code is refused (invalid_grant) and revokes what its first use issued.
+- Refresh tokens rotate: each works once and the answer has a new one and a new ID token (same sub/sid/auth_time).
+- ``backchannel_logout`` ends the user's provider sessions (the cookie stops signing in, refresh tokens stop).
+  RP-initiated logout (``/logout``) ends the session too and, while ``notify_on_end_session``, POSTs logout tokens to
+  the session's clients that have a back-channel URI; ``deliveries`` lists every POST as (uri, status).
+- ``tamper`` and ``logout_token(**overrides)``: a value replaces a claim, None removes it; ``key="foreign"`` signs
+  with an unpublished key under the published kid, ``alg="none"`` leaves the token unsigned, ``kid``/``typ`` set
+  the header. ``rotate_key()`` starts signing with a new kid.
+- The SSO cookie ``oidcp_session`` is set for host 127.0.0.1: a browser sends it to every port of that host.
+- ``unavailable = True`` answers every request 503 (recorded in ``requests`` all the same) until set back.
+- ``requests`` grows for the whole session: compare slices (``len`` before, then ``requests[n:]``).
 """
 
 from __future__ import annotations
@@ -17,7 +34,9 @@ import base64
 import html
 import json
 import secrets
+import shutil
 import ssl
+import subprocess
 import threading
 import time
 import urllib.error
@@ -34,6 +53,7 @@ from authlib.integrations.flask_oauth2 import AuthorizationServer, ResourceProte
 from authlib.oauth2.rfc6749 import ClientMixin, OAuth2Error, TokenMixin
 from authlib.oauth2.rfc6749.grants import AuthorizationCodeGrant, RefreshTokenGrant
 from authlib.oauth2.rfc6750 import BearerTokenGenerator, BearerTokenValidator
+from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oidc.core import AuthorizationCodeMixin, OpenIDCode, OpenIDToken, UserInfo, UserInfoEndpoint
 from authlib.oidc.core.util import create_half_hash
@@ -211,7 +231,8 @@ class _CodeGrant(AuthorizationCodeGrant):  # type: ignore[misc]
         )
 
     def query_authorization_code(self, code: str, client: Client) -> AuthCode | None:
-        return self.server.provider._redeem_code(code, client.client_id)
+        provider: OidcProvider = self.server.provider
+        return provider._redeem_code(code, client.client_id)
 
     def delete_authorization_code(self, authorization_code: AuthCode) -> None:
         """Codes are kept, marked used, so a replay can be recognised and what it issued revoked."""
@@ -226,7 +247,8 @@ class _RefreshGrant(RefreshTokenGrant):  # type: ignore[misc]
     INCLUDE_NEW_REFRESH_TOKEN = True  # rotation: each refresh token is good for one refresh
 
     def authenticate_refresh_token(self, refresh_token: str) -> Token | None:
-        return self.server.provider._refresh_token(refresh_token)
+        provider: OidcProvider = self.server.provider
+        return provider._refresh_token(refresh_token)
 
     def authenticate_user(self, refresh_token: Token) -> ProviderSession:
         return refresh_token.session
@@ -270,10 +292,25 @@ class _OpenIDRefresh(_IdTokens, OpenIDToken):  # type: ignore[misc]
 
 class _EndSession(EndSessionEndpoint):  # type: ignore[misc]
     def get_server_jwks(self) -> KeySet:
-        return self.server.provider._public_keys
+        provider: OidcProvider = self.server.provider
+        return provider._public_keys
 
     def end_session(self, end_session_request: EndSessionRequest) -> None:
         self.server.provider._end_session_request(end_session_request)
+
+
+class _Revocation(RevocationEndpoint):  # type: ignore[misc]
+    """RFC 7009: a relying party that signs a user out can revoke its refresh token."""
+
+    CLIENT_AUTH_METHODS = [*CONFIDENTIAL_METHODS, "none"]
+
+    def query_token(self, token_string: str, token_type_hint: str | None) -> Token | None:
+        provider: OidcProvider = self.server.provider
+        with provider._lock:
+            return provider._access_tokens.get(token_string) or provider._refresh_tokens.get(token_string)
+
+    def revoke_token(self, token: Token, req: Any) -> None:
+        token.access_revoked = token.refresh_revoked = True
 
 
 class _UserInfo(UserInfoEndpoint):  # type: ignore[misc]
@@ -315,6 +352,7 @@ class OidcProvider:
         self.tamper: dict[str, Any] = {}
         self.requests: list[tuple[str, str]] = []
         self.deliveries: list[tuple[str, int]] = []  # (backchannel_logout_uri, status) of every logout token POSTed
+        self.unavailable = False  # while true every request gets 503: a provider outage
         self.notify_on_end_session = True  # RP-initiated logout sends back-channel logout to the session's clients
         self.backchannel_ssl = ssl.create_default_context(cafile=str(self.ca_pem))
         self._users: dict[str, User] = {}
@@ -323,9 +361,8 @@ class OidcProvider:
         self._codes: dict[str, AuthCode] = {}
         self._access_tokens: dict[str, Token] = {}
         self._refresh_tokens: dict[str, Token] = {}
-        self._key = RSAKey.generate_key(2048, parameters={"kid": "oidcp-1", "use": "sig", "alg": "RS256"})
-        self._foreign_key = RSAKey.generate_key(2048, parameters={"kid": "oidcp-1", "use": "sig", "alg": "RS256"})
-        self._public_keys = KeySet([RSAKey.import_key(self._key.as_dict(private=False))])
+        self._keys = [self._new_key("oidcp-1")]  # the JWKS; the last one signs
+        self._foreign_key = self._new_key("oidcp-1")  # never published: forged tokens, under the signing kid
         self._app = self._build_app()
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self._ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
@@ -362,14 +399,16 @@ class OidcProvider:
             self._clients[client_id] = client
 
     def logout_token(self, user: str, client_id: str, **overrides: Any) -> str:
-        """A signed logout token for the user's newest session; ``overrides`` set claims (None removes one).
+        """A signed logout token (sub, and the sid of the user's newest live session, else newest ended one);
+        ``overrides`` set claims (None removes one).
 
         ``key="foreign"`` signs with a key that is not in the JWKS (same kid); ``alg="none"`` leaves it unsigned;
         ``typ=...`` replaces the header's ``logout+jwt``.
         """
         with self._lock:
             sessions = [s for s in self._sessions.values() if s.user == user]
-        sid = max(sessions, key=lambda s: s.auth_time).sid if sessions else None
+        sessions = [s for s in sessions if not s.ended] or sessions
+        sid = sessions[-1].sid if sessions else None
         return self._logout_token(user, client_id, sid, overrides)
 
     def backchannel_logout(self, user: str, client_id: str | None = None) -> list[int]:
@@ -394,6 +433,15 @@ class OidcProvider:
             for token in self._refresh_tokens.values():
                 if token.session.user == user:
                     token.refresh_revoked = True
+
+    def rotate_key(self, keep_old: bool = True) -> str:
+        """Sign with a new key (a new kid) from now on; the JWKS keeps the old ones unless ``keep_old`` is false.
+        Returns the new kid."""
+        with self._lock:
+            key = self._new_key(f"oidcp-{len(self._keys) + 1}")
+            self._keys = [*self._keys, key] if keep_old else [key]
+            self._foreign_key = self._new_key(str(key.kid))
+            return str(key.kid)
 
     def sessions(self, user: str) -> list[str]:
         """The sids of the user's live provider sessions."""
@@ -504,6 +552,15 @@ class OidcProvider:
 
     # -- tokens -------------------------------------------------------------------------------------------------
 
+    @staticmethod
+    def _new_key(kid: str) -> RSAKey:
+        return RSAKey.generate_key(2048, parameters={"kid": kid, "use": "sig", "alg": "RS256"}, private=True)
+
+    @property
+    def _public_keys(self) -> KeySet:
+        with self._lock:
+            return KeySet([RSAKey.import_key(key.as_dict(private=False)) for key in self._keys])
+
     def _user_info(self, session: ProviderSession, scope: str) -> UserInfo:
         with self._lock:
             user = self._users.get(session.user)
@@ -558,9 +615,10 @@ class OidcProvider:
 
     def _sign(self, claims: dict[str, Any], changes: dict[str, Any], typ: str) -> str:
         """Sign with the provider's key; ``changes`` replace claims (None removes), or the key, alg or typ."""
-        key = self._foreign_key if changes.pop("key", None) == "foreign" else self._key
+        with self._lock:
+            key = self._foreign_key if changes.pop("key", None) == "foreign" else self._keys[-1]
         alg = changes.pop("alg", "RS256")
-        header = {"alg": alg, "kid": changes.pop("kid", "oidcp-1"), "typ": changes.pop("typ", typ)}
+        header = {"alg": alg, "kid": changes.pop("kid", key.kid), "typ": changes.pop("typ", typ)}
         for name, value in changes.items():
             if value is None:
                 claims.pop(name, None)
@@ -600,6 +658,8 @@ class OidcProvider:
             "userinfo_endpoint": base + "/userinfo",
             "jwks_uri": base + "/jwks",
             "end_session_endpoint": base + "/logout",
+            "revocation_endpoint": base + "/revoke",
+            "revocation_endpoint_auth_methods_supported": [*CONFIDENTIAL_METHODS, "none"],
             "response_types_supported": ["code"],
             "response_modes_supported": ["query"],
             "grant_types_supported": ["authorization_code", "refresh_token"],
@@ -635,13 +695,15 @@ class OidcProvider:
         server.register_grant(_CodeGrant, [_OpenIDCode(self), _S256Only(required=True)])
         server.register_grant(_RefreshGrant, [_OpenIDRefresh(self)])
         server.register_endpoint(_EndSession)
+        server.register_endpoint(_Revocation)
         protector = ResourceProtector()
         protector.register_token_validator(_AccessTokens(self))
         server.register_endpoint(_UserInfo(resource_protector=protector))
 
         @app.before_request
-        def record() -> None:
+        def record() -> Response | None:
             self.requests.append((request.method, request.path))
+            return Response("provider unavailable", status=503) if self.unavailable else None
 
         @app.get("/.well-known/openid-configuration")
         def discovery() -> Response:
@@ -658,6 +720,10 @@ class OidcProvider:
         @app.post("/token")
         def token() -> Response:
             return server.create_token_response()  # type: ignore[no-any-return]
+
+        @app.post("/revoke")
+        def revoke() -> Response:
+            return server.create_endpoint_response("revocation")  # type: ignore[no-any-return]
 
         @app.route("/userinfo", methods=["GET", "POST"])
         def userinfo() -> Response:
@@ -717,6 +783,20 @@ class OidcProvider:
 <button id="submit" type="submit">Sign in</button>
 </form></body></html>"""
         return Response(page, status=401 if error else 200, content_type="text/html; charset=utf-8")
+
+
+def chromium_home(ca_pem: Path, home: Path) -> Path:
+    """A HOME for Chromium whose NSS database trusts ``ca_pem`` (needs certutil, from libnss3-tools), so the
+    browser checks the provider's (and, with the tests' CA, the gateway's) certificate instead of ignoring errors."""
+    certutil = shutil.which("certutil")
+    if certutil is None:
+        pytest.skip("certutil not installed (libnss3-tools)")
+    nssdb = home / ".pki" / "nssdb"
+    nssdb.mkdir(parents=True, exist_ok=True)
+    subprocess.run([certutil, "-d", f"sql:{nssdb}", "-N", "--empty-password"], check=True, timeout=30)
+    trust = [certutil, "-d", f"sql:{nssdb}", "-A", "-n", "wsgate-test-ca", "-t", "C,,", "-i", str(ca_pem)]
+    subprocess.run(trust, check=True, timeout=30)
+    return home
 
 
 @pytest.fixture(scope="session")

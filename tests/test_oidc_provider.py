@@ -9,6 +9,8 @@ import http.server
 import json
 import secrets
 import ssl
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -24,7 +26,8 @@ import jwt
 import pytest
 import trustme
 
-from tests.oidc_provider import BACKCHANNEL_EVENT, OidcProvider, oidc_provider  # noqa: F401
+from tests.browser_driver import CHROMIUM
+from tests.oidc_provider import BACKCHANNEL_EVENT, OidcProvider, chromium_home, oidc_provider  # noqa: F401
 
 REDIRECT = "https://127.0.0.1:9/cb"
 SCOPE = "openid profile email groups"
@@ -79,6 +82,7 @@ class Rp:
     """One relying party's view of a sign-in: PKCE verifier, nonce, state."""
 
     client_id: str
+    redirect_uri: str = REDIRECT
     verifier: str = ""
     nonce: str = ""
     state: str = ""
@@ -89,7 +93,7 @@ class Rp:
         params = {
             "response_type": "code",
             "client_id": self.client_id,
-            "redirect_uri": REDIRECT,
+            "redirect_uri": self.redirect_uri,
             "scope": SCOPE,
             "state": self.state,
             "nonce": self.nonce,
@@ -103,7 +107,7 @@ class Rp:
         return {
             "grant_type": "authorization_code",
             "code": code,
-            "redirect_uri": REDIRECT,
+            "redirect_uri": self.redirect_uri,
             "client_id": self.client_id,
             "code_verifier": self.verifier,
             **extra,
@@ -119,12 +123,12 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(4)}"
 
 
-def setup(provider: OidcProvider, **client: Any) -> tuple[str, Rp]:
+def setup(provider: OidcProvider, redirect_uri: str = REDIRECT, **client: Any) -> tuple[str, Rp]:
     """A fresh user (password "pw") and public client."""
     user, client_id = unique("user"), unique("rp")
     provider.add_user(user, "pw", groups=["staff", "ops"])
-    provider.register_client(client_id, [REDIRECT], **client)
-    return user, Rp(client_id)
+    provider.register_client(client_id, [redirect_uri], **client)
+    return user, Rp(client_id, redirect_uri)
 
 
 def sign_in(browser: Browser, rp: Rp, user: str, **extra: str) -> str:
@@ -146,7 +150,7 @@ def verify(provider: OidcProvider, token: str, audience: str) -> dict[str, Any]:
     """Check a JWT against the provider's JWKS as a relying party would."""
     keys = jwt.PyJWKSet.from_dict(Browser(provider).call("/jwks").json())
     key = keys[jwt.get_unverified_header(token)["kid"]]
-    return jwt.decode(token, key, algorithms=["RS256"], audience=audience, issuer=provider.issuer)  # type: ignore[no-any-return]
+    return jwt.decode(token, key, algorithms=["RS256"], audience=audience, issuer=provider.issuer)
 
 
 def test_discovery_and_jwks(op: OidcProvider) -> None:
@@ -273,6 +277,50 @@ def test_refresh_rotation_and_revocation(op: OidcProvider) -> None:
     assert refused.status == 400 and refused.json()["error"] == "invalid_grant"
 
 
+def test_revocation_endpoint(op: OidcProvider) -> None:
+    user, rp = setup(op)
+    browser = Browser(op)
+    token = tokens(browser, rp, user)
+    other = tokens(browser, rp, user)
+    assert browser.call("/revoke", {"token": token["refresh_token"], "client_id": rp.client_id}).status == 200
+    form = {"grant_type": "refresh_token", "refresh_token": token["refresh_token"], "client_id": rp.client_id}
+    assert browser.call("/token", form).json()["error"] == "invalid_grant"
+    form["refresh_token"] = other["refresh_token"]
+    assert browser.call("/token", form).status == 200  # only that one
+    bearer = {"Authorization": f"Bearer {token['access_token']}"}
+    assert browser.call("/userinfo", headers=bearer).status == 401
+
+
+def test_key_rotation(tmp_path: Path) -> None:
+    with OidcProvider(tmp_path) as provider:
+        user, rp = setup(provider)
+        browser = Browser(provider)
+        before = tokens(browser, rp, user)["id_token"]
+        kid = provider.rotate_key()
+        after = tokens(browser, rp, user)["id_token"]
+        assert jwt.get_unverified_header(after)["kid"] == kid != jwt.get_unverified_header(before)["kid"]
+        assert verify(provider, before, rp.client_id) and verify(provider, after, rp.client_id)
+        provider.rotate_key(keep_old=False)
+        assert len(browser.call("/jwks").json()["keys"]) == 1
+        with pytest.raises(KeyError):
+            verify(provider, after, rp.client_id)
+        with pytest.raises(jwt.InvalidSignatureError):
+            verify(provider, provider.logout_token(user, rp.client_id, key="foreign"), rp.client_id)
+
+
+def test_an_outage(op: OidcProvider) -> None:
+    user, rp = setup(op)
+    browser = Browser(op)
+    token = tokens(browser, rp, user)
+    form = {"grant_type": "refresh_token", "refresh_token": token["refresh_token"], "client_id": rp.client_id}
+    op.unavailable = True
+    try:
+        assert browser.call("/jwks").status == 503 and browser.call("/token", form).status == 503
+    finally:
+        op.unavailable = False
+    assert browser.call("/token", form).status == 200  # the refresh token was not spent by the outage
+
+
 def test_lifetimes_are_settable(tmp_path: Path) -> None:
     with OidcProvider(tmp_path) as provider:
         user, rp = setup(provider)
@@ -312,10 +360,12 @@ def test_tamper_changes_only_the_next_id_token(op: OidcProvider) -> None:
 
 
 class Receiver:
-    """A relying party's back-channel logout endpoint on loopback HTTPS: records what is POSTed."""
+    """A relying party on loopback HTTPS: records what is POSTed to it (back-channel logout) and answers GETs
+    (the redirect back from the provider) with a page that has an element with id "callback"."""
 
     def __init__(self, cert: trustme.LeafCert, status: int = 200) -> None:
         self.received: list[tuple[str, dict[str, list[str]]]] = []
+        self.visited: list[str] = []
         receiver = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -325,6 +375,15 @@ class Receiver:
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
+
+            def do_GET(self) -> None:
+                receiver.visited.append(self.path)
+                page = b"<!doctype html><p id='callback'>back at the client</p>"
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(page)))
+                self.end_headers()
+                self.wfile.write(page)
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -409,3 +468,28 @@ def test_rp_initiated_logout(op: OidcProvider, receiver: Receiver) -> None:
     assert reply.status == 302 and reply.location == post_logout + "?state=s1"
     assert browser.call(rp.authorize_path()).status == 200  # signed out at the provider
     assert len(receiver.received) == 2
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed (make test installs it)")
+def test_the_login_form_in_chromium(op: OidcProvider, receiver: Receiver, tmp_path: Path) -> None:
+    user, rp = setup(op, redirect_uri=receiver.uri.replace("/backchannel", "/cb"))
+    home = chromium_home(op.ca_pem, tmp_path / "home")
+    command = [
+        sys.executable,
+        "-m",
+        "tests.oidc_browser",
+        str(home),
+        op.issuer + rp.authorize_path(),
+        user,
+        "pw",
+        op.issuer + rp.authorize_path(),  # a new state and nonce
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=Path(__file__).parent.parent)
+    lines = done.stdout.strip().splitlines()
+    result: dict[str, Any] = json.loads(lines[-1]) if lines else {"error": done.stderr[-2000:]}
+    assert "error" not in result, result
+    assert result["wrong"]["error"] == "Wrong user name or password."
+    assert result["wrong"]["url"].startswith(op.issuer + "/authorize?")
+    first, second = (dict(urllib.parse.parse_qsl(urllib.parse.urlparse(url).query)) for url in result["callbacks"])
+    assert first["code"] != second["code"] and second["state"] == rp.state
+    assert len([path for path in receiver.visited if path.startswith("/cb")]) == 2  # none for the wrong password
