@@ -88,6 +88,7 @@ security:
             scope: openid profile email groups
             roles-claim: groups
             refresh-margin: 2s
+            jwks-refetch-interval: 1s
             post-logout-redirect-uri: https://localhost:{port}/
 {secret}"""
 

@@ -101,6 +101,9 @@ async def test_callback_attacks_are_refused_alike(site: Site, oidc_provider: Oid
         # the real one still works once; the same code (and state) again is refused: replay
         answers["first use"] = await callback(http, back)
         answers["replayed"] = await callback(http, back)
+        # the same code with a fresh state of this browser: the provider refuses a code used before
+        fresh = query(await begin(http, site))["state"]
+        answers["replayed code"] = await callback(http, back.replace(query(back)["state"], fresh))
         # another browser's callback: the binding cookie does not match
         back = await authorize(http, await begin(http, site), name, "pw-" + name)
     async with session(site) as other:
@@ -136,6 +139,7 @@ async def test_callback_attacks_are_refused_alike(site: Site, oidc_provider: Oid
         "ExpiredSignatureError",
         "another issuer",
         "error 'access_denied'",
+        "grant refused (400, 'invalid_grant')",
     ):
         assert reason in caplog.text, reason
 
@@ -357,3 +361,34 @@ async def test_a_protected_page_sends_a_browser_to_the_provider_and_back(
         assert status == 200 and "url=/docs/index.html?tab=2" in body
         async with http.get(page, headers={"Accept": "text/html"}, allow_redirects=False) as signed_in:
             assert signed_in.status == 200
+
+
+async def test_a_provider_outage_during_refresh_is_retried_and_a_rotated_key_is_fetched(
+    site: Site, oidc_provider: OidcProvider
+) -> None:
+    name = user(oidc_provider, "hal")
+    oidc_provider.access_token_ttl = oidc_provider.id_token_ttl = 6
+    async with session(site) as http:
+        await sign_in(http, site, name, "pw-" + name)
+        ws = await echo(http, site.ws("one"))
+        live = next(iter(site.gateway.runtime.connections))
+        first = live.deadline
+        oidc_provider.rotate_key()  # the refreshed ID token comes with a kid the gateway has not fetched yet
+        seen = len(oidc_provider.requests)
+        oidc_provider.unavailable = True  # and the provider is down when the refresh is due
+        try:
+            for _ in range(100):  # until the refresh was tried and answered 503
+                if ("POST", "/token") in oidc_provider.requests[seen:]:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            oidc_provider.unavailable = False
+        assert live.deadline == first  # not refreshed yet, still open
+        for _ in range(60):  # retried within a second or two, before the first tokens' end
+            if live.deadline > first:
+                break
+            await asyncio.sleep(0.05)
+        assert live.deadline > first
+        await ws.send_str("after the outage")
+        assert (await asyncio.wait_for(ws.receive(), 5)).data == "after the outage"
+        await ws.close()

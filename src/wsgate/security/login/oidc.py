@@ -223,7 +223,7 @@ class OidcLoginModule:
         answer = await self._token_request(provider, form)
         id_token = answer.get("id_token")
         if not isinstance(id_token, str):
-            raise OidcError("token endpoint answered no id_token")
+            raise OidcError("grant answered no id_token")
         access_token = _optional_str(answer, "access_token")
         claims = await self.verify_id_token(id_token, nonce, access_token)
         return self._tokens(answer, id_token, access_token, claims)
@@ -258,7 +258,7 @@ class OidcLoginModule:
         if isinstance(expires_in, int | float) and not isinstance(expires_in, bool) and expires_in > 0:
             limits.append(now + float(expires_in))
         if not limits:
-            raise OidcError("token endpoint answered no lifetime (expires_in) and no new ID token")
+            raise OidcError("grant answered no lifetime (expires_in) and no new ID token")
         return Tokens(id_token, access_token, _optional_str(answer, "refresh_token"), min(limits), dict(claims))
 
     async def _token_request(self, provider: Provider, form: dict[str, str]) -> Mapping[str, Any]:
@@ -273,14 +273,14 @@ class OidcLoginModule:
                 provider.token_endpoint, form, headers, PROVIDER_TIMEOUT, self.tls
             )
         except FetchError as exc:
-            raise ProviderUnavailable(f"token endpoint unreachable: {exc}") from None
+            raise ProviderUnavailable(f"grant request unreachable: {exc}") from None
         if status >= 500:
-            raise ProviderUnavailable(f"token endpoint answered {status}")
+            raise ProviderUnavailable(f"grant answered {status}")
         if status != 200 or not isinstance(answer, dict):
             error = answer.get("error") if isinstance(answer, dict) else None
-            raise OidcError(f"token endpoint refused ({status}, {str(error)[:40]!r})")
+            raise OidcError(f"grant refused ({status}, {str(error)[:40]!r})")
         if str(answer.get("token_type", "")).lower() != "bearer":
-            raise OidcError("token endpoint answered a token type other than Bearer")
+            raise OidcError("grant answered a type other than Bearer")
         return answer
 
     async def verify_id_token(self, token: str, nonce: str | None, access_token: str | None) -> dict[str, Any]:
@@ -289,8 +289,12 @@ class OidcLoginModule:
         claims = await self.jwt.verified_claims(token, ("exp", "iat", "iss", "aud", "sub"))
         if isinstance(claims, Unavailable):
             raise ProviderUnavailable(claims.reason)
+        if isinstance(claims, Failed) and claims.reason.startswith("no key"):
+            # a key rotated in since the last JWKS fetch, refetched at most every jwks-refetch-interval: a refresh
+            # tries again (the provider just signed it), a sign-in is refused as any other (the user tries again)
+            raise ProviderUnavailable(f"ID token: {_why(claims.reason)} (yet)")
         if isinstance(claims, Failed):
-            raise OidcError(f"ID token {claims.reason}")
+            raise OidcError(f"ID token: {_why(claims.reason)}")
         header = jwt.get_unverified_header(token)  # at_hash's algorithm: the signature was verified above
         params: dict[str, Any] = {"client_id": self.client_id, "access_token": access_token}
         if nonce is not None:  # None on a refresh: a refreshed ID token may carry the original nonce (OIDC Core §12.2)
@@ -321,7 +325,7 @@ class OidcLoginModule:
         if isinstance(claims, Unavailable):
             raise ProviderUnavailable(claims.reason)
         if isinstance(claims, Failed):
-            raise OidcError(f"logout token {claims.reason}")
+            raise OidcError(f"logout token: {_why(claims.reason)}")
         return logout_claims(claims, time.time(), self.logout_max_age, self.leeway)
 
     def end_session_url(self, provider: Provider, id_token: str | None, state: str) -> str | None:
@@ -358,6 +362,11 @@ def logout_claims(
     if not isinstance(iat, int | float) or isinstance(iat, bool) or not now - max_age <= iat <= now + leeway:
         raise OidcError("logout token iat is outside the accepted window")
     return sid, sub, jti, float(iat)
+
+
+def _why(reason: str) -> str:
+    """The jwt module's reason without its leading "token " (the log redactor reads "token <word>" as a credential)."""
+    return reason.removeprefix("token ")
 
 
 def _optional_str(answer: Mapping[str, Any], name: str) -> str | None:
