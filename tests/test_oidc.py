@@ -170,7 +170,8 @@ def test_discovery_must_name_the_configured_issuer_and_https_endpoints(tmp_path:
         "jwks_uri": "https://idp.test/jwks",
     }
     provider = oidc.read_discovery(good)
-    assert provider.end_session_endpoint is None and not provider.backchannel_logout
+    assert provider.end_session_endpoint is None and not provider.backchannel_logout and not provider.iss_parameter
+    assert oidc.read_discovery({**good, "authorization_response_iss_parameter_supported": True}).iss_parameter
     for bad in ({**good, "issuer": "https://evil.test"}, {**good, "token_endpoint": "http://idp.test/token"}, []):
         with pytest.raises(ProviderUnavailable):
             oidc.read_discovery(bad)

@@ -8,6 +8,7 @@ the callback can be driven directly: tampered state, replayed code, wrong nonce,
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import time
@@ -122,6 +123,15 @@ async def test_callback_attacks_are_refused_alike(site: Site, oidc_provider: Oid
         # RFC 9207 mix-up: an authorization response that says it comes from another issuer
         back = await authorize(http, await begin(http, site), name, "pw-" + name)
         answers["mix-up iss"] = await callback(http, back + "&iss=https%3A%2F%2Fevil.test")
+        # a provider that promises the iss parameter (RFC 9207) must send it
+        module = site.gateway.realms["sso"].oidc.module
+        real = module.provider
+        module.provider = dataclasses.replace(real, iss_parameter=True)
+        try:
+            back = await authorize(http, await begin(http, site), name, "pw-" + name)
+            answers["promised iss missing"] = await callback(http, back)
+        finally:
+            module.provider = real
         answers["provider error"] = await callback(
             http,
             f"{site.base}/one/.wsgate/oidc/callback?error=access_denied&state={query(await begin(http, site))['state']}",
@@ -138,6 +148,7 @@ async def test_callback_attacks_are_refused_alike(site: Site, oidc_provider: Oid
         "InvalidSignatureError",
         "ExpiredSignatureError",
         "another issuer",
+        "without the iss",
         "error 'access_denied'",
         "grant refused (400, 'invalid_grant')",
     ):

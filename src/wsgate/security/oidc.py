@@ -251,7 +251,7 @@ class OidcFlow:
             self.binding_cookie,
             binding,
             max_age=str(int(TRANSACTION_TTL)),
-            path=f"{base}/.wsgate/oidc/",
+            path=urlsplit(redirect_uri).path.rpartition("/")[0] + "/",  # sent to the callback only
             secure=origin.startswith("https:"),
             httponly=True,
             samesite="Lax",
@@ -295,6 +295,8 @@ class OidcFlow:
         issuer = query.get("iss")
         if issuer is not None and issuer != provider.issuer:  # RFC 9207: the answer is from another provider (mix-up)
             raise OidcError("authorization response iss is another issuer")
+        if issuer is None and provider.iss_parameter:
+            raise OidcError("authorization response without the iss its provider promises (RFC 9207)")
         code = query.get("code")
         if not code:
             raise OidcError("no code")

@@ -64,6 +64,7 @@ class Provider:
     jwks_uri: str
     end_session_endpoint: str | None = None
     backchannel_logout: bool = False
+    iss_parameter: bool = False  # RFC 9207: every authorization response names its issuer
 
 
 @dataclass(frozen=True)
@@ -184,6 +185,7 @@ class OidcLoginModule:
             str(endpoints["jwks_uri"]),
             endpoints["end_session_endpoint"],
             document.get("backchannel_logout_supported") is True,
+            document.get("authorization_response_iss_parameter_supported") is True,
         )
 
     # -- bearer tokens (non-browser clients) ---------------------------------------------------
