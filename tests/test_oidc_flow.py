@@ -306,11 +306,11 @@ async def test_refresh_extends_live_sockets_and_a_refused_refresh_closes_them(
             await http.ws_connect(site.ws("one"))
 
 
-async def test_a_back_channel_logout_at_one_node_closes_sockets_on_another(
+async def test_two_nodes_follow_one_provider_session_and_no_token_reaches_redis(
     start_gateway, tmp_path, ca, oidc_provider: OidcProvider, redis_server
 ) -> None:
-    """Two nodes share sessions and revocations through Redis: the provider tells node A, node B's sockets close.
-    No token reaches Redis."""
+    """Two nodes share sessions and revocations through Redis: a refresh on node A extends node B's sockets of the
+    session, the provider's logout told to A closes B's sockets, and no token reaches Redis."""
     from redis import asyncio as aioredis
 
     state = f"state:\n  type: redis\n  url: {redis_server.url}\n"
@@ -329,10 +329,17 @@ async def test_a_back_channel_logout_at_one_node_closes_sockets_on_another(
         register=False,
     )
     name = user(oidc_provider, "nodes")
+    oidc_provider.access_token_ttl = oidc_provider.id_token_ttl = 5
     async with session(a) as http:
         status, _, _ = await sign_in(http, a, name, "pw-" + name)
         assert status == 200
         on_a, on_b = await echo(http, a.ws("one")), await echo(http, b.ws("two"))  # the cookie opens both nodes
+        on_b_live = next(iter(b.gateway.runtime.connections))
+        first = on_b_live.deadline
+        await asyncio.sleep(5.5)  # past the first tokens' end: A refreshed, B's connection was extended too
+        assert on_b_live.deadline > first
+        await on_b.send_str("still here")
+        assert (await asyncio.wait_for(on_b.receive(), 5)).data == "still here"
         tokens = next(iter(a.gateway.realms["sso"].oidc.held.values())).tokens
         client = aioredis.Redis.from_url(redis_server.url)
         try:

@@ -14,6 +14,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from ..catalog import service_type
@@ -28,6 +29,7 @@ from ..security.admission import Admission, offloaded_tls
 from ..security.keystore import KeyMaterial, load_store
 from ..security.limits import GatewayLimits, ServiceLimits
 from ..security.login.jwt import unverified_claims
+from ..security.oidc import EXTENDED as OIDC_EXTENDED
 from ..security.realms import RealmGate, RealmRuntime
 from ..security.tls import ListenerTls
 from ..services.base import HttpService, ResourceService, Runtime, ServiceHandler, WebSocketService
@@ -136,6 +138,7 @@ class Gateway:
             if "handshake-rate" in config.state.shared_limits:
                 self.shared_rates = RedisRates(self.shared)
             self.shared.subscribe(REVOKED, self._revoked_elsewhere)
+            self.shared.subscribe(OIDC_EXTENDED, self._oidc_refreshed_elsewhere)
             self.shared.on_reconnect.append(self._resync_revocations)
         keys, trust, errors = read_stores(config)  # reported with what the build finds (check-config: all at once)
         try:
@@ -251,6 +254,8 @@ class Gateway:
             realm_runtime.revocations = self.revocations
             if self.shared is not None:
                 realm_runtime.sessions = RedisSessions(self.shared, name)
+                if realm_runtime.oidc is not None:  # a refresh on this node extends the session's sockets everywhere
+                    realm_runtime.oidc.publish = partial(self.shared.publish, OIDC_EXTENDED)
             deployment.realms[name] = realm_runtime
         for name, service_plan in planned.services.items():
             if current is not None and name in changes.unchanged:
@@ -482,6 +487,14 @@ class Gateway:
         keys = message.get("keys")
         if isinstance(keys, dict):
             self._end_revoked({str(key): float(until) for key, until in keys.items()}, "revoked")
+
+    async def _oidc_refreshed_elsewhere(self, message: dict[str, Any]) -> None:
+        """Another node refreshed an OpenID Connect session: extend this node's connections of it."""
+        if self.shared is not None and self.shared.mine(message):
+            return
+        realm = self.realms.get(str(message.get("realm")))
+        if realm is not None and realm.oidc is not None:
+            realm.oidc.extended_elsewhere(message)
 
     async def _resync_revocations(self) -> None:
         """Back from a Redis outage: messages published meanwhile were lost; the keys were not.

@@ -192,6 +192,9 @@ class OidcFlow:
         self.expire: Callable[[Selector, str], Awaitable[int]] | None = None
         self.timeouts: Timeouts | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # With shared state, the gateway publishes refreshed sessions here (``EXTENDED``) so that every node extends
+        # its connections of the session; ``extended_elsewhere`` is the receiving side.
+        self.publish: Callable[[dict[str, Any]], Awaitable[int]] | None = None
 
     def attach(
         self,
@@ -436,6 +439,13 @@ class OidcFlow:
             for live in self.select(Selector(session=key)):
                 live.refresh(renewed.identity, self.timeouts)
                 extended += 1
+        if self.publish is not None:
+            try:
+                await self.publish(_extension(renewed.identity))
+            except Exception as exc:  # StateUnavailable: the other nodes' connections close at the old deadline
+                audit.warning(
+                    "oidc refresh not shared with the other nodes", realm=self.realm.config.name, reason=str(exc)
+                )
         audit.info(
             "oidc session refreshed",
             realm=self.realm.config.name,
@@ -444,6 +454,32 @@ class OidcFlow:
             expires=round(tokens.expires_at - time.time()),
         )
         self._schedule(key)
+
+    def extended_elsewhere(self, message: dict[str, Any]) -> int:
+        """Another node refreshed a session: this node's connections of it get the new identity and deadline."""
+        key, user, roles = message.get("session"), message.get("user"), message.get("roles")
+        expires_at, authenticated_at = message.get("expires_at"), message.get("authenticated_at")
+        digest = message.get("token_digest")
+        if not (isinstance(key, str) and isinstance(user, str) and isinstance(roles, list)):
+            return 0
+        if not all(isinstance(v, int | float) for v in (expires_at, authenticated_at)) or not isinstance(digest, str):
+            return 0
+        identity = Identity(
+            self.realm.config.name,
+            user,
+            frozenset(r for r in roles if isinstance(r, str)),
+            float(expires_at),  # type: ignore[arg-type]
+            digest,
+            float(authenticated_at),  # type: ignore[arg-type]
+            key,
+        )
+        extended = 0
+        if self.select is not None and self.timeouts is not None:
+            for live in self.select(Selector(session=key)):
+                if live.identity is not None and live.identity.user == user:
+                    live.refresh(identity, self.timeouts)
+                    extended += 1
+        return extended
 
     async def end(self, key: str, reason: str) -> int:
         """End a session here: drop it, forget its tokens, close its connections (1008) on every node."""
@@ -541,3 +577,19 @@ class OidcFlow:
 
 def _str(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
+
+
+EXTENDED = "oidc-extended"  # the shared-state channel of refreshed sessions
+
+
+def _extension(identity: Identity) -> dict[str, Any]:
+    """What the other nodes need to extend their connections of a refreshed session (no token, no cookie)."""
+    return {
+        "realm": identity.realm,
+        "session": identity.session,
+        "user": identity.user,
+        "roles": sorted(identity.roles),
+        "expires_at": identity.expires_at,
+        "authenticated_at": identity.authenticated_at,
+        "token_digest": identity.token_digest,
+    }
