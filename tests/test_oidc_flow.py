@@ -155,17 +155,24 @@ async def test_callback_attacks_are_refused_alike(site: Site, oidc_provider: Oid
         assert reason in caplog.text, reason
 
 
-@pytest.mark.parametrize(
-    "target",
-    ["//evil.test/", "/\\evil.test", "https://evil.test/", "/ok\r\nSet-Cookie: x=1", "javascript:alert(1)", "evil"],
-)
-async def test_open_redirects_are_impossible(site: Site, target: str) -> None:
-    async with (
-        session(site) as http,
-        http.get(f"{site.base}/one/.wsgate/oidc/login", params={"return": target}, allow_redirects=False) as response,
-    ):
-        assert response.status == 400
-        assert "Location" not in response.headers
+OPEN_REDIRECTS = [
+    "//evil.test/",
+    "/\\evil.test",
+    "https://evil.test/",
+    "/ok\r\nSet-Cookie: x=1",
+    "javascript:alert(1)",
+    "evil",
+]
+
+
+async def test_open_redirects_are_impossible(site: Site) -> None:
+    async with session(site) as http:
+        for target in OPEN_REDIRECTS:
+            async with http.get(
+                f"{site.base}/one/.wsgate/oidc/login", params={"return": target}, allow_redirects=False
+            ) as response:
+                assert response.status == 400, target
+                assert "Location" not in response.headers
 
 
 async def test_bearer_tokens_from_the_provider_still_work(site: Site, oidc_provider: OidcProvider) -> None:
@@ -208,31 +215,30 @@ async def test_back_channel_logout_closes_live_sockets_within_a_second(
         assert not site.gateway.realms["sso"].oidc.held
 
 
-@pytest.mark.parametrize(
-    "overrides",
-    [
-        {"key": "foreign"},
-        {"aud": "another-client"},
-        {"iss": "https://evil.test"},
-        {"events": None},
-        {"nonce": "n"},
-        {"sid": None, "sub": None},
-        {"jti": None},
-        {"iat": 1000},
-        {"alg": "none"},
-    ],
-    ids=lambda o: ",".join(o),
-)
-async def test_forged_logout_tokens_are_refused(site: Site, oidc_provider: OidcProvider, overrides) -> None:
+FORGED = [
+    {"key": "foreign"},
+    {"aud": "another-client"},
+    {"iss": "https://evil.test"},
+    {"events": None},
+    {"nonce": "n"},
+    {"sid": None, "sub": None},
+    {"jti": None},
+    {"iat": 1000},
+    {"alg": "none"},
+]
+
+
+async def test_forged_logout_tokens_are_refused(site: Site, oidc_provider: OidcProvider) -> None:
     name = user(oidc_provider, "dana")
     async with session(site) as http:
         await sign_in(http, site, name, "pw-" + name)
         ws = await echo(http, site.ws("one"))
-        token = oidc_provider.logout_token(name, site.client, **overrides)
-        async with http.post(
-            f"{site.base}/one/.wsgate/oidc/backchannel-logout", data={"logout_token": token}
-        ) as response:
-            assert response.status == 400
+        for overrides in FORGED:
+            token = oidc_provider.logout_token(name, site.client, **overrides)
+            async with http.post(
+                f"{site.base}/one/.wsgate/oidc/backchannel-logout", data={"logout_token": token}
+            ) as response:
+                assert response.status == 400, overrides
         await ws.send_str("still here")
         assert (await asyncio.wait_for(ws.receive(), 5)).data == "still here"
         await ws.close()
