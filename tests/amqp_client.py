@@ -7,8 +7,8 @@ import asyncio
 from typing import Any
 
 import aiohttp
-from pamqp import commands, frame, header
 from pamqp import body as pbody
+from pamqp import commands, frame, header
 
 PROTOCOL_HEADER = header.ProtocolHeader().marshal()
 TIMEOUT = 5.0
@@ -145,7 +145,7 @@ class AmqpClient:
         try:
             await self.send(0, commands.Connection.Close(200, "bye", 0, 0))
             await self.expect(commands.Connection.CloseOk, 0, timeout=2)
-        except (Closed, OSError, AssertionError, asyncio.TimeoutError):
+        except (TimeoutError, Closed, OSError, AssertionError):
             pass
         if self.ws is not None:
             await asyncio.wait_for(self.ws.close(), 2)

@@ -4,6 +4,7 @@ Checked on the broker itself (rabbitmqctl, or a client straight over TCP): what 
 what they allow does, with user-id = the principal; the client's login and virtual host never reach it.
 """
 
+# ruff: noqa: F811  (the session-scoped rabbitmq fixture is imported, and requested by name)
 from __future__ import annotations
 
 import asyncio
