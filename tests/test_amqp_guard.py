@@ -258,3 +258,16 @@ def test_random_bytes_only_ever_close_cleanly(data, after_handshake):
         if isinstance(exc, AmqpClose):
             assert parse(exc.frame())
     assert g.client.pending <= g.client.limit
+
+
+def test_a_client_closing_across_the_gateways_close_or_reopening_at_once_goes_on():
+    g, _ = opened(allowed=set())
+    g.from_client(m(1, commands.Channel.Open()) + m(1, commands.Queue.Purge(queue="q")))
+    g.take_to_broker(), g.take_to_client()
+    g.from_client(m(1, commands.Channel.Close(200, "", 0, 0)))  # crossing the gateway's Close
+    assert [type(v) for _, v in parse(g.take_to_client())] == [commands.Channel.CloseOk]
+    assert g.take_to_broker() == b""
+    g.from_client(m(1, commands.Channel.Open()))  # without its own Close-Ok: a new channel, held for the broker
+    g.from_broker(m(1, commands.Channel.CloseOk()))
+    assert [type(v) for _, v in parse(g.take_to_broker())] == [commands.Channel.Open]
+    assert g.take_to_client() == b""

@@ -252,6 +252,9 @@ class AmqpGuard:
         self.offered: tuple[int, int] | None = None  # (channel-max, frame-max) the client was offered
         self.channel_max = CHANNEL_MAX
         self.login_refused: str | None = None  # the broker closed the connection during the handshake
+        # Hot-path memory: the last basic.publish parsed and the last content header rewritten, by their bytes.
+        self.last_method: tuple[bytes, object] = (b"", None)
+        self.last_header: tuple[tuple[int, bytes, str | None], tuple[int, bytes | None]] = ((0, b"", None), (0, None))
 
     @property
     def running(self) -> bool:
@@ -348,7 +351,13 @@ class AmqpGuard:
             return self._content(current, kind, channel, chunk, start, end)
         if kind != FRAME_METHOD:
             raise AmqpClose(UNEXPECTED_FRAME, f"content frame on channel {channel} without a basic.publish")
-        return self._channel_method(current, channel, _method(chunk, start, end, AmqpClose))
+        payload = chunk[start + HEADER_SIZE : end - 1]
+        if payload == self.last_method[0]:  # a client publishing again to the same place: parsed once
+            return self._channel_method(current, channel, self.last_method[1])
+        method = _method(chunk, start, end, AmqpClose)
+        if type(method) is commands.Basic.Publish:
+            self.last_method = (payload, method)
+        return self._channel_method(current, channel, method)
 
     def _handshake(self, method: object) -> bytes | None:
         state = self.client_state
@@ -410,7 +419,9 @@ class AmqpGuard:
             raise AmqpClose(CHANNEL_ERROR, f"channel {channel} is not open", method.index)  # type: ignore[attr-defined]
         raise AmqpClose(CHANNEL_ERROR, f"channel {channel} is not open")
 
-    def _closing(self, current: ChannelState, kind: int, channel: int, chunk: bytes, start: int, end: int) -> bytes:
+    def _closing(
+        self, current: ChannelState, kind: int, channel: int, chunk: bytes, start: int, end: int
+    ) -> bytes | None:
         """A channel being closed: only its Close-Ok (or Close, both sides closing) counts; the rest is dropped,
         as the spec has the receiver of a Close do."""
         if kind != FRAME_METHOD:
@@ -419,6 +430,11 @@ class AmqpGuard:
         if current.state == REFUSED:  # the gateway's Close: the client's answer is the gateway's business
             if index == _CHANNEL_CLOSE_OK:
                 del self.channels[channel]
+            elif index == _CHANNEL_CLOSE:  # it closed too, crossing the gateway's Close: answered, as the spec says
+                self.to_client.append(marshal(commands.Channel.CloseOk(), channel))
+            elif index == commands.Channel.Open.index:  # it took its own Close-Ok as the end: a new channel
+                del self.channels[channel]
+                return self._unopened(FRAME_METHOD, channel, chunk, start, end)
             return b""
         if index == _CHANNEL_CLOSE_OK:
             if current.state == BROKER_CLOSING:
@@ -444,15 +460,27 @@ class AmqpGuard:
         return None
 
     def _content_header(self, current: ChannelState, channel: int, chunk: bytes, start: int, end: int) -> bytes | None:
+        """The header of a publish: its body size kept, ``user-id`` set; the same header again (same channel,
+        same user-id wanted) is rewritten from the last result."""
+        payload = chunk[start + HEADER_SIZE : end - 1]
+        wanted = self.user_id()
+        key = (channel, payload, wanted)
+        if key == self.last_header[0]:
+            current.content, replacement = self.last_header[1]
+            return replacement
+        replacement = self._rewrite_header(current, channel, payload, wanted)
+        self.last_header = (key, (current.content, replacement))
+        return replacement
+
+    def _rewrite_header(self, current: ChannelState, channel: int, payload: bytes, wanted: str | None) -> bytes | None:
         content = header.ContentHeader()
         try:
-            content.unmarshal(chunk[start + HEADER_SIZE : end - 1])
+            content.unmarshal(payload)
         except (ValueError, UnicodeDecodeError, exceptions.UnmarshalingException) as exc:
             raise AmqpClose(SYNTAX_ERROR, f"malformed content header: {exc}") from None
         if content.class_id != commands.Basic.frame_id:
             raise AmqpClose(FRAME_ERROR, "content header of a class other than basic")
         current.content = content.body_size or NO_CONTENT
-        wanted = self.user_id()
         if wanted == KEEP or content.properties.user_id == wanted:
             return None
         content.properties.user_id = wanted

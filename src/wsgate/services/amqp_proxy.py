@@ -108,6 +108,33 @@ def parse_username(text: str) -> str:
     return value
 
 
+class ConnectionPolicy:
+    """``authorize`` for one connection: the service's decision, the last one allowed remembered while the rules,
+    the identity and the operation stay the same objects and values (a publish loop decides once)."""
+
+    __slots__ = ("service", "session", "last")
+
+    def __init__(self, service: AmqpProxyService, session: LiveSession) -> None:
+        self.service = service
+        self.session = session
+        self.last: tuple[object, object, str, dict[str, str | None]] | None = None
+
+    def __call__(self, operation: str, fields: dict[str, str | None]) -> bool:
+        service, session, last = self.service, self.session, self.last
+        if (
+            last is not None
+            and last[0] is service.rules
+            and last[1] is session.identity
+            and last[2] == operation
+            and last[3] == fields
+        ):
+            return True
+        allowed = service.authorize(session, operation, fields)
+        if allowed:
+            self.last = (service.rules, session.identity, operation, fields)
+        return allowed
+
+
 class AmqpProxyService(ProxyService):
     TYPE = ServiceType(
         name="amqp.proxy",
@@ -208,11 +235,7 @@ class AmqpProxyService(ProxyService):
             return
         assert isinstance(prepared, TcpBackend)
         backend: Backend = prepared
-        guard = AmqpGuard(
-            self.login,
-            lambda operation, fields: self.authorize(session, operation, fields),
-            lambda: self.user_id(session),
-        )
+        guard = AmqpGuard(self.login, ConnectionPolicy(self, session), lambda: self.user_id(session))
         transport, liveness = backend.transport, self.liveness
         watched = liveness.watch(transport) if liveness is not None and transport is not None else -1
         try:
