@@ -142,6 +142,8 @@ class AmqpClient:
         return content.properties, data
 
     async def close(self) -> None:
+        if self.ws is not None and self.ws.closed:
+            return
         try:
             await self.send(0, commands.Connection.Close(200, "bye", 0, 0))
             await self.expect(commands.Connection.CloseOk, 0, timeout=2)
@@ -157,7 +159,9 @@ class AmqpClient:
         assert self.ws is not None
         while True:
             msg = await asyncio.wait_for(self.ws.receive(), timeout)
-            if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
+            if msg.type == aiohttp.WSMsgType.CLOSE:  # the code the server sent
+                return int(msg.data)
+            if msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
                 return self.ws.close_code
             if msg.type == aiohttp.WSMsgType.BINARY:
                 self.buffer += bytes(msg.data)

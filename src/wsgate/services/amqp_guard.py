@@ -213,6 +213,7 @@ _CHANNEL_CLOSE = commands.Channel.Close.index
 _CHANNEL_CLOSE_OK = commands.Channel.CloseOk.index
 _QUEUE_DECLARE_OK = commands.Queue.DeclareOk.index
 _CONNECTION_CLOSE = commands.Connection.Close.index
+_CONNECTION_CLOSE_OK = commands.Connection.CloseOk.index
 _CONNECTION_CLASS = commands.Connection.frame_id
 
 # Client and broker handshake states.
@@ -252,6 +253,8 @@ class AmqpGuard:
         self.offered: tuple[int, int] | None = None  # (channel-max, frame-max) the client was offered
         self.channel_max = CHANNEL_MAX
         self.login_refused: str | None = None  # the broker closed the connection during the handshake
+        self.finished = False  # Connection.Close-Ok has passed: the connection is over
+        self.closing_client = False  # the service closes the client from the broker's side (its I/O state)
         # Hot-path memory: the last basic.publish parsed and the last content header rewritten, by their bytes.
         self.last_method: tuple[bytes, object] = (b"", None)
         self.last_header: tuple[tuple[int, bytes, str | None], tuple[int, bytes | None]] = ((0, b"", None), (0, None))
@@ -402,8 +405,9 @@ class AmqpGuard:
         if isinstance(method, commands.Connection.Close):
             self.client_state = C_CLOSING
             return None
-        if isinstance(method, commands.Connection.CloseOk):
+        if isinstance(method, commands.Connection.CloseOk):  # it answered the broker's Close: done
             self.client_state = C_CLOSING
+            self.finished = True
             return None
         # Start-Ok, Tune-Ok, Open again, Update-Secret (a new broker credential): the login is the gateway's.
         raise AmqpClose(COMMAND_INVALID, f"{method.name} is not allowed once open", method.index)  # type: ignore[attr-defined]
@@ -561,9 +565,13 @@ class AmqpGuard:
                     self.to_broker.append(marshal(commands.Channel.CloseOk(), channel))
                     self._release(channel)
             return b""
-        if kind != FRAME_METHOD or channel == 0:
+        if kind != FRAME_METHOD:
             return None
         index = _index(chunk, start)
+        if channel == 0:
+            if index == _CONNECTION_CLOSE_OK:  # the client's Connection.Close answered: nothing more to relay
+                self.finished = True
+            return None
         if index == _CHANNEL_CLOSE:
             current = self.channels.get(channel)
             if current is not None and current.state == OPEN:

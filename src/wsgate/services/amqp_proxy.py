@@ -48,6 +48,7 @@ from .proxy import ProxyService, parse_connect_strategy
 log = logging.getLogger("wsgate.amqp")
 
 HANDSHAKE_TIMEOUT = 10.0  # from the 101 to the client's Connection.Open
+CLOSE_GRACE = 2.0  # how long a client closed from the broker's side may take to answer the close
 SUBPROTOCOL = "amqp"  # accepted when the client offers it (RabbitMQ's Web-AMQP name); never required
 USER_ID_MODES = ("principal", "keep", "none")
 DEFAULT_LOGIN = ("guest", "guest")  # RabbitMQ's default account, which it accepts from loopback only
@@ -252,6 +253,9 @@ class AmqpProxyService(ProxyService):
         down = asyncio.create_task(self.broker_to_client(session, channel, backend, guard))
         try:
             await asyncio.wait((up, down), return_when=asyncio.FIRST_COMPLETED)
+            # A side closing the client finishes its close handshake (the other side's receive ended with it).
+            if down.done() and not up.done() or up.done() and not down.done() and guard.closing_client:
+                await asyncio.wait((up, down), timeout=CLOSE_GRACE, return_when=asyncio.ALL_COMPLETED)
         finally:
             for task in (up, down):
                 task.cancel()
@@ -297,6 +301,9 @@ class AmqpProxyService(ProxyService):
                 await channel.send(guard.take_to_client())
             if guard.to_broker:
                 await backend.send(guard.take_to_broker())
+            if guard.finished:  # the client answered the broker's Connection.Close
+                await channel.close(CloseCode.NORMAL, "")
+                return
 
     async def violation(self, channel: Channel, backend: Backend, guard: AmqpGuard, exc: AmqpClose) -> None:
         """What was accepted before the violation still goes out; then Connection.Close and the WebSocket close."""
@@ -321,18 +328,18 @@ class AmqpProxyService(ProxyService):
                 data = await receive()
             except (OSError, asyncio.IncompleteReadError) as exc:
                 log.warning("service[%s]: broker %s lost: %s", self.name, self.uri, exc)
-                await channel.close(CloseCode.INTERNAL_ERROR, "back end connection lost")
+                await self.close_client(guard, channel, CloseCode.INTERNAL_ERROR, "back end connection lost")
                 return
             if data is None:
                 if guard.login_refused is not None:
                     self.login_failed(guard.login_refused)
-                await channel.close(CloseCode.NORMAL, "back end closed")
+                await self.close_client(guard, channel, CloseCode.NORMAL, "back end closed")
                 return
             try:
                 guard.from_broker(data)  # type: ignore[arg-type]
             except BrokerFailure as exc:
                 log.warning("service[%s]: broker %s: %s", self.name, self.uri, exc)
-                await channel.close(CloseCode.INTERNAL_ERROR, "back end protocol error")
+                await self.close_client(guard, channel, CloseCode.INTERNAL_ERROR, "back end protocol error")
                 return
             if guard.to_broker:
                 await backend.send(guard.take_to_broker())
@@ -342,6 +349,15 @@ class AmqpProxyService(ProxyService):
                 except OSError as exc:
                     self.lost(session, exc)
                     return
+            if guard.finished:  # the broker answered the client's Connection.Close
+                await self.close_client(guard, channel, CloseCode.NORMAL, "")
+                return
+
+    @staticmethod
+    async def close_client(guard: AmqpGuard, channel: Channel, code: int, reason: str) -> None:
+        """The broker's side closes the client: the relay lets this close handshake finish."""
+        guard.closing_client = True
+        await channel.close(code, reason)
 
     def login_failed(self, reply: str) -> None:
         """The broker closed the connection during the handshake: the gateway's account, not the client, is wrong."""
