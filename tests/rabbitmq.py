@@ -12,11 +12,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trustme
 
 from .processes import free_port, stop, wait_for_port
 
@@ -27,13 +29,18 @@ GATEWAY_USER = "wsgate"
 GATEWAY_PASSWORD = "gw-Secret-1"  # noqa: S105 (a throwaway broker's)
 
 
+CERT_USER = "wsgate-gateway"  # the common name of the gateway's client certificate: its EXTERNAL login
+
+
 def installed() -> bool:
     return SERVER.exists() and CTL.exists()
 
 
 class RabbitMq:
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, ca: trustme.CA | None = None) -> None:
         self.folder = folder
+        self.ca = ca  # with a CA: also a TLS listener (tls_port) that takes EXTERNAL logins by client certificate
+        self.tls_port = free_port() if ca is not None else 0
         self.port = free_port()
         self.dist_port = free_port()
         self.epmd_port = free_port()
@@ -63,11 +70,29 @@ class RabbitMq:
 
     def start(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        (self.folder / "enabled_plugins").write_text("[].\n")
         (self.folder / "rabbitmq-env.conf").write_text("")
-        (self.folder / "rabbitmq.conf").write_text(
-            f"listeners.tcp.default = 127.0.0.1:{self.port}\nloopback_users = none\n"
-        )
+        conf = f"listeners.tcp.default = 127.0.0.1:{self.port}\nloopback_users = none\n"
+        plugins = ""
+        if self.ca is not None:
+            plugins = "rabbitmq_auth_mechanism_ssl"
+            self.ca.cert_pem.write_to_path(str(self.folder / "ca.pem"))
+            server = self.ca.issue_cert("localhost", "127.0.0.1")
+            server.cert_chain_pems[0].write_to_path(str(self.folder / "server.pem"))
+            server.private_key_pem.write_to_path(str(self.folder / "server.key"))
+            conf += textwrap.dedent(f"""\
+                listeners.ssl.default = 127.0.0.1:{self.tls_port}
+                ssl_options.cacertfile = {self.folder / "ca.pem"}
+                ssl_options.certfile = {self.folder / "server.pem"}
+                ssl_options.keyfile = {self.folder / "server.key"}
+                ssl_options.verify = verify_peer
+                ssl_options.fail_if_no_peer_cert = false
+                auth_mechanisms.1 = PLAIN
+                auth_mechanisms.2 = AMQPLAIN
+                auth_mechanisms.3 = EXTERNAL
+                ssl_cert_login_from = common_name
+                """)
+        (self.folder / "enabled_plugins").write_text(f"[{plugins}].\n")
+        (self.folder / "rabbitmq.conf").write_text(conf)
         started = time.monotonic()
         log = (self.folder / "server.out").open("wb")
         self.process = subprocess.Popen([str(SERVER)], env=self.env, stdout=log, stderr=subprocess.STDOUT)
@@ -79,6 +104,10 @@ class RabbitMq:
         self.ctl("set_user_tags", GATEWAY_USER, "impersonator")
         self.ctl("set_permissions", "-p", "/", GATEWAY_USER, ".*", ".*", ".*")
         self.ctl("set_user_tags", "guest", "administrator", "impersonator")
+        if self.ca is not None:  # EXTERNAL: the user is the certificate's common name; its password is never used
+            self.ctl("add_user", CERT_USER, GATEWAY_PASSWORD + "-unused")
+            self.ctl("set_user_tags", CERT_USER, "impersonator")
+            self.ctl("set_permissions", "-p", "/", CERT_USER, ".*", ".*", ".*")
         self.ctl("add_vhost", "other")
         self.ctl("set_permissions", "-p", "other", GATEWAY_USER, ".*", ".*", ".*")
 
@@ -109,10 +138,10 @@ class RabbitMq:
 
 
 @pytest.fixture(scope="session")
-def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMq]:
+def rabbitmq(tmp_path_factory: pytest.TempPathFactory, ca: trustme.CA) -> Iterator[RabbitMq]:
     if not installed():
         pytest.skip("rabbitmq-server is not installed (make test installs it)")
-    broker = RabbitMq(tmp_path_factory.mktemp("rabbitmq"))
+    broker = RabbitMq(tmp_path_factory.mktemp("rabbitmq"), ca)
     try:
         broker.start()
     except BaseException:

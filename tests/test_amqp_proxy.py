@@ -20,7 +20,7 @@ from wsgate.core.identity import Identity
 from wsgate.core.session import Timeouts
 
 from .amqp_client import AmqpClient
-from .rabbitmq import GATEWAY_PASSWORD, GATEWAY_USER, RabbitMq, rabbitmq  # noqa: F401
+from .rabbitmq import CERT_USER, GATEWAY_PASSWORD, GATEWAY_USER, RabbitMq, rabbitmq  # noqa: F401
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -367,3 +367,122 @@ async def test_connection_close_from_the_client_is_relayed(gateway, connect):
     await client.send(0, commands.Connection.Close(200, "bye", 0, 0))
     await client.expect(commands.Connection.CloseOk, 0)
     assert await client.closed(timeout=2) == 1000
+
+
+# -- the broker login, TLS and configuration -------------------------------------------------------------
+
+
+def tls_config(rabbitmq: RabbitMq, properties: str, connect_options: str = "") -> str:
+    return f"""
+service:
+  - name: amqp
+    accept: ws://127.0.0.1:0/amqp
+    connect: ssl://localhost:{rabbitmq.tls_port}
+    type: amqp.proxy
+    properties:
+{properties}
+    connect-options:
+      ssl.client-certificate: '1'
+security:
+  keystore:
+    type: PEM
+    file: keystore.pem
+  truststore:
+    type: PEM
+    file: truststore.pem
+"""
+
+
+@pytest.fixture
+def gateway_cert(tmp_path: Path, ca, rabbitmq: RabbitMq) -> None:
+    """The gateway's key and a certificate whose common name is its broker user, and the CA it trusts."""
+    ca.issue_cert("wsgate-gateway.test", common_name=CERT_USER).private_key_and_cert_chain_pem.write_to_path(
+        str(tmp_path / "keystore.pem")
+    )
+    ca.cert_pem.write_to_path(str(tmp_path / "truststore.pem"))
+
+
+@pytest.mark.parametrize(
+    "properties",
+    [
+        "      amqp.mechanism: EXTERNAL",
+        f"      amqp.username: {GATEWAY_USER}\n      amqp.password-file: broker.pw",
+    ],
+    ids=["external", "plain"],
+)
+async def test_tls_to_the_broker_with_plain_or_external_login(
+    start_gateway, http, tmp_path, rabbitmq, gateway_cert, properties
+):
+    (tmp_path / "broker.pw").write_text(GATEWAY_PASSWORD)
+    gw = await start_gateway(tls_config(rabbitmq, properties))
+    client = await AmqpClient.over_ws(http, f"ws://127.0.0.1:{gw.port_of('amqp')}/amqp")
+    try:
+        await client.handshake("anyone", "anything")
+        await client.open_channel(1)
+        queue = unique("tls")
+        await client.call(1, commands.Queue.Declare(queue=queue, auto_delete=True), commands.Queue.DeclareOk)
+        await client.publish(1, "", queue, b"over tls", user_id="spoof")
+        got = await client.get(1, queue)
+        assert got is not None and got[1] == b"over tls" and got[0].user_id is None  # no principal: removed
+        users = rabbitmq.ctl("list_connections", "--no-table-headers", "user", "ssl", "auth_mechanism")
+        expected = (CERT_USER, "EXTERNAL") if "EXTERNAL" in properties else (GATEWAY_USER, "PLAIN")
+        assert any(line.split("\t") == [expected[0], "true", expected[1]] for line in users.splitlines()), users
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize("capabilities", [{"authentication_failure_close": True}, {}])
+async def test_a_broker_refusing_the_gateways_login_is_logged_not_blamed_on_the_client(
+    start_gateway, http, tmp_path, rabbitmq, caplog, capabilities
+):
+    (tmp_path / "broker.pw").write_text("wrong password")
+    (tmp_path / "users.xml").write_text(USERS)
+    gw = await start_gateway(config(rabbitmq.port, rules=""))
+    client = await AmqpClient.over_ws(http, f"ws://127.0.0.1:{gw.port_of('amqp')}/amqp", headers=basic("joe"))
+    await client.send_raw(b"AMQP\x00\x00\x09\x01")
+    await client.expect(commands.Connection.Start, 0)
+    properties = {"capabilities": capabilities}
+    await client.send(0, commands.Connection.StartOk(properties, mechanism="PLAIN", response="\0joe\0welcome"))
+    if capabilities:  # the broker says why before it hangs up: relayed
+        close = await client.expect(commands.Connection.Close, 0)
+        assert close.reply_code == 403
+    assert await client.closed() == 1011  # the back end's failure, not the client's
+    assert f"closed the connection during the gateway's login as {GATEWAY_USER}" in caplog.text
+    assert "wrong password" not in caplog.text
+
+
+async def test_deferred_connect_strategy(gateway, connect):
+    gw = await gateway(extra="\n      connect.strategy: deferred")
+    client = await connect(gw)
+    await client.open_channel(1)
+
+
+@pytest.mark.parametrize(
+    "properties, message",
+    [
+        (
+            "amqp.username: gw",
+            "service[amqp]/properties/amqp.password-file: amqp.username and amqp.password-file go together",
+        ),
+        ("amqp.user-id: mine", "service[amqp]/properties/amqp.user-id: 'mine' is not one of"),
+        (
+            "amqp.password-file: missing.pw\n      amqp.username: gw",
+            "service[amqp]/properties/amqp.password-file: cannot read",
+        ),
+        ("amqp.mechanism: EXTERNAL", "service[amqp]/properties/amqp.mechanism: EXTERNAL needs connect ssl://"),
+        ("virtual.host: ''", "service[amqp]/properties/virtual.host:"),
+    ],
+)
+def test_configuration_errors_name_the_property(tmp_path, properties, message):
+    from wsgate.catalog import load_config
+    from wsgate.errors import ConfigError
+    from wsgate.gateway import Gateway
+
+    path = tmp_path / "gateway.yaml"
+    path.write_text(
+        "service:\n  - name: amqp\n    accept: ws://127.0.0.1:0/amqp\n    connect: tcp://127.0.0.1:5672\n"
+        f"    type: amqp.proxy\n    properties:\n      {properties}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        Gateway(load_config(path))
+    assert message in str(caught.value)

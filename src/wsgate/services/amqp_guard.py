@@ -263,6 +263,11 @@ class AmqpGuard:
     def running(self) -> bool:
         return self.client_state >= C_RUNNING
 
+    @property
+    def logging_in(self) -> bool:
+        """The gateway's Start-Ok went out and the broker has not tuned yet: a hang-up now refuses its login."""
+        return self.client_state >= C_TUNE_OK and self.broker_state != B_RUNNING
+
     # -- client → broker -----------------------------------------------------------------------
 
     def from_client(self, data: bytes) -> None:

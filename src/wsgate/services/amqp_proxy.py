@@ -51,6 +51,7 @@ HANDSHAKE_TIMEOUT = 10.0  # from the 101 to the client's Connection.Open
 CLOSE_GRACE = 2.0  # how long a client closed from the broker's side may take to answer the close
 SUBPROTOCOL = "amqp"  # accepted when the client offers it (RabbitMQ's Web-AMQP name); never required
 USER_ID_MODES = ("principal", "keep", "none")
+MECHANISMS = ("PLAIN", "EXTERNAL")
 DEFAULT_LOGIN = ("guest", "guest")  # RabbitMQ's default account, which it accepts from loopback only
 ENCRYPTION_KEY_ALIAS = (
     "ignored: Kaazing encrypted its session cookies with this key; wsgate keeps no session cookies for amqp.proxy"
@@ -102,6 +103,11 @@ def parse_user_id(text: str) -> str:
     return parse_choice(text, USER_ID_MODES)
 
 
+def parse_mechanism(text: str) -> str:
+    """``PLAIN`` (amqp.username + amqp.password-file) or ``EXTERNAL`` (the gateway's client certificate)."""
+    return parse_choice(text, MECHANISMS)
+
+
 def parse_username(text: str) -> str:
     value = text.strip()
     if not value:
@@ -151,6 +157,7 @@ class AmqpProxyService(ProxyService):
             "amqp.username": Property("?", parse_username),
             "amqp.password-file": Property("?", read_password, file=True),
             "amqp.user-id": Property("?", parse_user_id),
+            "amqp.mechanism": Property("?", parse_mechanism),
         },
         rules=RuleSchema(
             operations=OPERATIONS,
@@ -170,6 +177,20 @@ class AmqpProxyService(ProxyService):
         username = config.setting("amqp.username")
         password = config.setting("amqp.password-file")
         path = f"service[{config.name}]/properties"
+        vhost = config.setting("virtual.host", "/")
+        if config.setting("amqp.mechanism") == "EXTERNAL":
+            if username is not None or password is not None:
+                raise ConfigError(
+                    f"{path}/amqp.mechanism",
+                    "EXTERNAL logs in by certificate: remove amqp.username and amqp.password-file",
+                )
+            if not self.uri.secure or not config.connect_options.tls.client_certificate:
+                raise ConfigError(
+                    f"{path}/amqp.mechanism",
+                    "EXTERNAL needs connect ssl://host:port and connect-options ssl.client-certificate (the alias "
+                    "of the gateway's key in security/keystore)",
+                )
+            return Login("", "", vhost, "EXTERNAL")
         if (username is None) != (password is None):
             missing = "amqp.password-file" if password is None else "amqp.username"
             raise ConfigError(f"{path}/{missing}", "amqp.username and amqp.password-file go together")
@@ -181,7 +202,7 @@ class AmqpProxyService(ProxyService):
                 DEFAULT_LOGIN[0],
             )
             username, password = DEFAULT_LOGIN
-        return Login(username, str(password), config.setting("virtual.host", "/"))
+        return Login(username, str(password), vhost)
 
     async def before_upgrade(self, handshake: Handshake) -> tuple[tuple[str, ...], object]:
         _, prepared = await super().before_upgrade(handshake)
@@ -327,13 +348,18 @@ class AmqpProxyService(ProxyService):
             try:
                 data = await receive()
             except (OSError, asyncio.IncompleteReadError) as exc:
-                log.warning("service[%s]: broker %s lost: %s", self.name, self.uri, exc)
+                if guard.logging_in:
+                    self.login_failed(guard.login_refused or f"connection lost: {exc}")
+                else:
+                    log.warning("service[%s]: broker %s lost: %s", self.name, self.uri, exc)
                 await self.close_client(guard, channel, CloseCode.INTERNAL_ERROR, "back end connection lost")
                 return
             if data is None:
-                if guard.login_refused is not None:
-                    self.login_failed(guard.login_refused)
-                await self.close_client(guard, channel, CloseCode.NORMAL, "back end closed")
+                if guard.logging_in:  # the broker hung up on the gateway's login (with a Close first, or not)
+                    self.login_failed(guard.login_refused or "connection closed")
+                    await self.close_client(guard, channel, CloseCode.INTERNAL_ERROR, "back end unavailable")
+                else:
+                    await self.close_client(guard, channel, CloseCode.NORMAL, "back end closed")
                 return
             try:
                 guard.from_broker(data)  # type: ignore[arg-type]
@@ -367,6 +393,6 @@ class AmqpProxyService(ProxyService):
             "service[%s]: broker %s closed the connection during the gateway's login as %s: %s",
             self.name,
             self.uri,
-            self.login.username,
+            self.login.username or "the client certificate",
             reply,
         )
