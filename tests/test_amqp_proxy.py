@@ -486,3 +486,46 @@ def test_configuration_errors_name_the_property(tmp_path, properties, message):
     with pytest.raises(ConfigError) as caught:
         Gateway(load_config(path))
     assert message in str(caught.value)
+
+
+async def test_the_docs_example_runs_against_the_broker(tmp_path, http, rabbitmq):
+    """docs/examples/amqp.yaml as shipped, its broker property and password file pointed at the test broker."""
+    from wsgate.catalog import load_config
+    from wsgate.gateway import Gateway
+
+    from .test_kaazing_configs import DOCS
+
+    shutil.copytree(DOCS / "examples", tmp_path, dirs_exist_ok=True)
+    (tmp_path / "amqp.pw").write_text(GATEWAY_PASSWORD + "\n")
+    overrides = {"broker": f"tcp://127.0.0.1:{rabbitmq.port}"}
+    text = (tmp_path / "amqp.yaml").read_text().replace("ws://localhost:8000/amqp", "ws://127.0.0.1:0/amqp")
+    (tmp_path / "amqp.yaml").write_text(text)
+    gw = Gateway(load_config(tmp_path / "amqp.yaml", overrides))
+    await gw.start()
+    url = f"ws://127.0.0.1:{gw.port_of('amqp')}/amqp"
+    try:
+        admin = await AmqpClient.over_ws(http, url, headers=basic("admin", "admin"))
+        joe = await AmqpClient.over_ws(http, url, headers=basic("joe"))
+        for client in (admin, joe):
+            await client.handshake()
+            await client.open_channel(1)
+        await admin.call(
+            1, commands.Exchange.Declare(exchange="prices", exchange_type="topic"), commands.Exchange.DeclareOk
+        )
+        queue = unique("joe.prices")
+        await joe.call(1, commands.Queue.Declare(queue=queue, auto_delete=True), commands.Queue.DeclareOk)
+        bind = commands.Queue.Bind(queue=queue, exchange="prices", routing_key="eu.#")
+        await joe.call(1, bind, commands.Queue.BindOk)
+        await admin.publish(1, "prices", "eu.gold", b"1900")
+        got = None
+        for _ in range(50):  # another connection: routed when the broker gets to it
+            if (got := await joe.get(1, queue)) is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert got is not None and got[1] == b"1900" and got[0].user_id == "admin"
+        await joe.publish(1, "prices", "eu.gold", b"0")  # joe may not publish prices
+        assert (await joe.expect(commands.Channel.Close, 1)).reply_code == 403
+        for client in (admin, joe):
+            await client.close()
+    finally:
+        await gw.stop(grace=2.0)
