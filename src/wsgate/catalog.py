@@ -19,6 +19,7 @@ from .config.schema import Catalog
 from .config.tree import Node
 from .management.service import ManagementService, MetricsService
 from .security.login import LOGIN_MODULES, LoginModuleType
+from .services.amqp_proxy import AmqpProxyService
 from .services.base import ServiceType
 from .services.broadcast import BroadcastService
 from .services.directory import DirectoryService
@@ -38,12 +39,12 @@ SERVICE_TYPES: Mapping[str, ServiceType] = MappingProxyType(
             ManagementService.TYPE,
             MetricsService.TYPE,
             KdcProxyService.TYPE,
+            AmqpProxyService.TYPE,
         )
     }
 )
 # Kaazing service types wsgate does not implement: "not supported yet" rather than "not a service type".
 _NOT_YET = (
-    "amqp.proxy",
     "balancer",
     "http.proxy",
     "http.redirect",
