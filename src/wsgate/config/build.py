@@ -525,7 +525,7 @@ class Builder:
                 continue
             for value in values.get(name, ()):
                 try:
-                    settings[name] = spec.parse(value)
+                    settings[name] = spec.parse(str(self.file_path(value)) if spec.file else value)
                 except ValueError as exc:
                     self.fail(f"{path}/properties/{name}", str(exc))
         return MappingProxyType({name: tuple(v) for name, v in values.items()}), MappingProxyType(settings)

@@ -29,13 +29,15 @@ class Property:
     result is kept in ``Service.settings`` (the last value of the property), so a service reads it
     parsed and never parses it again. ``fields`` makes the property a nested element whose children
     (all required) are kept joined by newlines (a directory's ``location``); ``listed`` says whether
-    the "valid here" hint names it.
+    the "valid here" hint names it. A ``file`` property names a file: ``parse`` gets its path resolved
+    against the config's folder (an ``mqtt.password-file``).
     """
 
     cardinality: Cardinality = "?"
     parse: Callable[[str], Any] | None = None
     fields: tuple[str, ...] = ()
     listed: bool = True
+    file: bool = False
 
 
 @dataclass(frozen=True)
