@@ -125,6 +125,13 @@ class MqttProxyService(WebSocketService):
             rules = dollar
         return rules.decide(identity, operation, fields)
 
+    def identity_headers(self, connection_id: str, deadline: float | None) -> dict[str, str]:
+        """Without ``Wsgate-Connection-Id`` (the id is the last segment of ``Wsgate-Refresh``): paho-mqtt's
+        WebSocket handshake refuses every response header line holding "connection" but not "upgrade"."""
+        headers = super().identity_headers(connection_id, deadline)
+        headers.pop("Wsgate-Connection-Id", None)
+        return headers
+
     async def before_upgrade(self, handshake: Handshake) -> tuple[tuple[str, ...], object]:
         """Choose ``mqtt``; the broker is dialled only for an admitted CONNECT."""
         offered = SUBPROTOCOL in offered_subprotocols(handshake.header("Sec-WebSocket-Protocol"))

@@ -188,7 +188,7 @@ class Relay:
         # SUBSCRIBE packet ids on their way to the broker → the client's SUBACK codes with None where
         # the broker's go (a SUBSCRIBE the gateway cut down), or None (forwarded as it was)
         self.subscribes: dict[int, list[int | None] | None] = {}
-        self.owned: set[int] = set()  # 3.1.1 QoS 2 ids the gateway acknowledged itself (refused)
+        self.owned: set[int] = set()  # QoS 2 ids the gateway answered itself (refused): their PUBREL stays here
 
     # -- client → broker --------------------------------------------------------------------------
 
@@ -209,7 +209,10 @@ class Relay:
         if isinstance(packet, Ack):
             if kind == PUBREL and packet.packet_id in self.owned:  # the PUBREC was the gateway's
                 self.owned.discard(packet.packet_id)
-                replies.append(codec.encode(Ack(PUBCOMP, packet.packet_id), self.version))
+                # 3.1.1: the flow goes on as if delivered; MQTT 5: the PUBREC 0x87 had ended it (the client
+                # should not have sent this PUBREL; paho does), so the id is not found
+                reason = codec.PACKET_ID_NOT_FOUND if self.version == MQTT5 else codec.SUCCESS
+                replies.append(codec.encode(Ack(PUBCOMP, packet.packet_id, reason), self.version))
                 return b""
             return None
         if isinstance(packet, (codec.Unsubscribe, codec.Disconnect)) or kind == codec.PINGREQ:
@@ -240,8 +243,7 @@ class Relay:
                 replies.append(codec.encode(Ack(PUBACK, packet_id, NOT_AUTHORIZED), self.version))
             elif qos == 2:
                 replies.append(codec.encode(Ack(PUBREC, packet_id, NOT_AUTHORIZED), self.version))
-                if self.version != MQTT5:  # 3.1.1 goes on with PUBREL: the gateway answers it
-                    self.owned.add(packet_id)
+                self.owned.add(packet_id)  # a PUBREL for it is the gateway's to answer (at most 65535 ids)
             return b""
         if qos == 2 and self.owned:
             self.owned.discard(packet_id)  # an id reused: this flow is the broker's
