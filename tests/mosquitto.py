@@ -119,8 +119,8 @@ keyfile {folder / "key.pem"}
             await asyncio.sleep(0.05)
 
 
-@pytest.fixture(scope="session")
-def mosquitto(tmp_path_factory: pytest.TempPathFactory, ca: trustme.CA) -> Iterator[Mosquitto]:
+def running_mosquitto(tmp_path_factory: pytest.TempPathFactory, ca: trustme.CA) -> Iterator[Mosquitto]:
+    """The body of a session fixture (tests/test_mqtt_proxy.py): a broker for the whole session, stopped."""
     if not installed():
         pytest.skip("mosquitto not installed (make test installs it)")
     broker = Mosquitto(tmp_path_factory.mktemp("mosquitto"), ca.issue_cert("127.0.0.1", "localhost"))
@@ -194,12 +194,8 @@ class Paho:
 
     async def connect(self, host: str, port: int, **kwargs: Any) -> int | None:
         """Connect and wait for the CONNACK (or the connection's end); the CONNACK's code."""
-        self.client.loop_start()
-        try:
-            await asyncio.to_thread(self.client.connect, host, port, 30, **kwargs)
-        except Exception:
-            self.client.loop_stop()
-            raise
+        await asyncio.to_thread(self.client.connect, host, port, 30, **kwargs)
+        self.client.loop_start()  # after the connect: a loop started without a socket first sleeps 1 s
         await self.until(lambda: self.connected.is_set() or self.disconnected.is_set())
         return self.connect_code
 

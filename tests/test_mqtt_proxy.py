@@ -17,8 +17,8 @@ import pytest
 from wsgate.services.mqtt import codec
 from wsgate.services.mqtt.codec import MQTT5, MQTT311
 
-from .mosquitto import GATEWAY_PASSWORD, Mosquitto, Paho, mosquitto, watcher  # noqa: F401  (fixture)
-from .test_realms import ISSUER, AUDIENCE, Issuer
+from .mosquitto import GATEWAY_PASSWORD, Mosquitto, Paho, running_mosquitto, watcher
+from .test_realms import AUDIENCE, ISSUER, Issuer
 
 RULES = """\
       - allow: [publish, subscribe]
@@ -91,6 +91,11 @@ security:
 """
 
 
+@pytest.fixture(scope="session")
+def mosquitto(tmp_path_factory, ca):
+    yield from running_mosquitto(tmp_path_factory, ca)
+
+
 @pytest.fixture
 def files(tmp_path: Path) -> Path:
     (tmp_path / "jaas-config.xml").write_text(USERS)
@@ -103,12 +108,11 @@ async def clients():
     """Every paho client a test opens, closed after it (bounded)."""
     opened: list[Paho] = []
     yield opened
-    for client in opened:
-        await asyncio.wait_for(client.close(), 5)
+    await asyncio.wait_for(asyncio.gather(*(client.close() for client in opened)), 5)  # paho's loops stop together
 
 
 @pytest.fixture
-async def gw(start_gateway, files, mosquitto):  # noqa: F811
+async def gw(start_gateway, files, mosquitto):
     return await start_gateway(config(mosquitto))
 
 
@@ -134,7 +138,7 @@ VERSIONS = pytest.mark.parametrize("version", [MQTT311, MQTT5], ids=["3.1.1", "5
 
 
 @VERSIONS
-async def test_allowed_publish_and_subscribe_pass_both_ways(gw, clients, mosquitto, version):  # noqa: F811
+async def test_allowed_publish_and_subscribe_pass_both_ways(gw, clients, mosquitto, version):
     broker = await watching(mosquitto, clients, "public/#", "sensors/#")
     alice = await through(gw, clients, "alice", version, client_id=f"c{version}")
     assert await alice.subscribe(("public/#", 1), ("sensors/+/temperature", 0)) == (1, 0)
@@ -153,7 +157,7 @@ async def test_allowed_publish_and_subscribe_pass_both_ways(gw, clients, mosquit
 
 
 @VERSIONS
-async def test_the_broker_sees_the_principal_never_the_clients_claims(gw, clients, mosquitto, version):  # noqa: F811
+async def test_the_broker_sees_the_principal_never_the_clients_claims(gw, clients, mosquitto, version):
     broker = await watching(mosquitto, clients, "users/#")
     spoof = await through(gw, clients, "bob", version, "spoof", service="open", credentials=("alice", "guessed"))
     # the broker's own ACL (users/%u/#) applies to bob: the name the gateway gave it, not the claimed alice
@@ -167,7 +171,7 @@ async def test_the_broker_sees_the_principal_never_the_clients_claims(gw, client
     assert "u'bob'" in line and "alice" not in line and "guessed" not in log
 
 
-async def test_a_client_id_cannot_take_over_another_users_session(gw, clients, mosquitto):  # noqa: F811
+async def test_a_client_id_cannot_take_over_another_users_session(gw, clients, mosquitto):
     alice = await through(gw, clients, "alice", MQTT5, "phone", service="open")
     broker = await watching(mosquitto, clients, "public/#")
     # bob chooses alice's id, and the id the broker gave alice's connection: both stay bob's own
@@ -181,7 +185,7 @@ async def test_a_client_id_cannot_take_over_another_users_session(gw, clients, m
     assert "as bob:phone " in log and "as bob:alice:phone " in log  # each bound to bob
 
 
-async def test_an_anonymous_connection_has_no_user_name_and_its_own_ids(start_gateway, files, clients, mosquitto):  # noqa: F811
+async def test_an_anonymous_connection_has_no_user_name_and_its_own_ids(start_gateway, files, clients, mosquitto):
     gw = await start_gateway(config(mosquitto))
     broker = await watching(mosquitto, clients, "public/#", "users/#")
     anon = await through(gw, clients, None, MQTT311, "kiosk", service="anonymous", credentials=("alice", "x"))
@@ -196,7 +200,7 @@ async def test_an_anonymous_connection_has_no_user_name_and_its_own_ids(start_ga
 # -- refusals -------------------------------------------------------------------------------------------
 
 
-async def test_refused_publishes_v5_get_0x87_and_never_reach_the_broker(gw, clients, mosquitto):  # noqa: F811
+async def test_refused_publishes_v5_get_0x87_and_never_reach_the_broker(gw, clients, mosquitto):
     broker = await watching(mosquitto, clients, "#")
     alice = await through(gw, clients, "alice", MQTT5)
     assert await alice.publish("sensors/bob/temperature", b"forged", 1) == (0x87,)
@@ -212,7 +216,7 @@ async def test_refused_publishes_v5_get_0x87_and_never_reach_the_broker(gw, clie
     assert metrics.denied.labels("mqtt", "publish")._value.get() == 3
 
 
-async def test_refused_publishes_v311_are_acknowledged_and_dropped(gw, clients, mosquitto, caplog):  # noqa: F811
+async def test_refused_publishes_v311_are_acknowledged_and_dropped(gw, clients, mosquitto, caplog):
     broker = await watching(mosquitto, clients, "#")
     alice = await through(gw, clients, "alice", MQTT311)
     with caplog.at_level("INFO", logger="wsgate.audit"):
@@ -225,7 +229,7 @@ async def test_refused_publishes_v311_are_acknowledged_and_dropped(gw, clients, 
 
 
 @VERSIONS
-async def test_refused_filters_get_failure_codes_in_order_and_the_rest_subscribes(gw, clients, mosquitto, version):  # noqa: F811
+async def test_refused_filters_get_failure_codes_in_order_and_the_rest_subscribes(gw, clients, mosquitto, version):
     alice = await through(gw, clients, "alice", version)
     refused = 0x87 if version == MQTT5 else 0x80
     codes = await alice.subscribe(
@@ -245,7 +249,7 @@ async def test_refused_filters_get_failure_codes_in_order_and_the_rest_subscribe
     await alice.nothing()
 
 
-async def test_a_refused_will_refuses_the_connect(gw, clients, mosquitto):  # noqa: F811
+async def test_a_refused_will_refuses_the_connect(gw, clients, mosquitto):
     for version, expected in ((MQTT5, 0x87), (MQTT311, 0x87)):  # paho reports 3.1.1's 5 as 0x87
         client = Paho("w", version, websocket=("/mqtt", basic("alice")))
         client.client.will_set("secret/last-words", b"bye", 1)
@@ -257,7 +261,7 @@ async def test_a_refused_will_refuses_the_connect(gw, clients, mosquitto):  # no
     assert await allowed.connect("127.0.0.1", gw.port_of("mqtt")) == 0
 
 
-async def test_then_close_disconnects_with_0x87(gw, clients, mosquitto):  # noqa: F811
+async def test_then_close_disconnects_with_0x87(gw, clients, mosquitto):
     broker = await watching(mosquitto, clients, "#")
     alice = await through(gw, clients, "alice", MQTT5)
     alice.client.publish("alarms/fire", b"!", 1)
@@ -289,7 +293,7 @@ async def read_until_close(ws) -> tuple[bytes, int | None]:
             return data, ws.close_code
 
 
-async def test_the_stream_may_split_and_join_packets_across_messages(gw, http, mosquitto, clients):  # noqa: F811
+async def test_the_stream_may_split_and_join_packets_across_messages(gw, http, mosquitto, clients):
     broker = await watching(mosquitto, clients, "public/#")
     ws = await raw(http, gw)
     assert ws.protocol == "mqtt"
@@ -312,12 +316,18 @@ async def test_the_stream_may_split_and_join_packets_across_messages(gw, http, m
         (bytes([0x30, 0xFF, 0xFF, 0xFF, 0x7F]), codec.PACKET_TOO_LARGE, 1009),  # 256 MiB announced
         (connect_packet(MQTT5, "again"), codec.PROTOCOL_ERROR, 1002),  # a second CONNECT
         (codec.encode(codec.Auth(0x18), MQTT5), codec.PROTOCOL_ERROR, 1002),
-        (codec.encode(codec.Publish("", b"x", properties=((codec.TOPIC_ALIAS, 1),)), MQTT5), codec.PROTOCOL_ERROR, 1002),
+        (
+            codec.encode(codec.Publish("", b"x", properties=((codec.TOPIC_ALIAS, 1),)), MQTT5),
+            codec.PROTOCOL_ERROR,
+            1002,
+        ),
         (bytes([0x30, 0x04, 0x00, 0x02, 0xC3, 0x28]), codec.MALFORMED, 1002),  # topic not UTF-8
     ],
     ids=["qos3", "huge", "second-connect", "auth", "alias-unknown", "bad-utf8"],
 )
-async def test_malformed_packets_disconnect_v5_with_the_reason_and_close(gw, http, mosquitto, clients, after_connect, reason, close_code):  # noqa: F811
+async def test_malformed_packets_disconnect_v5_with_the_reason_and_close(
+    gw, http, mosquitto, clients, after_connect, reason, close_code
+):
     broker = await watching(mosquitto, clients, "#")
     ws = await raw(http, gw)
     await ws.send_bytes(connect_packet(MQTT5) + codec.encode(codec.Publish("public/ok", b"before"), MQTT5))
@@ -329,7 +339,7 @@ async def test_malformed_packets_disconnect_v5_with_the_reason_and_close(gw, htt
     await broker.nothing()
 
 
-async def test_v311_malformed_closes_and_packets_before_connect_never_dial(gw, http, mosquitto):  # noqa: F811
+async def test_v311_malformed_closes_and_packets_before_connect_never_dial(gw, http, mosquitto):
     ws = await raw(http, gw)
     await ws.send_bytes(connect_packet(MQTT311) + bytes([0x36, 0x03, 0x00, 0x01, 0x61]))
     data, code = await read_until_close(ws)
@@ -351,7 +361,7 @@ async def test_v311_malformed_closes_and_packets_before_connect_never_dial(gw, h
     assert mosquitto.log_text().count("New connection from") == before  # the broker was never dialled
 
 
-async def test_topic_aliases_are_resolved_before_the_rules(gw, http, mosquitto, clients):  # noqa: F811
+async def test_topic_aliases_are_resolved_before_the_rules(gw, http, mosquitto, clients):
     broker = await watching(mosquitto, clients, "#")
     ws = await raw(http, gw)
     await ws.send_bytes(connect_packet(MQTT5))
@@ -384,7 +394,7 @@ async def test_topic_aliases_are_resolved_before_the_rules(gw, http, mosquitto, 
 # -- live changes: reload and re-authentication ---------------------------------------------------------
 
 
-async def test_a_reload_of_the_rules_applies_to_the_next_packet(start_gateway, files, clients, mosquitto):  # noqa: F811
+async def test_a_reload_of_the_rules_applies_to_the_next_packet(start_gateway, files, clients, mosquitto):
     gw = await start_gateway(config(mosquitto))
     broker = await watching(mosquitto, clients, "news/#")
     alice = await through(gw, clients, "alice", MQTT5)
@@ -398,7 +408,9 @@ async def test_a_reload_of_the_rules_applies_to_the_next_packet(start_gateway, f
     assert not alice.disconnected.is_set()
 
 
-async def test_roles_changed_by_reauthentication_apply_without_reconnecting(start_gateway, files, clients, mosquitto, http):  # noqa: F811
+async def test_roles_changed_by_reauthentication_apply_without_reconnecting(
+    start_gateway, files, clients, mosquitto, http
+):
     issuer = Issuer()
     await issuer.start()
     try:
@@ -449,7 +461,7 @@ async def test_roles_changed_by_reauthentication_apply_without_reconnecting(star
 # -- broker connections ---------------------------------------------------------------------------------
 
 
-async def test_tls_to_the_broker_uses_the_truststore(start_gateway, files, clients, mosquitto, pem_stores):  # noqa: F811
+async def test_tls_to_the_broker_uses_the_truststore(start_gateway, files, clients, mosquitto, pem_stores):
     from .conftest import SECURITY_PEM
 
     text = config(mosquitto, connect=f"ssl://localhost:{mosquitto.tls_port}")
@@ -460,7 +472,7 @@ async def test_tls_to_the_broker_uses_the_truststore(start_gateway, files, clien
     assert (await broker.message()).payload == b"over tls"
 
 
-async def test_a_broker_that_is_down_gets_a_server_unavailable_connack(start_gateway, files, clients, mosquitto):  # noqa: F811
+async def test_a_broker_that_is_down_gets_a_server_unavailable_connack(start_gateway, files, clients, mosquitto):
     from .processes import free_port
 
     gw = await start_gateway(config(mosquitto, connect=f"tcp://127.0.0.1:{free_port()}"))
@@ -479,4 +491,3 @@ def test_the_example_config_loads():
     assert service.type == "mqtt.proxy" and len(service.rules) >= 3
     assert service.settings["mqtt.password-file"].value == b"development-only-mqtt-broker-password"
     assert b"development-only" not in repr(service).encode()  # the broker password never shows in a repr
-
