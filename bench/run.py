@@ -1143,6 +1143,8 @@ def main() -> int:
                 run_workers(bench, results)
             elif scenario == "auth":
                 run_auth(bench, results)
+            elif scenario == "mqtt":  # mqtt.proxy vs proxy to one Mosquitto (bench/mqtt.py)
+                __import__("mqtt").run_mqtt(bench, results)
             elif scenario in CLUSTER_CELLS or scenario == "cluster":
                 run_cluster(bench, results, list(CLUSTER_CELLS) if scenario == "cluster" else [scenario])
             else:

@@ -198,6 +198,7 @@ class Auth:
     properties: Properties = ()
 
 
+PublishHead: TypeAlias = tuple[str, int, Properties, int]  # topic, packet id, properties, payload offset
 Packet: TypeAlias = (
     Connect | Connack | Publish | Ack | Subscribe | Suback | Unsubscribe | Unsuback | Ping | Disconnect | Auth
 )
@@ -307,6 +308,9 @@ class _Reader:
 
     def properties(self, version: int) -> Properties:
         if version != MQTT5:
+            return ()
+        if self.pos < self.end and not self.data[self.pos]:  # none: the common case, on the per-message path
+            self.pos += 1
             return ()
         length = self.varint()
         if length > self.left:
@@ -428,9 +432,6 @@ def publish_head(first: int, data: bytes | bytearray, start: int, end: int, vers
     the proxy's per-message path (``data[start:end]`` is the body)."""
     reader = _Reader(data, start, end)  # type: ignore[arg-type]
     return _publish_head(first & 0x0F, reader, version)
-
-
-PublishHead: TypeAlias = tuple[str, int, "Properties", int]
 
 
 def _publish_head(flags: int, reader: _Reader, version: int) -> PublishHead:

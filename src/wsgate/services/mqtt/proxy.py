@@ -213,21 +213,19 @@ class MqttProxyService(WebSocketService):
                 self.runtime.metrics.backend_failures.labels(self.name).inc()
             await channel.send(connack_refusal(version, codec.SERVER_UNAVAILABLE))
             raise Ending(exc.close_code, "back end unavailable") from None
-        try:
+        try:  # from here every way out but success closes the broker connection
             await backend.send(codec.encode(upstream, version))
             connack, broker_rest = await self.broker_connack(backend, version)
+            aliases = 0
+            if version == MQTT5:
+                connack, aliases = accepted(connack, self.limit)
+            await channel.send(codec.encode(connack, version))
+            if connack.code:  # the broker refused (its CONNACK tells the client why)
+                raise Ending(CloseCode.NORMAL, "refused by the broker")
         except BaseException:
             await backend.close()
             raise
-        aliases = 0
-        if version == MQTT5:
-            connack, aliases = accepted(connack, self.limit)
-        await channel.send(codec.encode(connack, version))
-        if connack.code:  # the broker refused (its CONNACK says why); it closes its side
-            await backend.close()
-            raise Ending(CloseCode.NORMAL, "refused by the broker")
-        relay = Relay(version, self.limit, authorize, aliases)
-        return backend, relay, bytes(buffer[end:]), broker_rest
+        return backend, Relay(version, self.limit, authorize, aliases), bytes(buffer[end:]), broker_rest
 
     async def whole_packet(self, channel: Channel, buffer: bytearray) -> tuple[int, int] | None:
         """Receive until ``buffer`` holds the client's first packet (within ``CONNECT_WAIT``)."""

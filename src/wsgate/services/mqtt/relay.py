@@ -297,7 +297,8 @@ class Relay:
 
     def from_broker(self, data: bytes) -> tuple[bytes, Ending | None]:
         """What the client gets of ``data``, and the end of the connection for a packet it could not take."""
-        out, end = self._cut(self.down, data, self._downstream, [])
+        each = self._downstream if self.subscribes else None  # None: only whole packets, none read
+        out, end = self._cut(self.down, data, each, [])
         if end is not None:
             too_big = end.reason == codec.PACKET_TOO_LARGE
             end = Ending(CloseCode.MESSAGE_TOO_BIG if too_big else CloseCode.INTERNAL_ERROR, "back end protocol error")
@@ -325,7 +326,7 @@ class Relay:
         self,
         pending: bytearray,
         data: bytes,
-        each: Callable[[int, bytes | bytearray, int, int, list[bytes]], bytes | None],
+        each: Callable[[int, bytes | bytearray, int, int, list[bytes]], bytes | None] | None,
         replies: list[bytes],
     ) -> tuple[bytes, Ending | None]:
         """The whole packets of ``pending + data``, each passed as it was (``each`` → None) or replaced, and
@@ -336,18 +337,17 @@ class Relay:
             source: bytes | bytearray = pending
         else:
             source = data
-        size, limit = len(source), self.limit
+        size, limit, packet_at = len(source), self.limit, codec.packet_at
         pos = kept = 0  # kept: where the run of packets passed as they were starts
         out: list[bytes] = []
         end: Ending | None = None
         try:
             while pos < size:
-                found = codec.packet_at(source, pos, limit)
+                found = packet_at(source, pos, limit)
                 if found is None:
                     break
                 start, stop = found
-                result = each(source[pos], source, start, stop, replies)
-                if result is not None:
+                if each is not None and (result := each(source[pos], source, start, stop, replies)) is not None:
                     out.append(bytes(source[kept:pos]))
                     out.append(result)
                     kept = stop
