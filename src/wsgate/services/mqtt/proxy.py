@@ -185,8 +185,6 @@ class MqttProxyService(WebSocketService):
         if found is None:
             return None
         start, end = found
-        if buffer[0] >> 4 != CONNECT:
-            raise Ending(CloseCode.PROTOCOL_ERROR, "CONNECT expected")
         try:
             connect = codec.decode(buffer[0], bytes(buffer[start:end]), codec.MQTT311)
         except MqttError as exc:
@@ -232,6 +230,8 @@ class MqttProxyService(WebSocketService):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + CONNECT_WAIT
         while True:
+            if buffer and buffer[0] >> 4 != CONNECT:  # known from the first byte: nothing more is read
+                raise Ending(CloseCode.PROTOCOL_ERROR, "CONNECT expected")
             try:
                 found = codec.packet_at(buffer, 0, self.limit) if buffer else None
             except MqttError as exc:
