@@ -380,6 +380,17 @@ def test_packets_a_client_may_not_send(packet, reason):
     assert step.end is not None and step.end.reason == reason and step.end.code == 1002
 
 
+def test_topic_aliases_hold_a_bounded_number_of_bytes():
+    relay = Relay(MQTT5, 1 << 20, only_public, alias_max=ALIAS_CAP)
+    long = "public/" + "x" * 30_000
+    alias = lambda n: ((codec.TOPIC_ALIAS, n),)  # noqa: E731
+    assert relay.from_client(enc(Publish(long, b"", properties=alias(1)))).end is None
+    assert relay.from_client(enc(Publish(long, b"", properties=alias(1)))).end is None  # replaced, not added
+    assert relay.from_client(enc(Publish(long, b"", properties=alias(2)))).end is None
+    ending = relay.from_client(enc(Publish(long, b"", properties=alias(3)))).end
+    assert ending is not None and ending.reason == codec.QUOTA_EXCEEDED
+
+
 def test_limits_both_ways():
     relay = Relay(MQTT311, 64, only_public)
     step = relay.from_client(enc(Publish("public/x", b"x" * 100), MQTT311))

@@ -40,7 +40,9 @@ from .codec import (
 # (operation, fields) → the rules' decision; a refusal is audited by whoever answers.
 Authorize = Callable[[str, dict[str, str]], Decision]
 
-ALIAS_CAP = 64  # topic aliases one client may hold through the gateway (each remembers a topic)
+ALIAS_CAP = 64  # topic aliases one client may hold through the gateway (each remembers a topic) ...
+ALIAS_BYTES = 64 * 1024  # ... in at most this many bytes of topic names in all (beyond: quota exceeded)
+BROKERS = 0xFF  # in a cut-down SUBSCRIBE's SUBACK plan: the broker's code goes here (no SUBACK code is 0xFF)
 CLIENT_ID_SEPARATOR = ":"
 CLOSE = "close"
 
@@ -175,7 +177,18 @@ def _flag(value: bool) -> str:
 class Relay:
     """One connected client's packets after a successful CONNACK (see the module docstring)."""
 
-    __slots__ = ("version", "limit", "authorize", "up", "down", "aliases", "alias_max", "subscribes", "owned")
+    __slots__ = (
+        "version",
+        "limit",
+        "authorize",
+        "up",
+        "down",
+        "aliases",
+        "alias_bytes",
+        "alias_max",
+        "subscribes",
+        "owned",
+    )
 
     def __init__(self, version: int, limit: int, authorize: Authorize, alias_max: int = 0) -> None:
         self.version = version
@@ -184,10 +197,12 @@ class Relay:
         self.up = bytearray()  # an incomplete packet from the client
         self.down = bytearray()  # an incomplete packet from the broker
         self.aliases: dict[int, str] = {}  # MQTT 5 topic aliases the client set, resolved here
+        self.alias_bytes = 0  # the length of the topics they stand for
         self.alias_max = alias_max
-        # SUBSCRIBE packet ids on their way to the broker → the client's SUBACK codes with None where
-        # the broker's go (a SUBSCRIBE the gateway cut down), or None (forwarded as it was)
-        self.subscribes: dict[int, list[int | None] | None] = {}
+        # SUBSCRIBE packet ids on their way to the broker → the client's SUBACK codes with BROKERS where the
+        # broker's go (a SUBSCRIBE the gateway cut down; a byte per filter: less than the filter took on the
+        # wire), or b"" (forwarded as it was)
+        self.subscribes: dict[int, bytes] = {}
         self.owned: set[int] = set()  # QoS 2 ids the gateway answered itself (refused): their PUBREL stays here
 
     # -- client → broker --------------------------------------------------------------------------
@@ -260,6 +275,10 @@ class Relay:
         if not 1 <= alias <= self.alias_max:
             raise MqttError(f"topic alias {alias} outside 1..{self.alias_max}", codec.TOPIC_ALIAS_INVALID)
         if topic:
+            old = self.aliases.get(alias)
+            self.alias_bytes += len(topic) - (len(old) if old is not None else 0)
+            if self.alias_bytes > ALIAS_BYTES:
+                raise MqttError(f"topic aliases over {ALIAS_BYTES} bytes of topic names", codec.QUOTA_EXCEEDED)
             self.aliases[alias] = topic
             return topic
         known = self.aliases.get(alias)
@@ -271,26 +290,26 @@ class Relay:
         if packet.packet_id in self.subscribes:
             raise MqttError(f"SUBSCRIBE packet id {packet.packet_id} still in use", codec.PROTOCOL_ERROR)
         refused = codec.NOT_AUTHORIZED if self.version == MQTT5 else codec.V3_SUBACK_FAILURE
-        codes: list[int | None] = []
+        codes = bytearray()
         allowed: list[tuple[str, int]] = []
         for topic, options in packet.filters:
             group, topic_filter = codec.split_shared(topic)
             fields = {"topic": topic_filter} if group is None else {"topic": topic_filter, "share-group": group}
             decision = self.authorize("subscribe", fields)
             if decision.allowed:
-                codes.append(None)
+                codes.append(BROKERS)
                 allowed.append((topic, options))
             elif decision.then == CLOSE:
                 raise not_authorized()
             else:
                 codes.append(refused)
         if len(allowed) == len(codes):
-            self.subscribes[packet.packet_id] = None
+            self.subscribes[packet.packet_id] = b""
             return None
         if not allowed:  # nothing for the broker: the gateway answers
             replies.append(codec.encode(Suback(packet.packet_id, tuple(refused for _ in codes)), self.version))
             return b""
-        self.subscribes[packet.packet_id] = codes
+        self.subscribes[packet.packet_id] = bytes(codes)
         return codec.encode(Subscribe(packet.packet_id, tuple(allowed), packet.properties), self.version)
 
     # -- broker → client --------------------------------------------------------------------------
@@ -314,10 +333,10 @@ class Relay:
         if packet.packet_id not in self.subscribes:
             return None
         codes = self.subscribes.pop(packet.packet_id)
-        if codes is None:
+        if not codes:
             return None
         theirs = iter(packet.codes)
-        merged = tuple(next(theirs, codec.UNSPECIFIED) if code is None else code for code in codes)
+        merged = tuple(next(theirs, codec.UNSPECIFIED) if code == BROKERS else code for code in codes)
         return codec.encode(Suback(packet.packet_id, merged, packet.properties), self.version)
 
     # -- both -------------------------------------------------------------------------------------
