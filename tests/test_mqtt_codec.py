@@ -78,13 +78,12 @@ def properties(*idents: int) -> st.SearchStrategy[codec.Properties]:
     return st.tuples(singles, users).map(lambda both: tuple(both[0]) + tuple(both[1]))
 
 
-def packets(version: int) -> st.SearchStrategy[codec.Packet]:
+def connects(version: int) -> st.SearchStrategy[Connect]:
     v5 = version == MQTT5
 
     def props(*idents: int) -> st.SearchStrategy[codec.Properties]:
         return properties(*idents) if v5 else st.just(())
 
-    reason = st.sampled_from((0, 0x10, 0x80, 0x87, 0x91)) if v5 else st.just(0)
     will = st.builds(Will, topics, binary, st.integers(0, 2), st.booleans(), props(0x18, 0x01, 0x02, 0x03))
     connect = st.builds(
         lambda client_id, clean, keep, user, password, w, p: Connect(
@@ -98,6 +97,17 @@ def packets(version: int) -> st.SearchStrategy[codec.Packet]:
         st.none() | will,
         props(codec.SESSION_EXPIRY, 0x21, codec.MAXIMUM_PACKET_SIZE, codec.TOPIC_ALIAS_MAXIMUM),
     )
+    return connect
+
+
+def packets(version: int) -> st.SearchStrategy[codec.Packet]:
+    v5 = version == MQTT5
+
+    def props(*idents: int) -> st.SearchStrategy[codec.Properties]:
+        return properties(*idents) if v5 else st.just(())
+
+    reason = st.sampled_from((0, 0x10, 0x80, 0x87, 0x91)) if v5 else st.just(0)
+    connect = connects(version)
     publish = st.builds(
         lambda topic, payload, qos, retain, dup, packet_id, p: Publish(
             topic, payload, qos, retain, dup and qos > 0, packet_id if qos else 0, p
@@ -144,6 +154,7 @@ def packets(version: int) -> st.SearchStrategy[codec.Packet]:
 
 
 PACKETS = {version: packets(version) for version in (MQTT311, MQTT5)}
+CONNECTS = {version: connects(version) for version in (MQTT311, MQTT5)}
 
 
 def split(data: bytes) -> tuple[int, bytes]:
@@ -178,6 +189,33 @@ def test_random_bytes_raise_nothing_but_the_codecs_error(version, data):
             codec.decode(data[0], data[found[0] : found[1]], version)
     except MqttError:
         pass
+
+
+@FUZZ
+@given(versions, st.binary(max_size=80))
+def test_random_connect_bodies_raise_nothing_but_the_codecs_error(version, tail):
+    """A CONNECT's header is right, the rest is noise: what the gateway reads before it dials anything."""
+    try:
+        codec.decode(0x10, b"\x00\x04MQTT" + bytes((version,)) + tail, MQTT311)
+    except MqttError:
+        pass
+
+
+@FUZZ
+@given(st.data())
+def test_admit_takes_any_valid_connect(data):
+    """Whatever a valid CONNECT holds, the broker's CONNECT is one the codec writes and reads back."""
+    version = data.draw(versions)
+    connect = data.draw(CONNECTS[version])
+    user = data.draw(st.none() | text.filter(bool))
+    try:
+        upstream = admit(connect, user, b"pw", 4096, only_public)
+    except Refusal as refusal:
+        assert refusal.reason in (codec.NOT_AUTHORIZED, codec.BAD_AUTH_METHOD, codec.CLIENT_ID_INVALID)
+        return
+    assert upstream.username == user and upstream.password == (b"pw" if user else None)
+    first, body = split(codec.encode(upstream, version))
+    assert codec.decode(first, body, version) == upstream
 
 
 @FUZZ
