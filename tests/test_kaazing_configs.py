@@ -366,7 +366,7 @@ def test_kaazing_distribution_layout_reports_only_amqp_proxy(tmp_path, capsys):
     lines = [line for line in err.splitlines() if line and not line.startswith("wsgate: ")]
     assert lines == [
         "service[AMQP Service]/type: service type 'amqp.proxy' is not supported yet; supported: "
-        "echo, directory, proxy, broadcast, management, metrics, kdc.proxy"
+        "echo, directory, proxy, broadcast, management, metrics, kdc.proxy, mqtt.proxy"
     ], err
 
 

@@ -302,7 +302,8 @@ class MqttProxyService(WebSocketService):
 
     @staticmethod
     async def upstream(channel: Channel, backend: TcpBackend, relay: Relay, rest: bytes) -> None:
-        """Client → broker until the client closes; raises ``Ending`` when the client must go."""
+        """Client → broker until the client closes; raises ``Ending`` when the client must go, ``OSError`` when
+        the broker connection fails."""
         receive, send, reply, step_of = channel.receive, backend.send, channel.send, relay.from_client
         data: bytes | str | None = rest
         while data is not None:
@@ -313,7 +314,10 @@ class MqttProxyService(WebSocketService):
                 if step.to_broker:
                     await send(step.to_broker)
                 if step.to_client:
-                    await reply(step.to_client)
+                    try:
+                        await reply(step.to_client)
+                    except OSError:  # the client is closing or gone: its loss, not the broker's
+                        return
                 if step.end is not None:
                     raise step.end
             data = await receive()
