@@ -1,7 +1,8 @@
 """MQTT 3.1.1 and 5 control packets, sans-I/O: only what ``mqtt.proxy`` must read or rewrite.
 
-No maintained sans-I/O codec covers both versions (``mqttproto`` is MQTT 5 only and not installable
-here; the others are clients or brokers with their own I/O), so this one is small and strict: every
+No sans-I/O codec for both versions could be used (``mqttproto`` has no distribution in the package index
+this project installs from; ``mqtt-codec`` is 3.1.1 only and unmaintained since 2019; the rest are clients or
+brokers with their own I/O), so this one is small and strict: every
 packet the gateway forwards is decoded in full except PUBLISH payloads, and anything the MQTT
 specifications call malformed raises ``MqttError`` with the MQTT 5 reason code a DISCONNECT would
 carry. Strict on purpose: the gateway decides on the topic it decoded, so it must never read a packet
