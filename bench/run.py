@@ -1147,6 +1147,8 @@ def main() -> int:
                 run_auth(bench, results)
             elif scenario == "amqp":  # amqp.proxy vs proxy in front of a throwaway RabbitMQ (bench/amqp.py)
                 __import__("amqp").run_amqp(bench, results)
+            elif scenario == "mqtt":  # mqtt.proxy vs proxy to one Mosquitto (bench/mqtt.py)
+                __import__("mqtt").run_mqtt(bench, results)
             elif scenario in CLUSTER_CELLS or scenario == "cluster":
                 run_cluster(bench, results, list(CLUSTER_CELLS) if scenario == "cluster" else [scenario])
             else:

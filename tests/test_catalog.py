@@ -50,6 +50,7 @@ def test_the_catalog_lists_types_in_the_documented_order():
         "metrics",
         "kdc.proxy",
         "amqp.proxy",
+        "mqtt.proxy",
     ]
     assert list(LOGIN_MODULES) == ["file", "ldap", "kerberos5", "gss", "jndi", "keystore", "jwt", "certificate", "oidc"]
     assert CATALOG.services == SERVICE_TYPES and CATALOG.login_modules == LOGIN_MODULES

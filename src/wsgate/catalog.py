@@ -25,6 +25,7 @@ from .services.broadcast import BroadcastService
 from .services.directory import DirectoryService
 from .services.echo import EchoService
 from .services.kdc_proxy import KdcProxyService
+from .services.mqtt.proxy import MqttProxyService
 from .services.proxy import ProxyService
 
 # In the order messages list them ("valid: echo, directory, ...").
@@ -40,6 +41,7 @@ SERVICE_TYPES: Mapping[str, ServiceType] = MappingProxyType(
             MetricsService.TYPE,
             KdcProxyService.TYPE,
             AmqpProxyService.TYPE,
+            MqttProxyService.TYPE,
         )
     }
 )

@@ -528,7 +528,7 @@ class Builder:
                 continue
             for value in values.get(name, ()):
                 try:
-                    settings[name] = spec.parse(value)
+                    settings[name] = spec.parse(value)  # a file property's value is already resolved
                 except ValueError as exc:
                     self.fail(f"{path}/properties/{name}", str(exc))
         return MappingProxyType({name: tuple(v) for name, v in values.items()}), MappingProxyType(settings)
