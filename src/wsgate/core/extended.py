@@ -195,24 +195,26 @@ def accept_value(key: str) -> str:
 
 
 def format_response(status: int, headers: dict[str, str] | None = None, date: str | None = None) -> bytes:
-    """An extended handshake response: Kaazing's status line and its small HTML body for anything but 101.
+    """An extended handshake response, laid out as Kaazing's are (the spec's scripts read them byte by byte).
 
-    Headers are sorted by name, as Kaazing's are (the spec's scripts read them in that order);
-    ``Date`` is added, and ``Server`` names the product, no version.
+    101: its headers sorted by name, with ``Date`` and ``Server`` (the product, no version). Anything
+    else: ``Content-Type``, the given headers (``WWW-Authenticate``, ``Retry-After``), ``Content-Length``
+    and Kaazing's small HTML body; a 400 also carries ``Date``.
     """
     phrase = "WebSocket Protocol Handshake" if status == 101 else _phrase(status)
-    fields: dict[str, str] = {"Date": date or formatdate(usegmt=True), "Server": "wsgate"}
-    body = b""
+    now = date or formatdate(usegmt=True)
     if status == 101:
-        fields.update({"Connection": "Upgrade", "Upgrade": "websocket"})
+        fields = {"Connection": "Upgrade", "Date": now, "Server": "wsgate", "Upgrade": "websocket", **(headers or {})}
+        lines = [f"{name}: {fields[name]}" for name in sorted(fields, key=str.lower)]
+        body = b""
     else:
         body = f"<html><head></head><body><h1>{status} {phrase}</h1></body></html>".encode()
-        fields.update({"Content-Type": "text/html", "Content-Length": str(len(body))})
-    for name, value in (headers or {}).items():
-        fields[name] = value
-    lines = [f"HTTP/1.1 {status} {phrase}"]
-    lines += [f"{name}: {fields[name]}" for name in sorted(fields, key=str.lower)]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+        lines = ["Content-Type: text/html", *(f"{name}: {value}" for name, value in (headers or {}).items())]
+        if status == 400:
+            lines.append(f"Date: {now}")
+        lines.append(f"Content-Length: {len(body)}")
+    head = "\r\n".join([f"HTTP/1.1 {status} {phrase}", *lines])
+    return (head + "\r\n\r\n").encode() + body
 
 
 def _phrase(status: int) -> str:
