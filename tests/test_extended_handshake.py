@@ -70,7 +70,7 @@ def outer(path: str = "/path", protocols: str = "x-kaazing-handshake", **extra: 
         ("x-kaazing-handshake", True),
         ("x-kaazing-handshake, amqp", True),
         ("amqp,x-kaazing-handshake", True),
-        ("X-Kaazing-Handshake", True),
+        ("X-Kaazing-Handshake", False),  # subprotocols are case-sensitive: the 101 could not select it
         ("amqp", False),
         ("x-kaazing-handshake-not", False),
         (None, False),

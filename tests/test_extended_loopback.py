@@ -504,3 +504,77 @@ async def test_management_view_shows_the_transport(gw, http):
         await ws.receive()
         (native,) = gw.runtime.connections
         assert session_view(native, time.time())["transport"] == "websocket"
+
+
+# -- the k3po script on a raw socket ----------------------------------------------------------
+
+DEMO = """
+service:
+  - name: auth
+    accept: ws://127.0.0.1:0/auth
+    type: echo
+    realm-name: demo
+    authorization-constraint:
+      require-role: AUTHORIZED
+security:
+  realm:
+    - name: demo
+      description: Kaazing WebSocket Gateway Demo
+      authentication:
+        http-challenge-scheme: Application Basic
+        login-modules:
+          login-module:
+            type: file
+            options:
+              file: jaas-config.xml
+"""
+
+
+def masked(payload: bytes, opcode: int = 0x2, mask: bytes = b"\x01\x02\x03\x04") -> bytes:
+    assert len(payload) < 126
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + body
+
+
+async def test_connection_established_with_authorization_byte_for_byte(start_gateway, users):
+    """extended/connection.established.with.authorization, on a socket: the frames the script reads."""
+    gw = await start_gateway(DEMO)
+    port = gw.port_of("auth")
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(
+            (
+                f"GET /auth HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+                "Sec-WebSocket-Protocol: x-kaazing-handshake\r\n\r\n"
+            ).encode()
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 101 ")
+        assert b"\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n" in head
+        assert b"\r\nSec-WebSocket-Protocol: x-kaazing-handshake\r\n" in head
+        writer.write(masked(b"GET /auth HTTP/1.1\r\n\r\n"))  # [0x82 0x96]
+        assert await asyncio.wait_for(reader.readexactly(4), 5) == bytes([0x82, 0x7E, 0x00, 0xD6])
+        assert await reader.readexactly(0xD6) == (
+            b"HTTP/1.1 401 Unauthorized\r\n"
+            b"Content-Type: text/html\r\n"
+            b'WWW-Authenticate: Application Basic realm="Kaazing WebSocket Gateway Demo"\r\n'
+            b"Content-Length: 64\r\n"
+            b"\r\n"
+            b"<html><head></head><body><h1>401 Unauthorized</h1></body></html>"
+        )
+        writer.write(masked(b"GET /auth HTTP/1.1\r\nAuthorization: Basic am9lOndlbGNvbWU=\r\n\r\n"))  # [0x82 0xbd]
+        first = await asyncio.wait_for(reader.readexactly(4), 5)
+        assert first[:2] == bytes([0x82, 0x7E])
+        lines = (await reader.readexactly(int.from_bytes(first[2:], "big"))).split(b"\r\n")
+        assert lines[0].startswith(b"HTTP/1.1 101 ")
+        assert lines[1] == b"Connection: Upgrade" and lines[2].startswith(b"Date: ")
+        assert lines[3] == b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        assert lines[4].startswith(b"Server: ") and lines[5] == b"Upgrade: websocket"
+        assert lines[-2:] == [b"", b""]  # the head ends with an empty line (wsgate's identity headers before it)
+        writer.write(masked(b"AAA", opcode=0x1))  # connection.established.data.exchanged.close
+        assert await asyncio.wait_for(reader.readexactly(5), 5) == b"\x81\x03AAA"
+        writer.write(masked(b"", opcode=0x8))  # the script's empty close is answered as wsgate answers any: 1000
+        assert await asyncio.wait_for(reader.readexactly(4), 5) == b"\x88\x02\x03\xe8"
+    finally:
+        writer.close()

@@ -27,7 +27,6 @@ from urllib.parse import parse_qsl, unquote
 from multidict import CIMultiDict, MultiDict, MultiDictProxy, MultiMapping
 
 from .handshake import Handshake, handshake_headers
-from .http import has_token
 
 EXTENDED_PROTOCOL = "x-kaazing-handshake"
 TRANSPORT = "x-kaazing-handshake"  # ``LiveSession.transport`` / ``Handshake.transport`` of such connections
@@ -77,8 +76,15 @@ class Signals:
 
 
 def offers_extended(headers: MultiMapping[str]) -> bool:
-    """Does the opening handshake offer ``x-kaazing-handshake`` (alone or with application protocols)?"""
-    return any(has_token(line, EXTENDED_PROTOCOL) for line in headers.getall("Sec-WebSocket-Protocol", ()))
+    """Does the opening handshake offer ``x-kaazing-handshake`` (alone or with application protocols)?
+
+    Exactly so spelled: subprotocols are case-sensitive (RFC 6455 §4.1), the 101 can select only that
+    spelling, and Kaazing's gateway compares it the same way."""
+    return any(
+        offer.strip() == EXTENDED_PROTOCOL
+        for line in headers.getall("Sec-WebSocket-Protocol", ())
+        for offer in line.split(",")
+    )
 
 
 def parse_request(data: bytes | str, line_limit: int = 8190) -> ExtendedRequest:
