@@ -432,6 +432,20 @@ async def test_connection_limits_are_counted_once(start_gateway, users, backends
     await again.ws.close()
 
 
+async def test_the_handshake_is_in_progress_until_the_inner_101(start_gateway, users, backends, http):
+    """``limits/handshakes`` counts the extended handshake (the login happens inside it) until the inner 101."""
+    gw = await start_gateway("limits:\n  handshakes: 1\n" + config(backends[0], backends[1]))
+    client = await Khp.connect(http, gw, "files")
+    with pytest.raises(aiohttp.WSServerHandshakeError) as error:
+        await http.ws_connect(f"ws://127.0.0.1:{gw.port_of('echo')}/echo")
+    assert error.value.status == 503
+    assert (await client.request(basic("joe", "welcome"))).status == 101
+    async with http.ws_connect(f"ws://127.0.0.1:{gw.port_of('echo')}/echo") as ws:
+        await ws.send_str("free again")
+        assert (await asyncio.wait_for(ws.receive(), 5)).data == "free again"
+    await client.ws.close()
+
+
 # -- the connection after the extended 101 is a native one ------------------------------------
 
 

@@ -4,7 +4,8 @@ A client that offers ``x-kaazing-handshake`` is admitted by the listener without
 (``Admission.admit(..., credentials=False)``: Origin, limits, handshake validity, everything but the
 realm's check), and its endpoint comes here instead of ``upgrade``:
 
-1. the outer 101 selects ``x-kaazing-handshake`` (service limits applied, as for any WebSocket);
+1. the outer 101 selects ``x-kaazing-handshake`` (service limits applied, as for any WebSocket; the
+   handshake counts as in progress for ``limits/handshakes`` until the inner 101);
 2. each extended request (one message, within ``limits/handshake-timeout``) is merged with the outer
    request (``core.extended.merged_handshake``) and admitted by the *same* ``Admission`` with the
    opening's ``Hold`` (limits counted once);
@@ -48,7 +49,7 @@ from ..observe.logs import LogLimiter, get_logger
 from ..observe.metrics import handshake_outcome
 from ..security.challenges import offered_subprotocols, without_token_offers
 from .channel import AiohttpChannel
-from .websocket import accept_websocket
+from .websocket import HANDSHAKE_DONE, accept_websocket
 
 if TYPE_CHECKING:
     from ..security.admission import Admission
@@ -92,6 +93,8 @@ async def extended_upgrade(
     """Run the extended handshake on an admitted opening handshake, then the service as ``upgrade`` would."""
     extended = request[EXTENDED_KEY]
     options = service.config.accept_options
+    # The handshake stays in progress (limits/handshakes) until the inner 101: the login happens inside.
+    request.pop(HANDSHAKE_DONE, None)
     ws = await accept_websocket(request, options, service.writer_limit, (EXTENDED_PROTOCOL,))
     channel = AiohttpChannel(ws, request.transport)  # for the handshake's messages; ``upgrade`` makes its own
     signals = Signals.of(outer.query)
@@ -106,7 +109,7 @@ async def extended_upgrade(
         return ws
     if inner is None:  # the client closed (its close frame answered)
         return ws
-    opener = _InBand(ws, outer, inner, signals)
+    opener = _InBand(ws, outer, inner, signals, opening.hold.handshake_done)
     response = await upgrade(service, request, inner, accept, opener)
     if response is not ws:  # refused after the admission (revoked while the back end was dialled): in-band
         late = _Failed(response.status, CloseCode.POLICY_VIOLATION, "refused before the upgrade", audit=False)
@@ -218,10 +221,18 @@ def _count(admission: Admission, name: str, status: int) -> None:
 class _InBand:
     """``upgrade``'s opener: the 101 as an extended response, on the WebSocket the outer 101 opened."""
 
-    __slots__ = ("ws", "key", "offers", "signals")
+    __slots__ = ("ws", "key", "offers", "signals", "done")
 
-    def __init__(self, ws: web.WebSocketResponse, outer: Handshake, inner: Handshake, signals: Signals) -> None:
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        outer: Handshake,
+        inner: Handshake,
+        signals: Signals,
+        done: Callable[[], None],
+    ) -> None:
         self.ws = ws
+        self.done = done  # the handshake is no longer in progress once the inner 101 is sent
         self.key = outer.headers.get("Sec-WebSocket-Key", "")
         self.offers = without_token_offers(offered_subprotocols(inner.headers.get("Sec-WebSocket-Protocol")))
         self.signals = signals
@@ -233,6 +244,7 @@ class _InBand:
         if chosen is not None:
             fields["Sec-WebSocket-Protocol"] = chosen
         await self.ws.send_bytes(format_response(101, fields))
+        self.done()
         if self.signals.terminator:
             await self.ws.send_bytes(b"")
         if self.signals.balancer:
