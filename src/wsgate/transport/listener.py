@@ -13,7 +13,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
@@ -30,6 +30,7 @@ from .endpoint import Endpoint
 from .extended_handshake import EXTENDED_KEY, ExtendedHandshake, offers_extended
 from .http import ACCEPT_KEY, handshake_from, response_for
 from .liveness import ResetWatch
+from .resource import RequestBody
 from .tls_audit import TlsAudit, install_exception_handler
 from .websocket import HANDSHAKE_DONE, is_upgrade, request_host
 
@@ -247,6 +248,10 @@ class Listener:
                 request.transport.get_extra_info("ssl_object") if request.transport else None
             )
         handshake = handshake_from(request, peer, host)
+        if route.control and request.path.startswith(
+            route.path + CONTROL_PREFIX
+        ):  # a control resource may read the body (a logout token)
+            handshake = replace(handshake, body=RequestBody(request))
         # Kaazing's extended handshake: the realm's check moves into the WebSocket (extended_handshake.py).
         extended = route.admission.websocket and handshake.upgrade and offers_extended(handshake.headers)
         decision = await route.admission.admit(handshake, credentials=not extended)
@@ -457,6 +462,9 @@ class HttpConnection(web.RequestHandler):
         self.timer = None
         if self._between_requests():
             self.force_close()
+
+
+CONTROL_PREFIX = "/.wsgate/"
 
 
 def _serves(route: Route, path: str) -> bool:
