@@ -182,8 +182,8 @@ def session_view(session: LiveSession, now: float) -> dict[str, Any]:
         "opened": session.started,
         "age": round(now - session.started, 1),
         "expires": session.deadline,
+        "transport": session.transport,  # "websocket", or the adapter that carries it (x-kaazing-handshake, wse)
         "tls": tls,
-        "transport": session.transport,
         "tunnel": session.tunnel,
         "messages_in": channel.messages_in,
         "messages_out": channel.messages_out,

@@ -27,6 +27,7 @@ from ..observe.logs import LogLimiter, get_logger
 from ..observe.metrics import handshake_outcome
 from .accept import guard
 from .endpoint import Endpoint
+from .extended_handshake import EXTENDED_KEY, ExtendedHandshake, offers_extended
 from .http import ACCEPT_KEY, handshake_from, response_for
 from .liveness import ResetWatch
 from .resource import RequestBody
@@ -251,7 +252,9 @@ class Listener:
             route.path + CONTROL_PREFIX
         ):  # a control resource may read the body (a logout token)
             handshake = replace(handshake, body=RequestBody(request))
-        decision = await route.admission.admit(handshake)
+        # Kaazing's extended handshake: the realm's check moves into the WebSocket (extended_handshake.py).
+        extended = route.admission.websocket and handshake.upgrade and offers_extended(handshake.headers)
+        decision = await route.admission.admit(handshake, credentials=not extended)
         if isinstance(decision, Reject):
             if decision.event == BAD_REQUEST:
                 self.audit_bad_request(route.service.name, request.remote, decision.status, decision.reason)
@@ -265,6 +268,8 @@ class Listener:
             hold = decision.hold
             if handshake.upgrade:
                 request[HANDSHAKE_DONE] = hold.handshake_done  # the 101 is sent: no longer in progress
+            if extended:
+                request[EXTENDED_KEY] = ExtendedHandshake(route.admission, self.handshake_timeout, self.header_size)
             try:
                 response = await route.endpoint(request, peer, handshake, decision)
             finally:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from aiohttp import web
@@ -32,10 +33,13 @@ from ..core.peer import PeerIdentity
 from ..core.session import LiveSession
 from .channel import AiohttpChannel
 from .endpoint import Endpoint
+from .extended_handshake import EXTENDED_KEY, extended_upgrade
 from .http import response_for
 from .websocket import accept_websocket
 
 log = logging.getLogger("wsgate.service")
+# Sends the 101 with the subprotocols the service accepts and the headers given; the WebSocket it opened.
+Opener = Callable[[tuple[str, ...], dict[str, str]], Awaitable[web.WebSocketResponse]]
 
 
 class WebSocketEndpoint(Protocol):
@@ -77,15 +81,24 @@ def websocket_endpoint(service: WebSocketEndpoint) -> Endpoint:
     async def endpoint(
         request: web.BaseRequest, peer: PeerIdentity | None, handshake: Handshake, accept: Accept
     ) -> web.StreamResponse:
+        if EXTENDED_KEY in request:  # x-kaazing-handshake: admission and the 101 again, inside the WebSocket
+            return await extended_upgrade(service, request, handshake, accept, upgrade)
         return await upgrade(service, request, handshake, accept)
 
     return endpoint
 
 
 async def upgrade(
-    service: WebSocketEndpoint, request: web.BaseRequest, handshake: Handshake, accept: Accept
+    service: WebSocketEndpoint,
+    request: web.BaseRequest,
+    handshake: Handshake,
+    accept: Accept,
+    opener: Opener | None = None,
 ) -> web.StreamResponse:
-    """Complete an admitted upgrade and serve the connection until it ends (see the module's steps)."""
+    """Complete an admitted upgrade and serve the connection until it ends (see the module's steps).
+
+    ``opener``: how the 101 is sent, if not as aiohttp's HTTP response (the extended handshake's in-band one).
+    """
     identity, deadline, peer = accept.identity, accept.deadline, handshake.peer
     remote = handshake.remote
     protocols, context = await service.prepare(handshake, accept)
@@ -102,7 +115,10 @@ async def upgrade(
         if accept.headers:
             headers.update(accept.headers)
         options = service.config.accept_options
-        ws = await accept_websocket(request, options, service.writer_limit, protocols, headers)
+        if opener is None:
+            ws = await accept_websocket(request, options, service.writer_limit, protocols, headers)
+        else:
+            ws = await opener(protocols, headers)
     except BaseException:
         await service.abandon(context)
         raise
@@ -111,6 +127,7 @@ async def upgrade(
     session = LiveSession(connection_id, service.name, channel, remote, peer, identity, accept.opened_at)
     session.context = context
     session.tls = _tls(transport)
+    session.transport = handshake.transport
     if options.write_timeout:
         channel.watch_writes(options.write_timeout, session)
     session.expire_at(deadline, accept.deadline_reason)
