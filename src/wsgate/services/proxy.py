@@ -24,7 +24,8 @@ from ..security.challenges import offered_subprotocols, without_token_offers
 from ..security.tls import client_context
 from ..transport.backend import Backend, TcpBackend, WsBackend, WsDialer, open_tcp
 from ..transport.liveness import ResetWatch
-from .base import Runtime, ServiceType, WebSocketService
+from .base import Runtime, ServiceType
+from .messages import MESSAGE_RULES, POLICY_PROPERTY, MessageService
 
 log = logging.getLogger("wsgate.proxy")
 
@@ -38,7 +39,10 @@ def parse_connect_strategy(text: str) -> str:
         raise ValueError(f"{exc}{hint}") from None
 
 
-class ProxyService(WebSocketService):
+class ProxyService(MessageService):
+    """Messages both ways pass the message policy (``MessageService``): ``send`` rules before the back end,
+    ``receive`` rules before the client."""
+
     TYPE = ServiceType(
         name="proxy",
         accept=("ws", "wss"),
@@ -46,7 +50,9 @@ class ProxyService(WebSocketService):
         properties={
             "maximum.pending.bytes": Property("?", parse_size),
             "connect.strategy": Property("?", parse_connect_strategy),
+            **POLICY_PROPERTY,
         },
+        rules=MESSAGE_RULES,
         descriptors_per_connection=2,  # the client's socket and the back end's
     )
 
