@@ -16,8 +16,10 @@ Order per message: the rules first (a service with rules refuses what none allow
 closes the connection with 1008 (``then: close``, or the callable answering ``close``); each one is
 counted and audited (direction, type, the deciding rule: never the message).
 
-The no-policy path (no rules, no callable) costs one plain call and three attribute reads per message:
-``receive``/``send`` hand back the inner channel's own coroutine, no extra frame is awaited.
+The no-policy path (no rules, no callable) costs three attribute reads per message and, for a message
+from the client, one coroutine frame: ``send`` hands back the inner channel's own coroutine (it decides
+with the message in hand), ``receive`` must decide when the message arrives, not when the wait began (a
+reload may add rules in between). bench/policy.py measures it.
 """
 
 from __future__ import annotations
@@ -117,8 +119,8 @@ def load_policy(service: Service, config_dir: Path | None) -> MessagePolicy | No
         raise ConfigError(path, f"module {module_name!r} has no {class_name!r}") from None
     if not isinstance(cls, type):
         raise ConfigError(path, f"{target} is not a class: name a class whose objects are called per message")
-    call = getattr(cls, "__call__", None)  # noqa: B004 - the class's own method, not callable(cls)
-    if call is None or call is type.__call__:
+    call = next((vars(k)["__call__"] for k in cls.__mro__ if "__call__" in vars(k)), None)  # what its objects get
+    if call is None:
         raise ConfigError(
             path, f"{target} has no __call__(self, identity, direction, data) answering 'allow', 'drop' or 'close'"
         )
@@ -311,8 +313,8 @@ def _where(exc: BaseException) -> str:
 class GuardedChannel:
     """A ``Channel`` whose messages pass the service's message policy, both ways (see the module docstring).
 
-    ``receive`` and ``send`` are plain functions: without rules or callable they hand back the inner
-    channel's coroutine itself. After a refusal closed the connection nothing more passes either way."""
+    ``send`` is a plain function: without rules or callable it hands back the inner channel's coroutine
+    itself. After a refusal closed the connection nothing more passes either way."""
 
     __slots__ = ("inner", "service", "session", "ended", "_receive", "_send")
 
@@ -324,16 +326,14 @@ class GuardedChannel:
         self._receive = inner.receive
         self._send = inner.send
 
-    def receive(self) -> Coroutine[Any, Any, Data | None]:
-        service = self.service
-        if service.rules.open and service.policy is None:
-            return self._receive()
-        return self._receive_checked()
-
-    async def _receive_checked(self) -> Data | None:
-        receive, admit = self._receive, self.service.admit
+    async def receive(self) -> Data | None:
+        """Decided once the message is here, not when the wait began: rules a reload adds while a
+        connection waits apply to the message it is waiting for."""
+        receive, service = self._receive, self.service
         while (data := await receive()) is not None:
-            if not self.ended and admit(self, SEND, data):
+            if service.rules.open and service.policy is None:
+                return data
+            if not self.ended and service.admit(self, SEND, data):
                 return data
         return None
 
