@@ -1143,6 +1143,8 @@ def main() -> int:
                 run_workers(bench, results)
             elif scenario == "auth":
                 run_auth(bench, results)
+            elif scenario == "policy":  # the message policy's cost per message (bench/policy.py), not by default
+                __import__("policy").run_policy(bench, results)
             elif scenario in CLUSTER_CELLS or scenario == "cluster":
                 run_cluster(bench, results, list(CLUSTER_CELLS) if scenario == "cluster" else [scenario])
             else:

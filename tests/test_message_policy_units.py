@@ -68,6 +68,8 @@ def fields(data: str | bytes) -> dict[str, str] | None:
         ('{"a": "x"', {}),  # truncated
         (b'{"a": "bytes"}', {"json.a": "bytes"}),  # a binary frame holding JSON is read too
         (b"\xff\xfe\x00", {}),  # not UTF-8
+        ('{"a": "utf-16"}'.encode("utf-16-le"), {"json.a": "utf-16"}),  # as json.loads(bytes) would read it
+        ('{"a": "x"} {"a": "admin"}', {}),  # extra data: not one JSON value
         ("[" * 100_000 + "]" * 100_000, {}),  # nested too deep to parse: no fields, no crash
         ('{"a": "x", "a": "admin"}', None),  # a repeated key: parsers disagree which counts
         ('{"z": {"k": 1, "k": 2}}', None),  # at any depth

@@ -57,6 +57,8 @@ JSON_PREFIX = "json."
 MAX_PATH_LEVELS = 32
 TYPES = ("text", "binary")
 POLICY = "message.policy"
+TEXT: Mapping[str, str] = MappingProxyType({"type": "text"})  # the fields of a message no json. rule reads
+BINARY: Mapping[str, str] = MappingProxyType({"type": "binary"})
 AMBIGUOUS: Mapping[str, str] = MappingProxyType({})  # a message whose JSON repeats a key: no rule can judge it
 
 
@@ -147,6 +149,9 @@ def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique)  # built once: json.loads would build one per message
+
+
 def level(value: Any) -> str:
     """A JSON value as one pattern level: strings as they are, other scalars in their JSON spelling, an
     object or array as "" (present: only ``*`` matches it)."""
@@ -167,7 +172,9 @@ def json_fields(data: Data, paths: tuple[tuple[str, tuple[str, ...]], ...], out:
     """Add the ``json.`` fields ``paths`` name that ``data`` has to ``out``; False for an ambiguous
     message (a repeated key). Invalid JSON, a message that is not an object, an absent path: no field."""
     try:
-        doc = json.loads(data, object_pairs_hook=_unique)
+        # bytes in the encoding json.loads would detect (UTF-8, -16 or -32): a back end reading them with it
+        # must not see fields the rules did not
+        doc = _DECODER.decode(data if isinstance(data, str) else data.decode(json.detect_encoding(data)))
     except Repeated:
         return False
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError; nesting too deep to parse
@@ -207,11 +214,11 @@ class MessageChecks:
 
     def values(self, direction: str, data: Data) -> Mapping[str, str]:
         """The fields rules on ``direction`` may match (JSON parsed only if one names a path), or ``AMBIGUOUS``."""
-        values = {"type": "text" if type(data) is str else "binary"}
         paths = self.paths[direction]
-        if paths and not json_fields(data, paths, values):
-            return AMBIGUOUS
-        return values
+        if not paths:
+            return TEXT if type(data) is str else BINARY
+        values = {"type": "text" if type(data) is str else "binary"}
+        return values if json_fields(data, paths, values) else AMBIGUOUS
 
 
 # -- the service side ------------------------------------------------------------------------------------
