@@ -158,8 +158,9 @@ def run_policy(bench: Any, results: dict[str, Any]) -> None:
     for size, conns, window in WIRE_CELLS:
         cell = f"policy {size}B c={conns}"
         runs: dict[str, list[dict[str, Any]]] = {}
-        for _ in range(bench.args.rounds):
-            for name in VARIANTS:
+        names = list(VARIANTS)
+        for index in range(bench.args.rounds):
+            for name in names[index % len(names) :] + names[: index % len(names)]:  # each goes first in turn
                 with run.Server(f"wsgate {name}", command, port) as server:
                     extra = ["--conns", str(conns), "--window", str(window), "--size", str(size), "--json"]
                     url = f"ws://127.0.0.1:{port}/{name}"
@@ -171,7 +172,8 @@ def run_policy(bench: Any, results: dict[str, Any]) -> None:
             cpu, rate = run._median(measured, "server_cpu_us_per_op"), run._median(measured, "msg_per_s")
             ratio = "" if name == "none" else f" (CPU ×{cpu / base:.3f})"
             parts.append(f"{name} {rate:7.0f} msg/s {cpu:5.2f} µs/op{ratio}")
-        print(f"{cell:28} " + " | ".join(parts), flush=True)
+        other = max(m["other_cpus"] for measured in runs.values() for m in measured)
+        print(f"{cell:28} " + " | ".join(parts) + f" [other work on the host ≤ {other:.2f} cores]", flush=True)
 
 
 def main() -> None:

@@ -424,3 +424,26 @@ async def test_broadcast_parses_once_per_message_and_each_subscriber_sees_what_i
     for channel in subscribers.values():
         channel.peer_closes()
     await asyncio.wait_for(asyncio.gather(*tasks), 5)
+
+
+async def test_a_policy_failing_for_one_subscriber_never_breaks_the_fan_out(policy_dir):
+    """Policy.__call__ raises for data "boom" only when it is not for the user: each subscriber is decided alone."""
+    text = "service:\n  - name: feed\n    type: broadcast\n    accept: ws://127.0.0.1:0/feed\n"
+    text += "    properties:\n      message.policy: class:policy_units.Policy\n"
+    (policy_dir / "gateway.yaml").write_text(text)
+    feed = BroadcastService(load_config(policy_dir / "gateway.yaml").service("feed"), Runtime(config_dir=policy_dir))
+    channels, tasks = {}, []
+    for user in ("alice", "bob"):
+        channel = FakeChannel()
+        session, wrapped = guarded(feed, channel, identity(user))  # type: ignore[arg-type]
+        tasks.append(asyncio.create_task(feed.serve(session, wrapped)))
+        channels[user] = channel
+    await asyncio.sleep(0.01)
+    for data in ("for alice", "boom", "for bob", "alice and bob"):
+        feed.publish(data)
+    await asyncio.sleep(0.05)
+    assert channels["alice"].sent == ["for alice", "alice and bob"]
+    assert channels["bob"].sent == ["for bob", "alice and bob"]
+    for channel in channels.values():
+        channel.peer_closes()
+    await asyncio.wait_for(asyncio.gather(*tasks), 5)
