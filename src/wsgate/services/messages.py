@@ -281,20 +281,25 @@ class MessageService(WebSocketService):
         try:
             answer = policy(identity, direction, data)
         except Exception as exc:
-            self.policy_failed(f"raised {type(exc).__name__}{_where(exc)}")
+            self.policy_failed(exc)
             return DROP
         if isinstance(answer, str) and answer in ANSWERS:
             return answer
-        self.policy_failed(f"answered a {type(answer).__name__}, not 'allow', 'drop' or 'close'")
+        self.policy_failed(answer)
         return DROP
 
-    def policy_failed(self, what: str) -> None:
-        """Counted always, logged within the rate limit: never the message, nor the exception's text (which
-        may quote it)."""
+    def policy_failed(self, what: object) -> None:
+        """Counted always, logged within the rate limit: the exception's type and line, or the answer's type;
+        never the message, nor the exception's text (which may quote it)."""
         if self.runtime.metrics is not None:
             self.runtime.metrics.policy_errors.labels(self.name).inc()
-        if self.policy_error_lines.allow():
-            log.error("service[%s]: %s %s; the message was refused (fail closed)", self.name, POLICY, what)
+        if not self.policy_error_lines.allow():
+            return
+        if isinstance(what, BaseException):
+            failure = f"raised {type(what).__name__}{_where(what)}"
+        else:
+            failure = f"answered a {type(what).__name__}, not 'allow', 'drop' or 'close'"
+        log.error("service[%s]: %s %s; the message was refused (fail closed)", self.name, POLICY, failure)
 
     def refuse_message(
         self, guard: GuardedChannel, direction: str, decision: Decision, data: Data, why: str = ""
@@ -307,11 +312,13 @@ class MessageService(WebSocketService):
 
 def _where(exc: BaseException) -> str:
     """`` at file:line in function`` of the innermost frame: enough to find the bug, no values."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    if not frames:
+    last = None
+    for last in traceback.walk_tb(exc.__traceback__):  # noqa: B007 - the innermost is the last
+        pass
+    if last is None:
         return ""
-    last = frames[-1]
-    return f" at {Path(last.filename).name}:{last.lineno} in {last.name}"
+    frame, line = last
+    return f" at {Path(frame.f_code.co_filename).name}:{line} in {frame.f_code.co_name}"
 
 
 # -- the channel side ------------------------------------------------------------------------------------
