@@ -4,7 +4,8 @@ Two measurements, each comparing the same four echo services in one run: no rule
 ``type`` rules, three ``json.`` rules (the message is parsed), and a ``message.policy`` callable:
 
   micro  in process, no sockets: an echo loop (receive, send) over an in-memory channel, with and without
-         the ``GuardedChannel``; nanoseconds per message, the median of --rounds runs of --messages each.
+         the ``GuardedChannel``; CPU nanoseconds per message (thread time, so other work on a shared host
+         does not count), the median of --rounds runs of --messages each.
          This isolates the policy's own work from aiohttp's and the kernel's.
   wire   a real gateway (``bench/run.py``'s harness): load.py's picows clients send JSON objects, server
          CPU per message from /proc over the measured window, the variants alternated round by round.
@@ -98,10 +99,10 @@ class Memory:
 
 async def echo_loop(channel: Any, count: int) -> float:
     receive, send = channel.receive, channel.send  # as services/echo.py binds them
-    started = time.perf_counter()
+    started = time.thread_time()  # CPU time: other work on a shared host does not count
     for _ in range(count):
         await send(await receive())
-    return (time.perf_counter() - started) / count * 1e9
+    return (time.thread_time() - started) / count * 1e9
 
 
 def micro(rounds: int, messages: int, size: int = 64) -> dict[str, float]:
