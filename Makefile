@@ -33,12 +33,13 @@ lint: $(TESTED)  ## static checks: ruff, mypy --strict and the layering contract
 # (krb5kdc, kadmin.local, kinit/kvno, k5tls for kinit over the gateway's HTTPS KDC proxy) and libkrb5-dev
 # with gcc to build python-gssapi (it has no Linux wheels), curl (its --negotiate is a real SPNEGO client),
 # redis-server (the shared state of several gateway nodes), and the brokers behind amqp.proxy and mqtt.proxy
-# (rabbitmq-server, mosquitto).
+# (rabbitmq-server, mosquitto), and iproute2 + nftables (network namespaces for the layered-DMZ tests).
 APT_TEST_PACKAGES := default-jre-headless slapd ldap-utils chromium libnss3-tools \
-	krb5-kdc krb5-admin-server krb5-user krb5-k5tls libkrb5-dev gcc curl redis-server rabbitmq-server mosquitto
+	krb5-kdc krb5-admin-server krb5-user krb5-k5tls libkrb5-dev gcc curl redis-server rabbitmq-server mosquitto \
+	iproute2 nftables
 APT_TEST_COMMANDS := keytool /usr/sbin/slapd ldapsearch chromium certutil \
 	/usr/sbin/krb5kdc /usr/sbin/kadmin.local kinit krb5-config gcc curl redis-server \
-	/usr/sbin/rabbitmq-server /usr/sbin/mosquitto
+	/usr/sbin/rabbitmq-server /usr/sbin/mosquitto /usr/sbin/ip /usr/sbin/nft
 
 test-deps:  ## install the Debian packages tests need, if missing
 	@missing=0; for c in $(APT_TEST_COMMANDS); do command -v $$c >/dev/null || missing=1; done; \

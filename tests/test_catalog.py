@@ -41,8 +41,18 @@ def service_yaml(type_: str, extra: str = "", accept: str = "ws://localhost:8000
 
 
 def test_the_catalog_lists_types_in_the_documented_order():
-    assert list(SERVICE_TYPES) == ["echo", "directory", "proxy", "broadcast", "management", "metrics", "kdc.proxy"]
-    assert list(LOGIN_MODULES) == ["file", "ldap", "kerberos5", "gss", "jndi", "keystore", "jwt", "certificate"]
+    assert list(SERVICE_TYPES) == [
+        "echo",
+        "directory",
+        "proxy",
+        "broadcast",
+        "management",
+        "metrics",
+        "kdc.proxy",
+        "amqp.proxy",
+        "mqtt.proxy",
+    ]
+    assert list(LOGIN_MODULES) == ["file", "ldap", "kerberos5", "gss", "jndi", "keystore", "jwt", "certificate", "oidc"]
     assert CATALOG.services == SERVICE_TYPES and CATALOG.login_modules == LOGIN_MODULES
 
 

@@ -283,8 +283,8 @@ BAD_CONFIGS = [
     ),
     (
         "unsupported type",
-        BASE.replace("type: echo", "type: amqp.proxy"),
-        "service[echo]/type: service type 'amqp.proxy' is not supported yet",
+        BASE.replace("type: echo", "type: jms.proxy"),
+        "service[echo]/type: service type 'jms.proxy' is not supported yet",
     ),
     (
         "wrong accept scheme",

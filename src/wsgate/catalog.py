@@ -19,11 +19,13 @@ from .config.schema import Catalog
 from .config.tree import Node
 from .management.service import ManagementService, MetricsService
 from .security.login import LOGIN_MODULES, LoginModuleType
+from .services.amqp_proxy import AmqpProxyService
 from .services.base import ServiceType
 from .services.broadcast import BroadcastService
 from .services.directory import DirectoryService
 from .services.echo import EchoService
 from .services.kdc_proxy import KdcProxyService
+from .services.mqtt.proxy import MqttProxyService
 from .services.proxy import ProxyService
 
 # In the order messages list them ("valid: echo, directory, ...").
@@ -38,12 +40,13 @@ SERVICE_TYPES: Mapping[str, ServiceType] = MappingProxyType(
             ManagementService.TYPE,
             MetricsService.TYPE,
             KdcProxyService.TYPE,
+            AmqpProxyService.TYPE,
+            MqttProxyService.TYPE,
         )
     }
 )
 # Kaazing service types wsgate does not implement: "not supported yet" rather than "not a service type".
 _NOT_YET = (
-    "amqp.proxy",
     "balancer",
     "http.proxy",
     "http.redirect",

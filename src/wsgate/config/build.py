@@ -512,7 +512,10 @@ class Builder:
                 if spec is not None and spec.fields:
                     values[child.name].append(self.nested_property(child, child_path, spec.fields))
                 elif spec is not None:
-                    values[child.name].append(self.text(child, child_path))
+                    text = self.text(child, child_path)
+                    values[child.name].append(str(self.file_path(text.strip())) if spec.file else text)
+                    if spec.warning:
+                        self.warn(child_path, spec.warning)
                 elif child.name in PROPERTIES_UNSUPPORTED:
                     self.fail(child_path, f"not supported yet: {PROPERTIES_UNSUPPORTED[child.name]}")
                 else:
@@ -525,7 +528,7 @@ class Builder:
                 continue
             for value in values.get(name, ()):
                 try:
-                    settings[name] = spec.parse(value)
+                    settings[name] = spec.parse(value)  # a file property's value is already resolved
                 except ValueError as exc:
                     self.fail(f"{path}/properties/{name}", str(exc))
         return MappingProxyType({name: tuple(v) for name, v in values.items()}), MappingProxyType(settings)

@@ -30,12 +30,18 @@ class Property:
     parsed and never parses it again. ``fields`` makes the property a nested element whose children
     (all required) are kept joined by newlines (a directory's ``location``); ``listed`` says whether
     the "valid here" hint names it.
+
+    ``file``: the text is a file name, resolved against the config's folder before ``parse`` sees it (a
+    password file). ``warning``: a Kaazing property the type accepts and ignores; loading it adds this
+    located warning.
     """
 
     cardinality: Cardinality = "?"
     parse: Callable[[str], Any] | None = None
     fields: tuple[str, ...] = ()
     listed: bool = True
+    file: bool = False
+    warning: str | None = None
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,7 @@ class LiveSession:
         "slow",
         "on_slow",
         "tls",
+        "transport",
         "_expiry",
         "__weakref__",
     )
@@ -90,6 +91,9 @@ class LiveSession:
         self.slow = False  # dropped as a slow consumer
         self.on_slow: Callable[[LiveSession, str], None] | None = None  # the service counts and logs the drop
         self.tls: tuple[str | None, str | None] | None = None  # (protocol version, cipher) if over TLS
+        # What carries it: "websocket" (native), or an adapter's name ("wse" emulation, "x-kaazing-handshake",
+        # a DMZ tunnel): shown by the management API and metrics; services never branch on it.
+        self.transport = "websocket"
         self._expiry: asyncio.TimerHandle | None = None
 
     def expire_at(self, deadline: float | None, reason: str = "session expired") -> None:

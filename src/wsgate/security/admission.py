@@ -155,6 +155,8 @@ class Admission:
                 return replace(reply, headers=reply.headers + tuple(self.cors_headers(handshake).items()))
             proof = await gate.authorize(handshake)
             if isinstance(proof, Reject):
+                if proof.status == 401 and not self.websocket:  # a page, for a browser: sign in with the provider
+                    return gate.sign_in_redirect(handshake) or proof
                 return proof
             identity, proven = proof.identity, gate.proof_headers(proof)
         if not self.websocket:

@@ -13,7 +13,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
@@ -29,6 +29,7 @@ from .accept import guard
 from .endpoint import Endpoint
 from .http import ACCEPT_KEY, handshake_from, response_for
 from .liveness import ResetWatch
+from .resource import RequestBody
 from .tls_audit import TlsAudit, install_exception_handler
 from .websocket import HANDSHAKE_DONE, is_upgrade, request_host
 
@@ -246,6 +247,10 @@ class Listener:
                 request.transport.get_extra_info("ssl_object") if request.transport else None
             )
         handshake = handshake_from(request, peer, host)
+        if route.control and request.path.startswith(
+            route.path + CONTROL_PREFIX
+        ):  # a control resource may read the body (a logout token)
+            handshake = replace(handshake, body=RequestBody(request))
         decision = await route.admission.admit(handshake)
         if isinstance(decision, Reject):
             if decision.event == BAD_REQUEST:
@@ -452,6 +457,9 @@ class HttpConnection(web.RequestHandler):
         self.timer = None
         if self._between_requests():
             self.force_close()
+
+
+CONTROL_PREFIX = "/.wsgate/"
 
 
 def _serves(route: Route, path: str) -> bool:
