@@ -1145,6 +1145,8 @@ def main() -> int:
                 run_workers(bench, results)
             elif scenario == "auth":
                 run_auth(bench, results)
+            elif scenario == "policy":  # the message policy's cost per message (bench/policy.py), not by default
+                __import__("policy").run_policy(bench, results)
             elif scenario == "amqp":  # amqp.proxy vs proxy in front of a throwaway RabbitMQ (bench/amqp.py)
                 __import__("amqp").run_amqp(bench, results)
             elif scenario == "mqtt":  # mqtt.proxy vs proxy to one Mosquitto (bench/mqtt.py)

@@ -824,6 +824,12 @@ class Builder:
                     "fields they all have; write one rule per operation",
                 )
                 continue
+            if schema.check_field is not None:
+                try:
+                    schema.check_field(name, text)
+                except ValueError as exc:
+                    self.fail(f"{path}/{name}", str(exc))
+                    continue
             if self.parse(groups[name][0], f"{path}/{name}", parse_pattern, schema.separator(name)) is not None:
                 patterns[name] = text
         then = self.one(groups, "then", path, str)

@@ -52,13 +52,16 @@ class RuleSchema:
     ``separators`` gives each field's level separator (``config.patterns``; absent: the whole value is
     one level); ``field_prefixes`` are families of fields the type names itself (``json.``: a path in a
     JSON message); ``outcomes`` the values ``then`` may take (the first is the default; none: ``then``
-    is refused).
+    is refused). ``check_field(name, pattern)``, if given, raises ``ValueError`` for a field the type
+    cannot use (a malformed ``json.`` path, a ``type`` that is neither text nor binary); the builder
+    reports it at the field's element.
     """
 
     operations: Mapping[str, tuple[str, ...]]
     separators: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     field_prefixes: tuple[str, ...] = ()
     outcomes: tuple[str, ...] = ()
+    check_field: Callable[[str, str], None] | None = field(default=None, compare=False)
 
     def takes(self, operation: str, name: str) -> bool:
         """May a rule on ``operation`` match the field ``name``?"""

@@ -204,6 +204,7 @@ class Gateway:
         unchanged, the gate (its count of handshakes in progress)."""
         new = changes.new
         runtime = Runtime(keys=new.keys, trust=new.trust, realms=dict(new.config.security.realms))
+        runtime.config_dir = new.base_dir  # where a service's message.policy class may be found
         runtime.revocations = self.revocations
         runtime.shared = self.shared
         if self.shared is not None and current is None:

@@ -103,6 +103,13 @@ class Metrics:
             ["service", "operation"],
             registry=self.registry,
         )
+        self.policy_errors = Counter(
+            "wsgate_message_policy_errors",
+            "Messages a service's message.policy callable failed on (raised, or gave no allow/drop/close): "
+            "refused, fail closed; the log has the exception's type and line within a rate limit",
+            ["service"],
+            registry=self.registry,
+        )
         self.closes = Counter(
             "wsgate_closes",
             "WebSocket connections closed, by close code (3xxx, 4xxx, invalid: see docs/operations.md)",

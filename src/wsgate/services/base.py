@@ -58,6 +58,7 @@ class Runtime:
     control: Any = None  # the gateway, for the management service (management.service.GatewayControl)
     shared: RedisState | None = None  # the state shared with other nodes (``state: {type: redis}``), if any
     tunnels: dict[str, Any] = field(default_factory=dict)  # a DMZ gateway's ready tunnels by service URI (dmz.py)
+    config_dir: Path | None = None  # the config file's folder: operator code (``message.policy``) is imported from it
 
     async def expire(self, selector: Selector, reason: str) -> int:
         """Close every live connection ``selector`` matches with 1008 ``reason`` now (aborted after 1 s)."""
@@ -252,6 +253,11 @@ class WebSocketService(ServiceHandler):
 
     async def abandon(self, context: object) -> None:
         """The upgrade failed after ``before_upgrade``: release what it prepared."""
+
+    def channel_for(self, session: LiveSession, channel: Channel) -> Channel:
+        """The channel ``serve`` gets: the transport's own, or one that checks each message
+        (``services.messages.MessageService``)."""
+        return channel
 
     async def serve(self, session: LiveSession, channel: Channel) -> None:
         raise NotImplementedError

@@ -296,13 +296,15 @@ class DmzProxy(ProxyService):
             log.warning("service[%s]: no ready tunnel for %s; 503", self.name, handshake.remote)
             return (), Reply.text(503, "Service Unavailable\n", (("Retry-After", RETRY_AFTER),))
         try:
-            return await self.ask(tunnel, handshake, accept)
+            return await self.ask_inward(tunnel, handshake, accept)
         except BaseException:  # the client's task was cancelled mid-question: the tunnel is spent, not leaked
             tunnel.channel.close_soon(CloseCode.GOING_AWAY, "client gone", 1.0)
             self.pool.release(tunnel)
             raise
 
-    async def ask(self, tunnel: DmzTunnel, handshake: Handshake, accept: Accept) -> tuple[tuple[str, ...], object]:
+    async def ask_inward(
+        self, tunnel: DmzTunnel, handshake: Handshake, accept: Accept
+    ) -> tuple[tuple[str, ...], object]:
         """Send the assertion over ``tunnel`` and turn the internal gateway's answer into the upgrade's."""
         assertion = sign(
             self.signing_key,

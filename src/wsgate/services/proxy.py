@@ -25,7 +25,8 @@ from ..security.challenges import offered_subprotocols, without_token_offers
 from ..security.tls import client_context
 from ..transport.backend import Backend, TcpBackend, WsBackend, WsDialer, open_tcp
 from ..transport.liveness import ResetWatch
-from .base import Runtime, ServiceType, WebSocketService
+from .base import Runtime, ServiceType
+from .messages import MESSAGE_RULES, POLICY_PROPERTY, MessageService
 
 log = logging.getLogger("wsgate.proxy")
 
@@ -41,7 +42,10 @@ def parse_injection(text: str) -> str:
     return parse_choice(text, ("none", "line"))
 
 
-class ProxyService(WebSocketService):
+class ProxyService(MessageService):
+    """Messages both ways pass the message policy (``MessageService``): ``send`` rules before the back end,
+    ``receive`` rules before the client."""
+
     TYPE = ServiceType(
         name="proxy",
         accept=("ws", "wss"),
@@ -52,8 +56,10 @@ class ProxyService(WebSocketService):
             # DMZ tunnels (docs/dmz.md): the internal end's pool, and what its tcp back end learns of the client
             "prepared.connection.count": Property("?", parse_count),
             "identity.injection": Property("?", parse_injection),
+            **POLICY_PROPERTY,
         },
         tunnels=True,
+        rules=MESSAGE_RULES,
         descriptors_per_connection=2,  # the client's socket and the back end's
     )
 

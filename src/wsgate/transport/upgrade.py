@@ -9,7 +9,8 @@ rest for any ``WebSocketEndpoint`` (``services.base.WebSocketService``):
    through ``GuardedResponse``; a client that leaves anywhere in between never leaves the back end open;
 3. an ``AiohttpChannel`` and a ``LiveSession`` (deadline armed, slow-consumer watch), registered;
 4. revocation checked once more (one may have come while the 101 was on its way), then
-   ``serve(session, channel)``; an unexpected error closes with 1011, a write to a client that
+   ``serve(session, channel)`` (through the service's ``channel_for``: its message policy, if any);
+   an unexpected error closes with 1011, a write to a client that
    left is the client's loss;
 5. deregistered, closed, the access line and the metrics (``closed``).
 """
@@ -65,6 +66,8 @@ class WebSocketEndpoint(Protocol):
     def identity_headers(self, connection_id: str, deadline: float | None) -> dict[str, str]: ...
 
     def register(self, session: LiveSession) -> None: ...
+
+    def channel_for(self, session: LiveSession, channel: Channel) -> Channel: ...
 
     async def serve(self, session: LiveSession, channel: Channel) -> None: ...
 
@@ -137,7 +140,7 @@ async def upgrade(
             await service.abandon(context)
             await channel.close(CloseCode.POLICY_VIOLATION, "revoked")
         else:
-            await service.serve(session, channel)
+            await service.serve(session, service.channel_for(session, channel))  # message policy, if any
     except asyncio.CancelledError:
         raise
     except Exception as exc:
