@@ -50,6 +50,7 @@ from ..security.tls import client_context
 from ..transport.backend import Backend, TcpBackend, WsBackend
 from ..transport.tunnel import ClientChannel, TunnelDialer
 from .base import Runtime, ServiceType, WebSocketService, audit
+from .messages import MessageService
 from .proxy import ProxyService
 
 log = logging.getLogger("wsgate.dmz")
@@ -259,7 +260,7 @@ class DmzProxy(ProxyService):
     """A proxy whose back end is "a tunnel from the internal gateway": the DMZ end."""
 
     def __init__(self, config: Service, runtime: Runtime) -> None:
-        WebSocketService.__init__(self, config, runtime)
+        MessageService.__init__(self, config, runtime)  # not ProxyService: it dials no back end
         tunnel = config.connect_options.tunnel
         assert tunnel is not None
         self.tunnel: Tunnel = tunnel
