@@ -119,10 +119,16 @@ async def mark(at: float, what: str) -> None:
     print(f"mark {what}", flush=True)
 
 
+def json_payload(size: int) -> bytes:
+    """A JSON object of ``size`` bytes (at least its keys'), for rules that read JSON fields (bench/policy.py)."""
+    head = b'{"kind":"quote","desk":"public","pad":"'
+    return head + b"x" * max(0, size - len(head) - 2) + b'"}'
+
+
 async def throughput(args: argparse.Namespace, headers: dict[str, str], ctx: ssl.SSLContext | None) -> dict:
     stats: dict = {"bytes": 0, "latencies": []}
     now = time.monotonic()
-    payload = b"x" * args.size
+    payload = json_payload(args.size) if args.json else b"x" * args.size
     listeners = []
     # Lines the harness reads as they come, to sample the server's CPU over exactly the measured window.
     marks = [
@@ -140,7 +146,7 @@ async def throughput(args: argparse.Namespace, headers: dict[str, str], ctx: ssl
         listeners.append(listener)
     cpu = cpu_seconds()
     await asyncio.gather(*(listener.done for listener in listeners), *marks)
-    messages = stats["bytes"] / args.size
+    messages = stats["bytes"] / len(payload)
     return {
         "msg_per_s": messages / args.duration,
         "messages": messages,
@@ -238,6 +244,9 @@ async def main() -> None:
     parser.add_argument("--conns", type=int, default=1)
     parser.add_argument("--window", type=int, default=8)
     parser.add_argument("--size", type=int, default=32)
+    parser.add_argument(
+        "--json", action="store_true", help="throughput: the payload is a JSON object (bench/policy.py)"
+    )
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--rate", type=float, default=0.0, help="connect: new connections per second (open loop)")

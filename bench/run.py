@@ -14,6 +14,8 @@ Scenarios, alternated server by server over several rounds, medians and ratios r
            revoking node's own connections), broadcast deliveries/s to clients on 3 nodes vs one node
            (memory), server CPU per new JWT wss connection with state redis vs memory; each cell alone:
            --scenarios cluster-revoke, cluster-broadcast or cluster-connect
+  amqp     amqp.proxy (rules, user-id) vs a plain proxy to the same RabbitMQ port: messages/s and gateway
+           CPU per message (bench/amqp.py; only with --scenarios amqp)
 Server CPU is read from /proc for the server's whole process tree (websockify forks per connection,
 nginx has a master and a worker); the load client's own CPU is reported to show when it is the limit.
 Loopback only; every process is started and stopped here.
@@ -1143,6 +1145,12 @@ def main() -> int:
                 run_workers(bench, results)
             elif scenario == "auth":
                 run_auth(bench, results)
+            elif scenario == "policy":  # the message policy's cost per message (bench/policy.py), not by default
+                __import__("policy").run_policy(bench, results)
+            elif scenario == "amqp":  # amqp.proxy vs proxy in front of a throwaway RabbitMQ (bench/amqp.py)
+                __import__("amqp").run_amqp(bench, results)
+            elif scenario == "mqtt":  # mqtt.proxy vs proxy to one Mosquitto (bench/mqtt.py)
+                __import__("mqtt").run_mqtt(bench, results)
             elif scenario in CLUSTER_CELLS or scenario == "cluster":
                 run_cluster(bench, results, list(CLUSTER_CELLS) if scenario == "cluster" else [scenario])
             else:

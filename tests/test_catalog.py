@@ -41,8 +41,18 @@ def service_yaml(type_: str, extra: str = "", accept: str = "ws://localhost:8000
 
 
 def test_the_catalog_lists_types_in_the_documented_order():
-    assert list(SERVICE_TYPES) == ["echo", "directory", "proxy", "broadcast", "management", "metrics", "kdc.proxy"]
-    assert list(LOGIN_MODULES) == ["file", "ldap", "kerberos5", "gss", "jndi", "keystore", "jwt", "certificate"]
+    assert list(SERVICE_TYPES) == [
+        "echo",
+        "directory",
+        "proxy",
+        "broadcast",
+        "management",
+        "metrics",
+        "kdc.proxy",
+        "amqp.proxy",
+        "mqtt.proxy",
+    ]
+    assert list(LOGIN_MODULES) == ["file", "ldap", "kerberos5", "gss", "jndi", "keystore", "jwt", "certificate", "oidc"]
     assert CATALOG.services == SERVICE_TYPES and CATALOG.login_modules == LOGIN_MODULES
 
 
@@ -167,9 +177,9 @@ def test_the_option_tables_fill_every_option_field():
     def fields(cls):
         return {f.name for f in dataclasses.fields(cls)}
 
-    assert {o.field for o in ACCEPT_OPTIONS.values()} == fields(AcceptOptions) - {"binds", "tls"}
+    assert {o.field for o in ACCEPT_OPTIONS.values()} == fields(AcceptOptions) - {"binds", "tls", "tunnel"}
     assert {o.field for o in ACCEPT_TLS_OPTIONS.values()} == fields(TlsOptions) - {"client_certificate"}
-    assert {o.field for o in CONNECT_OPTIONS.values()} - {None} == fields(ConnectOptions) - {"tls"}
+    assert {o.field for o in CONNECT_OPTIONS.values()} - {None} == fields(ConnectOptions) - {"tls", "tunnel"}
     assert {o.field for o in CONNECT_TLS_OPTIONS.values()} == {"ciphers", "protocols", "client_certificate"}
     assert set(ACCEPT_OPTIONS) | set(ACCEPT_TLS_OPTIONS) <= set(ACCEPT_OPTION_NAMES)
     assert set(CONNECT_OPTIONS) | set(CONNECT_TLS_OPTIONS) == set(CONNECT_OPTION_NAMES)

@@ -283,8 +283,8 @@ BAD_CONFIGS = [
     ),
     (
         "unsupported type",
-        BASE.replace("type: echo", "type: amqp.proxy"),
-        "service[echo]/type: service type 'amqp.proxy' is not supported yet",
+        BASE.replace("type: echo", "type: jms.proxy"),
+        "service[echo]/type: service type 'jms.proxy' is not supported yet",
     ),
     (
         "wrong accept scheme",
@@ -382,7 +382,7 @@ BAD_CONFIGS = [
         "unsupported property",
         BASE.replace("type: echo", "type: proxy")
         + "    connect: tcp://b:1\n    properties:\n      connect.strategy: prepared\n",
-        "service[echo]/properties/connect.strategy: 'prepared' is not one of immediate, deferred; 'prepared' is not supported yet",
+        "service[echo]/properties/connect.strategy: 'prepared' is the DMZ end's strategy (its ready tunnels, docs/dmz.md)",
     ),
     ("cluster", BASE + "cluster:\n  name: c\n", "cluster: not supported yet"),
     (

@@ -61,15 +61,15 @@ PROXY = """
 # -- 1. an unsupported service type is reported once ------------------------------------------
 
 
-def test_amqp_proxy_with_its_properties_is_one_error_at_its_type(tmp_path):
+def test_an_unsupported_type_with_its_properties_is_one_error_at_its_type(tmp_path):
     path = xml(
         tmp_path,
         """
   <service>
-    <name>AMQP Service</name>
-    <accept>ws://localhost:8000/amqp</accept>
-    <connect>tcp://localhost:5672</connect>
-    <type>amqp.proxy</type>
+    <name>JMS Service</name>
+    <accept>ws://localhost:8000/jms</accept>
+    <connect>tcp://localhost:61613</connect>
+    <type>jms.proxy</type>
     <properties>
       <service.domain>localhost</service.domain>
       <encryption.key.alias>session</encryption.key.alias>
@@ -79,7 +79,7 @@ def test_amqp_proxy_with_its_properties_is_one_error_at_its_type(tmp_path):
     )
     errors = errors_of(path)
     assert len(errors) == 1, errors
-    assert errors[0].startswith("service[AMQP Service]/type: service type 'amqp.proxy' is not supported yet")
+    assert errors[0].startswith("service[JMS Service]/type: service type 'jms.proxy' is not supported yet")
     assert "unknown element" not in errors[0]
 
 
@@ -357,17 +357,18 @@ def test_kaazing_truststore_gives_no_library_warning_lines(tmp_path, ca):
 # -- 11. a config laid out like Kaazing's distribution default -------------------------------
 
 
-def test_kaazing_distribution_layout_reports_only_amqp_proxy(tmp_path, capsys):
-    shutil.copy(DATA / "kaazing-default-layout.xml", tmp_path / "gateway-config.xml")
-    for name in ("keystore.db", "keystore.pw", "truststore.db"):  # the development stores docs/examples ships
-        shutil.copy(DOCS / "examples" / name, tmp_path / name)
-    assert main(["check-config", str(tmp_path / "gateway-config.xml"), "--no-resolve"]) == 2
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line and not line.startswith("wsgate: ")]
-    assert lines == [
-        "service[AMQP Service]/type: service type 'amqp.proxy' is not supported yet; supported: "
-        "echo, directory, proxy, broadcast, management, metrics, kdc.proxy"
-    ], err
+def test_kaazing_distribution_layout_checks_with_amqp_proxy(tmp_path, capsys):
+    conf = tmp_path / "conf"  # GATEWAY_HOME/conf; its web root is GATEWAY_HOME/web
+    conf.mkdir()
+    shutil.copy(DATA / "kaazing-default-layout.xml", conf / "gateway-config.xml")
+    for name in ("keystore.db", "keystore.pw", "truststore.db", "jaas-config.xml"):  # docs/examples' dev stores
+        shutil.copy(DOCS / "examples" / name, conf / name)
+    (tmp_path / "web" / "welcome").mkdir(parents=True)
+    (tmp_path / "web" / "error-pages").mkdir()
+    assert main(["check-config", str(conf / "gateway-config.xml"), "--no-resolve"]) == 0
+    out = capsys.readouterr().out
+    assert "service[AMQP Service] (amqp.proxy): ws://localhost:8000/amqp" in out
+    assert "WARNING: service[AMQP Service]/properties/encryption.key.alias: ignored: " in out
 
 
 def test_kaazing_distribution_layout_loads_without_amqp(tmp_path, ca):

@@ -19,11 +19,14 @@ from .config.schema import Catalog
 from .config.tree import Node
 from .management.service import ManagementService, MetricsService
 from .security.login import LOGIN_MODULES, LoginModuleType
+from .services.amqp_proxy import AmqpProxyService
 from .services.base import ServiceType
 from .services.broadcast import BroadcastService
 from .services.directory import DirectoryService
+from .services.dmz import TunnelEndpoint
 from .services.echo import EchoService
 from .services.kdc_proxy import KdcProxyService
+from .services.mqtt.proxy import MqttProxyService
 from .services.proxy import ProxyService
 
 # In the order messages list them ("valid: echo, directory, ...").
@@ -33,17 +36,18 @@ SERVICE_TYPES: Mapping[str, ServiceType] = MappingProxyType(
         for t in (
             EchoService.TYPE,
             DirectoryService.TYPE,
-            ProxyService.TYPE,
+            ProxyService.TYPE,  # direct, or either end of a DMZ tunnel (services/dmz.py)
             BroadcastService.TYPE,
             ManagementService.TYPE,
             MetricsService.TYPE,
             KdcProxyService.TYPE,
+            AmqpProxyService.TYPE,
+            MqttProxyService.TYPE,
         )
     }
 )
 # Kaazing service types wsgate does not implement: "not supported yet" rather than "not a service type".
 _NOT_YET = (
-    "amqp.proxy",
     "balancer",
     "http.proxy",
     "http.redirect",
@@ -84,9 +88,13 @@ __all__ = [
 ]
 
 
+# Types the config builder makes and no config file names: a DMZ gateway's tunnel listener (docs/dmz.md).
+BUILT_SERVICE_TYPES: Mapping[str, ServiceType] = MappingProxyType({TunnelEndpoint.TYPE.name: TunnelEndpoint.TYPE})
+
+
 def service_type(name: str) -> ServiceType:
     """The declaration of a configured service's type (the config builder has checked the name)."""
-    return SERVICE_TYPES[name]
+    return SERVICE_TYPES[name] if name in SERVICE_TYPES else BUILT_SERVICE_TYPES[name]
 
 
 def load_config(path: str | Path, overrides: Mapping[str, str] | None = None) -> GatewayConfig:

@@ -1,4 +1,5 @@
-"""``wsgate`` command line: ``run``, ``check-config``, ``default-config``, ``dev-certs``, ``hash-password``."""
+"""``wsgate`` command line: ``run``, ``check-config``, ``default-config``, ``dev-certs``, ``hash-password``,
+``dmz-keys``."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from .catalog import LOGIN_MODULES, load_config, load_default_config, service_type
 from .config import GatewayConfig, default_config_files, default_config_text, properties_from_env
+from .config.build import TUNNEL_ENDPOINT_TYPE
 from .config.model import Realm, Service
 from .errors import ConfigError, ConfigErrors, GatewayError, WorkerFailed
 from .observe.logs import configure_logging
@@ -60,6 +62,8 @@ def _command(args: argparse.Namespace) -> int:
         return _dev_certs(args)
     if args.command == "hash-password":
         return _hash_password(args.stdin)
+    if args.command == "dmz-keys":
+        return _dmz_keys(Path(args.directory), args.name)
     configure_logging(args.log_level, args.log_format)
     overrides = {**properties_from_env(os.environ), **_properties(args.property)}
     path = args.config
@@ -150,6 +154,14 @@ def _parser() -> argparse.ArgumentParser:
     hashing.add_argument(
         "--stdin", action="store_true", help="read the password from standard input instead of prompting"
     )
+    keys = commands.add_parser(
+        "dmz-keys",
+        help="an Ed25519 key pair for a layered DMZ's identity assertions (docs/dmz.md)",
+        description="Write NAME.key (private: the DMZ gateway's tunnel.assertion.key, mode 0600) and NAME.pub "
+        "(public: the internal gateway's tunnel.assertion.public-key). Existing files are never overwritten.",
+    )
+    keys.add_argument("directory", help="the folder to write to (created)")
+    keys.add_argument("--name", default="dmz-assertion", help="file name stem (default dmz-assertion)")
     check = commands.add_parser("check-config", help="validate a config without binding any port")
     check.add_argument("config", help="gateway-config.xml or YAML config")
     check.add_argument(
@@ -206,6 +218,25 @@ def _dev_certs(args: argparse.Namespace) -> int:
     print(f"  keystore: {{type: {store}, file: {made.keystore}{password}}}")
     print("  truststore: {type: PEM, file: truststore.pem}   # client certificates for ssl.verify-client")
     print(f"clients trust {folder / 'dev-ca.pem'} (wsgate-client --cacert, curl --cacert, a browser's authorities)")
+    return 0
+
+
+def _dmz_keys(folder: Path, name: str) -> int:
+    from .security.assertion import generate_key_pair
+
+    private_path, public_path = folder / f"{name}.key", folder / f"{name}.pub"
+    for path in (private_path, public_path):
+        if path.exists():
+            print(f"wsgate: {path} exists; not overwritten (remove it or choose another --name)", file=sys.stderr)
+            return 2
+    folder.mkdir(parents=True, exist_ok=True)
+    private, public = generate_key_pair()
+    descriptor = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "wb") as file:
+        file.write(private)
+    public_path.write_bytes(public)
+    print(f"wrote {private_path} (DMZ gateway: connect-options tunnel.assertion.key; keep it secret)")
+    print(f"wrote {public_path} (internal gateway: accept-options tunnel.assertion.public-key)")
     return 0
 
 
@@ -286,16 +317,37 @@ def _check(config: GatewayConfig, resolve: bool = True) -> int:
 def describe_service(service: Service) -> list[str]:
     """What an operator must see before going live: where, who may connect, from which pages."""
     accepts = ", ".join(str(u) for u in service.accepts)
-    return [
+    if (inward := service.accept_options.tunnel) is not None:  # the internal end of a DMZ tunnel (docs/dmz.md)
+        return [
+            f"service[{service.name}] ({service.type}): {accepts}",
+            f"  accepts: no listener; tunnels dialled out to {inward.rendezvous} (mTLS)",
+            f"  identity: asserted by the DMZ gateway, verified with "
+            f"{', '.join(f.name for f in inward.key_files)} (audience {inward.audience})",
+            f"  required roles: {_required_roles(service)}",
+        ]
+    if service.type == TUNNEL_ENDPOINT_TYPE:
+        return [
+            f"service[{service.name}] ({service.type}): {accepts}",
+            "  accepts: the internal gateway's tunnels only: a client certificate the truststore verifies (required)"
+            " and, where set, each tunnelled service's tunnel.peer",
+        ]
+    lines = [
         f"service[{service.name}] ({service.type}): {accepts}",
         f"  realm: {service.realm_name or 'none (no authentication)'}",
         f"  required roles: {_required_roles(service)}",
         f"  origins: {_origin_policy(service)}",
     ]
+    if (outward := service.connect_options.tunnel) is not None:
+        lines.append(
+            f"  back end: tunnels from the internal gateway at {outward.rendezvous} (client certificate required)"
+        )
+    return lines
 
 
 def _required_roles(service: Service) -> str:
-    if not service.realm_name:
+    if service.accept_options.tunnel is not None and not service.authorization_constraints:
+        return "none (any assertion the pinned key signed)"
+    if not service.realm_name and service.accept_options.tunnel is None:
         return "none"
     roles = sorted({r for c in service.authorization_constraints for r in c.require_roles if r != "*"})
     return ", ".join(roles) + " (all of them)" if roles else "any authenticated user"
@@ -322,7 +374,7 @@ def unauthenticated_warnings(config: GatewayConfig) -> list[str]:
                 f"{service.dropped_realm!r} has no authorization-constraint, and a 2014/09 or 2015/11 config drops "
                 "such a realm (as Kaazing does); add authorization-constraint require-role to protect it"
             )
-        elif not service.realm_name:
+        elif not service.realm_name and service.type != TUNNEL_ENDPOINT_TYPE:  # tunnels: client certificates
             warnings.append(
                 f"service[{service.name}] is reachable without authentication although the config defines "
                 f"realm(s) {', '.join(config.security.realms)}; add realm-name if it should be protected"
@@ -451,6 +503,15 @@ async def _serve(
     if ready is not None:  # before the "ready at" lines: whoever reads them may already rely on it
         ready()
     for service in gateway.config.services:
+        if (tunnel := service.accept_options.tunnel) is not None:  # no listener: it dials out (docs/dmz.md)
+            log.info(
+                "service[%s] (%s) accepts %s through tunnels to %s",
+                service.name,
+                service.type,
+                service.accepts[0],
+                tunnel.rendezvous,
+            )
+            continue
         for index, uri in enumerate(service.accepts):
             log.info(
                 "service[%s] (%s) ready at %s (port %d)",

@@ -133,7 +133,6 @@ TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
 INSECURE_TLS_VERSIONS = ("SSLv2Hello", "SSLv3", "TLSv1", "TLSv1.1")
 PROPERTIES_UNSUPPORTED = {
     "maximum.recovery.interval": "maximum.recovery.interval",
-    "prepared.connection.count": "prepared connections",
     "internal.maximum.transferred.bytes": "internal.maximum.transferred.bytes",
     "virtual.host": "virtual.host",
     "repeat": "echo repeat",
@@ -218,6 +217,27 @@ CONNECT_OPTIONS: Mapping[str, Option] = {
     "ws.inactivity.timeout": Option("inactivity_timeout", parse_duration),
     "ws.version": Option(None, parse_choice, None, (("rfc6455",),)),
 }
+# Reverse connectivity (docs/dmz.md): Kaazing's socks options where they map, and wsgate's tunnel.* beside them.
+TUNNEL_SETTINGS: Mapping[str, tuple[str, Callable[[str], Any]]] = {
+    "socks.retry.maximum.interval": ("retry_max", parse_duration),
+    "socks.timeout": ("timeout", parse_duration),
+    "tunnel.audience": ("audience", str.strip),
+    "tunnel.issuer": ("issuer", str.strip),
+    "tunnel.client-certificate": ("client_certificate", str.strip),
+    "tunnel.peer": ("peers", parse_csv),
+}
+TUNNEL_OPTIONS = frozenset(
+    {
+        "http.transport",
+        "ws.transport",
+        "socks.mode",
+        "socks.transport",
+        "tunnel.assertion.key",
+        "tunnel.assertion.public-key",
+        *TUNNEL_SETTINGS,
+    }
+)
+TUNNEL_PREFIXES = ("socks.", "tunnel.")
 ACCEPT_OPTION_NAMES = (*BIND_OPTIONS, *ACCEPT_TLS_OPTIONS, *ACCEPT_OPTIONS)
 CONNECT_OPTION_NAMES = (*CONNECT_TLS_OPTIONS, *CONNECT_OPTIONS)
 # Kaazing options wsgate does not implement: "not supported yet" rather than "unknown".
@@ -513,7 +533,10 @@ class Builder:
                 if spec is not None and spec.fields:
                     values[child.name].append(self.nested_property(child, child_path, spec.fields))
                 elif spec is not None:
-                    values[child.name].append(self.text(child, child_path))
+                    text = self.text(child, child_path)
+                    values[child.name].append(str(self.file_path(text.strip())) if spec.file else text)
+                    if spec.warning:
+                        self.warn(child_path, spec.warning)
                 elif child.name in PROPERTIES_UNSUPPORTED:
                     self.fail(child_path, f"not supported yet: {PROPERTIES_UNSUPPORTED[child.name]}")
                 else:
@@ -526,7 +549,7 @@ class Builder:
                 continue
             for value in values.get(name, ()):
                 try:
-                    settings[name] = spec.parse(value)
+                    settings[name] = spec.parse(value)  # a file property's value is already resolved
                 except ValueError as exc:
                     self.fail(f"{path}/properties/{name}", str(exc))
         return MappingProxyType({name: tuple(v) for name, v in values.items()}), MappingProxyType(settings)
@@ -561,13 +584,26 @@ class Builder:
                 if not isinstance(bind, _Failed):
                     binds[scheme] = m.Bind(*bind)
         self.warn_dropped_protocols(values)
+        tunnel = self.tunnel(values, path, "accept")
         tls = m.TlsOptions(**self.read_options(values, ACCEPT_TLS_OPTIONS))
-        options = m.AcceptOptions(binds=MappingProxyType(binds), tls=tls, **self.read_options(values, ACCEPT_OPTIONS))
+        if tunnel is not None and (item := values.get("ssl.verify-client")) is not None:
+            self.warn(
+                item[1],
+                "no effect on a tunnelled service: the internal gateway accepts no connection; it presents its "
+                "certificate to the DMZ gateway, which requires it",
+            )
+        options = m.AcceptOptions(
+            binds=MappingProxyType(binds), tls=tls, tunnel=tunnel, **self.read_options(values, ACCEPT_OPTIONS)
+        )
         self.leftover_options(values, "accept-options", ACCEPT_OPTION_NAMES)
         return options
 
     def connect_options(self, nodes: list[Node], service_path: str) -> m.ConnectOptions:
         values = self.option_values(nodes, f"{service_path}/connect-options")
+        tunnel = self.tunnel(values, f"{service_path}/connect-options", "connect")
+        item = values.pop("ssl.verify-client", None) if tunnel is not None else None
+        if item is not None and self.value(item, parse_choice, VERIFY_CLIENT) not in ("required", _FAILED):
+            self.fail(item[1], "the tunnel listener always requires the internal gateway's certificate: required")
         if (item := values.pop("ssl.verify-client", None)) is not None:
             self.fail(
                 item[1], "verify-client belongs in accept-options; back ends are always verified against the truststore"
@@ -579,10 +615,114 @@ class Builder:
                 "Enterprise Shield); for a plain-text back end connect with tcp:// or ws://",
             )
         self.warn_dropped_protocols(values)
+        if tunnel is not None and (item := values.get("ws.inactivity.timeout")) is not None:
+            self.warn(
+                item[1],
+                "no effect on the DMZ end: the internal gateway's accept-options ws.inactivity.timeout pings the "
+                "tunnels",
+            )
         tls = m.TlsOptions(**self.read_options(values, CONNECT_TLS_OPTIONS))
-        options = m.ConnectOptions(tls=tls, **self.read_options(values, CONNECT_OPTIONS))
+        options = m.ConnectOptions(tls=tls, tunnel=tunnel, **self.read_options(values, CONNECT_OPTIONS))
         self.leftover_options(values, "connect-options", CONNECT_OPTION_NAMES)
         return options
+
+    def tunnel(self, values: dict[str, tuple[str, str]], path: str, side: str) -> m.Tunnel | None:
+        """Kaazing's reverse connectivity options (and wsgate's ``tunnel.*``) → a ``Tunnel``, or None when
+        the side is not tunnelled. Takes its options out of ``values``; what does not map is a located error
+        saying why (docs/dmz.md)."""
+        items = {
+            name: values.pop(name)
+            for name in list(values)
+            if name in TUNNEL_OPTIONS or name.startswith(TUNNEL_PREFIXES)
+        }
+        transport = [items.pop(name) for name in ("http.transport", "ws.transport") if name in items]
+        if not transport:
+            for _, item_path in items.values():
+                self.fail(item_path, "needs http.transport socks://dmz-host:port and socks.mode reverse beside it")
+            return None
+        address: Uri | None = None
+        for text, item_path in transport:
+            scheme = text.strip().partition("://")[0].lower()
+            if scheme != "socks":
+                self.fail(item_path, f"{text.strip()!r}: only socks:// (reverse connectivity to a DMZ gateway) maps")
+                continue
+            try:
+                address = parse_uri(text.strip().replace("socks://", "tcp://", 1), ("tcp",))
+            except ValueError as exc:
+                self.fail(item_path, str(exc).replace("tcp", "socks"))
+        mode = items.pop("socks.mode", None)
+        if mode is None or mode[0].strip().lower() != "reverse":
+            self.fail(
+                mode[1] if mode else f"{path}/socks.mode",
+                "wsgate's tunnels are reverse only (socks.mode reverse): the internal gateway dials out, so the "
+                "firewall into the trusted network opens no inbound port",
+            )
+        rendezvous = self.tunnel_transport(items.pop("socks.transport", None), address)
+        key_name = "tunnel.assertion.key" if side == "connect" else "tunnel.assertion.public-key"
+        other_key = "tunnel.assertion.public-key" if side == "connect" else "tunnel.assertion.key"
+        if (item := items.pop(other_key, None)) is not None:
+            where = "accept-options (internal gateway)" if side == "connect" else "connect-options (DMZ gateway)"
+            self.fail(item[1], f"belongs in {where}; this side takes {key_name}")
+        key_item = items.pop(key_name, None)
+        key_files: tuple[Path, ...] = ()
+        if key_item is None:
+            what = "Ed25519 private key (PEM) signing" if side == "connect" else "pinned Ed25519 public key (PEM) of"
+            self.fail(f"{path}/{key_name}", f"required: the {what} the identity assertions (wsgate dmz-keys)")
+        else:
+            key_files = tuple(self.file_path(name) for name in parse_csv(key_item[0]))
+            if side == "connect" and len(key_files) != 1:
+                self.fail(
+                    key_item[1], "one private key signs; during a rotation the internal end pins both public keys"
+                )
+            for key_file in key_files:
+                if not key_file.is_file():
+                    self.fail(key_item[1], f"{key_file}: no such file (wsgate dmz-keys writes a key pair)")
+        if side == "accept" and (item := items.pop("tunnel.peer", None)) is not None:
+            self.fail(
+                item[1],
+                "belongs in the DMZ end's connect-options; this end checks the DMZ gateway's certificate against "
+                "the truststore and the host name of socks.transport",
+            )
+        elsewhere = {
+            "connect": ("socks.retry.maximum.interval", "the internal gateway dials the tunnels"),
+            "accept": ("socks.timeout", "the DMZ gateway waits for the tunnels' answers"),
+        }[side]
+        if (item := items.get(elsewhere[0])) is not None:
+            self.warn(item[1], f"no effect on this end: {elsewhere[1]}; set it there")
+        fields: dict[str, Any] = {}
+        for name, (field_name, parser) in TUNNEL_SETTINGS.items():
+            if (item := items.pop(name, None)) is not None:
+                parsed = self.value(item, parser)
+                if not isinstance(parsed, _Failed):
+                    fields[field_name] = parsed
+        for _, item_path in items.values():
+            self.fail(
+                item_path,
+                "not supported in wsgate's tunnels: their TLS is the gateway's keystore and truststore, and "
+                "docs/dmz.md lists the options that map",
+            )
+        if rendezvous is None or not key_files:
+            return None
+        return m.Tunnel(rendezvous=rendezvous, key_files=key_files, **fields)
+
+    def tunnel_transport(self, item: tuple[str, str] | None, address: Uri | None) -> Uri | None:
+        """``socks.transport`` → the tunnel's wss:// URI (always TLS; default: the socks address, path /)."""
+        if item is None:
+            return None if address is None else parse_uri(f"wss://{address.host}:{address.port}/", ("wss",))
+        text, item_path = item[0].strip(), item[1]
+        scheme, _, rest = text.partition("://")
+        if scheme.lower() not in ("wsn+ssl", "wss", "ssl", "tls", "wsn+tls"):
+            self.fail(
+                item_path,
+                f"{text!r}: a tunnel is always TLS with client certificates; write wsn+ssl://host:port/path "
+                "(or wss://, ssl://)",
+            )
+            return None
+        try:
+            return parse_uri(f"wss://{rest}", ("wss",))
+        except ValueError as exc:
+            self.fail(item_path, str(exc))
+            return None
 
     def warn_dropped_protocols(self, values: Mapping[str, tuple[str, str]]) -> None:
         """``ssl.protocols`` entries older than TLS 1.2 load (a migrated config keeps working) but are never enabled:
@@ -685,6 +825,12 @@ class Builder:
                     "fields they all have; write one rule per operation",
                 )
                 continue
+            if schema.check_field is not None:
+                try:
+                    schema.check_field(name, text)
+                except ValueError as exc:
+                    self.fail(f"{path}/{name}", str(exc))
+                    continue
             if self.parse(groups[name][0], f"{path}/{name}", parse_pattern, schema.separator(name)) is not None:
                 patterns[name] = text
         then = self.one(groups, "then", path, str)
@@ -930,7 +1076,7 @@ def check_cross_references(services: tuple[m.Service, ...], security: m.Security
         if service.name in seen_names:
             builder.fail(path, "service names must be unique; this one is used twice")
         seen_names.add(service.name)
-        if service.authorization_constraints and not service.realm_name:
+        if service.authorization_constraints and not service.realm_name and service.accept_options.tunnel is None:
             builder.fail(
                 f"{path}/authorization-constraint", "needs a realm-name on the service to authenticate against"
             )
@@ -953,6 +1099,83 @@ def check_cross_references(services: tuple[m.Service, ...], security: m.Security
             seen_uris[key] = service.name
 
 
+TUNNEL_ENDPOINT_TYPE = "dmz.tunnel"
+
+
+def check_tunnels(services: tuple[m.Service, ...], security: m.Security, builder: Builder) -> tuple[m.Service, ...]:
+    """Tunnel ends where the type allows them, their mTLS material, and on a DMZ gateway one ``dmz.tunnel``
+    service per rendezvous URI: the listener the internal gateway's tunnels dial (client certificate required).
+    """
+    endpoints: dict[tuple[str, int, str], m.Service] = {}
+    for service in services:
+        path = f"service[{service.name}]"
+        inward, outward = service.accept_options.tunnel, service.connect_options.tunnel
+        if service.type == TUNNEL_ENDPOINT_TYPE:
+            builder.fail(f"{path}/type", "dmz.tunnel is made by wsgate from a proxy's connect-options; remove it")
+            continue
+        injection = service.settings.get("identity.injection", "none")
+        if injection != "none" and (
+            inward is None or not service.connects or service.connects[0].scheme in ("ws", "wss")
+        ):
+            builder.fail(
+                f"{path}/properties/identity.injection",
+                "injects the identity a DMZ gateway asserted into a tcp:// or ssl:// back end: it needs "
+                "accept-options socks.mode reverse and such a connect URI",
+            )
+        if inward is None and outward is None:
+            if service.settings.get("connect.strategy") == "prepared":
+                builder.fail(
+                    f"{path}/properties/connect.strategy",
+                    "'prepared' is the DMZ end's strategy (its ready tunnels, docs/dmz.md); a direct proxy dials "
+                    "immediate or deferred",
+                )
+            if service.settings.get("prepared.connection.count") is not None:
+                builder.fail(
+                    f"{path}/properties/prepared.connection.count",
+                    "prepared connections are the tunnels of a DMZ deployment (socks.mode reverse, docs/dmz.md); "
+                    "a direct proxy dials its back end per client",
+                )
+            continue
+        spec = builder.catalog.services.get(service.type)
+        if spec is None or not spec.tunnels:
+            builder.fail(f"{path}/type", f"type {service.type} cannot be tunnelled; use type proxy")
+            continue
+        if inward is not None and outward is not None:
+            builder.fail(path, "a service is either the DMZ end (connect-options) or the internal end (accept-options)")
+            continue
+        if security.keystore is None:
+            builder.fail(f"{path}/accept", "a tunnel is mutual TLS: it needs security/keystore (and a truststore)")
+        if outward is not None:
+            if service.settings.get("prepared.connection.count") is not None:
+                builder.warn(
+                    f"{path}/properties/prepared.connection.count",
+                    "the internal gateway keeps the tunnels ready (it dials out): set prepared.connection.count on "
+                    "its service; here it has no effect",
+                )
+            if not outward.peers:
+                builder.warn(
+                    f"{path}/connect-options",
+                    "any certificate the truststore accepts may carry this service's tunnels; name the internal "
+                    "gateway's certificate with tunnel.peer (its common name or sha256:<fingerprint>)",
+                )
+            uri = outward.rendezvous
+            key = (uri.host, uri.port, uri.path.rstrip("/") or "/")
+            if key not in endpoints:
+                endpoints[key] = m.Service(
+                    name=f"dmz.tunnel {uri.host}:{uri.port}{uri.path}",
+                    type=TUNNEL_ENDPOINT_TYPE,
+                    accepts=(uri,),
+                    description="the internal gateway's tunnels (made from connect-options socks.transport)",
+                    accept_options=m.AcceptOptions(tls=m.TlsOptions(verify_client="required"), write_timeout=None),
+                )
+        elif service.setting("connect.strategy") == "prepared":
+            builder.fail(
+                f"{path}/properties/connect.strategy",
+                "'prepared' is the DMZ end's strategy; the internal end dials its back end immediate or deferred",
+            )
+    return services + tuple(endpoints.values())
+
+
 def build_config(
     root: Node,
     catalog: Catalog,
@@ -969,6 +1192,7 @@ def build_config(
     security = builder.security(root)
     limits = builder.limits(root)
     state = builder.state(root)
+    services = check_tunnels(services, security, builder)
     check_cross_references(services, security, builder)
     if builder.errors:
         raise ConfigErrors(builder.errors)

@@ -43,6 +43,29 @@ class TlsOptions:
 
 
 @dataclass(frozen=True)
+class Tunnel:
+    """Reverse connectivity (Kaazing's ``*.transport socks://`` with ``socks.mode reverse``, docs/dmz.md).
+
+    On a DMZ gateway's proxy (``connect-options``) the gateway listens at ``rendezvous`` (mTLS, client
+    certificate required) for the internal gateway's tunnels and signs an identity assertion with
+    ``key_files[0]`` (Ed25519 private key); on the internal gateway's proxy (``accept-options``) nothing
+    listens: the gateway keeps tunnels dialled out to ``rendezvous`` and verifies every assertion with the
+    pinned public key(s) ``key_files`` (two while a rotation is under way).
+    """
+
+    rendezvous: Uri  # wss://dmz-host:port/path: socks.transport (wsn+ssl:// and ssl:// become wss://)
+    key_files: tuple[Path, ...]  # tunnel.assertion.key (DMZ: one, private) or tunnel.assertion.public-key (internal)
+    retry_max: float = 1.0  # socks.retry.maximum.interval: the longest wait between two dials (internal)
+    timeout: float = 2.0  # socks.timeout: how long the DMZ waits for a ready tunnel and for the inward answer
+    audience: str = "wsgate-internal"  # tunnel.audience: the assertion's aud, the internal gateway's own name
+    issuer: str = "wsgate-dmz"  # tunnel.issuer: the assertion's iss, the DMZ gateway's name
+    client_certificate: str | None = None  # tunnel.client-certificate: keystore alias the internal side presents
+    # tunnel.peer (DMZ end): who may carry tunnels: the internal gateway certificate's common name(s), or
+    # "sha256:<hex>" fingerprints; (): any certificate the truststore accepts (check-config warns)
+    peers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class AcceptOptions:
     binds: Mapping[str, Bind] = field(default_factory=lambda: EMPTY)  # scheme → Bind
     tls: TlsOptions = TlsOptions()
@@ -55,12 +78,14 @@ class AcceptOptions:
     keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT  # http.keepalive.timeout: idle time between requests
     write_timeout: float | None = DEFAULT_WRITE_TIMEOUT  # ws.write.timeout: a send blocked this long drops the peer
     emulation: bool = True  # ws.emulation: a WebSocket service also answers WebSocket emulation (<path>/;e/…)
+    tunnel: Tunnel | None = None  # internal gateway: accepted through tunnels it dials to a DMZ gateway
 
 
 @dataclass(frozen=True)
 class ConnectOptions:
     tls: TlsOptions = TlsOptions()
     inactivity_timeout: float | None = None
+    tunnel: Tunnel | None = None  # DMZ gateway: connects through tunnels the internal gateway dialled in
 
 
 @dataclass(frozen=True)

@@ -30,12 +30,18 @@ class Property:
     parsed and never parses it again. ``fields`` makes the property a nested element whose children
     (all required) are kept joined by newlines (a directory's ``location``); ``listed`` says whether
     the "valid here" hint names it.
+
+    ``file``: the text is a file name, resolved against the config's folder before ``parse`` sees it (a
+    password file). ``warning``: a Kaazing property the type accepts and ignores; loading it adds this
+    located warning.
     """
 
     cardinality: Cardinality = "?"
     parse: Callable[[str], Any] | None = None
     fields: tuple[str, ...] = ()
     listed: bool = True
+    file: bool = False
+    warning: str | None = None
 
 
 @dataclass(frozen=True)
@@ -46,13 +52,16 @@ class RuleSchema:
     ``separators`` gives each field's level separator (``config.patterns``; absent: the whole value is
     one level); ``field_prefixes`` are families of fields the type names itself (``json.``: a path in a
     JSON message); ``outcomes`` the values ``then`` may take (the first is the default; none: ``then``
-    is refused).
+    is refused). ``check_field(name, pattern)``, if given, raises ``ValueError`` for a field the type
+    cannot use (a malformed ``json.`` path, a ``type`` that is neither text nor binary); the builder
+    reports it at the field's element.
     """
 
     operations: Mapping[str, tuple[str, ...]]
     separators: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     field_prefixes: tuple[str, ...] = ()
     outcomes: tuple[str, ...] = ()
+    check_field: Callable[[str, str], None] | None = field(default=None, compare=False)
 
     def takes(self, operation: str, name: str) -> bool:
         """May a rule on ``operation`` match the field ``name``?"""
@@ -83,6 +92,7 @@ class ServiceTypeSchema:
     properties: Mapping[str, Property] = field(default_factory=_no_properties)
     rules: RuleSchema | None = None  # None: the type takes no authorization-rule
     finish: Callable[[Service, str, Fail], Service | None] | None = None
+    tunnels: bool = False  # may be either end of a DMZ tunnel (socks.mode reverse, docs/dmz.md)
 
 
 @dataclass(frozen=True, kw_only=True)

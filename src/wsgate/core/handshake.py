@@ -45,6 +45,7 @@ class Handshake:
     transport: str = "websocket"  # which adapter it came on: "websocket", ``EMULATED`` ("wse"), later "tunnel"
     client: str = ""  # the client's transport connection ("ip:port"): multi-round schemes keep state under it
     authority: str = ""  # the Host header as sent (with its port): what an Origin is compared with; "": ``host``
+    body: Body = field(default_factory=lambda: NoBody(), compare=False, repr=False)  # read only if a resource asks
 
     @property
     def emulated(self) -> bool:

@@ -64,6 +64,7 @@ class LiveSession:
         "on_slow",
         "tls",
         "transport",
+        "tunnel",
         "_expiry",
         "__weakref__",
     )
@@ -94,6 +95,7 @@ class LiveSession:
         # What carries it: "websocket" (native), or an adapter's name ("wse" emulation, "x-kaazing-handshake",
         # a DMZ tunnel): shown by the management API and metrics; services never branch on it.
         self.transport = "websocket"
+        self.tunnel: str | None = None  # the id of the DMZ tunnel that carries it (both gateways show the same)
         self._expiry: asyncio.TimerHandle | None = None
 
     def expire_at(self, deadline: float | None, reason: str = "session expired") -> None:

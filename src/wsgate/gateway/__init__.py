@@ -14,6 +14,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from ..catalog import service_type
@@ -28,6 +29,7 @@ from ..security.admission import Admission, offloaded_tls
 from ..security.keystore import KeyMaterial, load_store
 from ..security.limits import GatewayLimits, ServiceLimits
 from ..security.login.jwt import unverified_claims
+from ..security.oidc import EXTENDED as OIDC_EXTENDED
 from ..security.realms import RealmGate, RealmRuntime
 from ..security.tls import ListenerTls
 from ..services.base import HttpService, ResourceService, Runtime, ServiceHandler, WebSocketService
@@ -53,7 +55,7 @@ from ..state.revocations import (
 from ..state.sessions import cookie_name
 from ..transport.endpoint import Endpoint
 from ..transport.http import reply_endpoint
-from ..transport.http_client import fetch_json
+from ..transport.http_client import HTTP, fetch_json
 from ..transport.listener import Listener, Route
 from ..transport.resource import resource_endpoint
 from ..transport.upgrade import websocket_endpoint
@@ -139,6 +141,7 @@ class Gateway:
             if "handshake-rate" in config.state.shared_limits:
                 self.shared_rates = RedisRates(self.shared)
             self.shared.subscribe(REVOKED, self._revoked_elsewhere)
+            self.shared.subscribe(OIDC_EXTENDED, self._oidc_refreshed_elsewhere)
             self.shared.on_reconnect.append(self._resync_revocations)
         keys, trust, errors = read_stores(config)  # reported with what the build finds (check-config: all at once)
         try:
@@ -204,6 +207,7 @@ class Gateway:
         unchanged, the gate (its count of handshakes in progress)."""
         new = changes.new
         runtime = Runtime(keys=new.keys, trust=new.trust, realms=dict(new.config.security.realms))
+        runtime.config_dir = new.base_dir  # where a service's message.policy class may be found
         runtime.revocations = self.revocations
         runtime.shared = self.shared
         if self.shared is not None and current is None:
@@ -235,13 +239,18 @@ class Gateway:
         runtime = deployment.runtime
         for realm in config.security.realms.values():  # the names this config reads credentials from are masked in logs
             auth = realm.authentication
-            REDACTOR.add(auth.http_query_parameters, auth.http_headers, (*auth.http_cookies, cookie_name(realm.name)))
+            cookies = (
+                *auth.http_cookies,
+                cookie_name(realm.name),
+                cookie_name(realm.name) + "_oidc",
+            )  # and an OIDC sign-in's
+            REDACTOR.add(auth.http_query_parameters, auth.http_headers, cookies)
         for name, realm_plan in planned.realms.items():
             if current is not None and name in changes.realms_kept:
                 deployment.realms[name] = current.realms[name]  # its sessions and pools survive
                 continue
             try:
-                realm_runtime = RealmRuntime(realm_plan.config, planned.base_dir, fetch_json)
+                realm_runtime = RealmRuntime(realm_plan.config, planned.base_dir, fetch_json, HTTP)
             except ConfigError as exc:
                 errors.append(exc)
                 continue
@@ -249,6 +258,8 @@ class Gateway:
             realm_runtime.revocations = self.revocations
             if self.shared is not None:
                 realm_runtime.sessions = RedisSessions(self.shared, name)
+                if realm_runtime.oidc is not None:  # a refresh on this node extends the session's sockets everywhere
+                    realm_runtime.oidc.publish = partial(self.shared.publish, OIDC_EXTENDED)
             deployment.realms[name] = realm_runtime
         for name, service_plan in planned.services.items():
             if current is not None and name in changes.unchanged:
@@ -488,6 +499,14 @@ class Gateway:
         keys = message.get("keys")
         if isinstance(keys, dict):
             self._end_revoked({str(key): float(until) for key, until in keys.items()}, "revoked")
+
+    async def _oidc_refreshed_elsewhere(self, message: dict[str, Any]) -> None:
+        """Another node refreshed an OpenID Connect session: extend this node's connections of it."""
+        if self.shared is not None and self.shared.mine(message):
+            return
+        realm = self.realms.get(str(message.get("realm")))
+        if realm is not None and realm.oidc is not None:
+            realm.oidc.extended_elsewhere(message)
 
     async def _resync_revocations(self) -> None:
         """Back from a Redis outage: messages published meanwhile were lost; the keys were not.

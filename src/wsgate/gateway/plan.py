@@ -132,6 +132,8 @@ def plan(config: GatewayConfig, keys: KeyMaterial | None = None, trust: KeyMater
     _check_cookie_names(realms)
     planned: dict[BindKey, list[tuple[Service, Uri]]] = defaultdict(list)
     for service in config.services:
+        if service.accept_options.tunnel is not None:  # accepted through tunnels it dials out: no listener
+            continue
         for uri in service.accepts:
             planned[bind_key(service, uri)].append((service, uri))
     return Plan(

@@ -18,6 +18,7 @@ and marked ``insecure``). Under its accept path:
     DELETE /api/revocations/<key> lift a revocation early
     POST   /api/reload            re-read the config; answers 422 with the located error if it is refused,
                                   500 if it failed otherwise (the running configuration stays either way)
+    GET    /api/tunnels           DMZ tunnels (docs/dmz.md), per tunnelled service: ready, in use, re-dials, ids
     GET    /api/stats             the totals the console charts: traffic per service, handshakes by
                                   outcome, the login-time histogram (read from the metrics, nothing new
                                   counted); the console polls it and keeps 15 minutes of samples itself
@@ -178,11 +179,12 @@ def session_view(session: LiveSession, now: float) -> dict[str, Any]:
         "roles": sorted(identity.roles) if identity else [],
         "realm": identity.realm if identity else None,
         "remote": session.remote,
-        "transport": session.transport,  # "websocket" (native) or "wse" (emulation)
         "opened": session.started,
         "age": round(now - session.started, 1),
         "expires": session.deadline,
+        "transport": session.transport,  # "websocket", or the adapter that carries it (x-kaazing-handshake, wse)
         "tls": tls,
+        "tunnel": session.tunnel,
         "messages_in": channel.messages_in,
         "messages_out": channel.messages_out,
         "bytes_in": channel.bytes_in,
@@ -301,6 +303,8 @@ class ManagementService(OperatorService):
             return _json(gateway_summary(control.config, control.started, len(self.runtime.connections)))
         if method == "GET" and path == "/api/services":
             return _json(self.services())
+        if method == "GET" and path == "/api/tunnels":
+            return _json(self.tunnels())
         if method == "GET" and path == "/api/sessions":
             sessions, complete = await self.sessions()
             reply = _json(sessions)
@@ -324,9 +328,19 @@ class ManagementService(OperatorService):
             "/api/reload",
             "/api/revocations",
             "/api/stats",
+            "/api/tunnels",
             "/metrics",
         )
         return _text(405, "Method Not Allowed\n") if known else _text(404, "Not Found\n")
+
+    def tunnels(self) -> list[dict[str, Any]]:
+        """Each tunnelled service's pool as its end sees it; which tunnel carries a session is in /api/sessions."""
+        views = []
+        for uri, end in sorted(self.runtime.tunnels.items()):
+            view = getattr(end, "view", None)
+            if callable(view):
+                views.append({"uri": uri.removeprefix("internal "), **view()})
+        return views
 
     def services(self) -> list[dict[str, Any]]:
         counts: dict[str, int] = {}

@@ -103,6 +103,13 @@ class Metrics:
             ["service", "operation"],
             registry=self.registry,
         )
+        self.policy_errors = Counter(
+            "wsgate_message_policy_errors",
+            "Messages a service's message.policy callable failed on (raised, or gave no allow/drop/close): "
+            "refused, fail closed; the log has the exception's type and line within a rate limit",
+            ["service"],
+            registry=self.registry,
+        )
         self.closes = Counter(
             "wsgate_closes",
             "WebSocket connections closed, by close code (3xxx, 4xxx, invalid: see docs/operations.md)",
@@ -159,6 +166,37 @@ class Metrics:
             "wsgate_state_errors",
             "Failed exchanges with the shared state (Redis) by operation (read, write, publish, listen, registry)",
             ["operation"],
+            registry=self.registry,
+        )
+        # DMZ tunnels (docs/dmz.md), on both gateways, labelled by the service they carry.
+        self.tunnel_ready = Gauge(
+            "wsgate_tunnel_ready", "DMZ tunnels open and waiting for a client", ["service"], registry=self.registry
+        )
+        self.tunnel_in_use = Gauge(
+            "wsgate_tunnel_in_use", "DMZ tunnels carrying a client connection now", ["service"], registry=self.registry
+        )
+        self.tunnel_dials = Counter(
+            "wsgate_tunnel_dials",
+            "Tunnels the internal gateway dialled to the DMZ gateway, by outcome (ok, failed) ",
+            ["service", "outcome"],
+            registry=self.registry,
+        )
+        self.tunnel_redials = Counter(
+            "wsgate_tunnel_redials",
+            "Ready tunnels lost before carrying a client (a DMZ gateway restarted), dialled again",
+            ["service"],
+            registry=self.registry,
+        )
+        self.tunnel_exhausted = Counter(
+            "wsgate_tunnel_exhausted",
+            "Admitted clients refused with 503 at the DMZ gateway because no tunnel was ready",
+            ["service"],
+            registry=self.registry,
+        )
+        self.tunnel_assertions = Counter(
+            "wsgate_tunnel_assertions",
+            "Identity assertions the internal gateway checked, by outcome (accepted, refused, forbidden)",
+            ["service", "outcome"],
             registry=self.registry,
         )
         self.traffic = TrafficCollector(connections)
@@ -273,7 +311,7 @@ class TrafficCollector(Collector):
         """Open connections by what carries them (``websocket``, ``wse``, …: a handful of adapters, bounded)."""
         family = GaugeMetricFamily(
             "wsgate_connections_open_by_transport",
-            "Connections open now by transport (websocket: native; wse: WebSocket emulation)",
+            "Connections open now by what carries them (websocket, x-kaazing-handshake, wse: emulation, tunnel)",
             labels=["service", "transport"],
         )
         counts: defaultdict[tuple[str, str], int] = defaultdict(int)

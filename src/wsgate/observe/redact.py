@@ -31,6 +31,8 @@ CREDENTIAL_PARAMETERS = (
     "token",
     "id_token",
     "refresh_token",
+    "logout_token",  # OpenID Connect: a back-channel logout's form, an RP-initiated logout's URL
+    "id_token_hint",
     "auth_token",
     "jwt",
     "password",

@@ -77,9 +77,16 @@ class Admission:
     shared_rate: SharedRate | None = None  # the handshake rate counted by every node (state/shared-limits)
     origin_lines: LogLimiter = field(default_factory=lambda: LogLimiter("cross-origin refusal"), repr=False)
 
-    async def admit(self, handshake: Handshake) -> Accept | Reject | Reply:
+    async def admit(
+        self, handshake: Handshake, *, credentials: bool = True, held: Hold | None = None
+    ) -> Accept | Reject | Reply:
         """``Accept``: hand the request on (and release its ``hold``); ``Reject``: refuse it; ``Reply``:
-        the admission answered it itself (a CORS preflight, a realm control resource)."""
+        the admission answered it itself (a CORS preflight, a realm control resource).
+
+        Kaazing's extended handshake (``transport.extended_handshake``) asks twice: the opening handshake
+        with ``credentials=False`` (everything but the realm's credential check, which moves into the
+        extended one), then each inner request with ``held``, the opening's ``Hold``: the limits were
+        counted once, by the opening, and stay held (not released) whatever the inner answer is."""
         emulated = handshake.emulated  # a WSE create: plain HTTP on the wire, a new connection all the same
         upgrade = handshake.upgrade and not emulated
         bad = (
@@ -93,6 +100,8 @@ class Admission:
             return Reject(403, "A client certificate is required.\n", reason=NO_CERTIFICATE, event=NO_CERTIFICATE)
         if not upgrade and not emulated:
             return await self.decide(handshake, Hold())
+        if held is not None:
+            return await self.decide(handshake, held)
         hold = self.enter(handshake.remote)  # the limits before any login
         if isinstance(hold, Reject):
             return hold
@@ -101,7 +110,7 @@ class Admission:
             hold.release()
             return refused
         try:
-            decision = await self.decide(handshake, hold)
+            decision = await self.decide(handshake, hold, credentials)
         except BaseException:
             hold.release()
             raise
@@ -143,7 +152,7 @@ class Admission:
         headers = {"Retry-After": str(refusal.retry_after)}
         return Reject(refusal.status, text, headers, f"limit {refusal.limit}", refusal.limit)
 
-    async def decide(self, handshake: Handshake, hold: Hold) -> Accept | Reject | Reply:
+    async def decide(self, handshake: Handshake, hold: Hold, credentials: bool = True) -> Accept | Reject | Reply:
         gate = self.realm
         if (gate is not None or self.cors) and is_preflight(handshake):
             return self.preflight(handshake)  # preflights carry no credentials: answered before the realm
@@ -154,10 +163,13 @@ class Admission:
             if what is not None:
                 reply = await gate.control(handshake, what) if self.origin_allowed(handshake) else _forbidden()
                 return replace(reply, headers=reply.headers + tuple(self.cors_headers(handshake).items()))
-            proof = await gate.authorize(handshake)
-            if isinstance(proof, Reject):
-                return proof
-            identity, proven = proof.identity, gate.proof_headers(proof)
+            if credentials:
+                proof = await gate.authorize(handshake)
+                if isinstance(proof, Reject):
+                    if proof.status == 401 and not self.websocket:  # a page, for a browser: sign in with the provider
+                        return gate.sign_in_redirect(handshake) or proof
+                    return proof
+                identity, proven = proof.identity, gate.proof_headers(proof)
         if not self.websocket:
             headers = self.cors_headers(handshake) if self.cors else {}
             return Accept(identity, headers={**headers, **proven}, hold=hold)

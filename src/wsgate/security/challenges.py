@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from http.cookies import SimpleCookie
 
 SUBPROTOCOL_TOKEN_PREFIX = "wsgate.token."
 _APPLICATION = "application "
@@ -180,3 +181,13 @@ def challenge_header(scheme: str, realm_description: str, plain_http: bool = Fal
         return scheme
     escaped = realm_description.replace("\\", "\\\\").replace('"', '\\"')
     return f'{scheme} realm="{escaped}"'
+
+
+def set_cookie(name: str, value: str, **attributes: str | int | bool) -> str:
+    """A ``Set-Cookie`` value, written as aiohttp's ``set_cookie`` writes it (``http.cookies``)."""
+    jar: SimpleCookie = SimpleCookie()
+    jar[name] = value
+    morsel = jar[name]
+    for key, attribute in attributes.items():
+        morsel[key.replace("_", "-")] = attribute
+    return morsel.output(header="")[1:]

@@ -25,12 +25,12 @@ import hashlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
-from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 
 from ..config.model import AuthorizationConstraint, Realm
-from ..core.fetch import FetchJson
+from ..core.fetch import FetchJson, HttpPort
 from ..core.handshake import Handshake, Reject, Reply
 from ..core.identity import Identity
 from ..core.session import Timeouts
@@ -49,6 +49,7 @@ from .challenges import (
     gather_credentials,
     offered_subprotocols,
     realm_schemes,
+    set_cookie,
 )
 from .login import (
     Busy,
@@ -63,7 +64,9 @@ from .login import (
     run_chain,
 )
 from .login.base import Rounds, resolve
+from .login.oidc import OidcLoginModule
 from .login.verifier import Verifier
+from .oidc import OidcFlow, safe_return
 
 if TYPE_CHECKING:
     from ..observe.metrics import Metrics
@@ -100,14 +103,17 @@ class Refused:
 class RealmRuntime:
     """A configured realm, ready to authenticate requests."""
 
-    def __init__(self, realm: Realm, base_dir: Path, fetch_json: FetchJson | None = None) -> None:
-        """``fetch_json`` fetches documents for modules that need them (a jwt module's JWKS)."""
+    def __init__(
+        self, realm: Realm, base_dir: Path, fetch_json: FetchJson | None = None, http: HttpPort | None = None
+    ) -> None:
+        """``fetch_json`` fetches documents for modules that need them (a jwt module's JWKS); ``http`` GETs and
+        POSTs for those that also need that (an oidc module's provider)."""
         self.config = realm
         auth = realm.authentication
         path = f"security/realm[{realm.name}]/authentication/login-modules"
         check_chain(realm, path)
         self.chain = [
-            ChainEntry(m.success, build_module(m, f"{path}/login-module[{i + 1}]", base_dir, fetch_json), m.type)
+            ChainEntry(m.success, build_module(m, f"{path}/login-module[{i + 1}]", base_dir, fetch_json, http), m.type)
             for i, m in enumerate(auth.login_modules)
         ]
         self.scheme = auth.http_challenge_scheme
@@ -121,6 +127,9 @@ class RealmRuntime:
         self.verifier = Verifier(auth.login_concurrency, auth.login_queue, f"wsgate-verify-{realm.name}")
         self.revocations: RevocationList = MemoryRevocations()  # the gateway's, shared by every realm
         self.files = module_files(realm, base_dir)
+        # Browser sign-in with an OpenID provider (security.oidc), if the chain has an oidc module.
+        providers = [entry.module for entry in self.chain if isinstance(entry.module, OidcLoginModule)]
+        self.oidc = OidcFlow(self, providers[0]) if providers else None
 
     async def authenticate(self, handshake: Handshake, allow_session: bool = True) -> Proof | Refused:
         """Session cookie or login chain, then expiry and revocation. Shared state (Redis) that does not
@@ -220,7 +229,9 @@ class RealmRuntime:
         return Refused(403 if presented else 401, reason)
 
     async def close(self) -> None:
-        """Release what modules hold (LDAP connection pools)."""
+        """Release what modules hold (LDAP connection pools) and the OIDC sessions' refresh timers."""
+        if self.oidc is not None:
+            await self.oidc.close()
         for entry in self.chain:
             close = getattr(entry.module, "close", None)
             if close is not None:
@@ -305,16 +316,6 @@ def expired(identity: Identity, realm: Realm) -> bool:
     return deadline is not None and deadline <= now
 
 
-def set_cookie(name: str, value: str, **attributes: str | int | bool) -> str:
-    """A ``Set-Cookie`` value, written as aiohttp's ``set_cookie`` writes it (``http.cookies``)."""
-    jar: SimpleCookie = SimpleCookie()
-    jar[name] = value
-    morsel = jar[name]
-    for key, attribute in attributes.items():
-        morsel[key.replace("_", "-")] = attribute
-    return morsel.output(header="")[1:]
-
-
 class RealmGate:
     """A protected service's realm: only authorized requests pass, with their identity.
 
@@ -341,12 +342,32 @@ class RealmGate:
         self.connections = connections
         self.expire = expire
         self.offloaded_tls = offloaded_tls
+        if realm.oidc is not None:
+            realm.oidc.attach(connections.select, expire, realm_timeouts(realm.config))
 
     def control_path(self, path: str) -> str | None:
         for base in self.paths:
             if path.startswith(base + CONTROL):
                 return path[len(base) + len(CONTROL) :]
         return None
+
+    def sign_in_redirect(self, handshake: Handshake) -> Reply | None:
+        """A browser's page request without a session, in a realm that signs in with an OpenID provider: a 302
+        to the provider sign-in, which comes back to this page (plain HTTP services only; WebSockets get 401)."""
+        if self.realm.oidc is None or handshake.method != "GET" or not self.paths:
+            return None
+        if "text/html" not in handshake.headers.get("Accept", ""):
+            return None
+        back = handshake.path + (f"?{urlencode(list(handshake.query.items()))}" if handshake.query else "")
+        if safe_return(back) is None:
+            return None
+        base = next((p for p in self.paths if handshake.path == p or handshake.path.startswith(p + "/")), self.paths[0])
+        location = f"{base}{CONTROL}oidc/login?{urlencode({'return': back})}"
+        return Reply(302, headers=(("Location", location), ("Cache-Control", "no-store")))
+
+    def control_base(self, path: str) -> str:
+        """The service path a control resource request is under."""
+        return next(base for base in self.paths if path.startswith(base + CONTROL))
 
     async def authorize(self, handshake: Handshake, allow_session: bool = True) -> Proof | Reject:
         """Authenticated and holding the roles: the identity and the chain's last token for the client."""
@@ -404,6 +425,11 @@ class RealmGate:
             return Reply(405, headers=(("Allow", "GET, POST, DELETE"),))
         if what.startswith("refresh/") and handshake.method == "POST":
             return await self.refresh(handshake, what[len("refresh/") :])
+        oidc = self.realm.oidc
+        if oidc is not None and (what == "oidc" or what.startswith("oidc/")):
+            secure = handshake.secure or self.offloaded_tls
+            origin = f"{'https' if secure else 'http'}://{handshake.authority or handshake.host}"
+            return await oidc.control(handshake, what[len("oidc") :], self.control_base(handshake.path), origin)
         return Reply.text(404, "Not Found\n")
 
     async def login(self, handshake: Handshake) -> Reply:
@@ -447,6 +473,8 @@ class RealmGate:
         if session is not None and session.identity.session:
             key = session.identity.session
             await self.realm.sessions.drop(key)
+            if self.realm.oidc is not None:
+                self.realm.oidc.forget(key)  # its refresh token too
             closed = await self.expire(Selector(session=key), "logged out")
             audit.info(
                 "service[%s]: user %r logged out, %d connection(s) closed", self.name, session.identity.user, closed

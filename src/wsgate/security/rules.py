@@ -52,12 +52,15 @@ ALLOWED = Decision(True)
 
 
 class CompiledRule:
-    __slots__ = ("rule", "operations", "roles", "fields")
+    __slots__ = ("rule", "operations", "roles", "fields", "decision")
 
     def __init__(self, rule: Rule, schema: RuleSchema) -> None:
         self.rule = rule
         self.operations = frozenset(rule.operations)
         self.roles = frozenset(rule.roles)
+        default_then = schema.outcomes[0] if schema.outcomes else None
+        # Made once: a frozen dataclass costs ~0.3 µs to build, more than matching a rule (per message).
+        self.decision = Decision(rule.allow, rule, None if rule.allow else (rule.then or default_then))
         self.fields: tuple[tuple[str, Pattern, str | None], ...] = tuple(
             (name, parse_pattern(text, schema.separator(name)), schema.separator(name))
             for name, text in rule.fields.items()
@@ -81,7 +84,7 @@ class CompiledRule:
 class RuleSet:
     """A service's rules, compiled once per config (a reload builds a new one)."""
 
-    __slots__ = ("rules", "default_then", "open")
+    __slots__ = ("rules", "default_then", "open", "refusal")
 
     def __init__(self, rules: tuple[Rule, ...], schema: RuleSchema | None) -> None:
         if rules and schema is None:
@@ -89,6 +92,7 @@ class RuleSet:
         self.rules = tuple(CompiledRule(rule, schema) for rule in rules) if schema is not None else ()
         self.default_then = schema.outcomes[0] if schema is not None and schema.outcomes else None
         self.open = not rules  # no rules: every operation is allowed
+        self.refusal = Decision(False, None, self.default_then)  # no rule matched
 
     def decide(self, identity: Identity | None, operation: str, values: Mapping[str, str]) -> Decision:
         """Allowed or refused: the first rule on ``operation`` that applies to ``identity`` and matches
@@ -98,9 +102,8 @@ class RuleSet:
         user = identity.user if identity is not None else None
         for compiled in self.rules:
             if operation in compiled.operations and compiled.applies_to(identity) and compiled.matches(values, user):
-                rule = compiled.rule
-                return Decision(rule.allow, rule, None if rule.allow else (rule.then or self.default_then))
-        return Decision(False, None, self.default_then)
+                return compiled.decision
+        return self.refusal
 
 
 OPEN = RuleSet((), None)

@@ -57,6 +57,8 @@ class Runtime:
     revocations: RevocationList | None = None  # the gateway's, checked again at the upgrade
     control: Any = None  # the gateway, for the management service (management.service.GatewayControl)
     shared: RedisState | None = None  # the state shared with other nodes (``state: {type: redis}``), if any
+    tunnels: dict[str, Any] = field(default_factory=dict)  # a DMZ gateway's ready tunnels by service URI (dmz.py)
+    config_dir: Path | None = None  # the config file's folder: operator code (``message.policy``) is imported from it
 
     async def expire(self, selector: Selector, reason: str) -> int:
         """Close every live connection ``selector`` matches with 1008 ``reason`` now (aborted after 1 s)."""
@@ -240,12 +242,22 @@ class WebSocketService(ServiceHandler):
             headers["Wsgate-Expires"] = str(int(deadline))
         return headers
 
+    async def prepare(self, handshake: Handshake, accept: Accept) -> tuple[tuple[str, ...], object]:
+        """``before_upgrade`` for services that need the admission's answer (who was admitted); a ``Reply`` as
+        the context refuses the upgrade with that HTTP answer instead of a 101."""
+        return await self.before_upgrade(handshake)
+
     async def before_upgrade(self, handshake: Handshake) -> tuple[tuple[str, ...], object]:
         """Work before the 101: the subprotocols to accept and state for ``serve`` (``session.context``)."""
         return (), None
 
     async def abandon(self, context: object) -> None:
         """The upgrade failed after ``before_upgrade``: release what it prepared."""
+
+    def channel_for(self, session: LiveSession, channel: Channel) -> Channel:
+        """The channel ``serve`` gets: the transport's own, or one that checks each message
+        (``services.messages.MessageService``)."""
+        return channel
 
     async def serve(self, session: LiveSession, channel: Channel) -> None:
         raise NotImplementedError

@@ -18,6 +18,11 @@ Several nodes (``state: {type: redis}``), per source of messages:
   published by one task per service in that order, and Redis delivers one connection's messages in order.
   Across nodes delivery is at most once: what is published while a node's subscription is down (Redis
   restarting, or Redis dropping a subscriber past ``client-output-buffer-limit pubsub``) is not replayed.
+- Message policy (``authorization-rule``, ``message.policy``): a client's messages pass ``send`` rules before
+  they are broadcast; ``receive`` is decided at fan-out for each subscriber with its own identity (the
+  message's fields read once for all), so each sees only what its roles allow. A refused message is never
+  queued; a subscriber refused with ``then: close`` is closed with 1008 and gets nothing more. The callable
+  runs inside the fan-out: it must be quick, and what it raises refuses that subscriber's copy only.
 - Redis unavailable: the node's own clients still get everything (degraded to one node, logged as a
   WARNING every 10 s at most with the count of messages the other nodes missed); cross-node delivery
   resumes by itself once Redis answers again.
@@ -29,6 +34,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Mapping
 
 from ..config.model import Service
 from ..config.schema import Property
@@ -38,7 +44,8 @@ from ..core.session import LiveSession
 from ..errors import BackendError
 from ..state.redis import RedisState, StateUnavailable
 from ..transport.backend import READ_CHUNK, open_tcp
-from .base import Runtime, ServiceType, WebSocketService
+from .base import Runtime, ServiceType
+from .messages import MESSAGE_RULES, POLICY_PROPERTY, RECEIVE, GuardedChannel, MessageService
 
 log = logging.getLogger("wsgate.broadcast")
 DEFAULT_CLIENT_PENDING = 1024 * 1024
@@ -54,11 +61,12 @@ BINARY, TEXT = b"b", b"t"  # a relayed message's first byte: its WebSocket type
 class Subscriber:
     """A client's bounded outbound queue; ``offer`` never blocks the feed."""
 
-    __slots__ = ("session", "channel", "queue", "pending", "limit", "ready", "too_slow", "sender")
+    __slots__ = ("session", "channel", "guard", "queue", "pending", "limit", "ready", "too_slow", "sender")
 
-    def __init__(self, session: LiveSession, channel: Channel, limit: int) -> None:
+    def __init__(self, session: LiveSession, channel: Channel, limit: int, guard: GuardedChannel | None = None) -> None:
         self.session = session
-        self.channel = channel
+        self.channel = channel  # sends what the fan-out already decided
+        self.guard = guard  # decides ``receive`` for this subscriber at fan-out
         self.queue: deque[Data] = deque()
         self.pending = 0
         self.limit = limit
@@ -175,7 +183,7 @@ class Relay:
         )
 
 
-class BroadcastService(WebSocketService):
+class BroadcastService(MessageService):
     TYPE = ServiceType(
         name="broadcast",
         accept=("ws", "wss"),
@@ -184,7 +192,9 @@ class BroadcastService(WebSocketService):
             "accept": Property("?", lambda text: parse_uri(text, ("tcp",))),
             "on.client.message": Property("?", lambda text: parse_choice(text, ("noop", "broadcast"))),
             "maximum.pending.bytes": Property("?", parse_size),
+            **POLICY_PROPERTY,
         },
+        rules=MESSAGE_RULES,
     )
 
     def __init__(self, config: Service, runtime: Runtime) -> None:
@@ -210,6 +220,9 @@ class BroadcastService(WebSocketService):
         return f"broadcast:{self.name}"
 
     def publish(self, data: Data) -> None:
+        if not self.rules.open or self.policy is not None:
+            self.publish_checked(data)
+            return
         dropped = None
         for subscriber in self.subscribers:
             if not subscriber.offer(data):
@@ -217,6 +230,29 @@ class BroadcastService(WebSocketService):
                 dropped.append(subscriber)
         if dropped:
             self.subscribers.difference_update(dropped)
+
+    def publish_checked(self, data: Data) -> None:
+        """``publish`` under a message policy: ``receive`` decided per subscriber, the fields read once."""
+        rules = self.rules
+        values = None if rules.open else self.message_checks(rules).values(RECEIVE, data)
+        dropped = None
+        for subscriber in self.subscribers:
+            guard = subscriber.guard
+            if guard is not None and (guard.ended or not self.admit_copy(guard, data, values)):
+                continue
+            if not subscriber.offer(data):
+                dropped = dropped or []
+                dropped.append(subscriber)
+        if dropped:
+            self.subscribers.difference_update(dropped)
+
+    def admit_copy(self, guard: GuardedChannel, data: Data, values: Mapping[str, str] | None) -> bool:
+        """One subscriber's copy: refused if the decision itself fails (fail closed), never the fan-out."""
+        try:
+            return self.admit(guard, RECEIVE, data, values)
+        except Exception:
+            log.exception("service[%s]: deciding a message for %s failed; not sent", self.name, guard.session.remote)
+            return False
 
     def from_other_node(self, payload: bytes) -> None:
         """A message another node's publisher or client sent, from the Redis channel: fanned out here."""
@@ -289,7 +325,9 @@ class BroadcastService(WebSocketService):
             writer.close()
 
     async def serve(self, session: LiveSession, channel: Channel) -> None:
-        subscriber = Subscriber(session, channel, self.limit)
+        guard = channel if isinstance(channel, GuardedChannel) else None
+        # The fan-out decides ``receive`` (``publish_checked``): the subscriber sends through the inner channel.
+        subscriber = Subscriber(session, guard.inner if guard is not None else channel, self.limit, guard)
         self.subscribers.add(subscriber)
         sender = subscriber.sender = asyncio.create_task(subscriber.run())
         receive = channel.receive  # the channel counts what it receives

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import ClassVar
 
 from ..config.model import DEFAULT_MAX_PENDING_BYTES, Service
 from ..config.schema import Property
-from ..config.values import parse_choice, parse_size
+from ..config.values import parse_choice, parse_count, parse_size
 from ..core.channel import Channel
 from ..core.close import CloseCode, client_may_send, server_may_send
 from ..core.handshake import Handshake
@@ -24,21 +25,27 @@ from ..security.challenges import offered_subprotocols, without_token_offers
 from ..security.tls import client_context
 from ..transport.backend import Backend, TcpBackend, WsBackend, WsDialer, open_tcp
 from ..transport.liveness import ResetWatch
-from .base import Runtime, ServiceType, WebSocketService
+from .base import Runtime, ServiceType
+from .messages import MESSAGE_RULES, POLICY_PROPERTY, MessageService
 
 log = logging.getLogger("wsgate.proxy")
 
 
 def parse_connect_strategy(text: str) -> str:
-    """``immediate`` (dial before the 101) or ``deferred`` (after it)."""
-    try:
-        return parse_choice(text, ("immediate", "deferred"))
-    except ValueError as exc:
-        hint = "; 'prepared' is not supported yet" if text.strip() == "prepared" else ""
-        raise ValueError(f"{exc}{hint}") from None
+    """``immediate`` (dial before the 101), ``deferred`` (after it), or ``prepared`` (a DMZ gateway's ready
+    tunnels; the config builder refuses it elsewhere)."""
+    return parse_choice(text, ("immediate", "deferred", "prepared"))
 
 
-class ProxyService(WebSocketService):
+def parse_injection(text: str) -> str:
+    """``identity.injection``: ``none`` or ``line`` (a tunnelled service's first line to a tcp back end)."""
+    return parse_choice(text, ("none", "line"))
+
+
+class ProxyService(MessageService):
+    """Messages both ways pass the message policy (``MessageService``): ``send`` rules before the back end,
+    ``receive`` rules before the client."""
+
     TYPE = ServiceType(
         name="proxy",
         accept=("ws", "wss"),
@@ -46,9 +53,26 @@ class ProxyService(WebSocketService):
         properties={
             "maximum.pending.bytes": Property("?", parse_size),
             "connect.strategy": Property("?", parse_connect_strategy),
+            # DMZ tunnels (docs/dmz.md): the internal end's pool, and what its tcp back end learns of the client
+            "prepared.connection.count": Property("?", parse_count),
+            "identity.injection": Property("?", parse_injection),
+            **POLICY_PROPERTY,
         },
+        tunnels=True,
+        rules=MESSAGE_RULES,
         descriptors_per_connection=2,  # the client's socket and the back end's
     )
+
+    # The two ends of a DMZ tunnel, registered by services/dmz.py: "dmz" (connect-options name a tunnel) and
+    # "internal" (accept-options do). A proxy configured as either is built as that class.
+    ends: ClassVar[dict[str, type[ProxyService]]] = {}
+
+    def __new__(cls, config: Service, runtime: Runtime) -> ProxyService:  # noqa: ARG004 (as __init__)
+        if cls is ProxyService:
+            end = "dmz" if config.connect_options.tunnel else "internal" if config.accept_options.tunnel else None
+            if end is not None:
+                cls = ProxyService.ends[end]
+        return super().__new__(cls)
 
     def __init__(self, config: Service, runtime: Runtime) -> None:
         super().__init__(config, runtime)

@@ -13,7 +13,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
@@ -27,8 +27,10 @@ from ..observe.logs import LogLimiter, get_logger
 from ..observe.metrics import handshake_outcome
 from .accept import guard
 from .endpoint import Endpoint
+from .extended_handshake import EXTENDED_KEY, ExtendedHandshake, offers_extended
 from .http import ACCEPT_KEY, handshake_from, response_for
 from .liveness import ResetWatch
+from .resource import RequestBody
 from .tls_audit import TlsAudit, install_exception_handler
 from .websocket import HANDSHAKE_DONE, is_upgrade, request_host
 
@@ -260,7 +262,13 @@ class Listener:
         if route.emulation is not None and request.path.startswith(route.path + EMULATION_MARK):
             return await route.emulation(request, peer, host, route.path, route.admission)
         handshake = handshake_from(request, peer, host)
-        decision = await route.admission.admit(handshake)
+        if route.control and request.path.startswith(
+            route.path + CONTROL_PREFIX
+        ):  # a control resource may read the body (a logout token)
+            handshake = replace(handshake, body=RequestBody(request))
+        # Kaazing's extended handshake: the realm's check moves into the WebSocket (extended_handshake.py).
+        extended = route.admission.websocket and handshake.upgrade and offers_extended(handshake.headers)
+        decision = await route.admission.admit(handshake, credentials=not extended)
         if isinstance(decision, Reject):
             if decision.event == BAD_REQUEST:
                 self.audit_bad_request(route.service.name, request.remote, decision.status, decision.reason)
@@ -274,6 +282,8 @@ class Listener:
             hold = decision.hold
             if handshake.upgrade:
                 request[HANDSHAKE_DONE] = hold.handshake_done  # the 101 is sent: no longer in progress
+            if extended:
+                request[EXTENDED_KEY] = ExtendedHandshake(route.admission, self.handshake_timeout, self.header_size)
             try:
                 response = await route.endpoint(request, peer, handshake, decision)
             finally:
@@ -480,6 +490,9 @@ class HttpConnection(web.RequestHandler):
         self.timer = None
         if self._between_requests():
             self.force_close()
+
+
+CONTROL_PREFIX = "/.wsgate/"
 
 
 def _serves(route: Route, path: str) -> bool:

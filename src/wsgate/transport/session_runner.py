@@ -7,8 +7,8 @@ share these steps, so a service, the registry, the metrics and the access line c
 3. ``open_session``: a ``LiveSession`` (its transport named for the management API and metrics),
    the deadline armed, registered with the service;
 4. ``serve_session``: revocation checked once more (one may have come while the answer was on its
-   way), then ``serve(session, channel)``; an unexpected error closes with 1011, a write to a client
-   that left is the client's loss;
+   way), then ``serve(session, channel)`` through the service's ``channel_for`` (its message policy, if
+   any); an unexpected error closes with 1011, a write to a client that left is the client's loss;
 5. deregistered, closed, the access line and the metrics (``closed``).
 """
 
@@ -42,7 +42,7 @@ class WebSocketEndpoint(Protocol):
     @property
     def writer_limit(self) -> int: ...
 
-    async def before_upgrade(self, handshake: Handshake) -> tuple[tuple[str, ...], object]: ...
+    async def prepare(self, handshake: Handshake, accept: Accept) -> tuple[tuple[str, ...], object]: ...
 
     async def abandon(self, context: object) -> None: ...
 
@@ -53,6 +53,8 @@ class WebSocketEndpoint(Protocol):
     def identity_headers(self, connection_id: str, deadline: float | None) -> dict[str, str]: ...
 
     def register(self, session: LiveSession) -> None: ...
+
+    def channel_for(self, session: LiveSession, channel: Channel) -> Channel: ...
 
     async def serve(self, session: LiveSession, channel: Channel) -> None: ...
 
@@ -93,7 +95,7 @@ async def serve_session(service: WebSocketEndpoint, session: LiveSession, channe
             await service.abandon(context)
             await channel.close(CloseCode.POLICY_VIOLATION, "revoked")
         else:
-            await service.serve(session, channel)
+            await service.serve(session, service.channel_for(session, channel))  # message policy, if any
     except asyncio.CancelledError:
         raise
     except Exception as exc:

@@ -15,7 +15,7 @@ from types import MappingProxyType, ModuleType
 
 from ...config.model import LoginModule as LoginModuleConfig
 from ...config.model import Realm
-from ...core.fetch import FetchJson
+from ...core.fetch import FetchJson, HttpPort
 from ...errors import ConfigError
 from . import unsupported
 from .base import Busy, Challenged, Failed, LoginAttempt, LoginModule, LoginModuleType, Outcome, Succeeded, Unavailable
@@ -25,6 +25,7 @@ from .file import FileLoginModule
 from .jwt import JwtLoginModule
 from .kerberos import GssLoginModule, Kerberos5LoginModule
 from .ldap import LdapLoginModule
+from .oidc import OidcLoginModule
 
 __all__ = [
     "Busy",
@@ -57,6 +58,7 @@ LOGIN_MODULES: Mapping[str, LoginModuleType] = MappingProxyType(
             unsupported.KEYSTORE,
             JwtLoginModule.TYPE,
             CertificateLoginModule.TYPE,
+            OidcLoginModule.TYPE,
         )
     }
 )
@@ -82,17 +84,27 @@ def check_chain(realm: Realm, path: str) -> None:
                 f"{module.type} confirms what a {kind.after} login module before it validated: "
                 f"put a {kind.after} login-module before it",
             )
+        if kind is not None and kind.sessions and realm.authentication.authorization_mode != "recycle":
+            raise ConfigError(
+                f"{path.rpartition('/login-modules')[0]}/authorization-mode",
+                f"the {module.type} login module ({element}) signs browsers in with the realm session cookie: "
+                "set authorization-mode to recycle",
+            )
         seen.add(module.type)
 
 
 def build_module(
-    config: LoginModuleConfig, path: str, base_dir: Path, fetch_json: FetchJson | None = None
+    config: LoginModuleConfig,
+    path: str,
+    base_dir: Path,
+    fetch_json: FetchJson | None = None,
+    http: HttpPort | None = None,
 ) -> LoginModule:
     """A module for one ``login-module`` element; errors name the element. ``fetch_json`` is for modules
-    that fetch documents (a JWKS)."""
+    that fetch documents (a JWKS), ``http`` for those that also POST (an OpenID provider's token endpoint)."""
     if config.type.startswith("class:"):
         return _custom(config.type[len("class:") :], config.options, path, base_dir)
-    return LOGIN_MODULES[config.type].create(config.options, path, base_dir, fetch_json)
+    return LOGIN_MODULES[config.type].create(config.options, path, base_dir, fetch_json, http)
 
 
 def import_beside(module_name: str, config_dir: Path) -> ModuleType:

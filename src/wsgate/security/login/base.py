@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
 
 from ...config.schema import LoginModuleSchema
-from ...core.fetch import FetchJson
+from ...core.fetch import FetchJson, HttpPort
 from ...errors import ConfigError
 from ...state.rounds import DEFAULT_TTL, RoundStore
 from ..challenges import Credentials, CredentialsError
@@ -97,17 +97,26 @@ class LoginModuleType(LoginModuleSchema):
     fetches: bool = False  # fetches documents over HTTP: the factory takes ``fetch_json`` (``core.fetch``)
     scheme: str | None = None  # the only ``Authorization`` scheme it reads: the realm must challenge with it
     after: str | None = None  # a module type that must come before it in the chain (Kaazing's gss after kerberos5)
+    http: bool = False  # GETs and POSTs over HTTP: the factory takes ``http`` (``core.fetch.HttpPort``)
+    sessions: bool = False  # signs browsers in with the realm session cookie: needs ``authorization-mode recycle``
 
     def __set_name__(self, owner: Callable[..., LoginModule], name: str) -> None:
         if self.factory is None:  # the class it is declared on is the module
             object.__setattr__(self, "factory", owner)
 
     def create(
-        self, options: Mapping[str, str], path: str, base_dir: Path, fetch_json: FetchJson | None = None
+        self,
+        options: Mapping[str, str],
+        path: str,
+        base_dir: Path,
+        fetch_json: FetchJson | None = None,
+        http: HttpPort | None = None,
     ) -> LoginModule:
         """The module for one ``login-module`` element (``path``); errors name the element."""
         if self.unsupported is not None or self.factory is None:
             raise ConfigError(f"{path}/type", self.unsupported or f"the {self.name} login module has no factory")
+        if self.http:
+            return self.factory(options, path, base_dir, http=http)
         if self.fetches:
             return self.factory(options, path, base_dir, fetch_json=fetch_json)
         return self.factory(options, path, base_dir)

@@ -107,6 +107,17 @@ class JwtLoginModule:
         token = attempt.credentials.bearer()
         if not token:
             return Failed("no token presented")
+        claims = await self.verified_claims(token)
+        if not isinstance(claims, dict):
+            return claims
+        return self.outcome(claims, attempt)
+
+    async def verified_claims(
+        self, token: str, require: tuple[str, ...] = ("exp", "iss", "aud")
+    ) -> dict[str, Any] | Failed | Unavailable:
+        """The claims of ``token`` once its signature (a JWKS key, an allowed algorithm), ``iss``, ``aud``, and
+        ``exp``/``nbf``/``iat`` within the leeway are checked; else why not. The ``oidc`` module checks ID and
+        logout tokens with it (``require``: the claims that must be there)."""
         if not token.isascii():  # a JWT is base64url and dots; anything else (e.g. undecodable header bytes) is not
             return Failed("token is not a JWT")
         try:
@@ -124,18 +135,15 @@ class JwtLoginModule:
         key, bound_algorithm = found
         if bound_algorithm is not None and bound_algorithm != algorithm:
             return Failed(f"key {kid!r} is bound to {bound_algorithm}, token says {algorithm}")
-        return self._verify(token, key, algorithm, attempt)
-
-    def _verify(self, token: str, key: Any, algorithm: str, attempt: LoginAttempt) -> Outcome:
         try:
-            claims = jwt.decode(
+            claims: dict[str, Any] = jwt.decode(
                 token,
                 key,
                 algorithms=[algorithm],
                 audience=self.audience,
                 issuer=self.issuer,
                 leeway=self.leeway,
-                options={"require": ["exp", "iss", "aud"]},
+                options={"require": list(require)},
             )
         # TypeError: a key of another family than alg; ArithmeticError: PyJWT's int() of an exp of Infinity
         except (jwt.PyJWTError, TypeError, ValueError, ArithmeticError) as exc:
@@ -143,6 +151,10 @@ class JwtLoginModule:
         bad = [name for name in TIME_CLAIMS if name in claims and not numeric_date(claims[name])]
         if bad:
             return Failed(f"token claim {bad[0]} is not a JSON number")
+        return claims
+
+    def outcome(self, claims: dict[str, Any], attempt: LoginAttempt) -> Outcome:
+        """A verified token's user, roles, expiry and jti."""
         user = claims.get(self.user_claim)
         if not isinstance(user, str) or not user:
             return Failed(f"token has no {self.user_claim!r} claim")
@@ -150,7 +162,7 @@ class JwtLoginModule:
         if jti is not None and (not isinstance(jti, str) or not jti):
             return Failed("token claim jti is not a string")
         attempt.shared.setdefault("name", user)
-        return Succeeded(user, _roles(claims, self.roles_claim), float(claims["exp"]), jti)
+        return Succeeded(user, claim_roles(claims, self.roles_claim), float(claims["exp"]), jti)
 
     async def _key(self, kid: str | None) -> tuple[Any, str | None] | Failed | Unavailable:
         if self.jwks_url is not None and (kid not in self.keys or self._stale()):
@@ -208,7 +220,7 @@ def numeric_date(value: Any) -> bool:
         return False
 
 
-def _roles(claims: Mapping[str, Any], path: str) -> frozenset[str]:
+def claim_roles(claims: Mapping[str, Any], path: str) -> frozenset[str]:
     """Roles from a claim: a list, or a space-separated string (OAuth ``scope``); dots walk objects."""
     value: Any = claims
     for part in path.split("."):

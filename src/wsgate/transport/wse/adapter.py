@@ -5,7 +5,7 @@ ports, as plain HTTP:
 
 - **create** ``POST`` (or ``GET``) ``<path>/;e/cb`` (``cbm``, ``ct``, ``ctm``, ``cte``, ``ctem``): checked
   as the spec requires (400), then the **same** ``Admission.admit`` as a native upgrade (limits, realm,
-  Origin: 401/403/429/503 happen here), the service's ``before_upgrade`` and a revocation check, then
+  Origin: 401/403/429/503 happen here), the service's ``prepare`` and a revocation check, then
   ``201`` with two URLs ``<path>/;e/u…/<id>`` and ``<path>/;e/d…/<id>``; the session is opened and served
   by ``transport.session_runner`` exactly as a native one (``LiveSession.transport == "wse"``);
 - **downstream** ``GET`` (or ``POST``) ``<path>/;e/d…/<id>``: streaming (``Connection: close``, frames
@@ -279,7 +279,10 @@ class WseAdapter:
     ) -> web.StreamResponse:
         service = self.service
         identity = accept.identity
-        protocols, context = await service.before_upgrade(handshake)
+        protocols, context = await service.prepare(handshake, accept)
+        if isinstance(context, Reply):  # refused before the session opens (a DMZ gateway without a tunnel: 503)
+            accept.hold.release()
+            return response_for(context)
         try:
             if identity is not None and await service.revoked(identity):
                 await service.abandon(context)

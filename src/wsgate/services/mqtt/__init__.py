@@ -1,0 +1,1 @@
+"""``mqtt.proxy``: MQTT over WebSocket to a broker (``proxy``), its packets (``codec``) and rules (``relay``)."""
