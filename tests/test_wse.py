@@ -710,3 +710,26 @@ async def test_workers_get_a_warning_about_emulated_sessions(tmp_path, caplog):
         assert len(warnings) == 1
     finally:
         await gateway.stop(grace=1.0)
+
+
+async def test_message_policy_applies_to_emulated_sessions(start_gateway, http):
+    """``authorization-rule``s decide each message of an emulated session as of a native one (``channel_for``)."""
+    gw = await start_gateway(
+        "service:\n"
+        + service(
+            "chat",
+            extra="""
+            authorization-rule:
+              - allow: send
+              - allow: receive
+                json.channel: public
+            """,
+        )
+    )
+    client = WseClient(http, base(gw, "chat"))
+    await client.create()
+    down = await client.open()
+    assert await client.send('{"channel": "secret"}', '{"channel": "public"}') == 200
+    assert await down.data() == '{"channel": "public"}'  # the secret one was not the client's to receive
+    await client.close()
+    assert await down.rest() == [("cmd", "02"), ("cmd", "01")]
