@@ -207,6 +207,7 @@ ACCEPT_OPTIONS: Mapping[str, Option] = {
     "handshake.rate.per.ip": Option("handshake_rate", parse_rate),
     "http.keepalive.timeout": Option("keepalive_timeout", parse_duration, m.DEFAULT_KEEPALIVE_TIMEOUT),
     "ws.write.timeout": Option("write_timeout", parse_duration_or_off, m.DEFAULT_WRITE_TIMEOUT),
+    "ws.emulation": Option("emulation", parse_enabled, True),  # wsgate's: WSE (<path>/;e/…) on or off
 }
 CONNECT_TLS_OPTIONS: Mapping[str, Option] = {
     "ssl.ciphers": Option("ciphers", parse_ciphers),

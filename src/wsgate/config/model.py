@@ -54,6 +54,7 @@ class AcceptOptions:
     handshake_rate: tuple[float, float] | None = None  # handshake.rate.per.ip: (per second, burst) → 429
     keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT  # http.keepalive.timeout: idle time between requests
     write_timeout: float | None = DEFAULT_WRITE_TIMEOUT  # ws.write.timeout: a send blocked this long drops the peer
+    emulation: bool = True  # ws.emulation: a WebSocket service also answers WebSocket emulation (<path>/;e/…)
 
 
 @dataclass(frozen=True)

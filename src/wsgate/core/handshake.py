@@ -25,6 +25,9 @@ from .http import wants_upgrade
 from .identity import Identity
 from .peer import PeerIdentity
 
+# ``Handshake.transport`` of a WebSocket emulation (WSE) create request.
+EMULATED = "wse"
+
 
 @dataclass(frozen=True, slots=True)
 class Handshake:
@@ -39,9 +42,14 @@ class Handshake:
     peer: PeerIdentity | None = None  # a client certificate OpenSSL verified
     secure: bool = False  # arrived over TLS here (TLS offloaded in front: ``Admission.offloaded_tls``)
     version: tuple[int, int] = (1, 1)
-    transport: str = "websocket"  # which adapter it came on: "websocket", later "emulation", "tunnel"
+    transport: str = "websocket"  # which adapter it came on: "websocket", ``EMULATED`` ("wse"), later "tunnel"
     client: str = ""  # the client's transport connection ("ip:port"): multi-round schemes keep state under it
     authority: str = ""  # the Host header as sent (with its port): what an Origin is compared with; "": ``host``
+
+    @property
+    def emulated(self) -> bool:
+        """A WebSocket emulation create request (``POST <path>/;e/cb``): admitted as an upgrade would be."""
+        return self.transport == EMULATED
 
     @property
     def upgrade(self) -> bool:

@@ -57,6 +57,7 @@ from ..transport.http_client import fetch_json
 from ..transport.listener import Listener, Route
 from ..transport.resource import resource_endpoint
 from ..transport.upgrade import websocket_endpoint
+from ..transport.wse.adapter import WseAdapter
 from .plan import BindKey, Changes, LimitValues, ListenerPlan, Plan, TlsGroup, bind_source, diff, plan
 
 __all__ = ["Changes", "Deployment", "Gateway", "Plan", "check_bind_hosts", "diff", "load_plan", "plan"]
@@ -324,6 +325,7 @@ class Gateway:
                     prefix=service_type(service.type).prefix,
                     control=bool(service.realm_name),
                     keepalive_timeout=service.accept_options.keepalive_timeout,
+                    emulation=_emulation(handler),
                 )
             )
         return listener
@@ -647,6 +649,13 @@ def _endpoint(handler: ServiceHandler) -> Endpoint:
     if isinstance(handler, ResourceService):  # management, metrics, kdc.proxy: bodies read on demand, own WebSockets
         return resource_endpoint(handler)
     raise TypeError(f"service[{handler.name}]: {type(handler).__name__} is neither WebSocket nor HTTP")
+
+
+def _emulation(handler: ServiceHandler) -> WseAdapter | None:
+    """A WebSocket service's emulated resources (``<path>/;e/…``), unless ``ws.emulation disabled``."""
+    if isinstance(handler, WebSocketService) and handler.config.accept_options.emulation:
+        return WseAdapter(handler)
+    return None
 
 
 async def _start_service(handler: ServiceHandler) -> None:

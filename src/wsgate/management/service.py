@@ -178,6 +178,7 @@ def session_view(session: LiveSession, now: float) -> dict[str, Any]:
         "roles": sorted(identity.roles) if identity else [],
         "realm": identity.realm if identity else None,
         "remote": session.remote,
+        "transport": session.transport,  # "websocket" (native) or "wse" (emulation)
         "opened": session.started,
         "age": round(now - session.started, 1),
         "expires": session.deadline,

@@ -238,6 +238,7 @@ class TrafficCollector(Collector):
 
     def describe(self) -> Iterator[Metric]:
         yield from self._families()
+        yield GaugeMetricFamily("wsgate_connections_open_by_transport", "", labels=["service", "transport"])
 
     def totals(self) -> dict[str, tuple[int, int, int, int, int]]:
         """service -> (open now, messages in, messages out, bytes in, bytes out), closed connections included."""
@@ -266,6 +267,21 @@ class TrafficCollector(Collector):
             data.add_metric([service, "in"], b_in)
             data.add_metric([service, "out"], b_out)
         yield from (gauge, messages, data)
+        yield self.by_transport()
+
+    def by_transport(self) -> GaugeMetricFamily:
+        """Open connections by what carries them (``websocket``, ``wse``, …: a handful of adapters, bounded)."""
+        family = GaugeMetricFamily(
+            "wsgate_connections_open_by_transport",
+            "Connections open now by transport (websocket: native; wse: WebSocket emulation)",
+            labels=["service", "transport"],
+        )
+        counts: defaultdict[tuple[str, str], int] = defaultdict(int)
+        for connection in list(self.connections()):
+            counts[connection.service, getattr(connection, "transport", "websocket")] += 1
+        for (service, transport), count in counts.items():
+            family.add_metric([service, transport], count)
+        return family
 
     @staticmethod
     def _families() -> tuple[GaugeMetricFamily, CounterMetricFamily, CounterMetricFamily]:

@@ -11,9 +11,9 @@ route's ``Admission``; it writes what comes back and does nothing else of its ow
 4. a CORS preflight (services with a realm, directory and management) → its ``Reply``;
 5. the realm (``security.realms.RealmGate``): its control resources (``Reply``s), credentials,
    login chain, roles, revocation → 400 / 401 / 403 / 503;
-6. a WebSocket service: a request that is not an upgrade → 426, the gateway closing → 503, Origin →
-   403, credentials due to expire before the connection could open → 403; else the ``Accept`` with
-   the identity and the connection's deadline.
+6. a WebSocket service: a request that is not an upgrade (nor a WSE create, ``Handshake.emulated``) → 426,
+   the gateway closing → 503, Origin → 403, credentials due to expire before the connection could
+   open → 403; else the ``Accept`` with the identity and the connection's deadline.
 
 No I/O except the login modules' own (on the realm's ``Verifier``); audit lines and metrics are
 the same as the listener, the realm guard and the service runner wrote before (tests check them).
@@ -80,7 +80,8 @@ class Admission:
     async def admit(self, handshake: Handshake) -> Accept | Reject | Reply:
         """``Accept``: hand the request on (and release its ``hold``); ``Reject``: refuse it; ``Reply``:
         the admission answered it itself (a CORS preflight, a realm control resource)."""
-        upgrade = handshake.upgrade
+        emulated = handshake.emulated  # a WSE create: plain HTTP on the wire, a new connection all the same
+        upgrade = handshake.upgrade and not emulated
         bad = (
             check_handshake(handshake.method, handshake.version, handshake.headers)
             if upgrade
@@ -90,7 +91,7 @@ class Admission:
             return Reject(bad.status, bad.text, dict(bad.headers), bad.text.strip(), event=BAD_REQUEST)
         if handshake.secure and self.verify_client == "required" and handshake.peer is None:
             return Reject(403, "A client certificate is required.\n", reason=NO_CERTIFICATE, event=NO_CERTIFICATE)
-        if not upgrade:
+        if not upgrade and not emulated:
             return await self.decide(handshake, Hold())
         hold = self.enter(handshake.remote)  # the limits before any login
         if isinstance(hold, Reject):
@@ -160,7 +161,7 @@ class Admission:
         if not self.websocket:
             headers = self.cors_headers(handshake) if self.cors else {}
             return Accept(identity, headers={**headers, **proven}, hold=hold)
-        if handshake.method != "GET" or not handshake.upgrade:
+        if not handshake.emulated and (handshake.method != "GET" or not handshake.upgrade):
             return Reject(426, NOT_WEBSOCKET, {"Upgrade": "websocket"}, "not a WebSocket handshake")
         if self.closing():
             return Reject(503, "Gateway is shutting down.\n", reason="gateway shutting down")

@@ -32,6 +32,8 @@ from .liveness import ResetWatch
 from .tls_audit import TlsAudit, install_exception_handler
 from .websocket import HANDSHAKE_DONE, is_upgrade, request_host
 
+EMULATION_MARK = "/;e/"  # what a WebSocket service's emulated resources start with (transport/wse)
+
 if TYPE_CHECKING:
     from ..observe.metrics import Metrics
     from ..security.admission import Admission
@@ -71,6 +73,15 @@ class Named(Protocol):
     def name(self) -> str: ...
 
 
+class Emulation(Protocol):
+    """WebSocket emulation of a route's service (``transport.wse.WseAdapter``): it runs the admission itself
+    for the requests that open a session, and serves the session's later requests."""
+
+    async def __call__(
+        self, request: web.BaseRequest, peer: PeerIdentity | None, host: str, base: str, admission: Admission
+    ) -> web.StreamResponse: ...
+
+
 @dataclass
 class Route:
     host: str
@@ -81,6 +92,7 @@ class Route:
     prefix: bool  # directory services also serve everything below their path
     control: bool = False  # a protected service also answers <path>/.wsgate/… (sessions, refresh)
     keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT  # idle time allowed after a response of this service
+    emulation: Emulation | None = None  # a WebSocket service's emulated resources <path>/;e/… (transport/wse)
 
 
 @dataclass
@@ -245,6 +257,8 @@ class Listener:
             peer = PeerIdentity.from_ssl_object(
                 request.transport.get_extra_info("ssl_object") if request.transport else None
             )
+        if route.emulation is not None and request.path.startswith(route.path + EMULATION_MARK):
+            return await route.emulation(request, peer, host, route.path, route.admission)
         handshake = handshake_from(request, peer, host)
         decision = await route.admission.admit(handshake)
         if isinstance(decision, Reject):
@@ -331,7 +345,17 @@ class HttpConnection(web.RequestHandler):
     A WebSocket (after 101) has none of them: bytes then belong to the WebSocket reader and writer.
     """
 
-    __slots__ = ("listener", "timer", "awaiting_head", "accepted", "body", "stall", "stall_timeout", "watched")
+    __slots__ = (
+        "listener",
+        "timer",
+        "awaiting_head",
+        "accepted",
+        "body",
+        "stall",
+        "stall_timeout",
+        "watched",
+        "on_lost",
+    )
 
     def __init__(self, listener: Listener, manager: web.Server, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
@@ -344,6 +368,7 @@ class HttpConnection(web.RequestHandler):
         self.stall_timeout = DEFAULT_KEEPALIVE_TIMEOUT  # that of the service answering the request
         self.timer: asyncio.TimerHandle | None = loop.call_later(listener.handshake_timeout, self._head_late)
         self.watched = -1  # the fd ``listener.liveness`` watches for a reset
+        self.on_lost: Callable[[], None] | None = None  # a long response that waits for data (a WSE downstream)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self.listener.tls_audit is not None:  # the TLS handshake completed: nothing to audit
@@ -395,6 +420,9 @@ class HttpConnection(web.RequestHandler):
     def connection_lost(self, exc: BaseException | None) -> None:
         self._disarm()
         self._unstall()
+        if self.on_lost is not None:
+            self.on_lost()
+            self.on_lost = None
         if self.listener.liveness is not None and self.transport is not None:
             self.listener.liveness.forget(self.watched, self.transport)
         super().connection_lost(exc)
@@ -457,6 +485,8 @@ class HttpConnection(web.RequestHandler):
 def _serves(route: Route, path: str) -> bool:
     """``route`` answers ``path`` (no trailing slash): exactly, below a prefix route, or its control resources."""
     if path == route.path or route.prefix and path.startswith(route.path + "/"):
+        return True
+    if route.emulation is not None and path.startswith(route.path + EMULATION_MARK):
         return True
     return route.control and path.startswith(route.path + "/.wsgate/")
 

@@ -6,68 +6,25 @@ rest for any ``WebSocketEndpoint`` (``services.base.WebSocketService``):
 1. ``before_upgrade(handshake)``: the service's work before the 101 (a proxy dials its back end);
 2. revocation checked again (one may have come while the back end was dialled), then the 101
    through ``GuardedResponse``; a client that leaves anywhere in between never leaves the back end open;
-3. an ``AiohttpChannel`` and a ``LiveSession`` (deadline armed, slow-consumer watch), registered;
-4. revocation checked once more (one may have come while the 101 was on its way), then
-   ``serve(session, channel)``; an unexpected error closes with 1011, a write to a client that
-   left is the client's loss;
-5. deregistered, closed, the access line and the metrics (``closed``).
+3.–5. on an ``AiohttpChannel`` (slow-consumer watch), ``transport.session_runner``'s steps, which
+   WebSocket emulation (``transport.wse``) shares: session, deadline, register, serve, bookkeeping.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import secrets
-from typing import Protocol
 
 from aiohttp import web
 
-from ..config.model import Service
-from ..core.channel import Channel
-from ..core.close import CloseCode
-from ..core.handshake import Accept, Handshake, Reply
-from ..core.identity import Identity
+from ..core.handshake import Accept, Handshake
 from ..core.peer import PeerIdentity
-from ..core.session import LiveSession
 from .channel import AiohttpChannel
 from .endpoint import Endpoint
 from .http import response_for
+from .session_runner import WebSocketEndpoint, open_session, serve_session, tls_of
 from .websocket import accept_websocket
 
-log = logging.getLogger("wsgate.service")
-
-
-class WebSocketEndpoint(Protocol):
-    """What the upgrade runner needs of a WebSocket service (``services.base.WebSocketService``)."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def config(self) -> Service: ...
-
-    @property
-    def writer_limit(self) -> int: ...
-
-    async def before_upgrade(self, handshake: Handshake) -> tuple[tuple[str, ...], object]: ...
-
-    async def abandon(self, context: object) -> None: ...
-
-    async def revoked(self, identity: Identity) -> bool: ...
-
-    def deny(self, identity: Identity, remote: str, reason: str) -> Reply: ...
-
-    def identity_headers(self, connection_id: str, deadline: float | None) -> dict[str, str]: ...
-
-    def register(self, session: LiveSession) -> None: ...
-
-    async def serve(self, session: LiveSession, channel: Channel) -> None: ...
-
-    def lost(self, session: LiveSession, exc: BaseException) -> None: ...
-
-    def deregister(self, session: LiveSession) -> None: ...
-
-    def closed(self, session: LiveSession) -> None: ...
+__all__ = ["WebSocketEndpoint", "upgrade", "websocket_endpoint"]
 
 
 def websocket_endpoint(service: WebSocketEndpoint) -> Endpoint:
@@ -85,7 +42,7 @@ async def upgrade(
     service: WebSocketEndpoint, request: web.BaseRequest, handshake: Handshake, accept: Accept
 ) -> web.StreamResponse:
     """Complete an admitted upgrade and serve the connection until it ends (see the module's steps)."""
-    identity, deadline, peer = accept.identity, accept.deadline, handshake.peer
+    identity, deadline = accept.identity, accept.deadline
     remote = handshake.remote
     protocols, context = await service.before_upgrade(handshake)
     if accept.subprotocol is not None:
@@ -105,40 +62,9 @@ async def upgrade(
         raise
     transport = request.transport
     channel = AiohttpChannel(ws, transport)
-    session = LiveSession(connection_id, service.name, channel, remote, peer, identity, accept.opened_at)
-    session.context = context
-    session.tls = _tls(transport)
+    session = open_session(service, channel, handshake, accept, connection_id, context)
+    session.tls = tls_of(transport)
     if options.write_timeout:
         channel.watch_writes(options.write_timeout, session)
-    session.expire_at(deadline, accept.deadline_reason)
-    service.register(session)
-    try:
-        if identity is not None and await service.revoked(identity):  # revoked while the 101 was on its way
-            await service.abandon(context)
-            await channel.close(CloseCode.POLICY_VIOLATION, "revoked")
-        else:
-            await service.serve(session, channel)
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:
-        if isinstance(exc, OSError) and channel.gone:  # a write to a client that left: its loss
-            service.lost(session, exc)
-        else:
-            log.exception("service[%s]: unexpected error; closing the connection with 1011", service.name)
-            await channel.close(CloseCode.INTERNAL_ERROR, "internal error, see gateway log")
-    finally:
-        session.cancel_expiry()
-        service.deregister(session)
-        if not channel.closed:
-            await channel.close()
-        service.closed(session)
+    await serve_session(service, session, channel)
     return ws
-
-
-def _tls(transport: asyncio.BaseTransport | None) -> tuple[str | None, str | None] | None:
-    """The TLS version and cipher of the client's connection, for the management API."""
-    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
-    if ssl_object is None:
-        return None
-    cipher = ssl_object.cipher()
-    return ssl_object.version(), cipher[0] if cipher else None
