@@ -1,4 +1,4 @@
-"""WSE's wire format without I/O (``transport.wse.frames``), rule by rule from the k3po specification.
+"""WSE's wire format without I/O (``core.wse_frames``), rule by rule from the k3po specification.
 
 Scripts are under ``specification/wse/src/main/scripts/org/kaazing/specification/wse/`` in k3po/k3po;
 the prose rules are in ``specification/wse/SPEC.md``.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from wsgate.transport.wse.frames import (
+from wsgate.core.wse_frames import (
     CLOSE,
     NOP,
     PING,

@@ -40,12 +40,7 @@ from ...core.close import CloseCode
 from ...core.handshake import EMULATED, Accept, Handshake, Reject, Reply
 from ...core.peer import PeerIdentity
 from ...core.session import LiveSession
-from ...security.origin import preflight
-from ..http import handshake_from, response_for
-from ..listener import HttpConnection
-from ..session_runner import WebSocketEndpoint, open_session, serve_session, tls_of
-from .channel import EmulatedChannel
-from .frames import (
+from ...core.wse_frames import (
     NOP,
     RECONNECT,
     Command,
@@ -58,6 +53,11 @@ from .frames import (
     parse_sequence,
     unescape,
 )
+from ...security.origin import preflight
+from ..http import handshake_from, response_for
+from ..listener import HttpConnection
+from ..session_runner import WebSocketEndpoint, open_session, serve_session, tls_of
+from .channel import EmulatedChannel
 
 if TYPE_CHECKING:
     from ...security.admission import Admission
