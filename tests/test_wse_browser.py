@@ -164,6 +164,24 @@ log("done");
 </script>"""
 
 
+POLL = """<!doctype html><script type="module">
+import { connect } from "/.wsgate/client.js";
+const inbox = [], waiting = [];
+const s = await connect(`ws://${location.host}/echo`, {
+  binaryType: "arraybuffer", onmessage: (e) => (waiting.length ? waiting.shift()(e.data) : inbox.push(e.data)) });
+const next = () => inbox.length ? Promise.resolve(inbox.shift()) : new Promise((r) => waiting.push(r));
+console.log(`transport ${s.transport}`);
+s.send("one");
+console.log(`text ${await next()}`);
+s.send(Uint8Array.of(1, 2));
+console.log(`binary ${[...new Uint8Array(await next())]}`);
+await new Promise((resolve) => setTimeout(resolve, 500));
+s.send("two");
+console.log(`text ${await next()}`);
+console.log("done");
+</script>"""
+
+
 async def in_browser(scenario: str, url: str) -> dict:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -184,6 +202,7 @@ async def in_browser(scenario: str, url: str) -> dict:
 async def site(tmp_path: Path):
     shutil.copytree(WEB, tmp_path / "web")
     (tmp_path / "web" / "wse.html").write_text(PAGE)
+    (tmp_path / "web" / "poll.html").write_text(POLL)
     (tmp_path / "jaas-config.xml").write_text(USERS)
     backend, _ = await tcp_echo_server()
     yield port_of(backend)
@@ -260,3 +279,32 @@ async def test_blocked_websocket_falls_back_to_emulation_with_the_same_api(start
     for service in ("secure-echo", "short"):  # one page of each kind, as the management API shows them
         assert seen[service] == {"wse", "websocket"}, seen
     assert revoked == ["websocket", "wse"]
+
+
+async def test_the_demo_page_shows_its_transport_and_works_with_websocket_blocked(start_gateway, site, proxies):
+    gw = await start_gateway(config(site))
+    port = gw.port_of("demo")
+    proxy = await proxies(f"http://127.0.0.1:{port}")
+    blocked, direct = await asyncio.gather(
+        in_browser("demo", f"http://127.0.0.1:{proxy.port}/"), in_browser("demo", f"http://127.0.0.1:{port}/")
+    )
+    for result, transport, words in (
+        (blocked, "wse", "transport: WebSocket emulation over HTTP"),
+        (direct, "websocket", "transport: WebSocket"),
+    ):
+        assert "error" not in result, result
+        assert f"({transport})" in result["echo-log"] and "< Hello from the demo page" in result["echo-log"], result
+        assert f"({transport})" in result["secure-log"] and "< typed in Chromium" in result["secure-log"], result
+        assert result["echo-transport"].startswith(words) and result["secure-transport"].startswith(words), result
+    assert proxy.upgrades >= 2
+
+
+async def test_behind_a_buffering_proxy_the_client_long_polls(start_gateway, site, proxies):
+    """A proxy that holds each response until it is complete never lets a streaming downstream through: the client
+    notices the missing headers, asks for long-polling (``.ki=p``), and gets what the first response held."""
+    gw = await start_gateway(config(site))
+    proxy = await proxies(f"http://127.0.0.1:{gw.port_of('demo')}", buffer=True)
+    result = await in_browser("console", f"http://127.0.0.1:{proxy.port}/poll.html")
+    lines = lines_of(result)
+    assert lines[-5:] == ["transport wse", "text one", "binary 1,2", "text two", "done"], lines
+    assert any(".ki=p" in path for path in proxy.paths)

@@ -28,7 +28,7 @@ class BlockingProxy:
         self.target = target.rstrip("/")
         self.buffer = buffer
         self.upgrades = 0
-        self.requests = 0
+        self.paths: list[str] = []  # every request's path and query, in order
         self.port = 0
         self._runner: web.ServerRunner | None = None
         self._http: aiohttp.ClientSession | None = None
@@ -37,7 +37,7 @@ class BlockingProxy:
         self._http = aiohttp.ClientSession(
             cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False, timeout=aiohttp.ClientTimeout(total=None)
         )
-        self._runner = web.ServerRunner(web.Server(self.forward), handle_signals=False)
+        self._runner = web.ServerRunner(web.Server(self.forward), handle_signals=False, shutdown_timeout=1)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
@@ -45,14 +45,14 @@ class BlockingProxy:
         return self
 
     async def stop(self) -> None:
+        if self._http is not None:  # first: responses still streaming (a downstream) end with it
+            await self._http.close()
         if self._runner is not None:
             await asyncio.wait_for(self._runner.cleanup(), 5)
-        if self._http is not None:
-            await self._http.close()
 
     async def forward(self, request: web.BaseRequest) -> web.StreamResponse:
         assert self._http is not None
-        self.requests += 1
+        self.paths.append(request.path_qs)
         if "upgrade" in request.headers.get("Connection", "").lower() or "Upgrade" in request.headers:
             self.upgrades += 1
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]

@@ -135,7 +135,7 @@ export async function signOut(wsUrl) {
  * WebSocket may take to open before "auto" falls back, default 5).
  */
 export async function connect(url, options = {}) {
-  const session = await signIn(url, options.challengeHandler);
+  const session = options.challengeHandler ? await signIn(url, options.challengeHandler) : null;
   const transport = options.transport || "auto";
   let socket = null;
   if (transport !== "wse") {
