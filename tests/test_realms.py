@@ -588,11 +588,7 @@ async def test_custom_class_module(start_gateway, http, tmp_path, monkeypatch):
         ("ldap", "{userProvider: 'ldap://x/dc=a', timeout: soon}", "options/timeout: 'soon' is not a duration"),
         ("ldap", "{userProvider: 'ldap://x/dc=a', pool-size: '0'}", "options/pool-size: '0' is not a positive"),
         ("ldap", "{userProvider: 'ldap://x/dc=a', authenticate: trust}", "options/authenticate: 'trust' is not one of"),
-        (
-            "jwt",
-            "{jwks-url: 'http://x', issuer: x, audience: y, leeway: lots}",
-            "options/leeway: 'lots' is not a duration",
-        ),
+        ("jwt", "{jwks-url: 'http://x', issuer: x, audience: y, leeway: lots}", "options/leeway: 'lots' is not a duration"),
     ],
 )
 def test_login_module_config_errors_are_located(tmp_path, module, options, message):
