@@ -15,9 +15,11 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from wsgate.management.service import session_view
 
+from .conftest import port_of
 from .wse_client import WseClient
 
 ECHO = """
@@ -407,9 +409,14 @@ async def test_origin_rules_and_cors(start_gateway, http):
     assert down.response.headers["Access-Control-Allow-Origin"] == "http://app.example"
     assert await app.send("x") == 200
     assert await down.data() == "x"
-    # The session's URLs are not the evil page's to use, even from the same address.
+    # The session's URLs are not the evil page's to use, even from the same address, nor with two Origins.
     evil.upstream, evil.up_seq = app.upstream, app.up_seq
     assert await evil.send("y") == 404
+    async with http.get(
+        app.downstream,
+        headers=[("X-Sequence-No", "2"), ("Origin", "http://app.example"), ("Origin", "http://evil.example")],
+    ) as response:
+        assert response.status == 400
     await app.close()
 
 
@@ -429,6 +436,9 @@ async def test_limits_refuse_at_create_and_count_emulated_sessions(start_gateway
     mine = WseClient(http, base(gw, "perip"))
     assert (await mine.create()).status == 201
     assert (await WseClient(http, base(gw, "perip")).create()).status == 429
+    refused = gw.runtime.metrics.registry.get_sample_value
+    assert refused("wsgate_handshakes_total", {"service": "one", "outcome": "503"}) == 1
+    assert refused("wsgate_handshakes_total", {"service": "perip", "outcome": "429"}) == 1
     down = await first.open()
     await first.close()
     assert await down.rest() == [("cmd", "02"), ("cmd", "01")]
@@ -491,3 +501,212 @@ async def test_management_and_metrics_show_the_transport(start_gateway, http):
 async def test_emulation_can_be_turned_off_per_service(start_gateway, http):
     gw = await start_gateway("service:\n" + service("echo", extra="accept-options:\n  ws.emulation: disabled"))
     assert (await WseClient(http, base(gw, "echo")).create()).status == 404
+
+
+# -- services cannot tell -----------------------------------------------------------------------
+
+
+async def test_proxy_to_a_real_tcp_back_end_and_server_close(start_gateway, http):
+    """Bytes relay both ways through a proxy service; the back end closing ends the session from the server side
+    (closing/server.send.close: CLOSE then RECONNECT, the response ends)."""
+    received: list[bytes] = []
+    writers: list[asyncio.StreamWriter] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        while data := await reader.read(65536):
+            received.append(data)
+            writer.write(data.upper())
+            await writer.drain()
+        writer.close()
+
+    backend = await asyncio.start_server(handle, "127.0.0.1", 0)
+    async with backend:
+        gw = await start_gateway("service:\n" + service("tcp", "proxy", connect=f"tcp://127.0.0.1:{port_of(backend)}"))
+        client = WseClient(http, base(gw, "tcp"))
+        await client.create()
+        down = await client.open()
+        assert await client.send(b"hello") == 200
+        assert await down.data() == b"HELLO"
+        await wait_until(lambda: received == [b"hello"])
+        writers[0].close()  # the back end hangs up
+        assert await down.rest() == [("cmd", "02"), ("cmd", "01")]
+        await client.close()  # the client's answer
+        await wait_until(lambda: not emulated(gw))
+
+
+async def test_broadcast_reaches_native_and_emulated_clients_alike(start_gateway, http):
+    gw = await start_gateway(
+        "service:\n"
+        + service(
+            "chat",
+            "broadcast",
+            extra="""
+            properties:
+              accept: tcp://127.0.0.1:0
+              on.client.message: broadcast
+            """,
+        )
+    )
+    chat = gw.services["chat"]
+    emulated_client = WseClient(http, base(gw, "chat"))
+    await emulated_client.create()
+    down = await emulated_client.open()
+    async with http.ws_connect(base(gw, "chat").replace("http", "ws")) as native:
+        await wait_until(lambda: len(chat.subscribers) == 2)
+        _, feed = await asyncio.open_connection("127.0.0.1", chat.feed_port)
+        feed.write(b"tick")
+        await feed.drain()
+        assert await down.data() == b"tick"
+        assert (await asyncio.wait_for(native.receive(), 5)).data == b"tick"
+        assert await emulated_client.send("from-wse") == 200
+        assert (await asyncio.wait_for(native.receive(), 5)).data == "from-wse"
+        await native.send_str("from-native")
+        assert [await down.data(), await down.data()] == ["from-wse", "from-native"]  # everyone gets each message
+        feed.close()
+    await emulated_client.close()
+    assert await down.rest() == [("cmd", "02"), ("cmd", "01")]
+
+
+# -- Kaazing's JavaScript client: httpxe envelopes ------------------------------------------------
+
+
+async def raw_request(port: int, head: str, body: bytes = b"") -> tuple[bytes, bytes]:
+    """One request on a fresh socket: the response head and the body (read until the server closes or a
+    Content-Length is complete)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head.replace("\n", "\r\n").encode() + body)
+        await writer.drain()
+        response_head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        length = next(
+            (
+                int(line.split(b":")[1])
+                for line in response_head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            ),
+            None,
+        )
+        data = await asyncio.wait_for(reader.readexactly(length) if length is not None else reader.read(), 5)
+        return response_head, data
+    finally:
+        writer.close()
+
+
+async def test_a_bridge_client_gets_its_challenge_and_create_in_an_envelope(start_gateway, jaas):
+    """kaazing/gateway transport/wseb shouldPropagateSubjectApplicationBasic.rpt and
+    up.and.down.streams.httpxe.no.authentication.rpt: a create with ``X-Origin`` (Kaazing's bridge) gets
+    ``200`` with ``HTTP/1.1 401 …`` and the challenge in the body, then the 201 the same way; its upstream and
+    downstream answers are enveloped too (httpxe SPEC "Response Requirements")."""
+    gw = await start_gateway(realm_config())
+    port = gw.port_of("files")
+    create = (
+        "GET /files/;e/ctm?.kn=1 HTTP/1.1\nHost: 127.0.0.1:{port}\nContent-Type: text/plain; charset=utf-8\n"
+        "X-WebSocket-Version: wseb-1.0\nX-Accept-Commands: ping\nX-Sequence-No: 0\n"
+        "X-Origin: http://127.0.0.1:{port}\n{auth}\n"
+    )
+    head, body = await raw_request(port, create.format(port=port, auth=""))
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"Content-Type: text/plain;charset=UTF-8\r\n" in head
+    assert body.startswith(b"HTTP/1.1 401 Unauthorized\r\n")
+    assert b"\r\nWWW-Authenticate: Basic realm=" in body
+    head, body = await raw_request(port, create.format(port=port, auth="Authorization: Basic am9lOndlbGNvbWU=\n"))
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    inner, _, urls = body.partition(b"\r\n\r\n")
+    assert inner.startswith(b"HTTP/1.1 201 Created\r\n") and b"Content-Type: text/plain;charset=utf-8" in inner
+    upstream, downstream = urls.decode().split("\n")[:2]
+    assert "/files/;e/utm/" in upstream and "/files/;e/dtm/" in downstream
+    up_path = upstream.split(str(port), 1)[1]
+    down_path = downstream.split(str(port), 1)[1]
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        f"POST {down_path}?.ksn=1 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-Origin: http://127.0.0.1:{port}\r\n"
+        "Content-Length: 3\r\n\r\n>|<".encode()
+    )
+    await writer.drain()
+    outer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert outer.startswith(b"HTTP/1.1 200 OK\r\n") and b"Connection: close\r\n" in outer
+    inner = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert inner == b"HTTP/1.1 200 OK\r\nContent-Type: text/plain;charset=windows-1252\r\n\r\n"
+    up_head = f"POST {up_path} HTTP/1.1\nHost: 127.0.0.1:{port}\nX-Sequence-No: 1\nX-Origin: http://127.0.0.1:{port}\n"
+    message = b"\xc2\x80\x02Hi\x01" + b"01\xc3\xbf"  # [0x80 0x02] "Hi" RECONNECT, text-encoded
+    head, body = await raw_request(port, up_head + f"Content-Length: {len(message)}\n\n", message)
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and body == b"HTTP/1.1 200 OK\r\n\r\n"
+    assert await asyncio.wait_for(reader.readexactly(4), 5) == b"\x80\x02Hi"
+    writer.close()
+
+
+async def test_x_origin_follows_the_origin_rules(start_gateway):
+    """A bridge speaking for a page of another site is refused as that page would be."""
+    gw = await start_gateway(ECHO)
+    port = gw.port_of("echo")
+    head, body = await raw_request(
+        port,
+        f"POST /echo/;e/cbm HTTP/1.1\nHost: 127.0.0.1:{port}\nX-WebSocket-Version: wseb-1.0\nX-Sequence-No: 0\n"
+        "X-Origin: http://evil.example\nContent-Length: 0\n\n",
+    )
+    assert head.startswith(b"HTTP/1.1 200 OK") and body.startswith(b"HTTP/1.1 403 Forbidden\r\n")
+
+
+async def test_subprotocol_negotiated_through_a_proxy_to_a_websocket_back_end(start_gateway, http):
+    """opening/request.header.x.websocket.protocol: ``X-WebSocket-Protocol: primary, secondary`` is offered to the
+    back end as a native client's ``Sec-WebSocket-Protocol`` would be, and its choice comes back on the 201."""
+    offered: list[str | None] = []
+
+    async def backend_ws(request: web.Request) -> web.WebSocketResponse:
+        offered.append(request.headers.get("Sec-WebSocket-Protocol"))
+        ws = web.WebSocketResponse(protocols=("primary",))
+        await ws.prepare(request)
+        async for msg in ws:
+            await ws.send_str(msg.data.upper())
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/back", backend_ws)
+    runner = web.AppRunner(app, shutdown_timeout=1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        gw = await start_gateway("service:\n" + service("ws", "proxy", connect=f"ws://127.0.0.1:{port}/back"))
+        client = WseClient(http, base(gw, "ws"))
+        created = await client.create(X_WebSocket_Protocol="primary, secondary")
+        assert created.status == 201 and created.headers["X-WebSocket-Protocol"] == "primary"
+        assert [o.replace(" ", "") for o in offered if o] == ["primary,secondary"]
+        down = await client.open()
+        assert await client.send("hi") == 200
+        assert await down.data() == "HI"
+        await client.close()
+        assert await down.rest() == [("cmd", "02"), ("cmd", "01")]
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_client_that_does_not_read_is_dropped_as_a_slow_consumer(start_gateway, http):
+    """The service's sends wait while more than its writer limit is buffered for the downstream; one that waits
+    ``ws.write.timeout`` drops the session (1008), counted like a native slow consumer."""
+    gw = await start_gateway("service:\n" + service("echo", extra="accept-options:\n  ws.write.timeout: 0.3s"))
+    client = WseClient(http, base(gw, "echo"))
+    await client.create()
+    for _ in range(3):  # echoed into a downstream nobody attaches: over 64 KiB buffered
+        assert await client.send(b"x" * 100_000) == 200
+    await wait_until(lambda: not emulated(gw), 8)
+    slow = gw.runtime.metrics.registry.get_sample_value("wsgate_slow_consumers_total", {"service": "echo"})
+    assert slow == 1
+
+
+async def test_workers_get_a_warning_about_emulated_sessions(tmp_path, caplog):
+    """With ``--workers`` a session's later requests may reach another worker: said at start-up, once."""
+    from wsgate.catalog import load_config
+    from wsgate.gateway import Gateway
+
+    path = tmp_path / "gateway.yaml"
+    path.write_text(ECHO)
+    gateway = Gateway(load_config(path), reuse_port=True)
+    await gateway.start()
+    try:
+        warnings = [r.getMessage() for r in caplog.records if "WebSocket emulation with --workers" in r.getMessage()]
+        assert len(warnings) == 1
+    finally:
+        await gateway.stop(grace=1.0)

@@ -77,6 +77,7 @@ _KEPT = (
     "registry",
     "shared",
     "shared_rates",
+    "_warned_emulation",
 )
 
 
@@ -124,6 +125,7 @@ class Gateway:
     ) -> None:
         """``loader`` re-reads the configuration for ``reload`` (SIGHUP, the management API)."""
         self.reuse_port = reuse_port
+        self._warned_emulation = False  # the --workers caveat of WebSocket emulation, said once
         self.loader = loader
         self.started = time.time()
         self.retired: list[Listener] = []  # listeners replaced by a reload, still serving their connections
@@ -327,6 +329,13 @@ class Gateway:
                     keepalive_timeout=service.accept_options.keepalive_timeout,
                     emulation=_emulation(handler),
                 )
+            )
+        if self.reuse_port and any(r.emulation for r in listener.routes) and not self._warned_emulation:
+            self._warned_emulation = True
+            log.warning(
+                "WebSocket emulation with --workers: an emulated session lives in one worker and its later requests "
+                "may reach another (404); serve emulated clients from one worker per port, or set "
+                "accept-options/ws.emulation disabled (docs/emulation.md)"
             )
         return listener
 
@@ -654,7 +663,7 @@ def _endpoint(handler: ServiceHandler) -> Endpoint:
 def _emulation(handler: ServiceHandler) -> WseAdapter | None:
     """A WebSocket service's emulated resources (``<path>/;e/…``), unless ``ws.emulation disabled``."""
     if isinstance(handler, WebSocketService) and handler.config.accept_options.emulation:
-        return WseAdapter(handler)
+        return WseAdapter(handler, handler.runtime.metrics)
     return None
 
 

@@ -70,6 +70,7 @@ def open_session(
     accept: Accept,
     connection_id: str,
     context: object,
+    tls: tuple[str | None, str | None] | None = None,
     transport: str = "websocket",
 ) -> LiveSession:
     """Step 3: the live session of an opened connection, its deadline armed, registered."""
@@ -77,6 +78,7 @@ def open_session(
         connection_id, service.name, channel, handshake.remote, handshake.peer, accept.identity, accept.opened_at
     )
     session.context = context
+    session.tls = tls
     session.transport = transport
     session.expire_at(accept.deadline, accept.deadline_reason)
     service.register(session)

@@ -62,8 +62,7 @@ async def upgrade(
         raise
     transport = request.transport
     channel = AiohttpChannel(ws, transport)
-    session = open_session(service, channel, handshake, accept, connection_id, context)
-    session.tls = tls_of(transport)
+    session = open_session(service, channel, handshake, accept, connection_id, context, tls_of(transport))
     if options.write_timeout:
         channel.watch_writes(options.write_timeout, session)
     await serve_session(service, session, channel)

@@ -38,6 +38,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from ...core.close import CloseCode
 from ...core.handshake import EMULATED, Accept, Handshake, Reject, Reply
+from ...core.http import check_request
 from ...core.peer import PeerIdentity
 from ...core.session import LiveSession
 from ...core.wse_frames import (
@@ -53,13 +54,15 @@ from ...core.wse_frames import (
     parse_sequence,
     unescape,
 )
-from ...security.origin import preflight
+from ...observe.metrics import handshake_outcome
+from ...security.origin import origin_allowed, preflight
 from ..http import handshake_from, response_for
 from ..listener import HttpConnection
 from ..session_runner import WebSocketEndpoint, open_session, serve_session, tls_of
 from .channel import EmulatedChannel
 
 if TYPE_CHECKING:
+    from ...observe.metrics import Metrics
     from ...security.admission import Admission
 
 __all__ = ["EMULATION_MARK", "WseAdapter", "emulation_path", "sessions"]
@@ -129,6 +132,7 @@ class WseSession:
         "decoder",
         "hold",
         "task",
+        "envelope",
     )
 
     def __init__(
@@ -160,6 +164,7 @@ class WseSession:
         self.decoder = decoder
         self.hold: Any = None
         self.task: asyncio.Task[None] | None = None
+        self.envelope: str | None = None  # httpxe: the outer content type of enveloped answers (Kaazing's bridge)
 
     def arm(self) -> None:
         """No downstream attached: the session ends unless one (or an upstream request) comes in time."""
@@ -192,8 +197,9 @@ class WseSession:
 class WseAdapter:
     """The emulated resources of one WebSocket service (see the module docstring)."""
 
-    def __init__(self, service: WebSocketEndpoint) -> None:
+    def __init__(self, service: WebSocketEndpoint, metrics: Metrics | None = None) -> None:
         self.service = service
+        self.metrics = metrics  # refused creates count as refused handshakes (accepted ones: at ``register``)
         self.tasks: set[asyncio.Task[None]] = set()
 
     async def __call__(
@@ -210,6 +216,9 @@ class WseAdapter:
                 if encoding is None:
                     return _plain(404, "Not Found\n")
                 return await self.create(request, handshake, encoding, admission)
+            bad = check_request(request.headers)  # as admission would: no ambiguous Origin, Host or credentials
+            if bad is not None:
+                return _plain(bad.status, bad.text)
             session = _SESSIONS.get(session_id)
             if session is None or not self.owns(session, handshake):
                 return _plain(404, "Not Found\n")
@@ -235,18 +244,28 @@ class WseAdapter:
     async def create(
         self, request: web.BaseRequest, handshake: Handshake, encoding: Encoding, admission: Admission
     ) -> web.StreamResponse:
-        sequence = _create_checks(request)
+        wrap = enveloped(request)
+        try:
+            sequence = _create_checks(request)
+        except WseError as exc:
+            return _answer(_plain(exc.status, f"{exc}\n"), wrap)
         if len(_SESSIONS) // 2 >= MAX_SESSIONS:
             return _plain(503, "Service Unavailable\n", {"Retry-After": "5"})
+        x_origin = request.headers.get("X-Origin")
+        if x_origin is not None and not origin_allowed(x_origin, admission.own_origin(handshake), admission.cross_site):
+            return _answer(_plain(403, "Forbidden\n"), wrap)  # the page a Kaazing bridge speaks for: same rules
         handshake = _with_subprotocols(handshake)
         decision = await admission.admit(handshake)
         if isinstance(decision, (Reject, Reply)):
-            return response_for(decision)
+            if self.metrics is not None:
+                self.metrics.handshakes.labels(self.service.name, handshake_outcome(decision.status)).inc()
+            return _answer(response_for(decision), wrap)
         try:
-            return await self.open(request, handshake, decision, encoding, sequence, admission)
+            response = await self.open(request, handshake, decision, encoding, sequence, admission, wrap)
         except BaseException:
             decision.hold.release()
             raise
+        return _answer(response, wrap)
 
     async def open(
         self,
@@ -256,6 +275,7 @@ class WseAdapter:
         encoding: Encoding,
         sequence: int,
         admission: Admission,
+        wrap: str | None = None,
     ) -> web.StreamResponse:
         service = self.service
         identity = accept.identity
@@ -286,10 +306,12 @@ class WseAdapter:
             Decoder(limit, pings),
         )
         connection_id = secrets.token_urlsafe(16)
-        live = open_session(service, channel, handshake, accept, connection_id, context, EMULATED)
-        live.tls = tls_of(request.transport)
+        live = open_session(
+            service, channel, handshake, accept, connection_id, context, tls_of(request.transport), EMULATED
+        )
         session.live = live
         session.hold = accept.hold
+        session.envelope = wrap
         channel.owner = weakref.ref(live)
         channel.on_end = session.ended
         _SESSIONS[session.up_id] = session
@@ -323,7 +345,7 @@ class WseAdapter:
             await serve_session(self.service, live, channel)
         finally:
             # The client gets a moment to take CLOSE + RECONNECT (or to send its own CLOSE) before the ids go.
-            if not channel.lost and session.downstream is None and channel.pending:
+            if not channel.aborted and session.downstream is None and channel.pending:
                 await _linger(channel, min(session.idle, 2.0))
             channel.abort()
             session.ended()
@@ -377,7 +399,7 @@ class WseAdapter:
             session.upstream_busy = False
             if session.downstream is None and not channel.closed:
                 session.arm()
-        return web.Response(status=200, headers=CIMultiDict(session.cors))
+        return _answer(web.Response(status=200, headers=CIMultiDict(session.cors)), session.envelope)
 
     def sequence(self, request: web.BaseRequest, session: WseSession, upstream: bool) -> None:
         """The next sequence number of this direction, or 400 and the session fails."""
@@ -455,7 +477,7 @@ class WseAdapter:
             data = NOP
         if not channel.finishing or not data.endswith(RECONNECT):
             data += RECONNECT
-        return web.Response(status=200, body=data, headers=headers)
+        return _answer(web.Response(status=200, body=data, headers=headers), session.envelope)
 
     async def stream(
         self,
@@ -467,8 +489,14 @@ class WseAdapter:
     ) -> web.StreamResponse:
         """Streaming: frames as they come until a RECONNECT ends this response (``.kb``, a newer downstream, close)."""
         channel = session.channel
+        inner = b""
+        if session.envelope is not None:  # httpxe: the real head first in the body, the outer one plain text
+            inner = f"HTTP/1.1 200 OK\r\nContent-Type: {headers['Content-Type']}\r\n\r\n".encode()
+            headers["Content-Type"] = session.envelope
         response = CloseDelimited(status=200, headers=headers)
         await response.prepare(request)
+        if inner:
+            await response.write(inner)
         query = request.query
         pad = _int(query.get(".kp"), 0, 4096)
         if pad:
@@ -606,6 +634,47 @@ def _int(text: str | None, low: int, high: int) -> int:
     if not text or not text.isascii() or not text.isdigit() or len(text) > 9:
         return low
     return max(low, min(int(text), high))
+
+
+# httpxe (k3po ``specification/httpxe/SPEC.md``, "Response Headers"): these stay on the outer response.
+_OUTER_HEADERS = frozenset(
+    {"cache-control", "connection", "content-encoding", "date", "etag", "last-modified", "pragma", "server"}
+    | {"set-cookie", "transfer-encoding", "x-content-type-options", "content-length", "vary"}
+)
+ENVELOPE_TYPE = "application/x-message-http"
+
+
+def enveloped(request: web.BaseRequest) -> str | None:
+    """The outer content type if the client wants answers in an httpxe envelope, else None.
+
+    Kaazing's JavaScript client asks for it explicitly (``.kac=ex``, ``.kct=application/x-message-http``) or
+    shows it cannot read statuses other than 200 by speaking through its bridge (``X-Origin``); it then reads
+    the real status (a 401 and its challenge, the 201) from the body."""
+    if request.query.get(".kct") == ENVELOPE_TYPE or request.headers.get("Content-Type") == ENVELOPE_TYPE:
+        return ENVELOPE_TYPE
+    if request.query.get(".kac") == "ex" or "X-Origin" in request.headers:
+        return "text/plain;charset=UTF-8"
+    return None
+
+
+def _answer(response: web.StreamResponse, wrap: str | None) -> web.StreamResponse:
+    """``response`` as it is, or in an httpxe envelope: 200 outside, the real status, headers and body inside.
+    404 and server errors are never enveloped (httpxe "Response Status Codes")."""
+    status = response.status
+    if wrap is None or status == 404 or status >= 500 or not isinstance(response, web.Response):
+        return response
+    outer: CIMultiDict[str] = CIMultiDict()
+    lines = [f"HTTP/1.1 {status} {response.reason}"]
+    for name, value in response.headers.items():
+        if name.lower() in _OUTER_HEADERS or name.lower().startswith("access-control-"):
+            if name.lower() != "content-length":
+                outer.add(name, value)
+        else:
+            lines.append(f"{name}: {value}")
+    body = response.body if isinstance(response.body, bytes) else b""
+    outer["Content-Type"] = wrap
+    outer.setdefault("Cache-Control", "no-cache")
+    return web.Response(status=200, body=("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body, headers=outer)
 
 
 def _plain(status: int, text: str, headers: dict[str, str] | None = None) -> web.Response:

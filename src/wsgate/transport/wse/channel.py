@@ -57,6 +57,7 @@ class EmulatedChannel:
         "closed_with",
         "_peer",
         "lost",
+        "aborted",
         "messages_in",
         "messages_out",
         "bytes_in",
@@ -90,6 +91,7 @@ class EmulatedChannel:
         self.closed_with: int | None = None  # the code the gateway closed with, if it closed first
         self._peer: tuple[int | None, str] = (None, "")
         self.lost = False  # dropped without a close handshake (downstream gone too long, aborted)
+        self.aborted = False  # abort() was called: nothing more is sent
         self.messages_in = self.messages_out = self.bytes_in = self.bytes_out = 0
 
     # -- messages ---------------------------------------------------------------------------
@@ -232,6 +234,7 @@ class EmulatedChannel:
 
     def abort(self) -> None:
         """Drop the session without a close handshake (its downstream ends without ``CLOSE``)."""
+        self.aborted = True
         if not self._finished.is_set():
             self.lost = not self._closed and self.closed_with is None
             self._closed = True
