@@ -178,6 +178,9 @@ console.log(`binary ${[...new Uint8Array(await next())]}`);
 await new Promise((resolve) => setTimeout(resolve, 500));
 s.send("two");
 console.log(`text ${await next()}`);
+s.close(4000, "enough");
+await connect(`ws://${location.host}/echo`, { transport: "websocket", fallbackTimeout: 2 })
+  .then(() => console.log("websocket opened"), (e) => console.log(`websocket only: ${e.message}`));
 console.log("done");
 </script>"""
 
@@ -306,5 +309,7 @@ async def test_behind_a_buffering_proxy_the_client_long_polls(start_gateway, sit
     proxy = await proxies(f"http://127.0.0.1:{gw.port_of('demo')}", buffer=True)
     result = await in_browser("console", f"http://127.0.0.1:{proxy.port}/poll.html")
     lines = lines_of(result)
-    assert lines[-5:] == ["transport wse", "text one", "binary 1,2", "text two", "done"], lines
+    page = [line for line in lines if not line.startswith(("WebSocket connection to", "Failed to load resource"))]
+    assert page[:4] == ["transport wse", "text one", "binary 1,2", "text two"], lines
+    assert page[4].startswith("websocket only: WebSocket to ws://") and page[5:] == ["done"], lines
     assert any(".ki=p" in path for path in proxy.paths)

@@ -170,3 +170,27 @@ async def test_wsgate_client_transport_wse(gw):
             process.kill()
     assert process.returncode == 0, err.decode()
     await wait_until(lambda: not gw.runtime.connections)
+
+
+def test_the_create_url_and_the_urls_a_create_may_answer_with():
+    """SPEC "Client Handshake Requirements": the URLs stay on the gateway's host, under the service, https if
+    the create was; the create keeps the WebSocket URL's query (a token parameter is admitted there)."""
+    from yarl import URL
+
+    from wsgate.client.wse import create_url, emulation_urls
+    from wsgate.core.wse_frames import WseError
+
+    create = create_url(URL("wss://gw.example:8443/trade/?token=abc"))
+    assert str(create) == "https://gw.example:8443/trade/;e/cbm?token=abc"
+    up, down = emulation_urls(
+        create, "https://gw.example:8443/trade/;e/ubm/u1\nhttps://gw.example:8443/trade/;e/dbm/d1\n"
+    )
+    assert (up.path, down.path) == ("/trade/;e/ubm/u1", "/trade/;e/dbm/d1")
+    for bad in (
+        "http://gw.example:8443/trade/;e/ubm/u\nhttps://gw.example:8443/trade/;e/dbm/d\n",  # down from https
+        "https://evil.example/trade/;e/ubm/u\nhttps://gw.example:8443/trade/;e/dbm/d\n",  # another host
+        "https://gw.example:8443/other/;e/ubm/u\nhttps://gw.example:8443/trade/;e/dbm/d\n",  # not under the service
+        "https://gw.example:8443/trade/;e/ubm/u\n",  # one URL
+    ):
+        with pytest.raises(WseError):
+            emulation_urls(create, bad)

@@ -109,6 +109,8 @@ class WseSocket:
             body = await response.text()
             if response.status != 201:
                 return response
+            if response.headers.get("Content-Type", "").replace(" ", "").lower() != "text/plain;charset=utf-8":
+                raise WseError("the create response is not text/plain;charset=utf-8")
             upstream, downstream = emulation_urls(target, body)
             protocol = response.headers.get("X-WebSocket-Protocol")
             if protocol is not None and protocol not in protocols:

@@ -327,6 +327,8 @@ export class EmulatedWebSocket extends EventTarget {
       if (authorization) headers.Authorization = authorization;
       const response = await fetch(target, { method: "POST", headers, credentials: "include", cache: "no-store" });
       if (response.status === 201) {
+        const type = (response.headers.get("Content-Type") || "").replace(/ /g, "").toLowerCase();
+        if (type !== "text/plain;charset=utf-8") throw new Error("the gateway's emulation answer is not text/plain");
         const [up, down] = emulationUrls(target, await response.text());
         return new EmulatedWebSocket(url, up, down, sequence, response.headers.get("X-WebSocket-Protocol") || "");
       }
