@@ -1,4 +1,4 @@
-"""WSE's wire format without I/O (``transport.wse.frames``), rule by rule from the k3po specification.
+"""WSE's wire format without I/O (``core.wse_frames``), rule by rule from the k3po specification.
 
 Scripts are under ``specification/wse/src/main/scripts/org/kaazing/specification/wse/`` in k3po/k3po;
 the prose rules are in ``specification/wse/SPEC.md``.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from wsgate.transport.wse.frames import (
+from wsgate.core.wse_frames import (
     CLOSE,
     NOP,
     PING,
@@ -16,6 +16,7 @@ from wsgate.transport.wse.frames import (
     RECONNECT,
     Command,
     Decoder,
+    StreamDecoder,
     WseError,
     binary_frame,
     decode_upstream_text,
@@ -185,3 +186,25 @@ def test_sequence_numbers():
     for bad in (None, "", "-1", "1.5", "abc", str(2**53), "١"):
         with pytest.raises(WseError):
             parse_sequence(bad)
+
+
+# -- the client's side: a downstream as it arrives ---------------------------------------------
+
+
+def test_a_downstream_decodes_across_any_chunk_boundary():
+    stream = text_frame("é".encode() * 100) + NOP + binary_frame(bytes(300)) + PING + RECONNECT
+    for size in (1, 2, 3, 7, 64, len(stream)):
+        decoder = StreamDecoder(1024)
+        frames = []
+        for i in range(0, len(stream), size):
+            frames += decoder.feed(stream[i : i + size])
+        assert frames == ["é" * 100, Command.NOP, bytes(300), Command.PING, Command.RECONNECT], size
+
+
+def test_a_downstream_frame_over_the_limit_fails_before_it_is_buffered():
+    decoder = StreamDecoder(100)
+    with pytest.raises(WseError) as refused:
+        decoder.feed(b"\x80" + encode_length(101))  # its length alone says so
+    assert refused.value.close_code == 1009
+    with pytest.raises(WseError):
+        StreamDecoder(100).feed(b"\x42")

@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 
-from wsgate.transport.wse.frames import RECONNECT, binary_frame, text_frame
+from wsgate.core.wse_frames import RECONNECT, binary_frame, text_frame
 
 __all__ = ["Downstream", "WseClient", "parse_frames", "upstream_frames"]
 

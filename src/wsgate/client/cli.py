@@ -117,6 +117,13 @@ def _parser() -> argparse.ArgumentParser:
         help="send MESSAGE and print the reply (repeatable); without it, lines from stdin are sent",
     )
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait to connect and for each reply")
+    parser.add_argument(
+        "--transport",
+        choices=("websocket", "wse", "auto"),
+        default="websocket",
+        help="wse: WebSocket emulation over plain HTTP (for proxies that block WebSocket); auto: WebSocket, "
+        "else emulation (default: websocket)",
+    )
     return parser
 
 
@@ -250,7 +257,13 @@ async def _connect(
     handler = _handler(args, password, negotiate)
     try:
         return await asyncio.wait_for(
-            connect(args.url, challenge_handler=handler, ssl=context, protocols=tuple(args.protocol)),
+            connect(
+                args.url,
+                challenge_handler=handler,
+                ssl=context,
+                protocols=tuple(args.protocol),
+                transport=args.transport,
+            ),
             args.timeout,
         )
     except AuthenticationError as exc:

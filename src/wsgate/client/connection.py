@@ -27,13 +27,20 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import aiohttp
+from multidict import CIMultiDictProxy
 from yarl import URL
 
+from ..core.wse_frames import WseError
 from ..errors import GatewayError
 from .challenges import ChallengeHandler, ChallengeRequest, ServerVerifier
+from .wse import WseSocket
 
 log = logging.getLogger("wsgate.client")
 MAX_CHALLENGES = 3
+TRANSPORTS = ("websocket", "wse", "auto")
+# What the gateway itself decides on an upgrade; any other answer (a proxy's, or a plain GET's: the Upgrade was
+# stripped on the way) makes transport="auto" try emulation.
+DECISIONS = frozenset({401, 403, 429, 503})
 LIFETIME_SHARE = 1 / 3  # the margin never exceeds this share of the credentials' lifetime
 JITTER = 0.2  # renew up to 20 % of the margin earlier, so clients of one deadline spread out
 RETRY_FIRST, RETRY_MAX = 1.0, 30.0  # backoff after a failed renewal (seconds), doubling
@@ -105,17 +112,28 @@ async def _answer(
     return authorization, following
 
 
-async def _verify_server(pending: ChallengeHandler | None, url: str, ws: aiohttp.ClientWebSocketResponse) -> None:
-    """Let the last round's handler check the server's proof on the 101; drop the connection if it fails."""
+async def _verify_server(pending: ChallengeHandler | None, url: str, ws: Socket) -> None:
+    """Let the last round's handler check the server's proof on the 101 (or 201); drop the connection if it fails."""
     if not isinstance(pending, ServerVerifier):
         return
-    challenges: Sequence[str] = ws._response.headers.getall("WWW-Authenticate", [])
+    challenges: Sequence[str] = _handshake_headers(ws).getall("WWW-Authenticate", [])
     try:
         await pending.verify(url, challenges)
     except BaseException:
-        ws._response.close()  # the TCP connection goes at once: no close handshake with an unproven server
-        await ws.close()  # now only marks it closed (and stops a heartbeat timer)
+        if isinstance(ws, WseSocket):
+            await ws.abort()  # no request more to an unproven server
+        else:
+            ws._response.close()  # the TCP connection goes at once: no close handshake with an unproven server
+            await ws.close()  # now only marks it closed (and stops a heartbeat timer)
         raise
+
+
+Socket = aiohttp.ClientWebSocketResponse | WseSocket
+
+
+def _handshake_headers(ws: Socket) -> CIMultiDictProxy[str]:
+    """The headers of the 101 (the create's 201 for an emulated connection)."""
+    return ws.headers if isinstance(ws, WseSocket) else ws._response.headers
 
 
 class Connection:
@@ -123,7 +141,7 @@ class Connection:
 
     def __init__(
         self,
-        ws: aiohttp.ClientWebSocketResponse,
+        ws: Socket,
         session: aiohttp.ClientSession,
         owns_session: bool,
         url: URL,
@@ -139,7 +157,7 @@ class Connection:
         self._authorization = authorization
         self._ssl = ssl
         self.refresh_margin = refresh_margin
-        headers = ws._response.headers
+        headers = _handshake_headers(ws)
         self.id: str | None = headers.get("Wsgate-Connection-Id")
         self.expires: float | None = float(headers["Wsgate-Expires"]) if "Wsgate-Expires" in headers else None
         self._lifetime = self.expires - time.time() if self.expires is not None else 0.0
@@ -162,6 +180,11 @@ class Connection:
     @property
     def protocol(self) -> str | None:
         return self.ws.protocol
+
+    @property
+    def transport(self) -> str:
+        """``"websocket"``, or ``"wse"`` for a connection emulated over HTTP."""
+        return "wse" if isinstance(self.ws, WseSocket) else "websocket"
 
     async def send(self, data: str | bytes) -> None:
         if isinstance(data, str):
@@ -282,36 +305,58 @@ async def connect(
     refresh_margin: float = 30.0,
     heartbeat: float | None = None,
     max_message_size: int = 4 * 1024 * 1024,
+    transport: str = "websocket",
 ) -> Connection:
     """Open a WebSocket through the gateway, answering 401 challenges with ``challenge_handler``.
 
-    Raises ``AuthenticationError`` on 403 or when no handler can answer, ``RefusedError`` for other
-    HTTP answers (404, 503 …), ``aiohttp.ClientError`` for network and TLS failures.
+    ``transport``: ``"websocket"``; ``"wse"``, WebSocket emulation over plain HTTP requests (for networks
+    whose proxies let no WebSocket through; ``heartbeat`` does not apply, the gateway sends its own);
+    ``"auto"``, a WebSocket, or emulation if the upgrade gets an answer the gateway would not give
+    (``DECISIONS``). Raises ``AuthenticationError`` on 403 or when no handler can answer, ``RefusedError``
+    for other HTTP answers (404, 503 …), ``aiohttp.ClientError`` for network and TLS failures.
     """
+    if transport not in TRANSPORTS:
+        raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, not {transport!r}")
     owns = session is None
     session = session or aiohttp.ClientSession()
     authorization: str | None = None
     pending: ChallengeHandler | None = None  # the handler of the exchange's next round, if it has more
+    emulate = transport == "wse"
     try:
-        for _ in range(MAX_CHALLENGES + 1):
+        for _ in range(MAX_CHALLENGES + 2):
             request_headers = dict(headers or {})
             if authorization:
                 request_headers["Authorization"] = authorization
-            try:
-                ws = await session.ws_connect(
-                    url,
-                    ssl=ssl if ssl is not None else True,
-                    protocols=protocols,
-                    headers=request_headers,
-                    heartbeat=heartbeat,
-                    max_msg_size=max_message_size,
-                )
-            except aiohttp.WSServerHandshakeError as exc:
-                if exc.status != 401:
-                    raise _refused(exc.status, f"{url}: refused with HTTP {exc.status}") from None
-                challenge = exc.headers.get("WWW-Authenticate") if exc.headers else None
-                authorization, pending = await _answer(challenge_handler, url, challenge, pending)
-                continue
+            ws: Socket
+            if emulate:
+                created = await _create(session, url, request_headers, protocols, ssl, max_message_size)
+                if isinstance(created, tuple):
+                    status, challenge = created
+                    if status != 401:
+                        raise _refused(status, f"{url}: emulation refused with HTTP {status}")
+                    authorization, pending = await _answer(challenge_handler, url, challenge, pending)
+                    continue
+                ws = created
+            else:
+                try:
+                    ws = await session.ws_connect(
+                        url,
+                        ssl=ssl if ssl is not None else True,
+                        protocols=protocols,
+                        headers=request_headers,
+                        heartbeat=heartbeat,
+                        max_msg_size=max_message_size,
+                    )
+                except aiohttp.WSServerHandshakeError as exc:
+                    if transport == "auto" and exc.status not in DECISIONS:
+                        log.info("%s: the upgrade was answered %s; trying WebSocket emulation", url, exc.status)
+                        emulate = True
+                        continue
+                    if exc.status != 401:
+                        raise _refused(exc.status, f"{url}: refused with HTTP {exc.status}") from None
+                    challenge = exc.headers.get("WWW-Authenticate") if exc.headers else None
+                    authorization, pending = await _answer(challenge_handler, url, challenge, pending)
+                    continue
             await _verify_server(pending, url, ws)
             # a round of a multi-round exchange is good once (a Kerberos authenticator would be a replay):
             # refresh() then starts a new exchange instead of presenting it again
@@ -322,6 +367,31 @@ async def connect(
         if owns:
             await session.close()
         raise
+
+
+async def _create(
+    session: aiohttp.ClientSession,
+    url: str,
+    headers: dict[str, str],
+    protocols: tuple[str, ...],
+    ssl: ssl_module.SSLContext | bool | None,
+    max_message_size: int,
+) -> WseSocket | tuple[int, str | None]:
+    """An emulated connection, or the create's HTTP status and challenge."""
+    try:
+        created = await WseSocket.create(
+            session,
+            URL(url),
+            headers=headers,
+            protocols=protocols,
+            ssl=ssl if ssl is not None else True,
+            max_message_size=max_message_size,
+        )
+    except WseError as exc:  # a 201 that breaks the protocol (URLs off the gateway, a subprotocol not offered)
+        raise RefusedError(201, f"{url}: {exc}") from None
+    if isinstance(created, WseSocket):
+        return created
+    return created.status, created.headers.get("WWW-Authenticate")
 
 
 class ReconnectingConnection:

@@ -41,13 +41,7 @@ from ...core.handshake import EMULATED, Accept, Handshake, Reject, Reply
 from ...core.http import check_request
 from ...core.peer import PeerIdentity
 from ...core.session import LiveSession
-from ...observe.metrics import handshake_outcome
-from ...security.origin import origin_allowed, preflight
-from ..http import handshake_from, response_for
-from ..listener import HttpConnection
-from ..session_runner import WebSocketEndpoint, open_session, serve_session, tls_of
-from .channel import EmulatedChannel
-from .frames import (
+from ...core.wse_frames import (
     NOP,
     RECONNECT,
     Command,
@@ -60,6 +54,12 @@ from .frames import (
     parse_sequence,
     unescape,
 )
+from ...observe.metrics import handshake_outcome
+from ...security.origin import origin_allowed, preflight
+from ..http import handshake_from, response_for
+from ..listener import HttpConnection
+from ..session_runner import WebSocketEndpoint, open_session, serve_session, tls_of
+from .channel import EmulatedChannel
 
 if TYPE_CHECKING:
     from ...observe.metrics import Metrics

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from ...core.channel import Data
 from ...core.close import CloseCode
 from ...core.session import LiveSession
-from .frames import CLOSE, PONG, RECONNECT, Encoding, binary_frame, escape_downstream, text_frame
+from ...core.wse_frames import CLOSE, PONG, RECONNECT, Encoding, binary_frame, escape_downstream, text_frame
 
 __all__ = ["EmulatedChannel"]
 

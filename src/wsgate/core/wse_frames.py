@@ -30,6 +30,7 @@ __all__ = [
     "PING",
     "PONG",
     "RECONNECT",
+    "StreamDecoder",
     "WseError",
     "binary_frame",
     "decode_upstream_text",
@@ -292,3 +293,55 @@ class Decoder:
         if code == b"02":
             return Command.CLOSE
         raise WseError("an unknown command")
+
+
+def _frame_end(data: bytearray, pos: int, max_message: int) -> int:
+    """Where the frame starting at ``pos`` ends, or -1 while ``data`` holds only part of it."""
+    kind = data[pos]
+    end = len(data)
+    if kind == 0x80 or kind == 0x81:
+        length = 0
+        for i in range(pos + 1, min(pos + 11, end)):
+            byte = data[i]
+            length = (length << 7) | (byte & 0x7F)
+            if not byte & 0x80:
+                if length > max_message:
+                    raise WseError("message too big", 413, 1009)
+                return i + 1 + length if i + 1 + length <= end else -1
+        if end - pos > 10:
+            raise WseError("a frame length is too long")
+        return -1
+    if kind == 0x00 or kind == 0x01:
+        stop = data.find(b"\xff", pos + 1)
+        if stop < 0 and end - pos > max_message + 1:
+            raise WseError("message too big", 413, 1009)
+        return stop + 1 if stop >= 0 else -1
+    if kind == 0x89 or kind == 0x8A:
+        return pos + 2 if pos + 2 <= end else -1
+    raise WseError("an unknown frame type")
+
+
+class StreamDecoder:
+    """The client's side: frames of a downstream response as its chunks arrive (a frame split across chunks
+    waits for the rest), decoded by ``Decoder``. Pings and pongs are allowed: the client announces them."""
+
+    __slots__ = ("_buffer", "_decoder")
+
+    def __init__(self, max_message: int) -> None:
+        self._buffer = bytearray()
+        self._decoder = Decoder(max_message, pings=True)
+
+    def feed(self, chunk: bytes) -> list[bytes | str | Command]:
+        buffer = self._buffer
+        buffer += chunk
+        complete = pos = 0
+        while pos < len(buffer):
+            pos = _frame_end(buffer, pos, self._decoder.max_message)
+            if pos < 0:
+                break
+            complete = pos
+        if not complete:
+            return []
+        frames = self._decoder.frames(bytes(buffer[:complete]))
+        del buffer[:complete]
+        return frames
