@@ -165,7 +165,7 @@ def run_amqp(bench: Any, results: dict[str, Any]) -> None:
     """Every cell alternates amqp.proxy and proxy, round by round, in one gateway process."""
     import subprocess
 
-    from run import PYTHON, Server, free_port, tree_cpu  # type: ignore[import-not-found]
+    from harness import PYTHON, Server, free_port, tree_cpu  # type: ignore[import-not-found]
 
     sys.path.insert(0, str(HERE.parent))
     from tests.rabbitmq import GATEWAY_PASSWORD, GATEWAY_USER, RabbitMq

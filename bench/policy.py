@@ -148,7 +148,7 @@ def print_micro(figures: dict[str, float]) -> None:
 
 def run_policy(bench: Any, results: dict[str, Any]) -> None:
     """``bench/run.py --scenarios policy``: micro, then each wire cell with the four variants alternated."""
-    import run  # noqa: PLC0415 - bench/run.py is __main__ here; its helpers are plain functions
+    import harness as run  # noqa: PLC0415 - bench/harness.py: what the scenarios share with run.py
 
     figures = micro(max(3, bench.args.rounds), 200_000)
     results["policy micro"] = figures
@@ -167,10 +167,10 @@ def run_policy(bench: Any, results: dict[str, Any]) -> None:
                     url = f"ws://127.0.0.1:{port}/{name}"
                     runs.setdefault(name, []).append(bench.measure(server, "throughput", url, *extra))
         results[cell] = runs
-        base = run._median(runs["none"], "server_cpu_us_per_op")
+        base = run.median(runs["none"], "server_cpu_us_per_op")
         parts = []
         for name, measured in runs.items():
-            cpu, rate = run._median(measured, "server_cpu_us_per_op"), run._median(measured, "msg_per_s")
+            cpu, rate = run.median(measured, "server_cpu_us_per_op"), run.median(measured, "msg_per_s")
             ratio = "" if name == "none" else f" (CPU ×{cpu / base:.3f})"
             parts.append(f"{name} {rate:7.0f} msg/s {cpu:5.2f} µs/op{ratio}")
         other = max(m["other_cpus"] for measured in runs.values() for m in measured)

@@ -37,8 +37,6 @@ import os
 import platform
 import resource
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -51,81 +49,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from harness import PYTHON, Server, free_port, host_busy, median, tree_cpu, tree_rss
+
 HERE = Path(__file__).parent
-PYTHON = sys.executable
-TICK = os.sysconf("SC_CLK_TCK")
 CELLS = [(32, 1, 8), (32, 100, 1), (16384, 1, 8), (16384, 100, 1)]  # size, conns, window
 HALF_TARGET_RATE = 750  # connections/s: half the 1,500/s target; p99 handshake is judged here
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
-
-
-def _proc_stats() -> dict[int, list[str]]:
-    """The fields after the command name of every /proc/<pid>/stat."""
-    stats = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stats[int(entry.name)] = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-    return stats
-
-
-def tree_pids(pid: int, stats: dict[int, list[str]] | None = None) -> set[int]:
-    """``pid`` and all its descendants."""
-    parents = {p: int(fields[1]) for p, fields in (stats or _proc_stats()).items()}
-    members, frontier = {pid}, [pid]
-    while frontier:
-        parent = frontier.pop()
-        children = [p for p, pp in parents.items() if pp == parent and p not in members]
-        members.update(children)
-        frontier.extend(children)
-    return members
-
-
-def tree_rss(pid: int) -> int:
-    """Resident bytes of ``pid`` and its descendants."""
-    total = 0
-    for member in tree_pids(pid):
-        try:
-            for line in Path(f"/proc/{member}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-        except OSError:
-            continue
-    return total
-
-
-def tree_cpu(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` and all its descendants, from /proc.
-
-    cutime + cstime count children that exited and were reaped (websockify forks per connection).
-    """
-    stats = _proc_stats()
-    return sum(sum(int(f) for f in stats[p][11:15]) / TICK for p in tree_pids(pid, stats) if p in stats)
-
-
-def host_busy() -> float:
-    """CPU seconds the whole machine has spent busy (not idle, not waiting for I/O), from /proc/stat."""
-    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(fields[:8]) - fields[3] - fields[4]) / TICK  # user..steal, minus idle and iowait
 
 
 BARE_ECHO = textwrap.dedent("""
@@ -167,35 +96,6 @@ TCP_ECHO = textwrap.dedent("""
 
     new_event_loop("auto").run_until_complete(main())
 """)
-
-
-class Server:
-    """A server process (group) started for one measurement and stopped after it."""
-
-    def __init__(self, name: str, command: list[str], port: int, env: dict[str, str] | None = None) -> None:
-        self.name, self.command, self.port, self.env = name, command, port, env
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> Server:
-        self.process = subprocess.Popen(
-            self.command,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-            env={**os.environ, **self.env} if self.env else None,
-        )
-        wait_port(self.port)
-        time.sleep(0.3)  # every worker up, not just the first to listen
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self.process is not None
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
 
 
 class Bench:
@@ -741,8 +641,8 @@ def run_cluster_revoke(bench: Bench, cluster: Cluster, results: dict[str, Any]) 
             extra += ["--users", str(CLUSTER_USERS), "--conns", str(CLUSTER_CONNS)]
             extra += ["--bystanders", str(CLUSTER_BYSTANDERS)]
             runs.append(bench.load("revoke", "", *extra, client="cluster.py"))
-    remote = {q: _median([r["remote"] for r in runs], q) for q in ("p50_ms", "p99_ms")}
-    local = {q: _median([r["local"] for r in runs], q) for q in ("p50_ms", "p99_ms")}
+    remote = {q: median([r["remote"] for r in runs], q) for q in ("p50_ms", "p99_ms")}
+    local = {q: median([r["local"] for r in runs], q) for q in ("p50_ms", "p99_ms")}
     failures = sum(r["failures"] for r in runs)
     print(
         f"{cell:28} other nodes p50 {remote['p50_ms']:6.2f} ms p99 {remote['p99_ms']:6.2f} ms "
@@ -790,12 +690,12 @@ def run_cluster_broadcast(bench: Bench, cluster: Cluster, results: dict[str, Any
     results[cell] = by_setup
     parts = []
     for name, runs in by_setup.items():
-        rate, cpu = _median(runs, "deliveries_per_s"), _median(runs, "server_cpu_us_per_op")
-        flag = " client-bound" if _median(runs, "client_cpu_share") > 0.85 else ""
+        rate, cpu = median(runs, "deliveries_per_s"), median(runs, "server_cpu_us_per_op")
+        flag = " client-bound" if median(runs, "client_cpu_share") > 0.85 else ""
         parts.append(f"{name} {rate:8.0f} deliveries/s {cpu:5.1f} µs/delivery{flag}")
     cluster_runs, single_runs = by_setup["3 nodes"], by_setup["1 node"]
-    ratio = _median(cluster_runs, "deliveries_per_s") / max(_median(single_runs, "deliveries_per_s"), 1e-9)
-    cpu_ratio = _median(cluster_runs, "server_cpu_us_per_op") / max(_median(single_runs, "server_cpu_us_per_op"), 1e-9)
+    ratio = median(cluster_runs, "deliveries_per_s") / max(median(single_runs, "deliveries_per_s"), 1e-9)
+    cpu_ratio = median(cluster_runs, "server_cpu_us_per_op") / max(median(single_runs, "server_cpu_us_per_op"), 1e-9)
     print(f"{cell:28} " + " | ".join(parts) + f" (×{ratio:.2f}, CPU ×{cpu_ratio:.2f})", flush=True)
 
 
@@ -819,7 +719,7 @@ def run_cluster_connect(bench: Bench, cluster: Cluster, results: dict[str, Any])
             by_state["memory"].append(bench.measure(server, "connect", url, "--conns", "16"))
     results[cell] = by_state
     print(_row(cell, by_state, "conn_per_s", "conn/s"), flush=True)
-    print(f"{'':28} redis-server CPU ≈{_median(by_state['redis'], 'redis_cpu_us_per_op'):.1f} µs/conn", flush=True)
+    print(f"{'':28} redis-server CPU ≈{median(by_state['redis'], 'redis_cpu_us_per_op'):.1f} µs/conn", flush=True)
 
 
 CLUSTER_CELLS: dict[str, Callable[[Bench, Cluster, dict[str, Any]], None]] = {
@@ -989,7 +889,7 @@ def ab_compare(by_cell: dict[str, dict[str, list[dict[str, Any]]]], tolerance: f
                 "spread": spread,
             }
         for share in ("client_cpu_share", "server_cpu_share", "host_busy_cpus", "other_cpus"):
-            entry[share] = {side: _median(runs[side], share) for side in runs}
+            entry[share] = {side: median(runs[side], share) for side in runs}
         entry["client_bound"] = max(entry["client_cpu_share"].values()) > 0.85
         out[cell] = entry
     return out
@@ -1013,9 +913,7 @@ def _ab_row(cell: str, runs: dict[str, list[dict[str, Any]]], cmp: dict[str, Any
     sides = []
     for side in ("new", "old"):
         kept = [runs[side][i] for i in clean]
-        sides.append(
-            f"{side} {_median(kept, 'msg_per_s'):6.0f} msg/s {_median(kept, 'server_cpu_us_per_op'):5.1f} µs/op"
-        )
+        sides.append(f"{side} {median(kept, 'msg_per_s'):6.0f} msg/s {median(kept, 'server_cpu_us_per_op'):5.1f} µs/op")
     calls = []
     for label in AB_METRICS:
         m = cmp[label]
@@ -1188,21 +1086,17 @@ def raise_fd_limit(wanted: int = 1 << 20) -> None:
             continue
 
 
-def _median(runs: list[dict[str, Any]], key: str) -> float:
-    return float(statistics.median(r[key] for r in runs))
-
-
 def _row(cell: str, by_server: dict[str, list[dict[str, Any]]], key: str, unit: str) -> str:
     """``cell  A rate µs/op p99 [client-bound] | B … ×ratio``: ratios are A over each reference."""
     (first, first_runs), *others = list(by_server.items())
     parts = []
     for name, runs in [(first, first_runs), *others]:
-        rate, cpu = _median(runs, key), _median(runs, "server_cpu_us_per_op")
-        flag = " client-bound" if _median(runs, "client_cpu_share") > 0.85 else ""
-        part = f"{name} {rate:8.0f} {unit} {cpu:6.1f} µs/op p99 {_median(runs, 'p99_us') / 1000:6.2f} ms{flag}"
+        rate, cpu = median(runs, key), median(runs, "server_cpu_us_per_op")
+        flag = " client-bound" if median(runs, "client_cpu_share") > 0.85 else ""
+        part = f"{name} {rate:8.0f} {unit} {cpu:6.1f} µs/op p99 {median(runs, 'p99_us') / 1000:6.2f} ms{flag}"
         if name != first:
-            part += f" (×{_median(first_runs, key) / max(rate, 1e-9):.2f}"
-            part += f", CPU ×{_median(first_runs, 'server_cpu_us_per_op') / cpu:.2f})" if cpu > 0.05 else ")"
+            part += f" (×{median(first_runs, key) / max(rate, 1e-9):.2f}"
+            part += f", CPU ×{median(first_runs, 'server_cpu_us_per_op') / cpu:.2f})" if cpu > 0.05 else ")"
         parts.append(part)
     return f"{cell:28} " + " | ".join(parts)
 

@@ -35,7 +35,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 from ..core.handshake import Handshake, Reply
@@ -47,8 +47,26 @@ from .challenges import AmbiguousCredentials, cookie_values, set_cookie
 from .login.oidc import OidcError, OidcLoginModule, ProviderUnavailable, Tokens
 
 if TYPE_CHECKING:
+    from ..config.model import Realm
     from ..core.session import Timeouts
-    from .realms import RealmRuntime
+    from ..state.revocations import RevocationList
+    from ..state.sessions import SessionStore
+
+
+class RealmRuntime(Protocol):
+    """What the sign-in flow uses of its realm (``security.realms.RealmRuntime``, which owns the flow: a
+    protocol here keeps the import pointing one way)."""
+
+    config: Realm
+    cookie: str
+    sessions: SessionStore
+    revocations: RevocationList
+
+    async def revoked(self, identity: Identity) -> bool: ...
+
+    def session_cookie(self, cookie_headers: list[str]) -> str | None: ...
+
+    def session_expiry(self, identity: Identity) -> float: ...
 
 audit = get_logger("wsgate.audit")
 TRANSACTION_TTL = 600.0  # a sign-in at the provider must come back within 10 minutes
