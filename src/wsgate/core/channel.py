@@ -9,11 +9,30 @@ messages and bytes as they pass; the metrics read those counters when scraped.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Protocol, TypeAlias
+from typing import Protocol, Self, TypeAlias
 
 from .close import CloseCode
 
 Data: TypeAlias = bytes | str
+
+
+class Messages:
+    """``async for data in channel``: the messages until ``receive`` returns ``None``, for any adapter that
+    has ``receive`` (a base class, so the four channels do not each spell it out)."""
+
+    __slots__ = ()
+
+    async def receive(self) -> Data | None:
+        raise NotImplementedError
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> Data:
+        data = await self.receive()
+        if data is None:
+            raise StopAsyncIteration
+        return data
 
 
 class Counters(Protocol):

@@ -68,6 +68,7 @@ class RealmRuntime(Protocol):
 
     def session_expiry(self, identity: Identity) -> float: ...
 
+
 audit = get_logger("wsgate.audit")
 TRANSACTION_TTL = 600.0  # a sign-in at the provider must come back within 10 minutes
 MAX_TRANSACTIONS = 10_000  # sign-ins in progress (oldest dropped first): a flood of /login costs bounded memory

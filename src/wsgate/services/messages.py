@@ -35,7 +35,7 @@ from typing import Any
 
 from ..config.model import Rule, Service
 from ..config.schema import Property, RuleSchema
-from ..core.channel import Channel, Data
+from ..core.channel import Channel, Data, Messages
 from ..core.close import CloseCode
 from ..core.identity import Identity
 from ..core.session import LiveSession
@@ -324,7 +324,7 @@ def _where(exc: BaseException) -> str:
 # -- the channel side ------------------------------------------------------------------------------------
 
 
-class GuardedChannel:
+class GuardedChannel(Messages):
     """A ``Channel`` whose messages pass the service's message policy, both ways (see the module docstring).
 
     ``send`` is a plain function: without rules or callable it hands back the inner channel's coroutine
@@ -365,15 +365,6 @@ class GuardedChannel:
         """A refusal with ``then: close``: 1008 now, from whichever task decided; aborted after the grace."""
         self.ended = True
         self.inner.close_soon(CloseCode.POLICY_VIOLATION, CLOSE_REASON, CLOSE_GRACE)
-
-    def __aiter__(self) -> GuardedChannel:
-        return self
-
-    async def __anext__(self) -> Data:
-        data = await self.receive()
-        if data is None:
-            raise StopAsyncIteration
-        return data
 
     async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         await self.inner.close(code, reason)

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from aiohttp import WSMsgType, web
 from aiohttp.http_websocket import WebSocketError
 
-from ..core.channel import Data
+from ..core.channel import Data, Messages
 from ..core.close import CloseCode
 from .websocket import answer_close
 
@@ -67,7 +67,7 @@ class WriteWatch:
             owner.drop_slow(f"a send waited {self.timeout:g}s for the peer to read")
 
 
-class AiohttpChannel:
+class AiohttpChannel(Messages):
     """One accepted aiohttp WebSocket (``GuardedResponse``, ``autoclose=False``) as a ``Channel``."""
 
     __slots__ = (
@@ -120,16 +120,6 @@ class AiohttpChannel:
             if kind in _ENDED:
                 await self._ended(msg.type, msg.extra)
                 return None
-
-    def __aiter__(self) -> AiohttpChannel:
-        return self
-
-    async def __anext__(self) -> Data:
-        """For convenience; the services' relay loops call ``receive`` directly (one frame less per message)."""
-        data = await self.receive()
-        if data is None:
-            raise StopAsyncIteration
-        return data
 
     async def _ended(self, kind: WSMsgType, extra: str | None) -> None:
         if kind is _CLOSE:

@@ -15,7 +15,7 @@ import ssl
 import aiohttp
 
 from ..config.values import Uri
-from ..core.channel import Data
+from ..core.channel import Data, Messages
 from ..core.close import CloseCode
 from ..errors import BackendError
 
@@ -25,7 +25,7 @@ DIAL_TIMEOUT = 5.0
 _BINARY, _TEXT, _CLOSE = aiohttp.WSMsgType.BINARY, aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.CLOSE
 
 
-class ClientChannel:
+class ClientChannel(Messages):
     """An aiohttp client WebSocket (a tunnel the internal gateway dialled) as a ``Channel``."""
 
     __slots__ = (
@@ -63,15 +63,6 @@ class ClientChannel:
         if kind is _CLOSE:
             self.peer_reason = msg.extra or ""
         return None
-
-    def __aiter__(self) -> ClientChannel:
-        return self
-
-    async def __anext__(self) -> Data:
-        data = await self.receive()
-        if data is None:
-            raise StopAsyncIteration
-        return data
 
     async def send(self, data: Data) -> None:
         if type(data) is str:

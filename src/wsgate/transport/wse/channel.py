@@ -21,7 +21,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable
 
-from ...core.channel import Data
+from ...core.channel import Data, Messages
 from ...core.close import CloseCode
 from ...core.session import LiveSession
 from ...core.wse_frames import CLOSE, PONG, RECONNECT, Encoding, binary_frame, escape_downstream, text_frame
@@ -32,7 +32,7 @@ CLOSE_TIMEOUT = 5.0  # how long a gateway close waits for the client's CLOSE bef
 _CLOSING = CLOSE + RECONNECT
 
 
-class EmulatedChannel:
+class EmulatedChannel(Messages):
     """The service's side of one emulated WebSocket (see the module docstring)."""
 
     __slots__ = (
@@ -110,15 +110,6 @@ class EmulatedChannel:
             self._space.set()
         self.messages_in += 1
         self.bytes_in += size
-        return data
-
-    def __aiter__(self) -> EmulatedChannel:
-        return self
-
-    async def __anext__(self) -> Data:
-        data = await self.receive()
-        if data is None:
-            raise StopAsyncIteration
         return data
 
     async def deliver(self, data: Data) -> None:
