@@ -45,6 +45,11 @@ class SessionStore(Protocol):
 
     async def renew(self, key: str, identity: Identity, expires_at: float) -> Session: ...
 
+    async def extend(self, key: str, identity: Identity, expires_at: float) -> Session | None:
+        """``renew`` only if the session still exists (None if it was dropped or expired meanwhile): a renewal
+        decided before an await must not bring back a session that a logout ended during it."""
+        ...
+
     async def drop(self, key: str) -> Session | None: ...
 
     async def drop_user(self, user: str) -> int: ...
@@ -79,6 +84,12 @@ class MemorySessions:
         session = Session(replace(identity, session=key, expires_at=expires_at), expires_at)
         self._sessions[key] = session
         return session
+
+    async def extend(self, key: str, identity: Identity, expires_at: float) -> Session | None:
+        current = self._sessions.get(key)
+        if current is None or current.expires_at <= time.time():
+            return None
+        return await self.renew(key, identity, expires_at)
 
     def prune(self) -> int:
         now = time.time()
