@@ -198,3 +198,33 @@ async def test_provider_answers_are_bounded_and_never_redirected(hostile_provide
     except FetchError:
         return
     assert document is None  # not the document: a refused grant, never a parsed 16 MiB answer
+
+
+async def test_a_refresh_message_from_the_shared_channel_cannot_change_a_connections_identity(
+    site: Site, oidc_provider: OidcProvider
+) -> None:
+    """Before the fix a message on the refresh channel was taken at its word: any deadline, roles and provider
+    session digest (a connection given another digest was missed by that session's back-channel logout).
+    Now the message names a session; what connections get is that session as the store holds it."""
+    name = user(oidc_provider, "vic")
+    flow = site.gateway.realms["sso"].oidc
+    async with session(site) as http:
+        await sign_in(http, site, name, "pw-" + name)
+        ws = await http.ws_connect(site.ws("one"), origin=site.base)
+        live = next(iter(site.gateway.runtime.connections))
+        before, deadline = live.identity, live.deadline
+        forged = {
+            "realm": "sso",
+            "session": before.session,
+            "user": name,
+            "roles": ["staff", "admin"],
+            "expires_at": time.time() + 10**6,
+            "authenticated_at": time.time(),
+            "token_digest": "0" * 64,
+        }
+        result = flow.extended_elsewhere(forged)
+        if asyncio.iscoroutine(result):
+            await result
+        assert live.identity.token_digest == before.token_digest
+        assert live.identity.roles == before.roles and live.deadline == deadline
+        await ws.close()

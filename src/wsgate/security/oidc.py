@@ -498,30 +498,26 @@ class OidcFlow:
         )
         self._schedule(key)
 
-    def extended_elsewhere(self, message: dict[str, Any]) -> int:
-        """Another node refreshed a session: this node's connections of it get the new identity and deadline."""
-        key, user, roles = message.get("session"), message.get("user"), message.get("roles")
-        expires_at, authenticated_at = message.get("expires_at"), message.get("authenticated_at")
-        digest = message.get("token_digest")
-        if not (isinstance(key, str) and isinstance(user, str) and isinstance(roles, list)):
+    async def extended_elsewhere(self, message: dict[str, Any]) -> int:
+        """Another node refreshed a session: this node's connections of it get the new identity and deadline.
+
+        The message only names the session: what the connections get is the session as the shared store holds
+        it (which the refreshing node wrote), and only if it still exists, is not revoked, and is the same user
+        and provider session as each connection's. A message alone (a forged or stale one on the channel) can
+        neither revive a session ended meanwhile nor give a connection another identity, roles or deadline."""
+        key = message.get("session")
+        if not isinstance(key, str) or self.select is None or self.timeouts is None:
             return 0
-        if not all(isinstance(v, int | float) for v in (expires_at, authenticated_at)) or not isinstance(digest, str):
+        session = await self.realm.sessions.find(key)
+        if session is None or await self.realm.revoked(session.identity):
             return 0
-        identity = Identity(
-            self.realm.config.name,
-            user,
-            frozenset(r for r in roles if isinstance(r, str)),
-            float(expires_at),  # type: ignore[arg-type]
-            digest,
-            float(authenticated_at),  # type: ignore[arg-type]
-            key,
-        )
+        identity = session.identity
         extended = 0
-        if self.select is not None and self.timeouts is not None:
-            for live in self.select(Selector(session=key)):
-                if live.identity is not None and live.identity.user == user:
-                    live.refresh(identity, self.timeouts)
-                    extended += 1
+        for live in self.select(Selector(session=key)):
+            current = live.identity
+            if current is not None and (current.user, current.token_digest) == (identity.user, identity.token_digest):
+                live.refresh(identity, self.timeouts)
+                extended += 1
         return extended
 
     async def end(self, key: str, reason: str) -> int:

@@ -428,6 +428,11 @@ class RedisSessions:
         session = _session_from_json(value) if value is not None else None
         return session if session is not None and session.expires_at > time.time() else None
 
+    async def find(self, key: str) -> Session | None:
+        value = await self.state.call(self.state.client.get, self._key(key))
+        session = _session_from_json(value) if value is not None else None
+        return session if session is not None and session.expires_at > time.time() else None
+
     async def renew(self, key: str, identity: Identity, expires_at: float) -> Session:
         session = Session(replace(identity, session=key, expires_at=expires_at), expires_at)
         at = max(1, int(expires_at * 1000))

@@ -43,6 +43,10 @@ class SessionStore(Protocol):
 
     async def lookup(self, token: str) -> Session | None: ...
 
+    async def find(self, key: str) -> Session | None:
+        """The session by its key (the cookie's digest), unexpired, else None (another node's refresh, told by key)."""
+        ...
+
     async def renew(self, key: str, identity: Identity, expires_at: float) -> Session: ...
 
     async def extend(self, key: str, identity: Identity, expires_at: float) -> Session | None:
@@ -84,6 +88,10 @@ class MemorySessions:
         session = Session(replace(identity, session=key, expires_at=expires_at), expires_at)
         self._sessions[key] = session
         return session
+
+    async def find(self, key: str) -> Session | None:
+        session = self._sessions.get(key)
+        return session if session is not None and session.expires_at > time.time() else None
 
     async def extend(self, key: str, identity: Identity, expires_at: float) -> Session | None:
         current = self._sessions.get(key)
