@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -17,6 +18,7 @@ from tests.oidc_provider import OidcProvider, oidc_provider  # noqa: F401
 from wsgate.config.model import State
 from wsgate.core.identity import Identity
 from wsgate.state.redis import RedisSessions, RedisState
+from wsgate.state.revocations import token_key
 from wsgate.state.sessions import MemorySessions
 
 from .conftest import client_ssl
@@ -45,7 +47,7 @@ async def until_token_request(provider: OidcProvider, seen: int) -> None:
     raise AssertionError("the refresh never reached the token endpoint")
 
 
-@pytest.mark.parametrize("logout", ["oidc", "session"])
+@pytest.mark.parametrize("logout", ["oidc", "session", "elsewhere"])
 async def test_a_logout_during_a_refresh_is_not_undone_by_it(
     site: Site, oidc_provider: OidcProvider, logout: str
 ) -> None:
@@ -63,12 +65,17 @@ async def test_a_logout_during_a_refresh_is_not_undone_by_it(
         try:
             refresh = asyncio.create_task(flow.refresh(key))
             await until_token_request(oidc_provider, seen)
-            if logout == "oidc":
-                url, method = f"{site.base}/one/.wsgate/oidc/logout", "POST"
+            if logout == "elsewhere":  # another node's back-channel logout: its revocation, in the shared list
+                digest = flow.held[key].identity.token_digest
+                await flow.realm.revocations.revoke(token_key(None, digest), time.time() + 60)
             else:
-                url, method = f"{site.base}/one/.wsgate/session", "DELETE"
-            async with http.request(method, url, headers={"Origin": site.base}, allow_redirects=False) as answer:
-                assert answer.status in (200, 303)
+                if logout == "oidc":
+                    url, method = f"{site.base}/one/.wsgate/oidc/logout", "POST"
+                else:
+                    url, method = f"{site.base}/one/.wsgate/session", "DELETE"
+                headers = {"Origin": site.base}
+                async with http.request(method, url, headers=headers, allow_redirects=False) as answer:
+                    assert answer.status in (200, 303)
             await asyncio.wait_for(refresh, 10)
         finally:
             oidc_provider.token_delay = 0.0
@@ -228,3 +235,50 @@ async def test_a_refresh_message_from_the_shared_channel_cannot_change_a_connect
         assert live.identity.token_digest == before.token_digest
         assert live.identity.roles == before.roles and live.deadline == deadline
         await ws.close()
+
+
+async def test_a_stale_jwks_whose_host_is_down_is_refetched_once_per_interval_not_per_token() -> None:
+    """Before the fix, once the JWKS cache was stale every token verified tried the JWKS host again (each try
+    up to 5 s, one at a time under the lock): a provider outage became a fetch storm and a login queue."""
+    import json
+
+    import jwt as pyjwt
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from wsgate.core.fetch import FetchError
+    from wsgate.security.login.base import Unavailable
+    from wsgate.security.login.jwt import JwtLoginModule
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    jwks = {"keys": [{**json.loads(pyjwt.algorithms.ECAlgorithm.to_jwk(key.public_key())), "kid": "k1"}]}
+    fetches: list[float] = []
+
+    async def fetch(url: str, timeout: float) -> object:
+        fetches.append(time.monotonic())
+        if len(fetches) > 1:
+            raise FetchError("ClientConnectorError")
+        return jwks
+
+    options = {"jwks-url": "https://idp.test/jwks", "issuer": "https://idp.test", "audience": "gw"}
+    module = JwtLoginModule({**options, "jwks-cache": "0.05s", "jwks-refetch-interval": "0.3s"}, "m", Path(), fetch)
+    claims = {"sub": "ann", "iss": "https://idp.test", "aud": "gw", "exp": int(time.time()) + 60}
+    token = pyjwt.encode(claims, key, algorithm="ES256", headers={"kid": "k1"})
+    assert isinstance(await module.verified_claims(token), dict)
+    await asyncio.sleep(0.35)  # stale now, and the host is down
+    for _ in range(20):
+        assert isinstance(await module.verified_claims(token), dict)  # the keys it has still serve
+    assert len(fetches) == 2  # one try, then none until the interval has passed
+    down = JwtLoginModule({**options, "jwks-refetch-interval": "10s"}, "m", Path(), fetch)  # down from the start
+    outcomes = [await down.verified_claims(token) for _ in range(5)]
+    assert all(isinstance(o, Unavailable) for o in outcomes) and len(fetches) == 3  # a 503 each, one try
+
+
+async def test_a_logout_token_is_no_bearer_credential(site: Site, oidc_provider: OidcProvider) -> None:
+    """Before the fix the bearer path took any JWT of the provider for this client with a user claim, a logout
+    token included (signed, right iss and aud, an exp): whoever saw one on its way could open connections."""
+    name = user(oidc_provider, "xena")
+    token = oidc_provider.logout_token(name, site.client, preferred_username=name, groups=["staff"])
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=site.ssl)) as plain:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await plain.ws_connect(site.ws("one"), headers={"Authorization": f"Bearer {token}"})
+        assert refused.value.status == 403

@@ -469,7 +469,10 @@ class OidcFlow:
         except Exception:  # shared state down (StateUnavailable) or a bug: the deadline still closes the connections
             audit.exception("oidc refresh failed", realm=self.realm.config.name, user=held.identity.user)
             return
-        if self.held.get(key) is not held:  # logged out (here) while the provider answered: it stays so
+        # Logged out while the provider answered (here: its tokens are forgotten; on another node or by the provider:
+        # revoked): it stays so.
+        if self.held.get(key) is not held or await self.realm.revoked(held.identity):
+            self.forget(key)
             return
         identity = replace(held.identity, roles=roles, expires_at=tokens.expires_at, authenticated_at=time.time())
         renewed = await self.realm.sessions.extend(key, identity, self.realm.session_expiry(identity))

@@ -191,14 +191,21 @@ class OidcLoginModule:
     # -- bearer tokens (non-browser clients) ---------------------------------------------------
 
     async def login(self, attempt: LoginAttempt) -> Outcome:
-        """A bearer JWT from this provider for this client: checked as the ``jwt`` module checks tokens."""
-        if not attempt.credentials.bearer():
+        """A bearer JWT from this provider for this client: checked as the ``jwt`` module checks tokens, except
+        that a logout token (back-channel ``events``, or typed ``logout+jwt``) is never a credential."""
+        token = attempt.credentials.bearer()
+        if not token:
             return Failed("no token presented")
         try:
             await self.discover()
         except ProviderUnavailable as exc:
             return Unavailable(str(exc))
-        return await self.jwt.login(attempt)
+        claims = await self.jwt.verified_claims(token)
+        if not isinstance(claims, dict):
+            return claims
+        if "events" in claims or str(jwt.get_unverified_header(token).get("typ", "")).lower() == "logout+jwt":
+            return Failed("a logout token is no bearer credential")
+        return self.jwt.outcome(claims, attempt)
 
     # -- the code flow ---------------------------------------------------------------------------
 
