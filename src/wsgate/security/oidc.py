@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 audit = get_logger("wsgate.audit")
 TRANSACTION_TTL = 600.0  # a sign-in at the provider must come back within 10 minutes
 MAX_TRANSACTIONS = 10_000  # sign-ins in progress (oldest dropped first): a flood of /login costs bounded memory
-PER_CLIENT = 32  # sign-ins in progress per client address (its oldest dropped first): a flood evicts only its own
+PER_CLIENT = 32  # per client address once the store is half full (its oldest dropped first): a flood evicts its own
 MAX_REPLAYS = 10_000  # logout-token jtis remembered
 RETURN_MAX = 2048
 BODY_LIMIT = 16 * 1024  # a logout token form
@@ -123,8 +123,9 @@ class Transaction:
 class Transactions:
     """Sign-ins in progress by ``state``: single use, expiring, bounded (the oldest goes first).
 
-    Bounded per client as well (``per_client``, the client's own oldest goes first): one address flooding
-    ``/login`` recycles its own slots and never pushes out the sign-ins other browsers have in progress."""
+    Bounded per client as well once the store is half full (``per_client``, the client's own oldest goes first):
+    one address flooding ``/login`` recycles its own slots and never pushes out the sign-ins other browsers have
+    in progress, while many browsers behind one address (a proxy, a NAT) are not limited under ordinary load."""
 
     def __init__(
         self, limit: int = MAX_TRANSACTIONS, ttl: float = TRANSACTION_TTL, per_client: int = PER_CLIENT
@@ -141,7 +142,7 @@ class Transactions:
         ):
             self._drop(next(iter(self._by_state)))
         mine = self._by_client.get(client)
-        while mine and len(mine) >= self.per_client:
+        while mine and len(mine) >= self.per_client and 2 * len(self._by_state) >= self.limit:
             self._drop(next(iter(mine)))
         state = secrets.token_urlsafe(32)
         transaction = Transaction(
