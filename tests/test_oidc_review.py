@@ -282,3 +282,26 @@ async def test_a_logout_token_is_no_bearer_credential(site: Site, oidc_provider:
         with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
             await plain.ws_connect(site.ws("one"), headers={"Authorization": f"Bearer {token}"})
         assert refused.value.status == 403
+
+
+@pytest.mark.parametrize(
+    "expires_in",
+    [float("inf"), 10**400, float("nan"), True, -5, "300"],
+    ids=["inf", "1e400", "nan", "true", "-5", "str"],
+)
+def test_a_token_answers_lifetime_must_be_a_finite_positive_number(tmp_path: Path, expires_in: object) -> None:
+    """Before the fix ``expires_in: 1e400`` (an int Python cannot make a float) raised OverflowError out of the
+    callback (a 500, not the one 403 page) and ``Infinity`` gave a session whose refresh failed on round(inf)."""
+    from wsgate.core.fetch import HttpPort
+    from wsgate.security.login.oidc import OidcError, OidcLoginModule
+
+    async def never(*args: object) -> object:
+        raise AssertionError("no HTTP here")
+
+    module = OidcLoginModule(
+        {"issuer": "https://idp.test", "client-id": "gw"}, "m", tmp_path, http=HttpPort(never, never)
+    )
+    with pytest.raises(OidcError):
+        module._tokens({"expires_in": expires_in, "token_type": "Bearer"}, None, "at", {})
+    tokens = module._tokens({"expires_in": expires_in}, "id", "at", {"exp": time.time() + 60})
+    assert tokens.expires_at <= time.time() + 60  # the ID token's exp still bounds it

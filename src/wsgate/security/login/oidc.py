@@ -38,7 +38,7 @@ from ...config.values import parse_duration
 from ...core.fetch import FetchError, HttpPort
 from ...errors import ConfigError
 from .base import Failed, LoginAttempt, LoginModuleType, Outcome, Unavailable, option, resolve
-from .jwt import JwtLoginModule, claim_roles
+from .jwt import JwtLoginModule, claim_roles, numeric_date
 
 PROVIDER_TIMEOUT = 5.0  # seconds for one request to the provider, connect to body
 DISCOVERY_RETRY = 10.0  # a failed discovery is tried again at most this often
@@ -263,8 +263,8 @@ class OidcLoginModule:
         limits = []
         if id_token is not None and isinstance(claims.get("exp"), int | float):
             limits.append(float(claims["exp"]))
-        expires_in = answer.get("expires_in")
-        if isinstance(expires_in, int | float) and not isinstance(expires_in, bool) and expires_in > 0:
+        expires_in: Any = answer.get("expires_in")
+        if numeric_date(expires_in) and expires_in > 0:  # finite: Infinity and 1e400 are no lifetime
             limits.append(now + float(expires_in))
         if not limits:
             raise OidcError("grant answered no lifetime (expires_in) and no new ID token")
