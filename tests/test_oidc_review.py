@@ -305,3 +305,27 @@ def test_a_token_answers_lifetime_must_be_a_finite_positive_number(tmp_path: Pat
         module._tokens({"expires_in": expires_in, "token_type": "Bearer"}, None, "at", {})
     tokens = module._tokens({"expires_in": expires_in}, "id", "at", {"exp": time.time() + 60})
     assert tokens.expires_at <= time.time() + 60  # the ID token's exp still bounds it
+
+
+async def test_a_malformed_key_in_the_jwks_is_skipped_not_raised() -> None:
+    """Before the fix a JWKS entry whose kid or alg was a list raised TypeError out of the JWKS read: a 500 at
+    the OIDC callback (not the one 403 page) and no key at all, the good ones included."""
+    import json
+
+    import jwt as pyjwt
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from wsgate.security.login.jwt import JwtLoginModule
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    good = {**json.loads(pyjwt.algorithms.ECAlgorithm.to_jwk(key.public_key())), "kid": "k1"}
+    bad = [{**good, "kid": ["k1"]}, {**good, "kid": {"a": 1}}, {**good, "kid": "k2", "alg": ["ES256"]}, "x", None]
+
+    async def fetch(url: str, timeout: float) -> object:
+        return {"keys": [*bad, good]}
+
+    options = {"jwks-url": "https://idp.test/jwks", "issuer": "https://idp.test", "audience": "gw"}
+    module = JwtLoginModule(options, "m", Path(), fetch)
+    claims = {"sub": "ann", "iss": "https://idp.test", "aud": "gw", "exp": int(time.time()) + 60}
+    assert isinstance(await module.verified_claims(pyjwt.encode(claims, key, "ES256", {"kid": "k1"})), dict)
+    assert module._read_jwks({"keys": {"k1": good}}) == {}  # keys that are no list: none

@@ -94,14 +94,18 @@ class JwtLoginModule:
     def _read_jwks(self, document: Any) -> dict[str | None, tuple[Any, str | None]]:
         """kid → (key, the algorithm the JWK binds it to, if it names one)."""
         keys: dict[str | None, tuple[Any, str | None]] = {}
-        for item in document.get("keys", []) if isinstance(document, dict) else []:
+        listed = document.get("keys", []) if isinstance(document, dict) else []
+        for item in listed if isinstance(listed, list) else []:
             if not isinstance(item, dict) or item.get("use", "sig") != "sig":
                 continue
+            kid, alg = item.get("kid"), item.get("alg")
+            if not (kid is None or isinstance(kid, str)) or not (alg is None or isinstance(alg, str)):
+                continue  # a kid or alg that is not a string matches no token (and a list is no dict key)
             try:
                 key = jwt.PyJWK(item)
-            except (jwt.PyJWKError, jwt.InvalidKeyError):
-                continue  # keys of other types are skipped, as JWKS consumers must
-            keys[item.get("kid")] = (key.key, item.get("alg"))
+            except (jwt.PyJWKError, jwt.InvalidKeyError, TypeError, ValueError):
+                continue  # keys of other types, or malformed, are skipped, as JWKS consumers must
+            keys[kid] = (key.key, alg)
         return keys
 
     async def login(self, attempt: LoginAttempt) -> Outcome:
