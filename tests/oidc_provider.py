@@ -25,6 +25,7 @@ in a script; ``close()`` stops it. Behaviour a relying party's tests may rely on
   the header. ``rotate_key()`` starts signing with a new kid.
 - The SSO cookie ``oidcp_session`` is set for host 127.0.0.1: a browser sends it to every port of that host.
 - ``unavailable = True`` answers every request 503 (recorded in ``requests`` all the same) until set back.
+- ``token_delay`` (seconds) holds every token endpoint answer back that long (recorded when it arrives): races.
 - ``requests`` grows for the whole session: compare slices (``len`` before, then ``requests[n:]``).
 """
 
@@ -353,6 +354,7 @@ class OidcProvider:
         self.requests: list[tuple[str, str]] = []
         self.deliveries: list[tuple[str, int]] = []  # (backchannel_logout_uri, status) of every logout token POSTed
         self.unavailable = False  # while true every request gets 503: a provider outage
+        self.token_delay = 0.0  # seconds the token endpoint waits before answering: a slow provider (races)
         self.notify_on_end_session = True  # RP-initiated logout sends back-channel logout to the session's clients
         self.backchannel_ssl = ssl.create_default_context(cafile=str(self.ca_pem))
         self._users: dict[str, User] = {}
@@ -703,6 +705,8 @@ class OidcProvider:
         @app.before_request
         def record() -> Response | None:
             self.requests.append((request.method, request.path))
+            if request.path == "/token" and self.token_delay:
+                time.sleep(self.token_delay)
             return Response("provider unavailable", status=503) if self.unavailable else None
 
         @app.get("/.well-known/openid-configuration")

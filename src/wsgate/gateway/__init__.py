@@ -42,6 +42,7 @@ from ..state.redis import (
     RedisRevocations,
     RedisSessions,
     RedisState,
+    StateUnavailable,
 )
 from ..state.registry import NodeRegistry
 from ..state.revocations import (
@@ -506,7 +507,10 @@ class Gateway:
             return
         realm = self.realms.get(str(message.get("realm")))
         if realm is not None and realm.oidc is not None:
-            realm.oidc.extended_elsewhere(message)
+            try:
+                await realm.oidc.extended_elsewhere(message)
+            except StateUnavailable as exc:  # the connections close at their old deadline; the listener goes on
+                log.warning("oidc refresh from another node not applied: %s", exc)
 
     async def _resync_revocations(self) -> None:
         """Back from a Redis outage: messages published meanwhile were lost; the keys were not.

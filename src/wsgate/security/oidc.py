@@ -30,6 +30,7 @@ import asyncio
 import hashlib
 import hmac
 import html
+import ipaddress
 import secrets
 import time
 from collections import OrderedDict
@@ -72,6 +73,7 @@ class RealmRuntime(Protocol):
 audit = get_logger("wsgate.audit")
 TRANSACTION_TTL = 600.0  # a sign-in at the provider must come back within 10 minutes
 MAX_TRANSACTIONS = 10_000  # sign-ins in progress (oldest dropped first): a flood of /login costs bounded memory
+PER_CLIENT = 32  # per client address once the store is half full (its oldest dropped first): a flood evicts its own
 MAX_REPLAYS = 10_000  # logout-token jtis remembered
 RETURN_MAX = 2048
 BODY_LIMIT = 16 * 1024  # a logout token form
@@ -110,6 +112,20 @@ def binding_digest(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
 
+def client_key(remote: str) -> str:
+    """Who a sign-in in progress is counted against: the client's address (an IPv6 client's /64, which one
+    host commonly holds whole)."""
+    try:
+        address = ipaddress.ip_address(remote)
+    except ValueError:
+        return remote
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
+
+
 @dataclass(frozen=True)
 class Transaction:
     """One sign-in in progress, kept here: what the callback must find and prove."""
@@ -120,22 +136,33 @@ class Transaction:
     return_to: str
     redirect_uri: str
     expires_at: float  # monotonic
+    client: str = ""  # ``client_key`` of the address that began it
 
 
 class Transactions:
-    """Sign-ins in progress by ``state``: single use, expiring, bounded (the oldest goes first)."""
+    """Sign-ins in progress by ``state``: single use, expiring, bounded (the oldest goes first).
 
-    def __init__(self, limit: int = MAX_TRANSACTIONS, ttl: float = TRANSACTION_TTL) -> None:
-        self.limit, self.ttl = limit, ttl
+    Bounded per client as well once the store is half full (``per_client``, the client's own oldest goes first):
+    one address flooding ``/login`` recycles its own slots and never pushes out the sign-ins other browsers have
+    in progress, while many browsers behind one address (a proxy, a NAT) are not limited under ordinary load."""
+
+    def __init__(
+        self, limit: int = MAX_TRANSACTIONS, ttl: float = TRANSACTION_TTL, per_client: int = PER_CLIENT
+    ) -> None:
+        self.limit, self.ttl, self.per_client = limit, ttl, per_client
         self._by_state: OrderedDict[str, Transaction] = OrderedDict()
+        self._by_client: dict[str, dict[str, None]] = {}  # client → its states, oldest first
 
-    def begin(self, binding: str, return_to: str, redirect_uri: str) -> tuple[str, Transaction]:
+    def begin(self, binding: str, return_to: str, redirect_uri: str, client: str = "") -> tuple[str, Transaction]:
         """A new transaction: its ``state`` and what it keeps (nonce and PKCE verifier: 256 random bits each)."""
         now = time.monotonic()
         while self._by_state and (
             len(self._by_state) >= self.limit or next(iter(self._by_state.values())).expires_at <= now
         ):
-            self._by_state.popitem(last=False)
+            self._drop(next(iter(self._by_state)))
+        mine = self._by_client.get(client)
+        while mine and len(mine) >= self.per_client and 2 * len(self._by_state) >= self.limit:
+            self._drop(next(iter(mine)))
         state = secrets.token_urlsafe(32)
         transaction = Transaction(
             binding_digest(binding),
@@ -144,17 +171,29 @@ class Transactions:
             return_to,
             redirect_uri,
             now + self.ttl,
+            client,
         )
         self._by_state[state] = transaction
+        self._by_client.setdefault(client, {})[state] = None
         return state, transaction
 
     def take(self, state: str, binding: str | None) -> Transaction | None:
         """The transaction ``state`` names, once, unexpired, if ``binding`` is that of the browser that began it."""
-        transaction = self._by_state.pop(state, None)
+        transaction = self._drop(state)
         if transaction is None or transaction.expires_at <= time.monotonic() or binding is None:
             return None
         if not hmac.compare_digest(transaction.binding, binding_digest(binding)):
             return None
+        return transaction
+
+    def _drop(self, state: str) -> Transaction | None:
+        transaction = self._by_state.pop(state, None)
+        if transaction is not None:
+            mine = self._by_client.get(transaction.client)
+            if mine is not None:
+                mine.pop(state, None)
+                if not mine:
+                    del self._by_client[transaction.client]
         return transaction
 
     def __len__(self) -> int:
@@ -267,7 +306,7 @@ class OidcFlow:
             return Reply.text(503, "Service Unavailable\n", (("Retry-After", "5"),))
         binding = self._binding(handshake) or secrets.token_urlsafe(32)
         redirect_uri = self.module.redirect_uri or f"{origin}{base}/.wsgate/oidc/callback"
-        state, transaction = self.transactions.begin(binding, return_to, redirect_uri)
+        state, transaction = self.transactions.begin(binding, return_to, redirect_uri, client_key(handshake.remote))
         url = self.module.authorization_url(provider, redirect_uri, state, transaction.nonce, transaction.verifier)
         cookie = set_cookie(
             self.binding_cookie,
@@ -450,8 +489,16 @@ class OidcFlow:
         except Exception:  # shared state down (StateUnavailable) or a bug: the deadline still closes the connections
             audit.exception("oidc refresh failed", realm=self.realm.config.name, user=held.identity.user)
             return
+        # Logged out while the provider answered (here: its tokens are forgotten; on another node or by the provider:
+        # revoked): it stays so.
+        if self.held.get(key) is not held or await self.realm.revoked(held.identity):
+            self.forget(key)
+            return
         identity = replace(held.identity, roles=roles, expires_at=tokens.expires_at, authenticated_at=time.time())
-        renewed = await self.realm.sessions.renew(key, identity, self.realm.session_expiry(identity))
+        renewed = await self.realm.sessions.extend(key, identity, self.realm.session_expiry(identity))
+        if renewed is None:  # dropped meanwhile (a logout, on any node): never re-created by a refresh
+            self.forget(key)
+            return
         held.tokens, held.identity = tokens, renewed.identity
         extended = 0
         if self.select is not None and self.timeouts is not None:
@@ -474,30 +521,26 @@ class OidcFlow:
         )
         self._schedule(key)
 
-    def extended_elsewhere(self, message: dict[str, Any]) -> int:
-        """Another node refreshed a session: this node's connections of it get the new identity and deadline."""
-        key, user, roles = message.get("session"), message.get("user"), message.get("roles")
-        expires_at, authenticated_at = message.get("expires_at"), message.get("authenticated_at")
-        digest = message.get("token_digest")
-        if not (isinstance(key, str) and isinstance(user, str) and isinstance(roles, list)):
+    async def extended_elsewhere(self, message: dict[str, Any]) -> int:
+        """Another node refreshed a session: this node's connections of it get the new identity and deadline.
+
+        The message only names the session: what the connections get is the session as the shared store holds
+        it (which the refreshing node wrote), and only if it still exists, is not revoked, and is the same user
+        and provider session as each connection's. A message alone (a forged or stale one on the channel) can
+        neither revive a session ended meanwhile nor give a connection another identity, roles or deadline."""
+        key = message.get("session")
+        if not isinstance(key, str) or self.select is None or self.timeouts is None:
             return 0
-        if not all(isinstance(v, int | float) for v in (expires_at, authenticated_at)) or not isinstance(digest, str):
+        session = await self.realm.sessions.find(key)
+        if session is None or await self.realm.revoked(session.identity):
             return 0
-        identity = Identity(
-            self.realm.config.name,
-            user,
-            frozenset(r for r in roles if isinstance(r, str)),
-            float(expires_at),  # type: ignore[arg-type]
-            digest,
-            float(authenticated_at),  # type: ignore[arg-type]
-            key,
-        )
+        identity = session.identity
         extended = 0
-        if self.select is not None and self.timeouts is not None:
-            for live in self.select(Selector(session=key)):
-                if live.identity is not None and live.identity.user == user:
-                    live.refresh(identity, self.timeouts)
-                    extended += 1
+        for live in self.select(Selector(session=key)):
+            current = live.identity
+            if current is not None and (current.user, current.token_digest) == (identity.user, identity.token_digest):
+                live.refresh(identity, self.timeouts)
+                extended += 1
         return extended
 
     async def end(self, key: str, reason: str) -> int:

@@ -441,11 +441,13 @@ class RealmGate:
         expires_at = self.realm.session_expiry(admitted)
         current = await self.current_session(handshake)
         if current is not None and current.identity.user == admitted.user and current.identity.session:
-            session = await self.realm.sessions.renew(current.identity.session, admitted, expires_at)
-            extended = self.extend(Selector(session=current.identity.session), session.identity)
-            return self.describe(
-                session.identity, extended=extended, expires=self.realm.renew_by(session.identity), headers=proven
-            )
+            # extend, not renew: a logout between the lookup and here keeps that session ended (a new one is issued)
+            renewed = await self.realm.sessions.extend(current.identity.session, admitted, expires_at)
+            if renewed is not None:
+                extended = self.extend(Selector(session=current.identity.session), renewed.identity)
+                return self.describe(
+                    renewed.identity, extended=extended, expires=self.realm.renew_by(renewed.identity), headers=proven
+                )
         token, session = await self.realm.sessions.issue(admitted, expires_at)
         cookie = set_cookie(
             self.realm.cookie,

@@ -428,6 +428,11 @@ class RedisSessions:
         session = _session_from_json(value) if value is not None else None
         return session if session is not None and session.expires_at > time.time() else None
 
+    async def find(self, key: str) -> Session | None:
+        value = await self.state.call(self.state.client.get, self._key(key))
+        session = _session_from_json(value) if value is not None else None
+        return session if session is not None and session.expires_at > time.time() else None
+
     async def renew(self, key: str, identity: Identity, expires_at: float) -> Session:
         session = Session(replace(identity, session=key, expires_at=expires_at), expires_at)
         at = max(1, int(expires_at * 1000))
@@ -441,6 +446,17 @@ class RedisSessions:
             pipe.pexpireat(user_key, at, nx=True)
             pipe.pexpireat(user_key, at, gt=True)
         await self.state.call(pipe.execute)
+        return session
+
+    async def extend(self, key: str, identity: Identity, expires_at: float) -> Session | None:
+        """One ``SET … XX``: a session dropped (logout) or expired meanwhile stays gone."""
+        session = Session(replace(identity, session=key, expires_at=expires_at), expires_at)
+        at = max(1, int(expires_at * 1000))
+        value = _session_to_json(session)
+        if not await self.state.call(self.state.client.set, self._key(key), value, pxat=at, xx=True):
+            return None
+        if identity.user is not None:
+            await self.state.call(self.state.client.pexpireat, self._user_key(identity.user), at, gt=True)
         return session
 
     async def drop(self, key: str) -> Session | None:

@@ -43,7 +43,16 @@ class SessionStore(Protocol):
 
     async def lookup(self, token: str) -> Session | None: ...
 
+    async def find(self, key: str) -> Session | None:
+        """The session by its key (the cookie's digest), unexpired, else None (another node's refresh, told by key)."""
+        ...
+
     async def renew(self, key: str, identity: Identity, expires_at: float) -> Session: ...
+
+    async def extend(self, key: str, identity: Identity, expires_at: float) -> Session | None:
+        """``renew`` only if the session still exists (None if it was dropped or expired meanwhile): a renewal
+        decided before an await must not bring back a session that a logout ended during it."""
+        ...
 
     async def drop(self, key: str) -> Session | None: ...
 
@@ -79,6 +88,16 @@ class MemorySessions:
         session = Session(replace(identity, session=key, expires_at=expires_at), expires_at)
         self._sessions[key] = session
         return session
+
+    async def find(self, key: str) -> Session | None:
+        session = self._sessions.get(key)
+        return session if session is not None and session.expires_at > time.time() else None
+
+    async def extend(self, key: str, identity: Identity, expires_at: float) -> Session | None:
+        current = self._sessions.get(key)
+        if current is None or current.expires_at <= time.time():
+            return None
+        return await self.renew(key, identity, expires_at)
 
     def prune(self) -> int:
         now = time.time()

@@ -68,6 +68,7 @@ class JwtLoginModule:
         self.jwks_url = options.get("jwks-url")
         self.keys: dict[str | None, tuple[Any, str | None]] = {}
         self.fetched_at = self.last_fetch_try = float("-inf")
+        self.failure: Unavailable | None = None  # the last fetch's, until one succeeds
         self._lock = asyncio.Lock()
         sources = [k for k in ("jwks-url", "jwks-file", "key-file") if k in options]
         if len(sources) != 1:
@@ -93,14 +94,18 @@ class JwtLoginModule:
     def _read_jwks(self, document: Any) -> dict[str | None, tuple[Any, str | None]]:
         """kid → (key, the algorithm the JWK binds it to, if it names one)."""
         keys: dict[str | None, tuple[Any, str | None]] = {}
-        for item in document.get("keys", []) if isinstance(document, dict) else []:
+        listed = document.get("keys", []) if isinstance(document, dict) else []
+        for item in listed if isinstance(listed, list) else []:
             if not isinstance(item, dict) or item.get("use", "sig") != "sig":
                 continue
+            kid, alg = item.get("kid"), item.get("alg")
+            if not (kid is None or isinstance(kid, str)) or not (alg is None or isinstance(alg, str)):
+                continue  # a kid or alg that is not a string matches no token (and a list is no dict key)
             try:
                 key = jwt.PyJWK(item)
-            except (jwt.PyJWKError, jwt.InvalidKeyError):
-                continue  # keys of other types are skipped, as JWKS consumers must
-            keys[item.get("kid")] = (key.key, item.get("alg"))
+            except (jwt.PyJWKError, jwt.InvalidKeyError, TypeError, ValueError):
+                continue  # keys of other types, or malformed, are skipped, as JWKS consumers must
+            keys[kid] = (key.key, alg)
         return keys
 
     async def login(self, attempt: LoginAttempt) -> Outcome:
@@ -178,12 +183,13 @@ class JwtLoginModule:
         return time.monotonic() - self.fetched_at > self.cache_ttl
 
     async def _refresh(self, kid: str | None) -> Unavailable | None:
-        """Refetch when stale; an unknown ``kid`` refetches at most once per refetch interval."""
+        """Refetch when stale; an unknown ``kid`` refetches at most once per refetch interval, and so does a stale
+        cache whose host failed (its keys serve meanwhile): an outage is one try per interval, not one per token."""
         async with self._lock:
             if kid in self.keys and not self._stale():
                 return None  # another request fetched meanwhile
-            if not self._stale() and time.monotonic() - self.last_fetch_try < self.refetch_interval:
-                return None
+            if time.monotonic() - self.last_fetch_try < self.refetch_interval:
+                return None if self.keys else self.failure
             return await self._fetch()
 
     async def _fetch(self) -> Unavailable | None:
@@ -192,9 +198,11 @@ class JwtLoginModule:
         try:
             document = await self.fetch_json(self.jwks_url, JWKS_TIMEOUT)
         except FetchError as exc:
-            return Unavailable(f"JWKS {self.jwks_url} unreachable: {exc}")
+            self.failure = Unavailable(f"JWKS {self.jwks_url} unreachable: {exc}")
+            return self.failure
         self.keys = self._read_jwks(document)
         self.fetched_at = time.monotonic()
+        self.failure = None
         return None
 
 

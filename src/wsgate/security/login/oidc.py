@@ -38,7 +38,7 @@ from ...config.values import parse_duration
 from ...core.fetch import FetchError, HttpPort
 from ...errors import ConfigError
 from .base import Failed, LoginAttempt, LoginModuleType, Outcome, Unavailable, option, resolve
-from .jwt import JwtLoginModule, claim_roles
+from .jwt import JwtLoginModule, claim_roles, numeric_date
 
 PROVIDER_TIMEOUT = 5.0  # seconds for one request to the provider, connect to body
 DISCOVERY_RETRY = 10.0  # a failed discovery is tried again at most this often
@@ -191,14 +191,21 @@ class OidcLoginModule:
     # -- bearer tokens (non-browser clients) ---------------------------------------------------
 
     async def login(self, attempt: LoginAttempt) -> Outcome:
-        """A bearer JWT from this provider for this client: checked as the ``jwt`` module checks tokens."""
-        if not attempt.credentials.bearer():
+        """A bearer JWT from this provider for this client: checked as the ``jwt`` module checks tokens, except
+        that a logout token (back-channel ``events``, or typed ``logout+jwt``) is never a credential."""
+        token = attempt.credentials.bearer()
+        if not token:
             return Failed("no token presented")
         try:
             await self.discover()
         except ProviderUnavailable as exc:
             return Unavailable(str(exc))
-        return await self.jwt.login(attempt)
+        claims = await self.jwt.verified_claims(token)
+        if not isinstance(claims, dict):
+            return claims
+        if "events" in claims or str(jwt.get_unverified_header(token).get("typ", "")).lower() == "logout+jwt":
+            return Failed("a logout token is no bearer credential")
+        return self.jwt.outcome(claims, attempt)
 
     # -- the code flow ---------------------------------------------------------------------------
 
@@ -256,8 +263,8 @@ class OidcLoginModule:
         limits = []
         if id_token is not None and isinstance(claims.get("exp"), int | float):
             limits.append(float(claims["exp"]))
-        expires_in = answer.get("expires_in")
-        if isinstance(expires_in, int | float) and not isinstance(expires_in, bool) and expires_in > 0:
+        expires_in: Any = answer.get("expires_in")
+        if numeric_date(expires_in) and expires_in > 0:  # finite: Infinity and 1e400 are no lifetime
             limits.append(now + float(expires_in))
         if not limits:
             raise OidcError("grant answered no lifetime (expires_in) and no new ID token")
