@@ -32,13 +32,25 @@ from ...transport.liveness import ResetWatch
 from ..base import Runtime, ServiceType, WebSocketService
 from . import codec
 from .codec import CONNACK, CONNECT, MQTT5, Connack, Connect, MqttError
-from .relay import Authorize, Ending, Refusal, Relay, accepted, admit, connack_refusal, disconnect
+from .relay import (
+    Authorize,
+    Ending,
+    Receivable,
+    Receiving,
+    Refusal,
+    Relay,
+    accepted,
+    admit,
+    connack_refusal,
+    disconnect,
+)
 
 log = logging.getLogger("wsgate.mqtt")
 
 SUBPROTOCOL = "mqtt"
 CONNECT_WAIT = 10.0  # how long a client may take to send its CONNECT, and the broker its CONNACK
 ENDED = (OSError, asyncio.IncompleteReadError)
+RECEIVE_MEMORY = 4096  # topics whose delivery decision one connection remembers
 
 
 @dataclass(frozen=True)
@@ -125,6 +137,35 @@ class MqttProxyService(WebSocketService):
             rules = dollar
         return rules.decide(identity, operation, fields)
 
+    def receiving(self, session: LiveSession) -> Receiving:
+        """The check ``Relay`` puts each delivery to: may the client receive a message on this topic under the
+        subscribe rules and identity in force now (as a subscription to the topic itself, or within one of the
+        share groups it subscribed with)? Decisions are remembered per topic while the rules, the identity and
+        the groups stay the same objects."""
+        seen: dict[str, bool] = {}
+        basis: list[object] = [None, None, None]
+
+        def receivable(topic: str, groups: frozenset[str]) -> bool:
+            identity = session.identity
+            if basis[0] is not self.rules or basis[1] is not identity or basis[2] is not groups:
+                seen.clear()
+                basis[:] = [self.rules, identity, groups]
+            allowed = seen.get(topic)
+            if allowed is None:
+                allowed = self.decide(identity, "subscribe", {"topic": topic}).allowed or any(
+                    self.decide(identity, "subscribe", {"topic": topic, "share-group": group}).allowed
+                    for group in groups
+                )
+                if len(seen) >= RECEIVE_MEMORY:
+                    seen.clear()
+                seen[topic] = allowed
+            return allowed
+
+        def current() -> Receivable:
+            return None if self.rules.open else receivable
+
+        return current
+
     def identity_headers(self, connection_id: str, deadline: float | None) -> dict[str, str]:
         """Without ``Wsgate-Connection-Id`` (the id is the last segment of ``Wsgate-Refresh``): paho-mqtt's
         WebSocket handshake refuses every response header line holding "connection" but not "upgrade"."""
@@ -149,7 +190,7 @@ class MqttProxyService(WebSocketService):
             return decision
 
         try:
-            opened = await self.open(session, channel, authorize)
+            opened = await self.open(session, channel, authorize, self.receiving(session))
         except Ending as ending:
             await channel.close(ending.code, ending.why)
             return
@@ -176,7 +217,7 @@ class MqttProxyService(WebSocketService):
     # -- CONNECT ----------------------------------------------------------------------------------
 
     async def open(
-        self, session: LiveSession, channel: Channel, authorize: Authorize
+        self, session: LiveSession, channel: Channel, authorize: Authorize, receiving: Receiving | None = None
     ) -> tuple[TcpBackend, Relay, bytes, bytes] | None:
         """Read and admit the client's CONNECT, dial the broker, relay its CONNACK: the broker connection,
         the relay and what each side already sent past those packets. None: the connection is over."""
@@ -223,7 +264,8 @@ class MqttProxyService(WebSocketService):
         except BaseException:
             await backend.close()
             raise
-        return backend, Relay(version, self.limit, authorize, aliases), bytes(buffer[end:]), broker_rest
+        relay = Relay(version, self.limit, authorize, aliases, receiving)
+        return backend, relay, bytes(buffer[end:]), broker_rest
 
     async def whole_packet(self, channel: Channel, buffer: bytearray) -> tuple[int, int] | None:
         """Receive until ``buffer`` holds the client's first packet (within ``CONNECT_WAIT``)."""
@@ -331,6 +373,8 @@ class MqttProxyService(WebSocketService):
         while data is not None:
             if data:
                 out, ending = step_of(data)
+                if relay.answers:  # acknowledgements of deliveries the rules no longer allow
+                    await backend.send(relay.take_answers())
                 try:
                     if out:
                         await send(out)

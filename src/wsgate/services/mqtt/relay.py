@@ -39,6 +39,10 @@ from .codec import (
 
 # (operation, fields) → the rules' decision; a refusal is audited by whoever answers.
 Authorize = Callable[[str, dict[str, str]], Decision]
+# (topic, the share groups the client subscribed with) → may the broker deliver a message on topic to the client
+# now? None: the service has no rules (nothing is read on the way down). Never audited: it is per message.
+Receivable = Callable[[str, frozenset[str]], bool] | None
+Receiving = Callable[[], Receivable]
 
 ALIAS_CAP = 64  # topic aliases one client may hold through the gateway (each remembers a topic) ...
 ALIAS_BYTES = 64 * 1024  # ... in at most this many bytes of topic names in all (beyond: quota exceeded)
@@ -125,7 +129,9 @@ def admit(connect: Connect, user: str | None, password: bytes | None, limit: int
     if connect.version == MQTT5:  # the broker must send nothing larger than the gateway takes
         wanted = codec.prop(properties, codec.MAXIMUM_PACKET_SIZE)
         size = min(limit, wanted if isinstance(wanted, int) and wanted else limit)
-        properties = (*codec.without(properties, codec.MAXIMUM_PACKET_SIZE), (codec.MAXIMUM_PACKET_SIZE, size))
+        # and no topic aliases: the gateway reads the topic of every message it delivers (Relay._downstream)
+        without = codec.without(properties, codec.MAXIMUM_PACKET_SIZE, codec.TOPIC_ALIAS_MAXIMUM)
+        properties = (*without, (codec.MAXIMUM_PACKET_SIZE, size))
     return Connect(
         connect.version,
         client_id,
@@ -170,6 +176,11 @@ class Step:
     end: Ending | None = None
 
 
+def packet_id_in(data: bytes | bytearray, start: int, end: int, ids: set[int]) -> bool:
+    """Does the packet whose body is ``data[start:end]`` start with one of ``ids`` (acknowledgements do)?"""
+    return bool(ids) and end - start >= 2 and int.from_bytes(data[start : start + 2], "big") in ids
+
+
 def _flag(value: bool) -> str:
     return "true" if value else "false"
 
@@ -188,9 +199,16 @@ class Relay:
         "alias_max",
         "subscribes",
         "owned",
+        "receiving",
+        "groups",
+        "answers",
+        "delivered_owned",
+        "receivable",
     )
 
-    def __init__(self, version: int, limit: int, authorize: Authorize, alias_max: int = 0) -> None:
+    def __init__(
+        self, version: int, limit: int, authorize: Authorize, alias_max: int = 0, receiving: Receiving | None = None
+    ) -> None:
         self.version = version
         self.limit = limit
         self.authorize = authorize
@@ -204,6 +222,13 @@ class Relay:
         # wire), or b"" (forwarded as it was)
         self.subscribes: dict[int, bytes] = {}
         self.owned: set[int] = set()  # QoS 2 ids the gateway answered itself (refused): their PUBREL stays here
+        # Deliveries are held to the subscribe rules in force now, not those of when the subscription was made
+        # (a reload, a re-authentication, a session the broker kept): ``receiving`` gives the check.
+        self.receiving = receiving
+        self.groups: frozenset[str] = frozenset()  # the share groups of the shared subscriptions passed
+        self.answers: list[bytes] = []  # what the gateway answers the broker for deliveries it dropped
+        self.delivered_owned: set[int] = set()  # QoS 2 deliveries it dropped: their PUBREL is answered here
+        self.receivable: Receivable = None  # the check for the batch from the broker being read
 
     # -- client → broker --------------------------------------------------------------------------
 
@@ -299,6 +324,8 @@ class Relay:
             if decision.allowed:
                 codes.append(BROKERS)
                 allowed.append((topic, options))
+                if group is not None and group not in self.groups:
+                    self.groups = self.groups | {group}
             elif decision.then == CLOSE:
                 raise not_authorized()
             else:
@@ -316,8 +343,11 @@ class Relay:
 
     def from_broker(self, data: bytes) -> tuple[bytes, Ending | None]:
         """What the client gets of ``data``, and the end of the connection for a packet it could not take."""
-        each = self._downstream if self.subscribes else None  # None: only whole packets, none read
-        out, end = self._cut(self.down, data, each, [])
+        receivable = self.receiving() if self.receiving is not None else None
+        read = self.subscribes or receivable is not None or self.delivered_owned
+        each = self._downstream if read else None  # None: only whole packets, none read
+        self.receivable = receivable
+        out, end = self._cut(self.down, data, each, self.answers)
         if end is not None:
             too_big = end.reason == codec.PACKET_TOO_LARGE
             end = Ending(CloseCode.MESSAGE_TOO_BIG if too_big else CloseCode.INTERNAL_ERROR, "back end protocol error")
@@ -326,7 +356,16 @@ class Relay:
     def _downstream(
         self, first: int, data: bytes | bytearray, start: int, end: int, replies: list[bytes]
     ) -> bytes | None:
-        if first >> 4 != SUBACK or not self.subscribes:
+        kind = first >> 4
+        if kind == PUBLISH:
+            return self._delivery(first, data, start, end, replies)
+        if kind == PUBREL and packet_id_in(data, start, end, self.delivered_owned):
+            packet = codec.decode(first, bytes(data[start:end]), self.version)
+            assert isinstance(packet, Ack)
+            self.delivered_owned.discard(packet.packet_id)
+            replies.append(codec.encode(Ack(PUBCOMP, packet.packet_id), self.version))
+            return b""
+        if kind != SUBACK or not self.subscribes:
             return None
         packet = codec.decode(first, bytes(data[start:end]), self.version)
         assert isinstance(packet, Suback)
@@ -338,6 +377,33 @@ class Relay:
         theirs = iter(packet.codes)
         merged = tuple(next(theirs, codec.UNSPECIFIED) if code == BROKERS else code for code in codes)
         return codec.encode(Suback(packet.packet_id, merged, packet.properties), self.version)
+
+    def _delivery(
+        self, first: int, data: bytes | bytearray, start: int, end: int, replies: list[bytes]
+    ) -> bytes | None:
+        """A message for the client: passed when the subscribe rules allow its topic now; else dropped, and
+        acknowledged to the broker as the client would (PUBACK; PUBREC, then PUBCOMP for its PUBREL)."""
+        receivable = self.receivable
+        if receivable is None:
+            return None
+        topic, packet_id, _, _ = codec.publish_head(first, data, start, end, self.version)
+        if not topic:
+            raise MqttError("the broker used a topic alias the gateway never offered", codec.PROTOCOL_ERROR)
+        if receivable(topic, self.groups):
+            return None
+        qos = (first >> 1) & 0x03
+        if qos == 1:
+            replies.append(codec.encode(Ack(PUBACK, packet_id), self.version))
+        elif qos == 2:
+            replies.append(codec.encode(Ack(PUBREC, packet_id), self.version))
+            self.delivered_owned.add(packet_id)
+        return b""
+
+    def take_answers(self) -> bytes:
+        """What the gateway answers the broker itself (for deliveries it dropped), to send before anything else."""
+        answers = b"".join(self.answers)
+        self.answers.clear()
+        return answers
 
     # -- both -------------------------------------------------------------------------------------
 
