@@ -50,7 +50,6 @@ log = logging.getLogger("wsgate.mqtt")
 SUBPROTOCOL = "mqtt"
 CONNECT_WAIT = 10.0  # how long a client may take to send its CONNECT, and the broker its CONNACK
 ENDED = (OSError, asyncio.IncompleteReadError)
-RECEIVE_MEMORY = 4096  # topics whose delivery decision one connection remembers
 
 
 @dataclass(frozen=True)
@@ -128,8 +127,10 @@ class MqttProxyService(WebSocketService):
         rules = tuple(rule for rule in config.rules if covers_dollar(rule))
         return RuleSet(rules, RULES) if rules else None
 
-    def decide(self, identity: Identity | None, operation: str, fields: dict[str, str]) -> Decision:
-        rules = self.rules
+    def decide(
+        self, identity: Identity | None, operation: str, fields: dict[str, str], rules: RuleSet | None = None
+    ) -> Decision:
+        rules = self.rules if rules is None else rules
         if not rules.open and fields["topic"].startswith("$"):
             dollar = self.dollar_rules
             if dollar is None:
@@ -140,31 +141,27 @@ class MqttProxyService(WebSocketService):
     def receiving(self, session: LiveSession) -> Receiving:
         """The check ``Relay`` puts each delivery to: may the client receive a message on this topic under the
         subscribe rules and identity in force now (as a subscription to the topic itself, or within one of the
-        share groups it subscribed with)? Decisions are remembered per topic while the rules, the identity and
-        the groups stay the same objects."""
-        seen: dict[str, bool] = {}
-        basis: list[object] = [None, None, None]
-
-        def receivable(topic: str, groups: frozenset[str]) -> bool:
-            identity = session.identity
-            if basis[0] is not self.rules or basis[1] is not identity or basis[2] is not groups:
-                seen.clear()
-                basis[:] = [self.rules, identity, groups]
-            allowed = seen.get(topic)
-            if allowed is None:
-                allowed = self.decide(identity, "subscribe", {"topic": topic}).allowed or any(
-                    self.decide(identity, "subscribe", {"topic": topic, "share-group": group}).allowed
-                    for group in groups
-                )
-                if len(seen) >= RECEIVE_MEMORY:
-                    seen.clear()
-                seen[topic] = allowed
-            return allowed
+        share groups it subscribed with)? A new check whenever the rules or the identity change."""
+        made: list[object] = [None, None, None]  # the rules and identity the last check was made for, and it
 
         def current() -> Receivable:
-            return None if self.rules.open else receivable
+            rules, identity = self.rules, session.identity
+            if rules.open:
+                return None
+            if made[0] is not rules or made[1] is not identity:
+                made[:] = [rules, identity, self.receivable(rules, identity)]
+            return made[2]  # type: ignore[return-value]
 
         return current
+
+    def receivable(self, rules: RuleSet, identity: Identity | None) -> Receivable:
+        def receivable(topic: str, groups: frozenset[str]) -> bool:
+            return self.decide(identity, "subscribe", {"topic": topic}, rules).allowed or any(
+                self.decide(identity, "subscribe", {"topic": topic, "share-group": group}, rules).allowed
+                for group in groups
+            )
+
+        return receivable
 
     def identity_headers(self, connection_id: str, deadline: float | None) -> dict[str, str]:
         """Without ``Wsgate-Connection-Id`` (the id is the last segment of ``Wsgate-Refresh``): paho-mqtt's

@@ -40,13 +40,16 @@ from .codec import (
 # (operation, fields) → the rules' decision; a refusal is audited by whoever answers.
 Authorize = Callable[[str, dict[str, str]], Decision]
 # (topic, the share groups the client subscribed with) → may the broker deliver a message on topic to the client
-# now? None: the service has no rules (nothing is read on the way down). Never audited: it is per message.
+# under the rules and identity it was made for? None: the service has no rules (nothing is read on the way
+# down). Never audited: it is per message. ``Receiving`` gives the one for now: a new one when the rules or the
+# identity changed (the relay forgets its decisions then).
 Receivable = Callable[[str, frozenset[str]], bool] | None
 Receiving = Callable[[], Receivable]
 
 ALIAS_CAP = 64  # topic aliases one client may hold through the gateway (each remembers a topic) ...
 ALIAS_BYTES = 64 * 1024  # ... in at most this many bytes of topic names in all (beyond: quota exceeded)
 BROKERS = 0xFF  # in a cut-down SUBSCRIBE's SUBACK plan: the broker's code goes here (no SUBACK code is 0xFF)
+SEEN_TOPICS = 4096  # delivery decisions one connection remembers (then it starts again)
 CLIENT_ID_SEPARATOR = ":"
 CLOSE = "close"
 
@@ -204,6 +207,7 @@ class Relay:
         "answers",
         "delivered_owned",
         "receivable",
+        "seen",
     )
 
     def __init__(
@@ -229,6 +233,7 @@ class Relay:
         self.answers: list[bytes] = []  # what the gateway answers the broker for deliveries it dropped
         self.delivered_owned: set[int] = set()  # QoS 2 deliveries it dropped: their PUBREL is answered here
         self.receivable: Receivable = None  # the check for the batch from the broker being read
+        self.seen: dict[bytes, bool] = {}  # its decisions by topic (as bytes)
 
     # -- client → broker --------------------------------------------------------------------------
 
@@ -326,6 +331,7 @@ class Relay:
                 allowed.append((topic, options))
                 if group is not None and group not in self.groups:
                     self.groups = self.groups | {group}
+                    self.seen.clear()
             elif decision.then == CLOSE:
                 raise not_authorized()
             else:
@@ -344,9 +350,11 @@ class Relay:
     def from_broker(self, data: bytes) -> tuple[bytes, Ending | None]:
         """What the client gets of ``data``, and the end of the connection for a packet it could not take."""
         receivable = self.receiving() if self.receiving is not None else None
+        if receivable is not self.receivable:  # the rules or the identity changed: decide every topic again
+            self.seen.clear()
+            self.receivable = receivable
         read = self.subscribes or receivable is not None or self.delivered_owned
         each = self._downstream if read else None  # None: only whole packets, none read
-        self.receivable = receivable
         out, end = self._cut(self.down, data, each, self.answers)
         if end is not None:
             too_big = end.reason == codec.PACKET_TOO_LARGE
@@ -386,11 +394,19 @@ class Relay:
         receivable = self.receivable
         if receivable is None:
             return None
-        topic, packet_id, _, _ = codec.publish_head(first, data, start, end, self.version)
-        if not topic:
-            raise MqttError("the broker used a topic alias the gateway never offered", codec.PROTOCOL_ERROR)
-        if receivable(topic, self.groups):
+        raw = bytes(data[start + 2 : start + 2 + int.from_bytes(data[start : start + 2], "big")])
+        allowed = self.seen.get(raw)  # the topic's bytes → the decision, while the check and groups stay
+        if allowed is None:
+            topic = codec.publish_head(first, data, start, end, self.version)[0]
+            if not topic:
+                raise MqttError("the broker used a topic alias the gateway never offered", codec.PROTOCOL_ERROR)
+            allowed = receivable(topic, self.groups)
+            if len(self.seen) >= SEEN_TOPICS:
+                self.seen.clear()
+            self.seen[raw] = allowed
+        if allowed:
             return None
+        packet_id = codec.publish_head(first, data, start, end, self.version)[1]
         qos = (first >> 1) & 0x03
         if qos == 1:
             replies.append(codec.encode(Ack(PUBACK, packet_id), self.version))
