@@ -295,3 +295,64 @@ def guard_refusing(keys: set[str]) -> tuple[AmqpGuard, list]:
     g, asked = opened()
     g.authorize = lambda operation, fields: asked.append((operation, fields)) or fields.get("routing-key") not in keys
     return g, asked
+
+
+async def test_a_consumer_the_rules_no_longer_allow_gets_nothing_more(gateway, connect, direct, tmp_path):
+    gw = await gateway()
+    client = await connect(gw)
+    await client.open_channel(1)
+    await client.open_channel(2)
+    queue = unique("joe.feed")
+    await client.call(1, commands.Queue.Declare(queue=queue), commands.Queue.DeclareOk)
+    await client.call(1, commands.Basic.Consume(queue=queue), commands.Basic.ConsumeOk)
+    await direct.publish(1, "", queue, b"before")
+    deliver = await client.expect(commands.Basic.Deliver, 1)
+    await client.recv(), await client.recv()  # its header and body
+    await client.send(1, commands.Basic.Ack(deliver.delivery_tag))
+    # a reload takes basic.consume away: the consumer's channel is closed before anything more is delivered
+    path = tmp_path / "gateway.yaml"
+    path.write_text(path.read_text().replace("      - allow: basic.consume, basic.get\n", "      - deny: basic.get\n"))
+    ok, message = await gw.reload()
+    assert ok, message
+    await direct.publish(1, "", queue, b"after")
+    channel, reply = await client.recv()
+    assert (channel, type(reply)) == (1, commands.Channel.Close), reply
+    assert reply.reply_code == 403 and (reply.class_id, reply.method_id) == (60, 20)
+    await client.send(1, commands.Channel.CloseOk())
+    # the other channel goes on; the message, delivered to the closed channel unacknowledged, is back in the queue
+    await client.call(2, commands.Basic.Qos(prefetch_count=1), commands.Basic.QosOk)
+    for _ in range(50):
+        if await count(direct, queue) == 1:
+            break
+        await asyncio.sleep(0.05)
+    assert await count(direct, queue) == 1
+    await direct.call(1, commands.Queue.Delete(queue=queue), commands.Queue.DeleteOk)
+
+
+def test_consumers_are_decided_again_when_the_rules_or_the_identity_change():
+    g, asked = opened()
+    basis = [object(), object()]
+    g.basis = lambda: (basis[0], basis[1])
+    g.decided_on = g.basis()
+    g.from_client(
+        m(1, commands.Channel.Open())
+        + m(1, commands.Basic.Consume(queue="mine", consumer_tag="t1"))
+        + m(1, commands.Basic.Consume(queue="other"))
+        + m(2, commands.Channel.Open())
+        + m(2, commands.Basic.Consume(queue="kept", consumer_tag="t3"))
+        + m(2, commands.Basic.Cancel(consumer_tag="t3"))
+    )
+    g.from_broker(
+        m(1, commands.Basic.ConsumeOk(consumer_tag="t1"), commands.Basic.ConsumeOk(consumer_tag="amq.ctag-2"))
+    )
+    assert g.channels[1].consumers == {"t1": "mine", "amq.ctag-2": "other"} and not g.channels[2].consumers
+    g.take_to_broker(), g.take_to_client()
+    g.authorize = lambda operation, fields: asked.append((operation, fields)) or fields["queue"] != "other"
+    g.from_broker(m(2, commands.Basic.Deliver("t9", 1, False, "", "k")))  # nothing changed: nothing decided
+    assert len(asked) == 3 and g.take_to_client()
+    basis[1] = object()  # a re-authentication
+    g.from_broker(m(1, commands.Basic.Deliver("amq.ctag-2", 1, False, "", "other")))
+    assert asked[3:] == [("basic.consume", {"queue": "mine"}), ("basic.consume", {"queue": "other"})]
+    ((channel, close), *rest) = parse(g.take_to_client())
+    assert channel == 1 and close.reply_code == 403 and not rest  # the delivery swallowed with the channel
+    assert [type(v) for _, v in parse(g.take_to_broker())] == [commands.Channel.Close]

@@ -154,7 +154,17 @@ NO_CONTENT, HEADER_NEXT = 0, -1  # ChannelState.content: nothing expected, a con
 
 
 class ChannelState:
-    __slots__ = ("state", "content", "last_queue", "declares", "declared", "publish", "exchange")
+    __slots__ = (
+        "state",
+        "content",
+        "last_queue",
+        "declares",
+        "declared",
+        "publish",
+        "exchange",
+        "consumers",
+        "consuming",
+    )
 
     def __init__(self) -> None:
         self.state = OPEN
@@ -166,6 +176,9 @@ class ChannelState:
         self.declared = 0  # the sequence number of the last declare passed to the broker
         self.publish = b""  # a basic.publish frame held until its content header is decided (CC/BCC)
         self.exchange = ""  # that publish's exchange
+        self.consumers: dict[str, str] = {}  # consumer tag → its queue, decided again when rules or roles change
+        # Each consume waiting for its Consume-Ok, in order: the queue when the broker makes the tag, else None.
+        self.consuming: list[str | None] = []
 
 
 @dataclass(frozen=True)
@@ -230,6 +243,7 @@ _FORWARDING: dict[type, tuple[str, str | None]] = {  # declare → (argument nam
 _CHANNEL_CLOSE = commands.Channel.Close.index
 _CHANNEL_CLOSE_OK = commands.Channel.CloseOk.index
 _QUEUE_DECLARE_OK = commands.Queue.DeclareOk.index
+_CONSUME_OK = commands.Basic.ConsumeOk.index
 _CONNECTION_CLOSE = commands.Connection.Close.index
 _CONNECTION_CLOSE_OK = commands.Connection.CloseOk.index
 _CONNECTION_CLASS = commands.Connection.frame_id
@@ -328,10 +342,20 @@ class AmqpGuard:
     """One proxied AMQP connection's protocol state; ``from_client``/``from_broker`` fill ``to_broker`` and
     ``to_client`` (lists of bytes to send, in order)."""
 
-    def __init__(self, login: Login, authorize: Authorize, user_id: Callable[[], str | None]) -> None:
+    def __init__(
+        self,
+        login: Login,
+        authorize: Authorize,
+        user_id: Callable[[], str | None],
+        basis: Callable[[], tuple[object, object]] = lambda: (None, None),
+    ) -> None:
         self.login = login
         self.authorize = authorize
         self.user_id = user_id
+        # What decisions rest on (the rules, the identity): when either changes, consumers are decided again.
+        self.basis = basis
+        self.decided_on: tuple[object, object] = basis()
+        self.recheck = False  # a consumer's channel was mid-publish at the last change: decide again later
         self.to_broker: list[bytes] = []
         self.to_client: list[bytes] = []
         self.client_state = C_HEADER
@@ -639,6 +663,11 @@ class AmqpGuard:
                 current.exchange = method.exchange  # type: ignore[attr-defined]
             elif kind is commands.Queue.Declare:
                 _declaring(current, method)  # type: ignore[arg-type]
+            elif kind is commands.Basic.Consume:
+                _consuming(current, method, fields["queue"] or "")  # type: ignore[arg-type]
+            return None
+        if kind is commands.Basic.Cancel:
+            current.consumers.pop(method.consumer_tag, None)  # type: ignore[attr-defined]
             return None
         if kind is commands.Channel.Close:
             current.state = CLOSING
@@ -683,6 +712,10 @@ class AmqpGuard:
     # -- broker → client -----------------------------------------------------------------------
 
     def from_broker(self, data: bytes) -> None:
+        basis = self.basis()
+        if self.recheck or basis[0] is not self.decided_on[0] or basis[1] is not self.decided_on[1]:
+            self.decided_on = basis
+            self._decide_consumers()
         chunk, frames = self.broker.feed(data)
         out = self.to_client
         run_start = run_end = -1
@@ -731,12 +764,33 @@ class AmqpGuard:
             current = self.channels.get(channel)
             if current is not None and current.state == CLOSING:
                 del self.channels[channel]
+        elif index == _CONSUME_OK:
+            current = self.channels.get(channel)
+            if current is not None and current.consuming and (queue := current.consuming.pop(0)) is not None:
+                ok = _method(chunk, start, end, _broker_error)
+                current.consumers[ok.consumer_tag] = queue  # type: ignore[attr-defined]
         elif index == _QUEUE_DECLARE_OK:
             current = self.channels.get(channel)
             if current is not None and current.declares and current.declares.pop(0) == current.declared:
                 ok = _method(chunk, start, end, _broker_error)  # the answer to the last declare: its name
                 current.last_queue = ok.queue  # type: ignore[attr-defined]
         return None
+
+    def _decide_consumers(self) -> None:
+        """The rules or the identity changed: a consumer whose queue they no longer allow has its channel closed
+        with 403, as if its basic.consume were refused now, before the broker delivers anything more on it (a
+        channel in the middle of a publish the client sends is decided once that publish is complete)."""
+        self.recheck = False
+        for channel, current in list(self.channels.items()):
+            if current.state != OPEN or not current.consumers:
+                continue
+            if current.content > 0:
+                self.recheck = True
+                continue
+            for queue in current.consumers.values():
+                if not self.authorize("basic.consume", {"queue": queue}):
+                    self.to_broker.append(self._refuse(current, channel, "basic.consume", commands.Basic.Consume.index))
+                    break
 
     def _broker_handshake(self, kind: int, channel: int, chunk: bytes, start: int, end: int) -> bytes | None:
         if kind == FRAME_HEARTBEAT:
@@ -783,6 +837,22 @@ def _declaring(current: ChannelState, method: commands.Queue.Declare) -> None:
     current.last_queue = method.queue or None
     if not method.nowait:
         current.declares.append(current.declared)
+
+
+def _consuming(current: ChannelState, method: commands.Basic.Consume, queue: str) -> None:
+    """A basic.consume on its way to the broker: its queue, by its tag (the broker's, from Consume-Ok, when the
+    client leaves it empty; one nobody will learn, for an empty tag with no-wait, is kept for the channel's life)."""
+    if method.consumer_tag:
+        current.consumers[method.consumer_tag] = queue
+        if not method.nowait:
+            current.consuming.append(None)  # its Consume-Ok names a tag already known
+    elif method.nowait:
+        tag = f"\0{len(current.consumers)}"
+        while tag in current.consumers:
+            tag += "+"
+        current.consumers[tag] = queue
+    else:
+        current.consuming.append(queue)
 
 
 def _take(parts: list[bytes]) -> bytes:
