@@ -4,15 +4,30 @@ in force when the subscription was made (a resumed session, a reload, a re-authe
 # ruff: noqa: F811  (session and test fixtures are imported, and requested by name)
 from __future__ import annotations
 
+import asyncio
 import textwrap
+
+import pytest
 
 from wsgate.security.rules import Decision
 from wsgate.services.mqtt import codec
-from wsgate.services.mqtt.codec import MQTT5, MQTT311, PUBACK, PUBCOMP, PUBREC, PUBREL, Ack, Connect, Publish, Subscribe
+from wsgate.services.mqtt.codec import (
+    MQTT5,
+    MQTT311,
+    PUBACK,
+    PUBCOMP,
+    PUBREC,
+    PUBREL,
+    Ack,
+    Connect,
+    Publish,
+    Subscribe,
+    Will,
+)
 from wsgate.services.mqtt.relay import Relay, admit
 
 from .mosquitto import Paho
-from .test_mqtt_proxy import RULES, basic, clients, config, files, mosquitto, watching  # noqa: F401
+from .test_mqtt_proxy import RULES, basic, clients, config, files, mosquitto, raw, watching  # noqa: F401
 
 NEWS = RULES + '      - allow: subscribe\n        topic: "news/#"\n'
 
@@ -50,6 +65,32 @@ async def test_deliveries_follow_the_rules_in_force_now(start_gateway, files, cl
     assert await alice.subscribe(("public/#", 2)) == (2,)
     await broker.publish("public/x", b"fine", 2)
     assert (await alice.message()).payload == b"fine"
+
+
+@pytest.mark.parametrize("version, ending", [(MQTT311, b""), (MQTT5, b""), (MQTT5, b"\xe0\x01\x04")])
+async def test_a_will_the_rules_no_longer_allow_is_not_published(
+    start_gateway, files, clients, mosquitto, http, version, ending
+):
+    gw = await start_gateway(config(mosquitto, RULES + '      - allow: publish\n        topic: "news/#"\n'))
+    broker = await watching(mosquitto, clients, "news/#")
+    will = Will("news/will", b"alice is gone")
+    for client_id in ("allowed", "w"):
+        ws = await raw(http, gw)
+        await ws.send_bytes(codec.encode(Connect(version, client_id, will=will), version))
+        assert (await asyncio.wait_for(ws.receive(), 5)).data[0] >> 4 == codec.CONNACK
+        if client_id == "allowed":  # while the rules allow it, the will goes out as the client asked
+            if ending:
+                await ws.send_bytes(ending)
+            await asyncio.wait_for(ws.close(), 5)
+            assert (await broker.message()).payload == b"alice is gone"
+    # a reload takes news/# away: the will, admitted at CONNECT, is a publish the rules now refuse
+    (files / "gateway.yaml").write_text(textwrap.dedent(config(mosquitto, RULES)))
+    ok, message = await gw.reload()
+    assert ok, message
+    if ending:  # MQTT 5: DISCONNECT 0x04, "with will message"
+        await ws.send_bytes(ending)
+    await asyncio.wait_for(ws.close(), 5)  # else gone without a DISCONNECT: the broker would publish the will
+    await broker.nothing(0.7)
 
 
 # -- the same, without I/O (services/mqtt/relay.py) -----------------------------------------------------------

@@ -50,6 +50,7 @@ log = logging.getLogger("wsgate.mqtt")
 SUBPROTOCOL = "mqtt"
 CONNECT_WAIT = 10.0  # how long a client may take to send its CONNECT, and the broker its CONNACK
 ENDED = (OSError, asyncio.IncompleteReadError)
+WILL_WAIT = 1.0  # how long the DISCONNECT that discards a refused will may take to go out
 
 
 @dataclass(frozen=True)
@@ -199,9 +200,22 @@ class MqttProxyService(WebSocketService):
         try:
             await self.run(session, channel, backend, relay, client_rest, broker_rest)
         finally:
+            await self.drop_will(backend, relay)
             await backend.close()
             if self.liveness is not None and transport is not None:
                 self.liveness.forget(watched, transport)
+
+    @staticmethod
+    async def drop_will(backend: TcpBackend, relay: Relay) -> None:
+        """The connection ends without the client's DISCONNECT: the broker would publish the will, admitted at
+        CONNECT. If the rules or roles in force now refuse it, an ordinary DISCONNECT tells the broker to
+        discard it."""
+        if not relay.will_refused():
+            return
+        try:
+            await asyncio.wait_for(backend.send(codec.encode(codec.Disconnect(), relay.version)), WILL_WAIT)
+        except (OSError, TimeoutError):
+            pass  # the broker connection is gone: nothing to publish the will from either
 
     async def start(self) -> None:
         self.liveness = ResetWatch(asyncio.get_running_loop())
@@ -262,6 +276,7 @@ class MqttProxyService(WebSocketService):
             await backend.close()
             raise
         relay = Relay(version, self.limit, authorize, aliases, receiving)
+        relay.will = connect.will
         return backend, relay, bytes(buffer[end:]), broker_rest
 
     async def whole_packet(self, channel: Channel, buffer: bytearray) -> tuple[int, int] | None:

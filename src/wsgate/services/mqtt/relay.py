@@ -49,6 +49,7 @@ Receiving = Callable[[], Receivable]
 ALIAS_CAP = 64  # topic aliases one client may hold through the gateway (each remembers a topic) ...
 ALIAS_BYTES = 64 * 1024  # ... in at most this many bytes of topic names in all (beyond: quota exceeded)
 BROKERS = 0xFF  # in a cut-down SUBSCRIBE's SUBACK plan: the broker's code goes here (no SUBACK code is 0xFF)
+WITH_WILL = 0x04  # MQTT 5 DISCONNECT reason: disconnect with will message
 SEEN_TOPICS = 4096  # delivery decisions one connection remembers (then it starts again)
 CLIENT_ID_SEPARATOR = ":"
 CLOSE = "close"
@@ -208,6 +209,7 @@ class Relay:
         "delivered_owned",
         "receivable",
         "seen",
+        "will",
     )
 
     def __init__(
@@ -234,6 +236,7 @@ class Relay:
         self.delivered_owned: set[int] = set()  # QoS 2 deliveries it dropped: their PUBREL is answered here
         self.receivable: Receivable = None  # the check for the batch from the broker being read
         self.seen: dict[bytes, bool] = {}  # its decisions by topic (as bytes)
+        self.will: codec.Will | None = None  # the will the broker holds: a publish decided again when it would go
 
     # -- client → broker --------------------------------------------------------------------------
 
@@ -260,7 +263,13 @@ class Relay:
                 replies.append(codec.encode(Ack(PUBCOMP, packet.packet_id, reason), self.version))
                 return b""
             return None
-        if isinstance(packet, (codec.Unsubscribe, codec.Disconnect)) or kind == codec.PINGREQ:
+        if isinstance(packet, codec.Disconnect):
+            refused = packet.reason == WITH_WILL and self.will_refused()
+            self.will = None  # published now (0x04) or discarded by the broker (any other reason)
+            if refused:  # "with will message", but the rules refuse it now: an ordinary DISCONNECT instead
+                return codec.encode(codec.Disconnect(codec.SUCCESS, packet.properties), self.version)
+            return None
+        if isinstance(packet, codec.Unsubscribe) or kind == codec.PINGREQ:
             return None
         if kind == codec.CONNECT:
             raise MqttError("a second CONNECT", codec.PROTOCOL_ERROR)
@@ -414,6 +423,13 @@ class Relay:
             replies.append(codec.encode(Ack(PUBREC, packet_id), self.version))
             self.delivered_owned.add(packet_id)
         return b""
+
+    def will_refused(self) -> bool:
+        """Would the rules refuse the will now (the roles or rules may have changed since the CONNECT)?"""
+        will = self.will
+        if will is None:
+            return False
+        return not self.authorize("publish", {"topic": will.topic, "retain": _flag(will.retain)}).allowed
 
     def take_answers(self) -> bytes:
         """What the gateway answers the broker itself (for deliveries it dropped), to send before anything else."""
