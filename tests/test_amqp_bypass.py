@@ -356,3 +356,30 @@ def test_consumers_are_decided_again_when_the_rules_or_the_identity_change():
     ((channel, close), *rest) = parse(g.take_to_client())
     assert channel == 1 and close.reply_code == 403 and not rest  # the delivery swallowed with the channel
     assert [type(v) for _, v in parse(g.take_to_broker())] == [commands.Channel.Close]
+
+
+def test_a_refusal_on_a_reopened_channel_still_waiting_for_the_broker_leaks_nothing_to_the_client():
+    g, _ = opened(allowed={"queue.declare"})
+    g.from_client(m(1, commands.Channel.Open()) + publish(1, "e", "k", b"x") + m(1, commands.Channel.CloseOk()))
+    g.take_to_broker(), g.take_to_client()
+    # reopened before the broker's Close-Ok, and refused again at once: both wait for that Close-Ok
+    g.from_client(m(1, commands.Channel.Open()) + publish(1, "e", "k", b"y") + m(1, commands.Channel.CloseOk()))
+    assert [type(v) for _, v in parse(g.take_to_client())] == [commands.Channel.Close]
+    g.from_broker(m(1, commands.Channel.CloseOk()))
+    assert [type(v) for _, v in parse(g.take_to_broker())] == [commands.Channel.Open, commands.Channel.Close]
+    # the broker's answers to the second incarnation are the gateway's, as the first's were
+    g.from_broker(m(1, commands.Channel.OpenOk()) + m(1, commands.Channel.CloseOk()))
+    assert g.take_to_client() == b""
+    g.from_client(m(1, commands.Channel.Open()))
+    assert [type(v) for _, v in parse(g.take_to_broker())] == [commands.Channel.Open]
+    # refused while held, then reopened at once a third time: each incarnation reaches the broker in order
+    g, _ = opened(allowed={"queue.declare"})
+    g.from_client(m(1, commands.Channel.Open()) + publish(1, "e", "k", b"x") + m(1, commands.Channel.CloseOk()))
+    g.from_client(m(1, commands.Channel.Open()) + publish(1, "e", "k", b"y") + m(1, commands.Channel.CloseOk()))
+    g.from_client(m(1, commands.Channel.Open(), commands.Queue.Declare(queue="q")))
+    g.take_to_broker(), g.take_to_client()
+    g.from_broker(m(1, commands.Channel.CloseOk()))
+    sent = [type(v) for _, v in parse(g.take_to_broker())]
+    assert sent == [commands.Channel.Open, commands.Channel.Close, commands.Channel.Open, commands.Queue.Declare]
+    g.from_broker(m(1, commands.Channel.OpenOk(), commands.Channel.CloseOk(), commands.Channel.OpenOk()))
+    assert [type(v) for _, v in parse(g.take_to_client())] == [commands.Channel.OpenOk]

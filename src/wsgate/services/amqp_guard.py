@@ -366,6 +366,7 @@ class AmqpGuard:
         self.channels: dict[int, ChannelState] = {}
         self.swallow: set[int] = set()  # channels the gateway closed on the broker: drop until its Close-Ok
         self.held: dict[int, list[bytes]] = {}  # frames of a channel reopened before that Close-Ok
+        self.refused_held: set[int] = set()  # held channels refused again: swallowed again once released
         self.offered: tuple[int, int] | None = None  # (channel-max, frame-max) the client was offered
         self.channel_max = CHANNEL_MAX
         self.login_refused: str | None = None  # the broker closed the connection during the handshake
@@ -468,6 +469,9 @@ class AmqpGuard:
         held = self.held.pop(channel, None)
         if held:
             self.to_broker.extend(held)
+        if channel in self.refused_held:  # the held frames end with the gateway's Close: its answers are ours
+            self.refused_held.discard(channel)
+            self.swallow.add(channel)
 
     def _channel_frame(
         self, current: ChannelState, kind: int, channel: int, chunk: bytes, start: int, end: int
@@ -547,7 +551,7 @@ class AmqpGuard:
             if isinstance(method, commands.Channel.Open):
                 self.channels[channel] = ChannelState()
                 if channel in self.swallow:
-                    self.held[channel] = []
+                    self.held.setdefault(channel, [])  # (after a refusal while held: kept, in order)
                 return None
             raise AmqpClose(CHANNEL_ERROR, f"channel {channel} is not open", method.index)  # type: ignore[attr-defined]
         raise AmqpClose(CHANNEL_ERROR, f"channel {channel} is not open")
@@ -706,6 +710,8 @@ class AmqpGuard:
         current.content = NO_CONTENT
         text = f"ACCESS_REFUSED - {operation} refused by the gateway"
         self.to_client.append(marshal(commands.Channel.Close(ACCESS_REFUSED, text, *_ids(index)), channel))
+        if channel in self.held:  # still waiting for the broker's Close-Ok of the channel's previous refusal
+            self.refused_held.add(channel)
         self.swallow.add(channel)
         return marshal(commands.Channel.Close(constants.REPLY_SUCCESS, "closed by the gateway", 0, 0), channel)
 
