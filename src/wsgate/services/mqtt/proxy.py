@@ -200,8 +200,10 @@ class MqttProxyService(WebSocketService):
         try:
             await self.run(session, channel, backend, relay, client_rest, broker_rest)
         finally:
-            await self.drop_will(backend, relay)
-            await backend.close()
+            try:
+                await self.drop_will(backend, relay)
+            finally:
+                await backend.close()
             if self.liveness is not None and transport is not None:
                 self.liveness.forget(watched, transport)
 
