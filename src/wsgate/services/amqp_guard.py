@@ -24,10 +24,11 @@ that misbehaves raises ``BrokerFailure``.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pamqp import commands, constants, exceptions, frame, header
+from pamqp import commands, constants, decode, exceptions, frame, header
 
 Authorize = Callable[[str, dict[str, str | None]], bool]  # (operation, fields; None: unknown) → allowed?
 
@@ -153,12 +154,31 @@ NO_CONTENT, HEADER_NEXT = 0, -1  # ChannelState.content: nothing expected, a con
 
 
 class ChannelState:
-    __slots__ = ("state", "content", "last_queue")
+    __slots__ = (
+        "state",
+        "content",
+        "last_queue",
+        "declares",
+        "declared",
+        "publish",
+        "exchange",
+        "consumers",
+        "consuming",
+    )
 
     def __init__(self) -> None:
         self.state = OPEN
         self.content = NO_CONTENT
-        self.last_queue: str | None = None  # the broker's name for the queue last declared here (Declare-Ok)
+        # The queue last declared here, as the broker will know it when it reads the next method: the name the
+        # client gave, or the broker's (Declare-Ok) for a server-named one; None while that is unknown.
+        self.last_queue: str | None = None
+        self.declares: list[int] = []  # sequence numbers of the declares still waiting for their Declare-Ok
+        self.declared = 0  # the sequence number of the last declare passed to the broker
+        self.publish = b""  # a basic.publish frame held until its content header is decided (CC/BCC)
+        self.exchange = ""  # that publish's exchange
+        self.consumers: dict[str, str] = {}  # consumer tag → its queue, decided again when rules or roles change
+        # Each consume waiting for its Consume-Ok, in order: the queue when the broker makes the tag, else None.
+        self.consuming: list[str | None] = []
 
 
 @dataclass(frozen=True)
@@ -209,9 +229,21 @@ LAST_QUEUE_SHORTCUT = frozenset(
         commands.Basic.Get,
     )
 )
+# Where a message may go besides the exchange and routing key it is published with: RabbitMQ routes a
+# message again with each CC and BCC header entry (sender-selected distribution), sends what an exchange
+# cannot route to its alternate exchange, and what a queue dead-letters to its dead-letter exchange (with
+# its dead-letter routing key, else the message's own keys). Each is decided as a basic.publish.
+ROUTING_HEADERS = (b"CC", b"BCC")
+ANY_KEY = "#"  # a routing key the gateway cannot know in advance: only a rule with routing-key # covers it
+_KEY_SHORTCUT = frozenset((commands.Queue.Bind, commands.Queue.Unbind))  # empty queue and key: the key is its name
+_FORWARDING: dict[type, tuple[str, str | None]] = {  # declare → (argument naming an exchange, its routing key)
+    commands.Exchange.Declare: ("alternate-exchange", None),
+    commands.Queue.Declare: ("x-dead-letter-exchange", "x-dead-letter-routing-key"),
+}
 _CHANNEL_CLOSE = commands.Channel.Close.index
 _CHANNEL_CLOSE_OK = commands.Channel.CloseOk.index
 _QUEUE_DECLARE_OK = commands.Queue.DeclareOk.index
+_CONSUME_OK = commands.Basic.ConsumeOk.index
 _CONNECTION_CLOSE = commands.Connection.Close.index
 _CONNECTION_CLOSE_OK = commands.Connection.CloseOk.index
 _CONNECTION_CLASS = commands.Connection.frame_id
@@ -232,14 +264,98 @@ def _index(chunk: bytes, start: int) -> int:
     return int.from_bytes(chunk[start + HEADER_SIZE : start + HEADER_SIZE + 4], "big")
 
 
+# Basic's content properties in wire order (AMQP 0-9-1 §4.2.6): the property flag bit and how each is encoded.
+_SHORTSTR, _OCTET, _TABLE, _LONGLONG = range(4)
+_BASIC_PROPERTIES = (
+    (15, _SHORTSTR),  # content-type
+    (14, _SHORTSTR),  # content-encoding
+    (13, _TABLE),  # headers
+    (12, _OCTET),  # delivery-mode
+    (11, _OCTET),  # priority
+    (10, _SHORTSTR),  # correlation-id
+    (9, _SHORTSTR),  # reply-to
+    (8, _SHORTSTR),  # expiration
+    (7, _SHORTSTR),  # message-id
+    (6, _LONGLONG),  # timestamp
+    (5, _SHORTSTR),  # type
+    (4, _SHORTSTR),  # user-id
+    (3, _SHORTSTR),  # app-id
+    (2, _SHORTSTR),  # cluster-id
+)
+_SIZES = {_OCTET: 1, _LONGLONG: 8}
+HEADERS_BIT, USER_ID_BIT = 13, 4
+PROPERTIES_AT = 12  # class id, weight, body size: then the property flags
+_BASIC_CLASS = commands.Basic.frame_id.to_bytes(2, "big")
+
+
+def _property_spans(payload: bytes) -> tuple[int, dict[int, tuple[int, int]]]:
+    """A basic content header's property flags and where each property present lies in ``payload``, read by
+    the lengths alone (nothing decoded, so nothing re-encoded differently)."""
+    flags = int.from_bytes(payload[PROPERTIES_AT : PROPERTIES_AT + 2], "big")
+    if flags & 0x03:
+        raise AmqpClose(SYNTAX_ERROR, "content header with reserved property flags set")
+    spans: dict[int, tuple[int, int]] = {}
+    pos, size = PROPERTIES_AT + 2, len(payload)
+    for bit, kind in _BASIC_PROPERTIES:
+        if not flags >> bit & 1:
+            continue
+        start = pos
+        if kind == _SHORTSTR:
+            pos += 1 + (payload[pos] if pos < size else size)
+        elif kind == _TABLE:
+            pos += 4 + (int.from_bytes(payload[pos : pos + 4], "big") if pos + 4 <= size else size)
+        else:
+            pos += _SIZES[kind]
+        if pos > size:
+            raise AmqpClose(SYNTAX_ERROR, "content header property runs past the frame")
+        spans[bit] = (start, pos)
+    if pos != size:
+        raise AmqpClose(SYNTAX_ERROR, "content header with bytes after its properties")
+    return flags, spans
+
+
+def _routing_keys(table: bytes) -> tuple[str | None, ...]:
+    """The routing keys the CC and BCC entries of a headers table add, from every entry of those names (a
+    duplicated key: RabbitMQ reads the first, pamqp the last); None for an entry that is not text."""
+    keys: list[str | None] = []
+    pos, size = 0, len(table)
+    try:
+        while pos < size:
+            length = table[pos]
+            name = table[pos + 1 : pos + 1 + length]
+            pos += 1 + length
+            if pos >= size:
+                raise ValueError("a key without a value")
+            used, value = decode.embedded_value(table[pos:])
+            pos += used
+            if name in ROUTING_HEADERS:
+                items = value if isinstance(value, list) else [value]
+                keys.extend(item if isinstance(item, str) else None for item in items)
+    except (ValueError, TypeError, IndexError, UnicodeDecodeError, struct.error) as exc:
+        raise AmqpClose(SYNTAX_ERROR, f"malformed headers table: {exc}") from None
+    if pos != size:
+        raise AmqpClose(SYNTAX_ERROR, "malformed headers table: an entry runs past it")
+    return tuple(keys)
+
+
 class AmqpGuard:
     """One proxied AMQP connection's protocol state; ``from_client``/``from_broker`` fill ``to_broker`` and
     ``to_client`` (lists of bytes to send, in order)."""
 
-    def __init__(self, login: Login, authorize: Authorize, user_id: Callable[[], str | None]) -> None:
+    def __init__(
+        self,
+        login: Login,
+        authorize: Authorize,
+        user_id: Callable[[], str | None],
+        basis: Callable[[], tuple[object, object]] = lambda: (None, None),
+    ) -> None:
         self.login = login
         self.authorize = authorize
         self.user_id = user_id
+        # What decisions rest on (the rules, the identity): when either changes, consumers are decided again.
+        self.basis = basis
+        self.decided_on: tuple[object, object] = basis()
+        self.recheck = False  # a consumer's channel was mid-publish at the last change: decide again later
         self.to_broker: list[bytes] = []
         self.to_client: list[bytes] = []
         self.client_state = C_HEADER
@@ -250,6 +366,7 @@ class AmqpGuard:
         self.channels: dict[int, ChannelState] = {}
         self.swallow: set[int] = set()  # channels the gateway closed on the broker: drop until its Close-Ok
         self.held: dict[int, list[bytes]] = {}  # frames of a channel reopened before that Close-Ok
+        self.refused_held: set[int] = set()  # held channels refused again: swallowed again once released
         self.offered: tuple[int, int] | None = None  # (channel-max, frame-max) the client was offered
         self.channel_max = CHANNEL_MAX
         self.login_refused: str | None = None  # the broker closed the connection during the handshake
@@ -257,7 +374,10 @@ class AmqpGuard:
         self.closing_client = False  # the service closes the client from the broker's side (its I/O state)
         # Hot-path memory: the last basic.publish parsed and the last content header rewritten, by their bytes.
         self.last_method: tuple[bytes, object] = (b"", None)
-        self.last_header: tuple[tuple[int, bytes, str | None], tuple[int, bytes | None]] = ((0, b"", None), (0, None))
+        self.last_header: tuple[tuple[int, bytes, str | None], tuple[int, bytes | None, tuple[str | None, ...]]] = (
+            (0, b"", None),
+            (0, None, ()),
+        )
 
     @property
     def running(self) -> bool:
@@ -349,6 +469,9 @@ class AmqpGuard:
         held = self.held.pop(channel, None)
         if held:
             self.to_broker.extend(held)
+        if channel in self.refused_held:  # the held frames end with the gateway's Close: its answers are ours
+            self.refused_held.discard(channel)
+            self.swallow.add(channel)
 
     def _channel_frame(
         self, current: ChannelState, kind: int, channel: int, chunk: bytes, start: int, end: int
@@ -361,11 +484,16 @@ class AmqpGuard:
             raise AmqpClose(UNEXPECTED_FRAME, f"content frame on channel {channel} without a basic.publish")
         payload = chunk[start + HEADER_SIZE : end - 1]
         if payload == self.last_method[0]:  # a client publishing again to the same place: parsed once
-            return self._channel_method(current, channel, self.last_method[1])
-        method = _method(chunk, start, end, AmqpClose)
-        if type(method) is commands.Basic.Publish:
-            self.last_method = (payload, method)
-        return self._channel_method(current, channel, method)
+            method = self.last_method[1]
+        else:
+            method = _method(chunk, start, end, AmqpClose)
+            if type(method) is commands.Basic.Publish:
+                self.last_method = (payload, method)
+        result = self._channel_method(current, channel, method)
+        if current.content == HEADER_NEXT:  # an allowed publish waits for its header: CC/BCC may refuse it yet
+            current.publish = chunk[start:end]
+            return b""
+        return result
 
     def _handshake(self, method: object) -> bytes | None:
         state = self.client_state
@@ -423,7 +551,7 @@ class AmqpGuard:
             if isinstance(method, commands.Channel.Open):
                 self.channels[channel] = ChannelState()
                 if channel in self.swallow:
-                    self.held[channel] = []
+                    self.held.setdefault(channel, [])  # (after a refusal while held: kept, in order)
                 return None
             raise AmqpClose(CHANNEL_ERROR, f"channel {channel} is not open", method.index)  # type: ignore[attr-defined]
         raise AmqpClose(CHANNEL_ERROR, f"channel {channel} is not open")
@@ -468,35 +596,55 @@ class AmqpGuard:
         current.content -= size
         return None
 
-    def _content_header(self, current: ChannelState, channel: int, chunk: bytes, start: int, end: int) -> bytes | None:
-        """The header of a publish: its body size kept, ``user-id`` set; the same header again (same channel,
-        same user-id wanted) is rewritten from the last result."""
+    def _content_header(self, current: ChannelState, channel: int, chunk: bytes, start: int, end: int) -> bytes:
+        """The header of a publish: its body size kept, ``user-id`` set, its CC/BCC routing keys decided with the
+        publish's exchange; then the held publish and the header go on together. The same header again (same
+        channel, same user-id wanted) reuses the last reading."""
         payload = chunk[start + HEADER_SIZE : end - 1]
         wanted = self.user_id()
         key = (channel, payload, wanted)
         if key == self.last_header[0]:
-            current.content, replacement = self.last_header[1]
-            return replacement
-        replacement = self._rewrite_header(current, channel, payload, wanted)
-        self.last_header = (key, (current.content, replacement))
-        return replacement
+            current.content, replacement, routes = self.last_header[1]
+        else:
+            replacement, routes = self._read_header(current, channel, payload, wanted)
+            self.last_header = (key, (current.content, replacement, routes))
+        publish, current.publish = current.publish, b""
+        authorize, exchange = self.authorize, current.exchange
+        for route in routes:
+            if not authorize("basic.publish", {"exchange": exchange, "routing-key": route}):
+                return self._refuse(current, channel, "basic.publish", commands.Basic.Publish.index)
+        return publish + (chunk[start:end] if replacement is None else replacement)
 
-    def _rewrite_header(self, current: ChannelState, channel: int, payload: bytes, wanted: str | None) -> bytes | None:
-        content = header.ContentHeader()
-        try:
-            content.unmarshal(payload)
-        except (ValueError, UnicodeDecodeError, exceptions.UnmarshalingException) as exc:
-            raise AmqpClose(SYNTAX_ERROR, f"malformed content header: {exc}") from None
-        if content.class_id != commands.Basic.frame_id:
-            raise AmqpClose(FRAME_ERROR, "content header of a class other than basic")
-        current.content = content.body_size or NO_CONTENT
-        if wanted == KEEP or content.properties.user_id == wanted:
-            return None
-        content.properties.user_id = wanted
-        try:
-            return marshal(content, channel)
-        except (ValueError, TypeError) as exc:
-            raise AmqpClose(SYNTAX_ERROR, f"content header properties: {exc}") from None
+    def _read_header(
+        self, current: ChannelState, channel: int, payload: bytes, wanted: str | None
+    ) -> tuple[bytes | None, tuple[str | None, ...]]:
+        """The header frame to send instead (None: as it came) and the CC/BCC routing keys it adds (None: one
+        that is not text). Only ``user-id`` changes; every other property goes on byte for byte."""
+        if len(payload) < PROPERTIES_AT + 2 or payload[:2] != _BASIC_CLASS:
+            raise AmqpClose(FRAME_ERROR, "content header of a class other than basic, or too short")
+        current.content = int.from_bytes(payload[4:PROPERTIES_AT], "big") or NO_CONTENT
+        flags, spans = _property_spans(payload)
+        routes: tuple[str | None, ...] = ()
+        table = spans.get(HEADERS_BIT)
+        if table is not None and b"CC" in payload[table[0] : table[1]]:  # BCC holds CC too
+            routes = _routing_keys(payload[table[0] + 4 : table[1]])
+        if wanted == KEEP:
+            return None, routes
+        span = spans.get(USER_ID_BIT)
+        new = wanted.encode() if wanted is not None else None
+        if (payload[span[0] + 1 : span[1]] if span is not None else None) == new:
+            return None, routes
+        if span is None:  # inserted where it belongs: before the first property that follows it
+            later = [edges[0] for bit, edges in spans.items() if bit < USER_ID_BIT]
+            span = (min(later),) * 2 if later else (len(payload),) * 2
+        value = b"" if new is None else bytes((len(new),)) + new
+        flags = flags | 1 << USER_ID_BIT if new is not None else flags & ~(1 << USER_ID_BIT)
+        body = payload[:PROPERTIES_AT] + flags.to_bytes(2, "big") + payload[PROPERTIES_AT + 2 : span[0]]
+        body += value + payload[span[1] :]
+        if len(body) + OVERHEAD > self.client.limit:
+            raise AmqpClose(FRAME_ERROR, f"content header with user-id {wanted!r} exceeds frame-max")
+        out = bytes((FRAME_HEADER,)) + channel.to_bytes(2, "big") + len(body).to_bytes(4, "big") + body
+        return out + bytes((constants.FRAME_END,)), routes
 
     def _channel_method(self, current: ChannelState, channel: int, method: object) -> bytes | None:
         kind = type(method)
@@ -506,10 +654,24 @@ class AmqpGuard:
             fields = _fields(method, *names)
             if kind in LAST_QUEUE_SHORTCUT and not fields.get("queue"):
                 fields["queue"] = current.last_queue  # None while unknown: refused if the service has rules
-            if not self.authorize(operation, fields) or (kind is commands.Basic.Publish and not self._user_id_fits()):
+                if kind in _KEY_SHORTCUT and not fields["routing-key"]:  # RabbitMQ binds with the queue's name
+                    fields["routing-key"] = current.last_queue
+            if (
+                not self.authorize(operation, fields)
+                or (kind in _FORWARDING and not self._forwarding_allowed(kind, method))
+                or (kind is commands.Basic.Publish and not self._user_id_fits())
+            ):
                 return self._refuse(current, channel, operation, method.index)  # type: ignore[attr-defined]
             if kind is commands.Basic.Publish:
                 current.content = HEADER_NEXT
+                current.exchange = method.exchange  # type: ignore[attr-defined]
+            elif kind is commands.Queue.Declare:
+                _declaring(current, method)  # type: ignore[arg-type]
+            elif kind is commands.Basic.Consume:
+                _consuming(current, method, fields["queue"] or "")  # type: ignore[arg-type]
+            return None
+        if kind is commands.Basic.Cancel:
+            current.consumers.pop(method.consumer_tag, None)  # type: ignore[attr-defined]
             return None
         if kind is commands.Channel.Close:
             current.state = CLOSING
@@ -522,6 +684,22 @@ class AmqpGuard:
             raise AmqpClose(COMMAND_INVALID, f"{method.name} on channel {channel}", method.index)  # type: ignore[attr-defined]
         return None
 
+    def _forwarding_allowed(self, kind: type, method: object) -> bool:
+        """A declared alternate exchange, or dead-letter exchange, is where messages will be published: decided as
+        a basic.publish to it, with the dead-letter routing key if one is set, else any key (#)."""
+        exchange_name, key_name = _FORWARDING[kind]
+        arguments = getattr(method, "arguments", None) or {}
+        if exchange_name not in arguments:
+            return True
+        exchange, key = arguments[exchange_name], arguments.get(key_name, ANY_KEY) if key_name else ANY_KEY
+        return self.authorize(
+            "basic.publish",
+            {
+                "exchange": exchange if isinstance(exchange, str) else None,  # None: refused once there are rules
+                "routing-key": key if isinstance(key, str) else None,
+            },
+        )
+
     def _user_id_fits(self) -> bool:
         wanted = self.user_id()
         return wanted is None or wanted == KEEP or len(wanted.encode()) <= 255
@@ -532,12 +710,18 @@ class AmqpGuard:
         current.content = NO_CONTENT
         text = f"ACCESS_REFUSED - {operation} refused by the gateway"
         self.to_client.append(marshal(commands.Channel.Close(ACCESS_REFUSED, text, *_ids(index)), channel))
+        if channel in self.held:  # still waiting for the broker's Close-Ok of the channel's previous refusal
+            self.refused_held.add(channel)
         self.swallow.add(channel)
         return marshal(commands.Channel.Close(constants.REPLY_SUCCESS, "closed by the gateway", 0, 0), channel)
 
     # -- broker → client -----------------------------------------------------------------------
 
     def from_broker(self, data: bytes) -> None:
+        basis = self.basis()
+        if self.recheck or basis[0] is not self.decided_on[0] or basis[1] is not self.decided_on[1]:
+            self.decided_on = basis
+            self._decide_consumers()
         chunk, frames = self.broker.feed(data)
         out = self.to_client
         run_start = run_end = -1
@@ -586,12 +770,33 @@ class AmqpGuard:
             current = self.channels.get(channel)
             if current is not None and current.state == CLOSING:
                 del self.channels[channel]
+        elif index == _CONSUME_OK:
+            current = self.channels.get(channel)
+            if current is not None and current.consuming and (queue := current.consuming.pop(0)) is not None:
+                ok = _method(chunk, start, end, _broker_error)
+                current.consumers[ok.consumer_tag] = queue  # type: ignore[attr-defined]
         elif index == _QUEUE_DECLARE_OK:
             current = self.channels.get(channel)
-            if current is not None:
-                ok = _method(chunk, start, end, _broker_error)
+            if current is not None and current.declares and current.declares.pop(0) == current.declared:
+                ok = _method(chunk, start, end, _broker_error)  # the answer to the last declare: its name
                 current.last_queue = ok.queue  # type: ignore[attr-defined]
         return None
+
+    def _decide_consumers(self) -> None:
+        """The rules or the identity changed: a consumer whose queue they no longer allow has its channel closed
+        with 403, as if its basic.consume were refused now, before the broker delivers anything more on it (a
+        channel in the middle of a publish the client sends is decided once that publish is complete)."""
+        self.recheck = False
+        for channel, current in list(self.channels.items()):
+            if current.state != OPEN or not current.consumers:
+                continue
+            if current.content > 0:
+                self.recheck = True
+                continue
+            for queue in current.consumers.values():
+                if not self.authorize("basic.consume", {"queue": queue}):
+                    self.to_broker.append(self._refuse(current, channel, "basic.consume", commands.Basic.Consume.index))
+                    break
 
     def _broker_handshake(self, kind: int, channel: int, chunk: bytes, start: int, end: int) -> bytes | None:
         if kind == FRAME_HEARTBEAT:
@@ -629,6 +834,31 @@ class AmqpGuard:
 
     def take_to_client(self) -> bytes:
         return _take(self.to_client)
+
+
+def _declaring(current: ChannelState, method: commands.Queue.Declare) -> None:
+    """A queue.declare on its way to the broker: from now on the broker's "last declared queue" is this one
+    (the name given; a server-named one is unknown until its Declare-Ok)."""
+    current.declared += 1
+    current.last_queue = method.queue or None
+    if not method.nowait:
+        current.declares.append(current.declared)
+
+
+def _consuming(current: ChannelState, method: commands.Basic.Consume, queue: str) -> None:
+    """A basic.consume on its way to the broker: its queue, by its tag (the broker's, from Consume-Ok, when the
+    client leaves it empty; one nobody will learn, for an empty tag with no-wait, is kept for the channel's life)."""
+    if method.consumer_tag:
+        current.consumers[method.consumer_tag] = queue
+        if not method.nowait:
+            current.consuming.append(None)  # its Consume-Ok names a tag already known
+    elif method.nowait:
+        tag = f"\0{len(current.consumers)}"
+        while tag in current.consumers:
+            tag += "+"
+        current.consumers[tag] = queue
+    else:
+        current.consuming.append(queue)
 
 
 def _take(parts: list[bytes]) -> bytes:

@@ -257,7 +257,12 @@ class AmqpProxyService(ProxyService):
             return
         assert isinstance(prepared, TcpBackend)
         backend: Backend = prepared
-        guard = AmqpGuard(self.login, ConnectionPolicy(self, session), lambda: self.user_id(session))
+        guard = AmqpGuard(
+            self.login,
+            ConnectionPolicy(self, session),
+            lambda: self.user_id(session),
+            lambda: (self.rules, session.identity),
+        )
         transport, liveness = backend.transport, self.liveness
         watched = liveness.watch(transport) if liveness is not None and transport is not None else -1
         try:

@@ -32,13 +32,25 @@ from ...transport.liveness import ResetWatch
 from ..base import Runtime, ServiceType, WebSocketService
 from . import codec
 from .codec import CONNACK, CONNECT, MQTT5, Connack, Connect, MqttError
-from .relay import Authorize, Ending, Refusal, Relay, accepted, admit, connack_refusal, disconnect
+from .relay import (
+    Authorize,
+    Ending,
+    Receivable,
+    Receiving,
+    Refusal,
+    Relay,
+    accepted,
+    admit,
+    connack_refusal,
+    disconnect,
+)
 
 log = logging.getLogger("wsgate.mqtt")
 
 SUBPROTOCOL = "mqtt"
 CONNECT_WAIT = 10.0  # how long a client may take to send its CONNECT, and the broker its CONNACK
 ENDED = (OSError, asyncio.IncompleteReadError)
+WILL_WAIT = 1.0  # how long the DISCONNECT that discards a refused will may take to go out
 
 
 @dataclass(frozen=True)
@@ -116,14 +128,41 @@ class MqttProxyService(WebSocketService):
         rules = tuple(rule for rule in config.rules if covers_dollar(rule))
         return RuleSet(rules, RULES) if rules else None
 
-    def decide(self, identity: Identity | None, operation: str, fields: dict[str, str]) -> Decision:
-        rules = self.rules
+    def decide(
+        self, identity: Identity | None, operation: str, fields: dict[str, str], rules: RuleSet | None = None
+    ) -> Decision:
+        rules = self.rules if rules is None else rules
         if not rules.open and fields["topic"].startswith("$"):
             dollar = self.dollar_rules
             if dollar is None:
                 return Decision(False, None, rules.default_then)
             rules = dollar
         return rules.decide(identity, operation, fields)
+
+    def receiving(self, session: LiveSession) -> Receiving:
+        """The check ``Relay`` puts each delivery to: may the client receive a message on this topic under the
+        subscribe rules and identity in force now (as a subscription to the topic itself, or within one of the
+        share groups it subscribed with)? A new check whenever the rules or the identity change."""
+        made: list[object] = [None, None, None]  # the rules and identity the last check was made for, and it
+
+        def current() -> Receivable:
+            rules, identity = self.rules, session.identity
+            if rules.open:
+                return None
+            if made[0] is not rules or made[1] is not identity:
+                made[:] = [rules, identity, self.receivable(rules, identity)]
+            return made[2]  # type: ignore[return-value]
+
+        return current
+
+    def receivable(self, rules: RuleSet, identity: Identity | None) -> Receivable:
+        def receivable(topic: str, groups: frozenset[str]) -> bool:
+            return self.decide(identity, "subscribe", {"topic": topic}, rules).allowed or any(
+                self.decide(identity, "subscribe", {"topic": topic, "share-group": group}, rules).allowed
+                for group in groups
+            )
+
+        return receivable
 
     def identity_headers(self, connection_id: str, deadline: float | None) -> dict[str, str]:
         """Without ``Wsgate-Connection-Id`` (the id is the last segment of ``Wsgate-Refresh``): paho-mqtt's
@@ -149,7 +188,7 @@ class MqttProxyService(WebSocketService):
             return decision
 
         try:
-            opened = await self.open(session, channel, authorize)
+            opened = await self.open(session, channel, authorize, self.receiving(session))
         except Ending as ending:
             await channel.close(ending.code, ending.why)
             return
@@ -161,9 +200,24 @@ class MqttProxyService(WebSocketService):
         try:
             await self.run(session, channel, backend, relay, client_rest, broker_rest)
         finally:
-            await backend.close()
+            try:
+                await self.drop_will(backend, relay)
+            finally:
+                await backend.close()
             if self.liveness is not None and transport is not None:
                 self.liveness.forget(watched, transport)
+
+    @staticmethod
+    async def drop_will(backend: TcpBackend, relay: Relay) -> None:
+        """The connection ends without the client's DISCONNECT: the broker would publish the will, admitted at
+        CONNECT. If the rules or roles in force now refuse it, an ordinary DISCONNECT tells the broker to
+        discard it."""
+        if not relay.will_refused():
+            return
+        try:
+            await asyncio.wait_for(backend.send(codec.encode(codec.Disconnect(), relay.version)), WILL_WAIT)
+        except (OSError, TimeoutError):
+            pass  # the broker connection is gone: nothing to publish the will from either
 
     async def start(self) -> None:
         self.liveness = ResetWatch(asyncio.get_running_loop())
@@ -176,7 +230,7 @@ class MqttProxyService(WebSocketService):
     # -- CONNECT ----------------------------------------------------------------------------------
 
     async def open(
-        self, session: LiveSession, channel: Channel, authorize: Authorize
+        self, session: LiveSession, channel: Channel, authorize: Authorize, receiving: Receiving | None = None
     ) -> tuple[TcpBackend, Relay, bytes, bytes] | None:
         """Read and admit the client's CONNECT, dial the broker, relay its CONNACK: the broker connection,
         the relay and what each side already sent past those packets. None: the connection is over."""
@@ -223,7 +277,9 @@ class MqttProxyService(WebSocketService):
         except BaseException:
             await backend.close()
             raise
-        return backend, Relay(version, self.limit, authorize, aliases), bytes(buffer[end:]), broker_rest
+        relay = Relay(version, self.limit, authorize, aliases, receiving)
+        relay.will = connect.will
+        return backend, relay, bytes(buffer[end:]), broker_rest
 
     async def whole_packet(self, channel: Channel, buffer: bytearray) -> tuple[int, int] | None:
         """Receive until ``buffer`` holds the client's first packet (within ``CONNECT_WAIT``)."""
@@ -331,6 +387,8 @@ class MqttProxyService(WebSocketService):
         while data is not None:
             if data:
                 out, ending = step_of(data)
+                if relay.answers:  # acknowledgements of deliveries the rules no longer allow
+                    await backend.send(relay.take_answers())
                 try:
                     if out:
                         await send(out)

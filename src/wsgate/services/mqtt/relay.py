@@ -39,10 +39,18 @@ from .codec import (
 
 # (operation, fields) → the rules' decision; a refusal is audited by whoever answers.
 Authorize = Callable[[str, dict[str, str]], Decision]
+# (topic, the share groups the client subscribed with) → may the broker deliver a message on topic to the client
+# under the rules and identity it was made for? None: the service has no rules (nothing is read on the way
+# down). Never audited: it is per message. ``Receiving`` gives the one for now: a new one when the rules or the
+# identity changed (the relay forgets its decisions then).
+Receivable = Callable[[str, frozenset[str]], bool] | None
+Receiving = Callable[[], Receivable]
 
 ALIAS_CAP = 64  # topic aliases one client may hold through the gateway (each remembers a topic) ...
 ALIAS_BYTES = 64 * 1024  # ... in at most this many bytes of topic names in all (beyond: quota exceeded)
 BROKERS = 0xFF  # in a cut-down SUBSCRIBE's SUBACK plan: the broker's code goes here (no SUBACK code is 0xFF)
+WITH_WILL = 0x04  # MQTT 5 DISCONNECT reason: disconnect with will message
+SEEN_TOPICS = 4096  # delivery decisions one connection remembers (then it starts again)
 CLIENT_ID_SEPARATOR = ":"
 CLOSE = "close"
 
@@ -125,7 +133,9 @@ def admit(connect: Connect, user: str | None, password: bytes | None, limit: int
     if connect.version == MQTT5:  # the broker must send nothing larger than the gateway takes
         wanted = codec.prop(properties, codec.MAXIMUM_PACKET_SIZE)
         size = min(limit, wanted if isinstance(wanted, int) and wanted else limit)
-        properties = (*codec.without(properties, codec.MAXIMUM_PACKET_SIZE), (codec.MAXIMUM_PACKET_SIZE, size))
+        # and no topic aliases: the gateway reads the topic of every message it delivers (Relay._downstream)
+        without = codec.without(properties, codec.MAXIMUM_PACKET_SIZE, codec.TOPIC_ALIAS_MAXIMUM)
+        properties = (*without, (codec.MAXIMUM_PACKET_SIZE, size))
     return Connect(
         connect.version,
         client_id,
@@ -170,6 +180,11 @@ class Step:
     end: Ending | None = None
 
 
+def packet_id_in(data: bytes | bytearray, start: int, end: int, ids: set[int]) -> bool:
+    """Does the packet whose body is ``data[start:end]`` start with one of ``ids`` (acknowledgements do)?"""
+    return bool(ids) and end - start >= 2 and int.from_bytes(data[start : start + 2], "big") in ids
+
+
 def _flag(value: bool) -> str:
     return "true" if value else "false"
 
@@ -188,9 +203,18 @@ class Relay:
         "alias_max",
         "subscribes",
         "owned",
+        "receiving",
+        "groups",
+        "answers",
+        "delivered_owned",
+        "receivable",
+        "seen",
+        "will",
     )
 
-    def __init__(self, version: int, limit: int, authorize: Authorize, alias_max: int = 0) -> None:
+    def __init__(
+        self, version: int, limit: int, authorize: Authorize, alias_max: int = 0, receiving: Receiving | None = None
+    ) -> None:
         self.version = version
         self.limit = limit
         self.authorize = authorize
@@ -204,6 +228,15 @@ class Relay:
         # wire), or b"" (forwarded as it was)
         self.subscribes: dict[int, bytes] = {}
         self.owned: set[int] = set()  # QoS 2 ids the gateway answered itself (refused): their PUBREL stays here
+        # Deliveries are held to the subscribe rules in force now, not those of when the subscription was made
+        # (a reload, a re-authentication, a session the broker kept): ``receiving`` gives the check.
+        self.receiving = receiving
+        self.groups: frozenset[str] = frozenset()  # the share groups of the shared subscriptions passed
+        self.answers: list[bytes] = []  # what the gateway answers the broker for deliveries it dropped
+        self.delivered_owned: set[int] = set()  # QoS 2 deliveries it dropped: their PUBREL is answered here
+        self.receivable: Receivable = None  # the check for the batch from the broker being read
+        self.seen: dict[bytes, bool] = {}  # its decisions by topic (as bytes)
+        self.will: codec.Will | None = None  # the will the broker holds: a publish decided again when it would go
 
     # -- client → broker --------------------------------------------------------------------------
 
@@ -230,7 +263,13 @@ class Relay:
                 replies.append(codec.encode(Ack(PUBCOMP, packet.packet_id, reason), self.version))
                 return b""
             return None
-        if isinstance(packet, (codec.Unsubscribe, codec.Disconnect)) or kind == codec.PINGREQ:
+        if isinstance(packet, codec.Disconnect):
+            refused = packet.reason == WITH_WILL and self.will_refused()
+            self.will = None  # published now (0x04) or discarded by the broker (any other reason)
+            if refused:  # "with will message", but the rules refuse it now: an ordinary DISCONNECT instead
+                return codec.encode(codec.Disconnect(codec.SUCCESS, packet.properties), self.version)
+            return None
+        if isinstance(packet, codec.Unsubscribe) or kind == codec.PINGREQ:
             return None
         if kind == codec.CONNECT:
             raise MqttError("a second CONNECT", codec.PROTOCOL_ERROR)
@@ -299,6 +338,9 @@ class Relay:
             if decision.allowed:
                 codes.append(BROKERS)
                 allowed.append((topic, options))
+                if group is not None and group not in self.groups:
+                    self.groups = self.groups | {group}
+                    self.seen.clear()
             elif decision.then == CLOSE:
                 raise not_authorized()
             else:
@@ -316,8 +358,13 @@ class Relay:
 
     def from_broker(self, data: bytes) -> tuple[bytes, Ending | None]:
         """What the client gets of ``data``, and the end of the connection for a packet it could not take."""
-        each = self._downstream if self.subscribes else None  # None: only whole packets, none read
-        out, end = self._cut(self.down, data, each, [])
+        receivable = self.receiving() if self.receiving is not None else None
+        if receivable is not self.receivable:  # the rules or the identity changed: decide every topic again
+            self.seen.clear()
+            self.receivable = receivable
+        read = self.subscribes or receivable is not None or self.delivered_owned
+        each = self._downstream if read else None  # None: only whole packets, none read
+        out, end = self._cut(self.down, data, each, self.answers)
         if end is not None:
             too_big = end.reason == codec.PACKET_TOO_LARGE
             end = Ending(CloseCode.MESSAGE_TOO_BIG if too_big else CloseCode.INTERNAL_ERROR, "back end protocol error")
@@ -326,7 +373,16 @@ class Relay:
     def _downstream(
         self, first: int, data: bytes | bytearray, start: int, end: int, replies: list[bytes]
     ) -> bytes | None:
-        if first >> 4 != SUBACK or not self.subscribes:
+        kind = first >> 4
+        if kind == PUBLISH:
+            return self._delivery(first, data, start, end, replies)
+        if kind == PUBREL and packet_id_in(data, start, end, self.delivered_owned):
+            packet = codec.decode(first, bytes(data[start:end]), self.version)
+            assert isinstance(packet, Ack)
+            self.delivered_owned.discard(packet.packet_id)
+            replies.append(codec.encode(Ack(PUBCOMP, packet.packet_id), self.version))
+            return b""
+        if kind != SUBACK or not self.subscribes:
             return None
         packet = codec.decode(first, bytes(data[start:end]), self.version)
         assert isinstance(packet, Suback)
@@ -338,6 +394,48 @@ class Relay:
         theirs = iter(packet.codes)
         merged = tuple(next(theirs, codec.UNSPECIFIED) if code == BROKERS else code for code in codes)
         return codec.encode(Suback(packet.packet_id, merged, packet.properties), self.version)
+
+    def _delivery(
+        self, first: int, data: bytes | bytearray, start: int, end: int, replies: list[bytes]
+    ) -> bytes | None:
+        """A message for the client: passed when the subscribe rules allow its topic now; else dropped, and
+        acknowledged to the broker as the client would (PUBACK; PUBREC, then PUBCOMP for its PUBREL)."""
+        receivable = self.receivable
+        if receivable is None:
+            return None
+        raw = bytes(data[start + 2 : start + 2 + int.from_bytes(data[start : start + 2], "big")])
+        allowed = self.seen.get(raw)  # the topic's bytes → the decision, while the check and groups stay
+        if allowed is None:
+            topic = codec.publish_head(first, data, start, end, self.version)[0]
+            if not topic:
+                raise MqttError("the broker used a topic alias the gateway never offered", codec.PROTOCOL_ERROR)
+            allowed = receivable(topic, self.groups)
+            if len(self.seen) >= SEEN_TOPICS:
+                self.seen.clear()
+            self.seen[raw] = allowed
+        if allowed:
+            return None
+        packet_id = codec.publish_head(first, data, start, end, self.version)[1]
+        qos = (first >> 1) & 0x03
+        if qos == 1:
+            replies.append(codec.encode(Ack(PUBACK, packet_id), self.version))
+        elif qos == 2:
+            replies.append(codec.encode(Ack(PUBREC, packet_id), self.version))
+            self.delivered_owned.add(packet_id)
+        return b""
+
+    def will_refused(self) -> bool:
+        """Would the rules refuse the will now (the roles or rules may have changed since the CONNECT)?"""
+        will = self.will
+        if will is None:
+            return False
+        return not self.authorize("publish", {"topic": will.topic, "retain": _flag(will.retain)}).allowed
+
+    def take_answers(self) -> bytes:
+        """What the gateway answers the broker itself (for deliveries it dropped), to send before anything else."""
+        answers = b"".join(self.answers)
+        self.answers.clear()
+        return answers
 
     # -- both -------------------------------------------------------------------------------------
 
