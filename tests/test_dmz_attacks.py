@@ -1,0 +1,196 @@
+"""Attack review of the layered DMZ (docs/dmz.md): regression tests for what the review found.
+
+Sans-I/O first (the assertion's exact encoding and claim types, the replay cache's boundary), then two real
+gateways on loopback (tests/dmz_fixtures.py): who may carry tunnels, the internal end's message policy.
+"""
+# ruff: noqa: F811  (dmz_pair is a fixture imported from tests/dmz_fixtures.py)
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from wsgate.core.identity import Identity
+from wsgate.security.assertion import AssertionRefused, AssertionVerifier, sign
+
+from .dmz_fixtures import SERVICE_URI
+
+NOW = 1_800_000_000.0
+JOE = Identity(realm="demo", user="joe", roles=frozenset({"AUTHORIZED"}), expires_at=None)
+HEADER = {"alg": "EdDSA", "typ": "wsgate-dmz+jwt"}
+
+
+@pytest.fixture(scope="module")
+def key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.generate()
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def check(key: Ed25519PrivateKey) -> AssertionVerifier:
+    return AssertionVerifier(key.public_key(), audience="wsgate-internal", issuer="wsgate-dmz")
+
+
+def good_claims() -> dict[str, object]:
+    return {
+        "iss": "wsgate-dmz",
+        "aud": "wsgate-internal",
+        "sub": "joe",
+        "roles": ["AUTHORIZED"],
+        "realm": "demo",
+        "svc": SERVICE_URI,
+        "remote": "192.0.2.7",
+        "iat": int(NOW),
+        "exp": int(NOW + 10),
+        "jti": "id-1",
+    }
+
+
+def signed_raw(key: Ed25519PrivateKey, header: bytes, claims: bytes) -> str:
+    """A token over exactly these header and claims bytes, correctly signed by ``key``."""
+    head, body = b64(header), b64(claims)
+    return f"{head}.{body}.{b64(key.sign(f'{head}.{body}'.encode()))}"
+
+
+def signed(key: Ed25519PrivateKey, claims: dict[str, object]) -> str:
+    return signed_raw(key, json.dumps(HEADER).encode(), json.dumps(claims).encode())
+
+
+# -- the assertion: only what the DMZ signs, exactly as it signs it ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("exp", float("nan")),  # NaN compares false with everything: it never expired, never "too long"
+        ("iat", float("nan")),
+        ("exp", "1800000010"),  # a string is not a NumericDate
+        ("exp", True),  # nor a boolean (float(True) == 1.0)
+        ("exp", 10**400),  # too big for a float: refused, not an OverflowError
+        ("cexp", float("nan")),
+        ("cexp", "soon"),
+        ("roles", ["AUTHORIZED", 7]),  # a role is a string, never str(7)
+        ("roles", ["AUTHORIZED", None]),
+        ("roles", "AUTHORIZED"),
+        ("sub", ["joe"]),  # would become the user "['joe']"
+        ("sub", None),
+        ("svc", 1),
+        ("jti", 12345),
+        ("jti", ""),
+        ("realm", {"a": 1}),
+        ("remote", None),
+        ("iss", ["wsgate-dmz"]),
+    ],
+)
+def test_claims_of_the_wrong_type_are_refused(key: Ed25519PrivateKey, name: str, value: object) -> None:
+    claims = {**good_claims(), name: value}
+    with pytest.raises(AssertionRefused):
+        check(key).verify(signed(key, claims), SERVICE_URI, now=NOW + 1)
+
+
+def test_a_nan_expiry_cannot_be_replayed(key: Ed25519PrivateKey) -> None:
+    """The replay cache forgot a NaN deadline at once: the same assertion verified again and again."""
+    verifier = check(key)
+    text = signed(key, {**good_claims(), "exp": float("nan")})
+    accepted = 0
+    for at in (NOW + 1, NOW + 2, NOW + 3600):
+        try:
+            verifier.verify(text, SERVICE_URI, now=at)
+            accepted += 1
+        except AssertionRefused:
+            pass
+    assert accepted == 0
+
+
+def test_a_float_numeric_date_is_still_accepted(key: Ed25519PrivateKey) -> None:
+    """JWT NumericDates may carry fractions: strict types must not refuse them."""
+    claims = {**good_claims(), "iat": NOW + 0.25, "exp": NOW + 9.5, "cexp": NOW + 60.5}
+    verified = check(key).verify(signed(key, claims), SERVICE_URI, now=NOW + 1)
+    assert (verified.expires_at, verified.credential_expiry) == (NOW + 9.5, NOW + 60.5)
+
+
+def test_a_repeated_json_key_is_refused(key: Ed25519PrivateKey) -> None:
+    body = json.dumps(good_claims())[:-1] + ', "sub": "admin"}'
+    with pytest.raises(AssertionRefused):
+        check(key).verify(signed_raw(key, json.dumps(HEADER).encode(), body.encode()), SERVICE_URI, now=NOW + 1)
+    header = b'{"alg": "none", "alg": "EdDSA", "typ": "wsgate-dmz+jwt"}'
+    with pytest.raises(AssertionRefused):
+        check(key).verify(signed_raw(key, header, json.dumps(good_claims()).encode()), SERVICE_URI, now=NOW + 1)
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda t: t + "=",  # padding
+        lambda t: t + "==",
+        lambda t: t + "!",  # not base64url at all
+        lambda t: t[:-1] + "+",  # the other alphabet
+        lambda t: t + " ",
+        lambda t: t + "\n",
+        lambda t: t + ".",  # a fourth part
+        lambda t: t[:10] + "\u00e9" + t[10:],  # non-ASCII in the header
+    ],
+)
+def test_only_canonical_base64url_is_read(key: Ed25519PrivateKey, mangle) -> None:  # type: ignore[no-untyped-def]
+    """The signature's part decoded leniently: the same assertion had many spellings (junk was discarded)."""
+    text = signed(key, good_claims())
+    with pytest.raises(AssertionRefused):
+        check(key).verify(mangle(text), SERVICE_URI, now=NOW + 1)
+    assert check(key).verify(text, SERVICE_URI, now=NOW + 1).subject == "joe"  # unmangled: fine
+
+
+def test_a_signature_with_non_canonical_trailing_bits_is_refused(key: Ed25519PrivateKey) -> None:
+    text = signed(key, good_claims())
+    head, body, signature = text.split(".")
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    # 64 bytes → 86 characters: the last one carries 4 unused bits; a lenient decoder ignores them
+    twin = f"{head}.{body}.{signature[:-1]}{alphabet[alphabet.index(signature[-1]) ^ 0b01]}"
+    with pytest.raises(AssertionRefused):
+        check(key).verify(twin, SERVICE_URI, now=NOW + 1)
+
+
+def test_a_header_nested_too_deep_is_refused_not_raised(key: Ed25519PrivateKey) -> None:
+    """The header is read before the signature is checked: whatever it holds must end as a refusal."""
+    deep = b64(b"[" * 100_000 + b"]" * 100_000)
+    with pytest.raises(AssertionRefused):
+        check(key).verify(f"{deep}.{b64(b'{}')}.{b64(bytes(64))}", SERVICE_URI, now=NOW + 1)
+
+
+def test_a_token_is_refused_at_the_instant_its_replay_entry_is_forgotten(key: Ed25519PrivateKey) -> None:
+    """exp + leeway was both 'not yet expired' and 'forget the jti now': a replay passed at that instant."""
+    verifier = check(key)
+    text = signed(key, good_claims())
+    verifier.verify(text, SERVICE_URI, now=NOW + 1)
+    boundary = NOW + 10 + verifier.leeway
+    with pytest.raises(AssertionRefused):
+        verifier.verify(text, SERVICE_URI, now=boundary)
+
+
+def test_the_dmz_signs_what_the_strict_verifier_accepts(key: Ed25519PrivateKey) -> None:
+    identity = Identity(realm="demo", user="joe", roles=frozenset({"A", "B"}), expires_at=NOW + 300.7)
+    text = sign(
+        key,
+        issuer="wsgate-dmz",
+        audience="wsgate-internal",
+        identity=identity,
+        service=SERVICE_URI,
+        remote="192.0.2.7",
+        now=NOW,
+    )
+    claims = check(key).verify(text, SERVICE_URI, now=NOW + 1)
+    assert (claims.subject, claims.roles, claims.credential_expiry) == ("joe", frozenset({"A", "B"}), NOW + 300)
+    anonymous = sign(
+        key,
+        issuer="wsgate-dmz",
+        audience="wsgate-internal",
+        identity=None,
+        service=SERVICE_URI,
+        remote="192.0.2.7",
+        now=NOW,
+    )
+    assert check(key).verify(anonymous, SERVICE_URI, now=NOW + 1).identity().user is None
