@@ -7,16 +7,22 @@ gateways on loopback (tests/dmz_fixtures.py): who may carry tunnels, the interna
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import ssl
+from typing import Any
 
+import aiohttp
 import pytest
+import trustme
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from wsgate.core.identity import Identity
 from wsgate.security.assertion import AssertionRefused, AssertionVerifier, sign
 
-from .dmz_fixtures import SERVICE_URI
+from .dmz_fixtures import JOE as JOE_LOGIN  # noqa: F401
+from .dmz_fixtures import SERVICE_URI, Pair, dmz_pair  # noqa: F401
 
 NOW = 1_800_000_000.0
 JOE = Identity(realm="demo", user="joe", roles=frozenset({"AUTHORIZED"}), expires_at=None)
@@ -194,3 +200,74 @@ def test_the_dmz_signs_what_the_strict_verifier_accepts(key: Ed25519PrivateKey) 
         now=NOW,
     )
     assert check(key).verify(anonymous, SERVICE_URI, now=NOW + 1).identity().user is None
+
+
+# -- two gateways on loopback ------------------------------------------------------------------------------
+
+
+async def talk(url: str, headers: dict[str, str], text: str = "hello") -> tuple[int, Any]:
+    """Connect, send ``text``, read one answer: (101 or the HTTP status, the answer)."""
+    async with aiohttp.ClientSession() as http:
+        try:
+            async with http.ws_connect(url, headers=headers, timeout=aiohttp.ClientWSTimeout(ws_close=2)) as ws:
+                await ws.send_str(text)
+                msg = await asyncio.wait_for(ws.receive(), 5.0)
+                return 101, msg.data
+        except aiohttp.WSServerHandshakeError as exc:
+            return exc.status, None
+
+
+def intruder_context(ca: trustme.CA, common_name: str) -> ssl.SSLContext:
+    """A client certificate the DMZ's truststore verifies (same CA), for someone other than the internal gateway."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    ca.configure_trust(context)
+    ca.issue_cert(f"{common_name}.test", common_name=common_name).configure_cert(context)
+    return context
+
+
+async def offer_tunnel(pair: Pair, context: ssl.SSLContext) -> int:
+    """Dial the DMZ's tunnel listener as an internal gateway would: 101, or the HTTP status it answered."""
+    headers = {"Wsgate-Tunnel": SERVICE_URI, "Wsgate-Tunnel-Id": "intruder"}
+    async with aiohttp.ClientSession() as http:
+        try:
+            ws = await http.ws_connect(pair.tunnel_url(), ssl=context, headers=headers)
+        except aiohttp.WSServerHandshakeError as exc:
+            return exc.status
+        await ws.close()
+        return 101
+
+
+async def test_a_pool_without_tunnel_peer_takes_no_tunnel(dmz_pair, ca) -> None:  # type: ignore[no-untyped-def]
+    """Deny by default: a pool naming no peer refused nobody, so any certificate the truststore verifies (a
+    client's, issued by the same CA) could offer tunnels and read the clients' assertions and traffic."""
+    pair: Pair = await dmz_pair(prepared=1)
+    pair.pool().peers = ()
+    assert await offer_tunnel(pair, intruder_context(ca, "alice")) == 403
+    assert [t.id for t in pair.pool().idle] != ["intruder"]
+
+
+def test_the_dmz_end_requires_tunnel_peer(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from wsgate.catalog import load_config
+    from wsgate.errors import ConfigErrors
+
+    for name in ("keystore.pem", "truststore.pem", "private.pem"):
+        (tmp_path / name).write_text("")
+    (tmp_path / "gateway.yaml").write_text(
+        """
+service:
+  - name: app
+    accept: ws://127.0.0.1:0/app
+    connect: wss://app.internal.test/app
+    type: proxy
+    connect-options:
+      http.transport: socks://dmz:1080
+      socks.mode: reverse
+      tunnel.assertion.key: private.pem
+security:
+  keystore: {type: PEM, file: keystore.pem}
+  truststore: {type: PEM, file: truststore.pem}
+"""
+    )
+    with pytest.raises(ConfigErrors) as caught:
+        load_config(tmp_path / "gateway.yaml")
+    assert "service[app]/connect-options/tunnel.peer: required" in str(caught.value)

@@ -1152,11 +1152,12 @@ def check_tunnels(services: tuple[m.Service, ...], security: m.Security, builder
                     "the internal gateway keeps the tunnels ready (it dials out): set prepared.connection.count on "
                     "its service; here it has no effect",
                 )
-            if not outward.peers:
-                builder.warn(
-                    f"{path}/connect-options",
-                    "any certificate the truststore accepts may carry this service's tunnels; name the internal "
-                    "gateway's certificate with tunnel.peer (its common name or sha256:<fingerprint>)",
+            if not outward.peers:  # deny by default: a client's certificate from the same CA must not carry tunnels
+                builder.fail(
+                    f"{path}/connect-options/tunnel.peer",
+                    "required: the internal gateway certificate's common name or sha256:<fingerprint>; without it "
+                    "any certificate the truststore accepts could carry this service's tunnels and read its clients' "
+                    "traffic",
                 )
             uri = outward.rendezvous
             key = (uri.host, uri.port, uri.path.rstrip("/") or "/")

@@ -117,7 +117,7 @@ class DmzPool:
     def __init__(self, name: str, runtime: Runtime, peers: tuple[str, ...] = ()) -> None:
         self.name = name
         self.runtime = runtime
-        self.peers = peers  # tunnel.peer: who may carry these tunnels (empty: whom the truststore accepts)
+        self.peers = peers  # tunnel.peer: who may carry these tunnels (empty: nobody)
         self.idle: deque[DmzTunnel] = deque()
         self.in_use = 0
         self.exhausted = 0
@@ -232,7 +232,7 @@ class TunnelEndpoint(WebSocketService):
         if not isinstance(pool, DmzPool) or handshake.peer is None:
             log.warning("service[%s]: tunnel for unknown service %r from %s refused", self.name, name, handshake.remote)
             return (), Reply.text(404, "Not Found\n")
-        if pool.peers and not peer_allowed(handshake.peer, pool.peers):
+        if not peer_allowed(handshake.peer, pool.peers):  # no tunnel.peer: nobody (the config requires one)
             audit.info(
                 "tunnel refused",
                 service=pool.name,
