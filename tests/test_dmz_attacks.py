@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from wsgate.core.identity import Identity
 from wsgate.security.assertion import AssertionRefused, AssertionVerifier, sign
 
-from .dmz_fixtures import JOE as JOE_LOGIN  # noqa: F401
+from .dmz_fixtures import JOE as JOE_LOGIN
 from .dmz_fixtures import SERVICE_URI, Pair, dmz_pair  # noqa: F401
 
 NOW = 1_800_000_000.0
@@ -271,3 +271,24 @@ security:
     with pytest.raises(ConfigErrors) as caught:
         load_config(tmp_path / "gateway.yaml")
     assert "service[app]/connect-options/tunnel.peer: required" in str(caught.value)
+
+
+INTERNAL_RULES = """\
+    authorization-rule:
+      - allow: send
+        json.kind: quote
+      - allow: receive"""
+
+
+async def test_the_internal_ends_message_rules_apply_to_tunnelled_clients(dmz_pair) -> None:  # type: ignore[no-untyped-def]
+    """The internal end relayed the tunnel's raw channel: its authorization-rule (and message.policy) never ran."""
+    pair: Pair = await dmz_pair(prepared=1, internal_extra=INTERNAL_RULES)
+    quote, order, again = '{"kind": "quote"}', '{"kind": "order"}', '{"kind": "quote", "n": 2}'
+    async with aiohttp.ClientSession() as http, http.ws_connect(pair.url(), headers=JOE_LOGIN) as ws:
+        await ws.send_str(quote)
+        assert (await asyncio.wait_for(ws.receive(), 5.0)).data == quote.encode()
+        await ws.send_str(order)  # refused inside: dropped before the back end
+        await ws.send_str(again)
+        assert (await asyncio.wait_for(ws.receive(), 5.0)).data == again.encode()
+    metrics = pair.internal.runtime.metrics.exposition().decode()  # type: ignore[union-attr]
+    assert 'wsgate_operations_denied_total{operation="send",service="internal-app"} 1.0' in metrics

@@ -609,8 +609,9 @@ class InternalProxy(ProxyService):
         session.tunnel = tunnel_id
         session.expire_at(identity.expires_at)
         self.register(session)
+        guarded = self.channel_for(session, channel)  # this end's authorization-rule and message.policy
         try:
-            await self.relay(session, channel, backend)
+            await self.relay(session, guarded, backend)
         except OSError as exc:
             self.lost(session, exc)
         finally:
