@@ -292,3 +292,51 @@ async def test_the_internal_ends_message_rules_apply_to_tunnelled_clients(dmz_pa
         assert (await asyncio.wait_for(ws.receive(), 5.0)).data == again.encode()
     metrics = pair.internal.runtime.metrics.exposition().decode()  # type: ignore[union-attr]
     assert 'wsgate_operations_denied_total{operation="send",service="internal-app"} 1.0' in metrics
+
+
+async def reload_dmz(pair: Pair, old: str = "", new: str = "") -> None:
+    """Rewrite the DMZ gateway's config (``old`` → ``new``, or as it is) and reload it."""
+    assert pair.dmz is not None
+    path = pair.folder / "dmz.yaml"
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new) if old else text)
+    ok, message = await pair.dmz.reload()
+    assert ok, message
+
+
+async def test_tunnels_keep_arriving_after_a_reload(dmz_pair) -> None:  # type: ignore[no-untyped-def]
+    """A reload built a new Runtime without the pools: the tunnel listener then answered every new tunnel 404,
+    so once the ready ones were used the DMZ answered 503 for good (and /api/tunnels showed nothing)."""
+    pair: Pair = await dmz_pair(prepared=1)
+    await reload_dmz(pair)  # nothing changed
+    assert pair.internal is not None
+    ok, message = await pair.internal.reload()
+    assert ok, message
+    for _ in range(3):  # each client spends a tunnel: the internal gateway must be able to dial the next ones
+        await pair.ready(1)
+        assert await talk(pair.url(), JOE_LOGIN) == (101, b"hello")
+    async with aiohttp.ClientSession() as http:
+        for gateway in (pair.dmz, pair.internal):
+            async with http.get(pair.admin(gateway) + "/api/tunnels") as response:
+                assert [view["uri"] for view in await response.json()] == [SERVICE_URI]
+
+
+async def test_a_reload_that_changes_the_dmz_service_keeps_its_ready_tunnels(dmz_pair) -> None:  # type: ignore[no-untyped-def]
+    """The retired handler's stop closed the idle tunnels of the pool its successor had adopted."""
+    pair: Pair = await dmz_pair(prepared=2)
+    before = sorted(t.id for t in pair.pool().idle)
+    await reload_dmz(pair, "socks.timeout: 2 seconds", "socks.timeout: 3 seconds")
+    await asyncio.sleep(0.5)  # the old handler is retired once its (no) connections are gone
+    assert sorted(t.id for t in pair.pool().idle) == before
+    assert pair.internal_handler().redials == 0
+    assert await talk(pair.url(), JOE_LOGIN) == (101, b"hello")
+
+
+async def test_a_reload_that_drops_a_tunnel_peer_drops_its_ready_tunnels(dmz_pair) -> None:  # type: ignore[no-untyped-def]
+    """Narrowing tunnel.peer (a compromised internal certificate) applied to new tunnels only: the ready
+    ones that certificate had dialled still carried the next clients."""
+    pair: Pair = await dmz_pair(prepared=1)
+    await reload_dmz(pair, "tunnel.peer: internal-gateway", "tunnel.peer: another-gateway")
+    assert (await talk(pair.url(), JOE_LOGIN))[0] == 503
+    assert pair.backend.connections == 0

@@ -218,6 +218,7 @@ class Gateway:
         if current is not None:
             runtime.connections = current.runtime.connections
             runtime.metrics = current.runtime.metrics
+            runtime.tunnels = current.runtime.tunnels  # a DMZ's ready tunnels (services/dmz.py): the listener's pools
             if changes.gate_kept:
                 gate = current.gate
         return Deployment(new, runtime, gate)

@@ -94,11 +94,12 @@ def peer_allowed(peer: PeerIdentity, peers: tuple[str, ...]) -> bool:
 class DmzTunnel:
     """One tunnel as the DMZ gateway holds it: idle in a pool, then carrying one client, then gone."""
 
-    __slots__ = ("id", "channel", "watcher", "done")
+    __slots__ = ("id", "channel", "peer", "watcher", "done")
 
-    def __init__(self, tunnel_id: str, channel: Channel) -> None:
+    def __init__(self, tunnel_id: str, channel: Channel, peer: PeerIdentity) -> None:
         self.id = tunnel_id
         self.channel = channel
+        self.peer = peer  # its certificate: checked again when tunnel.peer changes (a reload)
         self.watcher: asyncio.Task[None] | None = None
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -118,6 +119,7 @@ class DmzPool:
         self.name = name
         self.runtime = runtime
         self.peers = peers  # tunnel.peer: who may carry these tunnels (empty: nobody)
+        self.owner: object = None  # the DmzProxy serving this pool (a reload hands it on to its successor)
         self.idle: deque[DmzTunnel] = deque()
         self.in_use = 0
         self.exhausted = 0
@@ -140,12 +142,23 @@ class DmzPool:
         tunnel.finish()
         self._gauges()
 
+    def sweep(self) -> None:
+        """Close the ready tunnels of certificates ``tunnel.peer`` no longer names (a reload narrowed it)."""
+        for tunnel in list(self.idle):
+            if not peer_allowed(tunnel.peer, self.peers):
+                self.idle.remove(tunnel)
+                tunnel.channel.close_soon(CloseCode.POLICY_VIOLATION, "not a tunnel.peer", 1.0)
+        self._gauges()
+
     async def take(self) -> DmzTunnel | None:
         """A ready tunnel, its watcher stopped; None when there is none (the caller answers 503)."""
         while self.idle:
             tunnel = self.idle.popleft()
             watcher = tunnel.watcher
             if watcher is None or watcher.done() or tunnel.channel.closed:
+                continue
+            if not peer_allowed(tunnel.peer, self.peers):
+                tunnel.channel.close_soon(CloseCode.POLICY_VIOLATION, "not a tunnel.peer", 1.0)
                 continue
             watcher.cancel()
             try:
@@ -242,7 +255,7 @@ class TunnelEndpoint(WebSocketService):
                 reason=f"certificate {handshake.peer.subject} is not a tunnel.peer",
             )
             return (), Reply.text(403, "Forbidden\n")
-        return (), (pool, tunnel_id[:32])
+        return (), (pool, tunnel_id[:32], handshake.peer)
 
     async def serve(self, session: LiveSession, channel: Channel) -> None:
         context = session.context
@@ -251,7 +264,7 @@ class TunnelEndpoint(WebSocketService):
         tunnel_id: str = context[1]
         session.transport = "tunnel"
         session.tunnel = tunnel_id
-        tunnel = DmzTunnel(tunnel_id, channel)
+        tunnel = DmzTunnel(tunnel_id, channel, context[2])
         pool.add(tunnel)
         await tunnel.done
 
@@ -276,17 +289,33 @@ class DmzProxy(ProxyService):
             self.signing_key = load_private_key(tunnel.key_files[0])
         except (OSError, ValueError) as exc:
             raise ConfigError(f"service[{self.name}]/connect-options/tunnel.assertion.key", str(exc)) from None
-        pool = runtime.tunnels.get(self.key_name)
-        if not isinstance(pool, DmzPool):
-            pool = runtime.tunnels[self.key_name] = DmzPool(self.name, runtime)
-        pool.name, pool.peers = self.name, tunnel.peers  # a reload keeps the ready tunnels, takes the new rules
-        self.pool: DmzPool = pool
+        pool = runtime.tunnels.get(self.key_name)  # shared across reloads (the gateway carries runtime.tunnels)
+        self.pool: DmzPool = pool if isinstance(pool, DmzPool) else DmzPool(self.name, runtime)
+        self.previous: DmzProxy | None = None  # the handler this one took the pool from (a reload)
+        self.stopped = False
 
     async def start(self) -> None:
-        self.pool._gauges()
+        """Serve the pool: a reload keeps its ready tunnels and applies the new ``tunnel.peer`` to them too."""
+        pool = self.pool
+        owner = pool.owner
+        self.previous = owner if isinstance(owner, DmzProxy) and owner is not self else None
+        pool.owner, pool.name, pool.peers = self, self.name, self.tunnel.peers
+        self.runtime.tunnels[self.key_name] = pool
+        pool.sweep()
 
     async def stop(self) -> None:
-        for tunnel in list(self.pool.idle):
+        """The pool's ready tunnels close with the service, not when a successor took the pool over."""
+        self.stopped = True
+        pool = self.pool
+        if pool.owner is not self:  # a reload changed the service: the new handler serves these tunnels
+            return
+        previous = self.previous
+        if previous is not None and not previous.stopped:  # a reload that failed: the running handler's again
+            pool.owner, pool.name, pool.peers = previous, previous.name, previous.tunnel.peers
+            return
+        if self.runtime.tunnels.get(self.key_name) is pool:
+            del self.runtime.tunnels[self.key_name]
+        for tunnel in list(pool.idle):
             tunnel.channel.close_soon(CloseCode.GOING_AWAY, "gateway stopping", 1.0)
 
     async def prepare(self, handshake: Handshake, accept: Accept) -> tuple[tuple[str, ...], object]:
