@@ -172,9 +172,10 @@ def json_fields(data: Data, paths: tuple[tuple[str, tuple[str, ...]], ...], out:
     """Add the ``json.`` fields ``paths`` name that ``data`` has to ``out``; False for an ambiguous
     message (a repeated key). Invalid JSON, a message that is not an object, an absent path: no field."""
     try:
-        # bytes in the encoding json.loads would detect (UTF-8, -16 or -32): a back end reading them with it
-        # must not see fields the rules did not
-        doc = _DECODER.decode(data if isinstance(data, str) else data.decode(json.detect_encoding(data)))
+        # bytes in the encoding json.loads would detect (UTF-8, -16 or -32, a BOM skipped): a back end reading
+        # them with it must not see fields the rules did not; a text frame's BOM is skipped alike
+        text = data.removeprefix("\ufeff") if isinstance(data, str) else data.decode(json.detect_encoding(data))
+        doc = _DECODER.decode(text)
     except Repeated:
         return False
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError; nesting too deep to parse
