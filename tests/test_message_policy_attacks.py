@@ -35,3 +35,13 @@ def test_the_frame_type_never_changes_what_the_rules_see(text: str) -> None:
     """docs/security.md: the message is read as JSON whether it came as a text or a binary frame, so the
     frame type cannot slip a message past a rule. A text frame with a BOM gave no fields (the binary one did)."""
     assert fields(text) == fields(text.encode())
+
+
+def test_a_long_integer_does_not_hide_the_other_fields() -> None:
+    """Valid JSON that every common back end reads (as a big number or a float): Python's int() refused more
+    than 4300 digits, the whole message became 'not JSON', and a deny rule on its other fields never matched."""
+    big = "1" + "0" * 5000
+    assert fields('{"kind": "order", "n": ' + big + "}") == {"json.kind": "order"}
+    big_paths = (("json.n", ("n",)),)
+    out: dict[str, str] = {}
+    assert json_fields('{"n": -' + big + "}", big_paths, out) and out == {"json.n": "-" + big}  # its JSON spelling
