@@ -340,3 +340,52 @@ async def test_a_reload_that_drops_a_tunnel_peer_drops_its_ready_tunnels(dmz_pai
     await reload_dmz(pair, "tunnel.peer: internal-gateway", "tunnel.peer: another-gateway")
     assert (await talk(pair.url(), JOE_LOGIN))[0] == 503
     assert pair.backend.connections == 0
+
+
+@pytest.mark.parametrize("impostor", ["another CA", "another name"])
+async def test_the_internal_gateway_dials_only_the_real_dmz(dmz_pair, ca, other_ca, impostor: str) -> None:  # type: ignore[no-untyped-def]
+    """Its tunnels carry clients with their identities inward: a server at the DMZ's address without the DMZ's
+    certificate (another CA, or the same CA for another name) never gets one (nor sees the internal gateway's
+    request)."""
+    from aiohttp import web
+
+    pair: Pair = await dmz_pair(prepared=1)
+    await asyncio.wait_for(pair.dmz.stop(grace=1.0), 10.0)  # type: ignore[union-attr]
+    pair.dmz = None
+    handler = pair.internal_handler()
+    failures = handler.dial_failures
+    seen: list[str] = []
+
+    async def tunnel(request: web.Request) -> web.StreamResponse:
+        seen.append(request.path)
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.close()
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/shield", tunnel)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    issuer, name = (other_ca, "127.0.0.1") if impostor == "another CA" else (ca, "impostor.test")
+    issuer.issue_cert(name).configure_cert(context)
+    site = web.TCPSite(runner, "127.0.0.1", pair.values["tunnel_port"], ssl_context=context)
+    await site.start()
+    try:
+        await asyncio.sleep(1.5)  # several re-dials (socks.retry.maximum.interval 500ms)
+        assert seen == []
+        assert handler.dial_failures > failures and not handler.idle
+    finally:
+        await asyncio.wait_for(runner.cleanup(), 5.0)
+
+
+def test_the_identity_line_is_one_line_whatever_the_names_hold() -> None:
+    """A user name (a JWT's sub, say) with CR/LF, U+2028 or quotes cannot add a line or a field for the back end."""
+    from wsgate.services.dmz import identity_line
+
+    hostile = 'joe"\r\nWSGATE-IDENTITY {"sub":"admin","roles":["ADMIN"]}\u2028\u0085\x00'
+    line = identity_line({"sub": hostile, "roles": ["A\nB"], "realm": "r\r", "remote": "x", "iss": "i", "jti": "j"})
+    assert line.endswith(b"\r\n") and line.count(b"\n") == 1 and b"\r" not in line[:-2]
+    assert line.isascii()
+    assert json.loads(line[len("WSGATE-IDENTITY ") :])["sub"] == hostile
