@@ -389,3 +389,30 @@ def test_the_identity_line_is_one_line_whatever_the_names_hold() -> None:
     assert line.endswith(b"\r\n") and line.count(b"\n") == 1 and b"\r" not in line[:-2]
     assert line.isascii()
     assert json.loads(line[len("WSGATE-IDENTITY ") :])["sub"] == hostile
+
+
+async def test_a_reload_of_the_internal_end_applies_to_the_next_client_at_once(dmz_pair) -> None:  # type: ignore[no-untyped-def]
+    """The replaced handler's ready tunnels stayed in the DMZ's pool until it was retired, and carried the next
+    clients under the old config: a tightened authorization-constraint let them in."""
+    pair: Pair = await dmz_pair(prepared=2)
+    assert pair.internal is not None and pair.dmz is not None
+    # a client of the old config that never answers its 1012: the old handler is retired only after it
+    reader, writer = await asyncio.open_connection("127.0.0.1", pair.dmz.port_of("dmz-app"))
+    writer.write(
+        b"GET /app HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        b"Authorization: " + JOE_LOGIN["Authorization"].encode() + b"\r\n\r\n"
+    )
+    assert b" 101 " in await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
+    await pair.ready(2)
+    connections = pair.backend.connections
+    path = pair.folder / "internal.yaml"
+    path.write_text(path.read_text().replace('require-role: "AUTHORIZED"', 'require-role: "NOBODY"'))
+    try:
+        ok, message = await pair.internal.reload()
+        assert ok, message
+        statuses = [(await talk(pair.url(), JOE_LOGIN))[0] for _ in range(3)]
+        assert 101 not in statuses, statuses
+        assert pair.backend.connections == connections
+    finally:
+        writer.transport.abort()

@@ -468,6 +468,11 @@ class InternalProxy(ProxyService):
         for channel in list(self.idle.values()):
             channel.close_soon(CloseCode.GOING_AWAY, "gateway stopping", grace)
 
+    def retiring(self) -> None:
+        """A reload replaced this service: its ready tunnels must not carry a client under the old config (the
+        new handler dialled its own before the switch)."""
+        self.going_away(1.0)
+
     async def stop(self) -> None:
         self.going_away(1.0)
         slots = list(self.slots)
