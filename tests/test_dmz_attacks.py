@@ -416,3 +416,39 @@ async def test_a_reload_of_the_internal_end_applies_to_the_next_client_at_once(d
         assert pair.backend.connections == connections
     finally:
         writer.transport.abort()
+
+
+BUSY_SERVICE = """
+  - name: busy
+    accept: ws://127.0.0.1:{port}/busy
+    type: echo
+"""
+
+
+@pytest.mark.parametrize("side", ["dmz", "internal"])
+async def test_a_reload_that_fails_leaves_the_tunnels_as_they_were(dmz_pair, side: str) -> None:  # type: ignore[no-untyped-def]
+    """The changed service's new handler is started, then a port cannot be bound and everything is undone: the
+    undone handler's stop must not take the running one's pool (DMZ) or management entry (internal) with it."""
+    import socket
+
+    pair: Pair = await dmz_pair(prepared=1)
+    gateway = pair.dmz if side == "dmz" else pair.internal
+    assert gateway is not None
+    path = pair.folder / f"{side}.yaml"
+    original = path.read_text()
+    change = ("socks.timeout: 2 seconds", "socks.timeout: 3 seconds") if side == "dmz" else ("500ms", "400ms")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        changed = original.replace(*change).replace(
+            "security:", BUSY_SERVICE.format(port=busy.getsockname()[1]) + "security:", 1
+        )
+        path.write_text(changed)
+        ok, _ = await gateway.reload()
+    assert not ok
+    path.write_text(original)
+    async with aiohttp.ClientSession() as http, http.get(pair.admin(gateway) + "/api/tunnels") as response:
+        assert [view["uri"] for view in await response.json()] == [SERVICE_URI]
+    for _ in range(2):
+        await pair.ready(1)
+        assert await talk(pair.url(), JOE_LOGIN) == (101, b"hello")

@@ -444,6 +444,7 @@ class InternalProxy(ProxyService):
         self.redials = 0
         self.dial_failures = 0
         self.stopping = False
+        self.replaced: InternalProxy | None = None  # the handler whose /api/tunnels entry start() took over
         self.failure_lines = 0
         self.announced = False  # "tunnels ready" logged since the last loss
 
@@ -451,7 +452,10 @@ class InternalProxy(ProxyService):
         await super().start()
         self.tunnels.start()
         self.stopping = False
-        self.runtime.tunnels[f"internal {self.key_name}"] = self  # for the management API's /api/tunnels
+        entry = f"internal {self.key_name}"
+        replaced = self.runtime.tunnels.get(entry)
+        self.replaced = replaced if isinstance(replaced, InternalProxy) and replaced is not self else None
+        self.runtime.tunnels[entry] = self  # for the management API's /api/tunnels
         for _ in range(self.prepared):
             self.spawn_slot()
 
@@ -481,8 +485,13 @@ class InternalProxy(ProxyService):
         if slots:
             await asyncio.wait(slots, timeout=5.0)
         await self.tunnels.close()
-        if self.runtime.tunnels.get(f"internal {self.key_name}") is self:
-            del self.runtime.tunnels[f"internal {self.key_name}"]
+        entry = f"internal {self.key_name}"
+        if self.runtime.tunnels.get(entry) is self:
+            replaced = self.replaced
+            if replaced is not None and not replaced.stopping:  # a reload that failed: the running handler again
+                self.runtime.tunnels[entry] = replaced
+            else:
+                del self.runtime.tunnels[entry]
         await super().stop()
 
     def _gauges(self) -> None:
