@@ -452,3 +452,47 @@ async def test_a_reload_that_fails_leaves_the_tunnels_as_they_were(dmz_pair, sid
     for _ in range(2):
         await pair.ready(1)
         assert await talk(pair.url(), JOE_LOGIN) == (101, b"hello")
+
+
+async def test_a_reload_of_the_internal_end_keeps_its_replay_cache(dmz_pair) -> None:  # type: ignore[no-untyped-def]
+    """The test plays the DMZ: an assertion the internal gateway accepted before a reload is a replay after it
+    (the new handler started with an empty cache: any assertion seen in the last 32 s verified once more)."""
+    import time
+
+    from cryptography.hazmat.primitives import serialization
+
+    pair: Pair = await dmz_pair(prepared=1)
+    real_key = serialization.load_pem_private_key((pair.folder / "dmz-private.pem").read_bytes(), None)
+    assert isinstance(real_key, Ed25519PrivateKey) and pair.internal is not None
+    assertion = sign(
+        real_key,
+        issuer="wsgate-dmz",
+        audience="wsgate-internal",
+        identity=JOE,
+        service=SERVICE_URI,
+        remote="192.0.2.7",
+        now=time.time(),
+    )
+
+    async def ask() -> str:
+        tunnel = await pair.pool().take()
+        assert tunnel is not None
+        try:
+            await tunnel.channel.send(json.dumps({"type": "open", "assertion": assertion, "protocols": []}))
+            return str(json.loads(await asyncio.wait_for(tunnel.channel.receive(), 5.0))["type"])  # type: ignore[arg-type]
+        finally:
+            await tunnel.channel.close()
+            pair.pool().release(tunnel)
+
+    assert await ask() == "ready"
+    await pair.ready(1)
+    old = {t.id for t in pair.pool().idle}
+    path = pair.folder / "internal.yaml"
+    path.write_text(path.read_text().replace("500ms", "400ms"))
+    ok, message = await pair.internal.reload()
+    assert ok, message
+    for _ in range(250):  # the new handler's tunnel, not one the old handler dialled
+        if pair.pool().idle and not {t.id for t in pair.pool().idle} & old:
+            break
+        await asyncio.sleep(0.02)
+    assert await ask() == "refused"

@@ -455,6 +455,8 @@ class InternalProxy(ProxyService):
         entry = f"internal {self.key_name}"
         replaced = self.runtime.tunnels.get(entry)
         self.replaced = replaced if isinstance(replaced, InternalProxy) and replaced is not self else None
+        if self.replaced is not None:  # a reload: assertions the running handler accepted stay replays here
+            self.verifier.replay = self.replaced.verifier.replay
         self.runtime.tunnels[entry] = self  # for the management API's /api/tunnels
         for _ in range(self.prepared):
             self.spawn_slot()
