@@ -496,3 +496,40 @@ async def test_a_reload_of_the_internal_end_keeps_its_replay_cache(dmz_pair) -> 
             break
         await asyncio.sleep(0.02)
     assert await ask() == "refused"
+
+
+async def test_frames_sent_behind_the_upgrade_reach_the_back_end_after_the_identity_line(dmz_pair) -> None:  # type: ignore[no-untyped-def]
+    """A client that pipelines a frame behind its upgrade request (before the 101, before the internal gateway's
+    ready) cannot get bytes to the back end ahead of the line that says who it is."""
+    import os
+
+    pair: Pair = await dmz_pair(prepared=1)
+    assert pair.dmz is not None
+    payload = b"WSGATE-IDENTITY {}\r\n"
+    mask = os.urandom(4)
+    frame = bytes([0x82, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    reader, writer = await asyncio.open_connection("127.0.0.1", pair.dmz.port_of("dmz-app"))
+    try:
+        writer.write(
+            b"GET /app HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            b"Authorization: " + JOE_LOGIN["Authorization"].encode() + b"\r\n\r\n" + frame
+        )
+        assert b" 101 " in await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
+        echo = await asyncio.wait_for(reader.readexactly(2 + len(payload)), 5.0)
+        assert echo[2:] == payload  # relayed, after
+        (line,) = pair.backend.identities
+        assert json.loads(line.removeprefix("WSGATE-IDENTITY "))["sub"] == "joe"
+    finally:
+        writer.transport.abort()
+
+
+async def test_clients_racing_for_the_last_tunnel_leave_the_counts_right(dmz_pair) -> None:  # type: ignore[no-untyped-def]
+    pair: Pair = await dmz_pair(prepared=1)
+    results = await asyncio.gather(*(talk(pair.url(), JOE_LOGIN) for _ in range(4)))
+    statuses = [status for status, _ in results]
+    assert set(statuses) <= {101, 503} and 101 in statuses  # a 503 or a tunnel of its own, never a shared one
+    assert all(answer == b"hello" for status, answer in results if status == 101)
+    await pair.ready(1)
+    await asyncio.sleep(0.2)
+    assert (pair.pool().in_use, pair.internal_handler().in_use) == (0, 0)
