@@ -533,3 +533,25 @@ async def test_clients_racing_for_the_last_tunnel_leave_the_counts_right(dmz_pai
     await pair.ready(1)
     await asyncio.sleep(0.2)
     assert (pair.pool().in_use, pair.internal_handler().in_use) == (0, 0)
+
+
+async def test_a_certificate_no_pool_names_learns_nothing_of_the_services(dmz_pair, ca) -> None:  # type: ignore[no-untyped-def]
+    """A client certificate from the shared CA got 403 for a tunnelled service's URI and 404 for any other: it
+    could enumerate the internal services' URIs. It gets 403 whatever it names; the internal gateway's own
+    certificate still learns of a typo (404)."""
+    pair: Pair = await dmz_pair(prepared=1)
+    intruder = intruder_context(ca, "mallory")
+
+    async def status(context: ssl.SSLContext, service: str) -> int:
+        headers = {"Wsgate-Tunnel": service, "Wsgate-Tunnel-Id": "probe"}
+        async with aiohttp.ClientSession() as http:
+            try:
+                ws = await http.ws_connect(pair.tunnel_url(), ssl=context, headers=headers)
+            except aiohttp.WSServerHandshakeError as exc:
+                return exc.status
+            await ws.close()
+            return 101
+
+    assert await status(intruder, SERVICE_URI) == 403
+    assert await status(intruder, "wss://app.internal.test:443/other") == 403
+    assert await status(intruder_context(ca, "internal-gateway"), "wss://app.internal.test:443/other") == 404

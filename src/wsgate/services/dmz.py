@@ -37,6 +37,7 @@ from ..core.handshake import Accept, Handshake, Reply
 from ..core.peer import PeerIdentity
 from ..core.session import LiveSession
 from ..errors import BackendError, ConfigError
+from ..observe.logs import LogLimiter
 from ..security.assertion import (
     AssertionRefused,
     AssertionVerifier,
@@ -238,24 +239,36 @@ class TunnelEndpoint(WebSocketService):
     TYPE = ServiceType(name="dmz.tunnel", accept=("wss",), descriptors_per_connection=1)
     writer_limit = 256 * 1024
 
+    def __init__(self, config: Service, runtime: Runtime) -> None:
+        super().__init__(config, runtime)
+        self.unknown_lines = LogLimiter("tunnel for an unknown service")
+
     async def prepare(self, handshake: Handshake, accept: Accept) -> tuple[tuple[str, ...], object]:
         name = handshake.header("Wsgate-Tunnel") or ""
         pool = self.runtime.tunnels.get(name)
         tunnel_id = handshake.header("Wsgate-Tunnel-Id") or secrets.token_urlsafe(9)
-        if not isinstance(pool, DmzPool) or handshake.peer is None:
-            log.warning("service[%s]: tunnel for unknown service %r from %s refused", self.name, name, handshake.remote)
-            return (), Reply.text(404, "Not Found\n")
-        if not peer_allowed(handshake.peer, pool.peers):  # no tunnel.peer: nobody (the config requires one)
+        peer = handshake.peer
+        pools = [p for p in self.runtime.tunnels.values() if isinstance(p, DmzPool)]
+        # A certificate no pool names is refused alike whatever service it names (no 404/403 oracle on the
+        # internal services' URIs); no tunnel.peer names nobody (the config requires one).
+        wanted = [pool] if isinstance(pool, DmzPool) else pools
+        if peer is None or not any(peer_allowed(peer, p.peers) for p in wanted):
             audit.info(
                 "tunnel refused",
-                service=pool.name,
+                service=pool.name if isinstance(pool, DmzPool) else None,
                 remote=handshake.remote,
                 decision="denied",
                 status=403,
-                reason=f"certificate {handshake.peer.subject} is not a tunnel.peer",
+                reason=f"certificate {peer.subject if peer else None} is not a tunnel.peer",
             )
             return (), Reply.text(403, "Forbidden\n")
-        return (), (pool, tunnel_id[:32], handshake.peer)
+        if not isinstance(pool, DmzPool):
+            if self.unknown_lines.allow():
+                log.warning(
+                    "service[%s]: tunnel for unknown service %.200r from %s refused", self.name, name, handshake.remote
+                )
+            return (), Reply.text(404, "Not Found\n")
+        return (), (pool, tunnel_id[:32], peer)
 
     async def serve(self, session: LiveSession, channel: Channel) -> None:
         context = session.context
