@@ -555,3 +555,38 @@ async def test_a_certificate_no_pool_names_learns_nothing_of_the_services(dmz_pa
     assert await status(intruder, SERVICE_URI) == 403
     assert await status(intruder, "wss://app.internal.test:443/other") == 403
     assert await status(intruder_context(ca, "internal-gateway"), "wss://app.internal.test:443/other") == 404
+
+
+@pytest.mark.parametrize(
+    ("side", "option"), [("accept-options", "socks.retry.maximum.interval"), ("connect-options", "socks.timeout")]
+)
+def test_a_zero_tunnel_interval_is_a_located_error(tmp_path, side: str, option: str) -> None:  # type: ignore[no-untyped-def]
+    """0 loaded: the internal gateway then re-dialled a DMZ that was down in a busy loop (sleep(0) between
+    failures), or the DMZ answered every client 503 without waiting for the internal gateway's answer."""
+    from wsgate.catalog import load_config
+    from wsgate.errors import ConfigErrors
+
+    for name in ("keystore.pem", "truststore.pem", "key.pem"):
+        (tmp_path / name).write_text("")
+    key = "tunnel.assertion.public-key" if side == "accept-options" else "tunnel.assertion.key"
+    extra = "      tunnel.peer: internal-gateway\n" if side == "connect-options" else ""
+    (tmp_path / "gateway.yaml").write_text(
+        f"""
+service:
+  - name: app
+    accept: {"wss://app.internal.test/app" if side == "accept-options" else "ws://127.0.0.1:0/app"}
+    connect: {"tcp://127.0.0.1:9" if side == "accept-options" else "wss://app.internal.test/app"}
+    type: proxy
+    {side}:
+      http.transport: socks://dmz:1080
+      socks.mode: reverse
+      {key}: key.pem
+      {option}: 0
+{extra}security:
+  keystore: {{type: PEM, file: keystore.pem}}
+  truststore: {{type: PEM, file: truststore.pem}}
+"""
+    )
+    with pytest.raises(ConfigErrors) as caught:
+        load_config(tmp_path / "gateway.yaml")
+    assert f"service[app]/{side}/{option}: " in str(caught.value), str(caught.value)

@@ -217,10 +217,21 @@ CONNECT_OPTIONS: Mapping[str, Option] = {
     "ws.inactivity.timeout": Option("inactivity_timeout", parse_duration),
     "ws.version": Option(None, parse_choice, None, (("rfc6455",),)),
 }
+
+
+def parse_tunnel_wait(text: str) -> float:
+    """``socks.timeout``, ``socks.retry.maximum.interval``: a duration above 0 (0 would answer every client 503
+    without waiting, or re-dial a DMZ that is down in a busy loop)."""
+    seconds = parse_duration(text)
+    if not seconds > 0:
+        raise ValueError(f"{text!r}: must be more than 0, e.g. 500ms or 2 seconds")
+    return seconds
+
+
 # Reverse connectivity (docs/dmz.md): Kaazing's socks options where they map, and wsgate's tunnel.* beside them.
 TUNNEL_SETTINGS: Mapping[str, tuple[str, Callable[[str], Any]]] = {
-    "socks.retry.maximum.interval": ("retry_max", parse_duration),
-    "socks.timeout": ("timeout", parse_duration),
+    "socks.retry.maximum.interval": ("retry_max", parse_tunnel_wait),
+    "socks.timeout": ("timeout", parse_tunnel_wait),
     "tunnel.audience": ("audience", str.strip),
     "tunnel.issuer": ("issuer", str.strip),
     "tunnel.client-certificate": ("client_certificate", str.strip),
