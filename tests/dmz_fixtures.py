@@ -90,6 +90,7 @@ service:
     type: proxy
     authorization-constraint:
       require-role: "{internal_role}"
+{internal_extra}
     accept-options:
       http.transport: socks://127.0.0.1:{tunnel_port}
       socks.mode: reverse
@@ -224,7 +225,9 @@ async def dmz_pair(tmp_path: Path, ca: trustme.CA) -> AsyncIterator[PairFactory]
     pairs: list[Pair] = []
     write_material(tmp_path, ca)
 
-    async def make(prepared: int = 2, internal_role: str = "AUTHORIZED", dmz_role: str = "*") -> Pair:
+    async def make(
+        prepared: int = 2, internal_role: str = "AUTHORIZED", dmz_role: str = "*", internal_extra: str = ""
+    ) -> Pair:
         backend = Backend()
         backend.server = await asyncio.start_server(backend.handle, "127.0.0.1", 0)
         values = {
@@ -234,6 +237,7 @@ async def dmz_pair(tmp_path: Path, ca: trustme.CA) -> AsyncIterator[PairFactory]
             "prepared": prepared,
             "internal_role": internal_role,
             "dmz_role": dmz_role,
+            "internal_extra": internal_extra,  # more of the internal service (indented 4): rules, properties
         }
         pair = Pair(tmp_path, values, backend)
         pairs.append(pair)

@@ -329,7 +329,7 @@ def describe_service(service: Service) -> list[str]:
         return [
             f"service[{service.name}] ({service.type}): {accepts}",
             "  accepts: the internal gateway's tunnels only: a client certificate the truststore verifies (required)"
-            " and, where set, each tunnelled service's tunnel.peer",
+            " named by each tunnelled service's tunnel.peer",
         ]
     lines = [
         f"service[{service.name}] ({service.type}): {accepts}",

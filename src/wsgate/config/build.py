@@ -217,10 +217,21 @@ CONNECT_OPTIONS: Mapping[str, Option] = {
     "ws.inactivity.timeout": Option("inactivity_timeout", parse_duration),
     "ws.version": Option(None, parse_choice, None, (("rfc6455",),)),
 }
+
+
+def parse_tunnel_wait(text: str) -> float:
+    """``socks.timeout``, ``socks.retry.maximum.interval``: a duration above 0 (0 would answer every client 503
+    without waiting, or re-dial a DMZ that is down in a busy loop)."""
+    seconds = parse_duration(text)
+    if not seconds > 0:
+        raise ValueError(f"{text!r}: must be more than 0, e.g. 500ms or 2 seconds")
+    return seconds
+
+
 # Reverse connectivity (docs/dmz.md): Kaazing's socks options where they map, and wsgate's tunnel.* beside them.
 TUNNEL_SETTINGS: Mapping[str, tuple[str, Callable[[str], Any]]] = {
-    "socks.retry.maximum.interval": ("retry_max", parse_duration),
-    "socks.timeout": ("timeout", parse_duration),
+    "socks.retry.maximum.interval": ("retry_max", parse_tunnel_wait),
+    "socks.timeout": ("timeout", parse_tunnel_wait),
     "tunnel.audience": ("audience", str.strip),
     "tunnel.issuer": ("issuer", str.strip),
     "tunnel.client-certificate": ("client_certificate", str.strip),
@@ -1152,11 +1163,12 @@ def check_tunnels(services: tuple[m.Service, ...], security: m.Security, builder
                     "the internal gateway keeps the tunnels ready (it dials out): set prepared.connection.count on "
                     "its service; here it has no effect",
                 )
-            if not outward.peers:
-                builder.warn(
-                    f"{path}/connect-options",
-                    "any certificate the truststore accepts may carry this service's tunnels; name the internal "
-                    "gateway's certificate with tunnel.peer (its common name or sha256:<fingerprint>)",
+            if not outward.peers:  # deny by default: a client's certificate from the same CA must not carry tunnels
+                builder.fail(
+                    f"{path}/connect-options/tunnel.peer",
+                    "required: the internal gateway certificate's common name or sha256:<fingerprint>; without it "
+                    "any certificate the truststore accepts could carry this service's tunnels and read its clients' "
+                    "traffic",
                 )
             uri = outward.rendezvous
             key = (uri.host, uri.port, uri.path.rstrip("/") or "/")

@@ -61,7 +61,7 @@ class Tunnel:
     issuer: str = "wsgate-dmz"  # tunnel.issuer: the assertion's iss, the DMZ gateway's name
     client_certificate: str | None = None  # tunnel.client-certificate: keystore alias the internal side presents
     # tunnel.peer (DMZ end): who may carry tunnels: the internal gateway certificate's common name(s), or
-    # "sha256:<hex>" fingerprints; (): any certificate the truststore accepts (check-config warns)
+    # "sha256:<hex>" fingerprints; (): nobody (the config builder requires it on the DMZ end)
     peers: tuple[str, ...] = ()
 
 

@@ -75,6 +75,7 @@ _KEPT = (
     "loader",
     "started",
     "retired",
+    "retiring",
     "_reloading",
     "revocations",
     "registry",
@@ -132,6 +133,7 @@ class Gateway:
         self.loader = loader
         self.started = time.time()
         self.retired: list[Listener] = []  # listeners replaced by a reload, still serving their connections
+        self.retiring: set[asyncio.Task[None]] = set()  # handlers a reload replaced, stopped once their connections end
         self._reloading = asyncio.Lock()
         # Shared with other processes and nodes when the config names a Redis (state: {type: redis}).
         self.shared = RedisState(config.state) if config.state.type == "redis" else None
@@ -219,6 +221,7 @@ class Gateway:
         if current is not None:
             runtime.connections = current.runtime.connections
             runtime.metrics = current.runtime.metrics
+            runtime.tunnels = current.runtime.tunnels  # a DMZ's ready tunnels (services/dmz.py): the listener's pools
             if changes.gate_kept:
                 gate = current.gate
         return Deployment(new, runtime, gate)
@@ -444,6 +447,8 @@ class Gateway:
             session.channel.abort()
         listeners = [*self.listeners.values(), *self.retired]
         await asyncio.gather(*(listener.shutdown(min(grace, 1.0)) for listener in listeners))
+        if self.retiring:  # their connections are closed: the handlers a reload replaced stop too (a DMZ dialler)
+            await asyncio.wait(list(self.retiring), timeout=grace)
         for service in self.services.values():
             await service.stop()
         for realm in self.realms.values():
@@ -655,9 +660,13 @@ class Gateway:
                 listener.stop_accepting()
                 self.retired.append(listener)
         retiring = [current.services[name] for name in sorted(changes.removed | changes.changed)]
+        for handler in retiring:
+            handler.retiring()  # e.g. a DMZ internal end's ready tunnels: the next client gets the new config
         old_realms = [r for name, r in current.realms.items() if deployment.realms.get(name) is not r]
         self.deployment = deployment
-        asyncio.get_running_loop().create_task(self._retire(retiring, old_realms))
+        task = asyncio.get_running_loop().create_task(self._retire(retiring, old_realms))
+        self.retiring.add(task)
+        task.add_done_callback(self.retiring.discard)
 
     async def _retire(self, handlers: list[ServiceHandler], realms: list[RealmRuntime]) -> None:
         """Release what removed or changed services held, once their connections are gone."""

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import base64
 import json
+import math
+import re
 import secrets
 import time
 from collections import OrderedDict
@@ -67,12 +69,63 @@ class Claims:
         )
 
 
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
+
+
 def _b64(data: bytes) -> bytes:
     return base64.urlsafe_b64encode(data).rstrip(b"=")
 
 
 def _unb64(part: str) -> bytes:
-    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+    """Base64url without padding (RFC 7515), one spelling per value: ``ValueError`` for anything else (padding,
+    the other alphabet, junk a lenient decoder would skip, unused trailing bits set)."""
+    if not _B64URL.fullmatch(part) or len(part) % 4 == 1:
+        raise ValueError("not base64url")
+    data = base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+    if _b64(data) != part.encode():
+        raise ValueError("not canonical base64url")
+    return data
+
+
+def _unique(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise ValueError("a repeated key")  # parsers disagree on which one counts
+    return obj
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique, parse_constant=_no_constant)
+
+
+def _json_object(part: str) -> dict[str, object] | None:
+    """The JSON object a part encodes: strict UTF-8 JSON, no repeated key, no NaN/Infinity; None otherwise."""
+    try:
+        value = _DECODER.decode(_unb64(part).decode("utf-8"))
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError; nesting too deep to parse
+        return None
+    return value if type(value) is dict else None
+
+
+def _text(value: object) -> str:
+    if type(value) is not str:
+        raise ValueError("not a string")
+    return value
+
+
+def _numeric_date(value: object) -> float:
+    """A JWT NumericDate: a finite JSON number (seconds, fractions allowed); never a string or a boolean."""
+    if type(value) is int or type(value) is float:
+        try:
+            at = float(value)
+        except OverflowError:
+            raise ValueError("out of range") from None
+        if math.isfinite(at):
+            return at
+    raise ValueError("not a NumericDate")
 
 
 def generate_key_pair() -> tuple[bytes, bytes]:
@@ -147,7 +200,10 @@ class ReplayCache:
         return len(self._seen)
 
     def admit(self, jti: str, forget_after: float, now: float) -> bool:
-        """Record ``jti``; False if it was seen (a replay) or the cache is full of live entries."""
+        """Record ``jti``; False if it was seen (a replay), the cache is full of live entries, or ``forget_after``
+        is not after ``now`` (an entry that would be forgotten at once could not stop a replay)."""
+        if not forget_after > now:
+            return False
         seen = self._seen
         while seen:
             oldest, until = next(iter(seen.items()))
@@ -187,38 +243,41 @@ class AssertionVerifier:
         if missing:
             raise AssertionRefused(f"missing claims: {', '.join(missing)}")
         try:
-            iat, exp = float(claims["iat"]), float(claims["exp"])  # type: ignore[arg-type]
-            if not isinstance(claims["roles"], list):
-                raise TypeError("roles")
-            roles = frozenset(str(r) for r in claims["roles"])
-            subject, svc, jti = str(claims["sub"]), str(claims["svc"]), str(claims["jti"])
-            cexp = float(claims["cexp"]) if claims.get("cexp") is not None else None  # type: ignore[arg-type]
-        except (TypeError, ValueError):
+            iat, exp = _numeric_date(claims["iat"]), _numeric_date(claims["exp"])
+            roles_claim = claims["roles"]
+            if type(roles_claim) is not list:
+                raise ValueError("roles")
+            roles = frozenset(_text(r) for r in roles_claim)
+            issuer, audience = _text(claims["iss"]), _text(claims["aud"])
+            subject, svc, jti, remote = (_text(claims[n]) for n in ("sub", "svc", "jti", "remote"))
+            realm = _text(claims.get("realm", ""))
+            cexp = _numeric_date(claims["cexp"]) if claims.get("cexp") is not None else None
+        except ValueError:
             raise AssertionRefused("malformed claims") from None
-        if claims["aud"] != self.audience:
-            raise AssertionRefused(f"audience {claims['aud']!r} is not {self.audience!r}")
-        if self.issuer is not None and claims["iss"] != self.issuer:
-            raise AssertionRefused(f"issuer {claims['iss']!r} is not {self.issuer!r}")
+        if audience != self.audience:
+            raise AssertionRefused(f"audience {audience!r} is not {self.audience!r}")
+        if self.issuer is not None and issuer != self.issuer:
+            raise AssertionRefused(f"issuer {issuer!r} is not {self.issuer!r}")
         if svc != service:
             raise AssertionRefused(f"service {svc!r} is not {service!r}")
         if exp - iat > MAX_LIFETIME or exp <= iat:
             raise AssertionRefused(f"lifetime {exp - iat:g}s outside (0, {MAX_LIFETIME:g}]")
         if iat > at + self.leeway:
             raise AssertionRefused("issued in the future")
-        if exp + self.leeway < at:
+        if exp + self.leeway <= at:  # the instant the replay cache forgets its jti, it is expired too
             raise AssertionRefused("expired")
         if not jti or not self.replay.admit(jti, exp + self.leeway, at):
             raise AssertionRefused("replayed (jti seen before)")
         return Claims(
-            issuer=str(claims["iss"]),
+            issuer=issuer,
             subject=subject,
             roles=roles,
             service=svc,
-            remote=str(claims["remote"]),
+            remote=remote,
             issued_at=iat,
             expires_at=exp,
             token_id=jti,
-            realm=str(claims.get("realm") or ""),
+            realm=realm,
             credential_expiry=cexp,
         )
 
@@ -226,17 +285,17 @@ class AssertionVerifier:
         parts = token.split(".")
         if len(parts) != 3:
             raise AssertionRefused("not a compact JWS")
-        try:
-            header = json.loads(_unb64(parts[0]))
-        except ValueError:
-            raise AssertionRefused("unreadable header") from None
-        if not isinstance(header, dict) or header.get("alg") != ALG or header.get("typ") != TYP:
-            alg = header.get("alg") if isinstance(header, dict) else None
+        header = _json_object(parts[0])
+        if header is None:
+            raise AssertionRefused("unreadable header")
+        if header.get("alg") != ALG or header.get("typ") != TYP:
+            alg = str(header.get("alg"))[:40]  # unsigned: what the audit line quotes of it stays short
             raise AssertionRefused(f"algorithm {alg!r} refused: only {ALG} with typ {TYP}")
         if set(header) - {"alg", "typ"}:
             raise AssertionRefused("unexpected header parameters")
         try:
             signature = _unb64(parts[2])
+            _unb64(parts[1])  # the signed bytes are the parts as sent: each must be the one spelling of its bytes
         except ValueError:
             raise AssertionRefused("bad signature") from None
         signed = f"{parts[0]}.{parts[1]}".encode()
@@ -248,10 +307,7 @@ class AssertionVerifier:
                 continue
         else:
             raise AssertionRefused("bad signature")
-        try:
-            claims = json.loads(_unb64(parts[1]))
-        except ValueError:
-            raise AssertionRefused("unreadable claims") from None
-        if not isinstance(claims, dict):
-            raise AssertionRefused("claims are not an object")
+        claims = _json_object(parts[1])
+        if claims is None:
+            raise AssertionRefused("unreadable claims (a JSON object, UTF-8, no repeated key)")
         return claims

@@ -132,6 +132,10 @@ class ServiceHandler:
         """The gateway stops: close what this service holds open outside ``runtime.connections`` with 1001
         (the console's feeds) before the listeners shut; a peer that does not answer within ``grace`` s is aborted."""
 
+    def retiring(self) -> None:
+        """A reload replaced or removed this service: stop taking new work outside ``runtime.connections`` now
+        (its connections are being closed; ``stop`` follows once they are gone)."""
+
     def dropped_slow(self, remote: str | None, why: str) -> None:
         """A peer dropped for not reading: counted always, logged at INFO within the rate limit."""
         if self.runtime.metrics is not None:

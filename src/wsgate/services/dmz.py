@@ -37,6 +37,7 @@ from ..core.handshake import Accept, Handshake, Reply
 from ..core.peer import PeerIdentity
 from ..core.session import LiveSession
 from ..errors import BackendError, ConfigError
+from ..observe.logs import LogLimiter
 from ..security.assertion import (
     AssertionRefused,
     AssertionVerifier,
@@ -94,11 +95,12 @@ def peer_allowed(peer: PeerIdentity, peers: tuple[str, ...]) -> bool:
 class DmzTunnel:
     """One tunnel as the DMZ gateway holds it: idle in a pool, then carrying one client, then gone."""
 
-    __slots__ = ("id", "channel", "watcher", "done")
+    __slots__ = ("id", "channel", "peer", "watcher", "done")
 
-    def __init__(self, tunnel_id: str, channel: Channel) -> None:
+    def __init__(self, tunnel_id: str, channel: Channel, peer: PeerIdentity) -> None:
         self.id = tunnel_id
         self.channel = channel
+        self.peer = peer  # its certificate: checked again when tunnel.peer changes (a reload)
         self.watcher: asyncio.Task[None] | None = None
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -117,7 +119,8 @@ class DmzPool:
     def __init__(self, name: str, runtime: Runtime, peers: tuple[str, ...] = ()) -> None:
         self.name = name
         self.runtime = runtime
-        self.peers = peers  # tunnel.peer: who may carry these tunnels (empty: whom the truststore accepts)
+        self.peers = peers  # tunnel.peer: who may carry these tunnels (empty: nobody)
+        self.owner: object = None  # the DmzProxy serving this pool (a reload hands it on to its successor)
         self.idle: deque[DmzTunnel] = deque()
         self.in_use = 0
         self.exhausted = 0
@@ -140,12 +143,23 @@ class DmzPool:
         tunnel.finish()
         self._gauges()
 
+    def sweep(self) -> None:
+        """Close the ready tunnels of certificates ``tunnel.peer`` no longer names (a reload narrowed it)."""
+        for tunnel in list(self.idle):
+            if not peer_allowed(tunnel.peer, self.peers):
+                self.idle.remove(tunnel)
+                tunnel.channel.close_soon(CloseCode.POLICY_VIOLATION, "not a tunnel.peer", 1.0)
+        self._gauges()
+
     async def take(self) -> DmzTunnel | None:
         """A ready tunnel, its watcher stopped; None when there is none (the caller answers 503)."""
         while self.idle:
             tunnel = self.idle.popleft()
             watcher = tunnel.watcher
             if watcher is None or watcher.done() or tunnel.channel.closed:
+                continue
+            if not peer_allowed(tunnel.peer, self.peers):
+                tunnel.channel.close_soon(CloseCode.POLICY_VIOLATION, "not a tunnel.peer", 1.0)
                 continue
             watcher.cancel()
             try:
@@ -225,24 +239,36 @@ class TunnelEndpoint(WebSocketService):
     TYPE = ServiceType(name="dmz.tunnel", accept=("wss",), descriptors_per_connection=1)
     writer_limit = 256 * 1024
 
+    def __init__(self, config: Service, runtime: Runtime) -> None:
+        super().__init__(config, runtime)
+        self.unknown_lines = LogLimiter("tunnel for an unknown service")
+
     async def prepare(self, handshake: Handshake, accept: Accept) -> tuple[tuple[str, ...], object]:
         name = handshake.header("Wsgate-Tunnel") or ""
         pool = self.runtime.tunnels.get(name)
         tunnel_id = handshake.header("Wsgate-Tunnel-Id") or secrets.token_urlsafe(9)
-        if not isinstance(pool, DmzPool) or handshake.peer is None:
-            log.warning("service[%s]: tunnel for unknown service %r from %s refused", self.name, name, handshake.remote)
-            return (), Reply.text(404, "Not Found\n")
-        if pool.peers and not peer_allowed(handshake.peer, pool.peers):
+        peer = handshake.peer
+        pools = [p for p in self.runtime.tunnels.values() if isinstance(p, DmzPool)]
+        # A certificate no pool names is refused alike whatever service it names (no 404/403 oracle on the
+        # internal services' URIs); no tunnel.peer names nobody (the config requires one).
+        wanted = [pool] if isinstance(pool, DmzPool) else pools
+        if peer is None or not any(peer_allowed(peer, p.peers) for p in wanted):
             audit.info(
                 "tunnel refused",
-                service=pool.name,
+                service=pool.name if isinstance(pool, DmzPool) else None,
                 remote=handshake.remote,
                 decision="denied",
                 status=403,
-                reason=f"certificate {handshake.peer.subject} is not a tunnel.peer",
+                reason=f"certificate {peer.subject if peer else None} is not a tunnel.peer",
             )
             return (), Reply.text(403, "Forbidden\n")
-        return (), (pool, tunnel_id[:32])
+        if not isinstance(pool, DmzPool):
+            if self.unknown_lines.allow():
+                log.warning(
+                    "service[%s]: tunnel for unknown service %.200r from %s refused", self.name, name, handshake.remote
+                )
+            return (), Reply.text(404, "Not Found\n")
+        return (), (pool, tunnel_id[:32], peer)
 
     async def serve(self, session: LiveSession, channel: Channel) -> None:
         context = session.context
@@ -251,7 +277,7 @@ class TunnelEndpoint(WebSocketService):
         tunnel_id: str = context[1]
         session.transport = "tunnel"
         session.tunnel = tunnel_id
-        tunnel = DmzTunnel(tunnel_id, channel)
+        tunnel = DmzTunnel(tunnel_id, channel, context[2])
         pool.add(tunnel)
         await tunnel.done
 
@@ -276,17 +302,33 @@ class DmzProxy(ProxyService):
             self.signing_key = load_private_key(tunnel.key_files[0])
         except (OSError, ValueError) as exc:
             raise ConfigError(f"service[{self.name}]/connect-options/tunnel.assertion.key", str(exc)) from None
-        pool = runtime.tunnels.get(self.key_name)
-        if not isinstance(pool, DmzPool):
-            pool = runtime.tunnels[self.key_name] = DmzPool(self.name, runtime)
-        pool.name, pool.peers = self.name, tunnel.peers  # a reload keeps the ready tunnels, takes the new rules
-        self.pool: DmzPool = pool
+        pool = runtime.tunnels.get(self.key_name)  # shared across reloads (the gateway carries runtime.tunnels)
+        self.pool: DmzPool = pool if isinstance(pool, DmzPool) else DmzPool(self.name, runtime)
+        self.previous: DmzProxy | None = None  # the handler this one took the pool from (a reload)
+        self.stopped = False
 
     async def start(self) -> None:
-        self.pool._gauges()
+        """Serve the pool: a reload keeps its ready tunnels and applies the new ``tunnel.peer`` to them too."""
+        pool = self.pool
+        owner = pool.owner
+        self.previous = owner if isinstance(owner, DmzProxy) and owner is not self else None
+        pool.owner, pool.name, pool.peers = self, self.name, self.tunnel.peers
+        self.runtime.tunnels[self.key_name] = pool
+        pool.sweep()
 
     async def stop(self) -> None:
-        for tunnel in list(self.pool.idle):
+        """The pool's ready tunnels close with the service, not when a successor took the pool over."""
+        self.stopped = True
+        pool = self.pool
+        if pool.owner is not self:  # a reload changed the service: the new handler serves these tunnels
+            return
+        previous = self.previous
+        if previous is not None and not previous.stopped:  # a reload that failed: the running handler's again
+            pool.owner, pool.name, pool.peers = previous, previous.name, previous.tunnel.peers
+            return
+        if self.runtime.tunnels.get(self.key_name) is pool:
+            del self.runtime.tunnels[self.key_name]
+        for tunnel in list(pool.idle):
             tunnel.channel.close_soon(CloseCode.GOING_AWAY, "gateway stopping", 1.0)
 
     async def prepare(self, handshake: Handshake, accept: Accept) -> tuple[tuple[str, ...], object]:
@@ -415,6 +457,7 @@ class InternalProxy(ProxyService):
         self.redials = 0
         self.dial_failures = 0
         self.stopping = False
+        self.replaced: InternalProxy | None = None  # the handler whose /api/tunnels entry start() took over
         self.failure_lines = 0
         self.announced = False  # "tunnels ready" logged since the last loss
 
@@ -422,7 +465,12 @@ class InternalProxy(ProxyService):
         await super().start()
         self.tunnels.start()
         self.stopping = False
-        self.runtime.tunnels[f"internal {self.key_name}"] = self  # for the management API's /api/tunnels
+        entry = f"internal {self.key_name}"
+        replaced = self.runtime.tunnels.get(entry)
+        self.replaced = replaced if isinstance(replaced, InternalProxy) and replaced is not self else None
+        if self.replaced is not None:  # a reload: assertions the running handler accepted stay replays here
+            self.verifier.replay = self.replaced.verifier.replay
+        self.runtime.tunnels[entry] = self  # for the management API's /api/tunnels
         for _ in range(self.prepared):
             self.spawn_slot()
 
@@ -439,6 +487,11 @@ class InternalProxy(ProxyService):
         for channel in list(self.idle.values()):
             channel.close_soon(CloseCode.GOING_AWAY, "gateway stopping", grace)
 
+    def retiring(self) -> None:
+        """A reload replaced this service: its ready tunnels must not carry a client under the old config (the
+        new handler dialled its own before the switch)."""
+        self.going_away(1.0)
+
     async def stop(self) -> None:
         self.going_away(1.0)
         slots = list(self.slots)
@@ -447,8 +500,13 @@ class InternalProxy(ProxyService):
         if slots:
             await asyncio.wait(slots, timeout=5.0)
         await self.tunnels.close()
-        if self.runtime.tunnels.get(f"internal {self.key_name}") is self:
-            del self.runtime.tunnels[f"internal {self.key_name}"]
+        entry = f"internal {self.key_name}"
+        if self.runtime.tunnels.get(entry) is self:
+            replaced = self.replaced
+            if replaced is not None and not replaced.stopping:  # a reload that failed: the running handler again
+                self.runtime.tunnels[entry] = replaced
+            else:
+                del self.runtime.tunnels[entry]
         await super().stop()
 
     def _gauges(self) -> None:
@@ -609,8 +667,9 @@ class InternalProxy(ProxyService):
         session.tunnel = tunnel_id
         session.expire_at(identity.expires_at)
         self.register(session)
+        guarded = self.channel_for(session, channel)  # this end's authorization-rule and message.policy
         try:
-            await self.relay(session, channel, backend)
+            await self.relay(session, guarded, backend)
         except OSError as exc:
             self.lost(session, exc)
         finally:

@@ -152,6 +152,22 @@ def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 _DECODER = json.JSONDecoder(object_pairs_hook=_unique)  # built once: json.loads would build one per message
 
 
+class Digits(str):
+    """A JSON integer longer than ``int()`` reads (Python's 4300-digit limit), kept in its JSON spelling."""
+
+
+def _integer(text: str) -> int | str:
+    try:
+        return int(text)
+    except ValueError:
+        return Digits(text)
+
+
+# Only for a message the fast decoder refused for an integer too long: valid JSON every common back end reads,
+# so one long number must not hide the message's other fields from the rules.
+_LONG_DECODER = json.JSONDecoder(object_pairs_hook=_unique, parse_int=_integer)
+
+
 def level(value: Any) -> str:
     """A JSON value as one pattern level: strings as they are, other scalars in their JSON spelling, an
     object or array as "" (present: only ``*`` matches it)."""
@@ -165,6 +181,8 @@ def level(value: Any) -> str:
         return "null"
     if type(value) is int or type(value) is float:
         return json.dumps(value)
+    if type(value) is Digits:
+        return str(value)
     return ""
 
 
@@ -172,9 +190,15 @@ def json_fields(data: Data, paths: tuple[tuple[str, tuple[str, ...]], ...], out:
     """Add the ``json.`` fields ``paths`` name that ``data`` has to ``out``; False for an ambiguous
     message (a repeated key). Invalid JSON, a message that is not an object, an absent path: no field."""
     try:
-        # bytes in the encoding json.loads would detect (UTF-8, -16 or -32): a back end reading them with it
-        # must not see fields the rules did not
-        doc = _DECODER.decode(data if isinstance(data, str) else data.decode(json.detect_encoding(data)))
+        # bytes in the encoding json.loads would detect (UTF-8, -16 or -32, a BOM skipped): a back end reading
+        # them with it must not see fields the rules did not; a text frame's BOM is skipped alike
+        text = data.removeprefix("\ufeff") if isinstance(data, str) else data.decode(json.detect_encoding(data))
+        try:
+            doc = _DECODER.decode(text)
+        except ValueError as exc:
+            if isinstance(exc, (json.JSONDecodeError, Repeated)):
+                raise
+            doc = _LONG_DECODER.decode(text)  # not a syntax error: an integer longer than int() reads
     except Repeated:
         return False
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError; nesting too deep to parse
