@@ -18,6 +18,10 @@ from wsgate.catalog import load_config
 from wsgate.gateway import Gateway
 
 from .kdc import Kdc
+from .mosquitto import mosquitto  # noqa: F401 (session fixtures, registered here once: a module that imported
+from .netns import dmz_topology  # noqa: F401 (one would get its own broker, provider or namespaces)
+from .oidc_provider import oidc_provider, oidc_provider_session  # noqa: F401
+from .rabbitmq import rabbitmq  # noqa: F401
 from .redis_server import RedisServer
 
 StartGateway = Callable[..., Awaitable[Gateway]]

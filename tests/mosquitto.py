@@ -254,3 +254,9 @@ async def watcher(broker: Mosquitto, *filters: str) -> Paho:
     assert await client.connect("127.0.0.1", broker.port) == 0
     await client.subscribe(*((f, 2) for f in filters or ("#",)))
     return client
+
+
+@pytest.fixture(scope="session")
+def mosquitto(tmp_path_factory: pytest.TempPathFactory, ca: trustme.CA) -> Iterator[Mosquitto]:
+    """One broker for the whole session (registered in conftest.py)."""
+    yield from running_mosquitto(tmp_path_factory, ca)

@@ -11,7 +11,7 @@ backend has none to the dmz or the client). The internal namespace runs nftables
 loopback and established/related traffic pass, every other inbound packet is dropped and counted
 (``dropped_inbound()``), so the internal gateway can only dial *out* (to the DMZ and the back end).
 
-Use the session fixture ``dmz_topology`` (``from tests.netns import dmz_topology  # noqa: F401``) or
+Use the session fixture ``dmz_topology`` (registered in tests/conftest.py) or
 ``with Topology() as topology:`` in a script. Processes started in a namespace (``popen``, ``gateway``,
 ``backend_echo``) run the Python of this venv with ``PYTHONPATH=<this checkout>/src``, so a worktree's code is
 what runs; their output goes to files under ``topology.folder`` (``.log()``) for failure reports. Sockets can

@@ -7,7 +7,7 @@ has no server side for, so this module builds and POSTs the logout tokens itself
 tampered ID token, a forged logout token, or revoke refresh tokens. State lives in memory, under one lock:
 werkzeug serves each request in its own thread.
 
-Use the session-scoped ``oidc_provider`` fixture (``from tests.oidc_provider import oidc_provider  # noqa: F401``,
+Use the session-scoped ``oidc_provider`` fixture (registered in tests/conftest.py,
 then ``# noqa: F811`` where a function takes it) with per-test user names and client ids, or ``OidcProvider(folder)``
 in a script; ``close()`` stops it. Behaviour a relying party's tests may rely on:
 
@@ -342,21 +342,26 @@ def _b64(data: bytes) -> str:
 class OidcProvider:
     """An OpenID Connect provider on https://127.0.0.1:PORT, served from a background thread."""
 
+    def reset(self) -> None:
+        """The knobs back to their defaults: the session's provider is shared, so one test's lifetimes,
+        tampering or outage must not reach the next (the ``oidc_provider`` fixture calls this after each test)."""
+        self.access_token_ttl = 300
+        self.id_token_ttl = 300
+        self.refresh_token_ttl = 3600
+        self.tamper: dict[str, Any] = {}
+        self.unavailable = False  # while true every request gets 503: a provider outage
+        self.token_delay = 0.0  # seconds the token endpoint waits before answering: a slow provider (races)
+        self.notify_on_end_session = True  # RP-initiated logout sends back-channel logout to the session's clients
+        self.backchannel_ssl = ssl.create_default_context(cafile=str(self.ca_pem))
+
     def __init__(self, folder: Path, ca: trustme.CA | None = None) -> None:
         self._lock = threading.RLock()
         self._ca = ca or trustme.CA(organization_name="wsgate test OIDC provider CA")
         self.ca_pem = folder / "oidc-provider-ca.pem"
         self._ca.cert_pem.write_to_path(str(self.ca_pem))
-        self.access_token_ttl = 300
-        self.id_token_ttl = 300
-        self.refresh_token_ttl = 3600
-        self.tamper: dict[str, Any] = {}
         self.requests: list[tuple[str, str]] = []
         self.deliveries: list[tuple[str, int]] = []  # (backchannel_logout_uri, status) of every logout token POSTed
-        self.unavailable = False  # while true every request gets 503: a provider outage
-        self.token_delay = 0.0  # seconds the token endpoint waits before answering: a slow provider (races)
-        self.notify_on_end_session = True  # RP-initiated logout sends back-channel logout to the session's clients
-        self.backchannel_ssl = ssl.create_default_context(cafile=str(self.ca_pem))
+        self.reset()
         self._users: dict[str, User] = {}
         self._clients: dict[str, Client] = {}
         self._sessions: dict[str, ProviderSession] = {}  # by cookie
@@ -804,7 +809,7 @@ def chromium_home(ca_pem: Path, home: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def oidc_provider(tmp_path_factory: pytest.TempPathFactory, ca: trustme.CA) -> Iterator[OidcProvider]:
+def oidc_provider_session(tmp_path_factory: pytest.TempPathFactory, ca: trustme.CA) -> Iterator[OidcProvider]:
     """One provider for the session, its certificate from the tests' CA (so it trusts the gateway's back-channel
     URI too); tests use their own user names and client ids."""
     provider = OidcProvider(tmp_path_factory.mktemp("oidc-provider"), ca)
@@ -812,3 +817,10 @@ def oidc_provider(tmp_path_factory: pytest.TempPathFactory, ca: trustme.CA) -> I
         yield provider
     finally:
         provider.close()
+
+
+@pytest.fixture
+def oidc_provider(oidc_provider_session: OidcProvider) -> Iterator[OidcProvider]:
+    """The session's provider, its knobs reset after each test."""
+    yield oidc_provider_session
+    oidc_provider_session.reset()

@@ -1,7 +1,7 @@
 """amqp.proxy attack review: ways a client could make the broker route or read what the rules refuse, each
 checked on a real RabbitMQ node (the broker's state looked at without the gateway)."""
 
-# ruff: noqa: F811  (the session-scoped rabbitmq fixture is imported, and requested by name)
+# ruff: noqa: F811  (test_amqp_proxy.py's fixtures are imported, and requested by name)
 from __future__ import annotations
 
 import asyncio
@@ -13,7 +13,7 @@ from pamqp import body, commands, frame, header
 from wsgate.services.amqp_guard import AmqpClose, AmqpGuard
 
 from .amqp_client import AmqpClient
-from .rabbitmq import RabbitMq, rabbitmq  # noqa: F401
+from .rabbitmq import RabbitMq
 from .test_amqp_guard import m, opened, parse, publish
 from .test_amqp_proxy import RULES, broker_client, connect, gateway, unique  # noqa: F401
 

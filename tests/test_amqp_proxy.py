@@ -4,7 +4,6 @@ Checked on the broker itself (rabbitmqctl, or a client straight over TCP): what 
 what they allow does, with user-id = the principal; the client's login and virtual host never reach it.
 """
 
-# ruff: noqa: F811  (the session-scoped rabbitmq fixture is imported, and requested by name)
 from __future__ import annotations
 
 import asyncio
@@ -20,7 +19,7 @@ from wsgate.core.identity import Identity
 from wsgate.core.session import Timeouts
 
 from .amqp_client import AmqpClient
-from .rabbitmq import CERT_USER, GATEWAY_PASSWORD, GATEWAY_USER, RabbitMq, rabbitmq  # noqa: F401
+from .rabbitmq import CERT_USER, GATEWAY_PASSWORD, GATEWAY_USER, RabbitMq
 
 pytestmark = pytest.mark.timeout(60)
 

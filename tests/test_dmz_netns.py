@@ -4,7 +4,6 @@ The internal namespace accepts no inbound connection (nftables drops it), so the
 internal gateway dials out. Both gateways run as ``wsgate run`` processes of this checkout, loading
 docs/examples/dmz/*.yaml with the topology's addresses as properties (the same configs docs/dmz.md shows).
 """
-# ruff: noqa: F811  (dmz_topology is a fixture imported from tests/netns.py)
 
 from __future__ import annotations
 
@@ -21,11 +20,10 @@ import aiohttp
 import pytest
 import trustme
 
-from tests.netns import (  # noqa: F401 (dmz_topology: a fixture)
+from tests.netns import (
     BackendProcess,
     GatewayProcess,
     Topology,
-    dmz_topology,
     missing_tools,
     write_tls,
 )

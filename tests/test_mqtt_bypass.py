@@ -27,7 +27,7 @@ from wsgate.services.mqtt.codec import (
 from wsgate.services.mqtt.relay import Relay, admit
 
 from .mosquitto import Paho
-from .test_mqtt_proxy import RULES, basic, clients, config, files, mosquitto, raw, watching  # noqa: F401
+from .test_mqtt_proxy import RULES, basic, clients, config, files, raw, watching  # noqa: F401
 
 NEWS = RULES + '      - allow: subscribe\n        topic: "news/#"\n'
 

@@ -17,7 +17,7 @@ import pytest
 from wsgate.services.mqtt import codec
 from wsgate.services.mqtt.codec import MQTT5, MQTT311
 
-from .mosquitto import GATEWAY_PASSWORD, Mosquitto, Paho, running_mosquitto, watcher
+from .mosquitto import GATEWAY_PASSWORD, Mosquitto, Paho, watcher
 from .test_realms import AUDIENCE, ISSUER, Issuer
 
 RULES = """\
@@ -89,11 +89,6 @@ security:
             options:
               file: jaas-config.xml
 """
-
-
-@pytest.fixture(scope="session")
-def mosquitto(tmp_path_factory, ca):
-    yield from running_mosquitto(tmp_path_factory, ca)
 
 
 @pytest.fixture

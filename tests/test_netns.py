@@ -23,7 +23,6 @@ from tests.netns import (
     ROLES,
     SRC,
     Topology,
-    dmz_topology,  # noqa: F401
     missing_tools,
     namespaces,
     remove_leftovers,

@@ -3,7 +3,6 @@
 And the docs examples (docs/examples/oidc.yaml, oidc-config.xml) signing in against the real provider.
 """
 
-# ruff: noqa: F811  (the oidc_provider fixture is imported, then used as a parameter)
 from __future__ import annotations
 
 import shutil
@@ -13,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.oidc_provider import OidcProvider, oidc_provider  # noqa: F401
+from tests.oidc_provider import OidcProvider
 from wsgate.catalog import load_config
 from wsgate.core.fetch import HttpPort
 from wsgate.errors import ConfigError, ConfigErrors

@@ -6,7 +6,6 @@ form from the demo page, two protected services with that one sign-in, a token r
 a back-channel logout that closes the sockets, a second sign-in, and a refresh the provider refuses.
 """
 
-# ruff: noqa: F811  (the oidc_provider fixture is imported, then used as a parameter)
 from __future__ import annotations
 
 import asyncio
@@ -21,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.oidc_provider import OidcProvider, oidc_provider  # noqa: F401
+from tests.oidc_provider import OidcProvider
 
 from .conftest import client_ssl
 from .oidc_gateway import start_site

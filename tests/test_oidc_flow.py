@@ -4,7 +4,6 @@ aiohttp's client plays the browser (a cookie jar, no redirects followed), so eac
 the callback can be driven directly: tampered state, replayed code, wrong nonce, wrong aud, foreign issuer.
 """
 
-# ruff: noqa: F811  (the oidc_provider fixture is imported, then used as a parameter)
 from __future__ import annotations
 
 import asyncio
@@ -16,7 +15,7 @@ import time
 import aiohttp
 import pytest
 
-from tests.oidc_provider import OidcProvider, oidc_provider  # noqa: F401
+from tests.oidc_provider import OidcProvider
 
 from .conftest import client_ssl
 from .oidc_gateway import Site, authorize, begin, callback, query, session, sign_in, start_site

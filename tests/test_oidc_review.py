@@ -3,7 +3,6 @@
 Real provider (tests/oidc_provider.py) and gateway over HTTPS on loopback, as in tests/test_oidc_flow.py.
 """
 
-# ruff: noqa: F811  (the oidc_provider fixture is imported, then used as a parameter)
 from __future__ import annotations
 
 import asyncio
@@ -14,7 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.oidc_provider import OidcProvider, oidc_provider  # noqa: F401
+from tests.oidc_provider import OidcProvider
 from wsgate.config.model import State
 from wsgate.core.identity import Identity
 from wsgate.state.redis import RedisSessions, RedisState

@@ -133,7 +133,18 @@ async def test_the_management_api_of_one_node_lists_and_closes_sessions_on_the_o
     published = await a.shared.client.hgetall("wsgate:node:n1:connections")
     assert list(published) == [remote["id"]]
     entry = json.loads(published[remote["id"]])
-    assert set(entry) == {"service", "principal", "roles", "realm", "remote", "opened", "expires", "tls", "transport", "tunnel"}
+    assert set(entry) == {
+        "service",
+        "principal",
+        "roles",
+        "realm",
+        "remote",
+        "opened",
+        "expires",
+        "tls",
+        "transport",
+        "tunnel",
+    }
     assert "welcome" not in published[remote["id"]] and "Basic" not in published[remote["id"]]
 
     async with http.delete(f"{admin}/api/sessions/{remote['id']}") as response:
