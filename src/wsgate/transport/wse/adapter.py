@@ -393,7 +393,10 @@ class WseAdapter:
                     if frame is Command.CLOSE:
                         channel.peer_closed()
                     elif frame is Command.PING:
-                        channel.pong()
+                        try:
+                            await channel.pong()
+                        except ConnectionResetError:  # dropped as a slow consumer while the PONG waited
+                            break
                     elif frame is Command.RECONNECT:
                         break
                 else:

@@ -1,0 +1,56 @@
+"""WebSocket emulation against a hostile client: regression tests from the attack review of WSE.
+
+Each test names the defect it caught (it failed before the fix) or the attack it guards against.
+Real gateways on loopback, real HTTP clients and raw sockets, as tests/test_wse.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from wsgate.core.wse_frames import PING, RECONNECT
+
+from .test_wse import ECHO, base, emulated, service, wait_until
+from .test_wse import jaas as jaas  # noqa: F401 (fixture)
+from .wse_client import WseClient
+
+WRITER_LIMIT = 64 * 1024  # services.base.WebSocketService.writer_limit
+
+
+def sample(gw, name: str, **labels: str) -> float:
+    return gw.runtime.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+async def test_pings_from_a_client_that_reads_nothing_do_not_grow_its_downstream_buffer(start_gateway, http):
+    """Defect: every upstream PING appended a PONG to the downstream buffer without the writer limit, so a client
+    that sent bodies of PINGs and never attached a downstream grew the session's memory without end (120 KB a
+    request here, for as many requests as it liked). A PONG now waits as a send does, and the session that reads
+    nothing is dropped as a slow consumer after ``ws.write.timeout``."""
+    gw = await start_gateway("service:\n" + service("echo", extra="accept-options:\n  ws.write.timeout: 0.3s"))
+    client = WseClient(http, base(gw, "echo"))
+    await client.create()
+    (session,) = emulated(gw)
+    channel = session.channel
+    for _ in range(3):
+        try:
+            await asyncio.wait_for(client.send(raw=PING * 60_000 + RECONNECT), 5)
+        except TimeoutError:
+            break
+        assert channel.pending_size <= WRITER_LIMIT + 64  # (a PONG or two over it, CLOSE and RECONNECT once dropped)
+    await wait_until(lambda: not emulated(gw), 5)
+    assert sample(gw, "wsgate_slow_consumers_total", service="echo") == 1
+
+
+async def test_pongs_still_answer_pings_of_a_client_that_reads(start_gateway, http):
+    """The PONG's wait lets a reading client's PINGs through: many in one body are all answered."""
+    gw = await start_gateway(ECHO)
+    client = WseClient(http, base(gw, "echo"))
+    await client.create()
+    down = await client.open()
+    assert await asyncio.wait_for(client.send(raw=PING * 40_000 + RECONNECT), 10) == 200
+    pongs = 0
+    while pongs < 40_000:
+        assert await down.next() == "pong"
+        pongs += 1
+    await client.close()
+    assert await down.rest() == [("cmd", "02"), ("cmd", "01")]
