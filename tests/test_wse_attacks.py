@@ -7,6 +7,9 @@ Real gateways on loopback, real HTTP clients and raw sockets, as tests/test_wse.
 from __future__ import annotations
 
 import asyncio
+import logging
+
+import pytest
 
 from wsgate.core.wse_frames import PING, RECONNECT
 
@@ -54,3 +57,24 @@ async def test_pongs_still_answer_pings_of_a_client_that_reads(start_gateway, ht
         pongs += 1
     await client.close()
     assert await down.rest() == [("cmd", "02"), ("cmd", "01")]
+
+
+async def test_a_client_that_leaves_while_its_upstream_request_waits_ends_the_session(start_gateway, http, caplog):
+    """Defect: an upstream request waits while the service has not taken its messages (backpressure); the client
+    leaving did not end it (aiohttp does not cancel the handler), and a session with an upstream request in
+    progress never idles out: it stayed open, with its connection slot and buffers, for as long as the service
+    did not read (for ever here: ``ws.write.timeout`` off, nobody reads the echo). Now it is lost (1006) as a
+    native connection whose client leaves."""
+    caplog.set_level(logging.INFO, "wsgate.access")
+    gw = await start_gateway(
+        "service:\n" + service("echo", extra="accept-options:\n  ws.write.timeout: 0\n  ws.inactivity.timeout: 0.5s")
+    )
+    client = WseClient(http, base(gw, "echo"))
+    await client.create()
+    assert await client.send(b"x" * 100_000) == 200  # echoed into a downstream nobody attaches: the echo waits
+    assert await client.send(b"x" * 100_000) == 200  # unread by the service, within its share
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(client.send(b"x" * 100_000), 1)  # over its share: waits; the client gives up
+    await wait_until(lambda: not emulated(gw), 3)
+    closes = [r.msg["close_code"] for r in caplog.records if isinstance(r.msg, dict) and "close_code" in r.msg]
+    assert closes == [1006]

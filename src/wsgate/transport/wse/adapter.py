@@ -20,7 +20,8 @@ Every request after create carries the next sequence number of its direction (``
 upstream request does. A session id is 128 random bits (two: one per direction), served only to the
 client address that created it (and, if the create had an ``Origin``, to requests with that Origin or
 none); an id from anyone else is ``404``, as an unknown one. A session with neither a downstream
-attached nor an upstream request for ``ws.inactivity.timeout`` (60 s if unset) ends (1006).
+attached nor an upstream request for ``ws.inactivity.timeout`` (60 s if unset) ends (1006), as does one
+whose client leaves while an upstream request waits for the service to take its messages.
 """
 
 from __future__ import annotations
@@ -367,6 +368,9 @@ class WseAdapter:
         session.upstream_busy = True
         channel = session.channel
         encoding = session.encoding
+        protocol = request.protocol
+        if isinstance(protocol, HttpConnection):  # a client that leaves while its messages wait: the session is lost
+            protocol.on_lost = channel.abort
         try:
             limit = session.decoder.max_message * (2 if encoding.text else 1) * (2 if encoding.escaped else 1)
             body = await _read(request, limit + FRAMING)
@@ -402,6 +406,8 @@ class WseAdapter:
                 else:
                     await channel.deliver(frame)  # type: ignore[arg-type]
         finally:
+            if isinstance(protocol, HttpConnection):
+                protocol.on_lost = None
             session.upstream_busy = False
             if session.downstream is None and not channel.closed:
                 session.arm()
