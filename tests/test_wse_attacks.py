@@ -78,3 +78,29 @@ async def test_a_client_that_leaves_while_its_upstream_request_waits_ends_the_se
     await wait_until(lambda: not emulated(gw), 3)
     closes = [r.msg["close_code"] for r in caplog.records if isinstance(r.msg, dict) and "close_code" in r.msg]
     assert closes == [1006]
+
+
+async def test_two_sequence_numbers_that_differ_are_refused(start_gateway, http):
+    """Defect: ``X-Sequence-No`` and ``.ksn`` (or two header lines) that differ were both accepted, the header
+    silently winning: a proxy or log reading the other saw another request order than the gateway. They are a
+    400 now (on a session request the session fails, as for any bad number); the same number twice is fine."""
+    gw = await start_gateway(ECHO)
+    url = base(gw, "echo") + "/;e/cb"
+    version = ("X-WebSocket-Version", "wseb-1.0")
+    async with http.post(url + "?.ksn=7", headers=[version, ("X-Sequence-No", "5")]) as response:
+        assert response.status == 400
+    async with http.post(url, headers=[version, ("X-Sequence-No", "5"), ("X-Sequence-No", "6")]) as response:
+        assert response.status == 400
+    async with http.post(url + "?.ksn=5", headers=[version, ("X-Sequence-No", "5")]) as response:
+        assert response.status == 201
+
+    client = WseClient(http, base(gw, "echo"))
+    await client.create()
+    down = await client.open(f"?.ksn={client.down_seq + 1}")  # the same number twice: in order
+    async with http.post(
+        client.upstream + f"?.ksn={client.up_seq + 2}",
+        data=b"\x80\x01!" + RECONNECT,
+        headers={"X-Sequence-No": str(client.up_seq + 1)},
+    ) as response:
+        assert response.status == 400
+    assert await down.rest() == [("cmd", "02"), ("cmd", "01")]

@@ -16,12 +16,13 @@ ports, as plain HTTP:
   per message, 413 over it), delivered in order; ``200`` once the service has room for them.
 
 Every request after create carries the next sequence number of its direction (``X-Sequence-No`` or
-``.ksn``): a missing, invalid or out-of-order one is ``400`` and fails the session, as an overlapping
-upstream request does. A session id is 128 random bits (two: one per direction), served only to the
-client address that created it (and, if the create had an ``Origin``, to requests with that Origin or
-none); an id from anyone else is ``404``, as an unknown one. A session with neither a downstream
-attached nor an upstream request for ``ws.inactivity.timeout`` (60 s if unset) ends (1006), as does one
-whose client leaves while an upstream request waits for the service to take its messages.
+``.ksn``): a missing, invalid, ambiguous (two that differ) or out-of-order one is ``400`` and fails the
+session, as an overlapping upstream request does. A session id is 128 random bits (two: one per
+direction), served only to the client address that created it (and, if the create had an ``Origin``, to
+requests with that Origin or none); an id from anyone else is ``404``, as an unknown one. A session with
+neither a downstream attached nor an upstream request for ``ws.inactivity.timeout`` (60 s if unset) ends
+(1006), as does one whose client leaves while an upstream request waits for the service to take its
+messages.
 """
 
 from __future__ import annotations
@@ -416,7 +417,7 @@ class WseAdapter:
     def sequence(self, request: web.BaseRequest, session: WseSession, upstream: bool) -> None:
         """The next sequence number of this direction, or 400 and the session fails."""
         try:
-            number = parse_sequence(request.headers.get("X-Sequence-No") or request.query.get(".ksn"))
+            number = parse_sequence(_sequence_text(request))
         except WseError:
             session.fail("missing or invalid sequence number")
             raise
@@ -568,7 +569,18 @@ def _create_checks(request: web.BaseRequest) -> int:
     commands = request.headers.get("X-Accept-Commands")
     if commands is not None and commands.strip().lower() != "ping":
         raise WseError("X-Accept-Commands must be ping")
-    return parse_sequence(request.headers.get("X-Sequence-No") or request.query.get(".ksn"))
+    return parse_sequence(_sequence_text(request))
+
+
+def _sequence_text(request: web.BaseRequest) -> str | None:
+    """The request's sequence number as sent: ``X-Sequence-No`` or ``.ksn``, once. Two that differ (header
+    lines, query parameters, or one of each) are refused, not chosen from: one reader of the request must
+    not see another number than the next (a proxy or a log)."""
+    sent = (*request.headers.getall("X-Sequence-No", ()), *request.query.getall(".ksn", ()))
+    given = {value.strip() for value in sent if value.strip()}
+    if len(given) > 1:
+        raise WseError("ambiguous sequence number")
+    return next(iter(given), None)
 
 
 def _with_subprotocols(handshake: Handshake) -> Handshake:
