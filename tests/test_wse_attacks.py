@@ -13,7 +13,7 @@ import pytest
 
 from wsgate.core.wse_frames import PING, RECONNECT
 
-from .test_wse import ECHO, base, emulated, service, wait_until
+from .test_wse import ECHO, base, emulated, raw_request, service, wait_until
 from .test_wse import jaas as jaas  # noqa: F401 (fixture)
 from .wse_client import WseClient
 
@@ -104,3 +104,41 @@ async def test_two_sequence_numbers_that_differ_are_refused(start_gateway, http)
     ) as response:
         assert response.status == 400
     assert await down.rest() == [("cmd", "02"), ("cmd", "01")]
+
+
+async def test_every_refused_create_is_counted_and_malformed_ones_audited(start_gateway, http, caplog):
+    """Defect: a create refused before the admission (no ``X-WebSocket-Version``, a bad sequence number, an
+    ``X-Origin`` of another site) or after it (revoked, a service's refusal) counted nowhere, and no malformed
+    emulated request was counted or audited as a bad request: a client could probe or be refused without a trace
+    that the same native upgrade leaves. Now each counts as a refused handshake, and malformed ones as bad
+    requests with an audit line."""
+    caplog.set_level(logging.INFO, "wsgate.audit")
+    gw = await start_gateway(ECHO)
+    port = gw.port_of("echo")
+    url = base(gw, "echo") + "/;e/cb"
+    async with http.post(url, headers={"X-Sequence-No": "1"}) as response:
+        assert response.status == 400
+    async with http.post(url, headers={"X-WebSocket-Version": "wseb-1.0", "X-Sequence-No": "x"}) as response:
+        assert response.status == 400
+    two_origins = [("X-WebSocket-Version", "wseb-1.0"), ("X-Sequence-No", "1")]
+    two_origins += [("Origin", f"http://127.0.0.1:{port}"), ("Origin", "http://evil.example")]
+    async with http.post(url, headers=two_origins) as response:
+        assert response.status == 400
+    head, body = await raw_request(
+        port,
+        f"POST /echo/;e/cbm HTTP/1.1\nHost: 127.0.0.1:{port}\nX-WebSocket-Version: wseb-1.0\nX-Sequence-No: 0\n"
+        "X-Origin: http://evil.example\nContent-Length: 0\n\n",
+    )
+    assert body.startswith(b"HTTP/1.1 403 ")  # enveloped, and counted as the 403 it is
+    assert sample(gw, "wsgate_handshakes_total", service="echo", outcome="other") == 3
+    assert sample(gw, "wsgate_handshakes_total", service="echo", outcome="403") == 1
+
+    client = WseClient(http, base(gw, "echo"))
+    await client.create()
+    async with http.get(client.downstream, headers=two_origins[1:]) as response:
+        assert response.status == 400
+    assert sample(gw, "wsgate_bad_requests_total", service="echo") == 4
+    lines = [r.msg for r in caplog.records if isinstance(r.msg, dict) and r.msg.get("event") == "bad request"]
+    assert [(line["service"], line["status"]) for line in lines] == [("echo", 400)] * 4
+    assert not any("evil" in str(line) for line in lines)  # the reasons are ours, not the client's bytes
+    assert sample(gw, "wsgate_handshakes_total", service="echo", outcome="other") == 3  # session requests: not

@@ -39,7 +39,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from ...core.close import CloseCode
-from ...core.handshake import EMULATED, Accept, Handshake, Reject, Reply
+from ...core.handshake import BAD_REQUEST, EMULATED, Accept, Handshake, Reject, Reply
 from ...core.http import check_request
 from ...core.peer import PeerIdentity
 from ...core.session import LiveSession
@@ -56,6 +56,7 @@ from ...core.wse_frames import (
     parse_sequence,
     unescape,
 )
+from ...observe.logs import LogLimiter, get_logger
 from ...observe.metrics import handshake_outcome
 from ...security.origin import origin_allowed, preflight
 from ..http import handshake_from, response_for
@@ -70,6 +71,8 @@ if TYPE_CHECKING:
 __all__ = ["EMULATION_MARK", "WseAdapter", "emulation_path", "sessions"]
 
 log = logging.getLogger("wsgate.service")
+audit = get_logger("wsgate.audit")
+_bad_lines = LogLimiter("bad emulated request")
 
 EMULATION_MARK = "/;e/"
 VERSION = "wseb-1.0"
@@ -220,6 +223,7 @@ class WseAdapter:
                 return await self.create(request, handshake, encoding, admission)
             bad = check_request(request.headers)  # as admission would: no ambiguous Origin, Host or credentials
             if bad is not None:
+                self.bad_request(handshake.remote, bad.status, bad.text.strip())
                 return _plain(bad.status, bad.text)
             session = _SESSIONS.get(session_id)
             if session is None or not self.owns(session, handshake):
@@ -246,28 +250,51 @@ class WseAdapter:
     async def create(
         self, request: web.BaseRequest, handshake: Handshake, encoding: Encoding, admission: Admission
     ) -> web.StreamResponse:
+        """A create, answered (in an httpxe envelope if the client wants one); every refusal of it counts as the
+        listener counts a refused upgrade, whatever refused it (201s count when the session registers)."""
         wrap = enveloped(request)
+        response = await self._create(request, handshake, encoding, admission, wrap)
+        if response.status != 201 and self.metrics is not None:
+            self.metrics.handshakes.labels(self.service.name, handshake_outcome(response.status)).inc()
+        return _answer(response, wrap)
+
+    async def _create(
+        self,
+        request: web.BaseRequest,
+        handshake: Handshake,
+        encoding: Encoding,
+        admission: Admission,
+        wrap: str | None,
+    ) -> web.StreamResponse:
         try:
             sequence = _create_checks(request)
         except WseError as exc:
-            return _answer(_plain(exc.status, f"{exc}\n"), wrap)
+            self.bad_request(handshake.remote, exc.status, str(exc))
+            return _plain(exc.status, f"{exc}\n")
         if len(_SESSIONS) // 2 >= MAX_SESSIONS:
             return _plain(503, "Service Unavailable\n", {"Retry-After": "5"})
         x_origin = request.headers.get("X-Origin")
         if x_origin is not None and not origin_allowed(x_origin, admission.own_origin(handshake), admission.cross_site):
-            return _answer(_plain(403, "Forbidden\n"), wrap)  # the page a Kaazing bridge speaks for: same rules
+            return _plain(403, "Forbidden\n")  # the page a Kaazing bridge speaks for: same rules
         handshake = _with_subprotocols(handshake)
         decision = await admission.admit(handshake)
         if isinstance(decision, (Reject, Reply)):
-            if self.metrics is not None:
-                self.metrics.handshakes.labels(self.service.name, handshake_outcome(decision.status)).inc()
-            return _answer(response_for(decision), wrap)
+            if isinstance(decision, Reject) and decision.event == BAD_REQUEST:
+                self.bad_request(handshake.remote, decision.status, decision.reason)
+            return response_for(decision)
         try:
-            response = await self.open(request, handshake, decision, encoding, sequence, admission, wrap)
+            return await self.open(request, handshake, decision, encoding, sequence, admission, wrap)
         except BaseException:
             decision.hold.release()
             raise
-        return _answer(response, wrap)
+
+    def bad_request(self, remote: str, status: int, reason: str) -> None:
+        """A malformed emulated request: counted always, audited within the rate limit, as the listener does
+        for a malformed upgrade (``reason`` is ours, never the client's bytes)."""
+        if self.metrics is not None:
+            self.metrics.bad_requests.labels(self.service.name).inc()
+        if _bad_lines.allow():
+            audit.info("bad request", service=self.service.name, remote=remote, status=status, reason=reason)
 
     async def open(
         self,
