@@ -10,8 +10,10 @@ import asyncio
 import logging
 
 import pytest
+from yarl import URL
 
-from wsgate.core.wse_frames import PING, RECONNECT
+from wsgate.client.wse import emulation_urls
+from wsgate.core.wse_frames import PING, RECONNECT, WseError
 
 from .test_wse import ECHO, base, emulated, raw_request, service, wait_until
 from .test_wse import jaas as jaas  # noqa: F401 (fixture)
@@ -142,3 +144,25 @@ async def test_every_refused_create_is_counted_and_malformed_ones_audited(start_
     assert [(line["service"], line["status"]) for line in lines] == [("echo", 400)] * 4
     assert not any("evil" in str(line) for line in lines)  # the reasons are ours, not the client's bytes
     assert sample(gw, "wsgate_handshakes_total", service="echo", outcome="other") == 3  # session requests: not
+
+
+def test_the_python_client_keeps_to_the_create_s_port():
+    """Defect: the Python client compared only the host of the create's URLs, so a 201 could send its upstream
+    messages (and the cookies of that host) to another port, another origin; the browser client compares host
+    and port. Default ports compare as the browser's ``URL.host`` does (an https upgrade on the same host is
+    fine); a URL with user information is refused too."""
+    create = URL("http://gw.example:8000/trade/;e/cbm")
+    down = "http://gw.example:8000/trade/;e/dbm/d\n"
+    for bad in (
+        "http://gw.example:9000/trade/;e/ubm/u\n" + down,
+        "http://gw.example/trade/;e/ubm/u\n" + down,
+        "http://user:pw@gw.example:8000/trade/;e/ubm/u\n" + down,
+    ):
+        with pytest.raises(WseError):
+            emulation_urls(create, bad)
+    up, _ = emulation_urls(create, "https://gw.example:8000/trade/;e/ubm/u\n" + down)
+    assert up.scheme == "https"
+    default = URL("http://gw.example/trade/;e/cbm")
+    emulation_urls(default, "http://gw.example:80/trade/;e/ubm/u\nhttps://gw.example/trade/;e/dbm/d\n")
+    with pytest.raises(WseError):
+        emulation_urls(default, "http://gw.example:8080/trade/;e/ubm/u\nhttp://gw.example/trade/;e/dbm/d\n")

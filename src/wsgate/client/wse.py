@@ -39,8 +39,11 @@ def create_url(url: URL) -> URL:
 
 
 def emulation_urls(create: URL, body: str) -> tuple[URL, URL]:
-    """The 201's upstream and downstream URLs: on the gateway's host, under the service's path, and https if
-    the create was (SPEC "Client Handshake Requirements"); anything else fails the connection."""
+    """The 201's upstream and downstream URLs: on the gateway's host and port, under the service's path, and
+    https if the create was (SPEC "Client Handshake Requirements"); anything else fails the connection.
+
+    The port counts as the browser client's check counts it (``URL.host``): another port of the same host is
+    another origin, perhaps another party's server, and must not get the session's messages or cookies."""
     lines = [line for line in body.split("\n") if line]
     base = create.path.split("/;e/", 1)[0] + "/"
     urls = tuple(URL(line) for line in lines[:2])
@@ -49,12 +52,19 @@ def emulation_urls(create: URL, body: str) -> tuple[URL, URL]:
             url.scheme not in ("http", "https")
             or (create.scheme == "https" and url.scheme != "https")
             or url.host != create.host
+            or _explicit_port(url) != _explicit_port(create)
+            or url.user is not None
             or not url.path.startswith(base)
         ):
             raise WseError(f"the gateway's emulation URL {url} is not under {create.with_query(None)}")
     if len(urls) != 2:
         raise WseError("the create response does not hold two URLs")
     return urls[0], urls[1]
+
+
+def _explicit_port(url: URL) -> int | None:
+    """The port as a browser's ``URL.host`` shows it: None for the scheme's default (http 80, https 443)."""
+    return None if url.port == {"http": 80, "https": 443}.get(url.scheme) else url.port
 
 
 class WseSocket:
