@@ -15,7 +15,7 @@ from yarl import URL
 from wsgate.client.wse import emulation_urls
 from wsgate.core.wse_frames import PING, RECONNECT, WseError
 
-from .test_wse import ECHO, base, emulated, raw_request, service, wait_until
+from .test_wse import ECHO, base, emulated, raw_request, realm_config, service, wait_until
 from .test_wse import jaas as jaas  # noqa: F401 (fixture)
 from .wse_client import WseClient
 
@@ -144,6 +144,39 @@ async def test_every_refused_create_is_counted_and_malformed_ones_audited(start_
     assert [(line["service"], line["status"]) for line in lines] == [("echo", 400)] * 4
     assert not any("evil" in str(line) for line in lines)  # the reasons are ours, not the client's bytes
     assert sample(gw, "wsgate_handshakes_total", service="echo", outcome="other") == 3  # session requests: not
+
+
+async def test_create_paths_spelled_otherwise_meet_the_realm_or_nothing(start_gateway, jaas):  # noqa: F811
+    """Guard: a create spelled with ``%3Be``, an encoded suffix or a trailing slash reaches the same service and its
+    realm (401 without credentials); dot segments and doubled slashes reach no emulated resource at all."""
+    gw = await start_gateway(realm_config())
+    port = gw.port_of("files")
+    outcomes = {}
+    for path in (
+        "/files/%3Be/cb",
+        "/files/%3be/cbm",
+        "/files/;e/%63b",
+        "/files/;e/cb/",
+        "/files/./;e/cb",
+        "/x/../files/;e/cb",
+        "/files//;e/cb",
+        "//files/;e/cb",
+        "/files/;E/cb",
+        "/files;e/cb",
+    ):
+        head, _ = await raw_request(
+            port,
+            f"POST {path} HTTP/1.1\nHost: 127.0.0.1:{port}\nX-WebSocket-Version: wseb-1.0\nX-Sequence-No: 0\n"
+            "Content-Length: 0\n\n",
+        )
+        outcomes[path] = int(head.split(b" ")[1])
+    assert all(status in (401, 404) for status in outcomes.values()), outcomes
+    assert [p for p, status in outcomes.items() if status == 401] == [
+        "/files/%3Be/cb",
+        "/files/%3be/cbm",
+        "/files/;e/%63b",
+        "/files/;e/cb/",
+    ]
 
 
 def test_the_python_client_keeps_to_the_create_s_port():
