@@ -26,6 +26,29 @@ def sample(gw, name: str, **labels: str) -> float:
     return gw.runtime.metrics.registry.get_sample_value(name, labels) or 0.0
 
 
+async def trickle_body(port: int, head: bytes, seconds: float) -> float | None:
+    """Send ``head``, then a one-byte chunk of a chunked body every 0.2 s: after how long did the gateway hang up
+    (None: not within ``seconds``)?"""
+    loop = asyncio.get_running_loop()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(head)
+    started = loop.time()
+    try:
+        while loop.time() - started < seconds:
+            writer.write(b"1\r\n \r\n")
+            await writer.drain()
+            try:
+                if await asyncio.wait_for(reader.read(1024), 0.2) == b"":
+                    return loop.time() - started
+            except TimeoutError:
+                continue
+    except ConnectionError:
+        return loop.time() - started
+    finally:
+        writer.close()
+    return None
+
+
 async def test_pings_from_a_client_that_reads_nothing_do_not_grow_its_downstream_buffer(start_gateway, http):
     """Defect: every upstream PING appended a PONG to the downstream buffer without the writer limit, so a client
     that sent bodies of PINGs and never attached a downstream grew the session's memory without end (120 KB a
@@ -199,3 +222,21 @@ def test_the_python_client_keeps_to_the_create_s_port():
     emulation_urls(default, "http://gw.example:80/trade/;e/ubm/u\nhttps://gw.example/trade/;e/dbm/d\n")
     with pytest.raises(WseError):
         emulation_urls(default, "http://gw.example:8080/trade/;e/ubm/u\nhttp://gw.example/trade/;e/dbm/d\n")
+
+
+async def test_an_upgrade_header_does_not_exempt_an_upstream_body_from_the_request_deadline(start_gateway, http):
+    """Defect: the listener's body deadline (``limits/handshake-timeout``) skipped every request with an
+    ``Upgrade`` header, meant for a WebSocket's bytes after its 101. A WSE upstream POST reads its body itself
+    (no admission refuses it first, as it refuses a POST upgrade elsewhere), so one with ``Upgrade: websocket``
+    and a body trickled forever held its socket, its upstream slot and the session open for good. Only a GET
+    can become a WebSocket now; anything else keeps the deadline."""
+    gw = await start_gateway("limits:\n  handshake-timeout: 1s\n" + ECHO)
+    port = gw.port_of("echo")
+    for upgrade in (b"Upgrade: websocket\r\nConnection: Upgrade\r\n", b"Upgrade: websocket\r\n"):
+        client = WseClient(http, base(gw, "echo"))
+        await client.create()
+        path = client.upstream.split(str(port), 1)[1]
+        head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Sequence-No: {client.up_seq + 1}\r\n".encode()
+        dropped = await trickle_body(port, head + upgrade + b"Transfer-Encoding: chunked\r\n\r\n", 4.0)
+        assert dropped is not None and dropped < 2.5, "a body trickled forever held the upstream request open"
+    await wait_until(lambda: not emulated(gw), 3)  # each client left mid-request: its session is lost
