@@ -243,6 +243,48 @@ async def test_an_upgrade_header_does_not_exempt_an_upstream_body_from_the_reque
     await wait_until(lambda: not emulated(gw), 3)  # each client left mid-request: its session is lost
 
 
+TOKENS = """
+service:
+  - name: tokens
+    accept: ws://127.0.0.1:0/tokens
+    type: echo
+    realm-name: tokens
+    authorization-constraint:
+      require-role: AUTHORIZED
+security:
+  realm:
+    - name: tokens
+      authentication:
+        http-challenge-scheme: Application Token
+        login-modules:
+          login-module:
+            type: class:tests.test_extended_loopback.Tokens
+"""
+
+
+async def test_a_token_in_a_second_subprotocol_offer_of_a_create_is_not_overlooked(start_gateway, http):
+    """Defect: a create's subprotocol offer was its first ``X-WebSocket-Protocol`` line only, any
+    ``Sec-WebSocket-Protocol`` dropped: a token offered in a second line (or in the other header) was never seen,
+    and the create opened as the first token's user, where a native upgrade with two token offers is refused as
+    ambiguous (400). Every offer of either header now reaches the realm, which refuses them alike."""
+    gw = await start_gateway(TOKENS)
+    url = base(gw, "tokens")
+    joe, mallory = "wsgate.token.ok.joe", "wsgate.token.ok.mallory"
+    for offers in (
+        [("X-WebSocket-Protocol", joe), ("X-WebSocket-Protocol", mallory)],
+        [("X-WebSocket-Protocol", f"chat, {joe}"), ("X-WebSocket-Protocol", mallory)],
+        [("X-WebSocket-Protocol", joe), ("Sec-WebSocket-Protocol", mallory)],
+    ):
+        async with http.post(
+            url + "/;e/cbm", headers=[("X-WebSocket-Version", "wseb-1.0"), ("X-Sequence-No", "1"), *offers]
+        ) as response:
+            assert response.status == 400, offers
+    created = await WseClient(http, url).create(X_WebSocket_Protocol=joe)  # one offer: as before
+    assert created.status == 201 and "X-WebSocket-Protocol" not in created.headers  # a token is never echoed
+    (session,) = emulated(gw)
+    assert session.identity.user == "joe"
+
+
 # -- x-kaazing-handshake ------------------------------------------------------------------------
 
 

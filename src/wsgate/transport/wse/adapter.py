@@ -357,7 +357,7 @@ class WseAdapter:
         headers: CIMultiDict[str] = CIMultiDict(cors)
         headers["Content-Type"] = "text/plain;charset=utf-8"
         headers["Cache-Control"] = "no-cache"
-        chosen = accept.subprotocol or _choose(request.headers.get("X-WebSocket-Protocol"), protocols)
+        chosen = accept.subprotocol or _choose(", ".join(request.headers.getall("X-WebSocket-Protocol", [])), protocols)
         if chosen is not None:
             headers["X-WebSocket-Protocol"] = chosen
         if identity is not None:
@@ -612,13 +612,16 @@ def _sequence_text(request: web.BaseRequest) -> str | None:
 
 def _with_subprotocols(handshake: Handshake) -> Handshake:
     """The create as admission and the service see it: ``X-WebSocket-Protocol`` is the offer of subprotocols
-    (where a realm may also find a token offer, as in ``Sec-WebSocket-Protocol``)."""
-    offered = handshake.headers.get("X-WebSocket-Protocol")
-    if offered is None:
+    (where a realm may also find a token offer, as in ``Sec-WebSocket-Protocol``).
+
+    Every line of both headers makes up the one offer: a token in a second line, or in the other header, must
+    reach the realm (which refuses two token offers as ambiguous), never be dropped unseen."""
+    offered = handshake.headers.getall("X-WebSocket-Protocol", [])
+    if not offered:
         return handshake
     headers = CIMultiDict(handshake.headers)
-    headers.popall("Sec-WebSocket-Protocol", None)
-    headers["Sec-WebSocket-Protocol"] = offered
+    lines = [*headers.popall("Sec-WebSocket-Protocol", []), *offered]
+    headers["Sec-WebSocket-Protocol"] = ", ".join(line.strip() for line in lines if line.strip())
     return replace(handshake, headers=CIMultiDictProxy(headers))
 
 
