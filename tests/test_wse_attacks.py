@@ -16,7 +16,7 @@ from wsgate.client.wse import emulation_urls
 from wsgate.core.extended import ExtendedHandshakeError, parse_request
 from wsgate.core.wse_frames import PING, RECONNECT, WseError
 
-from .test_wse import ECHO, base, emulated, raw_request, realm_config, service, wait_until
+from .test_wse import ECHO, base, basic, emulated, raw_request, realm_config, service, wait_until
 from .test_wse import jaas as jaas  # noqa: F401 (fixture)
 from .wse_client import WseClient
 
@@ -241,6 +241,19 @@ async def test_an_upgrade_header_does_not_exempt_an_upstream_body_from_the_reque
         dropped = await trickle_body(port, head + upgrade + b"Transfer-Encoding: chunked\r\n\r\n", 4.0)
         assert dropped is not None and dropped < 2.5, "a body trickled forever held the upstream request open"
     await wait_until(lambda: not emulated(gw), 3)  # each client left mid-request: its session is lost
+
+
+async def test_revocation_ends_a_session_with_no_downstream_attached(start_gateway, http, jaas, caplog):  # noqa: F811
+    """Guard: a revoked user's emulated session ends (1008) although its client never attached a downstream to
+    receive the CLOSE (the close handshake gives up and the session is dropped, not left to the idle timer)."""
+    caplog.set_level(logging.INFO, "wsgate.access")
+    gw = await start_gateway(realm_config())
+    client = WseClient(http, base(gw, "files"), **basic("joe", "welcome"))
+    assert (await client.create()).status == 201
+    assert await gw.revoke(user="joe") == 1
+    await wait_until(lambda: not emulated(gw), 4)
+    closes = [r.msg["close_code"] for r in caplog.records if isinstance(r.msg, dict) and "close_code" in r.msg]
+    assert closes == [1008]
 
 
 TOKENS = """
