@@ -7,17 +7,24 @@ Real gateways on loopback, real HTTP clients and raw sockets, as tests/test_wse.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from pathlib import Path
 
+import aiohttp
 import pytest
+from aiohttp import web
 from yarl import URL
 
+from wsgate.client import RefusedError, connect
 from wsgate.client.wse import emulation_urls
 from wsgate.core.extended import ExtendedHandshakeError, parse_request
 from wsgate.core.wse_frames import PING, RECONNECT, WseError
+from wsgate.transport.listener import CLIENT_JS
 
 from .test_wse import ECHO, base, basic, emulated, raw_request, realm_config, service, wait_until
 from .test_wse import jaas as jaas  # noqa: F401 (fixture)
+from .test_wse_browser import CHROMIUM, in_browser
 from .wse_client import WseClient
 
 WRITER_LIMIT = 64 * 1024  # services.base.WebSocketService.writer_limit
@@ -296,6 +303,190 @@ async def test_a_token_in_a_second_subprotocol_offer_of_a_create_is_not_overlook
     assert created.status == 201 and "X-WebSocket-Protocol" not in created.headers  # a token is never echoed
     (session,) = emulated(gw)
     assert session.identity.user == "joe"
+
+
+@pytest.fixture
+async def elsewhere():
+    """Another origin (127.0.0.2): what reaches it."""
+    seen: list[tuple[str, str, dict[str, str], bytes]] = []
+
+    async def record(request: web.Request) -> web.Response:
+        seen.append((request.method, request.path, dict(request.headers), await request.read()))
+        return web.Response(status=201, text="")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", record)
+    runner = web.AppRunner(app, shutdown_timeout=1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.2", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield f"http://127.0.0.2:{port}", seen
+    await asyncio.wait_for(runner.cleanup(), 5)
+
+
+@pytest.fixture
+async def redirecting(elsewhere):
+    """A "gateway" at 127.0.0.1 whose create, upstream or downstream (as ``mode`` says) answers 307 to ``elsewhere``."""
+    target, _ = elsewhere
+    mode = {"redirect": ""}
+
+    async def create(request: web.Request) -> web.Response:
+        if mode["redirect"] == "create":
+            raise web.HTTPTemporaryRedirect(target + "/trade/;e/cbm")
+        base = f"http://127.0.0.1:{request.url.port}/trade/;e"
+        return web.Response(status=201, text=f"{base}/ubm/u\n{base}/dbm/d\n", content_type="text/plain")
+
+    async def upstream(request: web.Request) -> web.Response:
+        await request.read()
+        if mode["redirect"] == "upstream":
+            raise web.HTTPTemporaryRedirect(target + "/steal/up")
+        return web.Response()
+
+    async def downstream(request: web.Request) -> web.StreamResponse:
+        if mode["redirect"] == "downstream":
+            raise web.HTTPTemporaryRedirect(target + "/steal/down")
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        await response.prepare(request)
+        await asyncio.sleep(30)
+        return response
+
+    app = web.Application()
+    app.router.add_post("/trade/;e/cbm", create)
+    app.router.add_post("/trade/;e/ubm/u", upstream)
+    app.router.add_get("/trade/;e/dbm/d", downstream)
+    runner = web.AppRunner(app, shutdown_timeout=1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield f"ws://127.0.0.1:{port}/trade", mode
+    await asyncio.wait_for(runner.cleanup(), 5)
+
+
+@pytest.mark.parametrize("where", ["create", "upstream", "downstream"])
+async def test_the_python_client_follows_no_redirect_off_the_gateway(redirecting, elsewhere, where):
+    """Defect: the Python client's emulated requests followed redirects (aiohttp's default), so a 307 (a proxy
+    on the way, a front end) sent the create's headers (a realm's credential header), the session's upstream
+    messages or its downstream read to another origin, past the check that keeps the 201's URLs on the gateway;
+    a WebSocket handshake follows none. A redirect is now an answer like any other: the create is refused, the
+    session lost."""
+    url, mode = redirecting
+    _, seen = elsewhere
+    mode["redirect"] = where
+    try:
+        connection = await connect(url, transport="wse", headers={"X-Token": "secret"})
+    except RefusedError as refused:
+        assert where == "create" and refused.status == 307
+    else:
+        with contextlib.suppress(aiohttp.ClientError, ConnectionError):
+            await connection.send("private")
+        await asyncio.sleep(0.3)
+        await asyncio.wait_for(connection.close(), 10)
+    assert seen == []
+
+
+REDIRECT_PAGE = """<!doctype html><script type="module">
+import { connect } from "/.wsgate/client.js";
+const s = await connect(`ws://${location.host}/trade`, {
+  fallbackTimeout: 2, onmessage: (e) => console.log(`message ${e.data}`), onclose: (e) => console.log(`closed ${e.code}`),
+}).catch((e) => { console.log(`refused ${e.message}`); return null; });
+if (s) {
+  console.log(`transport ${s.transport}`);
+  s.send("private");
+  await new Promise((resolve) => setTimeout(resolve, 2000));
+}
+console.log("done");
+</script>"""
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed (make test installs it)")
+@pytest.mark.parametrize("where", ["create", "upstream", "downstream"])
+async def test_the_browser_client_follows_no_redirect_off_the_gateway(where):
+    """Defect: the browser client's emulated requests used fetch's default ``redirect: "follow"``, so a 307 sent
+    the session's upstream messages to another origin and read its downstream from there (that origin granting
+    CORS: messages injected into the page), past the check that keeps the 201's URLs on the gateway; a
+    WebSocket handshake follows no redirect. A redirect now fails the request: the create is refused, the
+    session lost. (A gateway stand-in on loopback whose WebSocket fails, so the client falls back.)"""
+    seen: list[str] = []
+
+    async def elsewhere(request: web.Request) -> web.Response:  # grants every origin CORS with credentials
+        seen.append(f"{request.method} {request.path} {(await request.read())!r}")
+        cors = {
+            "Access-Control-Allow-Origin": request.headers.get("Origin", "*"),
+            "Access-Control-Allow-Credentials": "true",
+            "Access-Control-Allow-Headers": request.headers.get("Access-Control-Request-Headers", "*"),
+            "Access-Control-Allow-Methods": "GET, POST",
+        }
+        body = b"\x81\x08injected" + RECONNECT if request.method == "GET" else b""
+        return web.Response(body=body, headers=cors, content_type="application/octet-stream")
+
+    other = await _site("127.0.0.2", [("*", "/{tail:.*}", elsewhere)])
+    other_url = f"http://127.0.0.2:{_port(other)}"
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text=REDIRECT_PAGE, content_type="text/html")
+
+    async def script(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(CLIENT_JS, headers={"Content-Type": "text/javascript"})
+
+    async def no_websocket(request: web.Request) -> web.Response:
+        return web.Response(status=400)
+
+    async def create(request: web.Request) -> web.Response:
+        if where == "create":
+            raise web.HTTPTemporaryRedirect(other_url + "/trade/;e/cbm")
+        base = f"http://{request.host}/trade/;e"
+        return web.Response(status=201, text=f"{base}/ubm/u\n{base}/dbm/d\n", content_type="text/plain")
+
+    async def upstream(request: web.Request) -> web.Response:
+        await request.read()
+        if where == "upstream":
+            raise web.HTTPTemporaryRedirect(other_url + "/steal/up")
+        return web.Response()
+
+    async def downstream(request: web.Request) -> web.StreamResponse:
+        if where == "downstream":
+            raise web.HTTPTemporaryRedirect(other_url + "/steal/down")
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        await response.prepare(request)
+        await asyncio.sleep(5)
+        return response
+
+    gateway = await _site(
+        "127.0.0.1",
+        [
+            ("GET", "/page.html", page),
+            ("GET", "/.wsgate/client.js", script),
+            ("GET", "/trade", no_websocket),
+            ("POST", "/trade/;e/cbm", create),
+            ("POST", "/trade/;e/ubm/u", upstream),
+            ("GET", "/trade/;e/dbm/d", downstream),
+        ],
+    )
+    try:
+        result = await in_browser("console", f"http://127.0.0.1:{_port(gateway)}/page.html")
+    finally:
+        await asyncio.wait_for(gateway.cleanup(), 5)
+        await asyncio.wait_for(other.cleanup(), 5)
+    lines = result.get("console", [])
+    assert "done" in lines, result
+    assert seen == [], lines
+    assert not [line for line in lines if "injected" in line], lines
+
+
+async def _site(host: str, routes: list) -> web.AppRunner:
+    app = web.Application()
+    for method, path, handler in routes:
+        app.router.add_route(method, path, handler)
+    runner = web.AppRunner(app, shutdown_timeout=1)
+    await runner.setup()
+    await web.TCPSite(runner, host, 0).start()
+    return runner
+
+
+def _port(runner: web.AppRunner) -> int:
+    return runner.addresses[0][1]
 
 
 # -- x-kaazing-handshake ------------------------------------------------------------------------
