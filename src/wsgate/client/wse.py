@@ -5,9 +5,11 @@ For networks where no WebSocket gets through (a proxy strips ``Upgrade``): the c
 and a downstream URL and the same ``Wsgate-*`` headers as a 101), messages go up as POSTs of frames (one
 request at a time; what is sent meanwhile goes in the next), and come down a streaming GET that the
 gateway ends with ``RECONNECT`` when the next one should take over. Each request carries the next
-sequence number of its direction. ``WseSocket`` offers what ``Connection`` uses of aiohttp's
-``ClientWebSocketResponse``, so a ``Connection`` works the same over either. WSE's ``CLOSE`` carries no
-code: a close by the gateway reads as 1005 (no status).
+sequence number of its direction. No request follows a redirect (a WebSocket handshake follows none): a
+3xx would take the credentials, the messages or the downstream off the gateway, past the check of the
+201's URLs; it is an answer like any other (the create refused, the session lost). ``WseSocket`` offers
+what ``Connection`` uses of aiohttp's ``ClientWebSocketResponse``, so a ``Connection`` works the same over
+either. WSE's ``CLOSE`` carries no code: a close by the gateway reads as 1005 (no status).
 """
 
 from __future__ import annotations
@@ -39,8 +41,11 @@ def create_url(url: URL) -> URL:
 
 
 def emulation_urls(create: URL, body: str) -> tuple[URL, URL]:
-    """The 201's upstream and downstream URLs: on the gateway's host, under the service's path, and https if
-    the create was (SPEC "Client Handshake Requirements"); anything else fails the connection."""
+    """The 201's upstream and downstream URLs: on the gateway's host and port, under the service's path, and
+    https if the create was (SPEC "Client Handshake Requirements"); anything else fails the connection.
+
+    The port counts as the browser client's check counts it (``URL.host``): another port of the same host is
+    another origin, perhaps another party's server, and must not get the session's messages or cookies."""
     lines = [line for line in body.split("\n") if line]
     base = create.path.split("/;e/", 1)[0] + "/"
     urls = tuple(URL(line) for line in lines[:2])
@@ -49,12 +54,19 @@ def emulation_urls(create: URL, body: str) -> tuple[URL, URL]:
             url.scheme not in ("http", "https")
             or (create.scheme == "https" and url.scheme != "https")
             or url.host != create.host
+            or _explicit_port(url) != _explicit_port(create)
+            or url.user is not None
             or not url.path.startswith(base)
         ):
             raise WseError(f"the gateway's emulation URL {url} is not under {create.with_query(None)}")
     if len(urls) != 2:
         raise WseError("the create response does not hold two URLs")
     return urls[0], urls[1]
+
+
+def _explicit_port(url: URL) -> int | None:
+    """The port as a browser's ``URL.host`` shows it: None for the scheme's default (http 80, https 443)."""
+    return None if url.port == {"http": 80, "https": 443}.get(url.scheme) else url.port
 
 
 class WseSocket:
@@ -105,7 +117,7 @@ class WseSocket:
         send = {"X-WebSocket-Version": VERSION, "X-Sequence-No": str(sequence), "X-Accept-Commands": "ping"}
         if protocols:
             send["X-WebSocket-Protocol"] = ",".join(protocols)
-        async with session.post(target, headers={**headers, **send}, ssl=ssl) as response:
+        async with session.post(target, headers={**headers, **send}, ssl=ssl, allow_redirects=False) as response:
             body = await response.text()
             if response.status != 201:
                 return response
@@ -181,7 +193,9 @@ class WseSocket:
             self._outbox.clear()
             self._up_seq += 1
             headers = {"Content-Type": "application/octet-stream", "X-Sequence-No": str(self._up_seq)}
-            async with self._session.post(self._up, data=body, headers=headers, ssl=self._ssl) as response:
+            async with self._session.post(
+                self._up, data=body, headers=headers, ssl=self._ssl, allow_redirects=False
+            ) as response:
                 await response.read()
                 if response.status != 200:
                     self._lost(TOO_BIG if response.status == 413 else ABNORMAL)
@@ -196,7 +210,9 @@ class WseSocket:
             while not self._closed.is_set():
                 self._down_seq += 1
                 headers = {"X-Sequence-No": str(self._down_seq)}
-                async with self._session.get(self._down, headers=headers, ssl=self._ssl, timeout=timeout) as response:
+                async with self._session.get(
+                    self._down, headers=headers, ssl=self._ssl, timeout=timeout, allow_redirects=False
+                ) as response:
                     if response.status != 200:
                         break
                     if not await self._frames(response, decoder):

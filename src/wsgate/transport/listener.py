@@ -399,10 +399,14 @@ class HttpConnection(web.RequestHandler):
         self._disarm()
 
     def head_complete(self, request: web.BaseRequest) -> None:
-        """The request head reached the handler in time; a body still arriving keeps the deadline."""
+        """The request head reached the handler in time; a body still arriving keeps the deadline.
+
+        Only a GET with ``Upgrade`` may become a WebSocket (whose bytes are then no body); an ``Upgrade``
+        header on any other request (a WSE upstream POST reads its body itself) keeps the deadline too."""
         self.awaiting_head = False
         self.stall_timeout = self.listener.idle_timeout(request)
-        if request.body_exists and not request.content.is_eof() and not is_upgrade(request):
+        upgrade = request.method == "GET" and is_upgrade(request)
+        if request.body_exists and not request.content.is_eof() and not upgrade:
             self.body = request.content
         else:
             self._disarm()

@@ -234,6 +234,8 @@ export class WsgateSocket {
 // time, batched) and come down a streaming GET that the gateway ends with RECONNECT, when the next GET
 // takes over (long-polling where a proxy buffers). Every request carries the next sequence number of its
 // direction. WSE's CLOSE carries no code: a close by the gateway reads as 1005 (no status).
+// No request follows a redirect (a WebSocket handshake follows none): a 3xx would take the messages or the
+// downstream off the gateway, past the check of the create's URLs; it fails the request instead.
 
 const NOP = 0x00, RECONNECT = 0x01, CLOSE = 0x02;  // command codes
 const BUFFERING_TIMEOUT = 5000;  // ms without the downstream's headers: a buffering proxy; long-poll instead
@@ -325,7 +327,7 @@ export class EmulatedWebSocket extends EventTarget {
       const headers = { "X-WebSocket-Version": "wseb-1.0", "X-Sequence-No": String(sequence), "X-Accept-Commands": "ping" };
       if (protocols.length) headers["X-WebSocket-Protocol"] = protocols.join(",");
       if (authorization) headers.Authorization = authorization;
-      const response = await fetch(target, { method: "POST", headers, credentials: "include", cache: "no-store" });
+      const response = await fetch(target, { method: "POST", headers, credentials: "include", cache: "no-store", redirect: "error" });
       if (response.status === 201) {
         const type = (response.headers.get("Content-Type") || "").replace(/ /g, "").toLowerCase();
         if (type !== "text/plain;charset=utf-8") throw new Error("the gateway's emulation answer is not text/plain");
@@ -397,6 +399,7 @@ export class EmulatedWebSocket extends EventTarget {
           headers: { "Content-Type": "application/octet-stream", "X-Sequence-No": String(++this.upSequence) },
           credentials: "include",
           cache: "no-store",
+          redirect: "error",
         });
         if (response.status !== 200) return this.lost(response.status === 413 ? 1009 : 1006);
       }
@@ -425,7 +428,7 @@ export class EmulatedWebSocket extends EventTarget {
     const url = new URL(this.down);
     if (this.polling) url.searchParams.set(".ki", "p");
     const headers = { "X-Sequence-No": String(++this.downSequence) };
-    return fetch(url, { headers, credentials: "include", cache: "no-store", signal: this.downstream.signal });
+    return fetch(url, { headers, credentials: "include", cache: "no-store", redirect: "error", signal: this.downstream.signal });
   }
 
   /** One downstream response's frames; true if it ended with RECONNECT (or the close), false if it was lost. */

@@ -16,11 +16,13 @@ ports, as plain HTTP:
   per message, 413 over it), delivered in order; ``200`` once the service has room for them.
 
 Every request after create carries the next sequence number of its direction (``X-Sequence-No`` or
-``.ksn``): a missing, invalid or out-of-order one is ``400`` and fails the session, as an overlapping
-upstream request does. A session id is 128 random bits (two: one per direction), served only to the
-client address that created it (and, if the create had an ``Origin``, to requests with that Origin or
-none); an id from anyone else is ``404``, as an unknown one. A session with neither a downstream
-attached nor an upstream request for ``ws.inactivity.timeout`` (60 s if unset) ends (1006).
+``.ksn``): a missing, invalid, ambiguous (two that differ) or out-of-order one is ``400`` and fails the
+session, as an overlapping upstream request does. A session id is 128 random bits (two: one per
+direction), served only to the client address that created it (and, if the create had an ``Origin``, to
+requests with that Origin or none); an id from anyone else is ``404``, as an unknown one. A session with
+neither a downstream attached nor an upstream request for ``ws.inactivity.timeout`` (60 s if unset) ends
+(1006), as does one whose client leaves while an upstream request waits for the service to take its
+messages.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from ...core.close import CloseCode
-from ...core.handshake import EMULATED, Accept, Handshake, Reject, Reply
+from ...core.handshake import BAD_REQUEST, EMULATED, Accept, Handshake, Reject, Reply
 from ...core.http import check_request
 from ...core.peer import PeerIdentity
 from ...core.session import LiveSession
@@ -54,6 +56,7 @@ from ...core.wse_frames import (
     parse_sequence,
     unescape,
 )
+from ...observe.logs import LogLimiter, get_logger
 from ...observe.metrics import handshake_outcome
 from ...security.origin import origin_allowed, preflight
 from ..http import handshake_from, response_for
@@ -68,6 +71,8 @@ if TYPE_CHECKING:
 __all__ = ["EMULATION_MARK", "WseAdapter", "emulation_path", "sessions"]
 
 log = logging.getLogger("wsgate.service")
+audit = get_logger("wsgate.audit")
+_bad_lines = LogLimiter("bad emulated request")
 
 EMULATION_MARK = "/;e/"
 VERSION = "wseb-1.0"
@@ -218,6 +223,7 @@ class WseAdapter:
                 return await self.create(request, handshake, encoding, admission)
             bad = check_request(request.headers)  # as admission would: no ambiguous Origin, Host or credentials
             if bad is not None:
+                self.bad_request(handshake.remote, bad.status, bad.text.strip())
                 return _plain(bad.status, bad.text)
             session = _SESSIONS.get(session_id)
             if session is None or not self.owns(session, handshake):
@@ -244,28 +250,51 @@ class WseAdapter:
     async def create(
         self, request: web.BaseRequest, handshake: Handshake, encoding: Encoding, admission: Admission
     ) -> web.StreamResponse:
+        """A create, answered (in an httpxe envelope if the client wants one); every refusal of it counts as the
+        listener counts a refused upgrade, whatever refused it (201s count when the session registers)."""
         wrap = enveloped(request)
+        response = await self._create(request, handshake, encoding, admission, wrap)
+        if response.status != 201 and self.metrics is not None:
+            self.metrics.handshakes.labels(self.service.name, handshake_outcome(response.status)).inc()
+        return _answer(response, wrap)
+
+    async def _create(
+        self,
+        request: web.BaseRequest,
+        handshake: Handshake,
+        encoding: Encoding,
+        admission: Admission,
+        wrap: str | None,
+    ) -> web.StreamResponse:
         try:
             sequence = _create_checks(request)
         except WseError as exc:
-            return _answer(_plain(exc.status, f"{exc}\n"), wrap)
+            self.bad_request(handshake.remote, exc.status, str(exc))
+            return _plain(exc.status, f"{exc}\n")
         if len(_SESSIONS) // 2 >= MAX_SESSIONS:
             return _plain(503, "Service Unavailable\n", {"Retry-After": "5"})
         x_origin = request.headers.get("X-Origin")
         if x_origin is not None and not origin_allowed(x_origin, admission.own_origin(handshake), admission.cross_site):
-            return _answer(_plain(403, "Forbidden\n"), wrap)  # the page a Kaazing bridge speaks for: same rules
+            return _plain(403, "Forbidden\n")  # the page a Kaazing bridge speaks for: same rules
         handshake = _with_subprotocols(handshake)
         decision = await admission.admit(handshake)
         if isinstance(decision, (Reject, Reply)):
-            if self.metrics is not None:
-                self.metrics.handshakes.labels(self.service.name, handshake_outcome(decision.status)).inc()
-            return _answer(response_for(decision), wrap)
+            if isinstance(decision, Reject) and decision.event == BAD_REQUEST:
+                self.bad_request(handshake.remote, decision.status, decision.reason)
+            return response_for(decision)
         try:
-            response = await self.open(request, handshake, decision, encoding, sequence, admission, wrap)
+            return await self.open(request, handshake, decision, encoding, sequence, admission, wrap)
         except BaseException:
             decision.hold.release()
             raise
-        return _answer(response, wrap)
+
+    def bad_request(self, remote: str, status: int, reason: str) -> None:
+        """A malformed emulated request: counted always, audited within the rate limit, as the listener does
+        for a malformed upgrade (``reason`` is ours, never the client's bytes)."""
+        if self.metrics is not None:
+            self.metrics.bad_requests.labels(self.service.name).inc()
+        if _bad_lines.allow():
+            audit.info("bad request", service=self.service.name, remote=remote, status=status, reason=reason)
 
     async def open(
         self,
@@ -328,7 +357,7 @@ class WseAdapter:
         headers: CIMultiDict[str] = CIMultiDict(cors)
         headers["Content-Type"] = "text/plain;charset=utf-8"
         headers["Cache-Control"] = "no-cache"
-        chosen = accept.subprotocol or _choose(request.headers.get("X-WebSocket-Protocol"), protocols)
+        chosen = accept.subprotocol or _choose(", ".join(request.headers.getall("X-WebSocket-Protocol", [])), protocols)
         if chosen is not None:
             headers["X-WebSocket-Protocol"] = chosen
         if identity is not None:
@@ -367,6 +396,9 @@ class WseAdapter:
         session.upstream_busy = True
         channel = session.channel
         encoding = session.encoding
+        protocol = request.protocol
+        if isinstance(protocol, HttpConnection):  # a client that leaves while its messages wait: the session is lost
+            protocol.on_lost = channel.abort
         try:
             limit = session.decoder.max_message * (2 if encoding.text else 1) * (2 if encoding.escaped else 1)
             body = await _read(request, limit + FRAMING)
@@ -393,12 +425,17 @@ class WseAdapter:
                     if frame is Command.CLOSE:
                         channel.peer_closed()
                     elif frame is Command.PING:
-                        channel.pong()
+                        try:
+                            await channel.pong()
+                        except ConnectionResetError:  # dropped as a slow consumer while the PONG waited
+                            break
                     elif frame is Command.RECONNECT:
                         break
                 else:
                     await channel.deliver(frame)  # type: ignore[arg-type]
         finally:
+            if isinstance(protocol, HttpConnection):
+                protocol.on_lost = None
             session.upstream_busy = False
             if session.downstream is None and not channel.closed:
                 session.arm()
@@ -407,7 +444,7 @@ class WseAdapter:
     def sequence(self, request: web.BaseRequest, session: WseSession, upstream: bool) -> None:
         """The next sequence number of this direction, or 400 and the session fails."""
         try:
-            number = parse_sequence(request.headers.get("X-Sequence-No") or request.query.get(".ksn"))
+            number = parse_sequence(_sequence_text(request))
         except WseError:
             session.fail("missing or invalid sequence number")
             raise
@@ -559,18 +596,32 @@ def _create_checks(request: web.BaseRequest) -> int:
     commands = request.headers.get("X-Accept-Commands")
     if commands is not None and commands.strip().lower() != "ping":
         raise WseError("X-Accept-Commands must be ping")
-    return parse_sequence(request.headers.get("X-Sequence-No") or request.query.get(".ksn"))
+    return parse_sequence(_sequence_text(request))
+
+
+def _sequence_text(request: web.BaseRequest) -> str | None:
+    """The request's sequence number as sent: ``X-Sequence-No`` or ``.ksn``, once. Two that differ (header
+    lines, query parameters, or one of each) are refused, not chosen from: one reader of the request must
+    not see another number than the next (a proxy or a log)."""
+    sent = (*request.headers.getall("X-Sequence-No", ()), *request.query.getall(".ksn", ()))
+    given = {value.strip() for value in sent if value.strip()}
+    if len(given) > 1:
+        raise WseError("ambiguous sequence number")
+    return next(iter(given), None)
 
 
 def _with_subprotocols(handshake: Handshake) -> Handshake:
     """The create as admission and the service see it: ``X-WebSocket-Protocol`` is the offer of subprotocols
-    (where a realm may also find a token offer, as in ``Sec-WebSocket-Protocol``)."""
-    offered = handshake.headers.get("X-WebSocket-Protocol")
-    if offered is None:
+    (where a realm may also find a token offer, as in ``Sec-WebSocket-Protocol``).
+
+    Every line of both headers makes up the one offer: a token in a second line, or in the other header, must
+    reach the realm (which refuses two token offers as ambiguous), never be dropped unseen."""
+    offered = handshake.headers.getall("X-WebSocket-Protocol", [])
+    if not offered:
         return handshake
     headers = CIMultiDict(handshake.headers)
-    headers.popall("Sec-WebSocket-Protocol", None)
-    headers["Sec-WebSocket-Protocol"] = offered
+    lines = [*headers.popall("Sec-WebSocket-Protocol", []), *offered]
+    headers["Sec-WebSocket-Protocol"] = ", ".join(line.strip() for line in lines if line.strip())
     return replace(handshake, headers=CIMultiDictProxy(headers))
 
 

@@ -156,12 +156,18 @@ class EmulatedChannel(Messages):
         if self._closed:
             raise ConnectionResetError("the emulated WebSocket is closed")
 
-    def pong(self) -> None:
-        """Answer a client's PING (only clients that sent ``X-Accept-Commands: ping`` may send one)."""
-        if not self._closed:
-            self.pending.append(PONG)
-            self.pending_size += len(PONG)
-            self.wake.set()
+    async def pong(self) -> None:
+        """Answer a client's PING (only clients that sent ``X-Accept-Commands: ping`` may send one).
+
+        A PONG is buffered for the downstream as a message is, and waits as a send does while the buffer is
+        over the writer limit: a client that sends PINGs and reads nothing must not grow it without end."""
+        if self._closed:
+            return
+        self.pending.append(PONG)
+        self.pending_size += len(PONG)
+        self.wake.set()
+        if self.pending_size > self.writer_limit:
+            await self._wait_writable()
 
     def take(self) -> bytes:
         """Everything buffered for the downstream, at once (and room for the service's next sends)."""
