@@ -19,14 +19,14 @@ import json
 import os
 import resource
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from harness import Server, free_port, tree_cpu  # type: ignore[import-not-found]
 
 HERE = Path(__file__).resolve().parent
 SRC = HERE.parent / "src"
@@ -105,52 +105,8 @@ async def client(args: argparse.Namespace) -> dict[str, Any]:
 # -- the harness side -------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_port(port: int, seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
-
-
-def process_cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def start(command: list[str], port: int, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env
-    )
-    try:
-        wait_port(port)
-    except RuntimeError:
-        end(process)
-        raise
-    return process
-
-
-def end(process: subprocess.Popen[bytes]) -> None:
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-
-
-def measure(
-    work: Path, gateway: subprocess.Popen[bytes], url: str, cell: tuple[int, int, int], duration: float
-) -> dict[str, Any]:
+def measure(work: Path, gateway: int, url: str, cell: tuple[int, int, int], duration: float) -> dict[str, Any]:
+    """One load run against ``url``; the gateway's (process ``gateway``) CPU per message from /proc."""
     size, conns, window = cell
     command = [sys.executable, str(HERE / "mqtt.py"), "client", url, "--size", str(size), "--conns", str(conns)]
     command += ["--window", str(window), "--duration", str(duration)]
@@ -161,7 +117,7 @@ def measure(
         lines = []
         for line in load.stdout:
             if line.startswith("mark "):
-                marks[line.split()[1]] = process_cpu(gateway.pid)
+                marks[line.split()[1]] = tree_cpu(gateway)
             lines.append(line)
         if load.wait(duration + 60):
             raise RuntimeError("the mqtt load client failed")
@@ -198,24 +154,19 @@ def run_mqtt(bench: Any, results: dict[str, Any]) -> None:
 """
     )
     urls = {"mqtt.proxy": f"ws://127.0.0.1:{gateway_port}/mqtt", "proxy": f"ws://127.0.0.1:{gateway_port}/proxy"}
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
-    broker = start([MOSQUITTO, "-c", str(work / "mqtt-mosquitto.conf")], broker_port)
-    try:
-        gateway = start([sys.executable, "-m", "wsgate", "run", str(config), "--log-level", "error"], gateway_port, env)
-        try:
-            for cell in CELLS:
-                name = f"mqtt {cell[0]}B c={cell[1]} w={cell[2]}"
-                runs: dict[str, list[dict[str, Any]]] = {"mqtt.proxy": [], "proxy": []}
-                for round_ in range(bench.args.rounds):
-                    order = ["mqtt.proxy", "proxy"] if round_ % 2 == 0 else ["proxy", "mqtt.proxy"]
-                    for service in order:
-                        runs[service].append(measure(work, gateway, urls[service], cell, bench.args.duration))
-                results[name] = runs
-                report(name, runs)
-        finally:
-            end(gateway)
-    finally:
-        end(broker)
+    broker = Server("mosquitto", [MOSQUITTO, "-c", str(work / "mqtt-mosquitto.conf")], broker_port)
+    command = [sys.executable, "-m", "wsgate", "run", str(config), "--log-level", "error"]
+    with broker, Server("wsgate", command, gateway_port, {"PYTHONPATH": str(SRC)}) as gateway:
+        assert gateway.process is not None
+        for cell in CELLS:
+            name = f"mqtt {cell[0]}B c={cell[1]} w={cell[2]}"
+            runs: dict[str, list[dict[str, Any]]] = {"mqtt.proxy": [], "proxy": []}
+            for round_ in range(bench.args.rounds):
+                order = ["mqtt.proxy", "proxy"] if round_ % 2 == 0 else ["proxy", "mqtt.proxy"]
+                for service in order:
+                    runs[service].append(measure(work, gateway.process.pid, urls[service], cell, bench.args.duration))
+            results[name] = runs
+            report(name, runs)
 
 
 def report(name: str, runs: dict[str, list[dict[str, Any]]]) -> None:

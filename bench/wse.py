@@ -21,15 +21,10 @@ import time
 from pathlib import Path
 
 import aiohttp
+from harness import free_port  # type: ignore[import-not-found]
 
 RECONNECT = b"\x01" + b"01" + b"\xff"
 CLOSE = b"\x01" + b"02" + b"\xff"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def rss(pid: int) -> int:
