@@ -132,34 +132,51 @@ async def open_ws(
     protocols: tuple[str, ...] = (),
 ) -> WsBackend:
     """``inactivity_timeout`` T: ping the back end after T/2 of silence, give up after another T/2."""
+    heartbeat = inactivity_timeout / 2 if inactivity_timeout else None
+    return WsBackend(await connect_ws(session, uri, context, max_message_size, heartbeat, protocols=protocols))
+
+
+async def connect_ws(
+    session: aiohttp.ClientSession,
+    uri: Uri,
+    context: ssl.SSLContext | None,
+    max_message_size: int,
+    heartbeat: float | None,
+    *,
+    protocols: tuple[str, ...] = (),
+    headers: dict[str, str] | None = None,
+    timeout: float = CONNECT_TIMEOUT,
+) -> aiohttp.ClientWebSocketResponse:
+    """A client WebSocket to ``uri`` (a ws back end, a DMZ tunnel), or ``BackendError``: 1014 for TLS
+    verification or a refused handshake, 1011 for anything else; ``heartbeat``: ping after that much silence."""
     try:
-        ws = await asyncio.wait_for(
+        return await asyncio.wait_for(
             session.ws_connect(
                 uri.raw,
                 ssl=context if context is not None else False,
+                headers=headers,
                 timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
                 max_msg_size=max_message_size + 1,
                 compress=0,
                 autoping=True,
-                heartbeat=inactivity_timeout / 2 if inactivity_timeout else None,
+                heartbeat=heartbeat,
                 protocols=protocols,
             ),
-            CONNECT_TIMEOUT,
+            timeout,
         )
     except aiohttp.ClientConnectorCertificateError as exc:
         raise BackendError(f"{uri}: TLS verification failed: {exc.certificate_error}", BAD_GATEWAY) from None
     except aiohttp.WSServerHandshakeError as exc:
         raise BackendError(f"{uri}: WebSocket handshake refused: HTTP {exc.status}", BAD_GATEWAY) from None
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-        raise BackendError(f"{uri}: cannot connect: {_describe(exc)}", UNAVAILABLE) from None
-    return WsBackend(ws)
+        raise BackendError(f"{uri}: cannot connect: {_describe(exc, timeout)}", UNAVAILABLE) from None
 
 
-class WsDialer:
-    """Dials ws:// and wss:// back ends for one service: aiohttp's client session is kept here, not in the service.
+class ClientSessions:
+    """aiohttp's client session for one service's outbound WebSockets, kept here, not in the service.
 
     ``start`` and ``close`` bracket the service's life; every dial is a fresh connection (no pooling:
-    each client gets its own back-end connection).
+    each client gets its own back-end connection or tunnel).
     """
 
     def __init__(self) -> None:
@@ -174,6 +191,10 @@ class WsDialer:
             session, self.session = self.session, None
             await session.close()
 
+
+class WsDialer(ClientSessions):
+    """Dials ws:// and wss:// back ends for one service."""
+
     async def dial(
         self,
         uri: Uri,
@@ -187,9 +208,9 @@ class WsDialer:
         return await open_ws(self.session, uri, context, max_message_size, inactivity_timeout, protocols)
 
 
-def _describe(exc: BaseException) -> str:
+def _describe(exc: BaseException, timeout: float = CONNECT_TIMEOUT) -> str:
     if isinstance(exc, asyncio.TimeoutError):
-        return f"timed out after {CONNECT_TIMEOUT:g}s"
+        return f"timed out after {timeout:g}s"
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return str(exc) or type(exc).__name__

@@ -18,6 +18,7 @@ from ..config.values import Uri
 from ..core.channel import Data, Messages
 from ..core.close import CloseCode
 from ..errors import BackendError
+from .backend import ClientSessions, connect_ws
 
 __all__ = ["ClientChannel", "TunnelDialer"]
 
@@ -124,7 +125,7 @@ class ClientChannel(Messages):
         return (CloseCode.NO_STATUS if code == 0 else code), self.peer_reason
 
 
-class TunnelDialer:
+class TunnelDialer(ClientSessions):
     """Dials the DMZ gateway's tunnel listener for one service; aiohttp's client session lives here.
 
     ``heartbeat``: the tunnel is pinged after that much silence, so a DMZ gateway (or a firewall between)
@@ -132,44 +133,24 @@ class TunnelDialer:
     """
 
     def __init__(self, uri: Uri, context: ssl.SSLContext, heartbeat: float | None, max_message_size: int) -> None:
+        super().__init__()
         self.uri = uri
         self.context = context
         self.heartbeat = heartbeat
         self.max_message_size = max_message_size
-        self.session: aiohttp.ClientSession | None = None
-
-    def start(self) -> None:
-        if self.session is None:
-            self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=True))
-
-    async def close(self) -> None:
-        if self.session is not None:
-            session, self.session = self.session, None
-            await session.close()
 
     async def dial(self, service_uri: str, tunnel_id: str) -> ClientChannel:
         """A new tunnel, or ``BackendError`` saying why not (refused, TLS, no such service at the DMZ)."""
         if self.session is None:
             raise BackendError(f"{self.uri}: the service is not running", CloseCode.INTERNAL_ERROR)
         headers = {"Wsgate-Tunnel": service_uri, "Wsgate-Tunnel-Id": tunnel_id}
-        try:
-            ws = await asyncio.wait_for(
-                self.session.ws_connect(
-                    self.uri.raw,
-                    ssl=self.context,
-                    headers=headers,
-                    timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
-                    max_msg_size=self.max_message_size + 1,
-                    compress=0,
-                    autoping=True,
-                    heartbeat=self.heartbeat,
-                ),
-                DIAL_TIMEOUT,
-            )
-        except aiohttp.ClientConnectorCertificateError as exc:
-            raise BackendError(f"{self.uri}: TLS verification failed: {exc.certificate_error}", 1014) from None
-        except aiohttp.WSServerHandshakeError as exc:
-            raise BackendError(f"{self.uri}: tunnel refused: HTTP {exc.status}", 1014) from None
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise BackendError(f"{self.uri}: cannot connect: {exc or type(exc).__name__}", 1011) from None
+        ws = await connect_ws(
+            self.session,
+            self.uri,
+            self.context,
+            self.max_message_size,
+            self.heartbeat,
+            headers=headers,
+            timeout=DIAL_TIMEOUT,
+        )
         return ClientChannel(ws)
