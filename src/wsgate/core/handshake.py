@@ -93,6 +93,13 @@ class Hold:
         finally:
             self.handshake_done()
 
+    def transfer(self) -> Hold:
+        """What this holds, moved to a new ``Hold`` for a connection that outlives its request (the picows
+        data path): releasing this one is then a no-op."""
+        moved = Hold(self._handshake, self._connection)
+        self._handshake = self._connection = None
+        return moved
+
     @property
     def held(self) -> bool:
         return self._handshake is not None or self._connection is not None

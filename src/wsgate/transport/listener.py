@@ -365,6 +365,7 @@ class HttpConnection(web.RequestHandler):
         "stall_timeout",
         "watched",
         "on_lost",
+        "detached",
     )
 
     def __init__(self, listener: Listener, manager: web.Server, **kwargs: Any) -> None:
@@ -379,6 +380,7 @@ class HttpConnection(web.RequestHandler):
         self.timer: asyncio.TimerHandle | None = loop.call_later(listener.handshake_timeout, self._head_late)
         self.watched = -1  # the fd ``listener.liveness`` watches for a reset
         self.on_lost: Callable[[], None] | None = None  # a long response that waits for data (a WSE downstream)
+        self.detached = False  # the socket was handed to another protocol (transport.picows_channel)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self.listener.tls_audit is not None:  # the TLS handshake completed: nothing to audit
@@ -411,9 +413,39 @@ class HttpConnection(web.RequestHandler):
         else:
             self._disarm()
 
+    def detach(self) -> tuple[asyncio.Transport, bytes, Callable[[], None]]:
+        """Let go of the socket of an admitted upgrade: its new protocol reads the bytes from now on.
+
+        aiohttp forgets the connection (its server's list, its timers, its transport), so the handler's
+        task ends when the upgrade returns and frees the request, the parser and this object. Returns the
+        transport, the bytes that came after the request head and what to call once the socket is closed.
+        """
+        transport = self.transport
+        assert transport is not None, "detach an open connection"
+        tail, self._message_tail = self._message_tail, b""
+        self._disarm()
+        self._unstall()
+        if self._keepalive_handle is not None:
+            self._keepalive_handle.cancel()
+            self._keepalive_handle = None
+        if self._manager is not None:
+            self._manager.connection_lost(self, None)
+        self.detached = True
+        self._force_close = True  # aiohttp's loop ends without closing the socket (it no longer has it)
+        self.transport = None
+        liveness, watched = self.listener.liveness, self.watched
+
+        def forget() -> None:
+            if liveness is not None:
+                liveness.forget(watched, transport)
+
+        return transport, tail, forget
+
     async def finish_response(
         self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
     ) -> tuple[web.StreamResponse, bool]:
+        if self.detached:  # the WebSocket runs on another protocol: nothing is left to write here
+            return resp, True
         result = await super().finish_response(request, resp, start_time)
         if self.body is not None and not self.body.is_eof():
             return result  # the body's deadline still runs (aiohttp reads the rest before the next request)
@@ -432,6 +464,8 @@ class HttpConnection(web.RequestHandler):
         super().resume_writing()
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        if self.detached:
+            return
         self._disarm()
         self._unstall()
         if self.on_lost is not None:

@@ -14,6 +14,7 @@ rest for any ``WebSocketEndpoint`` (``services.base.WebSocketService``):
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import Awaitable, Callable
 
@@ -26,7 +27,12 @@ from .endpoint import Endpoint
 from .extended_handshake import EXTENDED_KEY, extended_upgrade
 from .http import response_for
 from .session_runner import WebSocketEndpoint, open_session, serve_session, tls_of
-from .websocket import accept_websocket
+from .websocket import HANDSHAKE_DONE, accept_websocket, chosen_subprotocol
+
+try:  # the lean data path (the "fast" extra); without it every WebSocket runs on aiohttp's
+    from .picows_channel import Detachable, PicowsChannel, hand_off
+except ImportError:  # pragma: no cover - picows not installed
+    hand_off = None  # type: ignore[assignment]
 
 __all__ = ["Opener", "WebSocketEndpoint", "upgrade", "websocket_endpoint"]
 # Sends the 101 with the subprotocols the service accepts and the headers given; the WebSocket it opened.
@@ -73,6 +79,10 @@ async def upgrade(
         if accept.headers:
             headers.update(accept.headers)
         options = service.config.accept_options
+        if opener is None and lean(request):
+            channel = _open_picows(service, request, handshake, protocols, headers)
+            _spawn(service, channel, handshake, accept, connection_id, context)
+            return web.StreamResponse(status=101)  # nothing is written: the socket is picows's now
         if opener is None:
             ws = await accept_websocket(request, options, service.writer_limit, protocols, headers)
         else:
@@ -81,10 +91,69 @@ async def upgrade(
         await service.abandon(context)
         raise
     transport = request.transport
-    channel = AiohttpChannel(ws, transport)
+    aio = AiohttpChannel(ws, transport)
     tls = tls_of(transport)
-    session = open_session(service, channel, handshake, accept, connection_id, context, tls, handshake.transport)
+    session = open_session(service, aio, handshake, accept, connection_id, context, tls, handshake.transport)
+    if options.write_timeout:
+        aio.watch_writes(options.write_timeout, session)
+    await serve_session(service, session, aio)
+    return ws
+
+
+def lean(request: web.BaseRequest) -> bool:
+    """Does this upgrade go to the picows data path? When picows is installed and the connection can let go
+    of its socket (the listener's ``HttpConnection``)."""
+    return hand_off is not None and getattr(request.protocol, "detach", None) is not None
+
+
+def _open_picows(
+    service: WebSocketEndpoint,
+    request: web.BaseRequest,
+    handshake: Handshake,
+    protocols: tuple[str, ...],
+    headers: dict[str, str],
+) -> PicowsChannel:
+    """Send the 101 through picows (the subprotocol chosen as aiohttp would) and return its channel."""
+    options = service.config.accept_options
+    chosen = chosen_subprotocol(handshake.headers.get("Sec-WebSocket-Protocol"), protocols)
+    if chosen is not None:
+        headers["Sec-WebSocket-Protocol"] = chosen
+    key = handshake.headers.get("Sec-WebSocket-Key", "")
+    connection: Detachable = request.protocol  # type: ignore[assignment]  # checked by lean()
+    channel = hand_off(connection, key, headers, options.max_message_size, service.writer_limit)
+    done = request.get(HANDSHAKE_DONE)
+    if done is not None:
+        done()
+    if options.inactivity_timeout:
+        channel.watch_inactivity(options.inactivity_timeout)
+    return channel
+
+
+def _spawn(
+    service: WebSocketEndpoint,
+    channel: PicowsChannel,
+    handshake: Handshake,
+    accept: Accept,
+    connection_id: str,
+    context: object,
+) -> None:
+    """Serve the connection in a task of its own: aiohttp's request, handler and task end now."""
+    hold = accept.hold.transfer()  # released when the connection ends, not when this request returns
+    transport = channel.transport
+    session = open_session(service, channel, handshake, accept, connection_id, context, tls_of(transport))
+    options = service.config.accept_options
     if options.write_timeout:
         channel.watch_writes(options.write_timeout, session)
-    await serve_session(service, session, channel)
-    return ws
+
+    async def serve() -> None:
+        try:
+            await serve_session(service, session, channel)
+        finally:
+            hold.release()
+
+    task = asyncio.get_running_loop().create_task(serve())
+    _serving.add(task)
+    task.add_done_callback(_serving.discard)
+
+
+_serving: set[asyncio.Task[None]] = set()  # strong references: the loop keeps only weak ones

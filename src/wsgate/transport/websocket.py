@@ -178,6 +178,15 @@ async def send_101(ws: web.WebSocketResponse, request: web.BaseRequest) -> None:
         done()
 
 
+def chosen_subprotocol(header: str | None, protocols: tuple[str, ...]) -> str | None:
+    """The subprotocol the 101 names: the client's first offer the service speaks (as aiohttp chooses);
+    credentials offered as subprotocols are never chosen."""
+    for offer in without_token_offers(offered_subprotocols(header)):
+        if offer in protocols:
+            return offer
+    return None
+
+
 def _without_token_offers(request: web.BaseRequest) -> web.BaseRequest:
     """The request as aiohttp's handshake should see it: no ``wsgate.token.`` subprotocol offers.
 
