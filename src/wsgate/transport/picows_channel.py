@@ -230,6 +230,8 @@ class PicowsChannel(WSListener, Messages):
         inbox = self.inbox
         while not inbox:
             if self.ended:
+                if self.peer_code is not None:
+                    self._answer()
                 return None
             self.waiter = waiter = asyncio.get_running_loop().create_future()
             try:
@@ -298,9 +300,9 @@ class PicowsChannel(WSListener, Messages):
         elif self.pinged:  # nothing since the ping: gone (Kaazing and aiohttp record 1006)
             if self.closed_with is None:
                 self.closed_with = CloseCode.ABNORMAL
+            self.abort()
             self.ended = True
             self._wake()
-            self.abort()
             return
         else:
             self.pinged = True
@@ -310,17 +312,24 @@ class PicowsChannel(WSListener, Messages):
     # -- closing ----------------------------------------------------------------------------
 
     def _peer_closed(self, frame: WSFrame) -> None:
-        """The peer's close frame: picows checked its code and reason; answer it unless ours went first."""
+        """The peer's close frame (picows checked its code and reason): answered once the service has
+        taken what came before it (``receive`` returns ``None``) or closes, as aiohttp's reader would."""
         code = frame.get_close_code().value
         self.peer_code = code or CloseCode.NO_STATUS
         self.peer_reason = frame.get_close_reason() or ""
         self.ended = True
         self._wake()
         ws = self.ws
-        if ws is None:
+        if ws is not None and ws.is_close_frame_sent:  # the answer to ours: the handshake is complete
+            ws.disconnect()
+
+    def _answer(self) -> None:
+        """Answer the peer's close frame: 1000, or 1002 for a code no client may send; then end the socket."""
+        ws = self.ws
+        if ws is None or self.lost:
             return
         if not ws.is_close_frame_sent:
-            if client_may_send(code):
+            if client_may_send(self.peer_code if self.peer_code != CloseCode.NO_STATUS else 0):
                 ws.send_close(WSCloseCode.OK)
             else:
                 self.closed_with = CloseCode.PROTOCOL_ERROR
@@ -357,7 +366,8 @@ class PicowsChannel(WSListener, Messages):
             return
         if ws.is_close_frame_sent:
             return
-        if self.peer_code is not None:  # answered in _peer_closed already
+        if self.peer_code is not None:  # the peer's close came first: answer it instead
+            self._answer()
             return
         if self.closed_with is None:
             self.closed_with = code
@@ -374,8 +384,9 @@ class PicowsChannel(WSListener, Messages):
         self._close_now(code, reason, grace)
 
     def abort(self) -> None:
-        """Drop the socket without a close handshake (a peer that stopped reading)."""
+        """Drop the socket without a close handshake (a peer that stopped reading); nothing is sent after."""
         if self.transport is not None and not self.lost:
+            self.lost = True
             self.transport.abort()
 
     @property
