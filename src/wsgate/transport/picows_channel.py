@@ -329,7 +329,8 @@ class PicowsChannel(WSListener, Messages):
         if ws is None or self.lost:
             return
         if not ws.is_close_frame_sent:
-            if client_may_send(self.peer_code if self.peer_code != CloseCode.NO_STATUS else 0):
+            code = self.peer_code or 0
+            if client_may_send(0 if code == CloseCode.NO_STATUS else code):
                 ws.send_close(WSCloseCode.OK)
             else:
                 self.closed_with = CloseCode.PROTOCOL_ERROR
