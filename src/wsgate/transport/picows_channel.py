@@ -170,9 +170,7 @@ class PicowsChannel(WSListener, Messages):
                 timer.cancel()
         self.close_timer = self.ping = None
         self._wake()
-        drained, self.drained = self.drained, None
-        if drained is not None and not drained.done():
-            drained.set_exception(ConnectionResetError("the peer is gone"))
+        self.resume_writing()  # a send waiting for the peer sees ``lost`` and raises
         forget, self.forget = self.forget, None
         if forget is not None:
             forget()
@@ -269,6 +267,8 @@ class PicowsChannel(WSListener, Messages):
         finally:
             if timer is not None:
                 timer.cancel()
+        if self.lost:
+            raise ConnectionResetError("the peer is gone")
 
     def watch_writes(self, timeout: float, owner: Slow) -> None:
         """A send that waits ``timeout`` s for the peer to read calls ``owner.drop_slow`` (``ws.write.timeout``)."""
@@ -358,8 +358,15 @@ class PicowsChannel(WSListener, Messages):
             self.close_timer = asyncio.get_running_loop().call_later(grace, self.abort)
 
     async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
-        """Close with ``code``; reasons are short and never carry internal detail."""
+        """Close with ``code`` and wait for the socket to end: the peer's answer, or ``CLOSE_WAIT`` s and an
+        abort (as aiohttp's close waits, so a gateway shutting down lets every close handshake finish)."""
         self._close_now(code, reason, CLOSE_WAIT)
+        ws = self.ws
+        if ws is not None and not self.lost:
+            try:
+                await ws.wait_disconnected()
+            except Exception:  # noqa: BLE001 - a failure picows recorded is already the close code
+                pass
 
     def _close_now(self, code: int, reason: str, grace: float) -> None:
         ws = self.ws

@@ -114,6 +114,8 @@ def _open_picows(
     headers: dict[str, str],
 ) -> PicowsChannel:
     """Send the 101 through picows (the subprotocol chosen as aiohttp would) and return its channel."""
+    if request.transport is None or request.transport.is_closing():  # aiohttp takes this as the client's leaving
+        raise ConnectionResetError("the client left before the 101")
     options = service.config.accept_options
     chosen = chosen_subprotocol(handshake.headers.get("Sec-WebSocket-Protocol"), protocols)
     if chosen is not None:
