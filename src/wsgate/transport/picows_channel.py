@@ -387,6 +387,12 @@ class PicowsChannel(WSListener, Messages):
             self.transport.resume_reading()
         self._wait_for_close(grace)
 
+    def release(self) -> None:
+        """The service is done: close the socket once what is buffered is written, without waiting for the
+        peer's answer to a close frame already sent (as aiohttp did when the upgrade handler returned)."""
+        if self.transport is not None and not self.lost and not self.transport.is_closing():
+            self.transport.close()
+
     def close_soon(self, code: int, reason: str, grace: float) -> None:
         """Close with ``code`` now, from outside the service's loop; abort after ``grace``."""
         self._close_now(code, reason, grace)

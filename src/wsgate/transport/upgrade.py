@@ -151,6 +151,7 @@ def _spawn(
         try:
             await serve_session(service, session, channel)
         finally:
+            channel.release()
             hold.release()
 
     task = asyncio.get_running_loop().create_task(serve())
