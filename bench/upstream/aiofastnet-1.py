@@ -91,8 +91,10 @@ def main() -> int:
     for case, (what, expected) in CASES.items():
         args = [sys.executable, __file__, "--child", case] + (["--uvloop"] if use_uvloop else [])
         run = subprocess.run(args, capture_output=True, text=True, timeout=60)
-        ended = "ok" if run.returncode == 0 else (
-            signal.Signals(-run.returncode).name if run.returncode < 0 else f"exit {run.returncode}"
+        ended = (
+            "ok"
+            if run.returncode == 0
+            else (signal.Signals(-run.returncode).name if run.returncode < 0 else f"exit {run.returncode}")
         )
         reproduced &= ended == expected
         print(f"{case:11} {ended:8} {what}; {run.stdout.strip()}")

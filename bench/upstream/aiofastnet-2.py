@@ -31,6 +31,24 @@ import aiofastnet
 import uvloop
 
 
+def from_a_thread(transport: asyncio.BaseTransport) -> dict[str, str]:
+    """What the read-only ``is_closing()`` and ``get_extra_info()`` do when called from another thread."""
+    calls: dict[str, str] = {}
+
+    def probe() -> None:
+        for name, call in (("is_closing", transport.is_closing), ("get_extra_info", transport.get_extra_info)):
+            try:
+                call(*(("peername",) if name == "get_extra_info" else ()))
+                calls[name] = "ok"
+            except RuntimeError as exc:
+                calls[name] = type(exc).__name__
+
+    worker = threading.Thread(target=probe)
+    worker.start()
+    worker.join()
+    return calls
+
+
 async def scenario() -> tuple[dict[str, str], bool]:
     """(what read-only calls from another thread did, whether the server saw EOF after GC in a thread)."""
     closed_by_peer = asyncio.Event()
@@ -43,20 +61,7 @@ async def scenario() -> tuple[dict[str, str], bool]:
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     _, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
     transport = writer.transport
-    calls: dict[str, str] = {}
-
-    def from_a_thread() -> None:
-        for name, call in (("is_closing", transport.is_closing), ("get_extra_info", transport.get_extra_info)):
-            try:
-                call(*(("peername",) if name == "get_extra_info" else ()))
-                calls[name] = "ok"
-            except RuntimeError as exc:
-                calls[name] = type(exc).__name__
-
-    worker = threading.Thread(target=from_a_thread)
-    worker.start()
-    worker.join()
-
+    calls = from_a_thread(transport)
     cycle: list[object] = [writer]
     cycle.append(cycle)  # an unclosed writer that only the cyclic collector can free
     del writer, transport, cycle
