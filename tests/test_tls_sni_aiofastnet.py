@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import trustme
 
+from wsgate.cli import new_event_loop
+
 from .conftest import client_ssl
 
 aiofastnet = pytest.importorskip("aiofastnet")
@@ -160,3 +162,16 @@ async def test_plain_http_on_the_port_fails_the_handshake_and_the_listener_goes_
     finally:
         writer.close()
     assert await served_name(port, client_ssl(ca), "other.test") == "other.test"
+
+
+@pytest.mark.parametrize("keylog", ["", "keys.txt"])
+def test_key_logging_runs_without_aiofastnet(keylog, tmp_path, monkeypatch, caplog):
+    """SSLKEYLOGFILE makes ssl.create_default_context() log keys, on which aiofastnet's engine segfaults."""
+    monkeypatch.setenv("SSLKEYLOGFILE", str(tmp_path / keylog) if keylog else "")
+    loop = new_event_loop("auto")
+    try:
+        patched = getattr(getattr(loop.create_connection, "func", None), "__module__", "") or ""
+        assert patched.startswith("aiofastnet") is not bool(keylog)
+        assert ("running without aiofastnet" in caplog.text) is bool(keylog)
+    finally:
+        loop.close()
