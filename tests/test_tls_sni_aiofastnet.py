@@ -109,30 +109,40 @@ async def test_every_name_gets_aiofastnets_direct_engine(two_certificates, ca, s
         await asyncio.wait_for(writer.wait_closed(), 5)
 
 
+def client_hello(ca: trustme.CA, name: str) -> tuple[ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO, bytes]:
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = client_ssl(ca).wrap_bio(incoming, outgoing, server_hostname=name)
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return tls, incoming, outgoing, outgoing.read()
+
+
+async def complete(reader, writer, tls, incoming, outgoing) -> None:  # type: ignore[no-untyped-def]
+    """Pump a client handshake whose ClientHello is already sent."""
+    while True:
+        data = await asyncio.wait_for(reader.read(65536), 5)
+        assert data, "the gateway closed the connection during the handshake"
+        incoming.write(data)
+        try:
+            tls.do_handshake()
+        except ssl.SSLWantReadError:
+            writer.write(outgoing.read())
+            continue
+        writer.write(outgoing.read())
+        return
+
+
 async def test_a_client_hello_in_two_segments_still_gets_its_certificate(two_certificates, ca, start_gateway):
     gw = await start_gateway(config(two_certificates).read_text())
-    context = client_ssl(ca)
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls = context.wrap_bio(incoming, outgoing, server_hostname="other.test")
+    tls, incoming, outgoing, hello = client_hello(ca, "other.test")
     reader, writer = await asyncio.open_connection("127.0.0.1", gw.port_of("echo"))
     writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
-        with pytest.raises(ssl.SSLWantReadError):
-            tls.do_handshake()
-        hello = outgoing.read()
         writer.write(hello[:40])  # the server name comes later
         await writer.drain()
         await asyncio.sleep(0.05)
         writer.write(hello[40:])
-        while True:
-            data = await asyncio.wait_for(reader.read(65536), 5)
-            assert data, "the gateway closed the connection during the handshake"
-            incoming.write(data)
-            try:
-                tls.do_handshake()
-                break
-            except ssl.SSLWantReadError:
-                writer.write(outgoing.read())
+        await complete(reader, writer, tls, incoming, outgoing)
         assert tls.getpeercert()["subjectAltName"][0][1] == "other.test"
     finally:
         writer.close()
@@ -149,6 +159,27 @@ async def test_a_silent_client_is_dropped_at_the_handshake_timeout_and_audited(t
         "wsgate_tls_handshake_failures_total", {"reason": "timeout"}
     )
     assert failures == 1
+
+
+@pytest.mark.parametrize("stalls", ["in the TLS handshake", "before the request head"])
+async def test_the_handshake_timeout_counts_from_the_accept_peek_included(stalls, two_certificates, ca, start_gateway):
+    """A ClientHello sent late, then silence: dropped at the timeout after the accept, not after the peek."""
+    gw = await start_gateway(config(two_certificates, "limits:\n  handshake-timeout: 1s").read_text())
+    loop = asyncio.get_running_loop()
+    tls, incoming, outgoing, hello = client_hello(ca, "other.test")
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port_of("echo"))
+    started = loop.time()
+    try:
+        await asyncio.sleep(0.7)
+        writer.write(hello)
+        if stalls == "before the request head":
+            await complete(reader, writer, tls, incoming, outgoing)
+        while await asyncio.wait_for(reader.read(65536), 5):
+            pass  # the server's flight (or session tickets), then EOF when it gives up
+        elapsed = loop.time() - started
+    finally:
+        writer.close()
+    assert 0.9 <= elapsed < 1.5, elapsed  # 1.7 s if the timeout restarted after the peek
 
 
 async def test_plain_http_on_the_port_fails_the_handshake_and_the_listener_goes_on(two_certificates, ca, start_gateway):

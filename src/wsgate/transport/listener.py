@@ -400,6 +400,13 @@ class HttpConnection(web.RequestHandler):
             self.awaiting_head, self.body = True, None
         super().data_received(data)
 
+    def accepted_at(self, when: float) -> None:
+        """Accepted at ``when``, before this protocol existed (transport/sni.py peeked at the ClientHello
+        first): the deadline for the TLS handshake and the request head still counts from the accept."""
+        self.accepted = when
+        remaining = when + self.listener.handshake_timeout - asyncio.get_running_loop().time()
+        self._arm(max(0.0, remaining), self._head_late)
+
     def handshake_failed(self) -> None:
         """Its TLS handshake failed (audited by ``TlsAudit``): nothing left to time."""
         self.awaiting_head = False

@@ -72,8 +72,13 @@ async def _accept(
     timeout: float,
     audit: TlsAudit | None,
 ) -> None:
+    loop = server.get_loop()
+    accepted = loop.time()
     try:
         name = await read_server_name(conn, timeout)
+    except asyncio.CancelledError:
+        conn.close()
+        raise
     except (TimeoutError, OSError) as exc:
         conn.close()
         if audit is not None:
@@ -82,15 +87,26 @@ async def _accept(
     if server._sockets is None:  # closed meanwhile
         conn.close()
         return
+
+    def backdated() -> Any:
+        """The server's protocol, told when the socket was accepted (``HttpConnection.accepted_at``), so
+        that its handshake deadline still counts from the accept, peek included."""
+        protocol = server._protocol_factory()
+        accepted_at = getattr(protocol, "accepted_at", None)
+        if accepted_at is not None:
+            accepted_at(accepted)
+        return protocol
+
     try:
         transport, _ = await create(
-            server.get_loop(),
+            loop,
             conn,
-            server._protocol_factory,
+            backdated,
             select(name),
             server_hostname=None,
             server_side=True,
-            ssl_handshake_timeout=server._ssl_handshake_timeout,
+            # what is left of the handshake timeout, which counts from the accept here too
+            ssl_handshake_timeout=max(0.001, accepted + server._ssl_handshake_timeout - loop.time()),
             ssl_shutdown_timeout=server._ssl_shutdown_timeout,
             ssl_incoming_bio_size=server._ssl_incoming_bio_size,
             ssl_outgoing_bio_size=server._ssl_outgoing_bio_size,
