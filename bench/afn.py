@@ -208,8 +208,8 @@ async def measure(variant: str, cell: str, contexts: dict[str, ssl.SSLContext], 
         server.close()
 
 
-def micro(rounds: int) -> dict[str, dict[str, float]]:
-    """Median CPU µs per operation of each variant in each cell, the variants alternated round by round."""
+def micro(rounds: int) -> dict[str, dict[str, list[float]]]:
+    """CPU µs per operation of each variant in each cell, round by round (the variants alternated)."""
     import trustme
 
     from wsgate.cli import new_event_loop
@@ -239,14 +239,21 @@ def micro(rounds: int) -> dict[str, dict[str, float]]:
                     samples[cell].setdefault(variant, []).append(value)
     finally:
         loop.close()
-    return {cell: {v: statistics.median(xs) for v, xs in by.items()} for cell, by in samples.items()}
+    return samples
 
 
-def print_micro(figures: dict[str, dict[str, float]]) -> None:
-    for cell, by in figures.items():
+def print_micro(samples: dict[str, dict[str, list[float]]]) -> None:
+    """Medians, then each variant over one-cert as the median of the rounds' own ratios (paired: measured
+    seconds apart, so a change in the host's load falls on both) with their spread."""
+    for cell, by in samples.items():
         unit = "µs/conn" if cell == "connect" else "µs/msg"
-        base = by["one-cert"]
-        parts = [f"{v} {x:7.1f} {unit}" + (f" ×{x / base:.2f}" if v != "one-cert" else "") for v, x in by.items()]
+        parts = []
+        for variant, values in by.items():
+            part = f"{variant} {statistics.median(values):7.1f} {unit}"
+            if variant != "one-cert":
+                ratios = sorted(v / b for v, b in zip(values, by["one-cert"], strict=True))
+                part += f" ×{statistics.median(ratios):.2f} ({ratios[0]:.2f}..{ratios[-1]:.2f})"
+            parts.append(part)
         print(f"{'afn micro ' + cell:28} " + " | ".join(parts), flush=True)
 
 
