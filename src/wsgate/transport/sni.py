@@ -2,11 +2,12 @@
 
 aiofastnet 1.2's direct OpenSSL engine segfaults on a context with an ``sni_callback``
 (bench/upstream/aiofastnet-1.py); its stdlib-SSLObject engine copes but costs more CPU (+28 % per small
-message, +19 % per new connection in the quietest run, bench/README.md "aiofastnet"). So for such a listener the accepted socket is
-not handed to the server at once: its ClientHello is peeked at (``MSG_PEEK``: the bytes stay for OpenSSL),
-the server name read (core/client_hello.py), and the transport created with that name's own context, which
-has no callback. The server's own context (with the callback, on the stdlib engine) stays what other loops
-use, and what this loop uses if aiofastnet's internals are not what this module expects.
+message, +19 % per new connection in the quietest run, bench/README.md "aiofastnet"). So for such a
+listener the accepted socket is not handed to the server at once: its ClientHello is peeked at
+(``MSG_PEEK``: the bytes stay for OpenSSL), the server name read (core/client_hello.py), and the transport
+created with that name's own context, which has no callback. The server's own context (with the callback,
+on the stdlib engine) stays what other loops use, and what this loop uses if aiofastnet's internals are not
+what this module expects.
 """
 
 from __future__ import annotations
