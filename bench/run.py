@@ -1043,6 +1043,8 @@ def main() -> int:
                 run_workers(bench, results)
             elif scenario == "auth":
                 run_auth(bench, results)
+            elif scenario == "afn":  # a two-certificate (SNI) wss listener vs one certificate (bench/afn.py)
+                __import__("afn").run_afn(bench, results)
             elif scenario == "policy":  # the message policy's cost per message (bench/policy.py), not by default
                 __import__("policy").run_policy(bench, results)
             elif scenario == "amqp":  # amqp.proxy vs proxy in front of a throwaway RabbitMQ (bench/amqp.py)

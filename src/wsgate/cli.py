@@ -466,6 +466,11 @@ def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
         loop = uvloop.new_event_loop()
     except ImportError:
         loop = asyncio.new_event_loop()
+    if os.environ.get("SSLKEYLOGFILE"):
+        # ssl.create_default_context() then logs keys, which aiofastnet 1.2's TLS engine answers with a
+        # segfault (bench/upstream/aiofastnet-1.py): whoever debugs TLS gets the slower transports instead.
+        log.warning("SSLKEYLOGFILE is set: running without aiofastnet, whose TLS engine crashes when logging keys")
+        return loop
     try:
         import aiofastnet
 

@@ -283,19 +283,21 @@ class Gateway:
             deployment.service_limits[name] = _service_limits(service_plan.limits)
         for key, listener_plan in planned.listeners.items():
             tls = listener_plan.tls
-            context = None
+            listener_tls = None
             if tls is not None and key not in changes.listeners_kept:
                 if tls.keys is None and errors:  # the keystore could not be read: its error says so
                     continue
                 try:
-                    context = self._listener_tls(tls).context
+                    listener_tls = self._listener_tls(tls)
                 except ConfigError as exc:
                     errors.append(exc)
                     continue
             if errors:  # its routes need every realm and service: only their TLS is checked
                 continue
             listener = self._listener(listener_plan, deployment)
-            listener.ssl_context = context
+            if listener_tls is not None:
+                listener.ssl_context = listener_tls.context
+                listener.ssl_select = listener_tls.select if listener_tls.several else None
             deployment.listeners[key] = listener
         if errors:
             raise ConfigErrors.of(errors)

@@ -75,6 +75,10 @@ class ListenerTls:
 
     The default certificate is the one serving the accept URI's host, else the
     first in the keystore. Clients that send no SNI (or an unknown name) get it.
+
+    Two ways to choose, one per kind of TLS engine: ``select(name)`` before the engine starts, from the
+    peeked ClientHello (transport/sni.py, on aiofastnet), among contexts without any callback; and
+    ``context``, which switches in OpenSSL's SNI callback (asyncio, uvloop), a context of its own.
     """
 
     def __init__(
@@ -89,20 +93,33 @@ class ListenerTls:
         if not keys.keys:
             raise TlsSetupError("security/keystore", "holds no private key entry to serve wss/https with")
         self.contexts = [(e, server_context(e, options, verify_client, trusted_pem, path)) for e in keys.keys]
-        default = next((c for e, c in self.contexts for h in hosts if e.serves(h)), self.contexts[0][1])
-        self.context = default
+        first = next(((e, c) for e, c in self.contexts for h in hosts if e.serves(h)), self.contexts[0])
+        self.default = first[1]
+        self.context = self.default
         if len(self.contexts) > 1:
-            default.sni_callback = self._select
-            # aiofastnet's direct OpenSSL engine cannot switch contexts mid-handshake (it crashes);
-            # its stdlib-SSLObject engine can. Only multi-certificate listeners pay for it.
-            default._aiofastnet_force_fallback_ssl = True  # type: ignore[attr-defined]
+            # aiofastnet's direct OpenSSL engine crashes on any context with an SNI callback
+            # (bench/upstream/aiofastnet-1.py); its stdlib-SSLObject engine copes. The callback lives on a
+            # context of its own so that those ``select`` returns stay safe for the direct engine.
+            self.context = server_context(first[0], options, verify_client, trusted_pem, path)
+            self.context.sni_callback = self._select
+            self.context._aiofastnet_force_fallback_ssl = True  # type: ignore[attr-defined]
 
-    def _select(self, ssl_object: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> None:
+    @property
+    def several(self) -> bool:
+        return len(self.contexts) > 1
+
+    def select(self, server_name: str | None) -> ssl.SSLContext:
+        """The context for a ClientHello's server name: the first certificate serving it, else the default."""
         if server_name:
             for entry, context in self.contexts:
                 if entry.serves(server_name):
-                    ssl_object.context = context
-                    return
+                    return context
+        return self.default
+
+    def _select(self, ssl_object: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> None:
+        chosen = self.select(server_name)
+        if chosen is not self.default:  # this context already serves the default certificate
+            ssl_object.context = chosen
 
 
 def client_context(

@@ -111,12 +111,15 @@ class AcceptGuard:
         self.next_report = 0.0
 
 
-def guard(server: asyncio.AbstractServer, name: str, backlog: int, metrics: Metrics | None) -> AcceptGuard | None:
+def guard(
+    server: asyncio.AbstractServer, name: str, backlog: int, metrics: Metrics | None, handoff: Handoff | None = None
+) -> AcceptGuard | None:
     """Install an ``AcceptGuard`` on ``server`` if its loop accepts through ``add_reader`` (aiofastnet, asyncio).
 
     uvloop's own servers accept inside libuv (which refuses the excess clients itself) and are left alone.
+    ``handoff``: what to do with each accepted socket instead of the loop's own (transport/sni.py).
     """
-    handoff = _handoff(server)
+    handoff = handoff or _handoff(server)
     sockets: list[socket.socket] | None = getattr(server, "_sockets", None)
     if handoff is None or not sockets:
         return None

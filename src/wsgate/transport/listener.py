@@ -31,6 +31,7 @@ from .extended_handshake import EXTENDED_KEY, ExtendedHandshake, offers_extended
 from .http import ACCEPT_KEY, handshake_from, response_for
 from .liveness import ResetWatch
 from .resource import RequestBody
+from .sni import Select, sni_handoff
 from .tls_audit import TlsAudit, install_exception_handler
 from .websocket import HANDSHAKE_DONE, is_upgrade, request_host
 
@@ -102,6 +103,9 @@ class Listener:
     host: str | None
     port: int
     ssl_context: ssl.SSLContext | None = None
+    # Several certificates: the context for a ClientHello's server name, chosen before aiofastnet's TLS engine
+    # starts (transport/sni.py); ``ssl_context`` then switches in an SNI callback, for the other loops.
+    ssl_select: Select | None = None
     routes: list[Route] = field(default_factory=list)
     reuse_port: bool = False  # ``wsgate run --workers N``: N processes share the port, the kernel spreads accepts
     metrics: Metrics | None = None
@@ -195,7 +199,10 @@ class Listener:
             **extra,
         )
         bound = server.sockets[0].getsockname()[1] if server.sockets else port
-        guard(server, f"{'tls' if self.secure else 'tcp'}://{self.host or '*'}:{bound}", BACKLOG, self.metrics)
+        handoff = None
+        if self.ssl_select is not None and _is_aiofastnet(loop.create_server):
+            handoff = sni_handoff(server, self.ssl_select, self.handshake_timeout, self.tls_audit)
+        guard(server, f"{'tls' if self.secure else 'tcp'}://{self.host or '*'}:{bound}", BACKLOG, self.metrics, handoff)
         if self.tls_audit is not None:
             self.tls_audit.watch(server)
         return server
@@ -394,6 +401,13 @@ class HttpConnection(web.RequestHandler):
             self._arm(self.listener.handshake_timeout, self._head_late)
             self.awaiting_head, self.body = True, None
         super().data_received(data)
+
+    def accepted_at(self, when: float) -> None:
+        """Accepted at ``when``, before this protocol existed (transport/sni.py peeked at the ClientHello
+        first): the deadline for the TLS handshake and the request head still counts from the accept."""
+        self.accepted = when
+        remaining = when + self.listener.handshake_timeout - asyncio.get_running_loop().time()
+        self._arm(max(0.0, remaining), self._head_late)
 
     def handshake_failed(self) -> None:
         """Its TLS handshake failed (audited by ``TlsAudit``): nothing left to time."""
