@@ -57,7 +57,7 @@ def reset(sock: Any) -> None:
 
 
 async def hold(args: argparse.Namespace) -> dict[str, Any]:
-    """``--conns`` proxy connections, a message each every ``--interval`` s, until stdin closes or a line."""
+    """``--conns`` proxy connections, a message each every ``--interval`` s, until a line (or EOF) on stdin."""
     from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
     counts = {"sent": 0, "echoed": 0, "lost": 0}
