@@ -11,8 +11,8 @@ freed since the last call, not the heap's size: 0.1–2 ms of CPU per call in th
 
 Why a timer rather than a tuned allocator: a fixed ``M_MMAP_THRESHOLD``/``M_TRIM_THRESHOLD`` (glibc
 tunables) only releases the top of the heap and moves every larger buffer to its own ``mmap`` (two system
-calls and page faults per buffer), and ``MALLOC_ARENA_MAX`` changes nothing here: the gateway's event loop
-is one thread. Where there is no glibc (musl, macOS) nothing runs.
+calls and page faults per buffer); in the soak it did worse than nothing. ``MALLOC_ARENA_MAX`` changes
+nothing here: the gateway's event loop is one thread. Where there is no glibc (musl, macOS) nothing runs.
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ from collections.abc import Callable
 
 log = logging.getLogger("wsgate.memory")
 
-# Seconds. The memory comes free in steps, when the cycle collector frees a batch of closed connections'
-# objects (and their OpenSSL state); at 10 s it goes back soon after, for ~0.01 % of a core.
+# Seconds. In the soak memory came free in steps every 30-70 s, whatever the period (most likely as the cycle
+# collector freed batches of closed connections' objects and their OpenSSL state); every 10 s it goes back
+# soon after, for about 0.01 % of a core.
 TRIM_INTERVAL = 10.0
 
 
