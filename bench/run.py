@@ -14,6 +14,9 @@ Scenarios, alternated server by server over several rounds, medians and ratios r
            revoking node's own connections), broadcast deliveries/s to clients on 3 nodes vs one node
            (memory), server CPU per new JWT wss connection with state redis vs memory; each cell alone:
            --scenarios cluster-revoke, cluster-broadcast or cluster-connect
+  soak     one gateway for --soak-minutes (10) under 200 held proxy connections and ~30 new handshakes/s
+           (clean closes, RSTs mid-TLS, mid-HTTP and after the 101, refused tokens): its RSS at minute 1
+           vs minute N (bench/soak.py)
   amqp     amqp.proxy (rules, user-id) vs a plain proxy to the same RabbitMQ port: messages/s and gateway
            CPU per message (bench/amqp.py; only with --scenarios amqp)
 Server CPU is read from /proc for the server's whole process tree (websockify forks per connection,
@@ -50,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import PYTHON, Server, free_port, host_busy, median, tree_cpu, tree_rss
+from targets import evaluate, table
 
 HERE = Path(__file__).parent
 CELLS = [(32, 1, 8), (32, 100, 1), (16384, 1, 8), (16384, 100, 1)]  # size, conns, window
@@ -987,8 +991,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, help="rounds per cell (default 3; 5 with --ab)")
     parser.add_argument("--duration", type=float, default=4.0)
     parser.add_argument(
-        "--scenarios", help="default: echo,proxy,connect,idle,workers,auth,cluster (echo,proxy with --ab)"
+        "--scenarios", help="default: echo,proxy,connect,idle,workers,auth,cluster,soak (echo,proxy with --ab)"
     )
+    parser.add_argument("--soak-minutes", type=int, default=10, help="soak: minutes under churn (10; 1 to try)")
     parser.add_argument("--auth-baseline", help="auth scenario: also run the gateway from this older src/ tree")
     parser.add_argument("--idle", type=int, default=50_000, help="connections held open by the idle scenario")
     parser.add_argument(
@@ -1017,7 +1022,9 @@ def main() -> int:
     )
     args = parser.parse_args()
     args.rounds = args.rounds or (5 if args.ab else 3)
-    args.scenarios = args.scenarios or ("echo,proxy" if args.ab else "echo,proxy,connect,idle,workers,auth,cluster")
+    args.scenarios = args.scenarios or (
+        "echo,proxy" if args.ab else "echo,proxy,connect,idle,workers,auth,cluster,soak"
+    )
     raise_fd_limit()
     work = Path(os.environ.get("TMPDIR", "/tmp")) / f"wsgate-bench-{os.getpid()}"
     work.mkdir(parents=True, exist_ok=True)
@@ -1047,6 +1054,8 @@ def main() -> int:
                 __import__("afn").run_afn(bench, results)
             elif scenario == "policy":  # the message policy's cost per message (bench/policy.py), not by default
                 __import__("policy").run_policy(bench, results)
+            elif scenario == "soak":  # RSS under churn for --soak-minutes (bench/soak.py)
+                __import__("soak").run_soak(bench, results)
             elif scenario == "amqp":  # amqp.proxy vs proxy in front of a throwaway RabbitMQ (bench/amqp.py)
                 __import__("amqp").run_amqp(bench, results)
             elif scenario == "mqtt":  # mqtt.proxy vs proxy to one Mosquitto (bench/mqtt.py)
@@ -1056,6 +1065,9 @@ def main() -> int:
             else:
                 parser.error(f"unknown scenario {scenario!r}")
     print(f"matrix took {time.monotonic() - started:.0f} s")
+    verdicts = evaluate(results)  # issue 13's targets, met or not (bench/targets.py)
+    print(table(verdicts), flush=True)
+    results["targets"] = [vars(verdict) for verdict in verdicts]
     _save(results, args)
     return 0
 

@@ -20,6 +20,7 @@ from .config.build import TUNNEL_ENDPOINT_TYPE
 from .config.model import Realm, Service
 from .errors import ConfigError, ConfigErrors, GatewayError, WorkerFailed
 from .observe.logs import configure_logging
+from .observe.memory import start_heap_trimmer
 
 if TYPE_CHECKING:
     from .gateway import Gateway
@@ -505,6 +506,7 @@ async def _serve(
         _watch_supervisor(loop, supervisor, stop)
     await gateway.start()
     tune_gc()
+    trimmer = start_heap_trimmer()  # freed native memory back to the system (observe/memory.py); None: no glibc
     if ready is not None:  # before the "ready at" lines: whoever reads them may already rely on it
         ready()
     for service in gateway.config.services:
@@ -527,6 +529,8 @@ async def _serve(
             )
     await stop.wait()
     log.info("shutting down: no new connections, closing open ones with 1001")
+    if trimmer is not None:
+        trimmer.stop()
     await gateway.stop(grace)
 
 
