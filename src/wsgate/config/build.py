@@ -178,6 +178,14 @@ def parse_duration_or_off(text: str) -> float | None:
     return parse_duration(text) or None
 
 
+def parse_window_bits(text: str) -> int:
+    """``ws.compression.window.bits``: 9 to 15 (a 512-byte to 32 KiB window; zlib cannot deflate raw with 8)."""
+    value = text.strip()
+    if not value.isdigit() or not 9 <= int(value) <= 15:
+        raise ValueError(f"{text!r}: write a whole number from 9 (512-byte window) to 15 (32 KiB, the default)")
+    return int(value)
+
+
 @dataclass(frozen=True)
 class Option:
     """One accept- or connect-option: the model field it fills (None: checked only), its parser and default."""
@@ -207,6 +215,12 @@ ACCEPT_OPTIONS: Mapping[str, Option] = {
     "http.keepalive.timeout": Option("keepalive_timeout", parse_duration, m.DEFAULT_KEEPALIVE_TIMEOUT),
     "ws.write.timeout": Option("write_timeout", parse_duration_or_off, m.DEFAULT_WRITE_TIMEOUT),
     "ws.emulation": Option("emulation", parse_enabled, True),  # wsgate's: WSE (<path>/;e/…) on or off
+}
+# wsgate's permessage-deflate (RFC 7692; Kaazing had none): read together by ``Builder.deflate``.
+COMPRESSION_CHOICES = ("permessage-deflate", "disabled")
+DEFLATE_OPTIONS: Mapping[str, Option] = {
+    "ws.compression.window.bits": Option("window_bits", parse_window_bits, 15),
+    "ws.compression.context.takeover": Option("context_takeover", parse_enabled, False),
 }
 CONNECT_TLS_OPTIONS: Mapping[str, Option] = {
     "ssl.ciphers": Option("ciphers", parse_ciphers),
@@ -249,7 +263,7 @@ TUNNEL_OPTIONS = frozenset(
     }
 )
 TUNNEL_PREFIXES = ("socks.", "tunnel.")
-ACCEPT_OPTION_NAMES = (*BIND_OPTIONS, *ACCEPT_TLS_OPTIONS, *ACCEPT_OPTIONS)
+ACCEPT_OPTION_NAMES = (*BIND_OPTIONS, *ACCEPT_TLS_OPTIONS, *ACCEPT_OPTIONS, "ws.compression", *DEFLATE_OPTIONS)
 CONNECT_OPTION_NAMES = (*CONNECT_TLS_OPTIONS, *CONNECT_OPTIONS)
 # Kaazing options wsgate does not implement: "not supported yet" rather than "unknown".
 OPTIONS_UNSUPPORTED = (
@@ -603,11 +617,31 @@ class Builder:
                 "no effect on a tunnelled service: the internal gateway accepts no connection; it presents its "
                 "certificate to the DMZ gateway, which requires it",
             )
+        deflate = self.deflate(values, path)
         options = m.AcceptOptions(
-            binds=MappingProxyType(binds), tls=tls, tunnel=tunnel, **self.read_options(values, ACCEPT_OPTIONS)
+            binds=MappingProxyType(binds),
+            tls=tls,
+            tunnel=tunnel,
+            deflate=deflate,
+            **self.read_options(values, ACCEPT_OPTIONS),
         )
         self.leftover_options(values, "accept-options", ACCEPT_OPTION_NAMES)
         return options
+
+    def deflate(self, values: dict[str, tuple[str, str]], path: str) -> m.Deflate | None:
+        """``ws.compression`` and its ``ws.compression.*`` settings → a ``Deflate``, or None (the default: off).
+        Takes its options out of ``values``; a setting without ``ws.compression permessage-deflate`` is an error
+        (it would silently do nothing)."""
+        item = values.pop("ws.compression", None)
+        choice = "disabled" if item is None else self.value(item, parse_choice, COMPRESSION_CHOICES)
+        settings = {name: values[name] for name in DEFLATE_OPTIONS if name in values}
+        fields = self.read_options(values, DEFLATE_OPTIONS)
+        if choice == "permessage-deflate":
+            return m.Deflate(**fields)
+        if choice == "disabled":
+            for _, item_path in settings.values():
+                self.fail(item_path, "has no effect without ws.compression permessage-deflate beside it")
+        return None
 
     def connect_options(self, nodes: list[Node], service_path: str) -> m.ConnectOptions:
         values = self.option_values(nodes, f"{service_path}/connect-options")

@@ -66,6 +66,20 @@ class Tunnel:
 
 
 @dataclass(frozen=True)
+class Deflate:
+    """RFC 7692 permessage-deflate as a service offers it (``ws.compression permessage-deflate``).
+
+    ``window_bits`` caps the gateway's own compression window (``server_max_window_bits``, 9-15: zlib cannot
+    deflate raw with 8). ``context_takeover`` False (the default) answers ``server_no_context_takeover`` and
+    ``client_no_context_takeover``: every message is compressed on its own, so a secret in one message is no
+    dictionary for attacker-chosen bytes in the next (docs/security.md#compression).
+    """
+
+    window_bits: int = 15
+    context_takeover: bool = False
+
+
+@dataclass(frozen=True)
 class AcceptOptions:
     binds: Mapping[str, Bind] = field(default_factory=lambda: EMPTY)  # scheme → Bind
     tls: TlsOptions = TlsOptions()
@@ -79,6 +93,12 @@ class AcceptOptions:
     write_timeout: float | None = DEFAULT_WRITE_TIMEOUT  # ws.write.timeout: a send blocked this long drops the peer
     emulation: bool = True  # ws.emulation: a WebSocket service also answers WebSocket emulation (<path>/;e/…)
     tunnel: Tunnel | None = None  # internal gateway: accepted through tunnels it dials to a DMZ gateway
+    deflate: Deflate | None = None  # ws.compression permessage-deflate (wsgate's; off by default)
+
+    @property
+    def compression_enabled(self) -> bool:
+        """Does the service negotiate permessage-deflate? Such a service needs a data path that has it (aiohttp's)."""
+        return self.deflate is not None
 
 
 @dataclass(frozen=True)

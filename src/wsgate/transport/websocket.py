@@ -9,12 +9,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from aiohttp import web
+from aiohttp import WSMessage, WSMsgType, hdrs, web
 from aiohttp.http_websocket import WebSocketError
 from multidict import CIMultiDict
 
 from ..config.model import AcceptOptions
 from ..core.close import CloseCode, client_may_send
+from ..core.deflate import Agreement, negotiate
 from ..core.http import wants_upgrade
 from ..security.challenges import SUBPROTOCOL_TOKEN_PREFIX, offered_subprotocols, without_token_offers
 
@@ -140,6 +141,43 @@ class GuardedResponse(web.WebSocketResponse):
             guard.feed_data(early)
 
 
+class DeflateResponse(GuardedResponse):
+    """A ``GuardedResponse`` whose 101 answers the permessage-deflate ``Agreement`` (``core.deflate``).
+
+    aiohttp's frame writer and reader do the compression; this only replaces aiohttp's negotiation (which
+    cannot impose the server's window or ``no_context_takeover``) and makes ``max_msg_size`` exact for
+    decompressed messages: aiohttp refuses an inflated message only above its limit, one byte later than a
+    plain one, and it is given ``limit + 1``. Inflating stops at that bound, so a small compressed message
+    that would expand to gigabytes (a decompression bomb) costs at most ``limit`` + 2 bytes before the 1009.
+    """
+
+    def __init__(self, agreement: Agreement, limit: int, **kwargs: Any) -> None:
+        super().__init__(compress=False, **kwargs)  # aiohttp's own negotiation stays out of the way
+        self.agreement = agreement
+        self.limit = limit
+
+    def _handshake(self, request: web.BaseRequest) -> tuple[CIMultiDict[str], str | None, int, bool]:
+        headers, protocol, _, _ = super()._handshake(request)
+        headers[hdrs.SEC_WEBSOCKET_EXTENSIONS] = self.agreement.header
+        return headers, protocol, self.agreement.window_bits, self.agreement.no_context_takeover
+
+    async def receive(self, timeout: float | None = None) -> Any:
+        msg = await super().receive(timeout)
+        data = msg.data
+        if msg.type is WSMsgType.TEXT:
+            over = len(data) > self.limit or (4 * len(data) > self.limit and len(data.encode()) > self.limit)
+        elif msg.type is WSMsgType.BINARY:
+            over = len(data) > self.limit
+        else:
+            return msg
+        if not over:
+            return msg
+        error = WebSocketError(CloseCode.MESSAGE_TOO_BIG, f"Decompressed message exceeds size limit {self.limit}")
+        self._exception = error  # what AiohttpChannel.close_code reports, as for aiohttp's own 1009
+        await self.close(code=CloseCode.MESSAGE_TOO_BIG)
+        return WSMessage(WSMsgType.ERROR, error, None)
+
+
 async def accept_websocket(
     request: web.BaseRequest,
     options: AcceptOptions,
@@ -150,18 +188,26 @@ async def accept_websocket(
     """Complete the upgrade with the service's limits applied.
 
     ``ws.inactivity.timeout`` T: ping after T/2 of silence, close if no pong within
-    another T/2 (Kaazing semantics). Compression is off: it costs CPU per message
-    and mixes secrets with attacker-chosen data (CRIME-style leaks).
+    another T/2 (Kaazing semantics). Compression is off unless the service has
+    ``ws.compression permessage-deflate`` and the client offers it: it costs CPU and
+    memory per connection and mixes secrets with attacker-chosen data (CRIME-style leaks).
     """
     timeout = options.inactivity_timeout
-    ws = GuardedResponse(
-        heartbeat=timeout / 2 if timeout else None,
-        autoclose=False,  # AiohttpChannel answers the client's close frame (answer_close)
-        compress=False,
-        max_msg_size=options.max_message_size + 1,  # aiohttp refuses sizes >= its limit; ours allows ==
-        writer_limit=writer_limit,
-        protocols=protocols,
-    )
+    settings: dict[str, Any] = {
+        "heartbeat": timeout / 2 if timeout else None,
+        "autoclose": False,  # AiohttpChannel answers the client's close frame (answer_close)
+        "max_msg_size": options.max_message_size + 1,  # aiohttp refuses sizes >= its limit; ours allows ==
+        "writer_limit": writer_limit,
+        "protocols": protocols,
+    }
+    agreement = None
+    if options.deflate is not None:
+        agreement = negotiate(request.headers.getall(hdrs.SEC_WEBSOCKET_EXTENSIONS, ()), options.deflate)
+    ws: GuardedResponse
+    if agreement is None:
+        ws = GuardedResponse(compress=False, **settings)
+    else:
+        ws = DeflateResponse(agreement, options.max_message_size, **settings)
     if headers:
         ws.headers.update(headers)
     if timeout:
