@@ -79,7 +79,7 @@ async def upgrade(
         if accept.headers:
             headers.update(accept.headers)
         options = service.config.accept_options
-        if opener is None and lean(request):
+        if opener is None and not options.compression_enabled and lean(request):  # picows has no deflate
             channel = _open_picows(service, request, handshake, protocols, headers)
             _spawn(service, channel, handshake, accept, connection_id, context)
             return web.StreamResponse(status=101)  # nothing is written: the socket is picows's now
