@@ -32,13 +32,25 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from harness import Server, free_port, tree_rss  # noqa: E402
 from run import BARE_PICOWS, PYTHON, Bench, raise_fd_limit  # noqa: E402
+
 from wsgate.transport.listener import TLS_BIO_SIZE  # noqa: E402
 
 
 class _MallInfo2(ctypes.Structure):
     _fields_ = [
         (name, ctypes.c_size_t)
-        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
     ]
 
 
@@ -59,6 +71,16 @@ def malloc_trim() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+def sessions_cached(context: Any) -> int:
+    """How many sessions ``context``'s (an ``ssl.SSLContext``) server-side cache holds (``SSL_CTX_sess_number``)."""
+    import _ssl
+
+    pointer = ctypes.c_void_p.from_address(id(context) + object.__basicsize__).value  # PySSLContext's SSL_CTX *
+    control = ctypes.CDLL(_ssl.__file__).SSL_CTX_ctrl
+    control.restype, control.argtypes = ctypes.c_long, [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
+    return int(control(pointer, 20, 0, None))  # SSL_CTRL_SESS_NUMBER
 
 
 def rss() -> int:
@@ -114,10 +136,29 @@ async def probe(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
         import wsgate.transport.listener
 
         wsgate.transport.listener.TLS_BIO_SIZE = args.bio
-    gateway = Gateway(load_config(bench.config))
-    await gateway.start()
+    if args.bare:  # the floor in this process: a bare picows wss echo, as BARE_PICOWS runs it
+        namespace: dict[str, Any] = {}
+        exec(BARE_PICOWS.split("async def main")[0], namespace)  # the Echo listener only
+        import ssl
+
+        from picows import ws_create_server
+
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(bench.cert, bench.key)
+        if args.tickets is not None:
+            context.num_tickets = args.tickets
+        port = free_port()
+        size = args.bio or TLS_BIO_SIZE
+        tls = {} if args.plain else {"ssl": context, "ssl_incoming_bio_size": size, "ssl_outgoing_bio_size": size}
+        server = await ws_create_server(
+            lambda _request: namespace["Echo"](), "127.0.0.1", port, read_buffer_init_size=2048, **tls
+        )
+        url = f"{'ws' if args.plain else 'wss'}://127.0.0.1:{port}/"
+    else:
+        gateway = Gateway(load_config(bench.config))
+        await gateway.start()
+        url = bench.urls()["wsgate-secure-echo"]
     tune_gc()
-    url = bench.urls()["wsgate-secure-echo"]
     command = [str(Path(__file__).parent / "load.py"), "idle", url, "--conns", str(args.conns)]
     command += ["--concurrency", "16", "--ca", bench.ca, "--token", bench.token]
     client = await asyncio.create_subprocess_exec(
@@ -145,7 +186,11 @@ async def probe(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
     await client.stdin.drain()
     pongs = json.loads(await client.stdout.readline())
     await client.wait()
-    await gateway.stop(2.0)
+    if args.bare:
+        print("  OpenSSL's server session cache holds", sessions_cached(context), "sessions")
+        server.close()
+    else:
+        await gateway.stop(2.0)
     n = max(report["opened"], 1)
     result: dict[str, Any] = {
         "opened": report["opened"],
@@ -193,7 +238,9 @@ def floor(args: argparse.Namespace, bench: Bench) -> float:
             load.stdin.flush()
             pongs = json.loads(load.stdout.readline())
     per = (after - before) / max(report["opened"], 1)
-    print(f"floor: bare picows wss echo, {report['opened']} open, {pongs['pongs']} answered a ping: RSS {per / 1024:.1f} KiB/conn")
+    print(
+        f"floor: bare picows wss echo, {report['opened']} open, {pongs['pongs']} answered a ping: RSS {per / 1024:.1f} KiB/conn"
+    )
     return per
 
 
@@ -203,9 +250,14 @@ def main() -> int:
     parser.add_argument("--trace", action="store_true", help="count Python allocations (tracemalloc)")
     parser.add_argument("--frames", type=int, default=1, help="tracemalloc frames per allocation site")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--bare", action="store_true", help="a bare picows wss echo in this process instead")
+    parser.add_argument("--plain", action="store_true", help="--bare: ws:// (no TLS)")
+    parser.add_argument("--tickets", type=int, help="--bare: TLS 1.3 session tickets sent per connection")
     parser.add_argument("--floor", action="store_true", help="measure a bare picows wss echo instead")
     parser.add_argument("--why", action="append", help="print what holds an object of this type (repeatable)")
-    parser.add_argument("--bio", type=int, help="aiofastnet's TLS buffer size each way (transport.listener.TLS_BIO_SIZE)")
+    parser.add_argument(
+        "--bio", type=int, help="aiofastnet's TLS buffer size each way (transport.listener.TLS_BIO_SIZE)"
+    )
     args = parser.parse_args()
     raise_fd_limit()
     work = Path(os.environ.get("TMPDIR", "/tmp")) / f"wsgate-probe-{os.getpid()}"
