@@ -8,6 +8,7 @@ need. Real gateway, real sockets (conftest's uvloop + aiofastnet loop).
 from __future__ import annotations
 
 import asyncio
+import time
 
 import aiohttp
 import pytest
@@ -15,6 +16,7 @@ from picows import WSUpgradeResponse
 from picows import WSUpgradeResponseWithListener as WithListener
 
 from wsgate.core.identity import Identity
+from wsgate.transport import upgrade
 from wsgate.transport.picows_channel import PicowsChannel, _Listener
 
 ECHO = """
@@ -22,7 +24,16 @@ service:
   - name: echo
     accept: ws://127.0.0.1:0/echo
     type: echo
+    accept-options:
+      connection.limit: 1
 """
+
+
+async def wait_until(check, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
 
 
 async def test_an_open_connection_keeps_no_upgrade_headers_and_still_echoes(start_gateway, http):
@@ -63,3 +74,21 @@ def test_the_listener_factory_lets_go_once_called():
 def test_identity_has_no_instance_dict():
     identity = Identity("realm", "joe", frozenset({"R"}), None)
     assert not hasattr(identity, "__dict__")
+
+
+async def test_an_idle_echo_holds_no_task_and_its_close_does_the_bookkeeping(start_gateway, http):
+    """Echo parks the picows channel: no task waits for a message. When the socket closes, the session is
+    deregistered and its connection slot released (connection.limit 1 admits the next client)."""
+    gateway = await start_gateway(ECHO)
+    url = f"ws://127.0.0.1:{gateway.port_of('echo')}/echo"
+    for _ in range(2):
+        async with http.ws_connect(url) as ws:
+            await ws.send_str("hello")
+            assert (await asyncio.wait_for(ws.receive(), 5)).data == "hello"
+            [session] = list(gateway.runtime.connections)
+            assert session.channel.parked
+            await wait_until(lambda: not upgrade._serving)  # the serve task has ended
+            await ws.send_bytes(b"\x00" * 70_000)  # several reads, one message
+            assert (await asyncio.wait_for(ws.receive(), 5)).data == b"\x00" * 70_000
+        await wait_until(lambda: not gateway.runtime.connections)
+        assert session.channel.messages_in == session.channel.messages_out == 2

@@ -111,6 +111,10 @@ class PicowsChannel(WSListener, Messages):
         "messages_out",
         "bytes_in",
         "bytes_out",
+        "relay",
+        "on_gone",
+        "stalled",
+        "stall_timer",
     )
 
     def __init__(self, max_size: int, forget: Callable[[], None] | None = None) -> None:
@@ -138,6 +142,10 @@ class PicowsChannel(WSListener, Messages):
         self.write_timeout: float | None = None
         self.owner: Any = None  # weak reference to the session told of a slow consumer
         self.messages_in = self.messages_out = self.bytes_in = self.bytes_out = 0
+        self.relay: Callable[[Data], None] | None = None  # parked: each message goes to it, no task waits
+        self.on_gone: Callable[[], None] | None = None  # parked: the runner's bookkeeping once the socket closes
+        self.stalled = False  # parked: reading paused until the socket's buffer drains
+        self.stall_timer: asyncio.TimerHandle | None = None  # parked: ws.write.timeout while stalled
 
     # -- picows callbacks -------------------------------------------------------------------
 
@@ -166,10 +174,11 @@ class PicowsChannel(WSListener, Messages):
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         self.lost = self.ended = True
-        for timer in (self.close_timer, self.ping):
+        for timer in (self.close_timer, self.ping, self.stall_timer):
             if timer is not None:
                 timer.cancel()
-        self.close_timer = self.ping = None
+        self.close_timer = self.ping = self.stall_timer = None
+        self.relay = None
         self._wake()
         drained, self.drained = self.drained, None
         if drained is not None and not drained.done():
@@ -177,12 +186,19 @@ class PicowsChannel(WSListener, Messages):
         forget, self.forget = self.forget, None
         if forget is not None:
             forget()
+        gone, self.on_gone = self.on_gone, None
+        if gone is not None:
+            gone()
 
     def pause_writing(self) -> None:
-        if self.drained is None:
+        if self.relay is not None:
+            self._stall()
+        elif self.drained is None:
             self.drained = asyncio.get_running_loop().create_future()
 
     def resume_writing(self) -> None:
+        if self.stalled:
+            self._unstall()
         drained, self.drained = self.drained, None
         if drained is not None and not drained.done():
             drained.set_result(None)
@@ -200,9 +216,13 @@ class PicowsChannel(WSListener, Messages):
             data = payload
         if self.ended:
             return
-        self.inbox.append(data)
         self.messages_in += 1
         self.bytes_in += len(data)
+        relay = self.relay
+        if relay is not None:
+            relay(data)
+            return
+        self.inbox.append(data)
         if len(self.inbox) >= INBOX and not self.paused and self.transport is not None:
             self.paused = True
             self.transport.pause_reading()
@@ -281,6 +301,62 @@ class PicowsChannel(WSListener, Messages):
         if owner is not None:
             owner.drop_slow(f"a send waited {self.write_timeout:g}s for the peer to read")
 
+    # -- parked: messages answered in the frame callback -----------------------------------------
+
+    @property
+    def parked(self) -> bool:
+        return self.relay is not None
+
+    def park(self, relay: Callable[[Data], None]) -> bool:
+        """From now on give each message to ``relay`` in picows's frame callback, with no task waiting on the
+        channel (an idle connection then holds no task, coroutine or future; echo answers with ``send_now``).
+        Messages already received go first. False, and nothing changes, if no more messages will come."""
+        if self.ended or self.lost:
+            return False
+        self.relay = relay
+        inbox = self.inbox
+        while inbox and self.relay is not None and not self.ended:
+            relay(inbox.popleft())
+        if self.paused and not self.stalled and self.transport is not None and not self.lost:
+            self.paused = False
+            self.transport.resume_reading()
+        return True
+
+    def when_gone(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the socket is closed (now, if it is)."""
+        if self.lost:
+            callback()
+        else:
+            self.on_gone = callback
+
+    def send_now(self, data: Data) -> None:
+        """Send from the frame callback of a parked channel. While the socket's buffer is over the writer limit
+        reading pauses (the peer's messages wait in its socket), and a stall longer than ``ws.write.timeout``
+        drops the peer as a slow consumer, as a waiting ``send`` would."""
+        ws = self.ws
+        if ws is None or self.lost or ws.is_close_frame_sent:
+            return  # closing or gone: nothing more goes out (a task's send would raise and end the same way)
+        ws.send(_TEXT if type(data) is str else _BINARY, data)
+        self.messages_out += 1
+        self.bytes_out += len(data)
+
+    def _stall(self) -> None:
+        if self.stalled or self.lost:
+            return
+        self.stalled = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+        if self.write_timeout:
+            self.stall_timer = asyncio.get_running_loop().call_later(self.write_timeout, self._stalled)
+
+    def _unstall(self) -> None:
+        self.stalled = False
+        timer, self.stall_timer = self.stall_timer, None
+        if timer is not None:
+            timer.cancel()
+        if self.transport is not None and not self.lost and not self.paused:
+            self.transport.resume_reading()
+
     # -- inactivity -------------------------------------------------------------------------
 
     def watch_inactivity(self, timeout: float) -> None:
@@ -340,8 +416,8 @@ class PicowsChannel(WSListener, Messages):
         if ws is not None and not ws.is_close_frame_sent:
             ws.send_close(WSCloseCode(code), reason.encode())
         self._wait_for_close(1.0)
-        if self.transport is not None and self.paused:  # read the peer's close frame
-            self.paused = False
+        if self.transport is not None and (self.paused or self.stalled):  # read the peer's close frame
+            self.paused = self.stalled = False
             self.transport.resume_reading()
 
     def _wait_for_close(self, grace: float) -> None:
@@ -365,8 +441,8 @@ class PicowsChannel(WSListener, Messages):
         self.ended = True
         self._wake()
         ws.send_close(WSCloseCode(code), reason.encode()[:120])
-        if self.paused and self.transport is not None:  # the peer's close frame must be read
-            self.paused = False
+        if (self.paused or self.stalled) and self.transport is not None:  # the peer's close frame must be read
+            self.paused = self.stalled = False
             self.transport.resume_reading()
         self._wait_for_close(grace)
 

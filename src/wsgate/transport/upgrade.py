@@ -146,10 +146,11 @@ def _spawn(
         channel.watch_writes(options.write_timeout, session)
 
     async def serve() -> None:
-        try:
-            await serve_session(service, session, channel)
-        finally:
+        try:  # released when the connection ends: by serve_session, or once the socket of a parked one closes
+            await serve_session(service, session, channel, hold.release)
+        except BaseException:
             hold.release()
+            raise
 
     task = asyncio.get_running_loop().create_task(serve())
     _serving.add(task)
