@@ -1,7 +1,7 @@
 """Benchmark harness: wsgate against reference servers in one run (see bench/README.md).
 
 Scenarios, alternated server by server over several rounds, medians and ratios reported:
-  echo     wsgate echo service vs a bare aiohttp echo on the same loop (uvloop + aiofastnet), ws://
+  echo     wsgate echo service vs a bare picows echo and a bare aiohttp echo on the same loop (uvloop + aiofastnet), ws://
   proxy    wsgate wss→tcp proxy with a JWT realm vs websockify 0.13 (wss, same TCP echo) vs nginx
            terminating wss in front of the bare aiohttp echo
   connect  new JWT-authenticated wss connections per second (16 in flight), and handshake latency at a
@@ -84,6 +84,36 @@ BARE_ECHO = textwrap.dedent("""
     new_event_loop("auto").run_until_complete(main())
 """)
 
+# The fair "bare server on the same loop" since wsgate's WebSockets run on picows (transport/picows_channel.py):
+# a picows echo on uvloop + aiofastnet. With a certificate and key (argv 2, 3) it serves wss:// with wsgate's
+# TLS buffer size (argv 4) and read buffer: the floor of an idle TLS WebSocket (bench/idle_probe.py --floor).
+BARE_PICOWS = textwrap.dedent("""
+    import asyncio, ssl, sys
+    from picows import WSListener, WSMsgType, ws_create_server
+    from wsgate.cli import new_event_loop
+
+    class Echo(WSListener):
+        def on_ws_frame(self, transport, frame):
+            kind = frame.msg_type
+            if kind is WSMsgType.BINARY or kind is WSMsgType.TEXT:
+                transport.send(kind, frame.get_payload_as_memoryview())
+            elif kind is WSMsgType.CLOSE:
+                transport.send_close(frame.get_close_code(), frame.get_close_reason())
+                transport.disconnect()
+
+    async def main():
+        extra = {}
+        if len(sys.argv) > 2:
+            extra["ssl"] = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            extra["ssl"].load_cert_chain(sys.argv[2], sys.argv[3])
+            extra["ssl_incoming_bio_size"] = extra["ssl_outgoing_bio_size"] = int(sys.argv[4])
+            extra["read_buffer_init_size"] = 2048  # as wsgate's
+        await ws_create_server(lambda request: Echo(), "127.0.0.1", int(sys.argv[1]), max_frame_size=1 << 20, **extra)
+        await asyncio.Event().wait()
+
+    new_event_loop("auto").run_until_complete(main())
+""")
+
 TCP_ECHO = textwrap.dedent("""
     import asyncio, sys
     from wsgate.cli import new_event_loop
@@ -108,7 +138,8 @@ class Bench:
     def __init__(self, work: Path, args: argparse.Namespace) -> None:
         self.work, self.args = work, args
         self.ports = {
-            name: free_port() for name in ("wsgate", "wsgate-tls", "aiohttp", "tcp", "ws-echo", "websockify", "nginx")
+            name: free_port()
+            for name in ("wsgate", "wsgate-tls", "aiohttp", "picows", "tcp", "ws-echo", "websockify", "nginx")
         }
         self.ca, self.cert, self.key = self._certificates()
         self.token = self._jwt()
@@ -231,6 +262,7 @@ class Bench:
         return {
             "wsgate": self.wsgate(),
             "aiohttp": Server("aiohttp", [PYTHON, "-c", BARE_ECHO, str(p["aiohttp"])], p["aiohttp"]),
+            "picows": Server("picows", [PYTHON, "-c", BARE_PICOWS, str(p["picows"])], p["picows"]),
             "websockify": Server(
                 "websockify",
                 [
@@ -255,6 +287,7 @@ class Bench:
         return {
             "wsgate-echo": f"ws://127.0.0.1:{p['wsgate']}/echo",
             "aiohttp": f"ws://127.0.0.1:{p['aiohttp']}/",
+            "picows": f"ws://127.0.0.1:{p['picows']}/",
             "wsgate-proxy": f"wss://127.0.0.1:{p['wsgate-tls']}/proxy",
             "wsgate-secure-echo": f"wss://127.0.0.1:{p['wsgate-tls']}/echo",
             "websockify": f"wss://127.0.0.1:{p['websockify']}/",
@@ -1039,7 +1072,7 @@ def main() -> int:
     with tcp_echo, ws_echo:
         for scenario in args.scenarios.split(","):
             if scenario == "echo":
-                run_matrix(bench, results, "echo", ["wsgate", "aiohttp"])
+                run_matrix(bench, results, "echo", ["wsgate", "picows", "aiohttp"])
             elif scenario == "proxy":
                 run_matrix(bench, results, "proxy", ["wsgate", "websockify", "nginx"])
             elif scenario == "connect":

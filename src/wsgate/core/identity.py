@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Identity:
-    """Who a connection belongs to, as the realm established it."""
+    """Who a connection belongs to, as the realm established it (slotted: every live connection holds one)."""
 
     realm: str
     user: str | None

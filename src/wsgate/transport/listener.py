@@ -14,6 +14,7 @@ import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
@@ -342,6 +343,10 @@ class Listener:
             self.metrics.limited.labels("", "handshake-timeout").inc()
 
 
+def _nothing() -> None:
+    """What a detached connection calls once closed when no liveness watch was kept."""
+
+
 class HttpConnection(web.RequestHandler):
     """aiohttp's protocol with a deadline on every request head, not only the first (slowloris).
 
@@ -447,12 +452,9 @@ class HttpConnection(web.RequestHandler):
         self.detached = True
         self._force_close = True  # aiohttp's loop ends without closing the socket (it no longer has it)
         self.transport = None
-        liveness, watched = self.listener.liveness, self.watched
-
-        def forget() -> None:
-            if liveness is not None:
-                liveness.forget(watched, transport)
-
+        liveness = self.listener.liveness
+        # A partial, not a closure: it lives as long as the connection (about 200 B less per idle connection).
+        forget = partial(liveness.forget, self.watched, transport) if liveness is not None else _nothing
         return transport, tail, forget
 
     async def finish_response(

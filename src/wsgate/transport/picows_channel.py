@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from multidict import CIMultiDict
 from picows import WSAutoPingStrategy, WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, WSUpgradeResponse
 from picows import WSUpgradeResponseWithListener as WithListener
 from picows.picows import WSProtocol  # type: ignore[attr-defined]  # not in picows's stubs
@@ -110,6 +111,10 @@ class PicowsChannel(WSListener, Messages):
         "messages_out",
         "bytes_in",
         "bytes_out",
+        "relay",
+        "on_gone",
+        "stalled",
+        "stall_timer",
     )
 
     def __init__(self, max_size: int, forget: Callable[[], None] | None = None) -> None:
@@ -137,6 +142,10 @@ class PicowsChannel(WSListener, Messages):
         self.write_timeout: float | None = None
         self.owner: Any = None  # weak reference to the session told of a slow consumer
         self.messages_in = self.messages_out = self.bytes_in = self.bytes_out = 0
+        self.relay: Callable[[Data], None] | None = None  # parked: each message goes to it, no task waits
+        self.on_gone: Callable[[], None] | None = None  # parked: the runner's bookkeeping once the socket closes
+        self.stalled = False  # parked: reading paused until the socket's buffer drains
+        self.stall_timer: asyncio.TimerHandle | None = None  # parked: ws.write.timeout while stalled
 
     # -- picows callbacks -------------------------------------------------------------------
 
@@ -165,21 +174,29 @@ class PicowsChannel(WSListener, Messages):
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         self.lost = self.ended = True
-        for timer in (self.close_timer, self.ping):
+        for timer in (self.close_timer, self.ping, self.stall_timer):
             if timer is not None:
                 timer.cancel()
-        self.close_timer = self.ping = None
+        self.close_timer = self.ping = self.stall_timer = None
+        self.relay = None
         self._wake()
         self.resume_writing()  # a send waiting for the peer sees ``lost`` and raises
         forget, self.forget = self.forget, None
         if forget is not None:
             forget()
+        gone, self.on_gone = self.on_gone, None
+        if gone is not None:
+            gone()
 
     def pause_writing(self) -> None:
-        if self.drained is None:
+        if self.relay is not None:
+            self._stall()
+        elif self.drained is None:
             self.drained = asyncio.get_running_loop().create_future()
 
     def resume_writing(self) -> None:
+        if self.stalled:
+            self._unstall()
         drained, self.drained = self.drained, None
         if drained is not None and not drained.done():
             drained.set_result(None)
@@ -197,9 +214,13 @@ class PicowsChannel(WSListener, Messages):
             data = payload
         if self.ended:
             return
-        self.inbox.append(data)
         self.messages_in += 1
         self.bytes_in += len(data)
+        relay = self.relay
+        if relay is not None:
+            relay(data)
+            return
+        self.inbox.append(data)
         if len(self.inbox) >= INBOX and not self.paused and self.transport is not None:
             self.paused = True
             self.transport.pause_reading()
@@ -282,6 +303,62 @@ class PicowsChannel(WSListener, Messages):
         if owner is not None:
             owner.drop_slow(f"a send waited {self.write_timeout:g}s for the peer to read")
 
+    # -- parked: messages answered in the frame callback -----------------------------------------
+
+    @property
+    def parked(self) -> bool:
+        return self.relay is not None
+
+    def park(self, relay: Callable[[Data], None]) -> bool:
+        """From now on give each message to ``relay`` in picows's frame callback, with no task waiting on the
+        channel (an idle connection then holds no task, coroutine or future; echo answers with ``send_now``).
+        Messages already received go first. False, and nothing changes, if no more messages will come."""
+        if self.ended or self.lost:
+            return False
+        self.relay = relay
+        inbox = self.inbox
+        while inbox and self.relay is not None and not self.ended:
+            relay(inbox.popleft())
+        if self.paused and not self.stalled and self.transport is not None and not self.lost:
+            self.paused = False
+            self.transport.resume_reading()
+        return True
+
+    def when_gone(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the socket is closed (now, if it is)."""
+        if self.lost:
+            callback()
+        else:
+            self.on_gone = callback
+
+    def send_now(self, data: Data) -> None:
+        """Send from the frame callback of a parked channel. While the socket's buffer is over the writer limit
+        reading pauses (the peer's messages wait in its socket), and a stall longer than ``ws.write.timeout``
+        drops the peer as a slow consumer, as a waiting ``send`` would."""
+        ws = self.ws
+        if ws is None or self.lost or ws.is_close_frame_sent:
+            return  # closing or gone: nothing more goes out (a task's send would raise and end the same way)
+        ws.send(_TEXT if type(data) is str else _BINARY, data)
+        self.messages_out += 1
+        self.bytes_out += len(data)
+
+    def _stall(self) -> None:
+        if self.stalled or self.lost:
+            return
+        self.stalled = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+        if self.write_timeout:
+            self.stall_timer = asyncio.get_running_loop().call_later(self.write_timeout, self._stalled)
+
+    def _unstall(self) -> None:
+        self.stalled = False
+        timer, self.stall_timer = self.stall_timer, None
+        if timer is not None:
+            timer.cancel()
+        if self.transport is not None and not self.lost and not self.paused:
+            self.transport.resume_reading()
+
     # -- inactivity -------------------------------------------------------------------------
 
     def watch_inactivity(self, timeout: float) -> None:
@@ -322,6 +399,8 @@ class PicowsChannel(WSListener, Messages):
         ws = self.ws
         if ws is not None and ws.is_close_frame_sent:  # the answer to ours: the handshake is complete
             ws.disconnect()
+        elif self.relay is not None:  # parked: what came before the close is answered already
+            self._answer()
 
     def _answer(self) -> None:
         """Answer the peer's close frame: 1000, or 1002 for a code no client may send; then end the socket."""
@@ -349,9 +428,11 @@ class PicowsChannel(WSListener, Messages):
         if ws is not None and not ws.is_close_frame_sent:
             ws.send_close(WSCloseCode(code), reason.encode())
         self._wait_for_close(1.0)
-        if self.transport is not None and self.paused:  # read the peer's close frame
-            self.paused = False
+        if self.transport is not None and (self.paused or self.stalled):  # read the peer's close frame
+            self.paused = self.stalled = False
             self.transport.resume_reading()
+        if self.relay is not None:  # parked: no service ends to close the socket (see ``release``)
+            self.release()
 
     def _wait_for_close(self, grace: float) -> None:
         if self.close_timer is None and not self.lost:
@@ -382,10 +463,12 @@ class PicowsChannel(WSListener, Messages):
         self.ended = True
         self._wake()
         ws.send_close(WSCloseCode(code), reason.encode()[:120])
-        if self.paused and self.transport is not None:  # the peer's close frame must be read
-            self.paused = False
+        if (self.paused or self.stalled) and self.transport is not None:  # the peer's close frame must be read
+            self.paused = self.stalled = False
             self.transport.resume_reading()
         self._wait_for_close(grace)
+        if self.relay is not None:  # parked: no service ends to close the socket (see ``release``)
+            self.release()
 
     def release(self) -> None:
         """The service is done: close the socket once what is buffered is written, without waiting for the
@@ -448,11 +531,7 @@ def hand_off(
     """
     transport, tail, forget = connection.detach()
     channel = PicowsChannel(max_size, forget)
-    response = WSUpgradeResponse.create_101_response(headers)
-
-    def listener(_request: object) -> WithListener:
-        return WithListener(response, channel)
-
+    listener = _Listener(WSUpgradeResponse.create_101_response(headers), channel)
     protocol = WSProtocol(
         None, None, False, listener, _QUIET, True, None, False, 20, 20, _IDLE, True, max_size, None, 2048
     )
@@ -461,7 +540,37 @@ def hand_off(
     protocol.connection_made(transport)
     head = f"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
     _feed(protocol, head.encode() + b"Sec-WebSocket-Version: 13\r\n\r\n" + tail)
+    _forget_headers(channel.ws)
     return channel
+
+
+class _Listener:
+    """picows's listener factory for one connection. picows keeps the factory for the connection's life, so it
+    lets go of the 101 and the channel once called (a closure would hold both: about 300 B per idle connection)."""
+
+    __slots__ = ("response", "channel")
+
+    def __init__(self, response: WSUpgradeResponse, channel: PicowsChannel) -> None:
+        self.response: WSUpgradeResponse | None = response
+        self.channel: PicowsChannel | None = channel
+
+    def __call__(self, _request: object) -> WithListener:
+        assert self.response is not None and self.channel is not None, "one upgrade per connection"
+        answer = WithListener(self.response, self.channel)
+        self.response = self.channel = None
+        return answer
+
+
+_NO_HEADERS: Any = CIMultiDict()  # shared, never written to: see _forget_headers
+
+
+def _forget_headers(ws: WSTransport | None) -> None:
+    """picows keeps the upgrade's request and 101 on the transport for the connection's life; their headers are
+    never read again once the 101 is sent (admission read the request's; the management API shows what the
+    session keeps). Dropping them saves about 1 KiB per idle connection."""
+    for message in (ws.request, ws.response) if ws is not None else ():
+        if message is not None:
+            message.headers = _NO_HEADERS
 
 
 def _feed(protocol: asyncio.BufferedProtocol, data: bytes) -> None:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
+from functools import partial
 from typing import Protocol
 
 from ..config.model import Service
@@ -87,15 +89,22 @@ def open_session(
     return session
 
 
-async def serve_session(service: WebSocketEndpoint, session: LiveSession, channel: Channel) -> None:
-    """Steps 4 and 5: serve the session until it ends, then the bookkeeping."""
+async def serve_session(
+    service: WebSocketEndpoint, session: LiveSession, channel: Channel, ended: Callable[[], None] | None = None
+) -> None:
+    """Steps 4 and 5: serve the session until it ends, then the bookkeeping; ``ended()`` after it.
+
+    A service may *park* a channel that can (``PicowsChannel.park``: echo answers in the frame callback) and
+    return at once: the task ends, and step 5 runs when the socket closes."""
     identity, context = session.identity, session.context
+    parked = False
     try:
         if identity is not None and await service.revoked(identity):  # revoked while the answer was on its way
             await service.abandon(context)
             await channel.close(CloseCode.POLICY_VIOLATION, "revoked")
         else:
             await service.serve(session, service.channel_for(session, channel))  # message policy, if any
+            parked = getattr(channel, "parked", False) is True
     except asyncio.CancelledError:
         raise
     except Exception as exc:
@@ -105,11 +114,29 @@ async def serve_session(service: WebSocketEndpoint, session: LiveSession, channe
             log.exception("service[%s]: unexpected error; closing the connection with 1011", service.name)
             await channel.close(CloseCode.INTERNAL_ERROR, "internal error, see gateway log")
     finally:
+        if not parked:
+            session.cancel_expiry()
+            service.deregister(session)
+            if not channel.closed:
+                await channel.close()
+            service.closed(session)
+            if ended is not None:
+                ended()
+    if parked:
+        channel.when_gone(partial(_parked_ended, service, session, ended))  # type: ignore[attr-defined]
+
+
+def _parked_ended(service: WebSocketEndpoint, session: LiveSession, ended: Callable[[], None] | None) -> None:
+    """Step 5 for a parked channel, from its socket's close (the channel is closed by then)."""
+    try:
+        if getattr(session.channel, "stalled", False):  # an echo waited for a peer that left: its loss, as a send's
+            service.lost(session, ConnectionResetError("the peer is gone"))
         session.cancel_expiry()
         service.deregister(session)
-        if not channel.closed:
-            await channel.close()
         service.closed(session)
+    finally:
+        if ended is not None:
+            ended()
 
 
 def tls_of(transport: asyncio.BaseTransport | None) -> tuple[str | None, str | None] | None:

@@ -148,11 +148,14 @@ def _spawn(
         channel.watch_writes(options.write_timeout, session)
 
     async def serve() -> None:
-        try:
-            await serve_session(service, session, channel)
-        finally:
-            channel.release()
+        try:  # released when the connection ends: by serve_session, or once the socket of a parked one closes
+            await serve_session(service, session, channel, hold.release)
+        except BaseException:
             hold.release()
+            raise
+        finally:
+            if not channel.parked:  # the service is done with the socket: close it once its buffer is written
+                channel.release()
 
     task = asyncio.get_running_loop().create_task(serve())
     _serving.add(task)
