@@ -292,7 +292,7 @@ class Bench:
                 raise RuntimeError(f"load client failed: {errors.read().strip().splitlines()[-1:]}")
         return dict(json.loads(lines[-1]))
 
-    def measure(self, server: Server, mode: str, url: str, *extra: str) -> dict[str, Any]:
+    def measure(self, server: Server, mode: str, url: str, *extra: str, client: str = "load.py") -> dict[str, Any]:
         """One load run against ``server``: the client's report plus the server's CPU per operation.
 
         When the client marks its measured window (throughput mode), the server's CPU and the host's
@@ -306,7 +306,9 @@ class Bench:
             samples[what] = (time.monotonic(), tree_cpu(pid), host_busy(), tree_cpu(os.getpid()))
 
         sample("run")
-        result = self.load(mode, url, *extra, "--duration", str(self.args.duration), "--warmup", "1", on_mark=sample)
+        result = self.load(
+            mode, url, *extra, "--duration", str(self.args.duration), "--warmup", "1", on_mark=sample, client=client
+        )
         sample("exit")
         first, last = (samples["start"], samples["end"]) if "end" in samples else (samples["run"], samples["exit"])
         elapsed, cpu, busy, ours = (b - a for a, b in zip(first, last, strict=True))
@@ -344,22 +346,6 @@ def run_matrix(bench: Bench, results: dict[str, Any], scenario: str, names: list
                         bench.measure(server, "throughput", url_for(bench, scenario, name), *extra)
                     )
         print(_row(cell, results[cell], "msg_per_s", "msg/s"), flush=True)
-
-
-def run_connect(bench: Bench, results: dict[str, Any]) -> None:
-    servers = bench.servers()
-    urls = bench.urls()
-    cells = {
-        "connect max (16 in flight)": ["--conns", "16"],
-        f"connect at {HALF_TARGET_RATE}/s": ["--rate", str(HALF_TARGET_RATE)],
-    }
-    for cell, extra in cells.items():
-        results[cell] = {}
-        for _ in range(bench.args.rounds):
-            for name, url in (("wsgate", urls["wsgate-secure-echo"]), ("nginx", urls["nginx"])):
-                with servers[name] as server:
-                    results[cell].setdefault(name, []).append(bench.measure(server, "connect", url, *extra))
-        print(_row(cell, results[cell], "conn_per_s", "conn/s"), flush=True)
 
 
 def run_idle(bench: Bench, results: dict[str, Any]) -> None:
@@ -991,6 +977,8 @@ def main() -> int:
     )
     parser.add_argument("--auth-baseline", help="auth scenario: also run the gateway from this older src/ tree")
     parser.add_argument("--idle", type=int, default=50_000, help="connections held open by the idle scenario")
+    parser.add_argument("--connect-procs", type=int, default=2, help="connect: load client processes (2)")
+    parser.add_argument("--connect-baseline", help="connect scenario: also run the gateway from this older src/ tree")
     parser.add_argument(
         "--ab",
         metavar="REV",
@@ -1035,8 +1023,8 @@ def main() -> int:
                 run_matrix(bench, results, "echo", ["wsgate", "aiohttp"])
             elif scenario == "proxy":
                 run_matrix(bench, results, "proxy", ["wsgate", "websockify", "nginx"])
-            elif scenario == "connect":
-                run_connect(bench, results)
+            elif scenario == "connect":  # full and resumed TLS handshakes vs nginx (bench/connect.py)
+                __import__("connect").run_connect(bench, results, HALF_TARGET_RATE)
             elif scenario == "idle":
                 run_idle(bench, results)
             elif scenario == "workers":
