@@ -275,14 +275,14 @@ def cells(rate: int) -> dict[str, list[str]]:
 
 
 def run_connect(bench: Any, results: dict[str, Any], rate: int) -> None:
-    """wsgate (and ``--connect-baseline``'s older tree) vs nginx, alternating round by round in every cell."""
+    """wsgate (and each ``--connect-baseline`` tree) vs nginx, alternating round by round in every cell."""
     from harness import PYTHON, Server
 
     servers = {"wsgate": bench.wsgate(), "nginx": bench.servers()["nginx"]}
-    if bench.args.connect_baseline:
+    for tree in bench.args.connect_baseline:  # older src/ trees, named by their parent folder
         command = [PYTHON, "-m", "wsgate", "run", str(bench.config), "--log-level", "error"]
-        env = {"PYTHONPATH": str(Path(bench.args.connect_baseline).resolve())}
-        servers["baseline"] = Server("baseline", command, bench.ports["wsgate-tls"], env)
+        src = Path(tree).resolve()
+        servers[src.parent.name] = Server(src.parent.name, command, bench.ports["wsgate-tls"], {"PYTHONPATH": str(src)})
     urls = {"nginx": bench.urls()["nginx"]}
     procs = ["--procs", str(bench.args.connect_procs)]
     for cell, extra in cells(rate).items():

@@ -978,7 +978,12 @@ def main() -> int:
     parser.add_argument("--auth-baseline", help="auth scenario: also run the gateway from this older src/ tree")
     parser.add_argument("--idle", type=int, default=50_000, help="connections held open by the idle scenario")
     parser.add_argument("--connect-procs", type=int, default=2, help="connect: load client processes (2)")
-    parser.add_argument("--connect-baseline", help="connect scenario: also run the gateway from this older src/ tree")
+    parser.add_argument(
+        "--connect-baseline",
+        action="append",
+        default=[],
+        help="connect scenario: also run the gateway from this older src/ tree, named by its parent folder (repeatable)",
+    )
     parser.add_argument(
         "--ab",
         metavar="REV",

@@ -67,3 +67,19 @@ async def test_a_session_from_another_gateway_is_a_full_handshake(start_gateway,
     _, session, _ = await loop.run_in_executor(None, upgrade, first.port_of("echo"), context, None)
     reused, _, _ = await loop.run_in_executor(None, upgrade, second.port_of("echo"), context, session)
     assert not reused
+
+
+async def test_sessions_survive_a_reload_that_keeps_the_port_tls(start_gateway, pem_stores, ca, tmp_path):
+    """A reload keeps a port's socket and TLS context while its TLS settings are unchanged, and with them the
+    ticket keys: clients reconnecting after a reload still resume."""
+    gw = await start_gateway(GATEWAY.format(tls=""))
+    port = gw.port_of("echo")
+    context = client_ssl(ca)
+    loop = asyncio.get_running_loop()
+    _, session, _ = await loop.run_in_executor(None, upgrade, port, context, None)
+    text = (tmp_path / "gateway.yaml").read_text()
+    (tmp_path / "gateway.yaml").write_text(text.replace("type: echo", "type: echo\n    description: changed"))
+    reloaded, message = await gw.reload()
+    assert reloaded and "1 changed" in message, message
+    reused, _, _ = await loop.run_in_executor(None, upgrade, gw.port_of("echo"), context, session)
+    assert reused
