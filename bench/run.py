@@ -979,6 +979,9 @@ def main() -> int:
     parser.add_argument("--idle", type=int, default=50_000, help="connections held open by the idle scenario")
     parser.add_argument("--connect-procs", type=int, default=2, help="connect: load client processes (2)")
     parser.add_argument(
+        "--connect-rate", type=int, default=HALF_TARGET_RATE, help="connect: the fixed-rate cells' conn/s (750)"
+    )
+    parser.add_argument(
         "--connect-baseline",
         action="append",
         default=[],
@@ -1029,7 +1032,7 @@ def main() -> int:
             elif scenario == "proxy":
                 run_matrix(bench, results, "proxy", ["wsgate", "websockify", "nginx"])
             elif scenario == "connect":  # full and resumed TLS handshakes vs nginx (bench/connect.py)
-                __import__("connect").run_connect(bench, results, HALF_TARGET_RATE)
+                __import__("connect").run_connect(bench, results, args.connect_rate)
             elif scenario == "idle":
                 run_idle(bench, results)
             elif scenario == "workers":
