@@ -5,7 +5,7 @@ Scenarios, alternated server by server over several rounds, medians and ratios r
   proxy    wsgate wss→tcp proxy with a JWT realm vs websockify 0.13 (wss, same TCP echo) vs nginx
            terminating wss in front of the bare aiohttp echo
   connect  new JWT-authenticated wss connections per second (16 in flight), and handshake latency at a
-           fixed 750/s, wsgate vs nginx (no auth)
+           fixed 750/s, full and resumed TLS, wsgate vs nginx (no auth); the client is bench/connect.py
   idle     N authenticated wss connections held open: gateway RSS per connection, every one pinged
   workers  wsgate --workers 1 vs 2 on the proxy 32 B c=100 cell
   auth     p99 echo round trip of an established connection, alone and during a 16-way bad-login
