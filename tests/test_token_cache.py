@@ -256,3 +256,11 @@ async def test_a_revoked_token_is_refused_even_when_cached(start_gateway, key_fi
         await http.ws_connect(url, headers=headers)
     assert refused.value.status == 403
     assert len(cache) == 1 and len(decodes) == 1  # still cached, served from the cache, and refused all the same
+
+
+async def test_a_token_no_digest_can_encode_is_refused_not_an_error(key_file):
+    """Undecodable header bytes reach the module as surrogates: hashing them for the cache raised, and the chain
+    turned the exception into a 503."""
+    m = module(key_file)
+    outcome = await m.login(attempt("\udcff\udcfe.e30.x"))
+    assert outcome == Failed("token is not a JWT") and len(m.token_cache) == 0

@@ -177,6 +177,8 @@ class JwtLoginModule:
         its ``exp`` still within the leeway (compared as PyJWT does) and its ``kid`` still naming the key object
         that verified it (looked up as on a miss, so a stale JWKS is refetched and a rotated-out key refuses).
         Revocation is not the module's: the realm checks it after every login, cached or not."""
+        if not token.isascii():  # never a JWT, and surrogates from undecodable bytes have no digest: refused below
+            return await self.verified_claims(token)
         cache = self.token_cache
         digest = cache.digest(token)
         hit = cache.get(digest)
