@@ -5,7 +5,7 @@ Scenarios, alternated server by server over several rounds, medians and ratios r
   proxy    wsgate wss→tcp proxy with a JWT realm vs websockify 0.13 (wss, same TCP echo) vs nginx
            terminating wss in front of the bare aiohttp echo
   connect  new JWT-authenticated wss connections per second (16 in flight), and handshake latency at a
-           fixed 750/s, wsgate vs nginx (no auth)
+           fixed 750/s, full and resumed TLS, wsgate vs nginx (no auth); the client is bench/connect.py
   idle     N authenticated wss connections held open: gateway RSS per connection, every one pinged
   workers  wsgate --workers 1 vs 2 on the proxy 32 B c=100 cell
   auth     p99 echo round trip of an established connection, alone and during a 16-way bad-login
@@ -329,7 +329,7 @@ class Bench:
                 raise RuntimeError(f"load client failed: {errors.read().strip().splitlines()[-1:]}")
         return dict(json.loads(lines[-1]))
 
-    def measure(self, server: Server, mode: str, url: str, *extra: str) -> dict[str, Any]:
+    def measure(self, server: Server, mode: str, url: str, *extra: str, client: str = "load.py") -> dict[str, Any]:
         """One load run against ``server``: the client's report plus the server's CPU per operation.
 
         When the client marks its measured window (throughput mode), the server's CPU and the host's
@@ -343,7 +343,9 @@ class Bench:
             samples[what] = (time.monotonic(), tree_cpu(pid), host_busy(), tree_cpu(os.getpid()))
 
         sample("run")
-        result = self.load(mode, url, *extra, "--duration", str(self.args.duration), "--warmup", "1", on_mark=sample)
+        result = self.load(
+            mode, url, *extra, "--duration", str(self.args.duration), "--warmup", "1", on_mark=sample, client=client
+        )
         sample("exit")
         first, last = (samples["start"], samples["end"]) if "end" in samples else (samples["run"], samples["exit"])
         elapsed, cpu, busy, ours = (b - a for a, b in zip(first, last, strict=True))
@@ -381,22 +383,6 @@ def run_matrix(bench: Bench, results: dict[str, Any], scenario: str, names: list
                         bench.measure(server, "throughput", url_for(bench, scenario, name), *extra)
                     )
         print(_row(cell, results[cell], "msg_per_s", "msg/s"), flush=True)
-
-
-def run_connect(bench: Bench, results: dict[str, Any]) -> None:
-    servers = bench.servers()
-    urls = bench.urls()
-    cells = {
-        "connect max (16 in flight)": ["--conns", "16"],
-        f"connect at {HALF_TARGET_RATE}/s": ["--rate", str(HALF_TARGET_RATE)],
-    }
-    for cell, extra in cells.items():
-        results[cell] = {}
-        for _ in range(bench.args.rounds):
-            for name, url in (("wsgate", urls["wsgate-secure-echo"]), ("nginx", urls["nginx"])):
-                with servers[name] as server:
-                    results[cell].setdefault(name, []).append(bench.measure(server, "connect", url, *extra))
-        print(_row(cell, results[cell], "conn_per_s", "conn/s"), flush=True)
 
 
 def run_idle(bench: Bench, results: dict[str, Any]) -> None:
@@ -1029,6 +1015,16 @@ def main() -> int:
     parser.add_argument("--soak-minutes", type=int, default=10, help="soak: minutes under churn (10; 1 to try)")
     parser.add_argument("--auth-baseline", help="auth scenario: also run the gateway from this older src/ tree")
     parser.add_argument("--idle", type=int, default=50_000, help="connections held open by the idle scenario")
+    parser.add_argument("--connect-procs", type=int, default=2, help="connect: load client processes (2)")
+    parser.add_argument(
+        "--connect-rate", type=int, default=HALF_TARGET_RATE, help="connect: the fixed-rate cells' conn/s (750)"
+    )
+    parser.add_argument(
+        "--connect-baseline",
+        action="append",
+        default=[],
+        help="connect scenario: also run the gateway from this older src/ tree, named by its parent folder (repeatable)",
+    )
     parser.add_argument(
         "--ab",
         metavar="REV",
@@ -1075,8 +1071,8 @@ def main() -> int:
                 run_matrix(bench, results, "echo", ["wsgate", "picows", "aiohttp"])
             elif scenario == "proxy":
                 run_matrix(bench, results, "proxy", ["wsgate", "websockify", "nginx"])
-            elif scenario == "connect":
-                run_connect(bench, results)
+            elif scenario == "connect":  # full and resumed TLS handshakes vs nginx (bench/connect.py)
+                __import__("connect").run_connect(bench, results, args.connect_rate)
             elif scenario == "idle":
                 run_idle(bench, results)
             elif scenario == "workers":

@@ -6,15 +6,21 @@ at most one refetch per ``jwks-refetch-interval``), ``jwks-file`` or ``key-file`
 algorithms are accepted (never ``none``, never HS*: no algorithm confusion).
 The token's ``exp`` bounds the connection's life. Whatever the client sends is at worst a
 refused token (``Failed``): only an unreachable JWKS is ``Unavailable``.
+
+A bearer token that passed is remembered (``token-cache`` entries, LRU) by the SHA-256 of the whole token,
+so a client that reconnects with the same token skips the signature check (``TokenCache``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +36,53 @@ ASYMMETRIC = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES
 DEFAULT_ALGORITHMS = ("RS256", "PS256", "ES256", "EdDSA")
 TIME_CLAIMS = ("exp", "nbf", "iat")
 JWKS_TIMEOUT = 5.0  # seconds for one JWKS fetch, connect to body
+DEFAULT_TOKEN_CACHE = "10000"  # verified bearer tokens remembered per module (about 1.3 KiB each)
+BEARER_CLAIMS = ("exp", "iss", "aud")  # what every bearer token must carry
+
+
+@dataclass(frozen=True, slots=True)
+class Verified:
+    """A bearer token that passed: its claims, and what a later hit must find unchanged to reuse them."""
+
+    claims: dict[str, Any]  # shared by every hit: read, never changed
+    exp: int  # as PyJWT compares it (int of the claim)
+    kid: str | None
+    key: Any  # the very key object that verified the signature
+
+
+class TokenCache:
+    """Verified bearer tokens by the SHA-256 of the whole token (signature included), least recently used
+    dropped first. Only successes are kept: a refused token is verified again every time, so a forger learns
+    nothing from timing that he would not from the answer. The token itself is never kept."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.entries: OrderedDict[bytes, Verified] = OrderedDict()
+
+    @staticmethod
+    def digest(token: str) -> bytes:
+        """Of the whole token: a JWT re-spelled with another signature is another entry, verified on its own."""
+        return hashlib.sha256(token.encode()).digest()
+
+    def get(self, digest: bytes) -> Verified | None:
+        found = self.entries.get(digest)
+        if found is not None:
+            self.entries.move_to_end(digest)
+        return found
+
+    def put(self, digest: bytes, verified: Verified) -> None:
+        if self.size <= 0:
+            return
+        self.entries[digest] = verified
+        self.entries.move_to_end(digest)
+        while len(self.entries) > self.size:
+            self.entries.popitem(last=False)
+
+    def drop(self, digest: bytes) -> None:
+        self.entries.pop(digest, None)
+
+    def __len__(self) -> int:
+        return len(self.entries)
 
 
 class JwtLoginModule:
@@ -47,6 +100,7 @@ class JwtLoginModule:
             "jwks-url",
             "jwks-file",
             "key-file",
+            "token-cache",
         ),
         fetches=True,
     )
@@ -65,6 +119,7 @@ class JwtLoginModule:
         self.leeway = option(options, "leeway", "30s", path, parse_duration)
         self.cache_ttl = option(options, "jwks-cache", "5 minutes", path, parse_duration)
         self.refetch_interval = option(options, "jwks-refetch-interval", "10s", path, parse_duration)
+        self.token_cache = TokenCache(option(options, "token-cache", DEFAULT_TOKEN_CACHE, path, parse_cache_size))
         self.jwks_url = options.get("jwks-url")
         self.keys: dict[str | None, tuple[Any, str | None]] = {}
         self.fetched_at = self.last_fetch_try = float("-inf")
@@ -112,17 +167,46 @@ class JwtLoginModule:
         token = attempt.credentials.bearer()
         if not token:
             return Failed("no token presented")
-        claims = await self.verified_claims(token)
+        claims = await self.bearer_claims(token)
         if not isinstance(claims, dict):
             return claims
         return self.outcome(claims, attempt)
 
+    async def bearer_claims(self, token: str) -> dict[str, Any] | Failed | Unavailable:
+        """``verified_claims(token)``, from the cache when this very token passed before and would pass again:
+        its ``exp`` still within the leeway (compared as PyJWT does) and its ``kid`` still naming the key object
+        that verified it (looked up as on a miss, so a stale JWKS is refetched and a rotated-out key refuses).
+        Revocation is not the module's: the realm checks it after every login, cached or not."""
+        if not token.isascii():  # never a JWT, and surrogates from undecodable bytes have no digest: refused below
+            return await self.verified_claims(token)
+        cache = self.token_cache
+        digest = cache.digest(token)
+        hit = cache.get(digest)
+        if hit is not None:
+            if hit.exp > time.time() - self.leeway:
+                found = await self._key(hit.kid)
+                if isinstance(found, Unavailable | Failed):
+                    cache.drop(digest)
+                    return found
+                if found[0] is hit.key:
+                    return hit.claims
+            cache.drop(digest)  # expired, or its key rotated: verified afresh below, and refused if it must be
+        verified = await self._verify(token, BEARER_CLAIMS)
+        if not isinstance(verified, Verified):
+            return verified
+        cache.put(digest, verified)
+        return verified.claims
+
     async def verified_claims(
-        self, token: str, require: tuple[str, ...] = ("exp", "iss", "aud")
+        self, token: str, require: tuple[str, ...] = BEARER_CLAIMS
     ) -> dict[str, Any] | Failed | Unavailable:
         """The claims of ``token`` once its signature (a JWKS key, an allowed algorithm), ``iss``, ``aud``, and
         ``exp``/``nbf``/``iat`` within the leeway are checked; else why not. The ``oidc`` module checks ID and
         logout tokens with it (``require``: the claims that must be there)."""
+        verified = await self._verify(token, require)
+        return verified.claims if isinstance(verified, Verified) else verified
+
+    async def _verify(self, token: str, require: tuple[str, ...]) -> Verified | Failed | Unavailable:
         if not token.isascii():  # a JWT is base64url and dots; anything else (e.g. undecodable header bytes) is not
             return Failed("token is not a JWT")
         try:
@@ -156,7 +240,7 @@ class JwtLoginModule:
         bad = [name for name in TIME_CLAIMS if name in claims and not numeric_date(claims[name])]
         if bad:
             return Failed(f"token claim {bad[0]} is not a JSON number")
-        return claims
+        return Verified(claims, int(claims["exp"]) if "exp" in claims else 0, kid, key)
 
     def outcome(self, claims: dict[str, Any], attempt: LoginAttempt) -> Outcome:
         """A verified token's user, roles, expiry and jti."""
@@ -226,6 +310,14 @@ def numeric_date(value: Any) -> bool:
         return math.isfinite(value)
     except OverflowError:  # an integer no float can hold (10**400): no date, and no 503 either
         return False
+
+
+def parse_cache_size(text: str) -> int:
+    """``token-cache``: entries kept, ``0`` for none."""
+    value = text.strip().replace("_", "")
+    if not value.isdigit():
+        raise ValueError(f"{text!r} is not a whole number of entries (0 turns the cache off)")
+    return int(value)
 
 
 def claim_roles(claims: Mapping[str, Any], path: str) -> frozenset[str]:

@@ -43,6 +43,7 @@ from .jwt import JwtLoginModule, claim_roles, numeric_date
 PROVIDER_TIMEOUT = 5.0  # seconds for one request to the provider, connect to body
 DISCOVERY_RETRY = 10.0  # a failed discovery is tried again at most this often
 BACKCHANNEL_EVENT = "http://schemas.openid.net/event/backchannel-logout"
+JWT_OPTIONS = ("leeway", "algorithms", "jwks-cache", "jwks-refetch-interval", "token-cache")  # passed to its jwt
 DISCOVERED = "(discovered)"  # the jwt module's jwks-url until discovery names it
 
 
@@ -95,6 +96,7 @@ class OidcLoginModule:
             "algorithms",
             "jwks-cache",
             "jwks-refetch-interval",
+            "token-cache",
             "refresh-margin",
             "logout-token-max-age",
         ),
@@ -129,7 +131,7 @@ class OidcLoginModule:
             "jwks-url": DISCOVERED,
             "user-claim": self.user_claim,
             "roles-claim": self.roles_claim,
-            **{k: options[k] for k in ("leeway", "algorithms", "jwks-cache", "jwks-refetch-interval") if k in options},
+            **{k: options[k] for k in JWT_OPTIONS if k in options},
         }
         self.jwt = JwtLoginModule(jwt_options, path, base_dir, fetch_json=http.fetcher(self.tls))
         self.leeway = self.jwt.leeway
@@ -200,7 +202,7 @@ class OidcLoginModule:
             await self.discover()
         except ProviderUnavailable as exc:
             return Unavailable(str(exc))
-        claims = await self.jwt.verified_claims(token)
+        claims = await self.jwt.bearer_claims(token)  # cached by the token's digest, as for the jwt module
         if not isinstance(claims, dict):
             return claims
         if "events" in claims or str(jwt.get_unverified_header(token).get("typ", "")).lower() == "logout+jwt":
