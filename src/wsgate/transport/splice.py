@@ -188,6 +188,7 @@ class Splice:
         if channel.splice is self:
             if not leg.lost:
                 self.flush()  # decided under the rules of their read
+            self.pending.clear()
             channel.splice = None
             leg.splice = None
             if channel.waiter is self.done:
