@@ -895,14 +895,14 @@ def ab_compare(by_cell: dict[str, dict[str, list[dict[str, Any]]]], tolerance: f
                 continue
             sigma = max(pooled[label], _mad_sigma([values]))
             bound = max(math.log1p(tolerance), AB_SIGMAS * 1.2533 * sigma / math.sqrt(len(values)))
-            median = statistics.median(values)
-            gain = median * sign  # > 0: new is better
+            middle = statistics.median(values)  # not ``median``: that is harness's, used below
+            gain = middle * sign  # > 0: new is better
             spread = {}
             for side in ("new", "old"):
                 v = [r[key] for r in runs[side]]
                 spread[side] = (max(v) - min(v)) / statistics.median(v)
             entry[label] = {
-                "ratio": math.exp(median),
+                "ratio": math.exp(middle),
                 "ratios": [math.exp(v) for v in values],
                 "low": math.exp(min(values)),
                 "high": math.exp(max(values)),

@@ -305,7 +305,7 @@ async def test_backpressure_stops_reading_the_client_when_the_backend_does_not_r
                     sent += len(chunk)
             assert sent < 64 * 1024 * 1024  # the client was made to wait
             (connection,) = gw.runtime.connections
-            queued = connection.context.writer.transport.get_write_buffer_size()
+            queued = connection.context.transport.get_write_buffer_size()
             assert queued <= 16 * 1024 + len(chunk)  # maximum.pending.bytes (16k) plus one message
             stalled.set()  # the back end gives up: the client is told, not left hanging
             msg = await asyncio.wait_for(ws.receive(), 5)

@@ -165,6 +165,7 @@ class AmqpProxyService(ProxyService):
         ),
         descriptors_per_connection=2,
     )
+    lean_backend = False  # the guard reads the broker's stream through TcpBackend
     handshake_timeout = HANDSHAKE_TIMEOUT
 
     def __init__(self, config: Service, runtime: Runtime) -> None:

@@ -49,6 +49,7 @@ from ..security.challenges import offered_subprotocols, without_token_offers
 from ..security.realms import authorized
 from ..security.tls import client_context
 from ..transport.backend import Backend, TcpBackend, WsBackend
+from ..transport.tcp_leg import TcpLeg
 from ..transport.tunnel import ClientChannel, TunnelDialer
 from .base import Runtime, ServiceType, WebSocketService, audit
 from .messages import MessageService
@@ -413,7 +414,7 @@ class DmzProxy(ProxyService):
             await prepared.close(*self.client_close(channel))
 
     @staticmethod
-    def backend_close(backend: Backend) -> tuple[int, str]:
+    def backend_close(backend: Backend | TcpLeg) -> tuple[int, str]:
         """The internal gateway's close of the tunnel → the client's (1001 when it went away)."""
         code = backend.close_code
         if code is not None and server_may_send(code):
@@ -644,7 +645,7 @@ class InternalProxy(ProxyService):
 
     async def serve_tunnel(self, channel, tunnel_id, remote, identity, backend, claims) -> None:  # type: ignore[no-untyped-def]
         try:
-            if self.injection == "line" and isinstance(backend, TcpBackend):
+            if self.injection == "line" and isinstance(backend, (TcpBackend, TcpLeg)):
                 await backend.send(
                     identity_line(
                         {

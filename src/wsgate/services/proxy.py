@@ -5,6 +5,12 @@ side has fewer than ``maximum.pending.bytes`` queued. Client close half-closes a
 TCP back end and is relayed to a ws back end (code and reason); back-end EOF
 closes the client with 1000; back-end failures close the client with 1011 (back
 end unavailable / lost) or 1014 (TLS or handshake refused).
+
+Two ways to carry the bytes, with the same guarantees: the relay (two tasks over
+``Channel`` and ``Backend``: any client adapter, any back end, message rules and
+policy), and the splice (transport/splice.py: a picows client and a tcp/ssl back
+end with nothing to decide per message, bytes handed over in the transports'
+callbacks). A reload that adds rules hands a spliced connection to the relay.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from ..security.challenges import offered_subprotocols, without_token_offers
 from ..security.tls import client_context
 from ..transport.backend import Backend, TcpBackend, WsBackend, WsDialer, open_tcp
 from ..transport.liveness import ResetWatch
+from ..transport.tcp_leg import EOF, LOST, RULES, TcpLeg, open_leg
 from .base import Runtime, ServiceType
 from .messages import MESSAGE_RULES, POLICY_PROPERTY, MessageService
 
@@ -66,6 +73,9 @@ class ProxyService(MessageService):
     # The two ends of a DMZ tunnel, registered by services/dmz.py: "dmz" (connect-options name a tunnel) and
     # "internal" (accept-options do). A proxy configured as either is built as that class.
     ends: ClassVar[dict[str, type[ProxyService]]] = {}
+    # tcp/ssl back ends as a ``TcpLeg`` (the splice's, and the relay's); a subclass reading the stream
+    # itself (amqp.proxy) keeps the asyncio-streams ``TcpBackend``
+    lean_backend: ClassVar[bool] = True
 
     def __new__(cls, config: Service, runtime: Runtime) -> ProxyService:  # noqa: ARG004 (as __init__)
         if cls is ProxyService:
@@ -101,7 +111,7 @@ class ProxyService(MessageService):
             self.liveness.close()
             self.liveness = None
 
-    async def open_backend(self, protocols: tuple[str, ...] = ()) -> Backend:
+    async def open_backend(self, protocols: tuple[str, ...] = ()) -> Backend | TcpLeg:
         if self.dialer is not None:
             return await self.dialer.dial(
                 self.uri,
@@ -110,6 +120,8 @@ class ProxyService(MessageService):
                 self.config.connect_options.inactivity_timeout,
                 protocols,
             )
+        if self.lean_backend:
+            return await open_leg(self.uri, self.ssl, self.max_pending)
         return await open_tcp(self.uri, self.ssl, self.max_pending)
 
     async def before_upgrade(self, handshake: Handshake) -> tuple[tuple[str, ...], object]:
@@ -130,7 +142,7 @@ class ProxyService(MessageService):
         return ((chosen,) if chosen else ()), backend
 
     async def abandon(self, context: object) -> None:
-        if isinstance(context, (TcpBackend, WsBackend)):
+        if isinstance(context, (TcpBackend, TcpLeg, WsBackend)):
             await context.close()
 
     async def serve(self, session: LiveSession, channel: Channel) -> None:
@@ -147,14 +159,15 @@ class ProxyService(MessageService):
         if isinstance(prepared, BackendError):
             await self.refuse(session, channel, prepared)
             return
-        assert isinstance(prepared, (TcpBackend, WsBackend))
-        backend: Backend = prepared
+        assert isinstance(prepared, (TcpBackend, TcpLeg, WsBackend))
+        backend = prepared
         transport, liveness = backend.transport, self.liveness
         watched = liveness.watch(transport) if liveness is not None and transport is not None else -1
         try:
             if first is not None:
                 await backend.send(first)
-            await self.relay(session, channel, backend)
+            if not isinstance(backend, TcpLeg) or not await self.splice(session, channel, backend):
+                await self.relay(session, channel, backend)
         finally:
             await backend.close(*self.client_close(channel))
             if self.liveness is not None and transport is not None:
@@ -169,7 +182,34 @@ class ProxyService(MessageService):
         reason = "back end unavailable" if exc.close_code == CloseCode.INTERNAL_ERROR else "bad gateway"
         await channel.close(exc.close_code, reason)
 
-    async def relay(self, session: LiveSession, channel: Channel, backend: Backend) -> None:
+    def unguarded(self) -> bool:
+        """May messages pass without a decision (no rules, no policy)? Read per read while spliced."""
+        return self.rules.open and self.policy is None
+
+    async def splice(self, session: LiveSession, channel: Channel, leg: TcpLeg) -> bool:
+        """Carry the connection on the splice if its client can be spliced (``splice_to``: picows) and nothing
+        decides on its messages; False: the relay carries it (from the start, or on from where rules appeared)."""
+        raw = session.channel  # the adapter's channel; ``channel`` is it, or its GuardedChannel
+        splice_to = getattr(raw, "splice_to", None)
+        if (
+            splice_to is None
+            or not self.unguarded()
+            or (channel is not raw and getattr(channel, "inner", None) is not raw)
+        ):
+            return False
+        outcome = await splice_to(leg, self.unguarded)
+        if outcome == RULES:
+            return False
+        if outcome == EOF:
+            await channel.close(*self.backend_close(leg))
+        elif outcome == LOST:
+            log.warning("service[%s]: back end %s lost: %s", self.name, self.uri, leg.error)
+            await channel.close(CloseCode.INTERNAL_ERROR, "back end connection lost")
+        else:  # the client's side ended: its close half-closes the back end, as the relay's
+            leg.finish()
+        return True
+
+    async def relay(self, session: LiveSession, channel: Channel, backend: Backend | TcpLeg) -> None:
         up = asyncio.create_task(self.client_to_backend(channel, backend))
         down = asyncio.create_task(self.backend_to_client(backend, session, channel))
         try:
@@ -185,7 +225,7 @@ class ProxyService(MessageService):
             await channel.close(CloseCode.INTERNAL_ERROR, "back end connection lost")
 
     @staticmethod
-    async def client_to_backend(channel: Channel, backend: Backend) -> None:
+    async def client_to_backend(channel: Channel, backend: Backend | TcpLeg) -> None:
         receive, send = channel.receive, backend.send  # bound once; the channel counts what it receives
         try:
             while (data := await receive()) is not None:
@@ -193,7 +233,7 @@ class ProxyService(MessageService):
         finally:
             backend.finish()
 
-    async def backend_to_client(self, backend: Backend, session: LiveSession, channel: Channel) -> None:
+    async def backend_to_client(self, backend: Backend | TcpLeg, session: LiveSession, channel: Channel) -> None:
         """Each side's failure is blamed on that side: only a lost back end closes the client with 1011."""
         receive, send = backend.receive, channel.send  # the channel counts what it sends
         while True:
@@ -224,7 +264,7 @@ class ProxyService(MessageService):
         return CloseCode.GOING_AWAY, "client gone"
 
     @staticmethod
-    def backend_close(backend: Backend) -> tuple[int, str]:
+    def backend_close(backend: Backend | TcpLeg) -> tuple[int, str]:
         """Back-end EOF or close → the client's close code (abnormal closes map to 1011)."""
         if not isinstance(backend, WsBackend):
             return CloseCode.NORMAL, "back end closed"

@@ -31,6 +31,7 @@ from picows.picows import WSProtocol  # type: ignore[attr-defined]  # not in pic
 
 from ..core.channel import Data, Messages
 from ..core.close import CloseCode, client_may_send
+from .splice import Splice, TcpLeg
 
 __all__ = ["PicowsChannel", "Detachable", "hand_off", "INBOX"]
 
@@ -107,6 +108,7 @@ class PicowsChannel(WSListener, Messages):
         "seen",
         "write_timeout",
         "owner",
+        "splice",
         "messages_in",
         "messages_out",
         "bytes_in",
@@ -141,6 +143,7 @@ class PicowsChannel(WSListener, Messages):
         self.seen = 0  # frames counted when the inactivity timer last looked
         self.write_timeout: float | None = None
         self.owner: Any = None  # weak reference to the session told of a slow consumer
+        self.splice: Splice | None = None  # while spliced to a tcp back end (transport/splice.py)
         self.messages_in = self.messages_out = self.bytes_in = self.bytes_out = 0
         self.relay: Callable[[Data], None] | None = None  # parked: each message goes to it, no task waits
         self.on_gone: Callable[[], None] | None = None  # parked: the runner's bookkeeping once the socket closes
@@ -161,7 +164,7 @@ class PicowsChannel(WSListener, Messages):
             if self.parts is not None:
                 self._fail(CloseCode.PROTOCOL_ERROR, "new message inside a fragmented one")
             elif frame.fin:
-                self._deliver(kind, frame.get_payload_as_bytes())
+                self._deliver(kind, frame.get_payload_as_bytes(), frame.last_in_buffer)
             else:
                 self.parts, self.part_kind, self.part_size = [frame.get_payload_as_bytes()], kind, frame.payload_size
         elif kind is _CONT:
@@ -180,7 +183,9 @@ class PicowsChannel(WSListener, Messages):
         self.close_timer = self.ping = self.stall_timer = None
         self.relay = None
         self._wake()
-        self.resume_writing()  # a send waiting for the peer sees ``lost`` and raises
+        drained, self.drained = self.drained, None  # a send waiting for the peer sees ``lost`` and raises
+        if drained is not None and not drained.done():
+            drained.set_result(None)
         forget, self.forget = self.forget, None
         if forget is not None:
             forget()
@@ -193,6 +198,8 @@ class PicowsChannel(WSListener, Messages):
             self._stall()
         elif self.drained is None:
             self.drained = asyncio.get_running_loop().create_future()
+        if self.splice is not None:
+            self.splice.client_full()
 
     def resume_writing(self) -> None:
         if self.stalled:
@@ -200,10 +207,12 @@ class PicowsChannel(WSListener, Messages):
         drained, self.drained = self.drained, None
         if drained is not None and not drained.done():
             drained.set_result(None)
+        if self.splice is not None:
+            self.splice.client_drained()
 
     # -- receiving ----------------------------------------------------------------------------
 
-    def _deliver(self, kind: WSMsgType, payload: bytes) -> None:
+    def _deliver(self, kind: WSMsgType, payload: bytes, last: bool = True) -> None:
         if kind is _TEXT:
             try:
                 data: Data = payload.decode()
@@ -216,6 +225,9 @@ class PicowsChannel(WSListener, Messages):
             return
         self.messages_in += 1
         self.bytes_in += len(data)
+        splice = self.splice
+        if splice is not None and splice.take(payload, last):  # a text message goes on as its UTF-8 bytes
+            return
         relay = self.relay
         if relay is not None:
             relay(data)
@@ -238,7 +250,7 @@ class PicowsChannel(WSListener, Messages):
         parts.append(frame.get_payload_as_bytes())
         if frame.fin:
             self.parts = None
-            self._deliver(self.part_kind, b"".join(parts))
+            self._deliver(self.part_kind, b"".join(parts), frame.last_in_buffer)
 
     def _wake(self) -> None:
         waiter, self.waiter = self.waiter, None
@@ -263,6 +275,23 @@ class PicowsChannel(WSListener, Messages):
             self.transport.resume_reading()
         return data
 
+    def hold(self) -> None:
+        """Stop reading from the peer (a splice's back end is full); not once closing: its close frame is read."""
+        if not self.paused and not self.ended and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def unhold(self) -> None:
+        """Read from the peer again."""
+        if self.paused and not self.lost and self.transport is not None:
+            self.paused = False
+            self.transport.resume_reading()
+
+    async def splice_to(self, leg: TcpLeg, plain: Callable[[], bool]) -> str:
+        """Carry this WebSocket to and from a tcp/ssl back end without a task per message while ``plain()``
+        (transport/splice.py); how it ended: ``splice.CLIENT``, ``EOF``, ``LOST`` or ``RULES``."""
+        return await Splice(self, leg, plain).run()
+
     # -- sending ----------------------------------------------------------------------------
 
     async def send(self, data: Data) -> None:
@@ -282,7 +311,7 @@ class PicowsChannel(WSListener, Messages):
             return
         timer = None
         if self.write_timeout:
-            timer = asyncio.get_running_loop().call_later(self.write_timeout, self._stalled)
+            timer = asyncio.get_running_loop().call_later(self.write_timeout, self.write_stalled)
         try:
             await asyncio.shield(drained)  # every sender shares the future: one's cancellation is not all's
         finally:
@@ -298,7 +327,8 @@ class PicowsChannel(WSListener, Messages):
         self.write_timeout = timeout
         self.owner = weakref.ref(owner)
 
-    def _stalled(self) -> None:
+    def write_stalled(self) -> None:
+        """A send (or a splice's client) waited ``ws.write.timeout`` for the peer to read: tell the owner."""
         owner = self.owner() if self.owner is not None else None
         if owner is not None:
             owner.drop_slow(f"a send waited {self.write_timeout:g}s for the peer to read")
@@ -349,7 +379,7 @@ class PicowsChannel(WSListener, Messages):
         if self.transport is not None:
             self.transport.pause_reading()
         if self.write_timeout:
-            self.stall_timer = asyncio.get_running_loop().call_later(self.write_timeout, self._stalled)
+            self.stall_timer = asyncio.get_running_loop().call_later(self.write_timeout, self.write_stalled)
 
     def _unstall(self) -> None:
         self.stalled = False
