@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Awaitable
+from typing import TypeVar
 
 import aiohttp
 
@@ -16,6 +18,7 @@ from ..config.values import Uri
 from ..core.close import CloseCode
 from ..errors import BackendError
 
+T = TypeVar("T")
 CONNECT_TIMEOUT = 10.0
 READ_CHUNK = 64 * 1024
 CLOSE_GRACE = 2.0  # how long a closing back end may take to read what is still buffered for it
@@ -107,20 +110,26 @@ Backend = TcpBackend | WsBackend
 
 
 async def open_tcp(uri: Uri, context: ssl.SSLContext | None, max_pending: int) -> TcpBackend:
+    reader, writer = await dial(
+        uri,
+        asyncio.open_connection(
+            uri.host, uri.port, ssl=context, server_hostname=uri.host if context else None, limit=max_pending
+        ),
+    )
+    return TcpBackend(reader, writer, max_pending)
+
+
+async def dial(uri: Uri, connecting: Awaitable[T]) -> T:
+    """``connecting`` within ``CONNECT_TIMEOUT``; a failure is the ``BackendError`` whose close code the client
+    gets: 1014 when TLS was refused, 1011 for anything else (the detail goes to the log only)."""
     try:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(
-                uri.host, uri.port, ssl=context, server_hostname=uri.host if context else None, limit=max_pending
-            ),
-            CONNECT_TIMEOUT,
-        )
+        return await asyncio.wait_for(connecting, CONNECT_TIMEOUT)
     except ssl.SSLCertVerificationError as exc:
         raise BackendError(f"{uri}: TLS verification failed: {exc.verify_message}", BAD_GATEWAY) from None
     except ssl.SSLError as exc:
         raise BackendError(f"{uri}: TLS handshake failed: {exc.reason or exc}", BAD_GATEWAY) from None
     except (TimeoutError, OSError) as exc:
         raise BackendError(f"{uri}: cannot connect: {_describe(exc)}", UNAVAILABLE) from None
-    return TcpBackend(reader, writer, max_pending)
 
 
 async def open_ws(

@@ -23,8 +23,7 @@ from typing import TYPE_CHECKING, cast
 
 from ..config.values import Uri
 from ..core.close import CloseCode
-from ..errors import BackendError
-from .backend import BAD_GATEWAY, CLOSE_GRACE, CONNECT_TIMEOUT, READ_CHUNK, UNAVAILABLE, _describe
+from .backend import CLOSE_GRACE, READ_CHUNK, dial
 
 if TYPE_CHECKING:
     from .splice import Splice
@@ -195,21 +194,14 @@ class TcpLeg(asyncio.Protocol):
 async def open_leg(uri: Uri, context: ssl.SSLContext | None, max_pending: int) -> TcpLeg:
     """Dial ``uri``; ``BackendError`` as ``open_tcp``'s: 1014 for TLS refused, 1011 for anything else."""
     loop = asyncio.get_running_loop()
-    try:
-        _, leg = await asyncio.wait_for(
-            loop.create_connection(
-                lambda: TcpLeg(max_pending, context is not None),
-                uri.host,
-                uri.port,
-                ssl=context,
-                server_hostname=uri.host if context else None,
-            ),
-            CONNECT_TIMEOUT,
-        )
-    except ssl.SSLCertVerificationError as exc:
-        raise BackendError(f"{uri}: TLS verification failed: {exc.verify_message}", BAD_GATEWAY) from None
-    except ssl.SSLError as exc:
-        raise BackendError(f"{uri}: TLS handshake failed: {exc.reason or exc}", BAD_GATEWAY) from None
-    except (TimeoutError, OSError) as exc:
-        raise BackendError(f"{uri}: cannot connect: {_describe(exc)}", UNAVAILABLE) from None
+    _, leg = await dial(
+        uri,
+        loop.create_connection(
+            lambda: TcpLeg(max_pending, context is not None),
+            uri.host,
+            uri.port,
+            ssl=context,
+            server_hostname=uri.host if context else None,
+        ),
+    )
     return leg
