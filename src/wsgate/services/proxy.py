@@ -32,6 +32,11 @@ from ..security.tls import client_context
 from ..transport.backend import Backend, TcpBackend, WsBackend, WsDialer, open_tcp
 from ..transport.liveness import ResetWatch
 from ..transport.tcp_leg import EOF, LOST, RULES, TcpLeg, open_leg
+
+try:  # the splice needs the picows data path (the "fast" extra)
+    from ..transport.splice import splice as splice_leg
+except ImportError:  # pragma: no cover - picows not installed: the relay carries every connection
+    splice_leg = None  # type: ignore[assignment]
 from .base import Runtime, ServiceType
 from .messages import MESSAGE_RULES, POLICY_PROPERTY, MessageService
 
@@ -187,18 +192,17 @@ class ProxyService(MessageService):
         return self.rules.open and self.policy is None
 
     async def splice(self, session: LiveSession, channel: Channel, leg: TcpLeg) -> bool:
-        """Carry the connection on the splice if its client can be spliced (``splice_to``: picows) and nothing
-        decides on its messages; False: the relay carries it (from the start, or on from where rules appeared)."""
+        """Carry the connection on the splice if its client can be spliced (picows) and nothing decides on its
+        messages; False: the relay carries it (from the start, or on from where rules appeared)."""
         raw = session.channel  # the adapter's channel; ``channel`` is it, or its GuardedChannel
-        splice_to = getattr(raw, "splice_to", None)
         if (
-            splice_to is None
+            splice_leg is None
             or not self.unguarded()
             or (channel is not raw and getattr(channel, "inner", None) is not raw)
         ):
             return False
-        outcome = await splice_to(leg, self.unguarded)
-        if outcome == RULES:
+        outcome = await splice_leg(raw, leg, self.unguarded)
+        if outcome is None or outcome == RULES:
             return False
         if outcome == EOF:
             await channel.close(*self.backend_close(leg))

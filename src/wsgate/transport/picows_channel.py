@@ -31,7 +31,6 @@ from picows.picows import WSProtocol  # type: ignore[attr-defined]  # not in pic
 
 from ..core.channel import Data, Messages
 from ..core.close import CloseCode, client_may_send
-from .splice import Splice, TcpLeg
 
 __all__ = ["PicowsChannel", "Detachable", "hand_off", "INBOX"]
 
@@ -50,6 +49,16 @@ class Slow(Protocol):
     """Who is told when a send waits too long (``core.session.LiveSession.drop_slow``)."""
 
     def drop_slow(self, why: str) -> None: ...
+
+
+class Spliced(Protocol):
+    """What the channel tells a splice (``transport.splice.Splice``) while one carries its messages."""
+
+    def take(self, payload: bytes, last: bool) -> bool: ...
+
+    def client_full(self) -> None: ...
+
+    def client_drained(self) -> None: ...
 
 
 class Detachable(Protocol):
@@ -143,7 +152,7 @@ class PicowsChannel(WSListener, Messages):
         self.seen = 0  # frames counted when the inactivity timer last looked
         self.write_timeout: float | None = None
         self.owner: Any = None  # weak reference to the session told of a slow consumer
-        self.splice: Splice | None = None  # while spliced to a tcp back end (transport/splice.py)
+        self.splice: Spliced | None = None  # while spliced to a tcp back end (transport/splice.py)
         self.messages_in = self.messages_out = self.bytes_in = self.bytes_out = 0
         self.relay: Callable[[Data], None] | None = None  # parked: each message goes to it, no task waits
         self.on_gone: Callable[[], None] | None = None  # parked: the runner's bookkeeping once the socket closes
@@ -286,11 +295,6 @@ class PicowsChannel(WSListener, Messages):
         if self.paused and not self.lost and self.transport is not None:
             self.paused = False
             self.transport.resume_reading()
-
-    async def splice_to(self, leg: TcpLeg, plain: Callable[[], bool]) -> str:
-        """Carry this WebSocket to and from a tcp/ssl back end without a task per message while ``plain()``
-        (transport/splice.py); how it ended: ``splice.CLIENT``, ``EOF``, ``LOST`` or ``RULES``."""
-        return await Splice(self, leg, plain).run()
 
     # -- sending ----------------------------------------------------------------------------
 

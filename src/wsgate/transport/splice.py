@@ -25,19 +25,25 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from picows import WSMsgType
 
+from ..core.channel import Channel
 from .backend import READ_CHUNK
+from .picows_channel import PicowsChannel
 from .tcp_leg import CLIENT, EOF, LOST, RULES, TcpLeg
 
-if TYPE_CHECKING:
-    from .picows_channel import PicowsChannel
-
-__all__ = ["CLIENT", "EOF", "LOST", "RULES", "Splice", "TcpLeg"]
+__all__ = ["CLIENT", "EOF", "LOST", "RULES", "Splice", "TcpLeg", "splice"]
 
 _BINARY = WSMsgType.BINARY
+
+
+async def splice(channel: Channel, leg: TcpLeg, plain: Callable[[], bool]) -> str | None:
+    """Carry ``channel`` to and from ``leg`` without a task per message while ``plain()``; how it ended
+    (``CLIENT``, ``EOF``, ``LOST`` or ``RULES``), or ``None`` if the channel cannot be spliced (not picows)."""
+    if not isinstance(channel, PicowsChannel):
+        return None
+    return await Splice(channel, leg, plain).run()
 
 
 class Splice:

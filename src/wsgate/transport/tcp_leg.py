@@ -19,20 +19,29 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from typing import TYPE_CHECKING, cast
+from typing import Protocol, cast
 
 from ..config.values import Uri
 from ..core.close import CloseCode
 from .backend import CLOSE_GRACE, READ_CHUNK, dial
-
-if TYPE_CHECKING:
-    from .splice import Splice
 
 __all__ = ["CLIENT", "EOF", "LOST", "RULES", "TcpLeg", "open_leg"]
 
 # How a splice (transport/splice.py) ended: the client's side ended; the back end's EOF; its loss (the leg's
 # ``error``); rules or a policy appeared (the relay carries on).
 CLIENT, EOF, LOST, RULES = "client", "eof", "lost", "rules"
+
+
+class LegSplice(Protocol):
+    """What the leg tells a splice (``transport.splice.Splice``) while one carries its bytes."""
+
+    def give(self, data: bytes) -> bool: ...
+
+    def backend_full(self) -> None: ...
+
+    def backend_drained(self) -> None: ...
+
+    def backend_ended(self, error: OSError | None) -> None: ...
 
 
 class TcpLeg(asyncio.Protocol):
@@ -51,7 +60,7 @@ class TcpLeg(asyncio.Protocol):
         self.error: OSError | None = None
         self.lost = False
         self.gone: asyncio.Future[None] | None = None  # close waits for connection_lost
-        self.splice: Splice | None = None
+        self.splice: LegSplice | None = None
         self.close_code: int | None = None  # TCP has none (the Backend interface's ws back ends do)
 
     # -- protocol callbacks ---------------------------------------------------------------------
