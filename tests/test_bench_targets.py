@@ -82,6 +82,12 @@ def test_echo_overhead_allows_ten_percent() -> None:
     assert statuses == ["met", "not met", "not measured", "not measured"]
 
 
+def test_echo_overhead_is_judged_against_bare_picows_where_it_ran() -> None:
+    results = {"echo 32B c=1": {"wsgate": [run(1, 11.0)], "picows": [run(1, 9.0)], "aiohttp": [run(1, 12.0)]}}
+    (verdict, *_) = targets.echo_targets(results)
+    assert verdict.target.endswith("bare picows") and verdict.status == targets.NOT_MET  # ×1.22 picows's
+
+
 def test_soak_judges_the_ratio_only_after_ten_minutes() -> None:
     soak = {"minutes": 10, "rss_ratio": 1.08, "rss_minute_1": 100 * 2**20, "rss_minute_n": 108 * 2**20}
     assert targets.soak_target({"soak": soak}).status == "met"
