@@ -18,10 +18,11 @@ from wsgate.config.build import (
     CONNECT_OPTION_NAMES,
     CONNECT_OPTIONS,
     CONNECT_TLS_OPTIONS,
+    DEFLATE_OPTIONS,
 )
 from wsgate.config.build import build_config as build_with
 from wsgate.config.loaders import parse_yaml
-from wsgate.config.model import AcceptOptions, ConnectOptions, LoginModule, TlsOptions
+from wsgate.config.model import AcceptOptions, ConnectOptions, Deflate, LoginModule, TlsOptions
 from wsgate.config.schema import Catalog, LoginModuleSchema, Property, ServiceTypeSchema
 from wsgate.config.values import parse_count
 from wsgate.errors import ConfigError, ConfigErrors
@@ -177,7 +178,8 @@ def test_the_option_tables_fill_every_option_field():
     def fields(cls):
         return {f.name for f in dataclasses.fields(cls)}
 
-    assert {o.field for o in ACCEPT_OPTIONS.values()} == fields(AcceptOptions) - {"binds", "tls", "tunnel"}
+    assert {o.field for o in ACCEPT_OPTIONS.values()} == fields(AcceptOptions) - {"binds", "tls", "tunnel", "deflate"}
+    assert {o.field for o in DEFLATE_OPTIONS.values()} == fields(Deflate)
     assert {o.field for o in ACCEPT_TLS_OPTIONS.values()} == fields(TlsOptions) - {"client_certificate"}
     assert {o.field for o in CONNECT_OPTIONS.values()} - {None} == fields(ConnectOptions) - {"tls", "tunnel"}
     assert {o.field for o in CONNECT_TLS_OPTIONS.values()} == {"ciphers", "protocols", "client_certificate"}

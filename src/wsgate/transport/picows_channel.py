@@ -40,6 +40,8 @@ log = logging.getLogger("wsgate.websocket")
 INBOX = 16
 # How long a close frame the gateway sent waits for the peer's answer before the socket is dropped.
 CLOSE_WAIT = 5.0
+# Once the service is done, how long a close frame of ours waits for the peer's answer before the socket closes.
+LINGER = 0.2
 _TEXT, _BINARY, _CONT = WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CONTINUATION
 _PING, _PONG, _CLOSE = WSMsgType.PING, WSMsgType.PONG, WSMsgType.CLOSE
 _IDLE = WSAutoPingStrategy.PING_WHEN_IDLE  # unused: the inactivity ping is ours (a timer, not a task)
@@ -505,8 +507,20 @@ class PicowsChannel(WSListener, Messages):
             self.release()
 
     def release(self) -> None:
-        """The service is done: close the socket once what is buffered is written, without waiting for the
-        peer's answer to a close frame already sent (as aiohttp did when the upgrade handler returned)."""
+        """The service is done: close the socket once what is buffered is written. A close frame of ours the
+        peer has not answered gets ``LINGER`` s for the answer first (a client reading its messages answers at
+        once), not the whole grace: a client that is not reading learns from the socket's end that the
+        connection is gone, as it did when aiohttp's handler returned."""
+        transport = self.transport
+        if transport is None or self.lost or transport.is_closing():
+            return
+        ws = self.ws
+        if ws is not None and ws.is_close_frame_sent and self.peer_code is None:
+            asyncio.get_running_loop().call_later(LINGER, self._linger_over)
+        else:
+            transport.close()
+
+    def _linger_over(self) -> None:
         if self.transport is not None and not self.lost and not self.transport.is_closing():
             self.transport.close()
 
