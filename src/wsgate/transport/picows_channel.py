@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -328,8 +329,6 @@ class PicowsChannel(WSListener, Messages):
 
     def watch_writes(self, timeout: float, owner: Slow) -> None:
         """A send that waits ``timeout`` s for the peer to read calls ``owner.drop_slow`` (``ws.write.timeout``)."""
-        import weakref
-
         self.write_timeout = timeout
         self.owner = weakref.ref(owner)
 
