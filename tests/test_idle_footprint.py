@@ -16,7 +16,6 @@ from picows import WSUpgradeResponse
 from picows import WSUpgradeResponseWithListener as WithListener
 
 from wsgate.core.identity import Identity
-from wsgate.transport import upgrade
 from wsgate.transport.picows_channel import PicowsChannel, _Listener
 
 ECHO = """
@@ -87,7 +86,7 @@ async def test_an_idle_echo_holds_no_task_and_its_close_does_the_bookkeeping(sta
             assert (await asyncio.wait_for(ws.receive(), 5)).data == "hello"
             [session] = list(gateway.runtime.connections)
             assert session.channel.parked
-            await wait_until(lambda: not upgrade._serving)  # the serve task has ended
+            await wait_until(lambda: not any(lst.serving for lst in gateway.listeners.values()))  # the serve task ended
             await ws.send_bytes(b"\x00" * 70_000)  # several reads, one message
             assert (await asyncio.wait_for(ws.receive(), 5)).data == b"\x00" * 70_000
         await wait_until(lambda: not gateway.runtime.connections)

@@ -115,6 +115,9 @@ class Listener:
     tls_audit: TlsAudit | None = None  # failed TLS handshakes: audit lines and a metric
     liveness: ResetWatch | None = None  # closes connections whose peer reset them, where the loop does not
     bad_request_lines: LogLimiter = field(default_factory=lambda: LogLimiter("bad request"), compare=False, repr=False)
+    # The tasks serving connections handed to picows (transport/upgrade.py): shutdown waits for them as aiohttp's
+    # waits for its handlers, so a service's own cleanup (closing its back end) ends before the loop does.
+    serving: set[asyncio.Task[None]] = field(default_factory=set, compare=False, repr=False)
     _server: asyncio.Server | None = None
     _web: web.Server | None = None
 
@@ -239,6 +242,12 @@ class Listener:
     async def shutdown(self, timeout: float) -> None:
         if self._web is not None:
             await self._web.shutdown(timeout)
+        if self.serving:
+            _, late = await asyncio.wait(list(self.serving), timeout=timeout)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late, timeout=1.0)
         if self._server is not None:
             try:
                 await asyncio.wait_for(self._server.wait_closed(), timeout)

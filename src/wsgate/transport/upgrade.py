@@ -81,7 +81,7 @@ async def upgrade(
         options = service.config.accept_options
         if opener is None and not options.compression_enabled and lean(request):  # picows has no deflate
             channel = _open_picows(service, request, handshake, protocols, headers)
-            _spawn(service, channel, handshake, accept, connection_id, context)
+            _spawn(service, channel, handshake, accept, connection_id, context, request)
             return web.StreamResponse(status=101)  # nothing is written: the socket is picows's now
         if opener is None:
             ws = await accept_websocket(request, options, service.writer_limit, protocols, headers)
@@ -138,8 +138,10 @@ def _spawn(
     accept: Accept,
     connection_id: str,
     context: object,
+    request: web.BaseRequest,
 ) -> None:
-    """Serve the connection in a task of its own: aiohttp's request, handler and task end now."""
+    """Serve the connection in a task of its own: aiohttp's request, handler and task end now. The listener
+    keeps the task (``Listener.serving``), so its shutdown waits for it as aiohttp's waits for its handlers."""
     hold = accept.hold.transfer()  # released when the connection ends, not when this request returns
     transport = channel.transport
     session = open_session(service, channel, handshake, accept, connection_id, context, tls_of(transport))
@@ -158,8 +160,6 @@ def _spawn(
                 channel.release()
 
     task = asyncio.get_running_loop().create_task(serve())
-    _serving.add(task)
-    task.add_done_callback(_serving.discard)
-
-
-_serving: set[asyncio.Task[None]] = set()  # strong references: the loop keeps only weak ones
+    serving: set[asyncio.Task[None]] = request.protocol.listener.serving  # type: ignore[attr-defined]  # HttpConnection (lean())
+    serving.add(task)  # also the strong reference the loop does not keep
+    task.add_done_callback(serving.discard)
