@@ -47,7 +47,7 @@ class EchoService(MessageService):
         guard = channel
 
         def relay(data: Data) -> None:
-            if not (self.rules.open and self.policy is None):
+            if not self.unguarded():
                 if guard.ended or not self.admit(guard, SEND, data):
                     return
                 if guard.ended or not self.admit(guard, RECEIVE, data):

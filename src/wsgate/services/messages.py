@@ -274,6 +274,10 @@ class MessageService(WebSocketService):
             checks = self.checks = MessageChecks(rules)
         return checks
 
+    def unguarded(self) -> bool:
+        """May messages pass without a decision (no rules, no policy)? Read per message: a reload may change it."""
+        return self.rules.open and self.policy is None
+
     def admit(self, guard: GuardedChannel, direction: str, data: Data, values: Mapping[str, str] | None = None) -> bool:
         """May ``data`` pass in ``direction`` on ``guard``'s connection? A refusal is counted, audited and
         acted on (dropped, or the connection closed with 1008). ``values``: the message's fields when the

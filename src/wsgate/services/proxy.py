@@ -187,10 +187,6 @@ class ProxyService(MessageService):
         reason = "back end unavailable" if exc.close_code == CloseCode.INTERNAL_ERROR else "bad gateway"
         await channel.close(exc.close_code, reason)
 
-    def unguarded(self) -> bool:
-        """May messages pass without a decision (no rules, no policy)? Read per read while spliced."""
-        return self.rules.open and self.policy is None
-
     async def splice(self, session: LiveSession, channel: Channel, leg: TcpLeg) -> bool:
         """Carry the connection on the splice if its client can be spliced (picows) and nothing decides on its
         messages; False: the relay carries it (from the start, or on from where rules appeared)."""

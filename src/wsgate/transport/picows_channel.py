@@ -32,6 +32,7 @@ from picows.picows import WSProtocol  # type: ignore[attr-defined]  # not in pic
 
 from ..core.channel import Data, Messages
 from ..core.close import CloseCode, client_may_send
+from .channel import Slow
 
 __all__ = ["PicowsChannel", "Detachable", "hand_off", "INBOX"]
 
@@ -46,12 +47,6 @@ LINGER = 0.2
 _TEXT, _BINARY, _CONT = WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CONTINUATION
 _PING, _PONG, _CLOSE = WSMsgType.PING, WSMsgType.PONG, WSMsgType.CLOSE
 _IDLE = WSAutoPingStrategy.PING_WHEN_IDLE  # unused: the inactivity ping is ours (a timer, not a task)
-
-
-class Slow(Protocol):
-    """Who is told when a send waits too long (``core.session.LiveSession.drop_slow``)."""
-
-    def drop_slow(self, why: str) -> None: ...
 
 
 class Spliced(Protocol):
@@ -462,16 +457,18 @@ class PicowsChannel(WSListener, Messages):
         ws = self.ws
         if ws is not None and not ws.is_close_frame_sent:
             ws.send_close(WSCloseCode(code), reason.encode())
-        self._wait_for_close(1.0)
-        if self.transport is not None and (self.paused or self.stalled):  # read the peer's close frame
-            self.paused = self.stalled = False
-            self.transport.resume_reading()
-        if self.relay is not None:  # parked: no service ends to close the socket (see ``release``)
-            self.release()
+        self._await_answer(1.0)
 
-    def _wait_for_close(self, grace: float) -> None:
+    def _await_answer(self, grace: float) -> None:
+        """Our close frame is sent: read again (the peer's answer must come through), abort after ``grace``;
+        a parked channel's socket closes after ``release``'s linger, since no service ends to close it."""
         if self.close_timer is None and not self.lost:
             self.close_timer = asyncio.get_running_loop().call_later(grace, self.abort)
+        if self.transport is not None and (self.paused or self.stalled):
+            self.paused = self.stalled = False
+            self.transport.resume_reading()
+        if self.relay is not None:
+            self.release()
 
     async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Close with ``code`` and wait for the socket to end: the peer's answer, or ``CLOSE_WAIT`` s and an
@@ -498,12 +495,7 @@ class PicowsChannel(WSListener, Messages):
         self.ended = True
         self._wake()
         ws.send_close(WSCloseCode(code), reason.encode()[:120])
-        if (self.paused or self.stalled) and self.transport is not None:  # the peer's close frame must be read
-            self.paused = self.stalled = False
-            self.transport.resume_reading()
-        self._wait_for_close(grace)
-        if self.relay is not None:  # parked: no service ends to close the socket (see ``release``)
-            self.release()
+        self._await_answer(grace)
 
     def release(self) -> None:
         """The service is done: close the socket once what is buffered is written. A close frame of ours the

@@ -75,9 +75,8 @@ class TcpLeg(asyncio.Protocol):
             return
         self.chunks.append(data)
         self.buffered += len(data)
-        if self.buffered > self.max_pending and not self.paused and self.transport is not None:
-            self.paused = True
-            self.transport.pause_reading()
+        if self.buffered > self.max_pending:
+            self.pause()
         self._wake()
 
     def eof_received(self) -> bool:
